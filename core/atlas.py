@@ -1,0 +1,255 @@
+"""The atlas directory: its layout, and atomic, resumable file I/O shared by every stage.
+
+    ATLAS/atlas.json  manifest.jsonl  hub/  tokens/  backbone/  embeddings/  results/  generated/
+
+Writes are atomic (temp file + fsync + rename), JSONL tables are append-only with one fsync'd
+line per record, and a torn last line (a killed writer) is ignored on read, so every stage can
+be killed and resumed without losing what it had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ATLAS_VERSION = 1
+
+
+class AtlasError(ValueError):
+    """A path that is not a usable atlas directory, or a missing stage output."""
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """Paths inside one atlas directory."""
+
+    root: Path
+
+    @classmethod
+    def create(cls, root: str | Path) -> Atlas:
+        """Open ``root`` as an atlas, creating it if needed."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise AtlasError(f"{root} exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+        atlas = cls(root)
+        if not atlas.info_path.exists():
+            write_json(atlas.info_path, {"version": ATLAS_VERSION})
+        return atlas
+
+    @classmethod
+    def open(cls, root: str | Path) -> Atlas:
+        """Open an existing atlas; raise AtlasError with a one-line reason if it is not one."""
+        root = Path(root)
+        if not root.is_dir():
+            raise AtlasError(f"{root} is not a directory")
+        if not (root / "atlas.json").exists():
+            raise AtlasError(f"{root} is not an atlas (no atlas.json); run `weightatlas collect` first")
+        return cls(root)
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / "atlas.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    @property
+    def hub_dir(self) -> Path:
+        return self.root / "hub"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def generated_dir(self) -> Path:
+        return self.root / "generated"
+
+    def info(self) -> dict[str, Any]:
+        """atlas.json as a dict."""
+        return read_json(self.info_path) if self.info_path.exists() else {}
+
+    def update_info(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into atlas.json atomically."""
+        info = self.info()
+        info.update(fields)
+        write_json(self.info_path, info)
+        return info
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """All manifest rows; the last row per model id wins."""
+        rows: dict[str, dict[str, Any]] = {}
+        for row in read_jsonl(self.manifest_path):
+            rows[row["id"]] = row
+        return list(rows.values())
+
+    def accepted(self, split: str | None = None) -> list[dict[str, Any]]:
+        """Accepted manifest rows, optionally of one split (train/val/test)."""
+        return [
+            r
+            for r in self.manifest()
+            if r.get("status") == "accepted" and (split is None or r.get("split") == split)
+        ]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_path(path: str | Path) -> _AtomicPath:
+    """Context manager giving a temp path that is renamed onto ``path`` on success.
+
+    Use it for writers that want a filename (``safetensors.torch.save_file``, ``np.save``).
+    """
+    return _AtomicPath(Path(path))
+
+
+class _AtomicPath:
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}"
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, set | tuple):
+        return list(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON with numpy/Path support; NaN/Inf become null so the output is strict JSON."""
+    return json.dumps(_finite(obj), default=_json_default, indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, str | bytes):
+        return _finite(obj.tolist())
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows, one fsync'd line each, to a JSONL table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(path)
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Truncate a partial last line (left by a killed writer) so appends stay line-aligned."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield rows of a JSONL table; a torn last line left by a killed writer is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn final line
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,64 @@
+"""The ``weightatlas`` command: a thin layer over core's stage functions.
+
+    weightatlas zoo --preset ci --out ZOO
+    weightatlas collect ATLAS --source ZOO
+    weightatlas tokenize ATLAS --scheme dense
+    weightatlas train ATLAS --preset ci
+    weightatlas embed ATLAS ; weightatlas evaluate ATLAS ; weightatlas sample ATLAS --arch SPEC
+    weightatlas pipeline --preset ci --out RUN ; weightatlas demo --out assets/demo
+    weightatlas bench {tokenize,collect,train,sample,app}
+
+Each stage module defines ``add_cli(parser)`` (its flags) and ``run_cli(args) -> int``; this file
+only wires them together and turns expected errors into one-line messages and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "zoo": ("core.zoo", "train a local model zoo and write it in Hub cache layout"),
+    "collect": ("core.hub", "collect models from the Hub, an HF cache or a directory into an atlas"),
+    "tokenize": ("core.tokenize", "cut the atlas' accepted models into weight tokens"),
+    "train": ("core.train", "train the backbone autoencoder on the token store"),
+    "embed": ("core.embed", "embed models with the trained backbone and build 2-D maps"),
+    "evaluate": ("core.evaluate", "property probes against the s(W) baseline"),
+    "sample": ("core.sample", "generate new weights for an architecture"),
+    "pipeline": ("core.pipeline", "run the stage notebooks in order and write a report"),
+    "demo": ("core.demo", "build the small embedded demo atlas the app opens on"),
+    "bench": ("core.bench", "speed benchmarks with an in-run baseline (JSON)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; each subcommand's flags come from its stage module."""
+    parser = argparse.ArgumentParser(prog="weightatlas", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).add_cli(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``weightatlas`` console script."""
+    from core.errors import USER_ERRORS
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run_cli(args) or 0)
+    except USER_ERRORS as e:
+        print(f"weightatlas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"weightatlas {args.command}: interrupted; re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

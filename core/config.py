@@ -1,0 +1,172 @@
+"""Typed configuration: dataclasses with named presets and loud overrides.
+
+Every component (zoo, tokenizer, backbone, trainer, sampler, ...) has one dataclass and one
+preset table. A config is built as defaults <- preset <- file (JSON/YAML) <- overrides
+(CLI ``key=value`` strings or papermill parameters). Unknown or mistyped keys raise
+``ConfigError``; nothing is silently ignored.
+
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"d_model": "64"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (often a CLI string) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: cannot use {value!r} ({'; '.join(errors)})")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, key) for v in value]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if "e" in value.lower() else int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def merge(cfg: T, overrides: Mapping[str, Any] | None, source: str = "overrides") -> T:
+    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys raise."""
+    if not overrides:
+        return cfg
+    types_ = _field_types(type(cfg))
+    unknown = sorted(set(overrides) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown {type(cfg).__name__} key(s) in {source}: {', '.join(unknown)}; "
+            f"valid keys: {', '.join(sorted(types_))}"
+        )
+    values = {k: _coerce(v, types_[k], k) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **values)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a plain dict."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """Parse CLI ``key=value`` pairs."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def build_config(
+    cls: type[T],
+    presets: Mapping[str, Mapping[str, Any]],
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` as defaults <- preset <- file <- overrides.
+
+    Args:
+        cls: the dataclass type.
+        presets: the component's preset table, name -> field overrides.
+        preset: a preset name, or None for the dataclass defaults.
+        file: optional JSON/YAML file of field values.
+        overrides: field values that win over everything else.
+    """
+    cfg = cls()
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(
+                f"unknown {cls.__name__} preset {preset!r}; choose from {', '.join(presets)}"
+            )
+        cfg = merge(cfg, presets[preset], f"preset {preset!r}")
+    if file is not None:
+        cfg = merge(cfg, load_file(file), str(file))
+    return merge(cfg, overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
