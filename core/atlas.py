@@ -50,7 +50,9 @@ class Atlas:
         if not root.is_dir():
             raise AtlasError(f"{root} is not a directory")
         if not (root / "atlas.json").exists():
-            raise AtlasError(f"{root} is not an atlas (no atlas.json); run `weightatlas collect` first")
+            raise AtlasError(
+                f"{root} is not an atlas (no atlas.json); run `weightatlas collect` first"
+            )
         return cls(root)
 
     @property

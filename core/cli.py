@@ -21,7 +21,10 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("core.zoo", "train a local model zoo and write it in Hub cache layout"),
-    "collect": ("core.hub", "collect models from the Hub, an HF cache or a directory into an atlas"),
+    "collect": (
+        "core.hub",
+        "collect models from the Hub, an HF cache or a directory into an atlas",
+    ),
     "tokenize": ("core.tokenize", "cut the atlas' accepted models into weight tokens"),
     "train": ("core.train", "train the backbone autoencoder on the token store"),
     "embed": ("core.embed", "embed models with the trained backbone and build 2-D maps"),
