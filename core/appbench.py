@@ -1,0 +1,394 @@
+"""Speed of the explorer in a real browser: ``weightatlas bench app``.
+
+Measures, with headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright):
+
+- ``demo``: seconds from ``streamlit run explorer/app.py`` to the map drawn in the browser on
+  the demo atlas (``assets/demo``), next to the same measurement for a trivial one-line
+  Streamlit page (the baseline: server start + browser + websocket, no app work);
+- ``synthetic``: the same on a generated atlas of ``--n`` models (20,000 by default), then the
+  seconds per interaction (colour change, filter, lasso selection opening the model panel),
+  each timed from the input to the updated page.
+
+The synthetic atlas has the real on-disk layout (manifest, embedding tables, maps, PCA
+reducer), so the app reads it through the same code paths as a pipeline-built atlas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from core.atlas import Atlas, append_jsonl, atomic_path, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("WEIGHTATLAS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SYN_FAMILIES = ("mlp", "cnn", "resnet", "vit", "convnext", "lenet")
+SYN_TASKS = ("digits10", "digits-rot90", "digits-invert", "wine", "breast-cancer")
+
+
+def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: int = 0) -> Path:
+    """Write an embedded atlas of ``n`` synthetic models (for map speed tests only).
+
+    Models form one Gaussian cluster per (family, task) in a ``latent``-dim embedding space;
+    the maps are the PCA of those embeddings plus a jittered copy labelled ``umap`` (no UMAP is
+    fitted; this atlas measures drawing, not reduction). Every tenth model names a parent in
+    ``base_model`` so lineage edges can be drawn.
+    """
+    rng = np.random.default_rng(seed)
+    atlas = Atlas.create(root)
+    groups = [(f, t) for f in SYN_FAMILIES for t in SYN_TASKS]
+    centres = rng.normal(0, 3, size=(len(groups), latent))
+    g = rng.integers(0, len(groups), size=n)
+    z = (centres[g] + rng.normal(0, 1, size=(n, latent))).astype(np.float32)
+    ids, manifest, models = [], [], []
+    for i in range(n):
+        fam, task = groups[g[i]]
+        mid = f"synthetic/{fam}-{task}-r{i // 10}-e{i % 10}"
+        ids.append(mid)
+        acc = float(np.clip(0.3 + 0.6 * rng.random() + 0.05 * (g[i] % 3), 0, 1))
+        params = int(10 ** rng.uniform(3, 7))
+        row = {
+            "id": mid,
+            "revision": "0",
+            "source": "synthetic",
+            "status": "accepted",
+            "reason": None,
+            "library": "timm" if fam in ("resnet", "vit", "convnext") else "weightatlas",
+            "model_type": fam,
+            "architecture": fam,
+            "family": fam,
+            "params": params,
+            "tags": [task, fam, "synthetic"],
+            "pipeline_tag": "image-classification",
+            "datasets": [task],
+            "metrics": {"test_accuracy": acc},
+            "license": "mit",
+            "base_model": ids[i - 1] if i % 10 == 9 else None,
+            "base_model_relation": "finetune" if i % 10 == 9 else None,
+            "split": ("train", "val", "test")[(i // 10) % 3],
+            "path": None,
+            "labels": {"task": task, "run": i // 10, "epoch": i % 10, "test_accuracy": acc},
+        }
+        manifest.append(row)
+        models.append(
+            {"id": mid, "row": i, "family": fam, "params": params, "labels": row["labels"]}
+        )
+    append_jsonl(atlas.manifest_path, manifest)
+    emb = atlas.embeddings_dir
+    mean = z.mean(0)
+    _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
+    pca = (z - mean) @ vt[:2].T
+    umap_like = pca + rng.normal(0, 0.3, size=pca.shape)
+    with atomic_path(emb / "models.safetensors") as tmp:
+        save_file(
+            {
+                "z": torch.from_numpy(z),
+                "layer_z": torch.zeros(0, latent),
+                "layer_spread": torch.zeros(0),
+            },
+            str(tmp),
+        )
+    append_jsonl(emb / "models.jsonl", models)
+    (emb / "layers.jsonl").write_text("")
+    with atomic_path(emb / "reducers" / "pca.safetensors") as tmp:
+        save_file(
+            {
+                "mean": torch.from_numpy(mean.astype(np.float64)),
+                "components": torch.from_numpy(vt[:2].astype(np.float64).copy()),
+            },
+            str(tmp),
+        )
+    write_json(
+        emb / "maps.json",
+        {
+            "ids": ids,
+            "pca": {m: pca[i].tolist() for i, m in enumerate(ids)},
+            "umap": {m: umap_like[i].tolist() for i, m in enumerate(ids)},
+        },
+    )
+    atlas.update_info(synthetic={"n": n, "latent": latent, "seed": seed})
+    return atlas.root
+
+
+def free_port() -> int:
+    """An unused local TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AppServer:
+    """``streamlit run SCRIPT`` in its own process group, headless, on a free port."""
+
+    def __init__(
+        self, script: str | Path, atlas: str | Path | None = None, port: int | None = None
+    ):
+        self.script = Path(script)
+        self.atlas = atlas
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AppServer:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.atlas is not None:
+            env["WEIGHTATLAS_ATLAS"] = str(self.atlas)
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(self.script),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the server answers its health endpoint."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"streamlit did not start within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> AppServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def launch_browser(playwright: Any) -> Any:
+    """Headless Debian Chromium through Playwright (its own browser download is not used)."""
+    if not Path(CHROMIUM).exists():
+        raise FileNotFoundError(f"{CHROMIUM} not found; `apt-get install chromium`")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+MAP_SELECTOR = ".js-plotly-plot .scatterlayer, .js-plotly-plot .gl-container canvas"
+
+
+def wait_for_map(page: Any, timeout_ms: float = 60_000) -> None:
+    """Wait until the plotly map has drawn its WebGL points."""
+    page.wait_for_function(
+        """() => {
+            const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            return p && p._fullData && p._fullData.length > 0 && p.querySelector('canvas');
+        }""",
+        timeout=timeout_ms,
+    )
+
+
+def wait_idle(page: Any, timeout_ms: float = 60_000) -> None:
+    """Wait until the Streamlit script run has finished (no running indicator)."""
+    page.wait_for_timeout(50)
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stStatusWidget"]')""",
+        timeout=timeout_ms,
+    )
+
+
+def time_to_map(script: Path, atlas: Path | None, browser: Any, expect_map: bool = True) -> float:
+    """Seconds from server start to the rendered map (or to the first rendered element)."""
+    t0 = time.perf_counter()
+    with AppServer(script, atlas) as server:
+        server.wait_ready()
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url)
+        if expect_map:
+            wait_for_map(page)
+        else:
+            page.wait_for_selector('[data-testid="stMarkdown"]', timeout=60_000)
+        seconds = time.perf_counter() - t0
+        page.close()
+    return seconds
+
+
+def _fig_signature(page: Any) -> str:
+    return page.evaluate(
+        """() => {
+            const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            return p ? JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length])) : '';
+        }"""
+    )
+
+
+def _wait_change(page: Any, before: str, timeout_ms: float = 60_000) -> None:
+    page.wait_for_function(
+        """(before) => {
+            const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            if (!p || !p._fullData) return false;
+            const s = JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length]));
+            return s !== before && p.querySelector('canvas');
+        }""",
+        arg=before,
+        timeout=timeout_ms,
+    )
+
+
+def choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
+    page.get_by_label(label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def lasso(page: Any, frac: float = 0.15) -> None:
+    """Draw a lasso around the middle of the map with the mouse."""
+    plot = page.locator(".stPlotlyChart .js-plotly-plot .nsewdrag").first
+    box = plot.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    rx, ry = box["width"] * frac, box["height"] * frac
+    page.mouse.move(cx - rx, cy - ry)
+    page.mouse.down()
+    for x, y in ((cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry), (cx - rx, cy - ry)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
+def interactions(page: Any) -> dict[str, float]:
+    """Seconds per interaction on a loaded Atlas page."""
+    out: dict[str, float] = {}
+    before = _fig_signature(page)
+    t = time.perf_counter()
+    choose(page, "Colour by", "task")
+    _wait_change(page, before)
+    wait_idle(page)
+    out["colour_change_seconds"] = time.perf_counter() - t
+
+    before = _fig_signature(page)
+    t = time.perf_counter()
+    choose(page, "Map", "PCA")
+    _wait_change(page, before)
+    wait_idle(page)
+    out["map_switch_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lasso(page)
+    page.get_by_text("models selected").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    out["lasso_select_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    box = page.get_by_label("Search model id")
+    box.fill("r7-e3")
+    box.press("Enter")
+    page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    out["search_seconds"] = time.perf_counter() - t
+    return out
+
+
+def bench_app(args: argparse.Namespace) -> dict[str, Any]:
+    """Server start -> rendered map (demo atlas and a trivial page), and 20k-point interactions."""
+    from playwright.sync_api import sync_playwright
+
+    n = int(getattr(args, "n", None) or 20_000)
+    repeat = max(1, int(getattr(args, "repeat", None) or 1))
+    app = REPO / "explorer" / "app.py"
+    demo = REPO / "assets" / "demo"
+    work = Path(tempfile.mkdtemp(prefix="weightatlas-bench-app-"))
+    try:
+        trivial = work / "trivial_app.py"
+        trivial.write_text('import streamlit as st\n\nst.markdown("hello")\n')
+        t = time.perf_counter()
+        syn = synthetic_atlas(work / "synthetic", n=n)
+        synth_seconds = time.perf_counter() - t
+        result: dict[str, Any] = {"n_synthetic": n, "synthetic_atlas_write_seconds": synth_seconds}
+        with sync_playwright() as p:
+            browser = launch_browser(p)
+            try:
+                base = [
+                    time_to_map(trivial, None, browser, expect_map=False) for _ in range(repeat)
+                ]
+                result["baseline_trivial_page_seconds"] = min(base)
+                if (demo / "atlas.json").exists():
+                    runs = [time_to_map(app, demo, browser) for _ in range(repeat)]
+                    result["demo_start_to_map_seconds"] = min(runs)
+                else:
+                    result["demo_start_to_map_seconds"] = None
+                    result["demo_missing"] = f"{demo} not built (weightatlas demo --out {demo})"
+                runs = [time_to_map(app, syn, browser) for _ in range(repeat)]
+                result["synthetic_start_to_map_seconds"] = min(runs)
+                with AppServer(app, syn) as server:
+                    server.wait_ready()
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.goto(server.url)
+                    wait_for_map(page)
+                    wait_idle(page)
+                    best: dict[str, float] = {}
+                    for _ in range(repeat):
+                        page.reload()
+                        wait_for_map(page)
+                        wait_idle(page)
+                        for k, v in interactions(page).items():
+                            best[k] = min(v, best.get(k, float("inf")))
+                    result.update({f"synthetic_{k}": v for k, v in best.items()})
+                    page.close()
+            finally:
+                browser.close()
+        result["device"] = "cpu (server) + headless chromium (software GL)"
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

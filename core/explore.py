@@ -1,0 +1,319 @@
+"""Read-side helpers for the explorer: one table per atlas joining maps, embeddings and manifest.
+
+The app never computes an embedding or a map on page load. Everything here reads what the
+``embed`` stage already wrote (``ATLAS/embeddings/models.jsonl`` + ``maps.json``) and the
+manifest, and turns it into flat columns the map can colour, filter and search by.
+
+    table = map_table("assets/demo")      # MapTable: ids, coords per map kind, metadata columns
+    keep = table.filter(family=["mlp"], task=[], tag=[], search="r0-e")
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atlas import Atlas, AtlasError, read_json, read_jsonl
+
+CATEGORICAL = ("family", "library", "task", "dataset", "split", "model_type")
+NUMERIC = ("accuracy", "params")
+COLOUR_BY = ("family", "library", "task", "dataset", "split", "accuracy", "params")
+ACCURACY_KEYS = ("test_accuracy", "accuracy", "eval_accuracy", "top1", "val_accuracy")
+
+
+@dataclass
+class MapTable:
+    """Every embedded model of an atlas: 2-D coordinates per map kind and flat metadata.
+
+    Attributes:
+        ids: model ids in embedding-row order.
+        coords: map kind (``umap``, ``pca``) -> ``(M, 2)`` float32 array aligned with ``ids``.
+        columns: metadata column -> list aligned with ``ids`` (strings for categorical
+            columns, floats with NaN for numeric ones).
+        tags: per model, its tag list.
+        base_model: per model, the ids it derives from (Hub lineage), possibly empty.
+    """
+
+    ids: list[str]
+    coords: dict[str, np.ndarray]
+    columns: dict[str, list[Any]]
+    tags: list[list[str]]
+    base_model: list[list[str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def values(self, name: str) -> list[str]:
+        """Sorted distinct values of a categorical column (or of tags)."""
+        if name == "tag":
+            return sorted({t for ts in self.tags for t in ts})
+        return sorted({str(v) for v in self.columns.get(name, [])})
+
+    def filter(
+        self,
+        family: list[str] | None = None,
+        task: list[str] | None = None,
+        tag: list[str] | None = None,
+        search: str = "",
+    ) -> np.ndarray:
+        """Boolean mask of models matching every non-empty criterion.
+
+        Args:
+            family: keep these families (empty: all).
+            task: keep these tasks (empty: all).
+            tag: keep models carrying at least one of these tags (empty: all).
+            search: case-insensitive substring of the model id.
+        """
+        keep = np.ones(len(self.ids), dtype=bool)
+        if family:
+            keep &= np.isin(np.asarray(self.columns["family"], dtype=object), family)
+        if task:
+            keep &= np.isin(np.asarray(self.columns["task"], dtype=object), task)
+        if tag:
+            wanted = set(tag)
+            keep &= np.array([bool(wanted.intersection(ts)) for ts in self.tags], dtype=bool)
+        if search:
+            s = search.lower()
+            keep &= np.array([s in i.lower() for i in self.ids], dtype=bool)
+        return keep
+
+    def lineage_edges(self) -> list[tuple[int, int]]:
+        """(parent row, child row) pairs where both ends are on the map."""
+        index = {m: i for i, m in enumerate(self.ids)}
+        return [
+            (index[p], i)
+            for i, parents in enumerate(self.base_model)
+            for p in parents
+            if p in index and index[p] != i
+        ]
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v not in (None, "")]
+    return [str(value)]
+
+
+def _accuracy(row: dict[str, Any]) -> float:
+    for source in (row.get("metrics") or {}, row.get("labels") or {}):
+        for key in ACCURACY_KEYS:
+            value = source.get(key)
+            if isinstance(value, int | float) and np.isfinite(value):
+                return float(value)
+    return float("nan")
+
+
+def model_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """Flat metadata of one manifest row (the columns the map colours and filters by)."""
+    labels = row.get("labels") or {}
+    datasets = _as_list(row.get("datasets"))
+    task = labels.get("task") or row.get("pipeline_tag") or ""
+    params = row.get("params")
+    return {
+        "family": str(row.get("family") or "unknown"),
+        "library": str(row.get("library") or "unknown"),
+        "task": str(task or "unknown"),
+        "dataset": datasets[0] if datasets else str(labels.get("dataset") or "unknown"),
+        "split": str(row.get("split") or "unknown"),
+        "model_type": str(row.get("model_type") or row.get("architecture") or "unknown"),
+        "accuracy": _accuracy(row),
+        "params": float(params) if isinstance(params, int | float) else float("nan"),
+    }
+
+
+def _read_maps(path: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    """maps.json as kind -> (M, 2), accepting ``{kind: {id: [x, y]}}`` or row-aligned lists."""
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise AtlasError(f"{path} is not a JSON object of maps")
+    order = raw.get("ids") if isinstance(raw.get("ids"), list) else None
+    out: dict[str, np.ndarray] = {}
+    for kind, value in raw.items():
+        if kind == "ids":
+            continue
+        if isinstance(value, dict) and "coords" in value and isinstance(value["coords"], list):
+            value = value["coords"]
+        if isinstance(value, dict):
+            xy = np.full((len(ids), 2), np.nan, dtype=np.float32)
+            for i, m in enumerate(ids):
+                p = value.get(m)
+                if isinstance(p, list | tuple) and len(p) >= 2:
+                    xy[i] = p[:2]
+        elif isinstance(value, list):
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.ndim != 2 or arr.shape[1] < 2 or len(arr) != len(order or ids):
+                continue
+            if order is not None and order != ids:
+                pos = {m: j for j, m in enumerate(order)}
+                xy = np.full((len(ids), 2), np.nan, dtype=np.float32)
+                for i, m in enumerate(ids):
+                    if m in pos:
+                        xy[i] = arr[pos[m], :2]
+            else:
+                xy = arr[:, :2].copy()
+        else:
+            continue
+        out[str(kind)] = xy
+    return out
+
+
+def map_table(root: str | Path) -> MapTable:
+    """The map table of an embedded atlas.
+
+    Raises:
+        AtlasError: ``root`` is not an atlas, or it has no embeddings/maps yet (with the
+            command that makes them).
+    """
+    atlas = Atlas.open(root)
+    emb = atlas.embeddings_dir
+    if not (emb / "models.jsonl").exists() or not (emb / "maps.json").exists():
+        raise AtlasError(
+            f"{atlas.root} has no embeddings/maps yet; run `weightatlas embed {atlas.root}`"
+        )
+    rows = list(read_jsonl(emb / "models.jsonl"))
+    ids = [str(r["id"]) for r in rows if "id" in r]
+    manifest = {r["id"]: r for r in atlas.manifest()}
+    coords = _read_maps(emb / "maps.json", ids)
+    if not coords:
+        raise AtlasError(f"{emb / 'maps.json'} holds no 2-D map for the embedded models")
+    columns: dict[str, list[Any]] = {c: [] for c in (*CATEGORICAL, *NUMERIC)}
+    tags, parents = [], []
+    for r in rows:
+        if "id" not in r:
+            continue
+        merged = {**r, **manifest.get(r["id"], {})}
+        meta = model_meta(merged)
+        for c in columns:
+            columns[c].append(meta[c])
+        tags.append(_as_list(merged.get("tags")))
+        parents.append(_as_list(merged.get("base_model")))
+    return MapTable(ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents)
+
+
+def manifest_row(root: str | Path, model_id: str) -> dict[str, Any]:
+    """The manifest row of ``model_id`` (empty if unknown)."""
+    for row in Atlas.open(root).manifest():
+        if row["id"] == model_id:
+            return row
+    return {}
+
+
+def weights_dir(root: str | Path, model_id: str) -> Path | None:
+    """The local snapshot directory of ``model_id`` if its weights are in the atlas."""
+    atlas = Atlas.open(root)
+    path = manifest_row(atlas.root, model_id).get("path")
+    if not path:
+        return None
+    p = Path(path)
+    p = p if p.is_absolute() else atlas.root / p
+    return p if (p / "model.safetensors").exists() or any(p.glob("*.safetensors")) else None
+
+
+def models_with_weights(root: str | Path) -> list[str]:
+    """Accepted models whose weights are present (the Layers page can show these)."""
+    atlas = Atlas.open(root)
+    out = []
+    for row in atlas.accepted():
+        if row.get("path") and weights_dir(atlas.root, row["id"]) is not None:
+            out.append(row["id"])
+    return sorted(out)
+
+
+def layer_rows(
+    root: str | Path, model_id: str, backbone_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Per-layer rows of one embedded model (``name, layer, n_tokens, spread``), in depth order.
+
+    Read from ``embeddings/layers.jsonl`` (or another backbone's embeddings): the spread is the
+    std of the layer's token embeddings (003 eq. 8), written by ``weightatlas embed``.
+    """
+    from core.embed import embeddings_dir
+
+    atlas = Atlas.open(root)
+    path = embeddings_dir(atlas, backbone_dir) / "layers.jsonl"
+    rows = [r for r in read_jsonl(path) if r.get("id") == model_id]
+    return sorted(rows, key=lambda r: int(r.get("layer", 0)))
+
+
+def tokenized_ids(root: str | Path) -> list[str]:
+    """Models present in the atlas' token store (their reconstructions can be shown)."""
+    path = Atlas.open(root).tokens_dir / "index.json"
+    if not path.exists():
+        return []
+    return sorted((read_json(path).get("models") or {}).keys())
+
+
+def model_state_dict(root: str | Path, model_id: str) -> dict[str, Any]:
+    """The weights of ``model_id``: its safetensors files if kept, else detokenized from the store.
+
+    Raises:
+        AtlasError: the atlas holds neither the model's weights nor its tokens.
+    """
+    atlas = Atlas.open(root)
+    wdir = weights_dir(atlas.root, model_id)
+    if wdir is not None:
+        from core.architectures import read_state_dict
+
+        return read_state_dict(wdir)
+    if model_id in set(tokenized_ids(atlas.root)):
+        from core.store import TokenStore
+        from core.tokenize import detokenize
+
+        store = TokenStore(atlas.tokens_dir)
+        return detokenize(store.get(model_id).tokens, store.layers(model_id))
+    raise AtlasError(f"{model_id!r} has neither weights nor tokens in {atlas.root}")
+
+
+def ablation_backbones(root: str | Path) -> dict[str, Path]:
+    """Ablation backbones of the atlas (``ATLAS/backbones/NAME/`` with weights), by name."""
+    base = Atlas.open(root).root / "backbones"
+    if not base.is_dir():
+        return {}
+    return {
+        d.name: d
+        for d in sorted(base.iterdir())
+        if d.is_dir() and (d / "model.safetensors").exists() and (d / "config.json").exists()
+    }
+
+
+def zip_dir(path: str | Path) -> bytes:
+    """A directory as zip bytes (for downloads); symlinks are not followed."""
+    path = Path(path)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and not f.is_symlink():
+                zf.write(f, f.relative_to(path.parent))
+    return buf.getvalue()
+
+
+def generated_card(path: str | Path) -> dict[str, Any]:
+    """The ``weightatlas:`` block of a model directory's README.md front matter (empty if none).
+
+    Parsed with ``yaml.safe_load`` only (plain data, no object construction).
+    """
+    import yaml
+
+    readme = Path(path) / "README.md"
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}
+    try:
+        meta = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return {}
+    block = meta.get("weightatlas") if isinstance(meta, dict) else None
+    return block if isinstance(block, dict) else {}

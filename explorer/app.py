@@ -1,0 +1,34 @@
+"""Weight Atlas explorer: ``streamlit run explorer/app.py``.
+
+Opens on the embedded demo atlas (``assets/demo``, or ``$WEIGHTATLAS_ATLAS``) with no network.
+The sidebar picks any other atlas directory. Pages: Atlas (the latent-space map), Layers
+(per-layer weights and reconstructions) and Generate (new weights for an architecture).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from explorer.common import atlas_picker_ui, atlas_status  # noqa: E402
+
+st.set_page_config(page_title="Weight Atlas", page_icon=":material/scatter_plot:", layout="wide")
+
+path = atlas_picker_ui()
+problem = atlas_status(path)
+views = Path("views")
+if problem is None:
+    pages = [
+        st.Page(views / "atlas.py", title="Atlas", icon=":material/scatter_plot:", default=True),
+        st.Page(views / "layers.py", title="Layers", icon=":material/stacked_bar_chart:"),
+        st.Page(views / "generate.py", title="Generate", icon=":material/auto_awesome:"),
+    ]
+else:
+    pages = [st.Page(views / "no_atlas.py", title="No atlas", icon=":material/help:")]
+st.navigation(pages).run()

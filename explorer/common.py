@@ -1,0 +1,80 @@
+"""Shared UI pieces of the explorer: the atlas picker and cached wrappers around core readers.
+
+Cached functions take the atlas root as a string plus a ``stamp`` (the modification time of
+the files they read), so a re-run of a pipeline stage refreshes the app without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.atlas import Atlas, AtlasError
+from core.explore import MapTable, map_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or str(ROOT / "assets" / "demo")
+
+
+def atlas_picker_ui() -> str:
+    """Sidebar text field for the atlas directory; returns the chosen path (the demo by default)."""
+    if "atlas_path" not in st.session_state:
+        st.session_state.atlas_path = DEFAULT_ATLAS
+    with st.sidebar:
+        st.markdown("### :material/folder_open: Atlas")
+        st.text_input(
+            "Atlas directory",
+            key="atlas_path",
+            help="Any directory written by the pipeline (`weightatlas collect/.../embed`).",
+        )
+    return str(st.session_state.atlas_path).strip()
+
+
+def atlas_status(path: str) -> str | None:
+    """None if ``path`` is an atlas directory, else a one-line reason."""
+    if not path:
+        return "no atlas directory given"
+    try:
+        Atlas.open(Path(path).expanduser())
+    except (AtlasError, OSError) as e:
+        return str(e)
+    return None
+
+
+def current_atlas() -> Path:
+    """The atlas chosen in the sidebar (already checked by app.py)."""
+    return Path(str(st.session_state.get("atlas_path") or DEFAULT_ATLAS)).expanduser().resolve()
+
+
+def stamp(*paths: Path) -> float:
+    """Sum of modification times of ``paths`` (0 for missing ones): a cache key for file contents."""
+    return float(sum(p.stat().st_mtime for p in paths if p.exists()))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_map_table(root: str, stamp_: float) -> MapTable:
+    """The atlas' map table (read once per atlas version)."""
+    return map_table(root)
+
+
+def load_map_table(root: Path) -> MapTable:
+    """Cached map table of ``root``; raises AtlasError with the command that builds the maps."""
+    emb = Atlas(root).embeddings_dir
+    return cached_map_table(
+        str(root), stamp(emb / "models.jsonl", emb / "maps.json", Atlas(root).manifest_path)
+    )
+
+
+def user_error(e: BaseException) -> None:
+    """Show an expected error as one clear line (never a traceback)."""
+    st.error(f"{type(e).__name__}: {e}" if not str(e) else str(e), icon=":material/error:")
+
+
+def fmt(value: Any) -> str:
+    """Short display of a metadata value."""
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.4g}"
+    return str(value)

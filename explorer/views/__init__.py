@@ -1,0 +1,1 @@
+"""Pages of the explorer, one script per page (run by ``st.navigation`` from explorer/app.py)."""

@@ -1,0 +1,317 @@
+"""Generate page: new weights for a chosen architecture, sampled from the backbone's latent space.
+
+The run is ``weightatlas sample`` in a background process writing a progress file; a fragment
+polls it every second, so the page never freezes, a rerun finds the run again through the
+session state, and Cancel ends it. Results: per-layer distributions of the generated models
+against their prompts, zero-shot accuracy, and a zip download of each Hugging Face-format
+directory written under ``ATLAS/generated/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.atlas import Atlas
+from core.errors import USER_ERRORS
+from core.explore import generated_card, model_state_dict, tokenized_ids, zip_dir
+from core.jobs import Job, start_stage
+from explorer.common import current_atlas, stamp, user_error
+
+JOB_KEY = "generate_job"
+RESULT_KEY = "generate_result"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_candidates(root: str, stamp_: float, spec: str, task: str | None) -> dict[str, Any]:
+    """Resolve ``spec`` for ``task`` and list atlas models with its exact layer table."""
+    from core.embed import token_scheme
+    from core.sample import atlas_prompts, resolve_target
+
+    a = Atlas.open(root)
+    scheme, size = token_scheme(a)
+    target = resolve_target(spec, scheme, size, task=task)
+    return {
+        "task": target.task,
+        "family": target.arch.family,
+        "library": target.arch.library,
+        "n_tokens": int(len(target.positions)),
+        "n_layers": len(target.layers),
+        "candidates": atlas_prompts(a, target, limit=10_000),
+    }
+
+
+@st.cache_data(show_spinner=False)
+def registry() -> dict[str, Any]:
+    """Zoo families, tasks and timm model names known to the registry."""
+    import timm
+
+    from core.architectures import FAMILIES
+    from core.datasets import TASKS
+
+    return {
+        "families": {k: f.default_task for k, f in FAMILIES.items()},
+        "tasks": list(TASKS),
+        "timm": timm.list_models(),
+    }
+
+
+def arch_ui(root: Path) -> tuple[str, str | None]:
+    """Target architecture (registry spec) and task; returns ``(spec, task)``."""
+    reg = registry()
+    kind = st.segmented_control(
+        "Architecture from",
+        ["Zoo family", "timm name", "transformers config"],
+        default="Zoo family",
+        key="gen_kind",
+    )
+    c1, c2 = st.columns(2)
+    if kind == "timm name":
+        names = reg["timm"]
+        name = c1.selectbox(
+            "timm model", names, index=names.index("resnet18") if "resnet18" in names else 0
+        )
+        task = c2.selectbox("Task", reg["tasks"], key="gen_task_timm")
+        return f"timm:{name}", task
+    if kind == "transformers config":
+        folders = [
+            str(p)
+            for p in sorted((root / "hub").rglob("config.json"))
+            if p.parent.is_dir() and "generated" not in p.parts
+        ][:200]
+        folder = c1.selectbox(
+            "Model folder with a config.json",
+            folders,
+            accept_new_options=True,
+            key="gen_hf_dir",
+            help="A Hub-format directory; its config.json is built with random init.",
+        )
+        task = c2.selectbox("Task", [None, *reg["tasks"]], key="gen_task_hf")
+        return f"hf:{folder}", task
+    families = sorted(reg["families"])
+    fam = c1.selectbox("Zoo family", families, key="gen_family")
+    tasks = reg["tasks"]
+    default = reg["families"].get(fam)
+    task = c2.selectbox(
+        "Task", tasks, index=tasks.index(default) if default in tasks else 0, key=f"gen_task_{fam}"
+    )
+    return f"zoo:{fam}", task
+
+
+def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
+    """Prompts, K, M and seed; returns them."""
+    prompts = st.multiselect(
+        "Prompt examples",
+        candidates,
+        default=candidates[:5],
+        key=f"gen_prompts_{spec}",
+        help="Atlas models with exactly this layer table and task, best validation accuracy "
+        "first. Empty: freshly trained instances are used.",
+    )
+    c1, c2, c3 = st.columns(3)
+    k = c1.number_input("K draws", 1, 200, 6, key="gen_k")
+    m = c2.number_input("M kept", 1, 50, 2, key="gen_m")
+    seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+    return {"prompts": prompts, "n": int(k), "keep": int(m), "seed": int(seed)}
+
+
+@st.fragment(run_every=1.0)
+def progress_fragment() -> None:
+    """Poll the running job; on completion store the result and rerun the whole page."""
+    job: Job | None = st.session_state.get(JOB_KEY)
+    if job is None:
+        return
+    state = job.status()
+    with st.status(f"Generating… {state['message']}", expanded=True) as box:
+        st.progress(min(max(float(state["fraction"]), 0.0), 1.0), text=state["message"])
+        st.caption(f"{state['seconds']:.0f} s · pid {job.pid} · `{job.progress_file.name}`")
+        if st.button("Cancel", key="gen_cancel", icon=":material/cancel:"):
+            job.cancel()
+            state = job.status()
+        if state["done"]:
+            box.update(state="error" if state["error"] else "complete")
+            st.session_state[RESULT_KEY] = {**state, "cmd": job.cmd}
+            del st.session_state[JOB_KEY]
+            st.rerun()
+
+
+def layer_figure(gen: dict[str, Any], prompts: dict[str, Any], layer: str) -> go.Figure:
+    """Overlaid histograms of one layer: each generated model vs each prompt."""
+    fig = go.Figure()
+    for name, sd in prompts.items():
+        if layer in sd:
+            fig.add_trace(
+                go.Histogram(
+                    x=sd[layer].float().numpy().ravel(),
+                    name=f"prompt {name.split('/')[-1]}",
+                    opacity=0.45,
+                    nbinsx=60,
+                    histnorm="probability density",
+                    marker_color="#1f77b4",
+                )
+            )
+    palette = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+    for j, (name, sd) in enumerate(gen.items()):
+        if layer in sd:
+            fig.add_trace(
+                go.Histogram(
+                    x=sd[layer].float().numpy().ravel(),
+                    name=f"generated {name}",
+                    opacity=0.55,
+                    nbinsx=60,
+                    histnorm="probability density",
+                    marker_color=palette[j % len(palette)],
+                )
+            )
+    fig.update_layout(
+        barmode="overlay",
+        height=360,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title=layer,
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def accuracy_figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """Zero-shot accuracy of generated models next to their prompts."""
+    fig = go.Figure(
+        go.Bar(
+            x=[r["name"] for r in rows],
+            y=[r["accuracy"] for r in rows],
+            marker_color=["#d62728" if r["kind"] == "generated" else "#1f77b4" for r in rows],
+            text=[f"{r['accuracy']:.3f}" for r in rows],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        height=320,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=dict(range=[0, 1.05], title="accuracy"),
+        title="Zero-shot accuracy (red: generated, test split; blue: prompts)",
+    )
+    return fig
+
+
+def results_ui(root: Path, result: dict[str, Any]) -> None:
+    """Show a finished run: errors, or distributions, accuracy and downloads."""
+    if result.get("error"):
+        st.error(f"Generation failed: {result['error']}", icon=":material/error:")
+        return
+    gen_root = Atlas(root).generated_dir.resolve()
+    outputs = [
+        Path(p)
+        for p in result.get("outputs", [])
+        if Path(p).resolve().is_relative_to(gen_root) and Path(p).is_dir()
+    ]
+    if not outputs:
+        st.warning("The run finished without writing models.")
+        return
+    st.success(f"Wrote {len(outputs)} model(s) under `{gen_root}`", icon=":material/check:")
+    cards = {p.name: generated_card(p) for p in outputs}
+    prompt_ids = next((c.get("prompts") for c in cards.values() if c.get("prompts")), []) or []
+    rows = [
+        {"name": n, "kind": "generated", "accuracy": float(c["test_accuracy"])}
+        for n, c in cards.items()
+        if isinstance(c.get("test_accuracy"), int | float)
+    ]
+    scores = next((c.get("prompt_scores") for c in cards.values() if c.get("prompt_scores")), [])
+    for pid, s in zip(prompt_ids, scores or []):
+        if isinstance(s, int | float) and np.isfinite(s):
+            rows.append({"name": pid.split("/")[-1], "kind": "prompt", "accuracy": float(s)})
+    if rows:
+        st.plotly_chart(accuracy_figure(rows), key="gen_acc", width="stretch")
+    try:
+        from core.architectures import read_state_dict
+
+        gen_sd = {p.name: read_state_dict(p) for p in outputs}
+        prompt_sd = {}
+        known = set(tokenized_ids(root))
+        for pid in prompt_ids[:3]:
+            if pid in known:
+                prompt_sd[pid] = model_state_dict(root, pid)
+    except (*USER_ERRORS, OSError) as e:
+        user_error(e)
+        gen_sd, prompt_sd = {}, {}
+    if gen_sd:
+        first = next(iter(gen_sd.values()))
+        layers = [k for k, v in first.items() if v.is_floating_point() and v.numel() > 1]
+        layer = st.selectbox("Layer", layers, key="gen_layer")
+        if layer:
+            st.plotly_chart(layer_figure(gen_sd, prompt_sd, layer), key="gen_hist", width="stretch")
+    st.markdown("**Download** (Hugging Face-format directories)")
+    cols = st.columns(min(len(outputs), 4))
+    for j, p in enumerate(outputs):
+        cols[j % len(cols)].download_button(
+            f"{p.name}.zip",
+            data=zip_dir(p),
+            file_name=f"{p.name}.zip",
+            mime="application/zip",
+            key=f"gen_zip_{p.name}",
+            icon=":material/download:",
+        )
+
+
+def page() -> None:
+    """Render the Generate page."""
+    root = current_atlas()
+    a = Atlas(root)
+    st.title("Generate", help="Sample new weights for an architecture from the latent space.")
+    if (
+        not (a.tokens_dir / "index.json").exists()
+        or not (a.backbone_dir / "model.safetensors").exists()
+    ):
+        st.warning(
+            f"Generation needs a token store and a trained backbone in `{root}` "
+            f"(`weightatlas tokenize {root}` and `weightatlas train {root}`).",
+            icon=":material/warning:",
+        )
+        return
+    spec, task = arch_ui(root)
+    stamp_ = stamp(a.tokens_dir / "index.json", a.manifest_path)
+    try:
+        with st.spinner(f"Resolving {spec}…"):
+            info = cached_candidates(str(root), stamp_, spec, task)
+    except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
+        st.error(f"Cannot build `{spec}`: {e}", icon=":material/error:")
+        return
+    st.caption(
+        f"{info['library']} · family `{info['family']}` · task `{info['task']}` · "
+        f"{info['n_layers']} layers · {info['n_tokens']:,} tokens · "
+        f"{len(info['candidates'])} atlas model(s) with this layer table"
+    )
+    settings = settings_ui(info["candidates"], spec)
+    running = st.session_state.get(JOB_KEY) is not None
+    if settings["keep"] > settings["n"]:
+        st.warning("M kept must not exceed K draws.")
+    go_ = st.button(
+        "Generate",
+        type="primary",
+        icon=":material/auto_awesome:",
+        disabled=running or settings["keep"] > settings["n"],
+        key="gen_go",
+    )
+    if go_ and not running:
+        args = ["--arch", spec, "--n", str(settings["n"]), "--keep", str(settings["keep"])]
+        args += ["--seed", str(settings["seed"])]
+        if info["task"]:
+            args += ["--task", str(info["task"])]
+        if settings["prompts"]:
+            args += ["--prompts", ",".join(settings["prompts"])]
+        st.session_state.pop(RESULT_KEY, None)
+        try:
+            st.session_state[JOB_KEY] = start_stage(root, "sample", args)
+        except (*USER_ERRORS, OSError) as e:
+            user_error(e)
+    if st.session_state.get(JOB_KEY) is not None:
+        progress_fragment()
+    result = st.session_state.get(RESULT_KEY)
+    if result is not None:
+        results_ui(root, result)
+
+
+page()
