@@ -1,0 +1,513 @@
+"""Zoo factory: train populations of small models and write them as Hugging Face cache repos.
+
+Every (family, task, run) trains one model with its own seed, learning rate, weight decay,
+width and depth, and keeps checkpoints at several epochs. Each checkpoint is one repo in the
+Hugging Face cache layout, exactly as a Hub download looks on disk:
+
+    DIR/models--weightatlas-zoo--{family}-{task}-r{run}-e{epoch}/
+        blobs/{sha}                       file contents (sha256 for weights, git sha1 otherwise)
+        refs/main                         the revision
+        snapshots/{rev}/config.json       -> ../../blobs/...
+        snapshots/{rev}/model.safetensors -> ../../blobs/...
+        snapshots/{rev}/README.md         model card, YAML front matter with labels and metrics
+    DIR/zoo.jsonl                         one row per checkpoint, written when the build finishes
+    DIR/zoo.json                          the ZooConfig, counts and wall time of the build
+
+The same preset and seed give bit-identical weights on CPU (threads fixed, every random draw
+seeded); the revision is a hash of the content. A repo is written into a temp dir and renamed
+into place, so a killed build leaves only whole repos and a re-run continues where it stopped.
+
+    weightatlas zoo --preset ci --out /tmp/zoo-ci            # ~40 checkpoints, ~1 minute
+    weightatlas zoo --preset demo --out /tmp/zoo-demo seed=1
+    python -c "from core.zoo import zoo; zoo('ci', '/tmp/zoo-ci')"
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.architectures import FAMILIES, build_family, config_of, render_card, save_model_dir
+from core.atlas import append_jsonl, read_jsonl, write_json
+from core.config import build_config, parse_overrides, to_dict
+from core.datasets import evaluate, get_task, train_epochs
+from core.errors import WeightAtlasError
+
+ZOO_ORG = "weightatlas-zoo"
+ZOO_INDEX = "zoo.jsonl"
+ZOO_INFO = "zoo.json"
+PROGRESS = ".zoo-progress.jsonl"  # rows of finished repos while building; zoo.jsonl at the end
+
+
+@dataclass
+class ZooConfig:
+    """What a zoo contains and how each run trains.
+
+    ``tasks`` entries are ``"task:runs"``: every family that can train on the task gets that
+    many runs. Each run draws its ``lr``, ``weight_decay``, width and depth (from the first
+    ``size_levels`` entries of the family's ``widths`` / ``depths``) from a seeded generator,
+    trains ``epochs`` epochs (times ``slow_family_factor`` for ViT-like families, which need more
+    steps on tiny data) and saves the checkpoints of ``checkpoints`` epochs (scaled alike).
+    """
+
+    families: tuple[str, ...] = tuple(FAMILIES)
+    tasks: tuple[str, ...] = ("digits10:1",)
+    epochs: int = 8
+    checkpoints: tuple[int, ...] = (1, 3, 8)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
+    size_levels: int = 1
+    batch_size: int = 32
+    slow_family_factor: int = 2
+    seed: int = 0
+    threads: int = 1
+    license: str = "mit"
+
+
+ZOO_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": {
+        "tasks": ("digits10:1", "wine:1"),
+        "epochs": 8,
+        "checkpoints": (1, 3, 8),
+        "size_levels": 1,
+    },
+    "demo": {
+        "tasks": (
+            "digits10:3",
+            "digits-rot90:1",
+            "digits-invert:1",
+            "digits-0to4:1",
+            "digits-parity:1",
+            "digits16:1",
+            "shapes16:1",
+            "wine:2",
+            "breast-cancer:2",
+        ),
+        "epochs": 10,
+        "checkpoints": (1, 2, 5, 10),
+        "lrs": (5e-4, 1e-3, 3e-3),
+        "size_levels": 2,
+    },
+    "full": {
+        "tasks": (
+            "digits10:10",
+            "digits-rot90:4",
+            "digits-invert:4",
+            "digits-0to4:4",
+            "digits-5to9:4",
+            "digits-parity:4",
+            "digits16:4",
+            "shapes16:4",
+            "wine:8",
+            "breast-cancer:8",
+        ),
+        "epochs": 20,
+        "checkpoints": (1, 2, 4, 8, 12, 16, 20),
+        "lrs": (3e-4, 1e-3, 3e-3, 1e-2),
+        "weight_decays": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
+        "size_levels": 3,
+    },
+}
+
+# families whose transformers need about twice the steps of the CNNs on 8x8 data
+SLOW_FAMILIES = frozenset({"vit", "timm-vit", "swin"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the zoo plan, with its drawn hyper-parameters."""
+
+    family: str
+    task: str
+    run: int
+    seed: int
+    lr: float
+    weight_decay: float
+    width: int
+    depth: int
+    epochs: int
+    checkpoints: tuple[int, ...]
+
+    def name(self, epoch: int) -> str:
+        """Repo name (without org) of this run's checkpoint at ``epoch``."""
+        return f"{self.family}-{self.task}-r{self.run}-e{epoch}"
+
+
+def _parse_task_runs(entry: str) -> tuple[str, int]:
+    task, _, runs = entry.partition(":")
+    try:
+        n = int(runs) if runs else 1
+    except ValueError:
+        raise WeightAtlasError(f"bad zoo task entry {entry!r}; expected TASK:RUNS") from None
+    get_task(task)  # unknown task -> one-line error
+    return task, n
+
+
+def plan(cfg: ZooConfig) -> list[Run]:
+    """All runs of a zoo config, in build order (task entries x families x runs)."""
+    for fam in cfg.families:
+        if fam not in FAMILIES:
+            raise WeightAtlasError(f"unknown zoo family {fam!r}; choose from {', '.join(FAMILIES)}")
+    if not cfg.checkpoints or max(cfg.checkpoints) > cfg.epochs or min(cfg.checkpoints) < 1:
+        raise WeightAtlasError(f"checkpoints {cfg.checkpoints} must lie in 1..epochs={cfg.epochs}")
+    runs = []
+    for entry in cfg.tasks:
+        task, n_runs = _parse_task_runs(entry)
+        kind = get_task(task).info.kind
+        for fam_name in cfg.families:
+            fam = FAMILIES[fam_name]
+            if kind not in fam.kinds:
+                continue
+            factor = cfg.slow_family_factor if fam_name in SLOW_FAMILIES else 1
+            for r in range(n_runs):
+                key = f"{fam_name}/{task}/{r}"
+                rng = np.random.default_rng([cfg.seed, zlib.crc32(key.encode())])
+                runs.append(
+                    Run(
+                        family=fam_name,
+                        task=task,
+                        run=r,
+                        seed=int(rng.integers(0, 2**31 - 1)),
+                        lr=float(rng.choice(cfg.lrs)),
+                        weight_decay=float(rng.choice(cfg.weight_decays)),
+                        width=int(rng.choice(fam.widths[: cfg.size_levels])),
+                        depth=int(rng.choice(fam.depths[: cfg.size_levels])),
+                        epochs=cfg.epochs * factor,
+                        checkpoints=tuple(sorted({c * factor for c in cfg.checkpoints})),
+                    )
+                )
+    return runs
+
+
+def repo_dir(out: Path, name: str) -> Path:
+    """``out/models--weightatlas-zoo--{name}`` (the HF cache folder of repo ``ORG/name``)."""
+    return out / f"models--{ZOO_ORG}--{name}"
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _write_cache_repo(out: Path, name: str, files: dict[str, bytes]) -> Path:
+    """Write one repo in HF cache layout via a temp dir renamed into place; returns the snapshot."""
+    blobs = {
+        fn: hashlib.sha256(data).hexdigest()
+        if fn.endswith(".safetensors")
+        else _git_blob_sha1(data)
+        for fn, data in files.items()
+    }
+    rev = hashlib.sha1("".join(f"{fn}\0{blobs[fn]}\n" for fn in sorted(files)).encode()).hexdigest()
+    final = repo_dir(out, name)
+    tmp = out / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    snap = tmp / "snapshots" / rev
+    (tmp / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (tmp / "refs").mkdir()
+    for fn, data in files.items():
+        with open(tmp / "blobs" / blobs[fn], "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.symlink(f"../../blobs/{blobs[fn]}", snap / fn)
+    (tmp / "refs" / "main").write_text(rev)
+    os.rename(tmp, final)
+    return final / "snapshots" / rev
+
+
+def snapshot_dir(repo: Path) -> Path | None:
+    """The snapshot ``refs/main`` points to, or None if the repo is not complete."""
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        return None
+    snap = repo / "snapshots" / ref.read_text().strip()
+    return snap if snap.is_dir() else None
+
+
+def _card(
+    run: Run, epoch: int, labels: dict[str, Any], library: str, dataset: str, kind: str, lic: str
+) -> str:
+    repo_id = f"{ZOO_ORG}/{run.name(epoch)}"
+    pipeline = "image-classification" if kind == "image" else "tabular-classification"
+    metrics = [
+        {"type": "accuracy", "value": labels["test_accuracy"], "name": "test accuracy"},
+        {"type": "loss", "value": labels["test_loss"], "name": "test cross-entropy"},
+    ]
+    meta = {
+        "library_name": library,
+        "license": lic,
+        "pipeline_tag": pipeline,
+        "tags": [run.task, run.family, "weightatlas-zoo", library, f"epoch-{epoch}"],
+        "datasets": [dataset],
+        "metrics": ["accuracy"],
+        "model-index": [
+            {
+                "name": repo_id,
+                "results": [
+                    {
+                        "task": {"type": pipeline},
+                        "dataset": {"name": run.task, "type": dataset, "split": "test"},
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ],
+        "weightatlas": labels,
+    }
+    body = (
+        f"A `{run.family}` model ({library}) trained by the Weight Atlas zoo factory on `{run.task}` "
+        f"({dataset}), checkpoint after epoch {epoch} of {run.epochs}.\n\n"
+        f"| split | accuracy | loss |\n|---|---|---|\n"
+        f"| train | {labels['train_accuracy']:.4f} | {labels['train_loss']:.4f} |\n"
+        f"| val | {labels['val_accuracy']:.4f} | {labels['val_loss']:.4f} |\n"
+        f"| test | {labels['test_accuracy']:.4f} | {labels['test_loss']:.4f} |\n\n"
+        f"Hyper-parameters: lr {run.lr:g}, weight decay {run.weight_decay:g}, width {run.width}, "
+        f"depth {run.depth}, batch size {labels['batch_size']}, seed {run.seed}."
+    )
+    return render_card(meta, repo_id, body)
+
+
+def _labels(
+    run: Run, epoch: int, model: torch.nn.Module, cfg: ZooConfig, dataset: str
+) -> dict[str, Any]:
+    task = get_task(run.task)
+    m = {s: evaluate(model, task, s) for s in ("train", "val", "test")}
+    r6 = lambda v: round(float(v), 6)  # noqa: E731 - rounded once so card and zoo.jsonl agree
+    return {
+        "family": run.family,
+        "task": run.task,
+        "dataset": dataset,
+        "run": run.run,
+        "epoch": epoch,
+        "max_epochs": run.epochs,
+        "seed": run.seed,
+        "lr": run.lr,
+        "weight_decay": run.weight_decay,
+        "width": run.width,
+        "depth": run.depth,
+        "batch_size": cfg.batch_size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_accuracy": r6(m["train"].accuracy),
+        "val_accuracy": r6(m["val"].accuracy),
+        "test_accuracy": r6(m["test"].accuracy),
+        "train_loss": r6(m["train"].loss),
+        "val_loss": r6(m["val"].loss),
+        "test_loss": r6(m["test"].loss),
+        "generalization_gap": r6(m["train"].accuracy - m["test"].accuracy),
+    }
+
+
+def _checkpoint_files(
+    model: torch.nn.Module, library: str, card: str, tmp: Path
+) -> dict[str, bytes]:
+    save_model_dir(model, tmp, library, card=card, config=config_of(model, library))
+    files = {
+        fn: (tmp / fn).read_bytes() for fn in ("config.json", "model.safetensors", "README.md")
+    }
+    shutil.rmtree(tmp)
+    return files
+
+
+def _row(out: Path, snap: Path) -> dict[str, Any]:
+    from huggingface_hub import metadata_load
+
+    labels = metadata_load(snap / "README.md")["weightatlas"]
+    repo = snap.parent.parent
+    name = repo.name.removeprefix(f"models--{ZOO_ORG}--")
+    return {"id": f"{ZOO_ORG}/{name}", "path": str(snap.relative_to(out)), **labels}
+
+
+def train_run(
+    run: Run, cfg: ZooConfig, out: Path, bar: tqdm | None = None, budget: list[int] | None = None
+) -> None:
+    """Train one run and write its missing checkpoints (existing ones are never rewritten)."""
+    task = get_task(run.task)
+    info = task.info
+    library = FAMILIES[run.family].library
+    model = build_family(run.family, info, run.width, run.depth, run.seed)
+
+    def on_epoch(epoch: int, m: torch.nn.Module) -> None:
+        if epoch not in run.checkpoints or snapshot_dir(repo_dir(out, run.name(epoch))):
+            return
+        if budget is not None:
+            if budget[0] <= 0:
+                raise _StopBuild
+            budget[0] -= 1
+        labels = _labels(run, epoch, m, cfg, info.dataset)
+        card = _card(run, epoch, labels, library, info.dataset, info.kind, cfg.license)
+        files = _checkpoint_files(m, library, card, out / f".tmp-files-{os.getpid()}")
+        snap = _write_cache_repo(out, run.name(epoch), files)
+        append_jsonl(out / PROGRESS, [_row(out, snap)])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{run.name(epoch)} acc={labels['test_accuracy']:.3f}")
+
+    train_epochs(
+        model,
+        task,
+        run.epochs,
+        run.lr,
+        run.weight_decay,
+        cfg.batch_size,
+        run.seed,
+        on_epoch=on_epoch,
+    )
+
+
+class _StopBuild(Exception):
+    """Raised inside a run when ``limit`` new repos have been written."""
+
+
+@dataclass
+class _Threads:
+    n: int
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.old)
+
+
+def iter_checkpoints(runs: list[Run]) -> Iterator[tuple[Run, int]]:
+    """``(run, epoch)`` of every checkpoint in plan order."""
+    for run in runs:
+        for epoch in run.checkpoints:
+            yield run, epoch
+
+
+def zoo(
+    preset: str = "ci",
+    out: str | Path = "zoo",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or finish) a zoo and write it under ``out``; returns ``out``.
+
+    Args:
+        preset: ``ci``, ``demo`` or ``full`` (see ``ZOO_PRESETS``).
+        out: output directory (an HF cache directory afterwards).
+        seed: zoo seed; every run's seed and hyper-parameters derive from it.
+        overrides: ZooConfig fields that win over the preset (strings are coerced).
+        config_file: optional JSON/YAML file of ZooConfig fields.
+        limit: write at most this many new checkpoints, then return without zoo.jsonl (a later
+            call finishes the build).
+        progress: show a tqdm bar.
+    """
+    cfg = build_config(
+        ZooConfig, ZOO_PRESETS, preset, config_file, {"seed": seed, **(overrides or {})}
+    )
+    runs = plan(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WeightAtlasError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):  # left by a killed build; never a finished repo
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    info_path = out / ZOO_INFO
+    cfg_dict = to_dict(cfg)
+    if info_path.exists():
+        from core.atlas import read_json
+
+        old = read_json(info_path).get("config")
+        if old is not None and old != cfg_dict:
+            raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
+    write_json(info_path, {"preset": preset, "config": cfg_dict, "complete": False})
+
+    total = sum(len(r.checkpoints) for r in runs)
+    done = {
+        (r.name(e)) for r, e in iter_checkpoints(runs) if snapshot_dir(repo_dir(out, r.name(e)))
+    }
+    todo = [r for r in runs if any(r.name(e) not in done for e in r.checkpoints)]
+    budget = [limit] if limit is not None else None
+    start = time.time()
+    with _Threads(cfg.threads):
+        bar = tqdm(
+            total=total, initial=len(done), desc=f"zoo {preset}", unit="ckpt", disable=not progress
+        )
+        try:
+            for run in todo:
+                try:
+                    train_run(run, cfg, out, bar, budget)
+                except _StopBuild:
+                    return out
+        finally:
+            bar.close()
+    rows = [_row(out, snapshot_dir(repo_dir(out, r.name(e)))) for r, e in iter_checkpoints(runs)]
+    from core.atlas import atomic_write_bytes, dumps
+
+    atomic_write_bytes(out / ZOO_INDEX, "".join(dumps(r) + "\n" for r in rows).encode())
+    (out / PROGRESS).unlink(missing_ok=True)
+    write_json(
+        info_path,
+        {
+            "preset": preset,
+            "config": cfg_dict,
+            "complete": True,
+            "checkpoints": len(rows),
+            "runs": len(runs),
+            "families": sorted({r.family for r in runs}),
+            "tasks": sorted({r.task for r in runs}),
+            "last_build_seconds": round(time.time() - start, 2),
+            "last_build_new_checkpoints": total - len(done),
+        },
+    )
+    return out
+
+
+def read_zoo(out: str | Path) -> list[dict[str, Any]]:
+    """Rows of a finished zoo's ``zoo.jsonl`` (``id``, ``path`` relative to ``out``, labels)."""
+    path = Path(out) / ZOO_INDEX
+    if not path.is_file():
+        raise WeightAtlasError(
+            f"{out} has no {ZOO_INDEX}; build it with `weightatlas zoo --out {out}`"
+        )
+    return list(read_jsonl(path))
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset", default="ci", choices=sorted(ZOO_PRESETS), help="zoo size (default: ci)"
+    )
+    p.add_argument("--out", required=True, help="output directory (HF cache layout)")
+    p.add_argument("--seed", type=int, default=0, help="zoo seed (default: 0)")
+    p.add_argument("--config", default=None, help="JSON/YAML file of ZooConfig fields")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many new checkpoints")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="ZooConfig overrides, e.g. epochs=4"
+    )
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    out = zoo(
+        args.preset,
+        args.out,
+        seed=args.seed,
+        overrides=parse_overrides(args.overrides),
+        config_file=args.config,
+        limit=args.limit,
+    )
+    if (out / ZOO_INDEX).exists():
+        n = sum(1 for _ in read_jsonl(out / ZOO_INDEX))
+        print(f"zoo: {n} checkpoints in {out}")
+    else:
+        print(f"zoo: stopped after --limit; re-run to finish {out}")
+    return 0
