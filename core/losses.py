@@ -1,0 +1,176 @@
+"""Training losses of the backbone: reconstruction with loss normalization, NT-Xent, augmentations.
+
+Paper 001 §3.2 (masked loss normalization, MLN) and paper 003 §2 (the composite loss
+(1 - gamma) * rec + gamma * con, with NT-Xent between projections of two augmented views).
+
+MLN (Eq. 1 of 001): each target token t is standardized with the mean and std of *its own real
+(unmasked) values*, and its reconstruction t_hat with the *same* statistics of t:
+
+    tau = (t - mean_t) / std_t        tau_hat = (t_hat - mean_t) / std_t
+
+then the MSE between tau and tau_hat is taken over real values only, so padding changes
+nothing. Modes:
+    masked  MLN as above (the method)
+    token   the same per-token standardization but over all D values, padding included, and
+            the MSE over all values (the ablation)
+    none    plain masked MSE in weight space (SANE, 003 Eq. 5)
+
+Shapes: B windows, T tokens, D token size, P projection dim.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+LossNorm = Literal["masked", "token", "none"]
+LOSS_NORMS: tuple[str, ...] = ("masked", "token", "none")
+
+
+def token_stats(
+    target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token mean and std (B, T, 1) over the values where ``mask`` is True.
+
+    ``std = sqrt(var + eps)`` so that constant tokens (zero biases, unit norm weights) get a
+    finite scale. Tokens with no real value get mean 0 and std sqrt(eps).
+    """
+    m = mask.to(target.dtype)
+    n = m.sum(-1, keepdim=True).clamp_min(1.0)
+    mean = (target * m).sum(-1, keepdim=True) / n
+    var = (((target - mean) * m) ** 2).sum(-1, keepdim=True) / n
+    return mean, (var + eps).sqrt()
+
+
+def reconstruction_terms(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    norm: LossNorm = "masked",
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared (normalized) errors and the number of values it counts.
+
+    Split into (sum, count) so that data-parallel ranks can divide by the global count.
+
+    Args:
+        pred: (B, T, D) reconstruction.
+        target: (B, T, D) original tokens.
+        mask: (B, T, D) bool, True on real values.
+        norm: "masked" (MLN), "token" (padding included) or "none".
+        eps: variance floor of the per-token standardization.
+    """
+    pred, target = pred.float(), target.float()
+    if norm == "none":
+        m = mask.float()
+        return (((pred - target) * m) ** 2).sum(), m.sum()
+    if norm == "masked":
+        mean, std = token_stats(target, mask, eps)
+        m = mask.float()
+    elif norm == "token":
+        mean, std = token_stats(target, torch.ones_like(mask), eps)
+        m = torch.ones_like(pred)
+    else:
+        raise ValueError(f"unknown loss normalization {norm!r}; choose from {LOSS_NORMS}")
+    err = ((pred - mean) / std - (target - mean) / std) * m
+    return (err**2).sum(), m.sum()
+
+
+def reconstruction_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    norm: LossNorm = "masked",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Mean squared (normalized) reconstruction error over the counted values; see module doc."""
+    total, count = reconstruction_terms(pred, target, mask, norm, eps)
+    return total / count.clamp_min(1.0)
+
+
+def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NT-Xent (SimCLR) between two views: row i of ``p1`` and of ``p2`` (B, P) are positives.
+
+    Each of the 2B projections is classified against the other 2B - 1 by cosine similarity.
+    """
+    B = p1.shape[0]
+    p = F.normalize(torch.cat([p1, p2]).float(), dim=-1)  # (2B, P)
+    logits = p @ p.T / temperature  # (2B, 2B)
+    logits = logits.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=p.device), -torch.inf)
+    targets = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(p.device)
+    return F.cross_entropy(logits, targets)
+
+
+def combined_loss(rec: torch.Tensor, con: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 - gamma) * rec + gamma * con (003 §2)."""
+    return (1.0 - gamma) * rec + gamma * con
+
+
+def augment(
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    noise: float,
+    mask_frac: float,
+    normal: torch.Tensor,
+    uniform: torch.Tensor,
+) -> torch.Tensor:
+    """One augmented view: additive Gaussian noise and random masking of real values.
+
+    Noise is scaled by each token's own std (of its real values), so that layers of any
+    magnitude are perturbed alike; masking zeroes a random ``mask_frac`` of the real values.
+    Padding stays zero. Permutation is not used (001 B.2.1: unknown architectures). The random
+    draws are passed in, so that the caller decides what they depend on.
+
+    Args:
+        tokens: (B, T, D) clean tokens.
+        mask: (B, T, D) bool, True on real values.
+        noise: noise std relative to the token std.
+        mask_frac: fraction of real values set to zero.
+        normal: (B, T, D) standard normal draws.
+        uniform: (B, T, D) uniform [0, 1) draws.
+    """
+    _, std = token_stats(tokens.float(), mask, eps=0.0)
+    keep = (uniform >= mask_frac) & mask
+    view = tokens + noise * std.to(tokens.dtype) * normal.to(tokens.dtype)
+    return view * keep.to(tokens.dtype)
+
+
+class R2Meter:
+    """Coefficient of determination 1 - SSE / SST over real values, overall and per group.
+
+    Accumulates float64 sums so that R^2 over many batches equals R^2 over the concatenation;
+    each group's SST is taken about that group's own mean.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # group -> [n, sum y, sum y^2, sse]
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        groups: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Add a batch. ``groups`` maps a name to a (B, T) bool selecting its tokens."""
+        y, yhat = target.double(), pred.double()
+        m = mask.double()
+        selections = {"all": torch.ones(mask.shape[:-1], dtype=torch.bool, device=mask.device)}
+        selections.update(groups or {})
+        for name, sel in selections.items():
+            w = m * sel.unsqueeze(-1).double()
+            row = torch.stack(
+                [w.sum(), (w * y).sum(), (w * y * y).sum(), (w * (y - yhat) ** 2).sum()]
+            ).cpu()
+            self.sums[name] = self.sums.get(name, torch.zeros(4, dtype=torch.float64)) + row
+
+    def compute(self) -> dict[str, float]:
+        """R^2 per group ('all' overall); groups with no variance are left out."""
+        out = {}
+        for name, (n, s, s2, sse) in self.sums.items():
+            sst = s2 - s * s / n.clamp_min(1.0)
+            if n > 0 and sst > 0:
+                out[name] = float(1.0 - sse / sst)
+        return out
