@@ -1005,10 +1005,9 @@ def collect(
         done.add(row["id"])
         if row.get("status") == "accepted":
             quota.have[row.get("split")] += 1
-    if progress:
-        from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars
 
-        disable_progress_bars()
+    disable_progress_bars()  # one bar for the whole collection, not one per file
     stats: Counter = Counter()
     bar = tqdm(desc=f"collect {src.kind}", unit="model", disable=not progress)
     it = src.candidates()
