@@ -593,6 +593,8 @@ class Family:
 
     ``widths`` / ``depths`` are the sizes the zoo draws from (small to large); ``kinds`` the
     task kinds it can train on; ``default_task`` the task ``resolve_arch`` evaluates on.
+    ``epoch_scale`` / ``lr_scale`` multiply a zoo run's epochs and learning rate: small
+    transformers need more and larger steps than CNNs on tiny data sets.
     """
 
     name: str
@@ -602,6 +604,8 @@ class Family:
     default_task: str
     widths: tuple[int, ...]
     depths: tuple[int, ...]
+    epoch_scale: int = 1
+    lr_scale: float = 1.0
 
     def config(self, task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
         """The ``config.json`` dict of this family for ``task`` at ``width`` x ``depth``."""
@@ -623,6 +627,8 @@ def register_family(
     depths: tuple[int, ...],
     kinds: tuple[str, ...] = ("image",),
     default_task: str = "digits10",
+    epoch_scale: int = 1,
+    lr_scale: float = 1.0,
 ) -> Callable[
     [Callable[[TaskInfo, int, int], dict[str, Any]]], Callable[[TaskInfo, int, int], dict[str, Any]]
 ]:
@@ -633,7 +639,9 @@ def register_family(
     ) -> Callable[[TaskInfo, int, int], dict[str, Any]]:
         if name in FAMILIES:
             raise ValueError(f"family {name!r} registered twice")
-        FAMILIES[name] = Family(name, library, fn, kinds, default_task, widths, depths)
+        FAMILIES[name] = Family(
+            name, library, fn, kinds, default_task, widths, depths, epoch_scale, lr_scale
+        )
         return fn
 
     return deco
@@ -699,7 +707,14 @@ def _convnext(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     )
 
 
-@register_family("vit", library="transformers", widths=(16, 32, 48), depths=(1, 2, 3))
+@register_family(
+    "vit",
+    library="transformers",
+    widths=(16, 32, 48),
+    depths=(1, 2, 3),
+    epoch_scale=2,
+    lr_scale=2.0,
+)
 def _vit(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     return _hf(
         "ViTConfig",
@@ -716,7 +731,7 @@ def _vit(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     )
 
 
-@register_family("swin", library="transformers", widths=(8, 16, 24), depths=(1, 2))
+@register_family("swin", library="transformers", widths=(8, 16, 24), depths=(1, 2), epoch_scale=2)
 def _swin(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     return _hf(
         "SwinConfig",
@@ -771,7 +786,9 @@ def _timm_resnet(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     )
 
 
-@register_family("timm-vit", library="timm", widths=(16, 32, 48), depths=(1, 2, 3))
+@register_family(
+    "timm-vit", library="timm", widths=(16, 32, 48), depths=(1, 2, 3), epoch_scale=2, lr_scale=2.0
+)
 def _timm_vit(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     return _timm(
         "vit_tiny_patch16_224",

@@ -58,8 +58,8 @@ class ZooConfig:
     ``tasks`` entries are ``"task:runs"``: every family that can train on the task gets that
     many runs. Each run draws its ``lr``, ``weight_decay``, width and depth (from the first
     ``size_levels`` entries of the family's ``widths`` / ``depths``) from a seeded generator,
-    trains ``epochs`` epochs (times ``slow_family_factor`` for ViT-like families, which need more
-    steps on tiny data) and saves the checkpoints of ``checkpoints`` epochs (scaled alike).
+    trains ``epochs`` epochs and saves the checkpoints of ``checkpoints`` epochs; epochs,
+    checkpoints and lr are scaled by the family's ``epoch_scale`` / ``lr_scale``.
     """
 
     families: tuple[str, ...] = tuple(FAMILIES)
@@ -70,7 +70,6 @@ class ZooConfig:
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
     size_levels: int = 1
     batch_size: int = 32
-    slow_family_factor: int = 2
     seed: int = 0
     threads: int = 1
     license: str = "mit"
@@ -121,9 +120,6 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# families whose transformers need about twice the steps of the CNNs on 8x8 data
-SLOW_FAMILIES = frozenset({"vit", "timm-vit", "swin"})
-
 
 @dataclass(frozen=True)
 class Run:
@@ -170,7 +166,7 @@ def plan(cfg: ZooConfig) -> list[Run]:
             fam = FAMILIES[fam_name]
             if kind not in fam.kinds:
                 continue
-            factor = cfg.slow_family_factor if fam_name in SLOW_FAMILIES else 1
+            factor = fam.epoch_scale
             for r in range(n_runs):
                 key = f"{fam_name}/{task}/{r}"
                 rng = np.random.default_rng([cfg.seed, zlib.crc32(key.encode())])
@@ -180,7 +176,7 @@ def plan(cfg: ZooConfig) -> list[Run]:
                         task=task,
                         run=r,
                         seed=int(rng.integers(0, 2**31 - 1)),
-                        lr=float(rng.choice(cfg.lrs)),
+                        lr=float(rng.choice(cfg.lrs)) * fam.lr_scale,
                         weight_decay=float(rng.choice(cfg.weight_decays)),
                         width=int(rng.choice(fam.widths[: cfg.size_levels])),
                         depth=int(rng.choice(fam.depths[: cfg.size_levels])),
