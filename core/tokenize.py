@@ -440,7 +440,7 @@ def fill_tokens(
     Args:
         plan: from ``plan_tokens``.
         get: name -> tensor (read lazily, so only one tensor is in memory at a time).
-        tokens: (N, D) float32, zero-initialised (padding is not written).
+        tokens: (N, D) float32; any content (every value, padding included, is written).
         valid: (N,) int32.
         positions: (N, 3) int64.
     """
@@ -474,10 +474,11 @@ def fill_tokens(
             block.copy_(src)
         else:
             block[:, : e.row_len].copy_(src)
+            block[:, e.row_len :].zero_()
 
 
 def _apply(plan: ModelPlan, get: Callable[[str], torch.Tensor]) -> Tokenized:
-    tokens = torch.zeros(plan.n_tokens, plan.token_size, dtype=torch.float32)
+    tokens = torch.empty(plan.n_tokens, plan.token_size, dtype=torch.float32)
     valid = torch.empty(plan.n_tokens, dtype=torch.int32)
     positions = torch.empty(plan.n_tokens, 3, dtype=torch.int64)
     fill_tokens(plan, get, tokens, valid, positions)

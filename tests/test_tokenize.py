@@ -22,9 +22,12 @@ from core.errors import WeightAtlasError
 from core.store import TokenStore
 from core.tokenize import (
     SCHEMES,
+    _Meta,
     add_cli,
     detokenize,
+    fill_tokens,
     layer_kinds,
+    plan_tokens,
     read_index,
     run_cli,
     tokenize,
@@ -396,3 +399,18 @@ def test_rank_from_environment(tmp_path, family_dirs, monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(WeightAtlasError, match="bad rank"):
         tokenize(atlas.root, progress=False)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_fill_overwrites_garbage_buffers(scheme):
+    """Outputs need no zero-initialisation: padding is written explicitly (memmaps, reused buffers)."""
+    sd = {k: v for k, v in ODD.items() if k not in NON_FLOAT}
+    ref = tokenize_state_dict(sd, scheme, 3)
+    plan = plan_tokens({k: _Meta(tuple(v.shape), v.dtype) for k, v in sd.items()}, scheme, 3)
+    n = plan.n_tokens
+    tokens = torch.full((n, 3), float("nan"))
+    valid = torch.full((n,), -1, dtype=torch.int32)
+    positions = torch.full((n, 3), -1, dtype=torch.int64)
+    fill_tokens(plan, sd.__getitem__, tokens, valid, positions)
+    assert torch.equal(tokens, ref.tokens) and torch.equal(valid, ref.valid)
+    assert torch.equal(positions, ref.positions)
