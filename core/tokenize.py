@@ -722,7 +722,7 @@ def read_index(tokens_dir: str | Path) -> dict[str, Any]:
         if r.get("status") == "ok":
             index["models"][mid] = {k: v for k, v in r.items() if k not in ("id", "status")}
             index["failed"].pop(mid, None)
-        elif mid not in index["failed"]:
+        else:  # the latest failure's reason wins
             index["failed"][mid] = r.get("reason", "unknown")
         for key in ("scheme", "token_size"):
             if index[key] is None and r.get(key) is not None:
@@ -745,8 +745,8 @@ def _groups(
     for row in rows:
         try:
             b = sum(f.stat().st_size for f in _weight_files(_model_path(atlas, row)))
-        except (WeightAtlasError, OSError):
-            b = 0
+        except (WeightAtlasError, OSError, KeyError, TypeError):
+            b = 0  # an unreadable model fails (with a record) when its group is tokenized
         if cur and size + b > shard_bytes:
             groups.append(cur)
             cur, size = [], 0
@@ -783,6 +783,7 @@ def tokenize(
     world_size: int | None = None,
     shard_bytes: int | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Tokenize the atlas' accepted models into ``ATLAS/tokens/`` (resumable, rank-sharded).
 
@@ -795,6 +796,7 @@ def tokenize(
             goes to rank ``g % world_size``.
         shard_bytes: target weight bytes per shard.
         progress: show a tqdm bar.
+        retry_failed: tokenize again the models that failed before (else they stay recorded).
 
     Returns:
         ``stats.json`` as a dict (merged over all ranks' results so far).
@@ -817,7 +819,7 @@ def tokenize(
         cfg.shard_bytes = shard_bytes
     if rank == 0:
         atlas.update_info(token_scheme=scheme, token_size=token_size)
-    done = set(index["models"]) | set(index["failed"])
+    done = set(index["models"]) | (set() if retry_failed else set(index["failed"]))
     # Groups are cut from the whole sorted manifest, so they do not depend on the world size
     # or on what other ranks have finished; done models are skipped inside their group.
     rows = sorted(atlas.accepted(), key=lambda r: r["id"])
@@ -854,8 +856,8 @@ def _tokenize_group(
     failed: list[dict[str, Any]] = []
     planned: list[tuple[dict[str, Any], ModelPlan, Path]] = []
     for row in group:
-        path = _model_path(atlas, row)
         try:
+            path = _model_path(atlas, row)
             plan, src = _plan_dir(path, scheme, token_size, None)
             src.close()
             planned.append((row, plan, path))
@@ -991,6 +993,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-mb", type=float, default=None, help="target weight MiB per shard file")
     p.add_argument("--rank", type=int, default=None, help="this process' rank (default: env RANK)")
     p.add_argument(
+        "--retry-failed", action="store_true", help="tokenize models that failed before again"
+    )
+    p.add_argument(
         "--world-size", type=int, default=None, help="number of processes (default: env WORLD_SIZE)"
     )
 
@@ -1003,6 +1008,7 @@ def run_cli(args: argparse.Namespace) -> int:
         rank=args.rank,
         world_size=args.world_size,
         shard_bytes=None if args.shard_mb is None else int(args.shard_mb * 2**20),
+        retry_failed=args.retry_failed,
     )
     print(
         f"tokens: {stats['models']} models, {stats['failed']} failed, {stats['tokens']} tokens of "

@@ -368,6 +368,15 @@ def test_stage_end_to_end_and_resume(tmp_path, family_dirs):
     )
     assert run_cli(cli_args([str(atlas.root)])) == 0
     assert read_json(atlas.tokens_dir / "stats.json")["models"] == 9
+    # a failed model stays failed on resume, and is redone with --retry-failed once fixed
+    fixed = atlas.root / "broken" / "trunc"
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(family_dirs["mlp"][1] / f, fixed / f)
+    assert tokenize(atlas.root, progress=False)["failed"] == 2
+    assert run_cli(cli_args([str(atlas.root), "--retry-failed"])) == 0
+    index = read_index(atlas.tokens_dir)
+    assert set(index["failed"]) == {"bad/remote"} and "bad/trunc" in index["models"]
+    assert "remote" in index["failed"]["bad/remote"] or "auto_map" in index["failed"]["bad/remote"]
     assert {
         p.name: p.stat().st_mtime_ns for p in atlas.tokens_dir.glob("shard-*")
     }.items() >= shards.items()
