@@ -12,7 +12,6 @@ from the CLI, from JupyterLab, or from here.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -38,28 +37,71 @@ STAGES: dict[str, str] = {
 
 @dataclass
 class PipelineConfig:
-    """Knobs of one pipeline run; each stage notebook takes the subset it declares."""
+    """Knobs of one pipeline run; each stage notebook takes the subset its parameters cell declares.
+
+    Attributes:
+        zoo_preset: ``core.zoo`` preset built into ``RUN/zoo`` when ``source`` is None.
+        source: collect from this directory / HF cache / ``hub`` instead of building a zoo.
+        collect_preset: ``core.hub`` COLLECT_PRESETS name.
+        scheme: token scheme of the main token store.
+        token_size: values per token.
+        backbone_preset: BACKBONE preset of the main backbone.
+        train_steps: steps of the main backbone (None: the training preset's own length).
+        embed_preset: EMBED_PRESETS name.
+        probe_preset: PROBE_PRESETS name.
+        sample_arch: architecture generated in the generation stage.
+        sample_task: its in-distribution task (None: the family's default task).
+        heldout_task: a task absent from the collection, for zero-shot transfer.
+        generation_preset: GENERATION_PRESETS name (fine-tuning budget, seeds, n, keep).
+        sample_preset: SAMPLE_PRESETS name.
+        ablation_preset: ABLATION_PRESETS name.
+        ablation_steps: steps of every ablation backbone (None: the ablation preset's).
+        ablations: which ablations to run (``mln``, ``tokenization``, ``composition``).
+        target_arch: architecture the ablations generate.
+        seed: seed of the zoo, training and sampling.
+    """
 
     zoo_preset: str = "ci"
-    backbone_preset: str = "ci"
+    source: str | None = None
+    collect_preset: str = "ci"
     scheme: str = "dense"
     token_size: int = 64
-    train_steps: int | None = None  # None: the backbone preset's own length
-    ablation_steps: int = 150
-    sample_arch: str = "zoo:resnet"
-    sample_n: int = 8
-    sample_keep: int = 3
-    finetune_epochs: tuple[int, ...] = (0, 1, 3, 5)
+    backbone_preset: str = "ci"
+    train_steps: int | None = None
+    embed_preset: str = "ci"
+    probe_preset: str = "ci"
+    sample_arch: str = "zoo:cnn"
+    sample_task: str | None = None
     heldout_task: str = "digits-invert"
+    generation_preset: str = "ci"
+    sample_preset: str = "ci"
+    ablation_preset: str = "ci"
+    ablation_steps: int | None = None
+    ablations: tuple[str, ...] = ("mln", "tokenization", "composition")
+    target_arch: str = "zoo:cnn"
     seed: int = 0
 
 
 PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     "ci": dict(
-        zoo_preset="ci", backbone_preset="ci", ablation_steps=120, sample_n=6, sample_keep=2
+        zoo_preset="ci",
+        collect_preset="ci",
+        backbone_preset="ci",
+        embed_preset="ci",
+        probe_preset="ci",
+        generation_preset="ci",
+        sample_preset="ci",
+        ablation_preset="ci",
     ),
     "demo": dict(
-        zoo_preset="demo", backbone_preset="demo", ablation_steps=600, sample_n=20, sample_keep=5
+        zoo_preset="demo",
+        collect_preset="default",
+        backbone_preset="demo",
+        embed_preset="demo",
+        probe_preset="demo",
+        generation_preset="demo",
+        sample_preset="demo",
+        ablation_preset="demo",
     ),
 }
 
@@ -115,14 +157,29 @@ def run_stage(
         )
     except PapermillExecutionError as e:
         raise StageFailed(
-            f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-            f"(executed notebook kept at {out})"
+            f"stage {stage!r} failed in cell [{e.exec_count}] `{failing_cell_source(out)}`: "
+            f"{e.ename}: {e.evalue} (executed notebook kept at {out})"
         ) from None
     append_jsonl(
         run / "results" / "stages.jsonl",
         [{"stage": stage, "seconds": round(time.perf_counter() - t0, 2), "notebook": str(out)}],
     )
     return out
+
+
+def failing_cell_source(executed: Path, max_chars: int = 160) -> str:
+    """The source of the first cell with an error output in an executed notebook, on one line."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return "?"
+    for cell in nb.cells:
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            text = " ; ".join(line.strip() for line in cell.source.splitlines() if line.strip())
+            return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+    return "?"
 
 
 def pipeline(
@@ -220,19 +277,40 @@ def write_report(run: str | Path) -> Path:
     return report
 
 
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
+_CELL = re.compile(rf"^({_NUM})%?(?:\s*±\s*({_NUM})%?)?$", flags=re.I)
+
+
+def table_numbers(text: str) -> list[float]:
+    """Every number in markdown table cells: plain values, percentages and ``mean ± std``."""
+    values = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line.strip()) <= set("|-: "):
+            for cell in line.strip().strip("|").split("|"):
+                m = _CELL.match(cell.strip())
+                if m:
+                    values += [float(g) for g in m.groups() if g is not None]
+    return values
+
+
 def report_numbers(report: str | Path) -> list[float]:
     """Every number in the report's table cells (for checks that all are finite)."""
-    values = []
-    for line in Path(report).read_text().splitlines():
-        if line.startswith("|") and not set(line) <= set("|-: "):
-            for cell in line.strip("|").split("|"):
-                cell = cell.strip().rstrip("%")
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    if cell.lower() in ("nan", "inf", "-inf"):
-                        values.append(math.nan)
-    return values
+    return table_numbers(Path(report).read_text())
+
+
+def section_numbers(report: str | Path) -> dict[str, list[float]]:
+    """The numbers of each ``## section`` of the report's tables, by section title."""
+    out: dict[str, list[float]] = {}
+    title = None
+    chunk: list[str] = []
+    for line in [*Path(report).read_text().splitlines(), "## "]:
+        if line.startswith("## "):
+            if title is not None:
+                out[title] = table_numbers("\n".join(chunk))
+            title, chunk = line[3:].strip(), []
+        else:
+            chunk.append(line)
+    return out
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
