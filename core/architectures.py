@@ -813,7 +813,7 @@ def _timm_convnext(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
         task,
         in_chans=task.in_chans,
         num_classes=task.num_classes,
-        patch_size=max(1, task.img_size // 8),
+        patch_size=1,  # timm's ConvNeXt reaches stride 32 from any stem stride > 1
         depths=[depth] * 4,
         dims=[width, width, 2 * width, 2 * width],
     )
