@@ -460,8 +460,11 @@ def fit(
     model = Backbone(bcfg).to(d.device)
     steps = _total_steps(tcfg, len(dataset))
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    if steps < 3:
+        raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
+    warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=tcfg.lr, total_steps=steps, pct_start=tcfg.pct_start
+        opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
     )
     metrics_path = out / "metrics.jsonl"
     step = _restore(out, config, resume, model, opt, sched, d)
@@ -660,8 +663,28 @@ def _restore(
 # --------------------------------------------------------------------------- CLI
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides follow options (``ATLAS --preset P steps=9``).
+
+    Plain argparse binds all positionals at the first one, so overrides after an option are
+    "unrecognized"; intermixed parsing (Python's own) collects them.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def add_cli(p: argparse.ArgumentParser) -> None:
     """Flags of ``weightatlas train``."""
+    p.__class__ = _IntermixedParser
     p.add_argument("atlas", help="atlas directory (collected and tokenized)")
     p.add_argument("--preset", default="ci", choices=sorted(TRAIN_PRESETS), help="preset")
     p.add_argument("--out", default=None, help="output dir (default ATLAS/backbone)")

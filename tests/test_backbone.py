@@ -1,0 +1,136 @@
+"""Backbone: shapes, the 3-D sinusoidal code, attention, presets and loading."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from core.backbone import (
+    BACKBONE_PRESETS,
+    Backbone,
+    BackboneConfig,
+    describe,
+    load_backbone,
+    sinusoidal_3d,
+)
+from core.config import ConfigError, build_config, to_dict
+from core.errors import WeightAtlasError
+
+
+def _cfg(**kw) -> BackboneConfig:
+    return build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides=kw)
+
+
+def _positions(B: int, T: int, start: int = 0) -> torch.Tensor:
+    n = torch.arange(start, start + T)
+    return torch.stack([n, n // 7, n % 7], -1).expand(B, T, 3)
+
+
+def test_shapes_of_encode_decode_project():
+    cfg = _cfg(token_size=24)
+    model = Backbone(cfg)
+    x = torch.randn(3, 20, 24)
+    pos = _positions(3, 20)
+    z, recon, proj = model(x, pos)
+    assert z.shape == (3, 20, cfg.latent_dim)
+    assert recon.shape == (3, 20, 24)
+    assert proj.shape == (3, cfg.proj_dim)
+    assert torch.equal(model.encode(x, pos), z)
+    with pytest.raises(WeightAtlasError, match="token size"):
+        model.encode(torch.randn(1, 4, 16), _positions(1, 4))
+
+
+def test_tokens_are_encoded_in_context_of_the_window():
+    model = Backbone(_cfg(token_size=8)).eval()
+    x, pos = torch.randn(1, 12, 8), _positions(1, 12)
+    z = model.encode(x, pos)
+    x2 = x.clone()
+    x2[0, -1] += 1.0
+    z2 = model.encode(x2, pos)
+    assert not torch.allclose(z[0, 0], z2[0, 0])  # attention mixes tokens
+    z3 = model.encode(x, pos + torch.tensor([1, 0, 0]))
+    assert not torch.allclose(z, z3)  # positions matter
+
+
+def test_sinusoidal_code_distinct_across_positions_and_beyond_training_lengths():
+    dim = 64
+    n = torch.arange(0, 5000)
+    pos = torch.stack([n, torch.zeros_like(n), torch.zeros_like(n)], -1)
+    code = sinusoidal_3d(pos, dim)
+    assert code.shape == (5000, dim)
+    d = torch.cdist(code[::7], code[::7])
+    d.fill_diagonal_(float("inf"))
+    assert d.min() > 1e-3
+    # far past any training window: 1e8 tokens in, still distinct and bounded
+    far = torch.stack([torch.arange(10**8, 10**8 + 200), torch.zeros(200, dtype=torch.long),
+                       torch.zeros(200, dtype=torch.long)], -1)  # fmt: skip
+    cf = sinusoidal_3d(far, dim)
+    df = torch.cdist(cf, cf)
+    df.fill_diagonal_(float("inf"))
+    assert df.min() > 1e-3 and cf.abs().max() <= 1.0
+
+
+def test_sinusoidal_axes_have_their_own_channels():
+    dim = 48
+    a = sinusoidal_3d(torch.tensor([[3, 5, 9]]), dim)
+    for perm in ([5, 3, 9], [3, 9, 5], [9, 5, 3]):
+        assert not torch.allclose(a, sinusoidal_3d(torch.tensor([perm]), dim))
+    # changing only l touches only the l channel group
+    b = sinusoidal_3d(torch.tensor([[3, 6, 9]]), dim)
+    changed = (a != b).squeeze(0).nonzero().flatten()
+    g = 2 * (dim // 6)
+    assert changed.min() >= g and changed.max() < 2 * g
+
+
+def test_model_runs_on_windows_longer_than_training_and_large_positions():
+    cfg = _cfg(token_size=8)
+    model = Backbone(cfg).eval()
+    T = 3 * cfg.window
+    x, pos = torch.randn(2, T, 8), _positions(2, T, start=10**7)
+    out = model.decode(model.encode(x, pos), pos)
+    assert out.shape == (2, T, 8) and torch.isfinite(out).all()
+
+
+def test_attention_is_scaled_dot_product():
+    cfg = _cfg(token_size=8)
+    attn = Backbone(cfg).encoder.blocks[0].attn
+    x = torch.randn(2, 6, cfg.d_model)
+    B, T, C, H = 2, 6, cfg.d_model, cfg.n_heads
+    q, k, v = attn.qkv(x).split(C, -1)
+    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+    w = F.softmax(q @ k.transpose(-1, -2) / (C // H) ** 0.5, -1)
+    ref = attn.out((w @ v).transpose(1, 2).reshape(B, T, C))
+    assert torch.allclose(attn(x), ref, atol=1e-5)
+
+
+def test_paper_presets_follow_table_4():
+    small = build_config(BackboneConfig, BACKBONE_PRESETS, "paper-small")
+    large = build_config(BackboneConfig, BACKBONE_PRESETS, "paper-large")
+    for c in (small, large):
+        assert (c.d_model, c.latent_dim, c.n_heads, c.window, c.token_size) == (
+            1536, 128, 8, 512, 230,
+        )  # fmt: skip
+    assert (small.n_layers, large.n_layers) == (8, 16)
+    # Table 4: ~456M and ~900M parameters (counted on the meta device)
+    assert describe(small)["params"] == pytest.approx(456e6, rel=0.02)
+    assert describe(large)["params"] == pytest.approx(900e6, rel=0.02)
+    with pytest.raises(ConfigError, match="divisible"):
+        Backbone(_cfg(d_model=30, n_heads=4))
+
+
+def test_load_backbone_from_dir_and_atlas(tmp_path):
+    cfg = _cfg(token_size=8)
+    model = Backbone(cfg)
+    d = tmp_path / "backbone"
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps({"backbone": to_dict(cfg)}))
+    x, pos = torch.randn(1, 5, 8), _positions(1, 5)
+    for path in (d, tmp_path):
+        loaded = load_backbone(path)
+        assert not loaded.training
+        assert torch.equal(loaded.encode(x, pos), model.eval().encode(x, pos))
+    with pytest.raises(WeightAtlasError, match="no trained backbone"):
+        load_backbone(tmp_path / "nothing")

@@ -1,0 +1,112 @@
+"""Losses: MLN ignores padding and matches Eq. 1 of paper 001, NT-Xent, augmentations, R^2."""
+
+import pytest
+import torch
+from sklearn.metrics import r2_score
+
+from core.losses import (
+    R2Meter,
+    augment,
+    combined_loss,
+    nt_xent,
+    reconstruction_loss,
+    token_stats,
+)
+
+
+def _batch(seed: int = 0, B: int = 3, T: int = 5, D: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(B, T, D, generator=g) * torch.rand(B, T, 1, generator=g) * 3
+    pred = target + 0.3 * torch.randn(B, T, D, generator=g)
+    valid = torch.randint(1, D + 1, (B, T), generator=g)
+    mask = torch.arange(D) < valid.unsqueeze(-1)
+    return pred, target * mask, mask
+
+
+def test_mln_ignores_padding_values():
+    pred, target, mask = _batch()
+    base = reconstruction_loss(pred, target, mask, "masked")
+    junk = torch.randn_like(pred) * 100
+    changed = reconstruction_loss(
+        torch.where(mask, pred, junk), torch.where(mask, target, -junk), mask, "masked"
+    )
+    assert torch.allclose(base, changed, rtol=1e-6, atol=0)
+    # the ablation (statistics and error over padding too) does see padding
+    tok = reconstruction_loss(pred, target, mask, "token")
+    assert not torch.allclose(tok, reconstruction_loss(pred, target + ~mask * 5.0, mask, "token"))
+
+
+def test_mln_matches_equation_1_by_hand():
+    """Both target and prediction use the *target* token's mean/std over its real values."""
+    pred, target, mask = _batch(1)
+    eps = 1e-5
+    errs = []
+    for b in range(target.shape[0]):
+        for t in range(target.shape[1]):
+            m = mask[b, t]
+            real_t, real_p = target[b, t][m], pred[b, t][m]
+            mu, sd = real_t.mean(), (real_t.var(unbiased=False) + eps).sqrt()
+            errs.append(((real_p - mu) / sd - (real_t - mu) / sd) ** 2)
+    expected = torch.cat(errs).mean()
+    got = reconstruction_loss(pred, target, mask, "masked", eps)
+    assert torch.allclose(got, expected, rtol=1e-5)
+
+
+def test_mln_is_scale_invariant_per_token_and_none_is_not():
+    pred, target, _ = _batch(2)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    scale = torch.tensor([1e-3, 1.0, 1e3]).view(3, 1, 1)
+    a = reconstruction_loss(pred, target, mask, "masked", eps=0.0)
+    b = reconstruction_loss(pred * scale, target * scale, mask, "masked", eps=0.0)
+    assert torch.allclose(a, b, rtol=1e-4)
+    plain = reconstruction_loss(pred, target, mask, "none")
+    assert torch.allclose(plain, ((pred - target)[mask] ** 2).mean())
+    assert not torch.allclose(
+        plain, reconstruction_loss(pred * scale, target * scale, mask, "none")
+    )
+
+
+def test_token_stats_use_real_values_only():
+    x = torch.tensor([[[1.0, 3.0, 100.0, -50.0]]])
+    mask = torch.tensor([[[True, True, False, False]]])
+    mean, std = token_stats(x, mask, eps=0.0)
+    assert mean.item() == pytest.approx(2.0) and std.item() == pytest.approx(1.0)
+
+
+def test_nt_xent_prefers_matching_views():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(16, 32, generator=g)
+    matched = nt_xent(p, p + 0.01 * torch.randn(16, 32, generator=g))
+    shuffled = nt_xent(p, p[torch.randperm(16, generator=g)])
+    assert matched < 0.1 < shuffled
+    # identical projections everywhere: chance level, log(2B - 1)
+    same = nt_xent(torch.ones(8, 4), torch.ones(8, 4))
+    assert same.item() == pytest.approx(torch.log(torch.tensor(15.0)).item(), rel=1e-5)
+    assert combined_loss(torch.tensor(2.0), torch.tensor(4.0), 0.25).item() == pytest.approx(2.5)
+
+
+def test_augment_keeps_padding_and_masks_a_fraction():
+    _, target, mask = _batch(3, B=4, T=64, D=32)
+    g = torch.Generator().manual_seed(0)
+    normal, uniform = torch.randn(target.shape, generator=g), torch.rand(target.shape, generator=g)
+    view = augment(target, mask, 0.1, 0.25, normal, uniform)
+    assert (view[~mask] == 0).all()
+    zeroed = ((view == 0) & mask).sum() / mask.sum()
+    assert 0.2 < zeroed < 0.3
+    clean = augment(target, mask, 0.0, 0.0, normal, uniform)
+    assert torch.equal(clean, target)
+    noisy = augment(target, mask, 0.1, 0.0, normal, uniform)
+    rel = ((noisy - target)[mask].std() / target[mask].std()).item()
+    assert 0.02 < rel < 0.3
+
+
+def test_r2_meter_matches_sklearn_over_batches():
+    pred, target, mask = _batch(4, B=6, T=10, D=8)
+    groups = {"even": (torch.arange(10) % 2 == 0).expand(6, 10)}
+    meter = R2Meter()
+    for s in (slice(0, 2), slice(2, 6)):
+        meter.update(pred[s], target[s], mask[s], {k: v[s] for k, v in groups.items()})
+    r2 = meter.compute()
+    assert r2["all"] == pytest.approx(r2_score(target[mask].numpy(), pred[mask].numpy()), rel=1e-6)
+    sel = mask & groups["even"].unsqueeze(-1)
+    assert r2["even"] == pytest.approx(r2_score(target[sel].numpy(), pred[sel].numpy()), rel=1e-6)
