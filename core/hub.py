@@ -39,8 +39,8 @@ as rejections: those candidates are retried on the next run. The split is a hash
 key* (zoo cards: ``family-task-rN`` from the ``weightatlas:`` block, so one run's checkpoints
 never straddle splits; otherwise the repo id) into train/val/test at 70/15/15 (``CollectConfig``).
 With ``n_train`` / ``n_val``, candidates whose split is already full are skipped undownloaded
-and the run stops once every quota is met (in-flight candidates still finish, so a split may
-end a few models over its quota).
+and the run stops once every quota is met (at most ``workers`` candidates are in flight then,
+and they still finish, so a split may end up to ``workers - 1`` models over its quota).
 """
 
 from __future__ import annotations
@@ -1012,10 +1012,11 @@ def collect(
     bar = tqdm(desc=f"collect {src.kind}", unit="model", disable=not progress)
     it = src.candidates()
     exhausted = False
+    window = cfg.workers if quota.need else 2 * cfg.workers  # in flight; tight under quotas
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="collect") as ex:
         pending: set[Future] = set()
         while True:
-            while not exhausted and len(pending) < 2 * cfg.workers and not quota.met():
+            while not exhausted and len(pending) < window and not quota.met():
                 cand = next(it, None)
                 if cand is None:
                     exhausted = True

@@ -1,0 +1,468 @@
+"""Collection (core.hub): safetensors header checks, bad-input reasons, zoo -> stand-in Hub -> manifest,
+and a collection killed mid-run that resumes to the same manifest as a clean run.
+
+Real parts only: a small zoo trained by core.zoo, transformers models written with
+save_pretrained, the stdlib stand-in Hub (tests/hubserver.py) and the real huggingface_hub
+client in a subprocess with HF_ENDPOINT set before it is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from core import hub
+from core.atlas import Atlas, read_jsonl
+from core.errors import RejectedModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hubserver import HubServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ZOO_TAG = "weightatlas-zoo"
+MAX_PARAMS = 50_000
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def put_repo(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """Write one repo in HF cache layout (``models--org--name/snapshots/REV`` + ``refs/main``)."""
+    rev = hashlib.sha1(
+        b"".join(n.encode() + hashlib.sha1(d).digest() for n, d in sorted(files.items()))
+    ).hexdigest()
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    return snap
+
+
+def card(tags: list[str], **extra: object) -> bytes:
+    import yaml
+
+    meta = {"license": "mit", "tags": tags, **extra}
+    return f"---\n{yaml.safe_dump(meta)}---\n# model\n".encode()
+
+
+def saved(model, tmp: Path) -> dict[str, bytes]:
+    """config.json + model.safetensors of a transformers model via save_pretrained."""
+    model.save_pretrained(tmp)
+    files = {n: (tmp / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    shutil.rmtree(tmp)
+    return files
+
+
+class Evil:
+    """Unpickling this creates the canary file."""
+
+    def __init__(self, canary: Path):
+        self.canary = str(canary)
+
+    def __reduce__(self):
+        return (open, (self.canary, "w"))
+
+
+def _lying_offsets(st: bytes) -> bytes:
+    """Same data, but the second of two equal-sized tensors claims the first one's bytes."""
+    n = int.from_bytes(st[:8], "little")
+    header = json.loads(st[8 : 8 + n])
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    by_size: dict[int, str] = {}
+    for k, v in entries:
+        size = v["data_offsets"][1] - v["data_offsets"][0]
+        if size in by_size:
+            header[k]["data_offsets"] = list(header[by_size[size]]["data_offsets"])
+            break
+        by_size[size] = k
+    else:
+        raise AssertionError("no two tensors of equal size")
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + st[8 + n :]
+
+
+@pytest.fixture(scope="module")
+def mixed_cache(tmp_path_factory) -> dict:
+    """A small real zoo plus transformers models and one repo per kind of bad input."""
+    import transformers
+
+    from core.zoo import zoo
+
+    base = tmp_path_factory.mktemp("mixed")
+    cache = base / "cache"
+    zoo(
+        "ci",
+        cache,
+        overrides={
+            "families": ("resnet", "timm-resnet", "mlp"),
+            "tasks": ("digits10:1", "wine:1"),
+            "epochs": 1,
+            "checkpoints": (1,),
+        },
+        progress=False,
+    )
+    zoo_ids = [json.loads(line)["id"] for line in (cache / "zoo.jsonl").read_text().splitlines()]
+    canary = base / "canary-pickle-was-loaded"
+    remote_canary = base / "canary-remote-code-ran"
+    tmp = base / "tmp"
+
+    tiny = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    bert = saved(
+        transformers.BertForSequenceClassification(transformers.BertConfig(vocab_size=64, **tiny)),
+        tmp,
+    )
+    vit = saved(
+        transformers.ViTForImageClassification(
+            transformers.ViTConfig(
+                image_size=8, patch_size=4, num_channels=1, num_labels=10, **tiny
+            )
+        ),
+        tmp,
+    )
+    big = saved(transformers.BertModel(transformers.BertConfig(vocab_size=4000, **tiny)), tmp)
+    resnet = saved(
+        transformers.ResNetForImageClassification(
+            transformers.ResNetConfig(
+                num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10
+            )
+        ),
+        tmp,
+    )
+
+    good_st = vit["model.safetensors"]
+    sd = load_file(str(put_repo(base / "scratch", "x/vit", vit) / "model.safetensors"))
+    name = next(k for k, v in sd.items() if v.is_floating_point() and v.dim() == 2)
+    sd[name][0, 0] = float("nan")
+    save_file(sd, str(tmp.with_suffix(".st")))
+    nan_st = tmp.with_suffix(".st").read_bytes()
+    cfg = json.loads(vit["config.json"])
+    wrong = dict(
+        resnet,
+        **{
+            "config.json": json.dumps(
+                {**json.loads(resnet["config.json"]), "hidden_sizes": [8, 24]}
+            ).encode()
+        },
+    )
+
+    t = card([ZOO_TAG, "image-classification"])
+    bad = {
+        "bad/truncated": (
+            {**vit, "model.safetensors": good_st[:-100], "README.md": t},
+            "truncated safetensors",
+        ),
+        "bad/lying-offsets": (
+            {**vit, "model.safetensors": _lying_offsets(good_st), "README.md": t},
+            "inconsistent offsets",
+        ),
+        "bad/nan": ({**vit, "model.safetensors": nan_st, "README.md": t}, "non-finite weights"),
+        "bad/pickle-only": (
+            {
+                "config.json": vit["config.json"],
+                "pytorch_model.bin": pickle.dumps(Evil(canary)),
+                "README.md": t,
+            },
+            "no safetensors",
+        ),
+        "bad/auto-map": (
+            {
+                **vit,
+                "config.json": json.dumps(
+                    {**cfg, "auto_map": {"AutoModel": "modeling_evil.EvilModel"}}
+                ).encode(),
+                "modeling_evil.py": f"open({str(remote_canary)!r}, 'w')\n".encode(),
+                "README.md": t,
+            },
+            "remote code",
+        ),
+        "bad/no-config": ({"model.safetensors": good_st, "README.md": t}, "no config"),
+        "bad/unknown-type": (
+            {
+                **vit,
+                "config.json": json.dumps({**cfg, "model_type": "no-such-model"}).encode(),
+                "README.md": t,
+            },
+            "unknown model_type",
+        ),
+        "bad/too-large": ({**big, "README.md": t}, "too large"),
+        "bad/wrong-shapes": ({**wrong, "README.md": t}, "weights do not match config"),
+    }
+    good = {
+        "hf/bert-tiny": {
+            **bert,
+            "README.md": card(
+                [ZOO_TAG, "text-classification"], base_model="google-bert/bert-base-uncased"
+            ),
+        },
+        "hf/vit-tiny": {**vit, "README.md": t},
+    }
+    for repo_id, (files, _reason) in bad.items():
+        put_repo(cache, repo_id, files)
+    for repo_id, files in good.items():
+        put_repo(cache, repo_id, files)
+    put_repo(cache, "other/untagged", {**vit, "README.md": card(["unrelated"])})
+    return {
+        "cache": cache,
+        "zoo_ids": zoo_ids,
+        "accepted": sorted([*zoo_ids, *good]),
+        "rejected": {k: reason for k, (_f, reason) in bad.items()},
+        "canaries": (canary, remote_canary),
+    }
+
+
+def hub_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(
+        HF_ENDPOINT=url,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        OMP_NUM_THREADS="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 240
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, "-m", "core.cli", "collect", *args, "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def outcome(atlas: Path) -> dict[str, tuple]:
+    return {r["id"]: (r["status"], r["reason"], r["split"]) for r in Atlas.open(atlas).manifest()}
+
+
+# ----------------------------------------------------------------------- header parser
+
+
+def test_safetensors_header_checks_catch_truncation_and_lies(tmp_path):
+    sd = {"a": torch.randn(4, 3), "b": torch.randn(4, 3), "c": torch.zeros(5, dtype=torch.int64)}
+    save_file(sd, str(tmp_path / "ok.safetensors"))
+    ok = (tmp_path / "ok.safetensors").read_bytes()
+    info = hub.read_safetensors_header(tmp_path / "ok.safetensors")
+    assert {k: (v.dtype, v.shape) for k, v in info.items()} == {
+        "a": ("F32", (4, 3)),
+        "b": ("F32", (4, 3)),
+        "c": ("I64", (5,)),
+    }
+    assert sum(v.end - v.start for v in info.values()) == len(ok) - 8 - int.from_bytes(
+        ok[:8], "little"
+    )
+
+    cases = {
+        "truncated safetensors": ok[:-1],
+        "inconsistent offsets": _lying_offsets(ok),
+        "bad safetensors header": ok[:8] + b"x" + ok[9:],
+    }
+    cases["truncated safetensors (short)"] = ok[:5]
+    huge = (10**12).to_bytes(8, "little") + ok[8:]
+    for reason, data in {
+        **cases,
+        "bad safetensors header (huge)": huge,
+        "inconsistent offsets (trailing)": ok + b"\0" * 4,
+    }.items():
+        p = tmp_path / "x.safetensors"
+        p.write_bytes(data)
+        with pytest.raises(RejectedModel) as e:
+            hub.read_safetensors_header(p)
+        assert e.value.reason == reason.split(" (")[0], (reason, e.value)
+
+
+def test_split_is_deterministic_and_keeps_runs_together():
+    labels = [{"family": "vit", "task": "digits10", "run": 3, "epoch": e} for e in (1, 3, 8)]
+    keys = {hub.run_key("weightatlas-zoo/x", lab) for lab in labels}
+    assert keys == {"vit-digits10-r3"}
+    splits = [hub.split_of(f"org/model-{i}") for i in range(2000)]
+    assert splits == [hub.split_of(f"org/model-{i}") for i in range(2000)]
+    share = {s: splits.count(s) / len(splits) for s in hub.SPLITS}
+    assert (
+        abs(share["train"] - 0.7) < 0.04
+        and abs(share["val"] - 0.15) < 0.03
+        and abs(share["test"] - 0.15) < 0.03
+    )
+
+
+# ---------------------------------------------------------------------- local collection
+
+
+def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache, tmp_path):
+    atlas = tmp_path / "atlas"
+    rows = hub.collect(
+        atlas,
+        str(mixed_cache["cache"]),
+        tags=[ZOO_TAG],
+        max_params=MAX_PARAMS,
+        workers=2,
+        progress=False,
+    )
+    by_id = {r["id"]: r for r in rows}
+    assert (
+        sorted(i for i, r in by_id.items() if r["status"] == "accepted") == mixed_cache["accepted"]
+    )
+    assert {i: r["reason"] for i, r in by_id.items() if r["status"] == "rejected"} == mixed_cache[
+        "rejected"
+    ]
+    assert "other/untagged" not in by_id
+    for canary in mixed_cache["canaries"]:
+        assert not canary.exists(), f"{canary.name}: untrusted code ran"
+    assert "1 NaN" in by_id["bad/nan"]["detail"] or "NaN" in by_id["bad/nan"]["detail"]
+
+    z = by_id[mixed_cache["zoo_ids"][0]]
+    assert z["labels"]["task"] in ("digits10", "wine") and z["labels"]["epoch"] == 1
+    assert z["split"] == hub.split_of(
+        f"{z['labels']['family']}-{z['labels']['task']}-r{z['labels']['run']}"
+    )
+    assert z["metrics"]["accuracy"] == z["labels"]["test_accuracy"] and z["license"] == "mit"
+    assert z["source"] == "hf-cache" and Path(z["path"]).is_dir() and z["params"] > 0
+    bert = by_id["hf/bert-tiny"]
+    assert (bert["library"], bert["model_type"], bert["architecture"]) == (
+        "transformers",
+        "bert",
+        "BertForSequenceClassification",
+    )
+    assert (bert["base_model"], bert["base_model_relation"]) == (
+        "google-bert/bert-base-uncased",
+        "finetune",
+    )
+    assert {r["library"] for r in rows if r["status"] == "accepted"} >= {
+        "transformers",
+        "timm",
+        "weightatlas",
+    }
+    info = Atlas.open(atlas).info()
+    assert info["sources"][0]["kind"] == "hf-cache" and info["sources"][0]["query"]["tags"] == [
+        ZOO_TAG
+    ]
+
+    n_lines = len(list(read_jsonl(atlas / "manifest.jsonl")))
+    hub.collect(
+        atlas,
+        str(mixed_cache["cache"]),
+        tags=[ZOO_TAG],
+        max_params=MAX_PARAMS,
+        workers=2,
+        progress=False,
+    )
+    assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == n_lines  # a re-run skips what is done
+
+
+def test_quota_stops_early_and_plain_dirs_work(mixed_cache, tmp_path):
+    plain = tmp_path / "plain"
+    for snap in sorted(mixed_cache["cache"].glob("models--weightatlas-zoo--*/snapshots/*")):
+        shutil.copytree(snap, plain / snap.parent.parent.name.split("--")[-1])
+    rows = hub.collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=1, progress=False)
+    assert all(r["source"] == "dir" for r in rows)
+    assert sum(r["status"] == "accepted" and r["split"] == "train" for r in rows) == 1
+    assert len(rows) < len(mixed_cache["zoo_ids"])
+
+
+# ---------------------------------------------------------------- stand-in Hub, end to end
+
+
+@pytest.fixture(scope="module")
+def clean_hub_run(mixed_cache, tmp_path_factory):
+    """One uninterrupted `collect --source hub` through the real client against the stand-in."""
+    atlas = tmp_path_factory.mktemp("hub") / "atlas"
+    with HubServer(mixed_cache["cache"], page_size=4) as server:
+        r = run_cli(
+            [
+                str(atlas),
+                "--source",
+                "hub",
+                "--tags",
+                ZOO_TAG,
+                "--max-params",
+                str(MAX_PARAMS),
+                "--workers",
+                "2",
+            ],
+            hub_env(server.url),
+        )
+        requests = server.requests
+    assert r.returncode == 0, r.stderr[-3000:]
+    return atlas, requests, r.stdout
+
+
+def test_hub_end_to_end_manifest(mixed_cache, clean_hub_run):
+    atlas, requests, stdout = clean_hub_run
+    got = outcome(atlas)
+    assert sorted(i for i, o in got.items() if o[0] == "accepted") == mixed_cache["accepted"]
+    rejected = {i: o[1] for i, o in got.items() if o[0] == "rejected"}
+    assert rejected == mixed_cache["rejected"]
+    assert "other/untagged" not in got
+    listing = [p for m, p in requests if p == "/api/models"]
+    assert len(listing) >= 3  # paged: 4 per page
+    # prechecked from the listing: never downloaded at all
+    assert not any("/bad/pickle-only/resolve" in p or p.endswith(".bin") for _m, p in requests)
+    assert not any("modeling_evil.py" in p for _m, p in requests)
+    for canary in mixed_cache["canaries"]:
+        assert not canary.exists()
+    rows = {r["id"]: r for r in Atlas.open(atlas).manifest()}
+    vit = rows["hf/vit-tiny"]
+    assert vit["source"] == "hub" and vit["path"].startswith("hub/models--hf--vit-tiny/snapshots/")
+    assert (atlas / vit["path"] / "model.safetensors").is_file()
+    assert "safetensors" in vit["tags"] and vit["revision"] == Path(vit["path"]).name
+    assert f"{len(mixed_cache['accepted'])} accepted" in stdout
+
+
+@pytest.mark.slow  # two CLI subprocesses (~35 s on 2 shared cores)
+def test_killed_hub_collection_resumes_to_the_clean_result(mixed_cache, clean_hub_run, tmp_path):
+    atlas = tmp_path / "atlas"
+    args = [
+        str(atlas),
+        "--source",
+        "hub",
+        "--tags",
+        ZOO_TAG,
+        "--max-params",
+        str(MAX_PARAMS),
+        "--workers",
+        "1",
+    ]
+    with HubServer(mixed_cache["cache"], page_size=4) as server:
+        env = hub_env(server.url)
+        proc = subprocess.Popen(
+            [PY, "-m", "core.cli", "collect", *args, "--no-progress"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 180
+        manifest = atlas / "manifest.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "collection finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        partial = outcome(atlas)
+        assert 3 <= len(partial) < len(mixed_cache["accepted"]) + len(mixed_cache["rejected"])
+        r = run_cli(args, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert outcome(atlas) == outcome(clean_hub_run[0])
+    ids = [row["id"] for row in read_jsonl(atlas / "manifest.jsonl")]
+    assert len(ids) == len(set(ids))  # nothing redone, nothing lost
