@@ -1,0 +1,241 @@
+"""Zoo factory: HF cache layout, cards vs zoo.jsonl, real loaders, determinism, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import transformers
+from huggingface_hub import ModelCard, metadata_load, scan_cache_dir
+
+from core.architectures import FAMILIES, load_model_dir
+from core.cli import main as cli_main
+from core.datasets import evaluate, get_task
+from core.errors import WeightAtlasError
+from core.zoo import ZOO_PRESETS, ZooConfig, plan, read_zoo, repo_dir, snapshot_dir, zoo
+
+# one family per library and kind, two tasks; timm-vit has epoch_scale 2 (checkpoints 2 and 6)
+MINI = {
+    "families": "resnet,timm-vit,cnn,mlp",
+    "tasks": "digits10:1,wine:1",
+    "epochs": "3",
+    "checkpoints": "1,3",
+}
+MINI_IDS = {
+    "weightatlas-zoo/resnet-digits10-r0-e1",
+    "weightatlas-zoo/resnet-digits10-r0-e3",
+    "weightatlas-zoo/timm-vit-digits10-r0-e2",
+    "weightatlas-zoo/timm-vit-digits10-r0-e6",
+    "weightatlas-zoo/cnn-digits10-r0-e1",
+    "weightatlas-zoo/cnn-digits10-r0-e3",
+    "weightatlas-zoo/mlp-digits10-r0-e1",
+    "weightatlas-zoo/mlp-digits10-r0-e3",
+    "weightatlas-zoo/mlp-wine-r0-e1",
+    "weightatlas-zoo/mlp-wine-r0-e3",
+}
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file of every repo (symlinks resolved), keyed by path relative to ``out``."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.glob("models--*/**/*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> Path:
+    return zoo("ci", tmp_path_factory.mktemp("zoo") / "mini", overrides=MINI, progress=False)
+
+
+def test_layout_is_an_hf_cache(mini):
+    rows = read_zoo(mini)
+    assert {r["id"] for r in rows} == MINI_IDS
+    info = scan_cache_dir(mini)
+    # zoo.jsonl / zoo.json sit beside the repos; scan_cache_dir reports them and nothing else
+    assert {Path(str(w).split(": ")[-1]).name for w in info.warnings} <= {"zoo.jsonl", "zoo.json"}
+    assert {r.repo_id for r in info.repos} == MINI_IDS
+    for repo in info.repos:
+        (rev,) = repo.revisions
+        assert rev.refs == frozenset({"main"})
+        assert {f.file_name for f in rev.files} == {"config.json", "model.safetensors", "README.md"}
+        weights = rev.snapshot_path / "model.safetensors"
+        assert weights.is_symlink()
+        blob = weights.resolve()
+        assert (
+            blob.parent.name == "blobs"
+            and blob.name == hashlib.sha256(blob.read_bytes()).hexdigest()
+        )
+
+
+def test_cards_parse_and_match_zoo_jsonl(mini):
+    for row in read_zoo(mini):
+        snap = mini / row["path"]
+        meta = metadata_load(snap / "README.md")
+        labels = meta["weightatlas"]
+        assert {k: row[k] for k in labels} == labels
+        assert set(row) == set(labels) | {"id", "path"}
+        assert row["task"] in meta["tags"] and row["family"] in meta["tags"]
+        assert meta["datasets"] == [get_task(row["task"]).info.dataset]
+        assert meta["library_name"] == FAMILIES[row["family"]].library
+        card = ModelCard.load(snap / "README.md")
+        (acc,) = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+        assert acc.metric_value == row["test_accuracy"] and acc.dataset_name == row["task"]
+        assert row["generalization_gap"] == pytest.approx(
+            row["train_accuracy"] - row["test_accuracy"], abs=1e-5
+        )
+        for key in (
+            "epoch",
+            "run",
+            "seed",
+            "lr",
+            "weight_decay",
+            "width",
+            "depth",
+            "test_loss",
+            "train_loss",
+        ):
+            assert key in labels
+
+
+def test_checkpoints_load_exactly_and_reproduce_their_metrics(mini):
+    by_id = {r["id"]: r for r in read_zoo(mini)}
+    for row in by_id.values():
+        snap = mini / row["path"]
+        loaded = load_model_dir(snap)
+        stored = safetensors.torch.load_file(snap / "model.safetensors")
+        assert stored.keys() == loaded.model.state_dict().keys()
+        assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in stored.items())
+        m = evaluate(loaded.model, row["task"], "test")
+        assert round(m.accuracy, 6) == row["test_accuracy"]
+        assert round(m.loss, 6) == pytest.approx(row["test_loss"], abs=1e-5)
+    # the libraries' own loaders, from the cache by repo id
+    hf = transformers.AutoModelForImageClassification.from_pretrained(
+        "weightatlas-zoo/resnet-digits10-r0-e3", cache_dir=mini, local_files_only=True
+    )
+    ours = load_model_dir(mini / by_id["weightatlas-zoo/resnet-digits10-r0-e3"]["path"]).model
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in hf.state_dict().items())
+    snap = mini / by_id["weightatlas-zoo/timm-vit-digits10-r0-e6"]["path"]
+    cfg = json.loads((snap / "config.json").read_text())
+    tm = timm.create_model(cfg["architecture"], pretrained=False, **cfg["model_args"])
+    tm.load_state_dict(safetensors.torch.load_file(snap / "model.safetensors"), strict=True)
+    x, _ = get_task("digits10").split("test")
+    assert torch.equal(tm.eval()(x[:4]), load_model_dir(snap).model(x[:4]))
+    # checkpoints of one run differ, and training helped
+    e1, e3 = (
+        by_id["weightatlas-zoo/cnn-digits10-r0-e1"],
+        by_id["weightatlas-zoo/cnn-digits10-r0-e3"],
+    )
+    assert e1["seed"] == e3["seed"] and e1["lr"] == e3["lr"]
+    assert e3["train_loss"] < e1["train_loss"]
+
+
+def test_interrupted_build_resumes_to_identical_bytes(mini, tmp_path):
+    out = tmp_path / "resumed"
+    zoo("ci", out, overrides=MINI, limit=3, progress=False)
+    assert not (out / "zoo.jsonl").exists()
+    first = sorted(out.glob("models--*"))
+    assert len(first) == 3
+    stamps = {p: (p / "refs" / "main").stat().st_mtime_ns for p in first}
+    (out / ".tmp-models--weightatlas-zoo--half-written-123").mkdir()  # left by a killed writer
+    zoo("ci", out, overrides=MINI, progress=False)
+    assert {p: (p / "refs" / "main").stat().st_mtime_ns for p in first} == stamps  # never rewritten
+    assert not list(out.glob(".tmp-*"))
+    assert _files(out) == _files(mini)  # same preset + seed -> bit-identical repos
+    assert (out / "zoo.jsonl").read_bytes() == (mini / "zoo.jsonl").read_bytes()
+    # a finished zoo is a no-op to rebuild
+    before = _files(out)
+    zoo("ci", out, overrides=MINI, progress=False)
+    assert _files(out) == before
+
+
+def test_seed_changes_runs_and_config_mismatch_is_refused(mini, tmp_path):
+    cfg = ZooConfig(families=("mlp",), tasks=("wine:2",), epochs=2, checkpoints=(2,))
+    a, b = plan(cfg), plan(ZooConfig(**{**cfg.__dict__, "seed": 1}))
+    assert [r.seed for r in a] != [r.seed for r in b]
+    with pytest.raises(WeightAtlasError, match="another config"):
+        zoo("ci", mini, overrides={**MINI, "epochs": "2", "checkpoints": "1,2"}, progress=False)
+    with pytest.raises(WeightAtlasError, match="unknown task"):
+        zoo("ci", tmp_path / "x", overrides={"tasks": "imagenet:1"}, progress=False)
+
+
+def test_presets_meet_their_budgets_on_paper():
+    for name, min_ckpts in (("ci", 30), ("demo", 250), ("full", 1000)):
+        from core.config import build_config
+
+        runs = plan(build_config(ZooConfig, ZOO_PRESETS, name))
+        assert sum(len(r.checkpoints) for r in runs) >= min_ckpts
+        assert len({r.family for r in runs}) >= 6
+        assert all(len(r.checkpoints) >= 3 for r in runs)
+    demo = plan(build_config(ZooConfig, ZOO_PRESETS, "demo"))
+    assert len({r.task for r in demo}) >= 6 and len({r.lr for r in demo}) >= 4
+    assert len({(r.family, r.width, r.depth) for r in demo}) > len(FAMILIES)
+
+
+def test_cli_builds_and_reports_bad_overrides(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = [
+        "zoo",
+        "--preset",
+        "ci",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "families=mlp",
+        "tasks=wine:1",
+    ]
+    assert cli_main(args + ["epochs=2", "checkpoints=1,2"]) == 0
+    rows = read_zoo(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_accuracy"] > 0.5
+    assert cli_main(["zoo", "--out", str(tmp_path / "bad"), "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_build_resumes(mini, tmp_path):
+    """SIGKILL a real `weightatlas zoo` process mid-build, then finish it in-process."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "core.cli", "zoo", "--out", str(out)] + [
+        f"{k}={v}" for k, v in MINI.items()
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("models--*"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(out.glob("models--*")))
+    assert 2 <= n_before < len(MINI_IDS)
+    for repo in out.glob("models--*"):
+        assert snapshot_dir(repo) is not None  # only whole repos are visible
+    zoo("ci", out, overrides=MINI, progress=False)
+    assert _files(out) == _files(mini)
+
+
+@pytest.mark.slow
+def test_ci_preset_budget_and_accuracy(tmp_path):
+    start = time.time()
+    out = zoo("ci", tmp_path / "ci", progress=False)
+    seconds = time.time() - start
+    rows = read_zoo(out)
+    assert seconds < 180
+    assert len(rows) >= 30 and len({r["family"] for r in rows}) >= 6
+    finals = [r for r in rows if r["epoch"] == r["max_epochs"]]
+    for r in finals:  # every final checkpoint clearly beats chance
+        assert r["test_accuracy"] > 2.0 / get_task(r["task"]).info.num_classes, r["id"]
+    digits = [r["test_accuracy"] for r in finals if r["task"] == "digits10"]
+    assert sum(a >= 0.8 for a in digits) >= 0.8 * len(digits)
+    assert repo_dir(out, "mlp-wine-r0-e8").is_dir()
