@@ -180,20 +180,20 @@ def read_metrics(backbone_dir: str | Path) -> list[dict[str, Any]]:
     return list(read_jsonl(Path(backbone_dir) / "metrics.jsonl"))
 
 
-def _last(rows: list[dict[str, Any]], *keys: str) -> float | None:
+def _last(rows: list[dict[str, Any]], *keys: str) -> int | float | None:
     for r in reversed(rows):
         for k in keys:
             v = r.get(k)
             if isinstance(v, int | float) and not isinstance(v, bool):
-                return float(v)
+                return v
     return None
 
 
-def _first(rows: list[dict[str, Any]], *keys: str) -> float | None:
+def _first(rows: list[dict[str, Any]], *keys: str) -> int | float | None:
     return _last(list(reversed(rows)), *keys)
 
 
-def training_summary(backbone_dir: str | Path) -> dict[str, float | None]:
+def training_summary(backbone_dir: str | Path) -> dict[str, int | float | None]:
     """Steps, first/last training loss, last validation loss and R², speed and wall seconds."""
     rows = read_metrics(backbone_dir)
     if not rows:
@@ -227,7 +227,7 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
         ["train-model R² (last)", s["train_r2"]],
         ["val R² (last)", s["val_r2"]],
         ["val R² (best)", s["best_val_r2"]],
-        ["tokens / s", s["tokens_per_s"]],
+        ["tokens / s", None if s["tokens_per_s"] is None else round(s["tokens_per_s"])],
         ["wall seconds", s["seconds"]],
     ]
     kinds = next(

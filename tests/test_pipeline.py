@@ -1,0 +1,179 @@
+"""The papermill pipeline: stage order, --from/--only, failure handling, report assembly.
+
+Fast tests drive ``core.pipeline`` with two throw-away notebooks (a kernel start each); the
+slow test runs ``weightatlas pipeline --preset ci`` end to end as CI does:
+
+    .venv/bin/pytest tests/test_pipeline.py                 # fast
+    .venv/bin/pytest tests/test_pipeline.py -m slow         # the ci pipeline (<= 10 minutes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from core import pipeline as pl
+from core.errors import WeightAtlasError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _notebook(path: Path, params: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def fake_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two stages writing marker files; the second fails when ``seed`` is negative."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(
+        nbdir / "a.ipynb",
+        'run_dir = "x"\nseed = 0',
+        "from pathlib import Path\nPath(run_dir, 'a.txt').write_text(str(seed))",
+    )
+    _notebook(
+        nbdir / "b.ipynb",
+        'run_dir = "x"\nseed = 0',
+        "from pathlib import Path\nassert seed >= 0, 'seed must be >= 0'\n"
+        "Path(run_dir, 'b.txt').write_text(str(seed))",
+    )
+    monkeypatch.setattr(pl, "STAGES", {"first": "a.ipynb", "second": "b.ipynb"})
+    return nbdir
+
+
+def test_stages_run_in_order_with_parameters(fake_stages: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    report = pl.pipeline("ci", run, overrides={"seed": 3}, notebook_dir=fake_stages)
+    assert (run / "a.txt").read_text() == "3" and (run / "b.txt").read_text() == "3"
+    assert report == run / "results" / "report.md"
+    executed = nbformat.read(run / "notebooks" / "a.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "seed = 3" in injected[0].source
+    stages = [json.loads(line)["stage"] for line in (run / "results" / "stages.jsonl").open()]
+    assert stages == ["first", "second", "pipeline"]
+
+
+def test_failing_stage_names_cell_and_keeps_earlier_outputs(
+    fake_stages: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    pl.pipeline("ci", run, overrides={"seed": 1}, notebook_dir=fake_stages)
+    first_nb = run / "notebooks" / "a.ipynb"
+    before = first_nb.stat().st_mtime_ns
+    with pytest.raises(pl.StageFailed) as err:
+        pl.pipeline(
+            "ci", run, from_stage="second", overrides={"seed": -1}, notebook_dir=fake_stages
+        )
+    msg = str(err.value)
+    assert "stage 'second'" in msg and "assert seed >= 0" in msg and "seed must be >= 0" in msg
+    assert first_nb.stat().st_mtime_ns == before  # --from skipped the first stage
+    assert (run / "a.txt").read_text() == "1"  # earlier results kept
+    failed = nbformat.read(run / "notebooks" / "b.ipynb", as_version=4)
+    errors = [o for c in failed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors and errors[0].ename == "AssertionError"
+    # resume from the failed stage with a good parameter
+    pl.pipeline("ci", run, from_stage="second", overrides={"seed": 2}, notebook_dir=fake_stages)
+    assert (run / "b.txt").read_text() == "2" and (run / "a.txt").read_text() == "1"
+
+
+def test_unknown_stage_and_config_key_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(WeightAtlasError, match="unknown stage 'nope'"):
+        pl.pipeline("ci", tmp_path / "r", from_stage="nope")
+    with pytest.raises(ValueError, match="unknown PipelineConfig key"):
+        pl.pipeline("ci", tmp_path / "r", overrides={"no_such_knob": 1})
+
+
+def test_every_notebook_declares_parameters_the_config_feeds() -> None:
+    fields = set(pl.PipelineConfig.__dataclass_fields__)
+    paths = {"run_dir", "atlas_dir", "zoo_dir", "figures_dir"}
+    local = {"zoo_overrides"}  # notebook-only knobs, default kept by the pipeline
+    for stage, name in pl.STAGES.items():
+        declared = pl._declared_parameters(pl.NOTEBOOK_DIR / name)
+        assert "atlas_dir" in declared and "figures_dir" in declared, stage
+        assert declared <= fields | paths | local, (stage, declared - fields - paths - local)
+
+
+def test_report_collects_tables_and_parses_numbers(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    results = run / "atlas" / "results"
+    results.mkdir(parents=True)
+    (run / "atlas" / "atlas.json").write_text("{}")
+    (results / "tokens.md").write_text("| a | b |\n|---|---|\n| dense | 0.25 |\n")
+    (results / "generation.md").write_text("| init | acc |\n|---|---|\n| sampled | 0.5 ± 0.1 |\n")
+    (results / "probes.md").write_text("| t | v |\n|---|---|\n| acc | nan |\n")
+    report = pl.write_report(run)
+    sections = pl.section_numbers(report)
+    assert sections["Token store"] == [0.25]
+    assert sections["Generation vs random init"] == [0.5, 0.1]
+    assert math.isnan(sections["Property probes vs s(W)"][0])
+    assert sections["Collection"] == []
+    assert "_not produced in this run_" in report.read_text()
+    assert pl.table_numbers("| digits10 | n/a | 12% | -1e-3 |") == [12.0, -0.001]
+
+
+@pytest.mark.slow
+def test_ci_pipeline_end_to_end(tmp_path: Path) -> None:
+    """`weightatlas pipeline --preset ci` within 10 minutes, every table with finite numbers."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cli = [sys.executable, "-m", "core.cli", "pipeline", "--preset", "ci", "--out", str(run)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cli, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert seconds <= 600, f"ci pipeline took {seconds:.0f} s"
+    report = run / "results" / "report.md"
+    text = report.read_text()
+    sections = pl.section_numbers(report)
+    for title, _ in pl.REPORT_TABLES:
+        assert sections.get(title), f"report section {title!r} has no numbers"
+    values = pl.report_numbers(report)
+    assert values and all(math.isfinite(v) for v in values)
+    assert "_not produced" not in text
+    figures = sorted(p.name for p in (run / "results" / "figures").glob("*.png"))
+    assert "ablation_mln_histograms.png" in figures and len(figures) >= 8, figures
+    for fig in figures:
+        assert f"figures/{fig}" in text
+
+    # a bad parameter stops its stage with the failing cell shown, keeping what came before
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")}
+    bad = subprocess.run(
+        [*cli, "--from", "ablations", "ablation_preset=nope"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    err = bad.stderr.strip().splitlines()[-1]
+    assert "stage 'ablations' failed in cell" in err and "ablation_config" in err and "nope" in err
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")
+    } == kept
+    assert report.read_text() == text
+
+    # --from resumes: trained ablation backbones are reused, the report is rewritten
+    ok = subprocess.run(
+        [*cli, "--from", "ablations", "ablations=tokenization"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")
+    } == kept
+    assert all(math.isfinite(v) for v in pl.report_numbers(report))
