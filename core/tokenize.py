@@ -33,6 +33,7 @@ uses 230 (dense) and 288 (sparse), available as presets ``paper-dense`` / ``pape
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -561,11 +562,19 @@ class ModelStructure:
 def model_structure(path: str | Path) -> ModelStructure:
     """Build the model of ``path/config.json`` empty (meta device) and read its structure.
 
+    Structures are cached by config, so checkpoints of one architecture build it once.
     Raises RejectedModel when the config cannot be built (unknown type, ``auto_map``, ...).
     """
-    from core.architectures import empty_model, read_config
+    from core.architectures import read_config
 
-    config = read_config(path)
+    return _structure_of_config(json.dumps(read_config(path), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _structure_of_config(config_json: str) -> ModelStructure:
+    from core.architectures import empty_model
+
+    config = json.loads(config_json)
     try:
         with torch.device("meta"):
             model, _ = empty_model(config)

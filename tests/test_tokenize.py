@@ -423,3 +423,47 @@ def test_fill_overwrites_garbage_buffers(scheme):
     fill_tokens(plan, sd.__getitem__, tokens, valid, positions)
     assert torch.equal(tokens, ref.tokens) and torch.equal(valid, ref.valid)
     assert torch.equal(positions, ref.positions)
+
+
+def _rss_anon() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_stage_streams_without_loading_the_model(tmp_path):
+    """The stage holds about one tensor at a time, never the whole model (sampled RssAnon)."""
+    import threading
+    import time
+
+    from core.architectures import MLP, save_model_dir
+
+    atlas = Atlas.create(tmp_path / "big")
+    model = MLP(2048, 10, 2048, 4)
+    nbytes = sum(p.numel() * 4 for p in model.parameters())
+    save_model_dir(model, atlas.hub_dir / "big", "weightatlas")
+    del model
+    row = {"id": "big", "status": "accepted", "family": "mlp", "split": "train", "path": "hub/big"}
+    append_jsonl(atlas.manifest_path, [row])
+    tokenize(atlas.root, "dense", 64, progress=False, shard_bytes=1)  # warm imports and caches
+    shutil.rmtree(atlas.tokens_dir)
+    base = _rss_anon()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_anon())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        stats = tokenize(atlas.root, "dense", 64, progress=False)
+    finally:
+        done.set()
+        th.join()
+    assert stats["values"] * 4 == nbytes
+    assert peak[0] - base < 0.4 * nbytes, (peak[0] - base, nbytes)
