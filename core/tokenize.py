@@ -942,15 +942,24 @@ def _failure(row: dict[str, Any], e: Exception, scheme: str, token_size: int) ->
 
 
 def merge_index(atlas: str | Path | Atlas) -> dict[str, Any]:
-    """Merge per-rank parts into ``tokens/index.json`` and write ``tokens/stats.json``."""
+    """Merge per-rank parts into ``tokens/index.json`` and write ``tokens/stats.json``.
+
+    Every rank merges when it finishes; a merge that raced with another rank's last rows is
+    redone, so the last rank to finish leaves the complete index (readers use ``read_index``,
+    which also reads unmerged parts, either way).
+    """
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
-    index = read_index(atlas.tokens_dir)
-    index["models"] = dict(sorted(index["models"].items()))
-    index["failed"] = dict(sorted(index["failed"].items()))
     atlas.tokens_dir.mkdir(parents=True, exist_ok=True)
-    write_json(atlas.tokens_dir / "index.json", index)
-    stats = index_stats(index)
-    write_json(atlas.tokens_dir / "stats.json", stats)
+    for _ in range(5):
+        index = read_index(atlas.tokens_dir)
+        index["models"] = dict(sorted(index["models"].items()))
+        index["failed"] = dict(sorted(index["failed"].items()))
+        write_json(atlas.tokens_dir / "index.json", index)
+        stats = index_stats(index)
+        write_json(atlas.tokens_dir / "stats.json", stats)
+        again = read_index(atlas.tokens_dir)
+        if again["models"].keys() == index["models"].keys() and again["failed"] == index["failed"]:
+            break
     return stats
 
 
