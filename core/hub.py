@@ -34,7 +34,8 @@ list, ``safetensors.total`` over the limit) so that such repos are never downloa
 
 The manifest (``ATLAS/manifest.jsonl``, docs/interfaces.md) is append-only, one fsync'd row per
 candidate written by one thread; a re-run skips ids already there, and a killed run resumes
-losing nothing (``snapshot_download`` resumes partial files). Network failures are not recorded
+losing nothing: files already in ``ATLAS/hub/`` are not fetched again (huggingface_hub 2.4
+restarts an unfinished file rather than reusing its partial bytes). Network failures are not recorded
 as rejections: those candidates are retried on the next run. The split is a hash of the *run
 key* (zoo cards: ``family-task-rN`` from the ``weightatlas:`` block, so one run's checkpoints
 never straddle splits; otherwise the repo id) into train/val/test at 70/15/15 (``CollectConfig``).

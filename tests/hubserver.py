@@ -284,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, head: bool) -> None:
         url = urlsplit(self.path)
-        self.server.record(self.command, url.path)
+        self.server.record(self.command, url.path, self.headers.get("Range"))
         parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
         query = parse_qs(url.query, keep_blank_values=True)
         try:
@@ -455,13 +455,16 @@ class _Server(ThreadingHTTPServer):
         self.page_size = page_size
         self.throttle_s = throttle_s
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         host, port = self.server_address[:2]
         self.url = f"http://{host}:{port}"
 
-    def record(self, method: str, path: str) -> None:
+    def record(self, method: str, path: str, range_: str | None) -> None:
         with self._lock:
             self.requests.append((method, path))
+            if range_:
+                self.ranges.append((path, range_))
 
 
 class HubServer:
@@ -505,7 +508,13 @@ class HubServer:
 
     @property
     def requests(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every request so far."""
         return list(self.httpd.requests)
+
+    @property
+    def ranges(self) -> list[tuple[str, str]]:
+        """``(path, Range header)`` of every ranged request so far."""
+        return list(self.httpd.ranges)
 
     def start(self) -> HubServer:
         self._thread.start()
