@@ -818,14 +818,10 @@ def tokenize(
     get_scheme(scheme)
     if token_size < 1:
         raise WeightAtlasError(f"token size must be >= 1, got {token_size}")
-    cfg = build_config(
-        TokenizeConfig,
-        TOKENIZE_PRESETS,
-        None,
-        overrides={"scheme": scheme, "token_size": token_size},
-    )
+    overrides: dict[str, Any] = {"scheme": scheme, "token_size": token_size}
     if shard_bytes is not None:
-        cfg.shard_bytes = shard_bytes
+        overrides["shard_bytes"] = shard_bytes
+    cfg = build_config(TokenizeConfig, TOKENIZE_PRESETS, None, overrides=overrides)
     if rank == 0:
         atlas.update_info(token_scheme=scheme, token_size=token_size)
     done = set(index["models"]) | (set() if retry_failed else set(index["failed"]))
@@ -1008,6 +1004,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"values per token (default: the store's, else {DEFAULT_TOKEN_SIZE})",
     )
+    p.add_argument(
+        "--preset",
+        choices=sorted(TOKENIZE_PRESETS),
+        default=None,
+        help="TokenizeConfig preset (scheme, token size, shard size); flags override it",
+    )
     p.add_argument("--shard-mb", type=float, default=None, help="target weight MiB per shard file")
     p.add_argument("--rank", type=int, default=None, help="this process' rank (default: env RANK)")
     p.add_argument(
@@ -1019,13 +1021,17 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    preset = TOKENIZE_PRESETS.get(args.preset, {}) if args.preset else {}
+    shard_bytes = preset.get("shard_bytes")
+    if args.shard_mb is not None:
+        shard_bytes = int(args.shard_mb * 2**20)
     stats = tokenize(
         args.atlas,
-        scheme=args.scheme,
-        token_size=args.token_size,
+        scheme=args.scheme if args.scheme is not None else preset.get("scheme"),
+        token_size=args.token_size if args.token_size is not None else preset.get("token_size"),
         rank=args.rank,
         world_size=args.world_size,
-        shard_bytes=None if args.shard_mb is None else int(args.shard_mb * 2**20),
+        shard_bytes=shard_bytes,
         retry_failed=args.retry_failed,
     )
     print(

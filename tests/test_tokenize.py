@@ -467,3 +467,15 @@ def test_stage_streams_without_loading_the_model(tmp_path):
         th.join()
     assert stats["values"] * 4 == nbytes
     assert peak[0] - base < 0.4 * nbytes, (peak[0] - base, nbytes)
+
+
+def test_cli_preset_and_flags(tmp_path, family_dirs):
+    atlas = make_atlas(tmp_path / "p", family_dirs, ("mlp",))
+    assert (
+        run_cli(cli_args([str(atlas.root), "--preset", "paper-sparse", "--token-size", "100"])) == 0
+    )
+    stats = read_json(atlas.tokens_dir / "stats.json")
+    assert (stats["scheme"], stats["token_size"], stats["models"]) == ("sparse", 100, 2)
+    assert (atlas.info()["token_scheme"], atlas.info()["token_size"]) == ("sparse", 100)
+    with pytest.raises(SystemExit):
+        cli_args([str(atlas.root), "--scheme", "fancy"])
