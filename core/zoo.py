@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
 import shutil
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,13 +328,28 @@ def _row(out: Path, snap: Path) -> dict[str, Any]:
 
 
 def train_run(
-    run: Run, cfg: ZooConfig, out: Path, bar: tqdm | None = None, budget: list[int] | None = None
-) -> None:
-    """Train one run and write its missing checkpoints (existing ones are never rewritten)."""
+    run: Run,
+    cfg: ZooConfig,
+    out: Path,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    budget: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Train one run and write its missing checkpoints (existing ones are never rewritten).
+
+    Args:
+        run, cfg, out: the run, its zoo config and the zoo directory.
+        on_checkpoint: called with the zoo.jsonl row of each checkpoint written.
+        budget: a one-element list; each new checkpoint takes one, and the run stops with
+            ``_StopBuild`` when none is left.
+
+    Returns:
+        The zoo.jsonl rows of the checkpoints written.
+    """
     task = get_task(run.task)
     info = task.info
     library = FAMILIES[run.family].library
     model = build_family(run.family, info, run.width, run.depth, run.seed)
+    written: list[dict[str, Any]] = []
 
     def on_epoch(epoch: int, m: torch.nn.Module) -> None:
         if epoch not in run.checkpoints or snapshot_dir(repo_dir(out, run.name(epoch))):
@@ -344,11 +361,10 @@ def train_run(
         labels = _labels(run, epoch, m, cfg, info.dataset)
         card = _card(run, epoch, labels, library, info.dataset, info.kind, cfg.license)
         files = _checkpoint_files(m, library, card, out / f".tmp-files-{os.getpid()}")
-        snap = _write_cache_repo(out, run.name(epoch), files)
-        append_jsonl(out / PROGRESS, [_row(out, snap)])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{run.name(epoch)} acc={labels['test_accuracy']:.3f}")
+        row = _row(out, _write_cache_repo(out, run.name(epoch), files))
+        written.append(row)
+        if on_checkpoint is not None:
+            on_checkpoint(row)
 
     train_epochs(
         model,
@@ -360,6 +376,13 @@ def train_run(
         run.seed,
         on_epoch=on_epoch,
     )
+    return written
+
+
+def _worker(run: Run, cfg: ZooConfig, out: Path) -> list[dict[str, Any]]:
+    """One run in a worker process (``workers > 1``), with the config's thread count."""
+    with _Threads(cfg.threads):
+        return train_run(run, cfg, out)
 
 
 class _StopBuild(Exception):
@@ -393,6 +416,7 @@ def zoo(
     *,
     config_file: str | Path | None = None,
     limit: int | None = None,
+    workers: int = 1,
     progress: bool = True,
 ) -> Path:
     """Train (or finish) a zoo and write it under ``out``; returns ``out``.
@@ -404,7 +428,9 @@ def zoo(
         overrides: ZooConfig fields that win over the preset (strings are coerced).
         config_file: optional JSON/YAML file of ZooConfig fields.
         limit: write at most this many new checkpoints, then return without zoo.jsonl (a later
-            call finishes the build).
+            call finishes the build). Runs sequentially.
+        workers: train this many runs at once in spawned processes (each with ``cfg.threads``
+            threads); the weights do not depend on it.
         progress: show a tqdm bar.
     """
     cfg = build_config(
@@ -434,18 +460,32 @@ def zoo(
     todo = [r for r in runs if any(r.name(e) not in done for e in r.checkpoints)]
     budget = [limit] if limit is not None else None
     start = time.time()
-    with _Threads(cfg.threads):
-        bar = tqdm(
-            total=total, initial=len(done), desc=f"zoo {preset}", unit="ckpt", disable=not progress
-        )
-        try:
-            for run in todo:
-                try:
-                    train_run(run, cfg, out, bar, budget)
-                except _StopBuild:
-                    return out
-        finally:
-            bar.close()
+    bar = tqdm(
+        total=total, initial=len(done), desc=f"zoo {preset}", unit="ckpt", disable=not progress
+    )
+
+    def record(row: dict[str, Any]) -> None:
+        append_jsonl(out / PROGRESS, [row])
+        bar.update(1)
+        bar.set_postfix_str(f"{row['id'].split('/')[-1]} acc={row['test_accuracy']:.3f}")
+
+    try:
+        if workers > 1 and limit is None:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, run, cfg, out) for run in todo]
+                for fut in as_completed(futures):
+                    for row in fut.result():
+                        record(row)
+        else:
+            with _Threads(cfg.threads):
+                for run in todo:
+                    try:
+                        train_run(run, cfg, out, record, budget)
+                    except _StopBuild:
+                        return out
+    finally:
+        bar.close()
     rows = [_row(out, snapshot_dir(repo_dir(out, r.name(e)))) for r, e in iter_checkpoints(runs)]
     from core.atlas import atomic_write_bytes, dumps
 
@@ -486,6 +526,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="zoo seed (default: 0)")
     p.add_argument("--config", default=None, help="JSON/YAML file of ZooConfig fields")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new checkpoints")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once (processes)")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="ZooConfig overrides, e.g. epochs=4"
     )
@@ -499,6 +540,7 @@ def run_cli(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         config_file=args.config,
         limit=args.limit,
+        workers=args.workers,
     )
     if (out / ZOO_INDEX).exists():
         n = sum(1 for _ in read_jsonl(out / ZOO_INDEX))

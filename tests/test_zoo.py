@@ -239,3 +239,22 @@ def test_ci_preset_budget_and_accuracy(tmp_path):
     digits = [r["test_accuracy"] for r in finals if r["task"] == "digits10"]
     assert sum(a >= 0.8 for a in digits) >= 0.8 * len(digits)
     assert repo_dir(out, "mlp-wine-r0-e8").is_dir()
+
+
+def test_resolve_arch_finds_zoo_repos_in_the_cache(mini, tmp_path):
+    from core.architectures import resolve_arch
+
+    target = resolve_arch("hf:weightatlas-zoo/mlp-wine-r0-e3", cache_dir=mini)
+    assert target.task == "wine" and target.library == "weightatlas" and target.family == "mlp"
+    model = target.build(seed=0)
+    out = target.save(model, tmp_path / "gen")
+    loaded = load_model_dir(out)
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in model.state_dict().items())
+    assert metadata_load(out / "README.md")["library_name"] == "weightatlas"
+
+
+@pytest.mark.slow
+def test_parallel_build_is_identical(mini, tmp_path):
+    out = zoo("ci", tmp_path / "par", overrides=MINI, workers=2, progress=False)
+    assert _files(out) == _files(mini)
+    assert (out / "zoo.jsonl").read_bytes() == (mini / "zoo.jsonl").read_bytes()
