@@ -92,7 +92,15 @@ ABLATION_PRESETS: dict[str, dict[str, Any]] = {
         sample_keep=2,
         composition_prompts=1,
     ),
-    "demo": dict(backbone_preset="demo", steps=600, heldout_models=8, sample_n=16, sample_keep=4),
+    # the small ci backbone keeps seven ablation backbones within minutes on a laptop CPU
+    "demo": dict(
+        backbone_preset="ci",
+        steps=600,
+        heldout_models=8,
+        sample_n=12,
+        sample_keep=4,
+        composition_prompts=3,
+    ),
 }
 
 

@@ -118,7 +118,8 @@ def test_notebook_runs_alone(stem: str, run_dir: Path) -> None:
         cwd=str(run_dir),
     )
     executed = nbformat.read(out, as_version=4)
-    assert any(o.get("output_type") == "display_data" for c in executed.cells for o in c.outputs)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert any(o.get("output_type") == "display_data" for o in outputs)
     tables, figures = PRODUCES[stem]
     for name in tables:
         text = (run_dir / "atlas" / "results" / f"{name}.md").read_text()
