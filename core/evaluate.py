@@ -1,0 +1,504 @@
+"""Property probes on backbone embeddings against the s(W) weight-statistics baseline; layer reports.
+
+    weightatlas evaluate ATLAS            # -> ATLAS/results/probes.json + probes.md
+
+Probes (003 §3, Tables 10-12): ridge regression (alpha by grouped cross-validation) predicts
+test accuracy, epoch and generalization gap; logistic regression classifies family and task.
+Both feature sets are probed in the same run on the same split:
+
+- ``embedding``: the backbone's per-model embedding (mean over haloed token embeddings).
+- ``s(W)``: per-layer mean, std and quintiles (min, 25 %, median, 75 %, max) of the trainable
+  weights, pooled over ``DEPTH_BINS`` equal bins of relative depth (so models of different
+  depths give vectors of one length), plus the same seven statistics over all weights.
+
+The split is by training run: a zoo checkpoint's run key is ``family-task-rN`` (other models:
+their id). Models whose manifest split is ``test`` are held out, all others train the probe;
+if that leaves fewer than ``min_side`` models on a side, a seeded group shuffle split over run
+keys is used instead. Either way no run has checkpoints on both sides (asserted).
+
+``layer_report`` reconstructs one model through the backbone (haloed encode + decode) and
+compares each layer's values: R², MSE and Wasserstein-1 divided by the layer's std.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.atlas import Atlas, write_json
+from core.config import build_config, parse_overrides, to_dict
+from core.errors import WeightAtlasError
+
+# Shapes: M models, F features, N tokens, D token size.
+
+DEPTH_BINS = 4
+STAT_NAMES = ("mean", "std", "q0", "q25", "q50", "q75", "q100")
+REGRESSION_TARGETS = ("test_accuracy", "epoch", "generalization_gap")
+CLASSIFICATION_TARGETS = ("family", "task")
+FEATURE_SETS = ("embedding", "s(W)")
+
+
+@dataclass
+class ProbeConfig:
+    """Probe settings: cross-validation folds, ridge alphas, fallback split."""
+
+    cv_folds: int = 5
+    alpha_min_log10: float = -4.0
+    alpha_max_log10: float = 4.0
+    n_alphas: int = 17
+    logistic_cs: int = 9
+    min_side: int = 4
+    fallback_test_fraction: float = 0.25
+    seed: int = 0
+    max_layer_values: int = 4096
+
+
+PROBE_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": dict(cv_folds=3, n_alphas=9, logistic_cs=5),
+    "demo": dict(cv_folds=5),
+    "paper-small": dict(cv_folds=5),
+    "paper-large": dict(cv_folds=5),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# s(W)
+
+
+def layer_stats(values: np.ndarray) -> np.ndarray:
+    """``(7,)`` mean, std and quintiles of one layer's values."""
+    v = values.astype(np.float64, copy=False)
+    q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return np.array([v.mean(), v.std(), *q])
+
+
+def weight_statistics(
+    tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> np.ndarray:
+    """The s(W) feature vector of one tokenized model.
+
+    Args:
+        tokens: ``(N, D)`` raw weight values.
+        mask: ``(N, D)`` which entries are real values.
+        positions: ``(N, 3)`` ``[n, l, k]``; ``l`` is the layer index (depth order).
+
+    Returns:
+        ``(7 * (DEPTH_BINS + 1),)``: per bin of relative depth the mean of its layers'
+        statistics (an empty bin takes the whole-model statistics), then the whole-model
+        statistics.
+    """
+    t = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+    m = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    layer = np.asarray(positions)[:, 1]
+    ids = np.unique(layer)
+    per_layer = []
+    for lid in ids:
+        rows = layer == lid
+        per_layer.append(layer_stats(t[rows][m[rows]]))
+    per_layer_arr = np.stack(per_layer)  # (n_layers, 7)
+    overall = layer_stats(t[m])
+    depth = (np.arange(len(ids)) + 0.5) / len(ids)
+    bins = np.minimum((depth * DEPTH_BINS).astype(int), DEPTH_BINS - 1)
+    feats = [
+        per_layer_arr[bins == b].mean(0) if (bins == b).any() else overall
+        for b in range(DEPTH_BINS)
+    ]
+    return np.concatenate([*feats, overall]).astype(np.float64)
+
+
+def weight_statistics_names() -> list[str]:
+    """Names of the s(W) features, aligned with :func:`weight_statistics`."""
+    groups = [f"depth{b}" for b in range(DEPTH_BINS)] + ["all"]
+    return [f"{g}.{s}" for g in groups for s in STAT_NAMES]
+
+
+# ---------------------------------------------------------------------------------------------
+# labels and split
+
+
+def run_key(row: dict[str, Any]) -> str:
+    """The training run a checkpoint belongs to: ``family-task-rN`` for zoo models, else its id."""
+    labels = row.get("labels") or {}
+    if labels.get("run") is not None and labels.get("task") is not None:
+        family = labels.get("family") or row.get("family")
+        return f"{family}-{labels['task']}-r{labels['run']}"
+    return str(row["id"])
+
+
+def label_value(row: dict[str, Any], name: str) -> Any:
+    """A target of one manifest row: from its zoo labels, then its metrics, then the row."""
+    for source in (row.get("labels") or {}, row.get("metrics") or {}, row):
+        value = source.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def probe_split(rows: list[dict[str, Any]], cfg: ProbeConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """Boolean train/test masks over ``rows`` with no run on both sides.
+
+    Returns:
+        ``(train, test, how)`` where ``how`` is ``"manifest"`` or ``"group-shuffle"``.
+    """
+    keys = np.array([run_key(r) for r in rows])
+    test = np.array([r.get("split") == "test" for r in rows])
+    how = "manifest"
+    if test.sum() < cfg.min_side or (~test).sum() < cfg.min_side or _leaks(keys, test):
+        from sklearn.model_selection import GroupShuffleSplit
+
+        uniq = np.unique(keys)
+        if len(uniq) < 2:
+            raise WeightAtlasError("probes need models from at least two training runs")
+        gss = GroupShuffleSplit(
+            n_splits=1, test_size=cfg.fallback_test_fraction, random_state=cfg.seed
+        )
+        _, te = next(gss.split(np.zeros(len(keys)), groups=keys))
+        test = np.zeros(len(keys), dtype=bool)
+        test[te] = True
+        how = "group-shuffle"
+    train = ~test
+    assert not _leaks(keys, test), "a training run has checkpoints on both sides of the split"
+    return train, test, how
+
+
+def _leaks(keys: np.ndarray, test: np.ndarray) -> bool:
+    return bool(set(keys[test]) & set(keys[~test]))
+
+
+# ---------------------------------------------------------------------------------------------
+# probes
+
+
+def _cv_splits(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]] | int:
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        return 2
+    return list(
+        GroupKFold(n_splits=min(folds, n_groups)).split(np.zeros(len(groups)), groups=groups)
+    )
+
+
+def fit_regression(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    cfg: ProbeConfig,
+) -> dict[str, Any]:
+    """Standardize + RidgeCV (alpha chosen by grouped CV on the train side); test R² and MAE."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import mean_absolute_error, r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    alphas = np.logspace(cfg.alpha_min_log10, cfg.alpha_max_log10, cfg.n_alphas)
+    model = make_pipeline(
+        StandardScaler(), RidgeCV(alphas=alphas, cv=_cv_splits(groups, cfg.cv_folds))
+    )
+    model.fit(x_train, y_train)
+    pred = model.predict(x_test)
+    return {
+        "metric": "r2",
+        "value": float(r2_score(y_test, pred)) if len(y_test) > 1 else None,
+        "mae": float(mean_absolute_error(y_test, pred)),
+        "alpha": float(model[-1].alpha_),
+        "n_train": int(len(y_train)),
+        "n_test": int(len(y_test)),
+    }
+
+
+def fit_classifier(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    cfg: ProbeConfig,
+) -> dict[str, Any]:
+    """Standardize + logistic regression (C by grouped CV); test accuracy and majority baseline."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes, counts = np.unique(y_train, return_counts=True)
+    majority = float(np.mean(y_test == classes[counts.argmax()]))
+    base = {
+        "metric": "accuracy",
+        "majority": majority,
+        "n_train": int(len(y_train)),
+        "n_test": int(len(y_test)),
+        "n_classes": int(len(classes)),
+    }
+    if len(classes) < 2:
+        return {**base, "value": None, "note": "one class on the train side"}
+    splits = _cv_splits(groups, cfg.cv_folds)
+    usable = isinstance(splits, list) and all(len(np.unique(y_train[tr])) >= 2 for tr, _ in splits)
+    if usable:
+        clf = LogisticRegressionCV(Cs=cfg.logistic_cs, cv=splits, max_iter=3000)
+    else:
+        clf = LogisticRegression(C=1.0, max_iter=3000)
+    model = make_pipeline(StandardScaler(), clf)
+    model.fit(x_train, y_train)
+    return {**base, "value": float(np.mean(model.predict(x_test) == y_test))}
+
+
+def features(
+    atlas: Atlas, ids: list[str], backbone_dir: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """``{"embedding": (M, L), "s(W)": (M, 35)}`` for the given model ids."""
+    from core.embed import load_embeddings
+    from core.store import TokenStore
+
+    emb = load_embeddings(atlas.root, backbone_dir)
+    z = np.stack([emb.vector(i) for i in ids]).astype(np.float64)
+    store = TokenStore(atlas.tokens_dir)
+    sw = []
+    for mid in tqdm(ids, desc="s(W)", unit="model"):
+        tok = store.get(mid)
+        sw.append(
+            weight_statistics(
+                torch.as_tensor(tok.tokens),
+                torch.as_tensor(tok.mask),
+                torch.as_tensor(tok.positions),
+            )
+        )
+    return {"embedding": z, "s(W)": np.stack(sw)}
+
+
+def evaluate(
+    atlas: str | Path,
+    *,
+    preset: str | None = "ci",
+    backbone_dir: str | Path | None = None,
+    out_name: str = "probes",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Probe embeddings and s(W) for zoo labels; write ``ATLAS/results/{out_name}.json/.md``.
+
+    Args:
+        atlas: an embedded atlas.
+        preset: a ``PROBE_PRESETS`` name.
+        backbone_dir: probe another backbone's embeddings (e.g. an ablation backbone).
+        out_name: base name of the result files.
+        overrides: other ``ProbeConfig`` fields.
+
+    Returns:
+        The result dict written to ``probes.json``.
+    """
+    from core.embed import load_embeddings
+
+    a = Atlas.open(atlas)
+    cfg = build_config(ProbeConfig, PROBE_PRESETS, preset, overrides=overrides)
+    emb = load_embeddings(a.root, backbone_dir)
+    manifest = {r["id"]: r for r in a.manifest()}
+    ids = [i for i in emb.ids if i in manifest]
+    if len(ids) < 2 * cfg.min_side:
+        raise WeightAtlasError(
+            f"probes need at least {2 * cfg.min_side} embedded models, found {len(ids)}"
+        )
+    rows = [manifest[i] for i in ids]
+    train, test, how = probe_split(rows, cfg)
+    keys = np.array([run_key(r) for r in rows])
+    feats = features(a, ids, backbone_dir)
+    results: dict[str, dict[str, Any]] = {fs: {} for fs in FEATURE_SETS}
+    for target in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS):
+        raw = [label_value(r, target) for r in rows]
+        have = np.array([v is not None for v in raw])
+        tr, te = train & have, test & have
+        for fs in FEATURE_SETS:
+            x = feats[fs]
+            if tr.sum() < 2 or te.sum() < 1:
+                results[fs][target] = {"value": None, "note": "too few labelled models"}
+                continue
+            if target in REGRESSION_TARGETS:
+                y = np.array([float(v) if v is not None else np.nan for v in raw])
+                results[fs][target] = fit_regression(x[tr], y[tr], keys[tr], x[te], y[te], cfg)
+            else:
+                y = np.array([str(v) for v in raw])
+                results[fs][target] = fit_classifier(x[tr], y[tr], keys[tr], x[te], y[te], cfg)
+    out = {
+        "split": {
+            "how": how,
+            "n_train": int(train.sum()),
+            "n_test": int(test.sum()),
+            "train_runs": int(len(set(keys[train]))),
+            "test_runs": int(len(set(keys[test]))),
+            "shared_runs": sorted(set(keys[train]) & set(keys[test])),
+        },
+        "features": {
+            "embedding": int(feats["embedding"].shape[1]),
+            "s(W)": int(feats["s(W)"].shape[1]),
+        },
+        "results": results,
+        "config": to_dict(cfg),
+        "backbone": str(backbone_dir) if backbone_dir is not None else "backbone",
+    }
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(a.results_dir / f"{out_name}.json", out)
+    from core.atlas import atomic_write_bytes
+
+    atomic_write_bytes(a.results_dir / f"{out_name}.md", probes_markdown(out).encode())
+    return out
+
+
+def probes_markdown(out: dict[str, Any]) -> str:
+    """The R² / accuracy table of a probe result."""
+    s = out["split"]
+    lines = [
+        f"Split by training run ({s['how']}): {s['n_train']} models / {s['train_runs']} runs train, "
+        f"{s['n_test']} models / {s['test_runs']} runs test, {len(s['shared_runs'])} runs on both sides.",
+        "",
+        "| target | metric | embedding | s(W) | majority |",
+        "|---|---|---|---|---|",
+    ]
+    for target in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS):
+        cells = []
+        metric = "R²" if target in REGRESSION_TARGETS else "accuracy"
+        for fs in FEATURE_SETS:
+            v = out["results"][fs].get(target, {}).get("value")
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        maj = out["results"]["embedding"].get(target, {}).get("majority")
+        lines.append(
+            f"| {target} | {metric} | {cells[0]} | {cells[1]} | {'' if maj is None else f'{maj:.3f}'} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Features: embedding {out['features']['embedding']} dims, s(W) {out['features']['s(W)']} dims "
+        f"(mean, std, quintiles per layer pooled over {DEPTH_BINS} depth bins + whole model)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# layer report
+
+
+def layer_kind(shape: list[int] | tuple[int, ...]) -> str:
+    """A coarse kind from a tensor's rank: conv (4-D), matrix (2-D), vector (1-D), tensor."""
+    return {4: "conv", 2: "matrix", 1: "vector", 0: "scalar"}.get(len(shape), "tensor")
+
+
+def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
+    """Wasserstein-1 distance between the empirical value distributions of two equal-size arrays."""
+    return float(np.mean(np.abs(np.sort(a.ravel()) - np.sort(b.ravel()))))
+
+
+def _subsample(v: np.ndarray, n: int) -> np.ndarray:
+    if v.size <= n:
+        return v.ravel()
+    idx = np.linspace(0, v.size - 1, n).round().astype(np.int64)
+    return v.ravel()[idx]
+
+
+def layer_report(
+    atlas: str | Path,
+    model_id: str,
+    backbone_dir: str | Path | None = None,
+    *,
+    max_values: int = 4096,
+) -> list[dict[str, Any]]:
+    """Per-layer reconstruction of one tokenized model through the backbone.
+
+    Args:
+        atlas: a tokenized atlas with a trained backbone.
+        model_id: a model in the token store.
+        backbone_dir: another backbone directory (ablations); default the atlas' backbone.
+        max_values: values returned per layer (evenly subsampled; metrics use all values).
+
+    Returns:
+        One record per layer: ``name, kind, shape, n_values, original, reconstructed`` (lists
+        of at most ``max_values`` floats), ``r2, mse, w1_over_std``.
+    """
+    from core.embed import (
+        EMBED_PRESETS,
+        EmbedConfig,
+        _load_backbone,
+        _masked_tokens,
+        haloed_apply,
+        resolve_window,
+    )
+    from core.store import TokenStore
+    from core.tokenize import detokenize
+
+    a = Atlas.open(atlas)
+    store = TokenStore(a.tokens_dir)
+    if model_id not in set(store.ids):
+        raise WeightAtlasError(f"{model_id!r} is not in the token store of {a.root}")
+    cfg = build_config(EmbedConfig, EMBED_PRESETS, "ci")
+    backbone = _load_backbone(a, backbone_dir, cfg.device)
+    tokens, positions = _masked_tokens(store.get(model_id))
+    window, halo = resolve_window(cfg, backbone)
+    with torch.no_grad():
+        z = haloed_apply(backbone.encode, tokens, positions, window, halo, cfg.batch_size)
+        recon = haloed_apply(backbone.decode, z, positions, window, halo, cfg.batch_size)
+    layers = store.layers(model_id)
+    orig_sd = detokenize(tokens, layers)
+    rec_sd = detokenize(recon.float(), layers)
+    out = []
+    for entry in layers:
+        o = orig_sd[entry.name].double().numpy().ravel()
+        r = rec_sd[entry.name].double().numpy().ravel()
+        var = o.var()
+        mse = float(np.mean((o - r) ** 2))
+        std = float(np.sqrt(var))
+        out.append(
+            {
+                "name": entry.name,
+                "kind": layer_kind(tuple(entry.shape)),
+                "shape": list(entry.shape),
+                "n_values": int(o.size),
+                "original": _subsample(o, max_values).tolist(),
+                "reconstructed": _subsample(r, max_values).tolist(),
+                "r2": float(1.0 - mse / var) if var > 0 else None,
+                "mse": mse,
+                "w1_over_std": wasserstein1(o, r) / std if std > 0 else None,
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument("atlas", help="an embedded atlas directory")
+    p.add_argument("--preset", default="ci", choices=sorted(PROBE_PRESETS))
+    p.add_argument("--backbone", default=None, help="probe another backbone's embeddings")
+    p.add_argument(
+        "--layers",
+        default=None,
+        metavar="MODEL_ID",
+        help="print the layer report of one model instead",
+    )
+    p.add_argument("overrides", nargs="*", help="ProbeConfig key=value overrides")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.layers is not None:
+        recs = layer_report(args.atlas, args.layers, args.backbone)
+        print(f"{'layer':40s} {'kind':7s} {'shape':>18s} {'r2':>8s} {'mse':>10s} {'w1/std':>8s}")
+        for r in recs:
+            r2 = "n/a" if r["r2"] is None else f"{r['r2']:.3f}"
+            w1 = "n/a" if r["w1_over_std"] is None else f"{r['w1_over_std']:.3f}"
+            print(
+                f"{r['name'][:40]:40s} {r['kind']:7s} {'x'.join(map(str, r['shape'])):>18s} {r2:>8s} {r['mse']:10.3g} {w1:>8s}"
+            )
+        return 0
+    out = evaluate(
+        args.atlas,
+        preset=args.preset,
+        backbone_dir=args.backbone,
+        overrides=parse_overrides(args.overrides),
+    )
+    print(probes_markdown(out), end="")
+    return 0

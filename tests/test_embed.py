@@ -1,0 +1,208 @@
+"""Embeddings: haloing, per-layer summaries, the embed stage (sharded, resumable), maps, retrieval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.atlas import Atlas, read_json, write_json
+from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
+from core.config import build_config, to_dict
+from core.embed import (
+    EmbedConfig,
+    encode_tokens,
+    halo_windows,
+    haloed_apply,
+    load_embeddings,
+    neighbours,
+    place_on_map,
+    summarize,
+)
+
+
+def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": token_size, **kw})
+    torch.manual_seed(seed)
+    return Backbone(cfg).eval()
+
+
+def save_backbone(model: Backbone, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {"backbone": to_dict(model.cfg)})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def small_atlas(tmp_path_factory) -> Path:
+    """A real tiny atlas: zoo (mlp on wine + digits, cnn on digits) -> collect -> tokenize."""
+    from core.hub import collect
+    from core.tokenize import tokenize
+    from core.zoo import zoo
+
+    root = tmp_path_factory.mktemp("embed")
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={"families": ("mlp", "cnn"), "tasks": ("wine:2", "digits10:2"), "epochs": 2, "checkpoints": (1, 2)},
+        progress=False,
+    )
+    atlas = root / "atlas"
+    collect(atlas, source=str(z), progress=False)
+    tokenize(atlas, progress=False)
+    save_backbone(make_backbone(), Atlas(atlas).backbone_dir)
+    return atlas
+
+
+def test_halo_windows_tile_the_sequence():
+    for n, window, halo in [(1, 8, 2), (8, 8, 2), (9, 8, 2), (100, 32, 4), (101, 32, 0), (77, 16, 7)]:
+        wins = halo_windows(n, window, halo)
+        covered = np.zeros(n, dtype=int)
+        for ws, s, e in wins:
+            covered[s:e] += 1
+            t = min(window, n)
+            assert 0 <= ws and ws + t <= n, "window leaves the sequence"
+            assert ws <= s < e <= ws + t, "content outside its window"
+            if n > window:  # context on both sides wherever the sequence allows it
+                assert s - ws >= min(halo, s)
+                assert ws + t - e >= min(halo, n - e)
+        assert (covered == 1).all()
+
+
+def test_haloed_stitching_matches_tokenwise_map():
+    # a token-wise map: stitching must reproduce it exactly, whatever the window layout
+    x = torch.randn(3, 101, 5)
+    pos = torch.stack([torch.arange(101), torch.arange(101) // 7, torch.arange(101) % 7], 1)
+
+    def fn(xb, pb):
+        return xb * 2.0 + pb[..., :1].float()
+
+    want = x * 2.0 + pos[:, :1].float()
+    for window, halo in [(16, 4), (32, 0), (101, 10), (200, 3)]:
+        got = haloed_apply(fn, x, pos, window, halo, batch_size=5)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_haloed_embedding_equals_unwindowed_when_it_fits():
+    from core.architectures import build_family
+    from core.datasets import get_task
+    from core.tokenize import tokenize_state_dict
+
+    model = build_family("mlp", get_task("wine").info, 16, 1, seed=0)
+    tok = tokenize_state_dict(model.state_dict(), "dense", 64, model=model)
+    tokens, positions = tok.tokens.masked_fill(~tok.mask, 0.0), tok.positions
+    n = len(tokens)
+    bb = make_backbone()
+    with torch.no_grad():
+        full = bb.encode(tokens[None], positions[None])[0]
+    # whole model in one window: identical
+    got = encode_tokens(bb, tokens, positions, EmbedConfig(window=n + 5, halo=2))
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-6)
+    # windows shorter than the model, with halo context: close to the unwindowed embedding
+    got = encode_tokens(bb, tokens, positions, EmbedConfig(window=max(8, n // 2), halo=2))
+    rel = float((got - full).norm() / full.norm())
+    assert rel < 0.1, rel
+    assert got.shape == full.shape
+
+
+def test_summarize_layer_means_and_spreads():
+    z = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [7.0, 7.0], [9.0, 9.0]])
+    pos = torch.tensor([[0, 0, 0], [1, 0, 1], [2, 1, 0], [3, 1, 1], [4, 2, 0]])
+    s = summarize(z, pos)
+    torch.testing.assert_close(s["z"], z.mean(0))
+    torch.testing.assert_close(s["layer_z"], torch.tensor([[2.0, 1.0], [6.0, 6.0], [9.0, 9.0]]))
+    # std over the layer's tokens per dim (unbiased), then mean over dims; one token -> 0
+    want0 = (np.std([1, 3], ddof=1) + np.std([0, 2], ddof=1)) / 2
+    torch.testing.assert_close(s["layer_spread"], torch.tensor([want0, np.std([5, 7], ddof=1), 0.0]).float())
+    assert s["layer_tokens"].tolist() == [2, 2, 1]
+
+
+def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
+    from core.embed import embed
+
+    a = Atlas(small_atlas)
+    # rank 1 of 2 alone: its parts only, no merged table yet
+    out = embed(small_atlas, rank=1, world_size=2, overrides={"chunk_models": 4})
+    assert not (out / "models.safetensors").exists()
+    parts = sorted((out / "parts").rglob("part-*.safetensors"))
+    assert parts and all(int(p.stem.split("-")[1]) % 2 == 1 for p in parts)
+    # rank 0 finishes its chunks and merges
+    embed(small_atlas, rank=0, world_size=2, overrides={"chunk_models": 4})
+    emb = load_embeddings(small_atlas)
+    ids = [r["id"] for r in a.accepted()]
+    assert sorted(emb.ids) == sorted(ids)
+    assert emb.z.shape == (len(ids), make_backbone().cfg.latent_dim)
+    assert np.isfinite(emb.z).all()
+    # per-layer rows line up with the layer table of each model
+    from core.store import TokenStore
+
+    store = TokenStore(a.tokens_dir)
+    for row in emb.models:
+        lo, hi = row["layer_rows"]
+        assert hi - lo == len(store.layers(row["id"]))
+        names = [r["name"] for r in emb.layers[lo:hi]]
+        assert names == [e.name for e in store.layers(row["id"])]
+    # same result as a single process (content of a model does not depend on its chunk)
+    single = tmp_path / "single"
+    z1 = emb.z.copy()
+    import shutil
+
+    shutil.rmtree(out)
+    embed(small_atlas, overrides={"chunk_models": 64})
+    np.testing.assert_allclose(load_embeddings(small_atlas).z, z1, rtol=1e-5, atol=1e-6)
+    assert not single.exists()
+    # maps: every id on both maps; the explorer's reader accepts them
+    maps = read_json(out / "maps.json")
+    assert set(maps["pca"]) == set(ids) and set(maps["umap"]) == set(ids)
+    from core.explore import map_table
+
+    table = map_table(small_atlas)
+    assert set(table.coords) == {"pca", "umap"} and np.isfinite(table.coords["umap"]).all()
+    # reducers are plain safetensors, no pickle anywhere in the embeddings dir
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert p.suffix in (".safetensors", ".json", ".jsonl"), p
+    # placing a collected model's own vector lands on its own map position
+    i = 3
+    placed = place_on_map(small_atlas, emb.z[i])
+    np.testing.assert_allclose(placed["pca"], maps["pca"][emb.ids[i]], atol=1e-6)
+    np.testing.assert_allclose(placed["umap"], maps["umap"][emb.ids[i]], atol=1e-3)
+
+
+def test_neighbours_by_id_vector_and_directory(small_atlas):
+    from core.embed import embed, embed_model_dir
+
+    if not (Atlas(small_atlas).embeddings_dir / "models.safetensors").exists():
+        embed(small_atlas)
+    emb = load_embeddings(small_atlas)
+    mid = emb.ids[0]
+    nn_ = neighbours(small_atlas, mid, k=4)
+    assert len(nn_) == 4 and mid not in [i for i, _ in nn_]
+    d = [x for _, x in nn_]
+    assert d == sorted(d)
+    # a vector query gives the model itself first at distance ~0
+    first = neighbours(small_atlas, emb.vector(mid), k=1)[0]
+    assert first[0] == mid and abs(first[1]) < 1e-6
+    # a model directory goes through the collector's checks and the same encoder
+    row = next(r for r in Atlas(small_atlas).accepted() if r["id"] == mid)
+    path = Path(row["path"])
+    path = path if path.is_absolute() else small_atlas / path
+    v = embed_model_dir(path, small_atlas)
+    np.testing.assert_allclose(v, emb.vector(mid), rtol=1e-4, atol=1e-5)
+    assert neighbours(small_atlas, path, k=1)[0][0] == mid
+
+
+def test_embed_cli_single_model_rejects_pickles(small_atlas, tmp_path, capsys):
+    from core.cli import main
+
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"library_name": "weightatlas", "architecture": "mlp"}))
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    assert main(["embed", str(small_atlas), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and len(err.strip().splitlines()) == 1
