@@ -24,10 +24,10 @@ features; each takes a ``width`` and a ``depth``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +251,8 @@ def _quiet() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield
     finally:
         for lg, lv in zip(loggers, levels):
@@ -501,13 +502,20 @@ def load_weights_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
 def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     """Instantiate the model in a Hub-format directory and load its safetensors weights.
 
+    The model takes the checkpoint's floating dtype when all its float tensors share one
+    (fp16/bf16 weights stay bit-exact); call ``.float()`` to compute in fp32.
+
     Raises:
         RejectedModel: with a reason (no config, remote code, unknown type, no safetensors,
             weights that do not match).
     """
     config = read_config(path)
     model, library = empty_model(config)
-    load_weights_strict(model, read_state_dict(path))
+    state_dict = read_state_dict(path)
+    float_dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+    if len(float_dtypes) == 1:  # keep fp16/bf16 checkpoints exact instead of upcasting them
+        model.to(float_dtypes.pop())
+    load_weights_strict(model, state_dict)
     return LoadedModel(
         model=model.to(device).eval(),
         library=library,

@@ -231,3 +231,17 @@ def test_resolve_arch_specs():
     with pytest.raises(WeightAtlasError, match="cannot train"):
         resolve_arch("zoo:resnet", task="wine")
     assert set(NATIVE_MODELS) == {"mlp", "cnn"}
+
+
+def test_half_precision_checkpoint_stays_exact(tmp_path):
+    target = resolve_arch("zoo:convnext")
+    model = target.build(seed=0).to(torch.bfloat16)
+    out = target.save(model, tmp_path / "bf16")
+    stored = safetensors.torch.load_file(out / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    loaded = load_model_dir(out)
+    for k, v in stored.items():
+        got = loaded.model.state_dict()[k]
+        assert got.dtype == torch.bfloat16 and torch.equal(v, got), k
+    x, _ = get_task("digits10").split("test")
+    assert logits(loaded.model.float(), x[:4]).shape == (4, 10)
