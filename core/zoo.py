@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import metadata_load
 from tqdm.auto import tqdm
 
 from core.architectures import FAMILIES, build_family, config_of, render_card, save_model_dir
-from core.atlas import append_jsonl, read_jsonl, write_json
+from core.atlas import append_jsonl, atomic_write_bytes, dumps, read_json, read_jsonl, write_json
 from core.config import build_config, parse_overrides, to_dict
 from core.datasets import evaluate, get_task, train_epochs
 from core.errors import WeightAtlasError
@@ -319,8 +320,6 @@ def _checkpoint_files(
 
 
 def _row(out: Path, snap: Path) -> dict[str, Any]:
-    from huggingface_hub import metadata_load
-
     labels = metadata_load(snap / "README.md")["weightatlas"]
     repo = snap.parent.parent
     name = repo.name.removeprefix(f"models--{ZOO_ORG}--")
@@ -445,18 +444,16 @@ def zoo(
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     info_path = out / ZOO_INFO
     cfg_dict = to_dict(cfg)
-    if info_path.exists():
-        from core.atlas import read_json
-
-        old = read_json(info_path).get("config")
-        if old is not None and old != cfg_dict:
-            raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
-    write_json(info_path, {"preset": preset, "config": cfg_dict, "complete": False})
+    old = read_json(info_path) if info_path.exists() else {}
+    if old.get("config") not in (None, cfg_dict):
+        raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
+    spent = float(old.get("build_seconds", 0.0))  # over all sessions of an interrupted build
+    write_json(
+        info_path, {"preset": preset, "config": cfg_dict, "complete": False, "build_seconds": spent}
+    )
 
     total = sum(len(r.checkpoints) for r in runs)
-    done = {
-        (r.name(e)) for r, e in iter_checkpoints(runs) if snapshot_dir(repo_dir(out, r.name(e)))
-    }
+    done = {r.name(e) for r, e in iter_checkpoints(runs) if snapshot_dir(repo_dir(out, r.name(e)))}
     todo = [r for r in runs if any(r.name(e) not in done for e in r.checkpoints)]
     budget = [limit] if limit is not None else None
     start = time.time()
@@ -483,12 +480,22 @@ def zoo(
                     try:
                         train_run(run, cfg, out, record, budget)
                     except _StopBuild:
-                        return out
+                        break
     finally:
         bar.close()
+        spent += time.time() - start
+        write_json(
+            info_path,
+            {
+                "preset": preset,
+                "config": cfg_dict,
+                "complete": False,
+                "build_seconds": round(spent, 2),
+            },
+        )
+    if not all(snapshot_dir(repo_dir(out, r.name(e))) for r, e in iter_checkpoints(runs)):
+        return out  # stopped by ``limit``
     rows = [_row(out, snapshot_dir(repo_dir(out, r.name(e)))) for r, e in iter_checkpoints(runs)]
-    from core.atlas import atomic_write_bytes, dumps
-
     atomic_write_bytes(out / ZOO_INDEX, "".join(dumps(r) + "\n" for r in rows).encode())
     (out / PROGRESS).unlink(missing_ok=True)
     write_json(
@@ -501,8 +508,7 @@ def zoo(
             "runs": len(runs),
             "families": sorted({r.family for r in runs}),
             "tasks": sorted({r.task for r in runs}),
-            "last_build_seconds": round(time.time() - start, 2),
-            "last_build_new_checkpoints": total - len(done),
+            "build_seconds": round(spent, 2),
         },
     )
     return out

@@ -145,6 +145,7 @@ def test_interrupted_build_resumes_to_identical_bytes(mini, tmp_path):
     out = tmp_path / "resumed"
     zoo("ci", out, overrides=MINI, limit=3, progress=False)
     assert not (out / "zoo.jsonl").exists()
+    assert json.loads((out / "zoo.json").read_text())["complete"] is False
     first = sorted(out.glob("models--*"))
     assert len(first) == 3
     stamps = {p: (p / "refs" / "main").stat().st_mtime_ns for p in first}
@@ -154,6 +155,8 @@ def test_interrupted_build_resumes_to_identical_bytes(mini, tmp_path):
     assert not list(out.glob(".tmp-*"))
     assert _files(out) == _files(mini)  # same preset + seed -> bit-identical repos
     assert (out / "zoo.jsonl").read_bytes() == (mini / "zoo.jsonl").read_bytes()
+    info = json.loads((out / "zoo.json").read_text())
+    assert info["complete"] is True and info["checkpoints"] == len(MINI_IDS)
     # a finished zoo is a no-op to rebuild
     before = _files(out)
     zoo("ci", out, overrides=MINI, progress=False)
