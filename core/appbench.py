@@ -270,7 +270,7 @@ def _fig_signature(page: Any) -> str:
     return page.evaluate(
         """() => {
             const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
-            return p ? JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length])) : '';
+            return p ? JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length, t.x && t.x[0]])) : '';
         }"""
     )
 
@@ -280,7 +280,7 @@ def _wait_change(page: Any, before: str, timeout_ms: float = 60_000) -> None:
         """(before) => {
             const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
             if (!p || !p._fullData) return false;
-            const s = JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length]));
+            const s = JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length, t.x && t.x[0]]));
             return s !== before && p.querySelector('canvas');
         }""",
         arg=before,

@@ -44,6 +44,25 @@ class MapTable:
     columns: dict[str, list[Any]]
     tags: list[list[str]]
     base_model: list[list[str]] = field(default_factory=list)
+    hover: np.ndarray | None = None
+
+    def hover_data(self) -> np.ndarray:
+        """Per model ``[id, family, task, accuracy, params, split]`` as display strings ``(M, 6)``."""
+        if self.hover is None:
+            acc, params = self.columns["accuracy"], self.columns["params"]
+            out = np.empty((len(self.ids), 6), dtype=object)
+            for i, mid in enumerate(self.ids):
+                a, p = acc[i], params[i]
+                out[i] = (
+                    mid,
+                    self.columns["family"][i],
+                    self.columns["task"][i],
+                    "–" if a != a else f"{a:.3f}",
+                    "–" if p != p else f"{int(p):,}",
+                    self.columns["split"][i],
+                )
+            self.hover = out
+        return self.hover
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,7 +213,9 @@ def map_table(root: str | Path) -> MapTable:
             columns[c].append(meta[c])
         tags.append(_as_list(merged.get("tags")))
         parents.append(_as_list(merged.get("base_model")))
-    return MapTable(ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents)
+    table = MapTable(ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents)
+    table.hover_data()
+    return table
 
 
 def manifest_row(root: str | Path, model_id: str) -> dict[str, Any]:

@@ -16,10 +16,11 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from explorer.common import atlas_picker_ui, atlas_status  # noqa: E402
+from explorer.common import atlas_picker_ui, atlas_status, warm_imports  # noqa: E402
 
 st.set_page_config(page_title="Weight Atlas", page_icon=":material/scatter_plot:", layout="wide")
 
+warm_imports()
 path = atlas_picker_ui()
 problem = atlas_status(path)
 views = Path("views")

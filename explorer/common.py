@@ -6,7 +6,9 @@ the files they read), so a re-run of a pipeline stage refreshes the app without 
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,17 @@ from core.explore import MapTable, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or str(ROOT / "assets" / "demo")
+
+
+@st.cache_resource(show_spinner=False)
+def warm_imports() -> bool:
+    """Import the torch-backed core modules in a background thread, once per server.
+
+    The map needs only numpy and plotly; torch (about 3 s to import) is needed from the first
+    neighbour query on, so it loads while the user looks at the map.
+    """
+    threading.Thread(target=importlib.import_module, args=("core.embed",), daemon=True).start()
+    return True
 
 
 def atlas_picker_ui() -> str:

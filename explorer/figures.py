@@ -24,20 +24,7 @@ HOVER = (
 
 
 def _customdata(table: MapTable, rows: np.ndarray) -> np.ndarray:
-    acc = table.columns["accuracy"]
-    params = table.columns["params"]
-    out = np.empty((len(rows), 6), dtype=object)
-    for j, i in enumerate(rows):
-        a, p = acc[i], params[i]
-        out[j] = (
-            table.ids[i],
-            table.columns["family"][i],
-            table.columns["task"][i],
-            "–" if a != a else f"{a:.3f}",
-            "–" if p != p else f"{int(p):,}",
-            table.columns["split"][i],
-        )
-    return out
+    return table.hover_data()[rows]
 
 
 def map_figure(
@@ -172,7 +159,6 @@ def map_figure(
         xaxis=dict(title=f"{kind.upper()} 1", zeroline=False),
         yaxis=dict(title=f"{kind.upper()} 2", zeroline=False),
         hovermode="closest",
-        clickmode="event+select",
     )
     return fig
 

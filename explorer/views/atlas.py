@@ -22,31 +22,24 @@ from explorer.figures import layer_bars, map_figure, selected_ids
 MAX_DETAIL_OPTIONS = 500
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def cached_figure(
-    root: str,
-    stamp_: float,
-    kind: str,
-    colour: str,
-    family: tuple[str, ...],
-    task: tuple[str, ...],
-    tag: tuple[str, ...],
-    search: str,
-    lineage: bool,
-    placed: tuple[tuple[str, float, float], ...],
-):
-    """The map figure for one set of choices (identical choices give the identical figure)."""
-    table = load_map_table(Path(root))
-    keep = table.filter(list(family), list(task), list(tag), "")
+def build_figure(table: MapTable, choice: dict[str, Any], placed: dict[str, Any] | None):
+    """The map figure for the current choices (not cached: a cached copy of a figure
+    serialises differently and Streamlit would then drop the user's selection)."""
+    keep = table.filter(list(choice["family"]), list(choice["task"]), list(choice["tag"]), "")
+    search = choice["search"]
     hits = [table.ids[i] for i in np.flatnonzero(table.filter(search=search))] if search else []
+    kind = choice["kind"]
+    pts = {}
+    if placed and kind in placed["map"]:
+        pts[placed["name"]] = (float(placed["map"][kind][0]), float(placed["map"][kind][1]))
     return map_figure(
         table,
         kind,
-        colour,
+        choice["colour"],
         keep,
-        lineage=lineage,
+        lineage=choice["lineage"],
         highlight=hits[:200],
-        placed={n: (x, y) for n, x, y in placed},
+        placed=pts,
     )
 
 
@@ -194,22 +187,7 @@ def page() -> None:
             user_error(e)
     placed = st.session_state.get("placed")
     kind = choice["kind"]
-    placed_pts = ()
-    if placed and kind in placed["map"]:
-        x, y = placed["map"][kind]
-        placed_pts = ((placed["name"], float(x), float(y)),)
-    fig = cached_figure(
-        str(root),
-        stamp_,
-        kind,
-        choice["colour"],
-        choice["family"],
-        choice["task"],
-        choice["tag"],
-        choice["search"],
-        choice["lineage"],
-        placed_pts,
-    )
+    fig = build_figure(table, choice, placed)
     shown = int(table.filter(choice["family"], choice["task"], choice["tag"]).sum())
     st.caption(
         f"{shown:,} of {len(table):,} models · {kind.upper()} map · drag to lasso, "

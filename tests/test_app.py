@@ -1,0 +1,240 @@
+"""The explorer with streamlit.testing.v1.AppTest: every page renders, widgets interact.
+
+Fast tests run on a generated atlas in the documented layout (manifest, embedding tables,
+maps, PCA reducer), read by the app through the same core code as a pipeline-built atlas.
+The ``slow`` test builds a real atlas (zoo -> collect -> tokenize -> train -> embed) and runs
+the Layers page and a small generation end to end through the background subprocess.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("streamlit")
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the explorer package lives beside core, outside the wheel
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from core.appbench import synthetic_atlas  # noqa: E402
+from core.explore import map_table, zip_dir  # noqa: E402
+from core.spectral import layer_spectra, power_law_fit  # noqa: E402
+from explorer.figures import map_figure, selected_ids  # noqa: E402
+
+APP = str(REPO / "explorer" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    return synthetic_atlas(tmp_path_factory.mktemp("syn") / "atlas", n=240, seed=1)
+
+
+def app_on(path: Path | str, timeout: float = 60) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.session_state["atlas_path"] = str(path)
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += (
+        [e.value for e in at.error] + [w.value for w in at.warning] + [i.value for i in at.info]
+    )
+    return "\n".join(str(p) for p in parts)
+
+
+def test_not_an_atlas_shows_how_to_build_one(tmp_path):
+    at = app_on(tmp_path / "nowhere")
+    assert not at.exception
+    assert at.title[0].value == "No atlas to show yet"
+    assert str(tmp_path / "nowhere") in at.error[0].value
+    assert "weightatlas demo --out assets/demo" in texts(at)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    at.sidebar.text_input(key="atlas_path").input(str(plain)).run()
+    assert not at.exception
+    assert "no atlas.json" in at.error[0].value
+
+
+def test_atlas_without_embeddings_says_which_command(tmp_path):
+    from core.atlas import Atlas
+
+    Atlas.create(tmp_path / "a")
+    at = app_on(tmp_path / "a")
+    assert not at.exception
+    assert at.title[0].value == "Atlas"
+    assert "weightatlas embed" in at.error[0].value
+
+
+def test_atlas_page_colour_filter_search_and_neighbours(syn):
+    at = app_on(syn)
+    assert not at.exception
+    assert at.title[0].value == "Atlas"
+    assert len(at.get("plotly_chart")) == 1
+    assert "240 of 240 models" in texts(at)
+    for colour in ("task", "accuracy", "params", "split"):
+        at.selectbox(key="map_colour").set_value(colour).run()
+        assert not at.exception, colour
+    at.selectbox(key="map_kind").set_value("pca").run()
+    at.multiselect(key="map_family").set_value(["mlp"]).run()
+    assert not at.exception
+    n_mlp = sum(f == "mlp" for f in map_table(syn).columns["family"])
+    assert f"{n_mlp} of 240 models" in texts(at)
+    target = map_table(syn).ids[17]
+    at.text_input(key="map_search").input(target).run()
+    assert not at.exception
+    assert at.selectbox(key="detail_id").value == target
+    at.slider(key="nn_k").set_value(4).run()
+    df = at.dataframe[0].value
+    assert len(df) == 4 and target not in set(df["id"])
+    assert list(df["distance"]) == sorted(df["distance"])
+    # neighbours of a model are mostly its own synthetic cluster (same family and task)
+    own = map_table(syn)
+    i = own.ids.index(target)
+    assert (df["family"] == own.columns["family"][i]).sum() >= 3
+
+
+def test_lineage_toggle_and_bad_embed_folder(syn, tmp_path):
+    at = app_on(syn)
+    at.toggle(key="map_lineage").set_value(True).run()
+    assert not at.exception
+    at.text_input(key="embed_folder").input(str(tmp_path / "missing")).run()
+    at.button(key="embed_go").click().run()
+    assert not at.exception
+    assert at.error and "not a model directory" in at.error[0].value
+
+
+def test_map_figure_carries_ids_in_customdata(syn):
+    table = map_table(syn)
+    keep = table.filter(family=["cnn", "vit"])
+    fig = map_figure(table, "umap", "family", keep, lineage=True)
+    ids = {m: i for i, m in enumerate(table.ids)}
+    seen = 0
+    for trace in fig.data:
+        if trace.customdata is None:
+            continue
+        for (x, y), cd in zip(zip(trace.x, trace.y), trace.customdata):
+            i = ids[cd[0]]
+            assert np.allclose([x, y], table.coords["umap"][i])
+            assert table.columns["family"][i] in ("cnn", "vit")
+            seen += 1
+    assert seen == int(keep.sum())
+    assert any(t.mode == "lines" for t in fig.data)  # lineage edges
+    # same choices -> the same figure (Streamlit keeps the selection)
+    again = map_figure(table, "umap", "family", keep, lineage=True)
+    assert fig.to_json() == again.to_json()
+    event = {"selection": {"points": [{"customdata": [table.ids[3], "x"]}, {"point_index": 2}]}}
+    assert selected_ids(event) == [table.ids[3]]
+
+
+def test_layers_and_generate_pages_explain_what_is_missing(syn):
+    at = app_on(syn)
+    at.switch_page("views/layers.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Layers"
+    assert "weightatlas tokenize" in at.warning[0].value
+    at.switch_page("views/generate.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Generate"
+    assert "weightatlas train" in at.warning[0].value
+
+
+def test_power_law_fit_recovers_alpha():
+    rng = np.random.default_rng(0)
+    x = rng.pareto(2.0, 3000) + 1.0  # density ~ x^-3
+    alpha, xmin, ks = power_law_fit(x)
+    assert abs(alpha - 3.0) < 0.15 and ks < 0.05 and xmin >= 1.0
+
+
+def test_layer_spectra_skips_vectors_and_orders_by_depth():
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "a.weight": torch.randn(64, 32, generator=g),
+        "a.bias": torch.randn(64, generator=g),
+        "b.weight": torch.randn(8, 3, 3, 3, generator=g),
+        "c.weight": torch.randn(4, 4, generator=g),
+    }
+    rows = layer_spectra(sd)
+    assert [r["name"] for r in rows] == ["a.weight", "b.weight", "c.weight"]
+    assert rows[0]["n_evals"] == 32 and rows[0]["alpha"] is not None
+    assert rows[2]["alpha"] is None  # 4 eigenvalues: too few to fit
+    lam = torch.linalg.svdvals(sd["a.weight"].double()).max().item() ** 2
+    assert abs(rows[0]["log_spectral_norm"] - np.log10(lam)) < 1e-9
+
+
+def test_zip_dir_round_trip(tmp_path):
+    import io
+    import zipfile
+
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"x" * 10)
+    names = zipfile.ZipFile(io.BytesIO(zip_dir(d))).namelist()
+    assert sorted(names) == ["model/config.json", "model/model.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a real atlas, end to end (slow)
+
+
+@pytest.fixture(scope="module")
+def real_atlas(tmp_path_factory) -> Path:
+    import core
+
+    work = tmp_path_factory.mktemp("real")
+    zoo = core.zoo(
+        preset="ci",
+        out=work / "zoo",
+        overrides={"families": ("mlp",), "tasks": ("wine:3",), "checkpoints": (3, 8)},
+        progress=False,
+    )
+    atlas = work / "atlas"
+    core.collect(atlas, source=str(zoo))
+    core.tokenize(atlas)
+    core.train(atlas, preset="ci")
+    core.embed(atlas)
+    return atlas
+
+
+@pytest.mark.slow
+def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
+    at = app_on(real_atlas, timeout=180)
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 1
+    at.switch_page("views/layers.py").run()
+    assert not at.exception, at.exception
+    assert "Reconstruction through the backbone" in [s.value for s in at.subheader]
+    assert at.metric[0].value == str(len(at.multiselect(key=at.multiselect[0].key).options))
+    at.button(key="spectral_go").click().run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3
+
+    at.switch_page("views/generate.py").run()
+    assert not at.exception, at.exception
+    at.selectbox(key="gen_family").set_value("mlp").run()
+    at.selectbox(key="gen_task_mlp").set_value("wine").run()
+    assert at.multiselect(key="gen_prompts_zoo:mlp").value  # defaults to matching atlas models
+    at.number_input(key="gen_k").set_value(3).run()
+    at.number_input(key="gen_m").set_value(1).run()
+    at.button(key="gen_go").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 240
+    while "generate_job" in at.session_state and time.monotonic() < deadline:
+        time.sleep(1.0)
+        at.run()
+        assert not at.exception
+    assert "generate_job" not in at.session_state, "generation did not finish"
+    result = at.session_state["generate_result"]
+    assert result["error"] is None, result
+    assert len(result["outputs"]) == 1
+    out = Path(result["outputs"][0])
+    assert out.parent == real_atlas / "generated" and (out / "model.safetensors").exists()
+    assert any(b.label.endswith(".zip") for b in at.get("download_button"))
+    assert len(at.get("plotly_chart")) >= 2  # accuracy bars + per-layer distributions
