@@ -197,8 +197,8 @@ def real_atlas(tmp_path_factory) -> Path:
     )
     atlas = work / "atlas"
     core.collect(atlas, source=str(zoo))
-    core.tokenize(atlas)
-    core.train(atlas, preset="ci")
+    core.tokenize(atlas, progress=False)
+    core.train(atlas, preset="ci", overrides={"steps": 30, "eval_every": 30, "ckpt_every": 30})
     core.embed(atlas)
     return atlas
 
@@ -208,6 +208,11 @@ def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
     at = app_on(real_atlas, timeout=180)
     assert not at.exception
     assert len(at.get("plotly_chart")) == 1
+    folder = next((real_atlas.parent / "zoo").glob("models--*/snapshots/*"))
+    at.text_input(key="embed_folder").input(str(folder)).run()
+    at.button(key="embed_go").click().run()
+    assert not at.exception
+    assert "lands at" in at.success[0].value
     at.switch_page("views/layers.py").run()
     assert not at.exception, at.exception
     assert "Reconstruction through the backbone" in [s.value for s in at.subheader]
