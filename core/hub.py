@@ -857,9 +857,16 @@ class _Transient(Exception):
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return (httpx2.TransportError, HfHubHTTPError, ConnectionError, TimeoutError)
+    # LocalEntryNotFoundError: snapshot_download could not reach the Hub and had no cached copy
+    return (
+        httpx2.TransportError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        ConnectionError,
+        TimeoutError,
+    )
 
 
 def _row(
@@ -927,7 +934,9 @@ def process_candidate(
         try:
             path = source.fetch(cand, atlas)
         except _transient_errors() as e:
-            raise _Transient(f"{cand.id}: {type(e).__name__}: {e}") from None
+            raise _Transient(
+                f"{cand.id}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            ) from None
         inspect_model_dir(path, cfg, facts)
         check_model(facts, cfg)
     except RejectedModel as e:
@@ -1028,7 +1037,13 @@ def collect(
         pending: set[Future] = set()
         while True:
             while not exhausted and len(pending) < window and not quota.met():
-                cand = next(it, None)
+                try:
+                    cand = next(it, None)
+                except _transient_errors() as e:
+                    raise WeightAtlasError(
+                        f"listing {src.kind} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                        "what was collected is kept, re-run to resume"
+                    ) from None
                 if cand is None:
                     exhausted = True
                     break

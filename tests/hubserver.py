@@ -13,7 +13,8 @@ downloading models, enough for ``HfApi.list_models``, ``model_info`` / ``repo_in
 - ``HEAD`` / ``GET /{id}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag`` (sha256 for
   LFS-sized files, the git blob sha1 otherwise), ``X-Linked-Etag`` / ``X-Linked-Size`` for LFS
   files, ``Content-Length``, ``Accept-Ranges`` and ``Range`` (206); 404s carry
-  ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
+  ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``. Repos named
+  in ``fail_resolve`` answer 403 on downloads (a proxy denial: not retried by the client).
 
 Repo tags are derived the way the Hub does from the card (tags, ``library_name``,
 ``pipeline_tag``, ``license:``, ``dataset:``, ``base_model:``) plus ``safetensors`` and
@@ -383,6 +384,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo: Repo, rev: str, name: str, head: bool) -> None:
         commit = {"X-Repo-Commit": repo.sha}
+        if repo.id in self.server.fail_resolve:
+            return self._error(403, "Forbidden", "simulated outage (proxy denial)", head=head)
         if not self._revision(repo, rev):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
         if name not in repo.files:
@@ -456,6 +459,7 @@ class _Server(ThreadingHTTPServer):
         self.throttle_s = throttle_s
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str]] = []
+        self.fail_resolve: set[str] = set()
         self._lock = threading.Lock()
         host, port = self.server_address[:2]
         self.url = f"http://{host}:{port}"
@@ -510,6 +514,11 @@ class HubServer:
     def requests(self) -> list[tuple[str, str]]:
         """``(method, path)`` of every request so far."""
         return list(self.httpd.requests)
+
+    @property
+    def fail_resolve(self) -> set[str]:
+        """Repo ids whose file downloads answer 403 (a simulated outage); mutable."""
+        return self.httpd.fail_resolve
 
     @property
     def ranges(self) -> list[tuple[str, str]]:

@@ -417,6 +417,7 @@ def test_hub_end_to_end_manifest(mixed_cache, clean_hub_run):
     # prechecked from the listing: never downloaded at all
     assert not any("/bad/pickle-only/resolve" in p or p.endswith(".bin") for _m, p in requests)
     assert not any("modeling_evil.py" in p for _m, p in requests)
+    assert not any(p.startswith(("/bad/too-large/", "/bad/auto-map/")) for _m, p in requests)
     for canary in mixed_cache["canaries"]:
         assert not canary.exists()
     rows = {r["id"]: r for r in Atlas.open(atlas).manifest()}
@@ -466,3 +467,37 @@ def test_killed_hub_collection_resumes_to_the_clean_result(mixed_cache, clean_hu
     assert outcome(atlas) == outcome(clean_hub_run[0])
     ids = [row["id"] for row in read_jsonl(atlas / "manifest.jsonl")]
     assert len(ids) == len(set(ids))  # nothing redone, nothing lost
+
+
+def test_hub_outage_is_retried_not_recorded_and_bad_source_is_one_line(mixed_cache, tmp_path):
+    from core.cli import main
+
+    atlas = tmp_path / "atlas"
+    mlp = sorted(i for i in mixed_cache["zoo_ids"] if "/mlp-" in i)
+    assert len(mlp) >= 2
+    with HubServer(mixed_cache["cache"]) as server:
+        server.fail_resolve.add(mlp[0])
+        kw = dict(tags=["mlp"], workers=2, endpoint=server.url, progress=False)
+        rows = hub.collect(atlas, "hub", **kw)
+        assert {r["id"] for r in rows} == set(mlp[1:])  # the failed download leaves no row
+        server.fail_resolve.clear()
+        rows = hub.collect(atlas, "hub", **kw)
+    assert sorted(r["id"] for r in rows if r["status"] == "accepted") == mlp
+    assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == len(mlp)
+
+    rc = main(["collect", str(tmp_path / "c"), "--source", str(tmp_path / "nope"), "--no-progress"])
+    assert rc == 2
+
+
+@pytest.mark.slow  # huggingface_hub backs off ~20 s before giving up on a dead endpoint
+def test_unreachable_hub_is_a_one_line_error(mixed_cache, tmp_path, capsys):
+    from core.cli import main
+
+    with HubServer(mixed_cache["cache"]) as dead:
+        url = dead.url
+    rc = main(
+        ["collect", str(tmp_path / "b"), "--source", "hub", "--endpoint", url, "--no-progress"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "listing hub failed" in err[0] and "re-run" in err[0]
