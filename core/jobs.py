@@ -75,6 +75,14 @@ class Job:
             state["done"] = True
         return state
 
+    def reap(self, timeout: float = 5.0) -> None:
+        """Wait for a finished run's process to exit (no zombie left behind)."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.cancel()
+
     def cancel(self) -> None:
         """Terminate the run's process group (SIGTERM, then SIGKILL after 5 s)."""
         self.cancelled = True

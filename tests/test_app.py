@@ -243,3 +243,15 @@ def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
     assert out.parent == real_atlas / "generated" and (out / "model.safetensors").exists()
     assert any(b.label.endswith(".zip") for b in at.get("download_button"))
     assert len(at.get("plotly_chart")) >= 2  # accuracy bars + per-layer distributions
+
+
+@pytest.mark.slow
+def test_generation_job_can_be_cancelled(real_atlas):
+    from core.jobs import start_stage
+
+    job = start_stage(real_atlas, "sample", ["--arch", "zoo:mlp", "--task", "wine", "--n", "50"])
+    assert job.running()
+    job.cancel()
+    state = job.status()
+    assert state["done"] and state["error"] == "cancelled" and not job.running()
+    assert job.progress_file.parent == real_atlas / "generated" / ".jobs"

@@ -134,6 +134,7 @@ def progress_fragment() -> None:
             state = job.status()
         if state["done"]:
             box.update(state="error" if state["error"] else "complete")
+            job.reap()
             st.session_state[RESULT_KEY] = {**state, "cmd": job.cmd}
             del st.session_state[JOB_KEY]
             st.rerun()

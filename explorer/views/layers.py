@@ -240,7 +240,7 @@ def depth_section(root: Path, stamp_: float, model_id: str) -> None:
 
 
 def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
-    """Per-layer R² of every ablation backbone next to the main one."""
+    """Ablation backbones side by side: one layer's reconstruction each, and R² along depth."""
     backbones = ablation_backbones(root)
     if not backbones:
         return
@@ -248,42 +248,55 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
     if model_id not in set(tokenized_ids(root)):
         st.caption("Needs the model in the token store.")
         return
+    names = list(backbones)
+    default = [n for n in names if n.startswith("mln-")] or names[:3]
+    chosen = st.multiselect(
+        "Backbones to compare",
+        names,
+        default=default,
+        key="ablation_backbones",
+        help="ATLAS/backbones/*: mln-* differ only in the loss normalisation (001 Table 1).",
+    )
     reports: dict[str, list[dict[str, Any]]] = {}
-    errors = []
-    for name, bdir in {"backbone": None, **{k: str(v) for k, v in backbones.items()}}.items():
+    for name in ["backbone", *chosen]:
+        bdir = None if name == "backbone" else str(backbones[name])
         try:
             with st.spinner(f"Reconstructing with {name}…"):
                 reports[name] = cached_layer_report(str(root), stamp_, model_id, bdir)
-        except (*USER_ERRORS, RuntimeError, KeyError) as e:
-            errors.append(f"{name}: {e}")
-    cols = st.columns(len(reports) or 1)
+        except (*USER_ERRORS, RuntimeError, KeyError, ValueError) as e:
+            st.warning(f"{name}: {e}", icon=":material/warning:")
+    if not reports:
+        return
+    layer_names = [r["name"] for r in next(iter(reports.values()))]
+    layer = st.selectbox("Layer", layer_names, key="ablation_layer")
+    cols = st.columns(len(reports))
     for col, (name, report) in zip(cols, reports.items()):
+        bdir = Atlas(root).backbone_dir if name == "backbone" else backbones[name]
         r2 = [r["r2"] for r in report if r.get("r2") is not None]
-        cfg = Atlas(root).backbone_dir if name == "backbone" else backbones[name]
-        norm = _norm_mode(cfg)
         col.metric(
-            f"{name}" + (f" ({norm})" if norm else ""),
+            f"{name} · {_norm_mode(bdir)}",
             f"{np.median(r2):.3f}" if r2 else "–",
-            help="median R²",
+            help="median per-layer R² of this model",
         )
-    if reports:
-        st.plotly_chart(error_figure(reports), key="ablation_errors", width="stretch")
-    for e in errors:
-        st.warning(e)
+        rows = [r for r in report if r["name"] == layer]
+        if rows:
+            col.plotly_chart(
+                histogram_figure(rows, [layer]), key=f"ablation_hist_{name}", width="stretch"
+            )
+    st.plotly_chart(error_figure(reports), key="ablation_errors", width="stretch")
 
 
 def _norm_mode(backbone_dir: Path) -> str:
-    """The normalisation setting named in a backbone's config.json (empty if none)."""
+    """The loss normalisation a backbone was trained with (``loss_norm`` in its config.json)."""
     import json
 
     try:
         cfg = json.loads((backbone_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return ""
-    for key in ("norm", "normalization", "loss_norm", "mln"):
-        if key in cfg:
-            return f"{key}={cfg[key]}"
-    return ""
+        return "?"
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    mode = train.get("loss_norm") if isinstance(train, dict) else None
+    return f"loss_norm={mode}" if mode else "?"
 
 
 def page() -> None:
