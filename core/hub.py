@@ -47,6 +47,7 @@ and they still finish, so a split may end up to ``workers - 1`` models over its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -80,7 +81,8 @@ class CollectConfig:
     Attributes:
         max_params: largest accepted number of float values in a model's safetensors.
         split_fractions: train/val/test shares of the hash of the run key (sum 1).
-        workers: concurrent candidates (download + checks).
+        workers: concurrent candidates (downloads and header checks).
+        check_workers: concurrent deep checks (they hold a model's weights in memory twice).
         token_size: D of the dense token plan used for the "it tokenizes" check.
         max_header_bytes: largest accepted safetensors JSON header.
         supported_dtypes: safetensors dtypes a model may contain.
@@ -91,6 +93,7 @@ class CollectConfig:
     max_params: int = 350_000_000
     split_fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
     workers: int = 8
+    check_workers: int = 2
     token_size: int = 64
     max_header_bytes: int = 100_000_000
     supported_dtypes: tuple[str, ...] = (
@@ -116,7 +119,7 @@ class CollectConfig:
 
 COLLECT_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "ci": {"workers": 2, "max_params": 5_000_000},
+    "ci": {"workers": 2, "check_workers": 1, "max_params": 5_000_000},
     "paper": {"max_params": 1_000_000_000, "split_fractions": (0.9, 0.1, 0.0)},
 }
 
@@ -544,13 +547,8 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
     """
     import torch
 
-    from core.architectures import (
-        empty_model,
-        load_weights_strict,
-        read_state_dict,
-        trainable_names,
-    )
-    from core.tokenize import plan_tokens
+    from core.architectures import empty_model, load_weights_strict, read_state_dict
+    from core.tokenize import model_structure, plan_tokens
 
     assert facts.config is not None and facts.path is not None
     with _BUILD_LOCK:  # transformers' lazy module is not safe to first-touch from many threads
@@ -570,13 +568,24 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
         if library != "transformers":
             raise
         _transformers_loads(type(model), facts.path)
+    del sd, model
+    # the tokenize stage's own plan, from header shapes and the module structure
+    with _BUILD_LOCK:
+        st = model_structure(facts.path)
     metas = {
         k: types.SimpleNamespace(
             shape=t.shape, dtype=getattr(torch, _TORCH_DTYPES.get(t.dtype, ""), None)
         )
         for k, t in facts.tensors.items()
     }
-    plan = plan_tokens(metas, "dense", cfg.token_size, trainable=trainable_names(model))
+    plan = plan_tokens(metas, "dense", cfg.token_size, st.trainable, st.order, st.kinds, st.buffers)
+    unplaced = [e["name"] for e in plan.excluded if e["reason"] == "not in the architecture"]
+    if unplaced:
+        raise RejectedModel(
+            "untokenizable",
+            f"{len(unplaced)} stored tensors have no place in the module (e.g. {unplaced[0]}); "
+            "the checkpoint uses a key layout the library renames on load",
+        )
     if plan.n_tokens == 0:
         raise RejectedModel("untokenizable", "no trainable float tensor to cut into tokens")
     return plan.n_tokens
@@ -915,9 +924,16 @@ def _row(
 
 
 def process_candidate(
-    cand: Candidate, source: Source, atlas: Atlas, cfg: CollectConfig
+    cand: Candidate,
+    source: Source,
+    atlas: Atlas,
+    cfg: CollectConfig,
+    check_slots: threading.Semaphore | None = None,
 ) -> dict[str, Any]:
     """Fetch and check one candidate; return its manifest row (never raises for bad models).
+
+    ``check_slots`` bounds how many deep checks (weights in memory) run at once while
+    downloads and header checks of other candidates go on.
 
     Raises:
         _Transient: a network failure (the candidate is retried on the next run).
@@ -938,7 +954,8 @@ def process_candidate(
                 f"{cand.id}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
             ) from None
         inspect_model_dir(path, cfg, facts)
-        check_model(facts, cfg)
+        with check_slots or contextlib.nullcontext():
+            check_model(facts, cfg)
     except RejectedModel as e:
         return _row(facts, atlas, cfg, "rejected", e.reason, e.detail)
     except _Transient:
@@ -1012,8 +1029,11 @@ def collect(
     ):
         if v is not None and v < 0:
             raise WeightAtlasError(f"{name} must be >= 0, got {v}")
-    if cfg.workers < 1:
-        raise WeightAtlasError(f"workers must be >= 1, got {cfg.workers}")
+    if min(cfg.workers, cfg.check_workers) < 1:
+        raise WeightAtlasError(
+            f"workers and check_workers must be >= 1, got {cfg.workers}, {cfg.check_workers}"
+        )
+    check_slots = threading.BoundedSemaphore(cfg.check_workers)
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.create(atlas)
     query = Query(tuple(tags), pipeline_tag, library, sort, limit)
     src = make_source(str(source), query, cfg, endpoint)
@@ -1056,7 +1076,7 @@ def collect(
                     if quota.full(hint):
                         stats["skipped (split full)"] += 1
                         continue
-                pending.add(ex.submit(process_candidate, cand, src, atlas, cfg))
+                pending.add(ex.submit(process_candidate, cand, src, atlas, cfg, check_slots))
             if not pending:
                 break
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -102,6 +102,7 @@ def mixed_cache(tmp_path_factory) -> dict:
     """A small real zoo plus transformers models and one repo per kind of bad input."""
     import transformers
 
+    from core.architectures import save_model_dir
     from core.zoo import zoo
 
     base = tmp_path_factory.mktemp("mixed")
@@ -127,14 +128,13 @@ def mixed_cache(tmp_path_factory) -> dict:
         transformers.BertForSequenceClassification(transformers.BertConfig(vocab_size=64, **tiny)),
         tmp,
     )
-    vit = saved(
-        transformers.ViTForImageClassification(
-            transformers.ViTConfig(
-                image_size=8, patch_size=4, num_channels=1, num_labels=10, **tiny
-            )
-        ),
-        tmp,
+    vit_model = transformers.ViTForImageClassification(
+        transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, num_labels=10, **tiny)
     )
+    vit_legacy = saved(vit_model, tmp)  # save_pretrained: transformers' legacy key layout
+    save_model_dir(vit_model, tmp, "transformers")  # the module's own names, as the zoo writes
+    vit = {n: (tmp / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    shutil.rmtree(tmp)
     big = saved(transformers.BertModel(transformers.BertConfig(vocab_size=4000, **tiny)), tmp)
     resnet = saved(
         transformers.ResNetForImageClassification(
@@ -202,6 +202,9 @@ def mixed_cache(tmp_path_factory) -> dict:
         ),
         "bad/too-large": ({**big, "README.md": t}, "too large"),
         "bad/wrong-shapes": ({**wrong, "README.md": t}, "weights do not match config"),
+        # loads with transformers (which renames keys on load) but the tokenizer, which reads
+        # the file's names, could not place its encoder tensors
+        "hf/vit-legacy-layout": ({**vit_legacy, "README.md": t}, "untokenizable"),
     }
     good = {
         "hf/bert-tiny": {
