@@ -694,7 +694,14 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--backbone", default=None, help="another backbone directory")
-    p.add_argument("overrides", nargs="*", help="EmbedConfig key=value overrides")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="EmbedConfig key=value overrides (repeatable)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -243,7 +243,14 @@ def fit_classifier(
     splits = _cv_splits(groups, cfg.cv_folds)
     usable = isinstance(splits, list) and all(len(np.unique(y_train[tr])) >= 2 for tr, _ in splits)
     if usable:
-        clf = LogisticRegressionCV(Cs=cfg.logistic_cs, cv=splits, max_iter=3000)
+        clf = LogisticRegressionCV(
+            Cs=cfg.logistic_cs,
+            cv=splits,
+            max_iter=3000,
+            scoring="accuracy",
+            l1_ratios=(0.0,),
+            use_legacy_attributes=False,
+        )
     else:
         clf = LogisticRegression(C=1.0, max_iter=3000)
     model = make_pipeline(StandardScaler(), clf)
@@ -480,7 +487,14 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         metavar="MODEL_ID",
         help="print the layer report of one model instead",
     )
-    p.add_argument("overrides", nargs="*", help="ProbeConfig key=value overrides")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ProbeConfig key=value overrides (repeatable)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

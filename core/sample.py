@@ -1042,7 +1042,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-preset", default="ci", choices=sorted(GENERATION_PRESETS))
     p.add_argument(
-        "overrides", nargs="*", help="SampleConfig (or with --evaluate GenerationConfig) key=value"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SampleConfig (with --evaluate: GenerationConfig) field (repeatable)",
     )
 
 

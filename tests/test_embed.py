@@ -26,7 +26,9 @@ from core.embed import (
 
 
 def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
-    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": token_size, **kw})
+    cfg = build_config(
+        BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": token_size, **kw}
+    )
     torch.manual_seed(seed)
     return Backbone(cfg).eval()
 
@@ -34,7 +36,9 @@ def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
 def save_backbone(model: Backbone, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"backbone": to_dict(model.cfg)})
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,12 @@ def small_atlas(tmp_path_factory) -> Path:
     z = zoo(
         "ci",
         root / "zoo",
-        overrides={"families": ("mlp", "cnn"), "tasks": ("wine:2", "digits10:2"), "epochs": 2, "checkpoints": (1, 2)},
+        overrides={
+            "families": ("mlp", "cnn"),
+            "tasks": ("wine:2", "digits10:2"),
+            "epochs": 2,
+            "checkpoints": (1, 2),
+        },
         progress=False,
     )
     atlas = root / "atlas"
@@ -59,7 +68,14 @@ def small_atlas(tmp_path_factory) -> Path:
 
 
 def test_halo_windows_tile_the_sequence():
-    for n, window, halo in [(1, 8, 2), (8, 8, 2), (9, 8, 2), (100, 32, 4), (101, 32, 0), (77, 16, 7)]:
+    for n, window, halo in [
+        (1, 8, 2),
+        (8, 8, 2),
+        (9, 8, 2),
+        (100, 32, 4),
+        (101, 32, 0),
+        (77, 16, 7),
+    ]:
         wins = halo_windows(n, window, halo)
         covered = np.zeros(n, dtype=int)
         for ws, s, e in wins:
@@ -117,7 +133,9 @@ def test_summarize_layer_means_and_spreads():
     torch.testing.assert_close(s["layer_z"], torch.tensor([[2.0, 1.0], [6.0, 6.0], [9.0, 9.0]]))
     # std over the layer's tokens per dim (unbiased), then mean over dims; one token -> 0
     want0 = (np.std([1, 3], ddof=1) + np.std([0, 2], ddof=1)) / 2
-    torch.testing.assert_close(s["layer_spread"], torch.tensor([want0, np.std([5, 7], ddof=1), 0.0]).float())
+    torch.testing.assert_close(
+        s["layer_spread"], torch.tensor([want0, np.std([5, 7], ddof=1), 0.0]).float()
+    )
     assert s["layer_tokens"].tolist() == [2, 2, 1]
 
 
@@ -201,7 +219,9 @@ def test_embed_cli_single_model_rejects_pickles(small_atlas, tmp_path, capsys):
 
     bad = tmp_path / "pickled"
     bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({"library_name": "weightatlas", "architecture": "mlp"}))
+    (bad / "config.json").write_text(
+        json.dumps({"library_name": "weightatlas", "architecture": "mlp"})
+    )
     (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
     assert main(["embed", str(small_atlas), "--model", str(bad)]) == 2
     err = capsys.readouterr().err

@@ -1,0 +1,176 @@
+"""Probes (split by training run, embeddings vs s(W)) and the per-layer reconstruction report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core.atlas import Atlas, read_json, write_json
+from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
+from core.config import build_config, to_dict
+from core.evaluate import (
+    DEPTH_BINS,
+    STAT_NAMES,
+    ProbeConfig,
+    probe_split,
+    run_key,
+    wasserstein1,
+    weight_statistics,
+)
+
+
+def _rows(runs: int, epochs: int, split_of_run) -> list[dict]:
+    rows = []
+    for r in range(runs):
+        for e in range(1, epochs + 1):
+            family = "cnn" if r % 2 else "mlp"
+            rows.append(
+                {
+                    "id": f"zoo/{family}-digits10-r{r}-e{e}",
+                    "family": family,
+                    "split": split_of_run(r, e),
+                    "labels": {"family": family, "task": "digits10", "run": r, "epoch": e},
+                }
+            )
+    return rows
+
+
+def _assert_no_leak(rows, train, test):
+    keys = np.array([run_key(r) for r in rows])
+    assert not set(keys[train]) & set(keys[test])
+    assert train.sum() and test.sum() and (train ^ test).all()
+
+
+def test_probe_split_by_run_from_manifest():
+    rows = _rows(10, 3, lambda r, e: "test" if r in (2, 7) else ("val" if r == 4 else "train"))
+    train, test, how = probe_split(rows, ProbeConfig(min_side=3))
+    assert how == "manifest"
+    _assert_no_leak(rows, train, test)
+    assert sorted({r["labels"]["run"] for r, t in zip(rows, test) if t}) == [2, 7]
+
+
+def test_probe_split_never_leaks_a_run_even_if_the_manifest_does():
+    # a manifest that puts one run's checkpoints on both sides: the probe re-splits by run
+    rows = _rows(8, 4, lambda r, e: "test" if (r == 1 or (r == 3 and e == 4)) else "train")
+    train, test, how = probe_split(rows, ProbeConfig(min_side=3))
+    assert how == "group-shuffle"
+    _assert_no_leak(rows, train, test)
+    # too few test models: also a grouped split
+    rows = _rows(8, 3, lambda r, e: "train")
+    train, test, how = probe_split(rows, ProbeConfig(min_side=3))
+    assert how == "group-shuffle"
+    _assert_no_leak(rows, train, test)
+
+
+def test_weight_statistics_fixed_length_and_values():
+    from core.tokenize import tokenize_state_dict
+
+    torch.manual_seed(0)
+    shallow = {"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}
+    deep = {f"l{i}.weight": torch.randn(16, 16) * (i + 1) for i in range(7)}
+    feats = []
+    for sd in (shallow, deep):
+        tok = tokenize_state_dict(sd, "dense", 16)
+        feats.append(weight_statistics(tok.tokens, tok.mask, tok.positions))
+    assert feats[0].shape == feats[1].shape == ((DEPTH_BINS + 1) * len(STAT_NAMES),)
+    # whole-model statistics: the last block, computed from the real values only
+    allv = torch.cat([v.flatten() for v in shallow.values()]).double().numpy()
+    np.testing.assert_allclose(feats[0][-7:-5], [allv.mean(), allv.std()], rtol=1e-6)
+    np.testing.assert_allclose(feats[0][-5:], np.quantile(allv, [0, 0.25, 0.5, 0.75, 1]), rtol=1e-6)
+    # depth bins of the deep model: std grows with depth as the weights were scaled
+    stds = feats[1][1 : DEPTH_BINS * 7 : 7]
+    assert np.all(np.diff(stds) > 0)
+
+
+def test_wasserstein1_matches_scipy():
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=500), rng.normal(0.3, 2.0, size=500)
+    assert wasserstein1(a, b) == pytest.approx(wasserstein_distance(a, b), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def probe_atlas(tmp_path_factory) -> Path:
+    """zoo (mlp on wine + digits, cnn on digits; 3 runs each) -> collect -> tokenize -> embed."""
+    from core.embed import embed
+    from core.hub import collect
+    from core.tokenize import tokenize
+    from core.zoo import zoo
+
+    root = tmp_path_factory.mktemp("probe")
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={
+            "families": ("mlp", "cnn"),
+            "tasks": ("wine:3", "digits10:3"),
+            "epochs": 3,
+            "checkpoints": (1, 3),
+        },
+        progress=False,
+    )
+    atlas = root / "atlas"
+    collect(atlas, source=str(z), progress=False)
+    tokenize(atlas, progress=False)
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": 64})
+    torch.manual_seed(0)
+    bb = Backbone(cfg)
+    out = Atlas(atlas).backbone_dir
+    out.mkdir(parents=True)
+    write_json(out / "config.json", {"backbone": to_dict(cfg)})
+    save_file(
+        {k: v.contiguous() for k, v in bb.state_dict().items()}, str(out / "model.safetensors")
+    )
+    embed(atlas)
+    return atlas
+
+
+def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
+    from core.evaluate import evaluate
+
+    out = evaluate(probe_atlas, overrides={"min_side": 3})
+    res = read_json(Atlas(probe_atlas).results_dir / "probes.json")
+    assert res["split"]["shared_runs"] == [] and out["split"]["shared_runs"] == []
+    assert res["split"]["n_train"] + res["split"]["n_test"] == len(Atlas(probe_atlas).accepted())
+    for fs in ("embedding", "s(W)"):
+        for target in ("test_accuracy", "epoch", "generalization_gap"):
+            v = res["results"][fs][target]
+            assert v["metric"] == "r2" and v["value"] is not None and v["value"] <= 1.0
+        for target in ("family", "task"):
+            v = res["results"][fs][target]
+            assert v["metric"] == "accuracy" and 0.0 <= v["value"] <= 1.0
+    # s(W) separates tasks: wine MLPs and digit models have very different weights
+    assert res["results"]["s(W)"]["task"]["value"] >= 0.75
+    md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
+    assert "| test_accuracy | R² |" in md and "| family | accuracy |" in md
+
+
+def test_layer_report_records(probe_atlas):
+    from core.evaluate import layer_report
+    from core.store import TokenStore
+
+    store = TokenStore(Atlas(probe_atlas).tokens_dir)
+    mid = next(i for i in store.ids if "cnn" in i)
+    recs = layer_report(probe_atlas, mid, max_values=50)
+    layers = store.layers(mid)
+    assert [r["name"] for r in recs] == [e.name for e in layers]
+    for r, e in zip(recs, layers):
+        assert r["shape"] == list(e.shape) and r["n_values"] == int(np.prod(e.shape))
+        assert len(r["original"]) == min(50, r["n_values"]) == len(r["reconstructed"])
+        assert r["mse"] >= 0 and (r["w1_over_std"] is None or r["w1_over_std"] >= 0)
+        if r["n_values"] <= 50 and r["r2"] is not None:  # metrics agree with the returned values
+            o, x = np.array(r["original"]), np.array(r["reconstructed"])
+            assert r["mse"] == pytest.approx(np.mean((o - x) ** 2), rel=1e-6)
+            assert r["r2"] == pytest.approx(1 - r["mse"] / o.var(), rel=1e-6)
+    # original values are the model's real weights (evenly subsampled)
+    from core.tokenize import detokenize
+
+    sd = detokenize(store.get(mid).tokens, layers)
+    w = sd[layers[0].name].flatten().double().numpy()
+    idx = np.linspace(0, w.size - 1, min(50, w.size)).round().astype(int)
+    np.testing.assert_allclose(recs[0]["original"], w[idx], rtol=1e-6)
