@@ -515,7 +515,12 @@ def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     float_dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:  # keep fp16/bf16 checkpoints exact instead of upcasting them
         model.to(float_dtypes.pop())
-    load_weights_strict(model, state_dict)
+    try:
+        load_weights_strict(model, state_dict)
+    except RejectedModel:
+        if library != "transformers":
+            raise
+        model = _transformers_legacy_load(Path(path), model)
     return LoadedModel(
         model=model.to(device).eval(),
         library=library,
@@ -523,6 +528,39 @@ def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
         family=family_of(config),
         config=config,
     )
+
+
+def _transformers_legacy_load(path: Path, model: nn.Module) -> nn.Module:
+    """Load a checkpoint with legacy key names (``LayerNorm.gamma``, prefixes) through the
+    class's own ``from_pretrained`` (safetensors only, local files only, no remote code).
+
+    Every tensor of the model must come from the file (nothing missing or mis-shaped); extra
+    tensors the class does not use (a pre-training head) are left out.
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        with _quiet():
+            loaded, info = type(model).from_pretrained(
+                path,
+                config=model.config,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                dtype=dtype,
+            )
+    except Exception as e:
+        raise RejectedModel("weights do not match config", f"{type(e).__name__}: {e}") from None
+    missing = sorted(info.get("missing_keys", []))
+    shapes = sorted(str(k) for k in info.get("mismatched_keys", []))
+    if missing or shapes:
+        parts = [
+            f"{len(keys)} {label} (e.g. {keys[0]})"
+            for label, keys in (("missing", missing), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise RejectedModel("weights do not match config", "; ".join(parts))
+    return loaded.eval()
 
 
 def config_of(model: nn.Module, library: str) -> dict[str, Any]:

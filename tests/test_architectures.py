@@ -245,3 +245,41 @@ def test_half_precision_checkpoint_stays_exact(tmp_path):
         assert got.dtype == torch.bfloat16 and torch.equal(v, got), k
     x, _ = get_task("digits10").split("test")
     assert logits(loaded.model.float(), x[:4]).shape == (4, 10)
+
+
+def test_legacy_transformers_checkpoint_loads_and_partial_one_is_rejected(tmp_path):
+    """Hub-style BERT file: LayerNorm.gamma/beta names and unused pre-training heads."""
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        architectures=["BertForMaskedLM"],
+    )
+    torch.manual_seed(0)
+    src = transformers.BertForPreTraining(cfg)  # has pooler + NSP head the MLM class lacks
+    legacy = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v.clone()
+        for k, v in src.state_dict().items()
+        if k != "cls.predictions.decoder.weight"  # tied to the word embeddings
+    }
+    d = _write(tmp_path / "legacy", cfg.to_dict(), legacy)
+    loaded = load_model_dir(d)
+    assert type(loaded.model).__name__ == "BertForMaskedLM"
+    got = loaded.model.state_dict()
+    assert torch.equal(
+        got["bert.embeddings.LayerNorm.weight"],
+        src.state_dict()["bert.embeddings.LayerNorm.weight"],
+    )
+    assert torch.equal(
+        got["cls.predictions.decoder.weight"],
+        src.state_dict()["bert.embeddings.word_embeddings.weight"],
+    )
+    del legacy["bert.encoder.layer.0.output.dense.weight"]
+    with pytest.raises(RejectedModel) as e:
+        load_model_dir(_write(tmp_path / "partial", cfg.to_dict(), legacy))
+    assert e.value.reason == "weights do not match config" and "missing" in str(e.value)
