@@ -40,8 +40,8 @@ as rejections: those candidates are retried on the next run. The split is a hash
 key* (zoo cards: ``family-task-rN`` from the ``weightatlas:`` block, so one run's checkpoints
 never straddle splits; otherwise the repo id) into train/val/test at 70/15/15 (``CollectConfig``).
 With ``n_train`` / ``n_val``, candidates whose split is already full are skipped undownloaded
-and the run stops once every quota is met (at most ``workers`` candidates are in flight then,
-and they still finish, so a split may end up to ``workers - 1`` models over its quota).
+and the run stops once every quota is met; candidates in flight count against their split's
+quota, so a quota is met exactly (one whose in-flight candidate is rejected takes the next).
 """
 
 from __future__ import annotations
@@ -967,14 +967,71 @@ def process_candidate(
 
 @dataclass
 class _Quota:
+    """Accepted models wanted per split, accepted so far, and candidates in flight per split."""
+
     need: dict[str, int]
     have: Counter = field(default_factory=Counter)
+    inflight: Counter = field(default_factory=Counter)
 
     def full(self, split: str) -> bool:
         return split in self.need and self.have[split] >= self.need[split]
 
+    def room(self, split: str) -> bool:
+        return split not in self.need or self.have[split] + self.inflight[split] < self.need[split]
+
     def met(self) -> bool:
         return bool(self.need) and all(self.have[s] >= n for s, n in self.need.items())
+
+
+class _Feed:
+    """Candidates in source order, minus done ids and splits whose quota is full.
+
+    A candidate whose split is only full counting the ones in flight is deferred, not dropped:
+    if one in flight is rejected, it is tried next. So quotas are met exactly, never exceeded.
+    """
+
+    def __init__(
+        self, src: Source, done: set[str], quota: _Quota, cfg: CollectConfig, stats: Counter
+    ):
+        self.it = src.candidates()
+        self.kind = src.kind
+        self.done, self.quota, self.cfg, self.stats = done, quota, cfg, stats
+        self.deferred: list[tuple[Candidate, str]] = []
+        self.exhausted = False
+
+    def next(self) -> tuple[Candidate, str] | None:
+        """The next candidate to submit and its split hint, or None for now."""
+        for i, (_cand, hint) in enumerate(self.deferred):
+            if self.quota.full(hint):
+                self.stats["skipped (split full)"] += 1
+                self.deferred.pop(i)
+                return self.next()
+            if self.quota.room(hint):
+                return self.deferred.pop(i)
+        while not self.exhausted:
+            try:
+                cand = next(self.it, None)
+            except _transient_errors() as e:
+                raise WeightAtlasError(
+                    f"listing {self.kind} failed ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); what was collected is kept, re-run to resume"
+                ) from None
+            if cand is None:
+                self.exhausted = True
+                break
+            if cand.id in self.done:
+                self.stats["skipped (done)"] += 1
+                continue
+            self.done.add(cand.id)
+            hint = split_of(run_key(cand.id, zoo_labels(cand.card)), self.cfg.split_fractions)
+            if self.quota.full(hint):
+                self.stats["skipped (split full)"] += 1
+                continue
+            if not self.quota.room(hint):
+                self.deferred.append((cand, hint))
+                continue
+            return cand, hint
+        return None
 
 
 def collect(
@@ -1050,38 +1107,24 @@ def collect(
     disable_progress_bars()  # one bar for the whole collection, not one per file
     stats: Counter = Counter()
     bar = tqdm(desc=f"collect {src.kind}", unit="model", disable=not progress)
-    it = src.candidates()
-    exhausted = False
-    window = cfg.workers if quota.need else 2 * cfg.workers  # in flight; tight under quotas
+    feed = _Feed(src, done, quota, cfg, stats)
     with ThreadPoolExecutor(cfg.workers, thread_name_prefix="collect") as ex:
-        pending: set[Future] = set()
+        pending: dict[Future, str] = {}  # future -> split hint
         while True:
-            while not exhausted and len(pending) < window and not quota.met():
-                try:
-                    cand = next(it, None)
-                except _transient_errors() as e:
-                    raise WeightAtlasError(
-                        f"listing {src.kind} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                        "what was collected is kept, re-run to resume"
-                    ) from None
-                if cand is None:
-                    exhausted = True
+            while len(pending) < 2 * cfg.workers and not quota.met():
+                item = feed.next()
+                if item is None:
                     break
-                if cand.id in done:
-                    stats["skipped (done)"] += 1
-                    continue
-                done.add(cand.id)
-                if quota.need:
-                    hint = split_of(run_key(cand.id, zoo_labels(cand.card)), cfg.split_fractions)
-                    if quota.full(hint):
-                        stats["skipped (split full)"] += 1
-                        continue
-                pending.add(ex.submit(process_candidate, cand, src, atlas, cfg, check_slots))
+                cand, hint = item
+                quota.inflight[hint] += 1
+                fut = ex.submit(process_candidate, cand, src, atlas, cfg, check_slots)
+                pending[fut] = hint
             if not pending:
                 break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             rows = []
             for fut in finished:
+                quota.inflight[pending.pop(fut)] -= 1
                 try:
                     rows.append(fut.result())
                 except _Transient as e:

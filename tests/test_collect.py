@@ -375,7 +375,7 @@ def test_quota_stops_early_and_plain_dirs_work(mixed_cache, tmp_path):
     plain = tmp_path / "plain"
     for snap in sorted(mixed_cache["cache"].glob("models--weightatlas-zoo--*/snapshots/*")):
         shutil.copytree(snap, plain / snap.parent.parent.name.split("--")[-1])
-    rows = hub.collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=1, progress=False)
+    rows = hub.collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=3, progress=False)
     assert all(r["source"] == "dir" for r in rows)
     assert sum(r["status"] == "accepted" and r["split"] == "train" for r in rows) == 1
     assert len(rows) < len(mixed_cache["zoo_ids"])
