@@ -670,7 +670,15 @@ def _local_candidate(
     model_id: str, revision: str | None, path: Path, query: Query
 ) -> Candidate | None:
     card = read_card(path)
-    if (query.tags or query.pipeline_tag or query.library) and not _matches(query, card):
+    library = None
+    if query.library and not isinstance(card.get("library_name"), str):
+        from core.architectures import library_of, read_config
+
+        try:  # a card without library_name: the config says which library it is
+            library = library_of(read_config(path))
+        except RejectedModel:
+            library = None
+    if (query.tags or query.pipeline_tag or query.library) and not _matches(query, card, library):
         return None
     return Candidate(model_id, revision, path=path, card=card)
 
