@@ -32,15 +32,25 @@ def warm_imports() -> bool:
     return True
 
 
+def _take_atlas_input() -> None:
+    st.session_state.atlas_path = str(st.session_state.atlas_input).strip()
+
+
 def atlas_picker_ui() -> str:
-    """Sidebar text field for the atlas directory; returns the chosen path (the demo by default)."""
+    """Sidebar text field for the atlas directory; returns the chosen path (the demo by default).
+
+    The chosen path lives in ``st.session_state.atlas_path``, apart from the widget's own
+    state, so it survives page switches.
+    """
     if "atlas_path" not in st.session_state:
         st.session_state.atlas_path = DEFAULT_ATLAS
     with st.sidebar:
         st.markdown("### :material/folder_open: Atlas")
         st.text_input(
             "Atlas directory",
-            key="atlas_path",
+            value=st.session_state.atlas_path,
+            key="atlas_input",
+            on_change=_take_atlas_input,
             help="Any directory written by the pipeline (`weightatlas collect/.../embed`).",
         )
     return str(st.session_state.atlas_path).strip()

@@ -57,7 +57,7 @@ def test_not_an_atlas_shows_how_to_build_one(tmp_path):
     assert "weightatlas demo --out assets/demo" in texts(at)
     plain = tmp_path / "plain"
     plain.mkdir()
-    at.sidebar.text_input(key="atlas_path").input(str(plain)).run()
+    at.sidebar.text_input(key="atlas_input").input(str(plain)).run()
     assert not at.exception
     assert "no atlas.json" in at.error[0].value
 

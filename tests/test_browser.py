@@ -62,7 +62,7 @@ def server(atlas_and_shots):
 
 
 def open_page(browser, server):
-    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page = browser.new_page(viewport={"width": 1500, "height": 1500})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server.url)
@@ -87,6 +87,7 @@ def test_atlas_page_map_selection_and_panel(browser, server, atlas_and_shots):
 
     assert n_points == len(map_table(atlas))
     assert page.get_by_label("Colour by").count() == 1
+    assert page.locator('[data-testid="stSidebar"] input').first.input_value() == str(atlas)
     lasso(page, frac=0.3)
     page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
     wait_idle(page)
@@ -108,10 +109,12 @@ def test_layers_page(browser, server, atlas_and_shots):
         page.locator(".stPlotlyChart").first.wait_for(timeout=120_000)
         if page.get_by_role("button", name="Compute spectral alpha").count():
             page.get_by_role("button", name="Compute spectral alpha").click()
-            page.get_by_text("Spectral metrics (WeightWatcher-style)").first.wait_for(
-                timeout=120_000
+            page.get_by_text("Spectral metrics are computed on demand").wait_for(
+                state="detached", timeout=120_000
             )
             wait_idle(page)
+            assert page.get_by_text("log10 spectral norm").count() > 0  # legend of the fit
+        page.get_by_role("heading", name="Layers").first.scroll_into_view_if_needed()
     else:
         page.get_by_text("weightatlas tokenize").first.wait_for()
     no_exception(page)
@@ -129,8 +132,10 @@ def test_generate_page(browser, server, atlas_and_shots):
     wait_idle(page)
     if page.get_by_text("Generation needs a token store").count() == 0:
         page.get_by_text("Architecture from").first.wait_for()
-        page.get_by_role("button", name="Generate").first.wait_for()
-        assert page.get_by_label("K draws").count() == 1
+        page.get_by_label("K draws").wait_for(timeout=120_000)
+        page.get_by_text("Prompt examples").first.wait_for()
+        page.get_by_role("button", name="Generate", exact=True).wait_for()
+        wait_idle(page)
     no_exception(page)
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "generate.png"))

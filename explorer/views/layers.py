@@ -119,6 +119,10 @@ def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
                 row=1,
                 col=col,
             )
+    low = [r["r2"] for rep in reports.values() for r in rep if r.get("r2") is not None]
+    if low and min(low) < -1:
+        fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
+        fig.layout.annotations[0].text = "R² per layer (axis clipped at −1; hover for values)"
     fig.update_xaxes(title_text="layer index")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
     return fig
