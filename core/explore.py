@@ -226,31 +226,31 @@ def manifest_row(root: str | Path, model_id: str) -> dict[str, Any]:
     return {}
 
 
-def weights_dir(root: str | Path, model_id: str) -> Path | None:
-    """The local snapshot directory of ``model_id`` if its weights are in the atlas."""
-    atlas = Atlas.open(root)
-    path = manifest_row(atlas.root, model_id).get("path")
+def _weights_path(atlas: Atlas, row: dict[str, Any]) -> Path | None:
+    path = row.get("path")
     if not path:
         return None
     p = Path(path)
     p = p if p.is_absolute() else atlas.root / p
-    return p if (p / "model.safetensors").exists() or any(p.glob("*.safetensors")) else None
+    return p if p.is_dir() and any(p.glob("*.safetensors")) else None
+
+
+def weights_dir(root: str | Path, model_id: str) -> Path | None:
+    """The local snapshot directory of ``model_id`` if its weights are in the atlas."""
+    atlas = Atlas.open(root)
+    return _weights_path(atlas, manifest_row(atlas.root, model_id))
 
 
 def models_with_weights(root: str | Path) -> list[str]:
     """Accepted models whose weights are present (the Layers page can show these)."""
     atlas = Atlas.open(root)
-    out = []
-    for row in atlas.accepted():
-        if row.get("path") and weights_dir(atlas.root, row["id"]) is not None:
-            out.append(row["id"])
-    return sorted(out)
+    return sorted(r["id"] for r in atlas.accepted() if _weights_path(atlas, r) is not None)
 
 
-def layer_rows(
-    root: str | Path, model_id: str, backbone_dir: str | Path | None = None
-) -> list[dict[str, Any]]:
-    """Per-layer rows of one embedded model (``name, layer, n_tokens, spread``), in depth order.
+def layer_rows_by_model(
+    root: str | Path, backbone_dir: str | Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-layer embedding rows (``name, layer, n_tokens, spread``) of every model, depth-ordered.
 
     Read from ``embeddings/layers.jsonl`` (or another backbone's embeddings): the spread is the
     std of the layer's token embeddings (003 eq. 8), written by ``weightatlas embed``.
@@ -258,9 +258,20 @@ def layer_rows(
     from core.embed import embeddings_dir
 
     atlas = Atlas.open(root)
-    path = embeddings_dir(atlas, backbone_dir) / "layers.jsonl"
-    rows = [r for r in read_jsonl(path) if r.get("id") == model_id]
-    return sorted(rows, key=lambda r: int(r.get("layer", 0)))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in read_jsonl(embeddings_dir(atlas, backbone_dir) / "layers.jsonl"):
+        if "id" in r:
+            out.setdefault(str(r["id"]), []).append(r)
+    for rows in out.values():
+        rows.sort(key=lambda r: int(r.get("layer", 0)))
+    return out
+
+
+def layer_rows(
+    root: str | Path, model_id: str, backbone_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Per-layer embedding rows of one model (see :func:`layer_rows_by_model`)."""
+    return layer_rows_by_model(root, backbone_dir).get(model_id, [])
 
 
 def tokenized_ids(root: str | Path) -> list[str]:

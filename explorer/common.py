@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from core.atlas import Atlas, AtlasError
-from core.explore import MapTable, map_table
+from core.explore import MapTable, layer_rows_by_model, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or str(ROOT / "assets" / "demo")
@@ -89,6 +89,18 @@ def load_map_table(root: Path) -> MapTable:
     return cached_map_table(
         str(root), stamp(emb / "models.jsonl", emb / "maps.json", Atlas(root).manifest_path)
     )
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_manifest(root: str, stamp_: float) -> dict[str, dict[str, Any]]:
+    """Manifest rows by id."""
+    return {r["id"]: r for r in Atlas(Path(root)).manifest()}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_layer_rows(root: str, stamp_: float) -> dict[str, list[dict[str, Any]]]:
+    """Per-layer embedding rows of every model, by id."""
+    return layer_rows_by_model(root)
 
 
 def user_error(e: BaseException) -> None:

@@ -15,8 +15,16 @@ import streamlit as st
 
 from core.atlas import AtlasError
 from core.errors import USER_ERRORS
-from core.explore import COLOUR_BY, MapTable, layer_rows, manifest_row
-from explorer.common import current_atlas, fmt, load_map_table, stamp, user_error
+from core.explore import COLOUR_BY, MapTable
+from explorer.common import (
+    cached_layer_rows,
+    cached_manifest,
+    current_atlas,
+    fmt,
+    load_map_table,
+    stamp,
+    user_error,
+)
 from explorer.figures import layer_bars, map_figure, selected_ids
 
 MAX_DETAIL_OPTIONS = 500
@@ -104,7 +112,7 @@ def embed_folder_ui() -> tuple[str, int] | None:
 
 def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) -> None:
     """Model card data, per-layer summary and nearest neighbours of one model."""
-    row = manifest_row(root, model_id)
+    row = cached_manifest(str(root), stamp(root / "manifest.jsonl")).get(model_id, {})
     i = table.ids.index(model_id) if model_id in table.ids else None
     st.subheader(model_id)
     card, layers, nn = st.columns([1.1, 1.2, 1.2])
@@ -123,7 +131,8 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
                 st.json(extra)
     with layers:
         st.markdown("**Layers**")
-        rows = layer_rows(root, model_id)
+        layers_path = root / "embeddings" / "layers.jsonl"
+        rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
         if rows:
             st.plotly_chart(
                 layer_bars(

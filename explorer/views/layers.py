@@ -46,9 +46,16 @@ def cached_layer_rows(root: str, stamp_: float, model_id: str, backbone: str | N
     return layer_rows(root, model_id, backbone)
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_layer_models(root: str, stamp_: float) -> list[str]:
+    """Models with tokens or weights in the atlas."""
+    return sorted(set(tokenized_ids(root)) | set(models_with_weights(root)))
+
+
 def model_picker_ui(root: Path) -> str | None:
     """Select a model that has tokens or weights in the atlas; returns its id."""
-    ids = sorted(set(tokenized_ids(root)) | set(models_with_weights(root)))
+    a = Atlas(root)
+    ids = cached_layer_models(str(root), stamp(a.tokens_dir / "index.json", a.manifest_path))
     if not ids:
         st.warning(
             "This atlas holds neither token store nor weights for any model; "
