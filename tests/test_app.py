@@ -108,6 +108,15 @@ def test_lineage_toggle_and_bad_embed_folder(syn, tmp_path):
     at.button(key="embed_go").click().run()
     assert not at.exception
     assert at.error and "not a model directory" in at.error[0].value
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text('{"model_type": "bert"}')
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    at.text_input(key="embed_folder").input(str(pickled)).run()
+    at.button(key="embed_go").click().run()
+    assert not at.exception
+    assert "pytorch_model.bin" in at.error[0].value and "never opened" in at.error[0].value
+    assert not list(syn.glob("generated/*"))  # nothing written for a rejected model
 
 
 def test_map_figure_carries_ids_in_customdata(syn):

@@ -191,7 +191,7 @@ def page() -> None:
                 p = Path(folder).expanduser()
                 result = cached_embed_folder(str(root), stamp_, str(p.resolve()), k)
             st.session_state.placed = {"name": p.name or str(p), **result}
-        except (*USER_ERRORS, OSError, RuntimeError, KeyError) as e:
+        except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             st.session_state.pop("placed", None)
             user_error(e)
     placed = st.session_state.get("placed")
