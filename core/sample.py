@@ -16,7 +16,10 @@ Algorithm 3 of paper 003 (§2), with the sampling settings of paper 001 C.2:
    epochs on the target task (003 §5: 1-5 examples, 1-5 epochs).
 3. Prompts are embedded with haloing; a prior over each token position's latent is fitted:
    ``kde`` (Gaussian kernel density per token, bandwidth by Scott's rule with a floor) or
-   ``gaussian`` (one diagonal Gaussian per token).
+   ``gaussian`` (one diagonal Gaussian per token). The KDE bandwidth defaults to 0.1 x Scott:
+   with 1-5 prompts from different epochs or runs, Scott's rule spreads draws across basins
+   (on the ci atlas, sampled digits MLPs reached 0.24-0.58 val accuracy at 1 x Scott and
+   0.42-0.73 at 0.1 x), and subsampling/bootstrapping widen the search where it pays.
 4. Draws: ``independent`` mode draws every token of every sample on its own (its own kernel
    centre and its own noise); ``joint`` mode picks one prompt per sample for all tokens (a KDE
    over whole sequences) with independent noise per coordinate. No mode shares one noise
@@ -74,7 +77,7 @@ class SampleConfig:
     n_prompts: int = 3  # fresh prompts when the atlas has none
     prompt_epochs: int = 2
     prompt_lr: float = 1e-3
-    bandwidth_scale: float = 1.0  # times Scott's factor
+    bandwidth_scale: float = 0.1  # times Scott's factor (see module docstring)
     bandwidth_floor: float = 0.02  # times the per-dim std over all prompt tokens
     halo: int | None = None
     window: int | None = None
