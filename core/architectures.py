@@ -445,8 +445,10 @@ def weight_files(path: str | Path) -> list[Path]:
             raise RejectedModel("bad weights", f"unreadable {WEIGHTS_INDEX_NAME}: {e}") from None
         files = []
         for shard in shards:
-            f = (path / shard).resolve()
-            if f.parent != path.resolve() or not f.name.endswith(".safetensors") or not f.is_file():
+            # a bare file name in this folder (HF cache snapshots hold symlinks into ../../blobs,
+            # so the check is on the name, not on the resolved path)
+            f = path / shard
+            if Path(shard).name != shard or not shard.endswith(".safetensors") or not f.is_file():
                 raise RejectedModel(
                     "bad weights", f"index names a missing or outside shard {shard!r}"
                 )

@@ -499,45 +499,9 @@ _TORCH_DTYPES: dict[str, str] = {
 }
 
 
-def _transformers_loads(cls: type, path: Path) -> None:
-    """transformers >= 5 renames checkpoint keys on load (legacy ViT/BERT layouts); ask its own
-    loader whether every weight finds its place (safetensors only, local files, no remote code).
-
-    Raises:
-        RejectedModel: ``weights do not match config`` with the loader's missing/unexpected keys.
-    """
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        with _BUILD_LOCK:
-            _model, info = cls.from_pretrained(
-                str(path),
-                local_files_only=True,
-                use_safetensors=True,
-                trust_remote_code=False,
-                output_loading_info=True,
-            )
-    except Exception as e:  # shape mismatches raise inside the loader
-        raise RejectedModel(
-            "weights do not match config", f"{type(e).__name__}: {e}"[:300]
-        ) from None
-    parts = [
-        f"{len(keys)} {label} (e.g. {sorted(map(str, keys))[0]})"
-        for label, keys in (
-            ("missing", info.get("missing_keys")),
-            ("unexpected", info.get("unexpected_keys")),
-            ("shape mismatch", info.get("mismatched_keys")),
-        )
-        if keys
-    ]
-    if parts:
-        raise RejectedModel("weights do not match config", "; ".join(parts))
-
-
 def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
-    """Deep checks after ``inspect_model_dir``: build, finite weights, strict match, tokens.
+    """Deep checks after ``inspect_model_dir``: load (``core.architectures.load_model_dir``),
+    finite weights, and the tokenize stage's plan.
 
     Returns:
         The number of dense tokens of size ``cfg.token_size``.
@@ -547,28 +511,24 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
     """
     import torch
 
-    from core.architectures import empty_model, load_weights_strict, read_state_dict
+    from core.architectures import load_model_dir
     from core.tokenize import model_structure, plan_tokens
 
     assert facts.config is not None and facts.path is not None
-    with _BUILD_LOCK:  # transformers' lazy module is not safe to first-touch from many threads
-        model, library = empty_model(facts.config)
-    facts.library = library
-    sd = read_state_dict(facts.path)
+    # the loader every later stage uses: the library's own classes from the config, strict
+    # names and shapes (tied weights stored once), legacy transformers key layouts through the
+    # class's from_pretrained; transformers' lazy module is not safe to first-touch from threads
+    with _BUILD_LOCK:
+        loaded = load_model_dir(facts.path)
+    facts.library = loaded.library
     if cfg.check_finite:
-        for name, t in sd.items():
+        for name, t in loaded.model.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 n_bad = int((~torch.isfinite(t)).sum())
                 raise RejectedModel(
                     "non-finite weights", f"{name}: {n_bad} of {t.numel()} values NaN/Inf"
                 )
-    try:
-        load_weights_strict(model, sd)
-    except RejectedModel:
-        if library != "transformers":
-            raise
-        _transformers_loads(type(model), facts.path)
-    del sd, model
+    del loaded
     # the tokenize stage's own plan, from header shapes and the module structure
     with _BUILD_LOCK:
         st = model_structure(facts.path)
@@ -579,12 +539,17 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
         for k, t in facts.tensors.items()
     }
     plan = plan_tokens(metas, "dense", cfg.token_size, st.trainable, st.order, st.kinds, st.buffers)
+    # tensors the tokenizer cannot place, while module tensors are absent under their own
+    # names: a key layout the library renames on load, whose tokens would miss those layers
+    # (unused extras alone, e.g. a pre-training head, or tied aliases alone are fine)
     unplaced = [e["name"] for e in plan.excluded if e["reason"] == "not in the architecture"]
-    if unplaced:
+    absent = sorted((st.trainable or set()) - set(facts.tensors))
+    if unplaced and absent:
         raise RejectedModel(
             "untokenizable",
-            f"{len(unplaced)} stored tensors have no place in the module (e.g. {unplaced[0]}); "
-            "the checkpoint uses a key layout the library renames on load",
+            f"{len(unplaced)} stored tensors have no place in the module (e.g. {unplaced[0]}) "
+            f"and {len(absent)} module tensors are not stored under their names (e.g. "
+            f"{absent[0]}): a key layout the library renames on load",
         )
     if plan.n_tokens == 0:
         raise RejectedModel("untokenizable", "no trainable float tensor to cut into tokens")

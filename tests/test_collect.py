@@ -135,6 +135,16 @@ def mixed_cache(tmp_path_factory) -> dict:
     save_model_dir(vit_model, tmp, "transformers")  # the module's own names, as the zoo writes
     vit = {n: (tmp / n).read_bytes() for n in ("config.json", "model.safetensors")}
     shutil.rmtree(tmp)
+    bert_model = transformers.BertForSequenceClassification(
+        transformers.BertConfig(vocab_size=64, **tiny)
+    )
+    bert_model.save_pretrained(tmp, max_shard_size="8KB")  # sharded: model-0000X-of-0000N + index
+    sharded = {f.name: f.read_bytes() for f in tmp.iterdir()}
+    assert (
+        sum(n.endswith(".safetensors") for n in sharded) > 1
+        and "model.safetensors.index.json" in sharded
+    )
+    shutil.rmtree(tmp)
     big = saved(transformers.BertModel(transformers.BertConfig(vocab_size=4000, **tiny)), tmp)
     resnet = saved(
         transformers.ResNetForImageClassification(
@@ -214,6 +224,7 @@ def mixed_cache(tmp_path_factory) -> dict:
             ),
         },
         "hf/vit-tiny": {**vit, "README.md": t},
+        "hf/bert-sharded": {**sharded, "README.md": card([ZOO_TAG, "fill-mask"])},
     }
     for repo_id, (files, _reason) in bad.items():
         put_repo(cache, repo_id, files)
@@ -504,3 +515,13 @@ def test_unreachable_hub_is_a_one_line_error(mixed_cache, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "listing hub failed" in err[0] and "re-run" in err[0]
+
+
+def test_bench_collect_scans_headers_faster_than_it_needs_to(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setenv("WEIGHTATLAS_ZOO", str(tmp_path / "no-zoo"))  # seeds: two tiny models
+    out = hub.bench_collect(argparse.Namespace(n=40, repeat=1, preset=None, device="cpu"))
+    assert out["n_repos"] == 40 and out["scan_ok"] == 40 and out["seed_repos"] == 2
+    assert out["scan_models_per_s"] > 0 and out["baseline_models_per_s"] > 0
+    assert out["bytes_read_per_repo"] > 100
