@@ -283,3 +283,34 @@ def test_legacy_transformers_checkpoint_loads_and_partial_one_is_rejected(tmp_pa
     with pytest.raises(RejectedModel) as e:
         load_model_dir(_write(tmp_path / "partial", cfg.to_dict(), legacy))
     assert e.value.reason == "weights do not match config" and "missing" in str(e.value)
+
+
+def test_sharded_weights_behind_cache_symlinks(tmp_path):
+    """model.safetensors.index.json + shards, as symlinks into blobs/ like an HF cache snapshot."""
+    target = resolve_arch("zoo:resnet")
+    model = target.build(seed=3)
+    sd = model.state_dict()
+    keys = sorted(sd)
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    for i, (name, names) in enumerate(shards.items()):
+        safetensors.torch.save_file({k: sd[k].contiguous() for k in names}, blobs / f"b{i}")
+        (snap / name).symlink_to(f"../../blobs/b{i}")
+    index = {
+        "metadata": {},
+        "weight_map": {k: name for name, names in shards.items() for k in names},
+    }
+    (snap / "model.safetensors.index.json").write_text(json.dumps(index))
+    (snap / "config.json").write_text(json.dumps(target.config))
+    loaded = load_model_dir(snap)
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in sd.items())
+    index["weight_map"][keys[0]] = "../outside.safetensors"
+    (snap / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(RejectedModel) as e:
+        load_model_dir(snap)
+    assert e.value.reason == "bad weights"
