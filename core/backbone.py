@@ -45,6 +45,9 @@ class BackboneConfig:
     dropout: float = 0.0
     proj_dim: int = 32  # P, projection head output for NT-Xent
     pos_base: float = 10000.0  # base of the sinusoid wavelengths
+    token_norm: bool = (
+        True  # tokens enter standardized (+ mean, log-std); leave as pattern*scale+shift
+    )
 
 
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
@@ -89,6 +92,23 @@ def sinusoidal_3d(positions: torch.Tensor, dim: int, base: float = 10000.0) -> t
     if code.shape[-1] < dim:
         code = F.pad(code, (0, dim - code.shape[-1]))
     return code.to(torch.float32)
+
+
+def standardize_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Encoder input features (B, T, D + 2): each token standardized over its nonzero values,
+    then its mean and log10 std, so that layers of any scale reach the encoder alike.
+
+    Zeros (padding, masked-out augmentation values) are left out of the statistics and stay
+    zero; a token with fewer than two nonzero values gets std 1.
+    """
+    x = tokens.float()
+    nz = (x != 0).float()
+    n = nz.sum(-1, keepdim=True)
+    mean = (x * nz).sum(-1, keepdim=True) / n.clamp_min(1.0)
+    var = (((x - mean) * nz) ** 2).sum(-1, keepdim=True) / n.clamp_min(1.0)
+    std = torch.where(n > 1, var.sqrt(), torch.ones_like(var)).clamp_min(1e-12)
+    feats = torch.cat([(x - mean) / std * nz, mean, torch.log10(std)], dim=-1)
+    return feats.to(tokens.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -161,14 +181,17 @@ class Backbone(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Stack(cfg, cfg.token_size, cfg.latent_dim)
-        self.decoder = Stack(cfg, cfg.latent_dim, cfg.token_size)
+        extra = 2 if cfg.token_norm else 0  # (mean, log10 std) in; (shift, log scale) out
+        self.encoder = Stack(cfg, cfg.token_size + extra, cfg.latent_dim)
+        self.decoder = Stack(cfg, cfg.latent_dim, cfg.token_size + extra)
         self.head = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.d_model),
             nn.GELU(),
             nn.Linear(cfg.d_model, cfg.proj_dim),
         )
         self.apply(self._init)
+        for side in (self.encoder, self.decoder):  # content as strong as the position code
+            nn.init.normal_(side.inp.weight, std=side.inp.in_features**-0.5)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -183,11 +206,18 @@ class Backbone(nn.Module):
                 f"tokens of size {tokens.shape[-1]} given to a backbone of token size "
                 f"{self.cfg.token_size}; re-tokenize with --token-size {self.cfg.token_size}"
             )
+        if self.cfg.token_norm:
+            tokens = standardize_tokens(tokens)
         return self.encoder(tokens, positions)
 
     def decode(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
-        return self.decoder(z, positions)
+        out = self.decoder(z, positions)
+        if not self.cfg.token_norm:
+            return out
+        D = self.cfg.token_size
+        pattern, shift, log_scale = out[..., :D], out[..., D : D + 1], out[..., D + 1 :]
+        return pattern * torch.exp(log_scale.clamp(-20.0, 10.0)) + shift
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Contrastive projection (B, P) of the window's mean latent."""
