@@ -3,11 +3,14 @@
 Measures, with headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright):
 
 - ``demo``: seconds from ``streamlit run explorer/app.py`` to the map drawn in the browser on
-  the demo atlas (``assets/demo``), next to the same measurement for a trivial one-line
-  Streamlit page (the baseline: server start + browser + websocket, no app work);
+  the demo atlas (``assets/demo``), next to two baselines measured the same way: a trivial
+  one-line Streamlit page (server start + browser + websocket, no app work) and a page with a
+  single three-point plotly chart (adds loading plotly.js and a WebGL context);
 - ``synthetic``: the same on a generated atlas of ``--n`` models (20,000 by default), then the
-  seconds per interaction (colour change, filter, lasso selection opening the model panel),
-  each timed from the input to the updated page.
+  seconds per interaction (colour change, map switch, lasso selection opening the model
+  panel, id search), each timed from the input to the updated, idle page. For the lasso the
+  drag itself (plotly recomputing the selection in the browser on every mouse move) is
+  reported apart from the response (selection event -> panel rendered).
 
 The synthetic atlas has the real on-disk layout (manifest, embedding tables, maps, PCA
 reducer), so the app reads it through the same code paths as a pipeline-built atlas.
@@ -324,11 +327,21 @@ def interactions(page: Any) -> dict[str, float]:
     wait_idle(page)
     out["map_switch_seconds"] = time.perf_counter() - t
 
+    page.evaluate(
+        """() => { const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+                   window._waSelected = null;
+                   gd.once('plotly_selected', () => { window._waSelected = performance.now(); }); }"""
+    )
     t = time.perf_counter()
+    t_js = page.evaluate("() => performance.now()")
     lasso(page)
-    page.get_by_text("models selected").first.wait_for(timeout=60_000)
+    page.wait_for_function("() => window._waSelected !== null", timeout=120_000)
+    drag = (page.evaluate("() => window._waSelected") - t_js) / 1000.0
+    page.get_by_text("models selected").first.wait_for(timeout=120_000)
     wait_idle(page)
-    out["lasso_select_seconds"] = time.perf_counter() - t
+    total = time.perf_counter() - t
+    out["lasso_drag_in_browser_seconds"] = drag
+    out["lasso_select_seconds"] = total - drag
 
     t = time.perf_counter()
     box = page.get_by_label("Search model id")
@@ -352,6 +365,11 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
     try:
         trivial = work / "trivial_app.py"
         trivial.write_text('import streamlit as st\n\nst.markdown("hello")\n')
+        one_plot = work / "plotly_app.py"
+        one_plot.write_text(
+            "import plotly.graph_objects as go\nimport streamlit as st\n\n"
+            "st.plotly_chart(go.Figure(go.Scattergl(x=[0, 1, 2], y=[1, 0, 1], mode='markers')))\n"
+        )
         t = time.perf_counter()
         syn = synthetic_atlas(work / "synthetic", n=n)
         synth_seconds = time.perf_counter() - t
@@ -363,6 +381,8 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
                     time_to_map(trivial, None, browser, expect_map=False) for _ in range(repeat)
                 ]
                 result["baseline_trivial_page_seconds"] = min(base)
+                base = [time_to_map(one_plot, None, browser) for _ in range(repeat)]
+                result["baseline_one_plotly_chart_seconds"] = min(base)
                 if (demo / "atlas.json").exists():
                     runs = [time_to_map(app, demo, browser) for _ in range(repeat)]
                     result["demo_start_to_map_seconds"] = min(runs)

@@ -23,8 +23,13 @@ HOVER = (
 )
 
 
-def _customdata(table: MapTable, rows: np.ndarray) -> np.ndarray:
-    return table.hover_data()[rows]
+LEAN_ABOVE = 5000  # larger maps carry only the id per point (hover: id + trace name)
+HOVER_LEAN = "<b>%{customdata[0]}</b><br>%{fullData.name}<extra></extra>"
+
+
+def _customdata(table: MapTable, rows: np.ndarray, lean: bool = False) -> np.ndarray:
+    data = table.hover_data()
+    return data[rows, :1] if lean else data[rows]
 
 
 def map_figure(
@@ -71,6 +76,8 @@ def map_figure(
                 )
             )
     size = 7 if len(rows) < 2000 else 4
+    lean = len(rows) > LEAN_ABOVE
+    hover = HOVER_LEAN if lean else HOVER
     if colour in NUMERIC:
         values = np.asarray(table.columns[colour], dtype=float)[rows]
         known = np.isfinite(values)
@@ -83,8 +90,8 @@ def map_figure(
                     mode="markers",
                     name=f"{colour} unknown",
                     marker=dict(size=size, color="lightgrey"),
-                    customdata=_customdata(table, r),
-                    hovertemplate=HOVER,
+                    customdata=_customdata(table, r, lean),
+                    hovertemplate=hover,
                 )
             )
         r = rows[known]
@@ -102,8 +109,8 @@ def map_figure(
                     showscale=True,
                     colorbar=dict(title="log10 params" if colour == "params" else colour),
                 ),
-                customdata=_customdata(table, r),
-                hovertemplate=HOVER,
+                customdata=_customdata(table, r, lean),
+                hovertemplate=hover,
             )
         )
     else:
@@ -117,8 +124,8 @@ def map_figure(
                     mode="markers",
                     name=f"{value} ({len(r)})",
                     marker=dict(size=size, color=PALETTE[k % len(PALETTE)]),
-                    customdata=_customdata(table, r),
-                    hovertemplate=HOVER,
+                    customdata=_customdata(table, r, lean),
+                    hovertemplate=hover,
                 )
             )
     if highlight:
@@ -132,8 +139,8 @@ def map_figure(
                     mode="markers",
                     name="search hits",
                     marker=dict(size=size + 8, color="rgba(0,0,0,0)", line=dict(width=2)),
-                    customdata=_customdata(table, r),
-                    hovertemplate=HOVER,
+                    customdata=_customdata(table, r, lean),
+                    hovertemplate=hover,
                 )
             )
     for name, (x, y) in (placed or {}).items():

@@ -4,12 +4,14 @@ Loads each page, checks that its key elements render (the WebGL map with its tra
 selection opening the model panel, the Layers and Generate controls), and saves screenshots
 to docs/screenshots/ for the README. The atlas is ``$WEIGHTATLAS_ATLAS`` if set, else the
 embedded demo (``assets/demo``); without either it runs on a generated atlas, and then writes
-its screenshots to a temp dir instead (they would not show real models).
+its screenshots to a temp dir instead (they would not show real models). A real atlas is
+copied first, since the Generate test runs a small generation that writes into it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,12 +36,15 @@ APP = REPO / "explorer" / "app.py"
 def atlas_and_shots(tmp_path_factory) -> tuple[Path, Path]:
     env = os.environ.get("WEIGHTATLAS_ATLAS")
     demo = REPO / "assets" / "demo"
-    if env:
-        return Path(env), SHOTS
-    if (demo / "atlas.json").exists():
-        return demo, SHOTS
     tmp = tmp_path_factory.mktemp("browser")
-    return synthetic_atlas(tmp / "atlas", n=500), tmp / "screenshots"
+    source = Path(env) if env else demo if (demo / "atlas.json").exists() else None
+    if source is None:
+        return synthetic_atlas(tmp / "atlas", n=500), tmp / "screenshots"
+    # a copy, so that the generation run below writes into it and not into the source atlas
+    shutil.copytree(
+        source, tmp / "atlas", ignore=shutil.ignore_patterns("generated", "train_state")
+    )
+    return tmp / "atlas", SHOTS
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +130,7 @@ def test_layers_page(browser, server, atlas_and_shots):
 
 
 def test_generate_page(browser, server, atlas_and_shots):
-    _, shots = atlas_and_shots
+    atlas, shots = atlas_and_shots
     page, errors = open_page(browser, server)
     page.get_by_role("link", name="Generate").click()
     page.get_by_role("heading", name="Generate").first.wait_for(timeout=60_000)
@@ -134,8 +139,16 @@ def test_generate_page(browser, server, atlas_and_shots):
         page.get_by_text("Architecture from").first.wait_for()
         page.get_by_label("K draws").wait_for(timeout=120_000)
         page.get_by_text("Prompt examples").first.wait_for()
-        page.get_by_role("button", name="Generate", exact=True).wait_for()
+        page.get_by_label("K draws").fill("3")
+        page.get_by_label("M kept").fill("1")
+        page.get_by_label("M kept").press("Enter")
         wait_idle(page)
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("Generating…").first.wait_for(timeout=60_000)  # polled progress
+        page.get_by_text("Wrote 1 model(s)").first.wait_for(timeout=300_000)
+        page.get_by_role("button", name=".zip").first.wait_for()
+        wait_idle(page)
+        assert len(list((atlas / "generated").glob("*/model.safetensors"))) == 1
     no_exception(page)
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "generate.png"))

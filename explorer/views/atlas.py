@@ -216,7 +216,8 @@ def page() -> None:
             + ", ".join(f"`{m}` ({d:.3f})" for m, d in placed["neighbours"]),
             icon=":material/star:",
         )
-    chosen = [m for m in selected_ids(event) if m in set(table.ids)]
+    known = set(table.ids)
+    chosen = [m for m in selected_ids(event) if m in known]
     if not chosen and choice["search"]:
         chosen = [table.ids[i] for i in np.flatnonzero(table.filter(search=choice["search"]))]
     if not chosen:
