@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,7 +300,9 @@ def embed(
     if not ids:
         raise WeightAtlasError(f"{a.root}: the token store holds no models")
     chunks = [ids[i : i + cfg.chunk_models] for i in range(0, len(ids), cfg.chunk_models)]
-    parts = out / "parts" / fp
+    window_, halo_ = resolve_window(cfg, backbone)
+    plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n" + "\n".join(ids)
+    parts = out / "parts" / hashlib.sha256(plan.encode()).hexdigest()[:16]  # stale parts never mix
     mine = [c for c in range(len(chunks)) if c % w == r]
     for c in tqdm(mine, desc=f"embed rank {r}/{w}", unit="chunk"):
         path = parts / f"part-{c:05d}.safetensors"
@@ -327,6 +330,8 @@ def embed(
             save_file(tensors, str(tmp), metadata={"ids": "\n".join(chunks[c]), "backbone": fp})
     if all((parts / f"part-{c:05d}.safetensors").exists() for c in range(len(chunks))):
         _merge(a, out, parts, chunks, store, cfg, fp)
+        if w == 1:  # alone: nobody else may still read the parts
+            shutil.rmtree(out / "parts", ignore_errors=True)
     return out
 
 
