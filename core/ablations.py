@@ -86,7 +86,7 @@ class AblationConfig:
 ABLATION_PRESETS: dict[str, dict[str, Any]] = {
     "ci": dict(
         backbone_preset="ci",
-        steps=60,
+        steps=200,
         heldout_models=3,
         sample_n=4,
         sample_keep=2,
@@ -119,13 +119,36 @@ def trained_steps(backbone_dir: str | Path) -> int:
     return max(steps, default=0)
 
 
+def same_run(backbone_dir: str | Path, preset: str, overrides: dict[str, Any]) -> bool:
+    """Whether ``backbone_dir`` holds a run of exactly this preset and these overrides."""
+    from core.train import build_configs
+
+    path = Path(backbone_dir) / "config.json"
+    if not path.exists():
+        return False
+    saved = read_json(path)
+    bcfg, tcfg = build_configs(preset, overrides)
+
+    def arch(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k != "token_size"}  # set from the token store
+
+    return (
+        saved.get("preset") == preset
+        and saved.get("train") == to_dict(tcfg)
+        and arch(saved.get("backbone", {})) == arch(to_dict(bcfg))
+    )
+
+
 def train_backbone(
     atlas: str | Path | Atlas,
     name: str,
     cfg: AblationConfig,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Train (or reuse) the ablation backbone ``ATLAS/backbones/NAME`` on ``atlas``' tokens.
+    """Train the ablation backbone ``ATLAS/backbones/NAME`` on ``atlas``' tokens, or reuse it.
+
+    A finished run with the same preset, budget and overrides is reused, an interrupted one
+    resumes, and one with another configuration is trained again from scratch.
 
     Args:
         atlas: the atlas whose token store is trained on (may be a sibling ablation atlas).
@@ -139,14 +162,11 @@ def train_backbone(
     a = _atlas(atlas)
     parent = a.info().get("derived_from")
     out = backbone_path(parent if parent else a, name)
-    if (out / "model.safetensors").exists() and trained_steps(out) >= cfg.steps:
+    full = {"steps": cfg.steps, "seed": cfg.seed, **(overrides or {})}
+    same = same_run(out, cfg.backbone_preset, full)
+    if same and (out / "model.safetensors").exists() and trained_steps(out) >= cfg.steps:
         return out
-    train(
-        a.root,
-        cfg.backbone_preset,
-        overrides={"steps": cfg.steps, "seed": cfg.seed, **(overrides or {})},
-        out=out,
-    )
+    train(a.root, cfg.backbone_preset, overrides=full, out=out, resume=same)
     return out
 
 
