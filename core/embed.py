@@ -783,4 +783,12 @@ def _model_path(spec: str, atlas: str | Path) -> Path:
 
     a = Atlas.open(atlas)
     hub = make_source("hub", Query(), CollectConfig())
-    return Path(hub.fetch(Candidate(id=spec, revision=None), a))
+    try:
+        return Path(hub.fetch(Candidate(id=spec, revision=None), a))
+    except WeightAtlasError:
+        raise
+    except Exception as e:  # network, missing repo: one line for the CLI
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightAtlasError(
+            f"cannot fetch {spec!r} from the Hub ({type(e).__name__}: {first})"
+        ) from None
