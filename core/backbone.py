@@ -54,7 +54,7 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     # tiny: trains in about a minute on CPU
     "ci": dict(window=32, d_model=64, latent_dim=16, n_layers=2, n_heads=4, proj_dim=32),
     # small: learns the demo zoo on 2 CPU cores in minutes
-    "demo": dict(window=64, d_model=192, latent_dim=32, n_layers=3, n_heads=6, proj_dim=64),
+    "demo": dict(window=64, d_model=128, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64),
     # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters
     "paper-small": dict(
         token_size=230, window=512, d_model=1536, latent_dim=128, n_layers=8, n_heads=8,

@@ -86,8 +86,8 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "ci": dict(steps=300, batch_size=8, lr=3e-3, pct_start=0.1, eval_every=100, ckpt_every=100),
     "demo": dict(
-        steps=3000, batch_size=16, lr=1e-3, weight_decay=1e-4, eval_every=250, ckpt_every=250,
-        log_every=25,
+        steps=2000, batch_size=16, lr=1e-3, weight_decay=1e-4, eval_every=200, ckpt_every=200,
+        log_every=20,
     ),
     # paper 001 Table 4: AdamW, lr 2e-5, wd 3e-9, OneCycleLR, batch 64 (x2 accumulation for large)
     "paper-small": dict(
