@@ -195,20 +195,24 @@ def test_zip_dir_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_atlas(tmp_path_factory) -> Path:
-    import core
+    from core.embed import embed
+    from core.hub import collect
+    from core.tokenize import tokenize
+    from core.train import train
+    from core.zoo import zoo as build_zoo
 
     work = tmp_path_factory.mktemp("real")
-    zoo = core.zoo(
+    zoo = build_zoo(
         preset="ci",
         out=work / "zoo",
         overrides={"families": ("mlp",), "tasks": ("wine:3",), "checkpoints": (3, 8)},
         progress=False,
     )
     atlas = work / "atlas"
-    core.collect(atlas, source=str(zoo))
-    core.tokenize(atlas, progress=False)
-    core.train(atlas, preset="ci", overrides={"steps": 30, "eval_every": 30, "ckpt_every": 30})
-    core.embed(atlas)
+    collect(atlas, source=str(zoo))
+    tokenize(atlas, progress=False)
+    train(atlas, preset="ci", overrides={"steps": 30, "eval_every": 30, "ckpt_every": 30})
+    embed(atlas)
     return atlas
 
 

@@ -218,8 +218,10 @@ def page() -> None:
         )
     known = set(table.ids)
     chosen = [m for m in selected_ids(event) if m in known]
-    if not chosen and choice["search"]:
-        chosen = [table.ids[i] for i in np.flatnonzero(table.filter(search=choice["search"]))]
+    if choice["search"]:  # search hits first, then the map selection
+        hits = [table.ids[i] for i in np.flatnonzero(table.filter(search=choice["search"]))]
+        hit_set = set(hits)
+        chosen = hits + [m for m in chosen if m not in hit_set]
     if not chosen:
         st.info("Select models on the map (click, box or lasso) or search an id to see details.")
         return

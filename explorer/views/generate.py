@@ -200,6 +200,9 @@ def accuracy_figure(rows: list[dict[str, Any]]) -> go.Figure:
 
 def results_ui(root: Path, result: dict[str, Any]) -> None:
     """Show a finished run: errors, or distributions, accuracy and downloads."""
+    if result.get("error") == "cancelled":
+        st.warning("Generation cancelled.", icon=":material/cancel:")
+        return
     if result.get("error"):
         st.error(f"Generation failed: {result['error']}", icon=":material/error:")
         return
