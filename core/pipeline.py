@@ -102,6 +102,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         generation_preset="demo",
         sample_preset="demo",
         ablation_preset="demo",
+        heldout_task="digits-5to9",  # the demo zoo trains on digits-invert
     ),
 }
 
@@ -202,7 +203,7 @@ def pipeline(
     Returns:
         The path of the report.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     cfg = build_config(PipelineConfig, PIPELINE_PRESETS, preset, overrides=overrides)
     run = Path(out)
