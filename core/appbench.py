@@ -3,7 +3,7 @@
 Measures, with headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright):
 
 - ``demo``: seconds from ``streamlit run explorer/app.py`` to the map drawn in the browser on
-  the demo atlas (``assets/demo``), next to two baselines measured the same way: a trivial
+  the demo atlas (``assets/demo``, or ``$WEIGHTATLAS_ATLAS``), next to two baselines measured the same way: a trivial
   one-line Streamlit page (server start + browser + websocket, no app work) and a page with a
   single three-point plotly chart (adds loading plotly.js and a WebGL context);
 - ``synthetic``: the same on a generated atlas of ``--n`` models (20,000 by default), then the
@@ -380,7 +380,7 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
     n = int(getattr(args, "n", None) or 20_000)
     repeat = max(1, int(getattr(args, "repeat", None) or 1))
     app = REPO / "explorer" / "app.py"
-    demo = REPO / "assets" / "demo"
+    demo = Path(os.environ.get("WEIGHTATLAS_ATLAS") or REPO / "assets" / "demo")
     work = Path(tempfile.mkdtemp(prefix="weightatlas-bench-app-"))
     try:
         trivial = work / "trivial_app.py"
@@ -393,7 +393,11 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         syn = synthetic_atlas(work / "synthetic", n=n)
         synth_seconds = time.perf_counter() - t
-        result: dict[str, Any] = {"n_synthetic": n, "synthetic_atlas_write_seconds": synth_seconds}
+        result: dict[str, Any] = {
+            "demo_atlas": str(demo),
+            "n_synthetic": n,
+            "synthetic_atlas_write_seconds": synth_seconds,
+        }
         with sync_playwright() as p:
             browser = launch_browser(p)
             try:
