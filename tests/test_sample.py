@@ -228,3 +228,29 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path):
     assert main(["sample", str(cnn_atlas), "--arch", "zoo:nope", "--progress-file", str(prog)]) == 2
     state = json.loads(prog.read_text())
     assert state["done"] and "nope" in state["error"]
+
+
+def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
+    from huggingface_hub import metadata_load
+
+    paths = sample(
+        cnn_atlas,
+        "zoo:cnn",
+        n=3,
+        keep=1,
+        mode="joint",
+        prior="gaussian",
+        bootstrap_rounds=1,
+        seed=4,
+        out_dir=tmp_path,
+    )
+    (p,) = paths
+    block = metadata_load(p / "README.md")["weightatlas"]
+    assert (
+        block["mode"] == "joint" and block["prior"] == "gaussian" and block["bootstrap_rounds"] == 1
+    )
+    draws = block["draw_val_accuracies"]
+    assert len(draws) == 6  # two rounds of three draws
+    assert block["val_accuracy"] == max(draws)  # best over all rounds is kept
+    with pytest.raises(Exception, match="keep"):
+        sample(cnn_atlas, "zoo:cnn", n=2, keep=3, out_dir=tmp_path)
