@@ -189,7 +189,8 @@ def page() -> None:
         try:
             with st.spinner(f"Embedding {folder} with the atlas backbone…"):
                 p = Path(folder).expanduser()
-                result = cached_embed_folder(str(root), stamp_, str(p.resolve()), k)
+                files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
+                result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
             st.session_state.placed = {"name": p.name or str(p), **result}
         except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             st.session_state.pop("placed", None)
