@@ -206,7 +206,7 @@ def pipeline(
     from tqdm import tqdm
 
     cfg = build_config(PipelineConfig, PIPELINE_PRESETS, preset, overrides=overrides)
-    run = Path(out)
+    run = Path(out).resolve()  # notebooks run with cwd=run; relative paths would nest
     run.mkdir(parents=True, exist_ok=True)
     names = list(STAGES)
     for given in (from_stage, only):

@@ -71,6 +71,16 @@ def test_stages_run_in_order_with_parameters(fake_stages: Path, tmp_path: Path) 
     assert stages == ["first", "second", "pipeline"]
 
 
+def test_relative_run_dir_is_not_nested(
+    fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notebooks run with cwd=RUN, so a relative --out must not become RUN/RUN."""
+    monkeypatch.chdir(tmp_path)
+    pl.pipeline("ci", Path("runs/rel"), overrides={"seed": 5}, notebook_dir=fake_stages)
+    assert (tmp_path / "runs" / "rel" / "a.txt").read_text() == "5"
+    assert not (tmp_path / "runs" / "rel" / "runs").exists()
+
+
 def test_failing_stage_names_cell_and_keeps_earlier_outputs(
     fake_stages: Path, tmp_path: Path
 ) -> None:
