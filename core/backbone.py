@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +155,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class Factored(NamedTuple):
+    """A token_norm reconstruction: ``pattern * exp(log_scale) + shift``."""
+
+    pattern: torch.Tensor  # (B, T, D) standardized values
+    shift: torch.Tensor  # (B, T, 1) the token's mean
+    log_scale: torch.Tensor  # (B, T, 1) natural log of the token's std
+
+    def compose(self) -> torch.Tensor:
+        """The reconstructed tokens (B, T, D)."""
+        return self.pattern * torch.exp(self.log_scale.clamp(-20.0, 10.0)) + self.shift
+
+
 class Stack(nn.Module):
     """Input map + position code + blocks + final norm + output map: one side of the autoencoder."""
 
@@ -210,24 +222,38 @@ class Backbone(nn.Module):
             tokens = standardize_tokens(tokens)
         return self.encoder(tokens, positions)
 
+    def decode_parts(self, z: torch.Tensor, positions: torch.Tensor) -> Factored:
+        """Standardized pattern (B, T, D), shift (B, T, 1) and log scale (B, T, 1) of each token.
+
+        Only for ``token_norm`` backbones; ``decode`` composes them as pattern * scale + shift.
+        """
+        if not self.cfg.token_norm:
+            raise WeightAtlasError("decode_parts needs a token_norm backbone")
+        out = self.decoder(z, positions)
+        D = self.cfg.token_size
+        return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :])
+
     def decode(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
-        out = self.decoder(z, positions)
         if not self.cfg.token_norm:
-            return out
-        D = self.cfg.token_size
-        pattern, shift, log_scale = out[..., :D], out[..., D : D + 1], out[..., D + 1 :]
-        return pattern * torch.exp(log_scale.clamp(-20.0, 10.0)) + shift
+            return self.decoder(z, positions)
+        return self.decode_parts(z, positions).compose()
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Contrastive projection (B, P) of the window's mean latent."""
         return self.head(z.mean(dim=1))
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z (B,T,L), reconstruction (B,T,D), projection (B,P))."""
+        self, tokens: torch.Tensor, positions: torch.Tensor, factored: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | Factored, torch.Tensor]:
+        """(z (B,T,L), reconstruction (B,T,D), projection (B,P)).
+
+        With ``factored`` (token_norm backbones), the reconstruction is returned as its
+        ``Factored`` parts, which the training loss scores separately (see core.losses).
+        """
         z = self.encode(tokens, positions)
+        if factored and self.cfg.token_norm:
+            return z, self.decode_parts(z, positions), self.project(z)
         return z, self.decode(z, positions), self.project(z)
 
 

@@ -20,7 +20,7 @@ Shapes: B windows, T tokens, D token size, P projection dim.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ def token_stats(
 
 
 def reconstruction_terms(
-    pred: torch.Tensor,
+    pred: Any,
     target: torch.Tensor,
     mask: torch.Tensor,
     norm: LossNorm = "masked",
@@ -56,12 +56,16 @@ def reconstruction_terms(
     Split into (sum, count) so that data-parallel ranks can divide by the global count.
 
     Args:
-        pred: (B, T, D) reconstruction.
+        pred: (B, T, D) reconstruction, or a token_norm backbone's ``Factored`` parts.
         target: (B, T, D) original tokens.
         mask: (B, T, D) bool, True on real values.
         norm: "masked" (MLN), "token" (padding included) or "none".
         eps: variance floor of the per-token standardization.
     """
+    if hasattr(pred, "pattern"):
+        if norm != "none":
+            return factored_terms(pred, target, mask, norm, eps)
+        pred = pred.compose()
     pred, target = pred.float(), target.float()
     if norm == "none":
         m = mask.float()
@@ -76,6 +80,45 @@ def reconstruction_terms(
         raise ValueError(f"unknown loss normalization {norm!r}; choose from {LOSS_NORMS}")
     err = ((pred - mean) / std - (target - mean) / std) * m
     return (err**2).sum(), m.sum()
+
+
+def factored_terms(
+    pred: Any,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    norm: LossNorm = "masked",
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLN for a reconstruction given as ``pattern * exp(log_scale) + shift`` (token_norm).
+
+    With the target's own statistics in place of the predicted ones, MLN of the composed
+    reconstruction is exactly the MSE between ``pattern`` and the standardized target. The
+    predicted statistics are scored apart, per token: ``((shift - mean) / s)^2 +
+    (log_scale - log std)^2``, with ``s = sqrt(std^2 + (0.1 mean)^2)`` (the std, floored at a
+    tenth of the mean's magnitude), and that error is added to
+    each of the token's counted values. Scoring them inside MLN instead lets a small error in
+    the shift of a near-constant token (a norm weight at 1 +- 1e-3) dominate the loss, and the
+    backbone then learns the statistics and not the pattern (measured on the demo zoo).
+
+    Args:
+        pred: ``Factored`` parts, (B, T, D) pattern and (B, T, 1) shift and log scale.
+        target: (B, T, D) original tokens.
+        mask: (B, T, D) bool, True on real values.
+        norm: "masked" (statistics and loss over real values) or "token" (padding included).
+        eps: variance floor of the per-token standardization.
+    """
+    target = target.float()
+    if norm == "masked":
+        m = mask.float()
+    elif norm == "token":
+        m = torch.ones_like(target)
+    else:
+        raise ValueError(f"factored terms need norm 'masked' or 'token', not {norm!r}")
+    mean, std = token_stats(target, m.bool(), eps)
+    pattern_err = (pred.pattern.float() - (target - mean) / std) ** 2  # (B, T, D)
+    s = (std**2 + (0.1 * mean) ** 2).sqrt()
+    stats_err = ((pred.shift.float() - mean) / s) ** 2 + (pred.log_scale.float() - std.log()) ** 2
+    return ((pattern_err + stats_err) * m).sum(), m.sum()
 
 
 def reconstruction_loss(

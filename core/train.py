@@ -491,7 +491,7 @@ def fit(
             pos = _pin(batch["positions"], d.device)
             views = _views(x, mask, tcfg, b, rows, d)
             with _autocast(d.device, tcfg.amp):
-                _, recon, proj = ddp(views, torch.cat([pos, pos]))
+                _, recon, proj = ddp(views, torch.cat([pos, pos]), factored=True)
             s, n = reconstruction_terms(
                 recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps
             )
@@ -772,7 +772,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     def step() -> None:
         views = torch.cat([x, x + 0.01 * torch.randn_like(x)])
         with _autocast(device, amp):
-            _, recon, proj = model(views, torch.cat([pos, pos]))
+            _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
         s, n = reconstruction_terms(recon, torch.cat([x, x]), torch.cat([mask, mask]))
         p1, p2 = proj.float().chunk(2)
         loss = (1 - tcfg.gamma) * s / n + tcfg.gamma * nt_xent(p1, p2, tcfg.temperature)

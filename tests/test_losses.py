@@ -110,3 +110,22 @@ def test_r2_meter_matches_sklearn_over_batches():
     assert r2["all"] == pytest.approx(r2_score(target[mask].numpy(), pred[mask].numpy()), rel=1e-6)
     sel = mask & groups["even"].unsqueeze(-1)
     assert r2["even"] == pytest.approx(r2_score(target[sel].numpy(), pred[sel].numpy()), rel=1e-6)
+
+
+def test_factored_mln_equals_mln_of_the_composed_tokens_when_stats_are_exact() -> None:
+    """With the target's own mean and std as shift/scale, the factored loss is plain MLN."""
+    from core.backbone import Factored
+    from core.losses import factored_terms, token_stats
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 5, 8, generator=g) * 3.0 + 1.0
+    mask = torch.rand(2, 5, 8, generator=g) > 0.3
+    mean, std = token_stats(target, mask)
+    pattern = torch.randn(2, 5, 8, generator=g)
+    parts = Factored(pattern, mean, std.log())
+    s, n = factored_terms(parts, target, mask, "masked")
+    assert torch.allclose(s / n, reconstruction_loss(parts.compose(), target, mask, "masked"))
+    # padding changes nothing; a wrong shift or scale costs, per real value of its token
+    assert torch.allclose(factored_terms(parts, target + ~mask * 9.0, mask)[0], s)
+    worse = factored_terms(Factored(pattern, mean + std, std.log()), target, mask)[0]
+    assert worse > s
