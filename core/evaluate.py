@@ -41,7 +41,7 @@ DEPTH_BINS = 4
 STAT_NAMES = ("mean", "std", "q0", "q25", "q50", "q75", "q100")
 REGRESSION_TARGETS = ("test_accuracy", "epoch", "generalization_gap")
 CLASSIFICATION_TARGETS = ("family", "task")
-FEATURE_SETS = ("embedding", "s(W)")
+FEATURE_SETS = ("embedding", "embedding+depth", "s(W)")
 
 
 @dataclass
@@ -258,15 +258,44 @@ def fit_classifier(
     return {**base, "value": float(np.mean(model.predict(x_test) == y_test))}
 
 
+def depth_pooled(layer_z: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """Per-layer vectors ``(n_layers, F)`` in depth order pooled like s(W).
+
+    Returns:
+        ``((DEPTH_BINS + 1) * F,)``: the mean over each bin of relative depth (an empty bin
+        takes ``overall``), then ``overall``.
+    """
+    n = len(layer_z)
+    depth = (np.arange(n) + 0.5) / max(n, 1)
+    bins = np.minimum((depth * DEPTH_BINS).astype(int), DEPTH_BINS - 1)
+    feats = [
+        layer_z[bins == b].mean(0) if (bins == b).any() else overall for b in range(DEPTH_BINS)
+    ]
+    return np.concatenate([*feats, overall]).astype(np.float64)
+
+
 def features(
     atlas: Atlas, ids: list[str], backbone_dir: str | Path | None = None
 ) -> dict[str, np.ndarray]:
-    """``{"embedding": (M, L), "s(W)": (M, 35)}`` for the given model ids."""
+    """``{"embedding": (M, L), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
+
+    ``embedding`` is the model's mean token embedding; ``embedding+depth`` pools its per-layer
+    embeddings over the same depth bins as s(W), so both feature sets see depth alike.
+    """
     from core.embed import load_embeddings
     from core.store import TokenStore
 
     emb = load_embeddings(atlas.root, backbone_dir)
     z = np.stack([emb.vector(i) for i in ids]).astype(np.float64)
+    rows_of: dict[str, list[tuple[int, int]]] = {}
+    for r in emb.layers:
+        rows_of.setdefault(r["id"], []).append((int(r["layer"]), int(r["row"])))
+    zd = np.stack(
+        [
+            depth_pooled(emb.layer_z[[row for _, row in sorted(rows_of.get(i, []))]], z[k])
+            for k, i in enumerate(ids)
+        ]
+    )
     store = TokenStore(atlas.tokens_dir)
     sw = []
     for mid in tqdm(ids, desc="s(W)", unit="model"):
@@ -278,7 +307,7 @@ def features(
                 torch.as_tensor(tok.positions),
             )
         )
-    return {"embedding": z, "s(W)": np.stack(sw)}
+    return {"embedding": z, "embedding+depth": zd, "s(W)": np.stack(sw)}
 
 
 def evaluate(
@@ -341,10 +370,7 @@ def evaluate(
             "test_runs": int(len(set(keys[test]))),
             "shared_runs": sorted(set(keys[train]) & set(keys[test])),
         },
-        "features": {
-            "embedding": int(feats["embedding"].shape[1]),
-            "s(W)": int(feats["s(W)"].shape[1]),
-        },
+        "features": {fs: int(feats[fs].shape[1]) for fs in FEATURE_SETS},
         "results": results,
         "config": to_dict(cfg),
         "backbone": str(backbone_dir) if backbone_dir is not None else "backbone",
@@ -364,8 +390,8 @@ def probes_markdown(out: dict[str, Any]) -> str:
         f"Split by training run ({s['how']}): {s['n_train']} models / {s['train_runs']} runs train, "
         f"{s['n_test']} models / {s['test_runs']} runs test, {len(s['shared_runs'])} runs on both sides.",
         "",
-        "| target | metric | embedding | s(W) | majority |",
-        "|---|---|---|---|---|",
+        "| target | metric | " + " | ".join(FEATURE_SETS) + " | majority |",
+        "|---" * (len(FEATURE_SETS) + 3) + "|",
     ]
     for target in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS):
         cells = []
@@ -375,12 +401,15 @@ def probes_markdown(out: dict[str, Any]) -> str:
             cells.append("n/a" if v is None else f"{v:.3f}")
         maj = out["results"]["embedding"].get(target, {}).get("majority")
         lines.append(
-            f"| {target} | {metric} | {cells[0]} | {cells[1]} | {'' if maj is None else f'{maj:.3f}'} |"
+            f"| {target} | {metric} | {' | '.join(cells)} | {'' if maj is None else f'{maj:.3f}'} |"
         )
+    dims = out["features"]
     lines.append("")
     lines.append(
-        f"Features: embedding {out['features']['embedding']} dims, s(W) {out['features']['s(W)']} dims "
-        f"(mean, std, quintiles per layer pooled over {DEPTH_BINS} depth bins + whole model)."
+        f"Features: embedding {dims['embedding']} dims (mean token embedding); embedding+depth "
+        f"{dims.get('embedding+depth', 'n/a')} dims (per-layer embeddings pooled over "
+        f"{DEPTH_BINS} depth bins + the mean); s(W) {dims['s(W)']} dims (mean, std, quintiles "
+        f"per layer pooled over {DEPTH_BINS} depth bins + whole model)."
     )
     return "\n".join(lines) + "\n"
 

@@ -137,7 +137,8 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
     res = read_json(Atlas(probe_atlas).results_dir / "probes.json")
     assert res["split"]["shared_runs"] == [] and out["split"]["shared_runs"] == []
     assert res["split"]["n_train"] + res["split"]["n_test"] == len(Atlas(probe_atlas).accepted())
-    for fs in ("embedding", "s(W)"):
+    assert res["features"]["embedding+depth"] == 5 * res["features"]["embedding"]
+    for fs in ("embedding", "embedding+depth", "s(W)"):
         for target in ("test_accuracy", "epoch", "generalization_gap"):
             v = res["results"][fs][target]
             assert v["metric"] == "r2" and v["value"] is not None and v["value"] <= 1.0
@@ -174,3 +175,16 @@ def test_layer_report_records(probe_atlas):
     w = sd[layers[0].name].flatten().double().numpy()
     idx = np.linspace(0, w.size - 1, min(50, w.size)).round().astype(int)
     np.testing.assert_allclose(recs[0]["original"], w[idx], rtol=1e-6)
+
+
+def test_depth_pooling_bins_layers_like_s_of_w():
+    from core.evaluate import DEPTH_BINS, depth_pooled
+
+    layer_z = np.arange(16, dtype=np.float64).reshape(8, 2)  # 8 layers, 2 dims
+    overall = np.array([-1.0, -1.0])
+    got = depth_pooled(layer_z, overall).reshape(DEPTH_BINS + 1, 2)
+    assert np.array_equal(got[:DEPTH_BINS], layer_z.reshape(DEPTH_BINS, 2, 2).mean(1))
+    assert np.array_equal(got[-1], overall)
+    # a model with fewer layers than bins fills the empty bins with its overall vector
+    few = depth_pooled(layer_z[:2], overall).reshape(DEPTH_BINS + 1, 2)
+    assert sum(np.array_equal(row, overall) for row in few[:DEPTH_BINS]) == DEPTH_BINS - 2
