@@ -108,6 +108,13 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
         info = source.info()
         info["demo"] = {"source": str(Path(src).resolve().name), "weights_kept": sorted(kept)}
         write_json(tmp / "atlas.json", info)
+        # a token store of the kept models, in the source's scheme: the Layers page reconstructs
+        # them and "Embed a model" tokenizes new folders alike
+        from core.embed import token_scheme
+        from core.tokenize import tokenize
+
+        scheme, size = token_scheme(source)
+        tokenize(tmp, scheme=scheme, token_size=size, progress=False)
         size_mb = _dir_bytes(tmp) / 2**20
         if size_mb > max_mb:
             raise WeightAtlasError(f"demo atlas is {size_mb:.1f} MB > {max_mb} MB; lower per_group")

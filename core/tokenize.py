@@ -827,7 +827,8 @@ def tokenize(
     done = set(index["models"]) | (set() if retry_failed else set(index["failed"]))
     # Groups are cut from the whole sorted manifest, so they do not depend on the world size
     # or on what other ranks have finished; done models are skipped inside their group.
-    rows = sorted(atlas.accepted(), key=lambda r: r["id"])
+    # rows without weights (a slim atlas such as assets/demo keeps only some) are skipped
+    rows = sorted((r for r in atlas.accepted() if r.get("path")), key=lambda r: r["id"])
     groups = [g for i, g in enumerate(_groups(rows, atlas, cfg.shard_bytes)) if i % world == rank]
     mine = [todo for g in groups if (todo := [r for r in g if r["id"] not in done])]
     part = tokens_dir / "parts" / f"rank-{rank:05d}.jsonl"

@@ -268,3 +268,17 @@ def test_generation_job_can_be_cancelled(real_atlas):
     state = job.status()
     assert state["done"] and state["error"] == "cancelled" and not job.running()
     assert job.progress_file.parent == real_atlas / "generated" / ".jobs"
+
+
+def test_app_opens_on_the_embedded_demo_atlas(monkeypatch):
+    """`streamlit run explorer/app.py` with no atlas given shows the committed assets/demo map."""
+    from core.atlas import read_jsonl
+
+    monkeypatch.delenv("WEIGHTATLAS_ATLAS", raising=False)
+    demo = REPO / "assets" / "demo"
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert at.title[0].value == "Atlas"
+    assert len(at.get("plotly_chart")) == 1
+    n_models = sum(1 for _ in read_jsonl(demo / "embeddings" / "models.jsonl"))
+    assert n_models >= 200 and str(n_models) in texts(at)

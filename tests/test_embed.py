@@ -226,3 +226,33 @@ def test_embed_cli_single_model_rejects_pickles(small_atlas, tmp_path, capsys):
     assert main(["embed", str(small_atlas), "--model", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tmp_path):
+    """`weightatlas demo --from-atlas`: all rows, weights + tokens of one model per group."""
+    import shutil
+
+    from core.demo import export_demo
+    from core.embed import embed, embed_model_dir_full
+    from core.errors import WeightAtlasError
+    from core.evaluate import layer_report
+    from core.explore import models_with_weights, tokenized_ids
+
+    src = tmp_path / "full"
+    shutil.copytree(small_atlas, src)
+    embed(src)
+    out = export_demo(src, tmp_path / "demo", per_group=1, max_mb=25.0)
+    demo, full = Atlas.open(out), Atlas.open(src)
+    assert [r["id"] for r in demo.manifest()] == [r["id"] for r in full.manifest()]
+    kept = models_with_weights(out)
+    groups = {(r["family"], r["labels"]["task"]) for r in full.accepted()}
+    assert len(kept) == len(groups)  # one model per (family, task)
+    assert tokenized_ids(out) == kept  # the slim token store holds exactly the kept models
+    report = layer_report(out, kept[0])
+    assert report and all(len(r["original"]) == len(r["reconstructed"]) for r in report)
+    weights = next(r for r in demo.manifest() if r["id"] == kept[0])["path"]
+    assert not Path(weights).is_absolute() and (out / weights / "model.safetensors").exists()
+    assert embed_model_dir_full(out / weights, out)["z"].shape == (make_backbone().cfg.latent_dim,)
+    with pytest.raises(WeightAtlasError, match="MB"):
+        export_demo(src, tmp_path / "too-big", max_mb=0.001)
+    assert not (tmp_path / "too-big").exists()
