@@ -14,7 +14,9 @@ Both feature sets are probed in the same run on the same split:
 The split is by training run: a zoo checkpoint's run key is ``family-task-rN`` (other models:
 their id). Models whose manifest split is ``test`` are held out, all others train the probe;
 if that leaves fewer than ``min_side`` models on a side, a seeded group shuffle split over run
-keys is used instead. Either way no run has checkpoints on both sides (asserted).
+keys is used instead. Either way no run has checkpoints on both sides (asserted). Because a
+held-out split can be a handful of runs, the same probes are also scored by grouped K-fold
+cross-validation over all runs (``outer_folds``), reported as mean ± std over folds.
 
 ``layer_report`` reconstructs one model through the backbone (haloed encode + decode) and
 compares each layer's values: R², MSE and Wasserstein-1 divided by the layer's std.
@@ -55,12 +57,13 @@ class ProbeConfig:
     logistic_cs: int = 9
     min_side: int = 4
     fallback_test_fraction: float = 0.25
+    outer_folds: int = 5  # grouped K-fold over all runs, reported next to the held-out split
     seed: int = 0
     max_layer_values: int = 4096
 
 
 PROBE_PRESETS: dict[str, dict[str, Any]] = {
-    "ci": dict(cv_folds=3, n_alphas=9, logistic_cs=5),
+    "ci": dict(cv_folds=3, n_alphas=9, logistic_cs=5, outer_folds=3),
     "demo": dict(cv_folds=5),
     "paper-small": dict(cv_folds=5),
     "paper-large": dict(cv_folds=5),
@@ -258,6 +261,33 @@ def fit_classifier(
     return {**base, "value": float(np.mean(model.predict(x_test) == y_test))}
 
 
+def cross_validated(
+    fit: Any, x: np.ndarray, y: np.ndarray, keys: np.ndarray, cfg: ProbeConfig
+) -> dict[str, Any]:
+    """Grouped K-fold over all labelled models (no run in two folds): fold scores' mean/std.
+
+    The held-out split alone can be a handful of runs; this uses every run once as test data.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = len(np.unique(keys))
+    if n_groups < 2:
+        return {"cv_mean": None, "cv_std": None, "cv_folds": 0}
+    scores = []
+    for tr, te in GroupKFold(n_splits=min(cfg.outer_folds, n_groups)).split(x, y, keys):
+        assert not set(keys[tr]) & set(keys[te]), "a run on both sides of a fold"
+        value = fit(x[tr], y[tr], keys[tr], x[te], y[te], cfg).get("value")
+        if value is not None:
+            scores.append(value)
+    if not scores:
+        return {"cv_mean": None, "cv_std": None, "cv_folds": 0}
+    return {
+        "cv_mean": float(np.mean(scores)),
+        "cv_std": float(np.std(scores)),
+        "cv_folds": len(scores),
+    }
+
+
 def depth_pooled(layer_z: np.ndarray, overall: np.ndarray) -> np.ndarray:
     """Per-layer vectors ``(n_layers, F)`` in depth order pooled like s(W).
 
@@ -357,10 +387,12 @@ def evaluate(
                 continue
             if target in REGRESSION_TARGETS:
                 y = np.array([float(v) if v is not None else np.nan for v in raw])
-                results[fs][target] = fit_regression(x[tr], y[tr], keys[tr], x[te], y[te], cfg)
+                fit = fit_regression
             else:
                 y = np.array([str(v) for v in raw])
-                results[fs][target] = fit_classifier(x[tr], y[tr], keys[tr], x[te], y[te], cfg)
+                fit = fit_classifier
+            results[fs][target] = fit(x[tr], y[tr], keys[tr], x[te], y[te], cfg)
+            results[fs][target].update(cross_validated(fit, x[have], y[have], keys[have], cfg))
     out = {
         "split": {
             "how": how,
@@ -403,6 +435,25 @@ def probes_markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {target} | {metric} | {' | '.join(cells)} | {'' if maj is None else f'{maj:.3f}'} |"
         )
+    folds = max(
+        (v.get("cv_folds") or 0 for fs in out["results"].values() for v in fs.values()), default=0
+    )
+    lines += [
+        "",
+        f"Grouped {folds}-fold cross-validation over all runs (mean ± std over folds; every run "
+        "is test data once, no run in two folds):",
+        "",
+        "| target | metric | " + " | ".join(FEATURE_SETS) + " |",
+        "|---" * (len(FEATURE_SETS) + 2) + "|",
+    ]
+    for target in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS):
+        metric = "R²" if target in REGRESSION_TARGETS else "accuracy"
+        cells = []
+        for fs in FEATURE_SETS:
+            r = out["results"][fs].get(target, {})
+            m, sd = r.get("cv_mean"), r.get("cv_std")
+            cells.append("n/a" if m is None else f"{m:.3f} ± {sd:.3f}")
+        lines.append(f"| {target} | {metric} | {' | '.join(cells)} |")
     dims = out["features"]
     lines.append("")
     lines.append(

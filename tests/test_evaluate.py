@@ -145,10 +145,14 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
         for target in ("family", "task"):
             v = res["results"][fs][target]
             assert v["metric"] == "accuracy" and 0.0 <= v["value"] <= 1.0
+    for fs in ("embedding", "embedding+depth", "s(W)"):  # grouped K-fold over all runs
+        for target, v in res["results"][fs].items():
+            assert v["cv_folds"] >= 2 and np.isfinite(v["cv_mean"]) and v["cv_std"] >= 0, target
     # s(W) separates tasks: wine MLPs and digit models have very different weights
     assert res["results"]["s(W)"]["task"]["value"] >= 0.75
     md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
     assert "| test_accuracy | R² |" in md and "| family | accuracy |" in md
+    assert "fold cross-validation over all runs" in md and " ± " in md
 
 
 def test_layer_report_records(probe_atlas):
