@@ -296,6 +296,25 @@ def backbone_dir(path: str | Path) -> Path:
     )
 
 
+def save_backbone(model: Backbone, out: str | Path, **extra: Any) -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` (``{"backbone": cfg, **extra}``).
+
+    Each file is written atomically; ``load_backbone(out)`` reads them back.
+    """
+    from safetensors.torch import save_file
+
+    from core.atlas import atomic_path, write_json
+    from core.config import to_dict
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(weights, str(tmp))
+    write_json(out / "config.json", {"backbone": to_dict(model.cfg), **extra})
+    return out
+
+
 def load_config(path: str | Path) -> BackboneConfig:
     """The BackboneConfig saved in a backbone directory's config.json."""
     cfg = read_json(Path(path) / "config.json")

@@ -170,3 +170,15 @@ def build_config(
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def add_overrides_arg(p: Any, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) on an argparse parser, collected into ``overrides``."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{what} key=value overrides (repeatable)",
+    )

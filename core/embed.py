@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from core.atlas import Atlas, append_jsonl, atomic_path, read_json, read_jsonl, write_json
-from core.config import build_config, parse_overrides, to_dict
+from core.config import add_overrides_arg, build_config, parse_overrides, to_dict
 from core.errors import WeightAtlasError
 
 # Shapes: N tokens of one model, D token size, L latent dim, T window length, K sequences
@@ -699,14 +699,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--backbone", default=None, help="another backbone directory")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="EmbedConfig key=value overrides (repeatable)",
-    )
+    add_overrides_arg(p, "EmbedConfig")
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from core.atlas import Atlas, write_json
-from core.config import build_config, parse_overrides, to_dict
+from core.config import add_overrides_arg, build_config, parse_overrides, to_dict
 from core.errors import WeightAtlasError
 
 # Shapes: M models, F features, N tokens, D token size.
@@ -567,14 +567,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         metavar="MODEL_ID",
         help="print the layer report of one model instead",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="ProbeConfig key=value overrides (repeatable)",
-    )
+    add_overrides_arg(p, "ProbeConfig")
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
-from core.config import build_config, parse_overrides, to_dict
+from core.config import add_overrides_arg, build_config, parse_overrides, to_dict
 from core.errors import WeightAtlasError
 
 # Shapes: E prompts, K draws, N tokens of the target, D token size, L latent dim.
@@ -1045,14 +1045,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--heldout-task", default=None, help="with --evaluate: a task absent from the atlas"
     )
     p.add_argument("--eval-preset", default="ci", choices=sorted(GENERATION_PRESETS))
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="SampleConfig (with --evaluate: GenerationConfig) field (repeatable)",
-    )
+    add_overrides_arg(p, "SampleConfig (with --evaluate: GenerationConfig)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1109,20 +1102,12 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _random_backbone_atlas(root: Path, preset: str, scheme: str = "dense") -> None:
     """A throwaway atlas holding only an untrained backbone and a token-store index (bench)."""
-    from safetensors.torch import save_file
-
-    from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
+    from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 
     a = Atlas.create(root)
     cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
     torch.manual_seed(0)
-    model = Backbone(cfg)
-    a.backbone_dir.mkdir(parents=True, exist_ok=True)
-    write_json(a.backbone_dir / "config.json", {"backbone": to_dict(cfg)})
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        str(a.backbone_dir / "model.safetensors"),
-    )
+    save_backbone(Backbone(cfg), a.backbone_dir)
     write_json(
         a.tokens_dir / "index.json", {"scheme": scheme, "token_size": cfg.token_size, "models": {}}
     )

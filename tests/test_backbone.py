@@ -1,11 +1,8 @@
 """Backbone: shapes, the 3-D sinusoidal code, attention, presets and loading."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from core.backbone import (
     BACKBONE_PRESETS,
@@ -13,9 +10,10 @@ from core.backbone import (
     BackboneConfig,
     describe,
     load_backbone,
+    save_backbone,
     sinusoidal_3d,
 )
-from core.config import ConfigError, build_config, to_dict
+from core.config import ConfigError, build_config
 from core.errors import WeightAtlasError
 
 
@@ -123,10 +121,7 @@ def test_paper_presets_follow_table_4():
 def test_load_backbone_from_dir_and_atlas(tmp_path):
     cfg = _cfg(token_size=8)
     model = Backbone(cfg)
-    d = tmp_path / "backbone"
-    d.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
-    (d / "config.json").write_text(json.dumps({"backbone": to_dict(cfg)}))
+    d = save_backbone(model, tmp_path / "backbone")
     x, pos = torch.randn(1, 5, 8), _positions(1, 5)
     for path in (d, tmp_path):
         loaded = load_backbone(path)

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from core.atlas import Atlas, read_json, write_json
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
-from core.config import build_config, to_dict
+from core.atlas import Atlas, read_json
+from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.config import build_config
 from core.embed import (
     EmbedConfig,
     encode_tokens,
@@ -31,14 +30,6 @@ def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
     )
     torch.manual_seed(seed)
     return Backbone(cfg).eval()
-
-
-def save_backbone(model: Backbone, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"backbone": to_dict(model.cfg)})
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors")
-    )
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from core.atlas import Atlas, read_json, write_json
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
-from core.config import build_config, to_dict
+from core.atlas import Atlas, read_json
+from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.config import build_config
 from core.evaluate import (
     DEPTH_BINS,
     STAT_NAMES,
@@ -119,13 +118,7 @@ def probe_atlas(tmp_path_factory) -> Path:
     tokenize(atlas, progress=False)
     cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": 64})
     torch.manual_seed(0)
-    bb = Backbone(cfg)
-    out = Atlas(atlas).backbone_dir
-    out.mkdir(parents=True)
-    write_json(out / "config.json", {"backbone": to_dict(cfg)})
-    save_file(
-        {k: v.contiguous() for k, v in bb.state_dict().items()}, str(out / "model.safetensors")
-    )
+    save_backbone(Backbone(cfg), Atlas(atlas).backbone_dir)
     embed(atlas)
     return atlas
 
