@@ -68,6 +68,9 @@ def test_stages_run_in_order_with_parameters(fake_stages: Path, tmp_path: Path) 
     assert injected and "seed = 3" in injected[0].source
     stages = [json.loads(line)["stage"] for line in (run / "results" / "stages.jsonl").open()]
     assert stages == ["first", "second", "pipeline"]
+    assert "| total of the last invocation (first, second) |" in report.read_text()
+    pl.pipeline("ci", run, only="second", overrides={"seed": 3}, notebook_dir=fake_stages)
+    assert "| total of the last invocation (second) |" in report.read_text()
 
 
 def test_relative_run_dir_is_not_nested(
