@@ -274,6 +274,26 @@ def layer_rows(
     return layer_rows_by_model(root, backbone_dir).get(model_id, [])
 
 
+def zoo_sizes(root: str | Path, family: str, task: str | None) -> list[tuple[int, int]]:
+    """``(width, depth)`` of the atlas' tokenized zoo models of ``family`` on ``task``.
+
+    Most common first, so a generation target built at that size finds prompts in the atlas.
+    """
+    tokenized = set(tokenized_ids(root))
+    counts: dict[tuple[int, int], int] = {}
+    for row in Atlas.open(root).accepted():
+        labels = row.get("labels") or {}
+        if row["id"] not in tokenized or labels.get("family") != family:
+            continue
+        if task is not None and labels.get("task") != task:
+            continue
+        if labels.get("width") is None or labels.get("depth") is None:
+            continue
+        size = (int(labels["width"]), int(labels["depth"]))
+        counts[size] = counts.get(size, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], k))
+
+
 def tokenized_ids(root: str | Path) -> list[str]:
     """Models present in the atlas' token store (their reconstructions can be shown)."""
     path = Atlas.open(root).tokens_dir / "index.json"

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from core.appbench import synthetic_atlas  # noqa: E402
-from core.explore import map_table, zip_dir  # noqa: E402
+from core.explore import map_table, zip_dir, zoo_sizes  # noqa: E402
 from core.spectral import layer_spectra, power_law_fit  # noqa: E402
 from explorer.figures import map_figure, selected_ids  # noqa: E402
 
@@ -238,7 +238,10 @@ def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
     assert not at.exception, at.exception
     at.selectbox(key="gen_family").set_value("mlp").run()
     at.selectbox(key="gen_task_mlp").set_value("wine").run()
-    assert at.multiselect(key="gen_prompts_zoo:mlp").value  # defaults to matching atlas models
+    size = at.selectbox(key="gen_size_mlp_wine").value  # the atlas' most common mlp size
+    assert size is not None and list(size) == list(zoo_sizes(real_atlas, "mlp", "wine")[0])
+    prompts = next(m for m in at.multiselect if m.label == "Prompt examples")
+    assert prompts.value  # defaults to atlas models of exactly that layout
     at.number_input(key="gen_k").set_value(3).run()
     at.number_input(key="gen_m").set_value(1).run()
     at.button(key="gen_go").click().run()

@@ -18,7 +18,7 @@ import streamlit as st
 
 from core.atlas import Atlas
 from core.errors import USER_ERRORS
-from core.explore import generated_card, model_state_dict, tokenized_ids, zip_dir
+from core.explore import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.jobs import Job, start_stage
 from explorer.common import current_atlas, stamp, user_error
 
@@ -27,14 +27,18 @@ RESULT_KEY = "generate_result"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_candidates(root: str, stamp_: float, spec: str, task: str | None) -> dict[str, Any]:
-    """Resolve ``spec`` for ``task`` and list atlas models with its exact layer table."""
+def cached_candidates(
+    root: str, stamp_: float, spec: str, task: str | None, size: tuple[int, int] | None
+) -> dict[str, Any]:
+    """Resolve ``spec`` for ``task`` (at ``size`` = width, depth) and list atlas models with its
+    exact layer table."""
     from core.embed import token_scheme
     from core.sample import atlas_prompts, resolve_target
 
     a = Atlas.open(root)
-    scheme, size = token_scheme(a)
-    target = resolve_target(spec, scheme, size, task=task)
+    scheme, token_size = token_scheme(a)
+    width, depth = size if size is not None else (None, None)
+    target = resolve_target(spec, scheme, token_size, task=task, width=width, depth=depth)
     return {
         "task": target.task,
         "family": target.arch.family,
@@ -60,8 +64,14 @@ def registry() -> dict[str, Any]:
     }
 
 
-def arch_ui(root: Path) -> tuple[str, str | None]:
-    """Target architecture (registry spec) and task; returns ``(spec, task)``."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_zoo_sizes(root: str, stamp_: float, family: str, task: str) -> list[tuple[int, int]]:
+    """core.explore.zoo_sizes: (width, depth) of the atlas' models of a zoo family and task."""
+    return [tuple(s) for s in zoo_sizes(root, family, task)]
+
+
+def arch_ui(root: Path) -> tuple[str, str | None, tuple[int, int] | None]:
+    """Target architecture (registry spec), task and zoo size; returns ``(spec, task, size)``."""
     reg = registry()
     kind = st.segmented_control(
         "Architecture from",
@@ -76,7 +86,7 @@ def arch_ui(root: Path) -> tuple[str, str | None]:
             "timm model", names, index=names.index("resnet18") if "resnet18" in names else 0
         )
         task = c2.selectbox("Task", reg["tasks"], key="gen_task_timm")
-        return f"timm:{name}", task
+        return f"timm:{name}", task, None
     if kind == "transformers config":
         folders = [
             str(p)
@@ -91,7 +101,7 @@ def arch_ui(root: Path) -> tuple[str, str | None]:
             help="A Hub-format directory; its config.json is built with random init.",
         )
         task = c2.selectbox("Task", [None, *reg["tasks"]], key="gen_task_hf")
-        return f"hf:{folder}", task
+        return f"hf:{folder}", task, None
     families = sorted(reg["families"])
     fam = c1.selectbox("Zoo family", families, key="gen_family")
     tasks = reg["tasks"]
@@ -99,7 +109,19 @@ def arch_ui(root: Path) -> tuple[str, str | None]:
     task = c2.selectbox(
         "Task", tasks, index=tasks.index(default) if default in tasks else 0, key=f"gen_task_{fam}"
     )
-    return f"zoo:{fam}", task
+    a = Atlas(root)
+    sizes = cached_zoo_sizes(
+        str(root), stamp(a.tokens_dir / "index.json", a.manifest_path), fam, task
+    )
+    size = st.selectbox(
+        "Size (width x depth)",
+        [*sizes, None],
+        format_func=lambda s: "registry default" if s is None else f"{s[0]} x {s[1]}",
+        key=f"gen_size_{fam}_{task}",
+        help="Sizes of this family's models in the atlas (most common first): a target of "
+        "the same size can take them as prompts.",
+    )
+    return f"zoo:{fam}", task, size
 
 
 def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
@@ -275,11 +297,11 @@ def page() -> None:
             icon=":material/warning:",
         )
         return
-    spec, task = arch_ui(root)
+    spec, task, size = arch_ui(root)
     stamp_ = stamp(a.tokens_dir / "index.json", a.manifest_path)
     try:
         with st.spinner(f"Resolving {spec}…"):
-            info = cached_candidates(str(root), stamp_, spec, task)
+            info = cached_candidates(str(root), stamp_, spec, task, size)
     except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
         st.error(f"Cannot build `{spec}`: {e}", icon=":material/error:")
         return
@@ -288,7 +310,7 @@ def page() -> None:
         f"{info['n_layers']} layers · {info['n_tokens']:,} tokens · "
         f"{len(info['candidates'])} atlas model(s) with this layer table"
     )
-    settings = settings_ui(info["candidates"], spec)
+    settings = settings_ui(info["candidates"], f"{spec}:{task}:{size}")
     running = st.session_state.get(JOB_KEY) is not None
     if settings["keep"] > settings["n"]:
         st.warning("M kept must not exceed K draws.")
@@ -304,6 +326,8 @@ def page() -> None:
         args += ["--seed", str(settings["seed"])]
         if info["task"]:
             args += ["--task", str(info["task"])]
+        if size is not None:
+            args += ["--width", str(size[0]), "--depth", str(size[1])]
         if settings["prompts"]:
             args += ["--prompts", ",".join(settings["prompts"])]
         st.session_state.pop(RESULT_KEY, None)
