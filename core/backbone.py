@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 from core.atlas import read_json
 from core.config import ConfigError, merge
 from core.errors import WeightAtlasError
+from core.losses import Factored
 
 
 @dataclass
@@ -155,18 +156,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
-
-
-class Factored(NamedTuple):
-    """A token_norm reconstruction: ``pattern * exp(log_scale) + shift``."""
-
-    pattern: torch.Tensor  # (B, T, D) standardized values
-    shift: torch.Tensor  # (B, T, 1) the token's mean
-    log_scale: torch.Tensor  # (B, T, 1) natural log of the token's std
-
-    def compose(self) -> torch.Tensor:
-        """The reconstructed tokens (B, T, D)."""
-        return self.pattern * torch.exp(self.log_scale.clamp(-20.0, 10.0)) + self.shift
 
 
 class Stack(nn.Module):
@@ -298,8 +287,9 @@ def backbone_dir(path: str | Path) -> Path:
     )
 
 
-def save_backbone(model: Backbone, out: str | Path, **extra: Any) -> Path:
-    """Write ``out/model.safetensors`` and ``out/config.json`` (``{"backbone": cfg, **extra}``).
+def save_backbone(model: Backbone, out: str | Path, config: dict[str, Any] | None = None) -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` (``config``, by default
+    ``{"backbone": model.cfg}``; a training run passes its whole run configuration).
 
     Each file is written atomically; ``load_backbone(out)`` reads them back.
     """
@@ -313,7 +303,7 @@ def save_backbone(model: Backbone, out: str | Path, **extra: Any) -> Path:
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(weights, str(tmp))
-    write_json(out / "config.json", {"backbone": to_dict(model.cfg), **extra})
+    write_json(out / "config.json", config or {"backbone": to_dict(model.cfg)})
     return out
 
 

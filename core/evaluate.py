@@ -104,15 +104,7 @@ def weight_statistics(
     for lid in ids:
         rows = layer == lid
         per_layer.append(layer_stats(t[rows][m[rows]]))
-    per_layer_arr = np.stack(per_layer)  # (n_layers, 7)
-    overall = layer_stats(t[m])
-    depth = (np.arange(len(ids)) + 0.5) / len(ids)
-    bins = np.minimum((depth * DEPTH_BINS).astype(int), DEPTH_BINS - 1)
-    feats = [
-        per_layer_arr[bins == b].mean(0) if (bins == b).any() else overall
-        for b in range(DEPTH_BINS)
-    ]
-    return np.concatenate([*feats, overall]).astype(np.float64)
+    return depth_pooled(np.stack(per_layer), layer_stats(t[m]))  # (n_layers, 7), (7,)
 
 
 def weight_statistics_names() -> list[str]:
@@ -271,14 +263,13 @@ def cross_validated(
     from sklearn.model_selection import GroupKFold
 
     n_groups = len(np.unique(keys))
-    if n_groups < 2:
-        return {"cv_mean": None, "cv_std": None, "cv_folds": 0}
     scores = []
-    for tr, te in GroupKFold(n_splits=min(cfg.outer_folds, n_groups)).split(x, y, keys):
-        assert not set(keys[tr]) & set(keys[te]), "a run on both sides of a fold"
-        value = fit(x[tr], y[tr], keys[tr], x[te], y[te], cfg).get("value")
-        if value is not None:
-            scores.append(value)
+    if n_groups >= 2:
+        for tr, te in GroupKFold(n_splits=min(cfg.outer_folds, n_groups)).split(x, y, keys):
+            assert not set(keys[tr]) & set(keys[te]), "a run on both sides of a fold"
+            value = fit(x[tr], y[tr], keys[tr], x[te], y[te], cfg).get("value")
+            if value is not None:
+                scores.append(value)
     if not scores:
         return {"cv_mean": None, "cv_std": None, "cv_folds": 0}
     return {
@@ -304,18 +295,15 @@ def depth_pooled(layer_z: np.ndarray, overall: np.ndarray) -> np.ndarray:
     return np.concatenate([*feats, overall]).astype(np.float64)
 
 
-def features(
-    atlas: Atlas, ids: list[str], backbone_dir: str | Path | None = None
-) -> dict[str, np.ndarray]:
+def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
     """``{"embedding": (M, L), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
 
     ``embedding`` is the model's mean token embedding; ``embedding+depth`` pools its per-layer
-    embeddings over the same depth bins as s(W), so both feature sets see depth alike.
+    embeddings over the same depth bins as s(W), so both feature sets see depth alike. ``emb``
+    is the ``core.embed.Embeddings`` the ids come from.
     """
-    from core.embed import load_embeddings
     from core.store import TokenStore
 
-    emb = load_embeddings(atlas.root, backbone_dir)
     z = np.stack([emb.vector(i) for i in ids]).astype(np.float64)
     rows_of: dict[str, list[tuple[int, int]]] = {}
     for r in emb.layers:
@@ -374,7 +362,7 @@ def evaluate(
     rows = [manifest[i] for i in ids]
     train, test, how = probe_split(rows, cfg)
     keys = np.array([run_key(r) for r in rows])
-    feats = features(a, ids, backbone_dir)
+    feats = features(a, ids, emb)
     results: dict[str, dict[str, Any]] = {fs: {} for fs in FEATURE_SETS}
     for target in (*REGRESSION_TARGETS, *CLASSIFICATION_TARGETS):
         raw = [label_value(r, target) for r in rows]

@@ -20,13 +20,25 @@ Shapes: B windows, T tokens, D token size, P projection dim.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 LossNorm = Literal["masked", "token", "none"]
 LOSS_NORMS: tuple[str, ...] = ("masked", "token", "none")
+
+
+class Factored(NamedTuple):
+    """A token_norm reconstruction: ``pattern * exp(log_scale) + shift``."""
+
+    pattern: torch.Tensor  # (B, T, D) standardized values
+    shift: torch.Tensor  # (B, T, 1) the token's mean
+    log_scale: torch.Tensor  # (B, T, 1) natural log of the token's std
+
+    def compose(self) -> torch.Tensor:
+        """The reconstructed tokens (B, T, D)."""
+        return self.pattern * torch.exp(self.log_scale.clamp(-20.0, 10.0)) + self.shift
 
 
 def token_stats(
@@ -44,8 +56,17 @@ def token_stats(
     return mean, (var + eps).sqrt()
 
 
+def _counted(mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """Float (B, T, D) weights of the values a normalized loss counts and standardizes over."""
+    if norm == "masked":
+        return mask.float()
+    if norm == "token":
+        return torch.ones(mask.shape, device=mask.device)
+    raise ValueError(f"unknown loss normalization {norm!r}; choose from {LOSS_NORMS}")
+
+
 def reconstruction_terms(
-    pred: Any,
+    pred: torch.Tensor | Factored,
     target: torch.Tensor,
     mask: torch.Tensor,
     norm: LossNorm = "masked",
@@ -62,7 +83,7 @@ def reconstruction_terms(
         norm: "masked" (MLN), "token" (padding included) or "none".
         eps: variance floor of the per-token standardization.
     """
-    if hasattr(pred, "pattern"):
+    if isinstance(pred, Factored):
         if norm != "none":
             return factored_terms(pred, target, mask, norm, eps)
         pred = pred.compose()
@@ -70,20 +91,14 @@ def reconstruction_terms(
     if norm == "none":
         m = mask.float()
         return (((pred - target) * m) ** 2).sum(), m.sum()
-    if norm == "masked":
-        mean, std = token_stats(target, mask, eps)
-        m = mask.float()
-    elif norm == "token":
-        mean, std = token_stats(target, torch.ones_like(mask), eps)
-        m = torch.ones_like(pred)
-    else:
-        raise ValueError(f"unknown loss normalization {norm!r}; choose from {LOSS_NORMS}")
+    m = _counted(mask, norm)
+    mean, std = token_stats(target, m.bool(), eps)
     err = ((pred - mean) / std - (target - mean) / std) * m
     return (err**2).sum(), m.sum()
 
 
 def factored_terms(
-    pred: Any,
+    pred: Factored,
     target: torch.Tensor,
     mask: torch.Tensor,
     norm: LossNorm = "masked",
@@ -108,12 +123,7 @@ def factored_terms(
         eps: variance floor of the per-token standardization.
     """
     target = target.float()
-    if norm == "masked":
-        m = mask.float()
-    elif norm == "token":
-        m = torch.ones_like(target)
-    else:
-        raise ValueError(f"factored terms need norm 'masked' or 'token', not {norm!r}")
+    m = _counted(mask, norm)
     mean, std = token_stats(target, m.bool(), eps)
     pattern_err = (pred.pattern.float() - (target - mean) / std) ** 2  # (B, T, D)
     s = (std**2 + (0.1 * mean) ** 2).sqrt()

@@ -49,7 +49,13 @@ from core.atlas import (
     read_jsonl,
     write_json,
 )
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, flops_per_token
+from core.backbone import (
+    BACKBONE_PRESETS,
+    Backbone,
+    BackboneConfig,
+    flops_per_token,
+    save_backbone,
+)
 from core.config import ConfigError, build_config, parse_overrides, to_dict
 from core.errors import WeightAtlasError
 from core.losses import LossNorm, R2Meter, augment, nt_xent, reconstruction_terms
@@ -324,9 +330,7 @@ def save_checkpoint(
     with atomic_path(sdir / "state.safetensors") as tmp:
         save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp))
     write_json(sdir / "state.json", meta)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    write_json(out / "config.json", {**config, "step": step})
+    save_backbone(model, out, {**config, "step": step})
     write_json(out / STATE_DIR / "latest.json", {"step": step, "dir": name})
     for old in (out / STATE_DIR).glob("step-*"):
         if old.name != name:

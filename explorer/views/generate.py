@@ -67,10 +67,10 @@ def registry() -> dict[str, Any]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_zoo_sizes(root: str, stamp_: float, family: str, task: str) -> list[tuple[int, int]]:
     """core.explore.zoo_sizes: (width, depth) of the atlas' models of a zoo family and task."""
-    return [tuple(s) for s in zoo_sizes(root, family, task)]
+    return zoo_sizes(root, family, task)
 
 
-def arch_ui(root: Path) -> tuple[str, str | None, tuple[int, int] | None]:
+def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int] | None]:
     """Target architecture (registry spec), task and zoo size; returns ``(spec, task, size)``."""
     reg = registry()
     kind = st.segmented_control(
@@ -109,10 +109,7 @@ def arch_ui(root: Path) -> tuple[str, str | None, tuple[int, int] | None]:
     task = c2.selectbox(
         "Task", tasks, index=tasks.index(default) if default in tasks else 0, key=f"gen_task_{fam}"
     )
-    a = Atlas(root)
-    sizes = cached_zoo_sizes(
-        str(root), stamp(a.tokens_dir / "index.json", a.manifest_path), fam, task
-    )
+    sizes = cached_zoo_sizes(str(root), stamp_, fam, task)
     size = st.selectbox(
         "Size (width x depth)",
         [*sizes, None],
@@ -297,8 +294,8 @@ def page() -> None:
             icon=":material/warning:",
         )
         return
-    spec, task, size = arch_ui(root)
     stamp_ = stamp(a.tokens_dir / "index.json", a.manifest_path)
+    spec, task, size = arch_ui(root, stamp_)
     try:
         with st.spinner(f"Resolving {spec}…"):
             info = cached_candidates(str(root), stamp_, spec, task, size)
