@@ -10,6 +10,10 @@ class WeightAtlasError(ValueError):
     """Bad input that the user can fix (a path, an id, an architecture spec, a limit)."""
 
 
+class DiskFullError(WeightAtlasError):
+    """The disk filled up while a stage wrote its output; what was finished is kept."""
+
+
 class RejectedModel(WeightAtlasError):
     """A candidate model that fails a sanity check; ``reason`` goes into the manifest."""
 
