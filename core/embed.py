@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class EmbedConfig:
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     map_neighbors: int = 5
+    distance_k: int = 5  # atlas distance: mean cosine distance to this many nearest atlas models
     seed: int = 0
     device: str = "cpu"
 
@@ -296,7 +298,8 @@ def embed(
     if not (a.tokens_dir / "index.json").exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
     store = TokenStore(a.tokens_dir)
-    ids = sorted(store.ids)
+    dups = {r["id"] for r in a.manifest() if r.get("duplicate_of")}
+    ids = sorted(i for i in store.ids if i not in dups)  # a duplicate is its original's point
     if not ids:
         raise WeightAtlasError(f"{a.root}: the token store holds no models")
     chunks = [ids[i : i + cfg.chunk_models] for i in range(0, len(ids), cfg.chunk_models)]
@@ -352,7 +355,10 @@ def _merge(
     fp: str,
 ) -> None:
     """Concatenate the parts, write the tables, fit PCA/UMAP and the maps."""
+    from core.tokenize import copies_of
+
     manifest = {row["id"]: row for row in a.manifest()}
+    copies = copies_of(manifest.values())
     z, layer_z, layer_spread, model_rows, layer_rows = [], [], [], [], []
     n_layer_rows = 0
     for c, ids in enumerate(chunks):
@@ -379,6 +385,8 @@ def _merge(
                     "metrics": row.get("metrics") or {},
                     "n_tokens": int(t["n_tokens"][i]),
                     "layer_rows": [first, first + cnt],
+                    "copies": 1 + len(copies.get(mid, [])),
+                    "duplicates": copies.get(mid, []),
                 }
             )
             names = {e.layer: e.name for e in store.layers(mid)}
@@ -402,6 +410,10 @@ def _merge(
         "layer_spread": torch.cat(layer_spread).contiguous(),
     }
     zm = tensors["z"].double().numpy()
+    loo = loo_knn_distances(zm, cfg.distance_k)
+    for r, dist in zip(model_rows, loo, strict=True):
+        r["atlas_distance"] = float(dist)
+        r["atlas_percentile"] = distance_percentile(loo, float(dist))
     maps, reducers = fit_maps(zm, cfg)
     rdir = out / "reducers"
     for name, arrays in reducers.items():
@@ -510,6 +522,84 @@ def cosine_distances(z: np.ndarray, v: np.ndarray) -> np.ndarray:
     zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     vn = v / max(float(np.linalg.norm(v)), 1e-12)
     return 1.0 - zn @ vn
+
+
+OUTSIDE_PERCENTILE = 99.0
+OUTSIDE_MEANING = (
+    "outside the atlas: farther from its nearest atlas models than 99% of the atlas' own models "
+    "are from theirs; its map position (a weighted mean of its neighbours' positions) and its "
+    "neighbours say little, since nothing like it was collected"
+)
+
+
+def knn_distance(z: np.ndarray, v: np.ndarray, k: int, skip: int | None = None) -> float:
+    """Mean cosine distance from ``v`` to its ``k`` nearest rows of ``z`` (row ``skip`` left out)."""
+    d = cosine_distances(z, v)
+    if skip is not None:
+        d = np.delete(d, skip)
+    if len(d) == 0:
+        return float("nan")
+    k = max(1, min(k, len(d)))
+    return float(np.partition(d, k - 1)[:k].mean())
+
+
+def loo_knn_distances(z: np.ndarray, k: int) -> np.ndarray:
+    """Each atlas model's leave-one-out k-NN distance: mean cosine distance to its ``k``
+    nearest other atlas models. ``z (M, L)`` -> ``(M,)``."""
+    m = len(z)
+    if m < 2:
+        return np.zeros(m)
+    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    d = 1.0 - zn @ zn.T
+    np.fill_diagonal(d, np.inf)
+    k = max(1, min(k, m - 1))
+    return np.sort(d, axis=1)[:, :k].mean(1)
+
+
+def distance_percentile(loo: np.ndarray, dist: float) -> float:
+    """Percent of the atlas models whose own (leave-one-out) k-NN distance is below ``dist``."""
+    if len(loo) == 0:
+        return float("nan")
+    return float(100.0 * (np.asarray(loo) < dist).mean())
+
+
+def atlas_distance(
+    atlas: str | Path,
+    vector: np.ndarray | torch.Tensor,
+    backbone_dir: str | Path | None = None,
+    k: int | None = None,
+) -> dict[str, Any]:
+    """How far a new (embedded or generated) model is from the atlas.
+
+    ``distance`` is the mean cosine distance from ``vector`` to its ``k`` nearest atlas models;
+    ``percentile`` ranks it among the atlas models' own leave-one-out k-NN distances. Above the
+    99th percentile the model is ``outside`` the atlas (see ``OUTSIDE_MEANING``).
+
+    Returns:
+        ``{distance, percentile, outside, k, atlas_p99, atlas_max, meaning}``.
+    """
+    a = Atlas.open(atlas)
+    out = embeddings_dir(a, backbone_dir)
+    z = _read_tensors(out / "models.safetensors")["z"].astype(np.float64)
+    v = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if v.shape[0] != z.shape[1]:
+        raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {z.shape[1]}")
+    if k is None:
+        info = read_json(out / "info.json") if (out / "info.json").exists() else {}
+        k = int(info.get("config", {}).get("distance_k", EmbedConfig.distance_k))
+    loo = loo_knn_distances(z, k)
+    dist = knn_distance(z, v, k)
+    pct = distance_percentile(loo, dist)
+    outside = bool(pct > OUTSIDE_PERCENTILE)
+    return {
+        "distance": dist,
+        "percentile": pct,
+        "outside": outside,
+        "k": int(min(k, len(z))),
+        "atlas_p99": float(np.percentile(loo, OUTSIDE_PERCENTILE)) if len(loo) else None,
+        "atlas_max": float(loo.max()) if len(loo) else None,
+        "meaning": OUTSIDE_MEANING if outside else "inside the atlas",
+    }
 
 
 def place_on_map(
@@ -737,9 +827,16 @@ def run_cli(args: argparse.Namespace) -> int:
         "neighbours": [
             {"id": i, "cosine_distance": d} for i, d in neighbours(args.atlas, v, args.k)
         ],
+        "atlas_distance": atlas_distance(args.atlas, v),  # H16: issue 16, strangers
         "z": v.tolist(),
     }
     print(dumps(result, indent=2))
+    ad = result["atlas_distance"]
+    print(
+        f"atlas distance {ad['distance']:.4f} (mean cosine distance to {ad['k']} nearest), "
+        f"percentile {ad['percentile']:.1f} of the atlas' own: {ad['meaning']}",
+        file=sys.stderr,
+    )
     return 0
 
 

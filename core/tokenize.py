@@ -244,6 +244,8 @@ class Tokenized:
         excluded: ``{name, reason, shape, dtype}`` for every tensor left out.
         scheme: scheme name.
         token_size: D.
+        digest: duplicate hash of the tokenized tensors (``HASH_SCHEME``), if computed.
+        layout: ``current`` (stored names are the module's) or ``legacy`` (renamed on load).
     """
 
     tokens: torch.Tensor
@@ -253,6 +255,8 @@ class Tokenized:
     excluded: list[dict[str, Any]] = field(default_factory=list)
     scheme: str = "dense"
     token_size: int = DEFAULT_TOKEN_SIZE
+    digest: str | None = None  # duplicate hash (``HASH_SCHEME``) when computed
+    layout: str = "current"  # "legacy": read through the library's loader (renamed keys)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -358,6 +362,101 @@ def _weight_files(path: str | Path) -> list[Path]:
     return weight_files(path)
 
 
+class _ModuleSource:
+    """Tensors of a library-loaded module's canonical state dict (legacy key layouts)."""
+
+    def __init__(self, sd: dict[str, torch.Tensor]):
+        self.sd = sd
+
+    def metas(self) -> dict[str, _Meta]:
+        return {k: _Meta(tuple(v.shape), v.dtype) for k, v in self.sd.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.sd[name]
+
+    def close(self) -> None:
+        self.sd = {}
+
+
+def canonical_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The module's canonical state dict, loaded by its library from safetensors.
+
+    ``core.architectures.load_model_dir`` maps old key names the way the library does
+    (transformers' ``from_pretrained``: ``LayerNorm.gamma/beta``, pre-v5 ViT keys, ...), never
+    with ``trust_remote_code``. Tied aliases (a second name for a tensor already listed) are
+    left out, as a current-layout file stores them once.
+
+    Returns:
+        ``(state_dict, excluded)``: module order; ``excluded`` records the tied aliases.
+    """
+    from core.architectures import load_model_dir
+
+    model = load_model_dir(path).model
+    sd: dict[str, torch.Tensor] = {}
+    tied: list[dict[str, Any]] = []
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in seen:
+            tied.append(
+                {
+                    "name": name,
+                    "shape": list(t.shape),
+                    "dtype": dtype_name(t.dtype),
+                    "reason": f"tied to {seen[key]}",
+                }
+            )
+            continue
+        seen.setdefault(key, name)
+        sd[name] = t.detach()
+    return sd, tied
+
+
+def renamed_layout(plan: ModelPlan, stored: Iterable[str], trainable: set[str] | None) -> bool:
+    """Whether stored tensors carry names the module renames on load (a legacy key layout).
+
+    True when some stored tensors have no place in the module while module tensors are absent
+    under their own names (unused extras alone, e.g. a pre-training head, are not a layout).
+    """
+    unplaced = any(e["reason"] == "not in the architecture" for e in plan.excluded)
+    return unplaced and bool((trainable or set()) - set(stored))
+
+
+# Duplicate rule: two models are copies when their tokenized tensors have the same canonical
+# names, shapes and values, values compared bitwise after an exact upcast to float64 (so an fp16
+# copy of fp32 weights is a duplicate only if every fp32 value is exactly representable in fp16;
+# -0.0 and +0.0 differ, as they do in the tokens).
+HASH_SCHEME = "sha256/canonical-order/float64-v1"
+
+
+class _Hasher:
+    """Wraps a tensor getter; hashes every tensor it hands out, in plan (module) order."""
+
+    def __init__(self, get: Callable[[str], torch.Tensor]):
+        self._get = get
+        self._h = hashlib.sha256()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        x = self._get(name)
+        self._h.update(f"{name}|{tuple(x.shape)}|".encode())
+        flat = x.detach().reshape(-1)
+        for i in range(0, flat.numel(), 1 << 22):  # 32 MB of float64 at a time
+            chunk = flat[i : i + (1 << 22)].to(torch.float64).contiguous()
+            self._h.update(chunk.numpy().tobytes())
+        return x
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def weights_digest(plan: ModelPlan, get: Callable[[str], torch.Tensor]) -> str:
+    """The duplicate hash (``HASH_SCHEME``) of a planned model's tensors."""
+    h = _Hasher(get)
+    for e in plan.layers:
+        h(e.name)
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- planning + filling
 
 
@@ -370,6 +469,7 @@ class ModelPlan:
     n_tokens: int
     scheme: str
     token_size: int
+    layout: str = "current"  # "legacy": tensors come from the library-loaded module
 
     @property
     def n_values(self) -> int:
@@ -478,13 +578,22 @@ def fill_tokens(
             block[:, e.row_len :].zero_()
 
 
-def _apply(plan: ModelPlan, get: Callable[[str], torch.Tensor]) -> Tokenized:
+def _apply(plan: ModelPlan, get: Callable[[str], torch.Tensor], digest: bool = False) -> Tokenized:
     tokens = torch.empty(plan.n_tokens, plan.token_size, dtype=torch.float32)
     valid = torch.empty(plan.n_tokens, dtype=torch.int32)
     positions = torch.empty(plan.n_tokens, 3, dtype=torch.int64)
-    fill_tokens(plan, get, tokens, valid, positions)
+    h = _Hasher(get) if digest else None
+    fill_tokens(plan, h or get, tokens, valid, positions)
     return Tokenized(
-        tokens, valid, positions, plan.layers, plan.excluded, plan.scheme, plan.token_size
+        tokens,
+        valid,
+        positions,
+        plan.layers,
+        plan.excluded,
+        plan.scheme,
+        plan.token_size,
+        digest=h.hexdigest() if h else None,
+        layout=plan.layout,
     )
 
 
@@ -588,23 +697,52 @@ def _structure_of_config(config_json: str) -> ModelStructure:
 
 def _plan_dir(
     path: str | Path, scheme: str, token_size: int, trainable: set[str] | None
-) -> tuple[ModelPlan, _SafetensorsSource]:
+) -> tuple[ModelPlan, _SafetensorsSource | _ModuleSource]:
     files = _weight_files(path)
     if trainable is None:
         st = model_structure(path)
     else:
         st = ModelStructure(trainable, None, None, None)
-    src = _SafetensorsSource(files)
+    src: _SafetensorsSource | _ModuleSource = _SafetensorsSource(files)
     try:
         plan = plan_tokens(
             src.metas(), scheme, token_size, st.trainable, st.order, st.kinds, st.buffers
         )
+        if trainable is None and renamed_layout(plan, src.metas(), st.trainable):
+            # a legacy key layout: tokenize what the library loads, under canonical names
+            src.close()
+            sd, tied = canonical_state_dict(path)
+            src = _ModuleSource(sd)
+            plan = plan_tokens(
+                src.metas(), scheme, token_size, st.trainable, st.order, st.kinds, st.buffers
+            )
+            plan.excluded.extend(tied)
+            plan.layout = "legacy"
         if plan.n_tokens == 0:
             raise RejectedModel("nothing to tokenize", "no trainable float tensors")
     except BaseException:
         src.close()
         raise
     return plan, src
+
+
+def plan_model_dir(path: str | Path, scheme: str, token_size: int) -> ModelPlan:
+    """The tokenize stage's plan of a model directory (legacy key layouts included).
+
+    Raises:
+        RejectedModel: the architecture cannot be built, the library cannot load a renamed
+            layout, or nothing is tokenizable.
+    """
+    plan, src = _plan_dir(path, scheme, token_size, None)
+    src.close()
+    return plan
+
+
+def _open_source(path: str | Path, plan: ModelPlan) -> _SafetensorsSource | _ModuleSource:
+    """The tensors a plan was made from: the files, or the library-loaded module."""
+    if plan.layout == "legacy":
+        return _ModuleSource(canonical_state_dict(path)[0])
+    return _SafetensorsSource(_weight_files(path))
 
 
 def tokenize_model_dir(
@@ -620,10 +758,13 @@ def tokenize_model_dir(
         scheme: ``dense`` or ``sparse``.
         token_size: D.
         trainable: names to tokenize; default: from ``core.architectures`` and ``config.json``.
+            A checkpoint in a legacy key layout (``LayerNorm.gamma``, pre-v5 ViT names) is
+            loaded by its library and tokenized under the module's canonical names, so
+            ``detokenize`` gives the canonical layout.
     """
     plan, src = _plan_dir(path, scheme, token_size, trainable)
     try:
-        return _apply(plan, src.get)
+        return _apply(plan, src.get, digest=True)
     finally:
         src.close()
 
@@ -658,18 +799,28 @@ def shard_layout(
 
 def _write_shard(
     path: Path,
-    plans: list[tuple[str, ModelPlan, Callable[[], _SafetensorsSource]]],
+    plans: list[tuple[str, ModelPlan, Callable[[], Any]]],
     d: int,
     metadata: dict[str, str],
+    digests: dict[str, str] | None = None,
 ) -> dict[str, int]:
-    """Write the planned models into one shard file atomically; return id -> token offset."""
+    """Write the planned models into one shard file atomically; return id -> token offset.
+
+    ``digests`` (if given) receives id -> duplicate hash of every model written.
+    """
     n = sum(p.n_tokens for _, p, _ in plans)
     head, table = shard_layout(n, d, metadata)
     offsets: dict[str, int] = {}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(head)
-            f.truncate(len(head) + table["valid"]["data_offsets"][1])
+            # reserve the blocks now: a full disk is an OSError (ENOSPC) here, not a SIGBUS
+            # on a write through the memory map (issue 12)
+            size = len(head) + table["valid"]["data_offsets"][1]
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                f.truncate(size)
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
         try:
             views = {}
@@ -683,13 +834,16 @@ def _write_shard(
                 src = open_src()
                 try:
                     sl = slice(at, at + plan.n_tokens)
+                    h = _Hasher(src.get)
                     fill_tokens(
                         plan,
-                        src.get,
+                        h,
                         views["tokens"][sl],
                         views["valid"][sl],
                         views["positions"][sl],
                     )
+                    if digests is not None:
+                        digests[mid] = h.hexdigest()
                 finally:
                     src.close()
                 offsets[mid] = at
@@ -847,7 +1001,70 @@ def tokenize(
         append_jsonl(part, records)
         bar.update(len(group))
     bar.close()
-    return merge_index(atlas)
+    stats = merge_index(atlas)
+    index = read_index(tokens_dir)
+    if {r["id"] for r in rows} <= set(index["models"]) | set(index["failed"]):
+        stats["duplicates"] = len(mark_duplicates(atlas, index))  # the last rank to finish
+    return stats
+
+
+def find_duplicates(index: dict[str, Any], order: list[str] | None = None) -> dict[str, str]:
+    """Duplicate id -> original id, from the token index' weight digests (``HASH_SCHEME``).
+
+    The original of a group of copies is the first in ``order`` (manifest order: the copy
+    collected first), else the smallest id; models without a digest are never duplicates.
+    """
+    rank = {mid: i for i, mid in enumerate(order or [])}
+    groups: dict[str, list[str]] = {}
+    for mid, m in index["models"].items():
+        if m.get("digest"):
+            groups.setdefault(m["digest"], []).append(mid)
+    out: dict[str, str] = {}
+    for ids in groups.values():
+        ids.sort(key=lambda i: (rank.get(i, len(rank)), i))
+        out.update({dup: ids[0] for dup in ids[1:]})
+    return out
+
+
+def mark_duplicates(
+    atlas: str | Path | Atlas, index: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Record ``duplicate_of`` in the manifest and give every duplicate its original's split.
+
+    Rows whose ``duplicate_of`` or ``split`` change are appended to ``manifest.jsonl`` (the last
+    row per id wins); a duplicate's collect-time split is kept as ``split_collected``. Training
+    leaves duplicates out; embeddings show each original once with a ``copies`` count.
+
+    Returns:
+        Duplicate id -> original id.
+    """
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
+    index = index if index is not None else read_index(atlas.tokens_dir)
+    rows = atlas.manifest()
+    dups = find_duplicates(index, [r["id"] for r in rows])
+    by_id = {r["id"]: r for r in rows}
+    changed = []
+    for r in rows:
+        orig = dups.get(r["id"])
+        split = by_id[orig].get("split") if orig in by_id else r.get("split")
+        if r.get("duplicate_of") == orig and r.get("split") == split:
+            continue
+        new = {**r, "duplicate_of": orig, "split": split}
+        if orig is not None and "split_collected" not in r:
+            new["split_collected"] = r.get("split")
+        changed.append(new)
+    if changed:
+        append_jsonl(atlas.manifest_path, changed)
+    return dups
+
+
+def copies_of(manifest: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """Original id -> ids of its duplicates (``duplicate_of`` in manifest rows)."""
+    out: dict[str, list[str]] = {}
+    for r in manifest:
+        if r.get("duplicate_of"):
+            out.setdefault(r["duplicate_of"], []).append(r["id"])
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _tokenize_group(
@@ -871,11 +1088,11 @@ def _tokenize_group(
             failed.append(_failure(row, e, scheme, token_size))
     while planned:
         jobs = [
-            (r["id"], p, (lambda path=path: _SafetensorsSource(_weight_files(path))))
-            for r, p, path in planned
+            (r["id"], p, (lambda path=path, p=p: _open_source(path, p))) for r, p, path in planned
         ]
+        digests: dict[str, str] = {}
         try:
-            offsets = _write_shard(atlas.tokens_dir / shard, jobs, token_size, meta)
+            offsets = _write_shard(atlas.tokens_dir / shard, jobs, token_size, meta, digests)
             break
         except Exception as e:  # drop the model that failed mid-stream and rewrite the shard
             bad = _failing_model(jobs)
@@ -900,6 +1117,8 @@ def _tokenize_group(
                 "n_values": plan.n_values,
                 "family": row.get("family"),
                 "split": row.get("split"),
+                "digest": digests[row["id"]],
+                "layout": plan.layout,
                 "layers": [e.to_dict() for e in plan.layers],
                 "excluded": plan.excluded,
             }
@@ -908,7 +1127,7 @@ def _tokenize_group(
 
 
 def _failing_model(
-    jobs: list[tuple[str, ModelPlan, Callable[[], _SafetensorsSource]]],
+    jobs: list[tuple[str, ModelPlan, Callable[[], Any]]],
 ) -> str | None:
     """Find the first model whose tensors cannot be streamed (read each into a scratch buffer)."""
     for mid, plan, open_src in jobs:

@@ -1,0 +1,382 @@
+"""Hub models in the wild (issue 16): legacy key layouts, duplicates, big models, strangers.
+
+The collection fixture (``wild_dir``) is made with transformers at small sizes and saved the ways
+models are found on the Hub: current and legacy key layouts (BERT ``LayerNorm.gamma/beta``, ViT
+saved by ``save_pretrained`` with its pre-v5 names), a byte-identical copy, an fp16 copy of
+fp16-exact weights (a duplicate) and one of ordinary fp32 weights (not one), a sharded
+checkpoint, and a BERT about 40x larger than the rest (~1 MB).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from core.architectures import load_model_dir, save_model_dir, trainable_names
+from core.atlas import Atlas
+from core.store import TokenStore, WindowDataset
+from core.tokenize import (
+    Tokenized,
+    detokenize,
+    find_duplicates,
+    read_index,
+    tokenize,
+    tokenize_model_dir,
+    write_store,
+)
+from core.train import Stream, size_band_sample
+
+SMALL = dict(
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=32,
+    num_labels=3,
+)
+BIG = dict(SMALL, vocab_size=512, hidden_size=64, num_hidden_layers=4, intermediate_size=256)
+VIT = dict(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    image_size=8,
+    patch_size=4,
+    num_channels=1,
+    num_labels=3,
+)
+
+
+def bert(seed: int, **cfg: object) -> transformers.BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(
+        transformers.BertConfig(**{**SMALL, **cfg})
+    ).eval()
+
+
+def vit(seed: int) -> transformers.ViTForImageClassification:
+    torch.manual_seed(seed)
+    return transformers.ViTForImageClassification(transformers.ViTConfig(**VIT)).eval()
+
+
+def canonical(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's trainable tensors under canonical names, tied aliases once."""
+    names = trainable_names(model)
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if k in names and key not in seen:
+            out[k] = v.detach().clone()
+            seen.add(key)
+    return out
+
+
+def save_legacy_bert(model: torch.nn.Module, out: Path) -> Path:
+    """Current layout first, then the file's LayerNorm weight/bias renamed to gamma/beta."""
+    save_model_dir(model, out, "transformers")
+    sd = load_file(str(out / "model.safetensors"))
+    old = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
+        for k, v in sd.items()
+    }
+    assert any("gamma" in k for k in old)
+    save_file(old, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def build_wild(root: Path) -> dict[str, object]:
+    """Write the collection (ORG/NAME folders) and return what each model is."""
+    src = root / "models"
+    models: dict[str, torch.nn.Module] = {}
+
+    a = bert(1)
+    models["wild/bert-a"] = a
+    save_model_dir(a, src / "wild/bert-a", "transformers")
+    shutil.copytree(src / "wild/bert-a", src / "wild/bert-a-copy")  # byte-identical re-upload
+    save_legacy_bert(a, src / "wild/bert-a-legacy")  # same weights, older key names
+    # fp16 copy of ordinary fp32 weights: rounded values, not a duplicate
+    save_model_dir(copy.deepcopy(a).half(), src / "wild/bert-a-fp16", "transformers")
+
+    h = bert(5)
+    with torch.no_grad():  # weights that fp16 represents exactly
+        for p in h.parameters():
+            p.copy_(p.half().float())
+    models["wild/bert-h"] = h
+    save_model_dir(h, src / "wild/bert-h", "transformers")
+    save_model_dir(copy.deepcopy(h).half(), src / "wild/bert-h-fp16", "transformers")
+
+    b = bert(2)
+    models["wild/bert-b-legacy"] = b
+    save_legacy_bert(b, src / "wild/bert-b-legacy")
+
+    v = vit(3)
+    models["wild/vit-a-legacy"] = v
+    v.save_pretrained(src / "wild/vit-a-legacy")  # transformers 5 writes pre-rename ViT keys
+    v4 = vit(4)
+    models["wild/vit-b"] = v4
+    save_model_dir(v4, src / "wild/vit-b", "transformers")
+
+    s = bert(6)
+    models["wild/bert-sharded"] = s
+    s.save_pretrained(src / "wild/bert-sharded", max_shard_size="20KB")
+
+    for seed in (7, 8, 9):
+        m = bert(seed)
+        models[f"wild/bert-s{seed}"] = m
+        save_model_dir(m, src / f"wild/bert-s{seed}", "transformers")
+
+    big = bert(10, **BIG)
+    models["wild/bert-big"] = big
+    save_model_dir(big, src / "wild/bert-big", "transformers")
+    return {"src": src, "models": models}
+
+
+@pytest.fixture(scope="module")
+def wild(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The fixture collection, collected and tokenized into an atlas (built once per module)."""
+    from core.hub import collect
+
+    root = tmp_path_factory.mktemp("wild")
+    info = build_wild(root)
+    atlas = Atlas.create(root / "atlas")
+    collect(atlas, source=str(info["src"]), progress=False, workers=2)
+    stats = tokenize(atlas, progress=False)
+    return {**info, "atlas": atlas, "stats": stats}
+
+
+# --------------------------------------------------------------------------- 1. legacy layouts
+
+
+def test_fixture_is_what_it_says(wild):
+    src = wild["src"]
+    assert len(list((src / "wild/bert-sharded").glob("*.safetensors"))) >= 2
+    vit_keys = load_file(str(src / "wild/vit-a-legacy/model.safetensors"))
+    assert any(".encoder.layer.0.attention.attention.query." in k for k in vit_keys)
+    assert (
+        load_file(str(src / "wild/bert-a-fp16/model.safetensors"))[
+            "bert.embeddings.word_embeddings.weight"
+        ].dtype
+        == torch.float16
+    )
+    size = {n: sum(p.numel() for p in m.parameters()) for n, m in wild["models"].items()}
+    assert size["wild/bert-big"] > 30 * size["wild/bert-a"]
+    assert (src / "wild/bert-a-copy/model.safetensors").read_bytes() == (
+        src / "wild/bert-a/model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["wild/bert-b-legacy", "wild/vit-a-legacy"])
+@pytest.mark.parametrize("scheme", ["dense", "sparse"])
+def test_legacy_layout_round_trips_to_canonical(wild, name, scheme):
+    model = wild["models"][name]
+    want = canonical(model)
+    tk = tokenize_model_dir(wild["src"] / name, scheme, 16)
+    assert tk.layout == "legacy"
+    order = [k for k in model.state_dict() if k in want]
+    assert [e.name for e in tk.layers] == order  # canonical names, in module order
+    got = detokenize(tk.tokens, tk.layers)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    # and the rebuilt canonical dict loads strictly into a fresh module
+    fresh = type(model)(model.config)
+    from core.architectures import load_weights_strict
+
+    load_weights_strict(fresh, got)
+
+
+def test_legacy_and_current_layouts_tokenize_alike(wild):
+    cur = tokenize_model_dir(wild["src"] / "wild/bert-a", "dense", 16)
+    old = tokenize_model_dir(wild["src"] / "wild/bert-a-legacy", "dense", 16)
+    assert (cur.layout, old.layout) == ("current", "legacy")
+    assert [e.name for e in cur.layers] == [e.name for e in old.layers]
+    assert torch.equal(cur.tokens, old.tokens)
+    assert cur.digest == old.digest
+
+
+def test_collect_accepts_every_layout(wild):
+    rows = {r["id"]: r for r in wild["atlas"].manifest()}
+    rejected = {i: r.get("reason") for i, r in rows.items() if r["status"] != "accepted"}
+    assert not rejected
+    assert len(rows) == len(list(wild["src"].glob("*/*")))
+    index = read_index(wild["atlas"].tokens_dir)
+    assert not index["failed"]
+    assert index["models"]["wild/vit-a-legacy"]["layout"] == "legacy"
+    assert index["models"]["wild/bert-a"]["layout"] == "current"
+
+
+# --------------------------------------------------------------------------- 2. duplicates
+
+
+def test_duplicates_found_across_layouts_and_dtypes_only_when_equal(wild):
+    rows = {r["id"]: r for r in wild["atlas"].manifest()}
+    dup = {i: r.get("duplicate_of") for i, r in rows.items()}
+    group_a = {"wild/bert-a", "wild/bert-a-copy", "wild/bert-a-legacy"}
+    originals = {i for i in group_a if dup[i] is None}
+    assert len(originals) == 1
+    (orig,) = originals
+    assert all(dup[i] == orig for i in group_a - {orig})
+    h = {"wild/bert-h", "wild/bert-h-fp16"}  # fp16 copy of fp16-exact fp32 weights
+    assert sum(dup[i] is None for i in h) == 1 and {dup[i] for i in h} - {None} <= h
+    # an fp16 copy of ordinary fp32 weights holds other values: not a duplicate
+    assert dup["wild/bert-a-fp16"] is None
+    assert sum(v is not None for v in dup.values()) == 3
+    assert wild["stats"]["duplicates"] == 3
+
+
+def test_duplicates_never_straddle_splits(wild):
+    rows = {r["id"]: r for r in wild["atlas"].manifest()}
+    moved = 0
+    for r in rows.values():
+        if r.get("duplicate_of"):
+            assert r["split"] == rows[r["duplicate_of"]]["split"]
+            moved += r["split_collected"] != r["split"]
+    assert moved >= 1  # the fixture has copies whose collect-time split differed
+
+
+def test_dtype_rule_is_equality_after_upcast(tmp_path):
+    """find_duplicates groups by the float64-upcast hash: equal values, any dtype."""
+    x = torch.randn(40, 7)
+    exact = x.half().float()
+    models = {
+        "m32": exact.clone(),
+        "m16": exact.half(),
+        "mbf": x.bfloat16(),
+        "m32b": x.bfloat16().float(),
+        "m64": exact.double(),
+        "other": x,
+    }
+    atlas = Atlas.create(tmp_path / "a")
+    for mid, t in models.items():
+        d = tmp_path / "src" / mid
+        d.mkdir(parents=True)
+        save_file({"w": t.contiguous()}, str(d / "model.safetensors"))
+        tk = tokenize_model_dir(d / "model.safetensors", "dense", 8, trainable={"w"})
+        models[mid] = tk.digest
+    index = {"models": {mid: {"digest": dg} for mid, dg in models.items()}}
+    dups = find_duplicates(index, list(models))
+    assert dups == {"m16": "m32", "m64": "m32", "m32b": "mbf"}
+    del atlas
+
+
+def test_training_leaves_duplicates_out(wild):
+    from core.train import train
+
+    out = wild["atlas"].root / "bb-dups"
+    train(wild["atlas"].root, "ci", {"steps": 3, "eval_every": 3, "ckpt_every": 3}, out=out)
+    cov = [json.loads(line) for line in (out / "coverage.jsonl").read_text().splitlines()]
+    trained = {r["id"] for r in cov}
+    rows = {r["id"]: r for r in wild["atlas"].manifest()}
+    assert trained
+    assert not {i for i in trained if rows[i].get("duplicate_of")}
+    assert all(rows[i]["split"] == "train" for i in trained)
+
+
+# --------------------------------------------------------------------------- 3. big models
+
+
+def _store(tmp_path: Path, sizes: dict[str, int], d: int = 4) -> TokenStore:
+    models = {}
+    for mid, n in sizes.items():
+        models[mid] = Tokenized(
+            tokens=torch.randn(n, d),
+            valid=torch.full((n,), d, dtype=torch.int32),
+            positions=torch.stack(
+                [torch.arange(n), torch.zeros(n, dtype=torch.long), torch.arange(n)], 1
+            ),
+            layers=[],
+            scheme="dense",
+            token_size=d,
+        )
+    write_store(tmp_path / "tokens", models, "dense", d)
+    from core.tokenize import merge_index
+
+    (tmp_path / "atlas.json").write_text("{}")
+    merge_index(Atlas.open(tmp_path))
+    return TokenStore(tmp_path / "tokens")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_window_sampling_gives_each_model_its_documented_share(tmp_path, alpha):
+    sizes = {"tiny0": 40, "tiny1": 60, "mid": 700, "big": 20_000}
+    store = _store(tmp_path, sizes)
+    ids = list(sizes)
+    ds = WindowDataset(store, ids, 16, seed=3, windows_per_model=5)
+    stream = Stream(ds, seed=3, alpha=alpha)
+    n = np.array([sizes[i] for i in ids], float)
+    want = n**alpha / (n**alpha).sum()  # the documented share
+    epochs = 400
+    counts = np.zeros(len(ids))
+    for e in range(epochs):
+        models, starts = stream.epoch_plan(e)
+        counts += np.bincount(models, minlength=len(ids))
+        assert (starts >= 0).all() and (starts <= np.maximum(n[models] - 16, 0)).all()
+    share = counts / counts.sum()
+    assert np.allclose(share, want, atol=0.01, rtol=0.02), (share, want)
+    if alpha == 0.0:  # uniform per model: every model exactly windows_per_model times
+        assert (counts == epochs * 5).all()
+
+
+def test_window_starts_cover_each_model_and_coverage_is_reported(tmp_path):
+    sizes = {"tiny": 30, "big": 5_000}
+    store = _store(tmp_path, sizes)
+    ds = WindowDataset(store, list(sizes), 16, seed=0)
+    cov = {}
+    for alpha in (0.0, 1.0):
+        s = Stream(ds, seed=0, alpha=alpha)
+        cov[alpha] = s.coverage(400)
+        summ = s.coverage_summary(400)
+        assert summ["coverage_band_1e1"] == pytest.approx(cov[alpha]["tiny"])
+        assert summ["coverage_band_1e3"] == pytest.approx(cov[alpha]["big"])
+        rows = s.rows([0, 1, 399])
+        assert rows["tokens"].shape == (3, 16, 4)
+    assert cov[0.0]["tiny"] == 1.0  # 30 tokens, window 16: seen entirely
+    # 400 rows: the big model gets ~200 windows at alpha 0, ~398 at alpha 1
+    assert cov[1.0]["big"] > 1.4 * cov[0.0]["big"]
+    # coverage replays the stream: a second stream agrees row for row
+    assert Stream(ds, seed=0, alpha=1.0).coverage(400) == cov[1.0]
+
+
+def test_size_band_sample_spans_bands():
+    ids = [f"s{i}" for i in range(10)] + ["m0", "b0"]
+    toks = [50] * 10 + [5_000, 500_000]
+    got = size_band_sample(ids, toks, 3)
+    assert set(got) == {"b0", "m0", "s0"}
+
+
+# --------------------------------------------------------------------------- 4. strangers
+
+
+def test_atlas_distance_percentiles():
+    from core.embed import distance_percentile, knn_distance, loo_knn_distances
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=32)
+    z = centre + 0.3 * rng.normal(size=(200, 32))
+    loo = loo_knn_distances(z, 5)
+    inside = centre + 0.3 * rng.normal(size=32)
+    far = rng.normal(size=32)
+    assert distance_percentile(loo, knn_distance(z, far, 5)) > 99
+    assert distance_percentile(loo, knn_distance(z, inside, 5)) < 99
+    # leave-one-out: an atlas model's own row is skipped
+    assert knn_distance(z, z[7], 5, skip=7) == pytest.approx(loo[7])
+
+
+def test_weights_digest_of_stage_matches_direct(wild):
+    index = read_index(wild["atlas"].tokens_dir)
+    for mid in ("wild/bert-a", "wild/bert-sharded", "wild/vit-a-legacy"):
+        loaded = load_model_dir(wild["src"] / mid)
+        assert loaded.model is not None
+        direct = tokenize_model_dir(wild["src"] / mid, index["scheme"], index["token_size"])
+        assert index["models"][mid]["digest"] == direct.digest
