@@ -742,6 +742,7 @@ def neighbours(
     atlas: str | Path,
     model: str | Path | np.ndarray | torch.Tensor,
     k: int = 5,
+    embeddings: Embeddings | None = None,
 ) -> list[tuple[str, float]]:
     """The ``k`` collected models nearest to ``model`` by cosine distance of embeddings.
 
@@ -750,12 +751,13 @@ def neighbours(
         model: a collected model id, an embedding vector ``(L,)``, or a model directory (it is
             checked and embedded first).
         k: how many neighbours.
+        embeddings: the atlas' embeddings if already loaded (the app keeps them in memory).
 
     Returns:
         ``[(id, cosine_distance), ...]`` nearest first; a collected model is not its own
         neighbour.
     """
-    emb = load_embeddings(atlas)
+    emb = embeddings if embeddings is not None else load_embeddings(atlas)
     skip: str | None = None
     if isinstance(model, np.ndarray | torch.Tensor):
         v = np.asarray(model, dtype=np.float64).reshape(-1)
