@@ -131,6 +131,9 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
             "umap": {m: umap_like[i].tolist() for i, m in enumerate(ids)},
         },
     )
+    total = float(((z - mean) ** 2).sum())
+    ratio = [float(((pca[:, j] ** 2).sum()) / total) for j in range(2)]
+    write_json(emb / "info.json", {"n_models": n, "pca_explained_variance_ratio": ratio})
     atlas.update_info(synthetic={"n": n, "latent": latent, "seed": seed})
     return atlas.root
 
@@ -293,12 +296,60 @@ def _wait_change(page: Any, before: str, timeout_ms: float = 60_000) -> None:
 
 def choose(page: Any, label: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
-    page.get_by_label(label).first.click()
+    page.get_by_role("combobox", name=label).first.click()
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def drag_mode(page: Any, title: str = "Lasso Select") -> None:
+    """Pick a drag mode in the map's toolbar (``Lasso Select``, ``Box Select``, ``Pan``)."""
+    chart = page.locator(".stPlotlyChart .js-plotly-plot").first
+    chart.hover()
+    button = chart.locator(f'.modebar-btn[data-title="{title}"]')
+    button.click()
+    page.wait_for_function(
+        """(mode) => {
+            const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            return p && p._fullLayout && p._fullLayout.dragmode === mode;
+        }""",
+        arg={"Lasso Select": "lasso", "Box Select": "select", "Pan": "pan"}[title],
+        timeout=10_000,
+    )
+
+
+def point_position(page: Any, model_id: str) -> tuple[float, float]:
+    """Page coordinates (pixels) of the map point whose ``customdata[0]`` is ``model_id``."""
+    xy = page.evaluate(
+        """(mid) => {
+            const gd = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            const L = gd._fullLayout, box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+            for (const t of gd._fullData) {
+                if (!t.customdata || !t.visible) continue;
+                for (let i = 0; i < t.customdata.length; i++) {
+                    const cd = t.customdata[i];
+                    if ((Array.isArray(cd) ? cd[0] : cd) === mid)
+                        return [box.left + L.xaxis.l2p(t.x[i]), box.top + L.yaxis.l2p(t.y[i])];
+                }
+            }
+            return null;
+        }""",
+        model_id,
+    )
+    if xy is None:
+        raise LookupError(f"{model_id} is not drawn on the map")
+    return float(xy[0]), float(xy[1])
+
+
+def click_point(page: Any, model_id: str) -> None:
+    """Click the map point of ``model_id`` (in the default drag mode, a click selects)."""
+    x, y = point_position(page, model_id)
+    page.mouse.move(x, y)
+    page.wait_for_timeout(100)  # plotly picks the hovered point on mouse move
+    page.mouse.click(x, y)
+
+
 def lasso(page: Any, frac: float = 0.15) -> None:
-    """Draw a lasso around the middle of the map with the mouse."""
+    """Switch the map to lasso selection and draw a lasso around its middle with the mouse."""
+    drag_mode(page, "Lasso Select")
     plot = page.locator(".stPlotlyChart .js-plotly-plot .nsewdrag").first
     box = plot.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

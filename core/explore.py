@@ -37,6 +37,9 @@ class MapTable:
             columns, floats with NaN for numeric ones).
         tags: per model, its tag list.
         base_model: per model, the ids it derives from (Hub lineage), possibly empty.
+        explained: map kind -> explained variance ratio of its two axes (PCA; from
+            ``embeddings/info.json``), where the atlas records it.
+        records: per model, its manifest row (empty if the manifest lacks it).
     """
 
     ids: list[str]
@@ -45,6 +48,8 @@ class MapTable:
     tags: list[list[str]]
     base_model: list[list[str]] = field(default_factory=list)
     hover: np.ndarray | None = None
+    explained: dict[str, list[float]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
 
     def hover_data(self) -> np.ndarray:
         """Per model ``[id, family, task, accuracy, params, split]`` as display strings ``(M, 6)``."""
@@ -66,6 +71,12 @@ class MapTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def index(self) -> dict[str, int]:
+        """Model id -> row (built once)."""
+        if getattr(self, "_index", None) is None or len(self._index) != len(self.ids):
+            self._index = {m: i for i, m in enumerate(self.ids)}
+        return self._index
 
     def values(self, name: str) -> list[str]:
         """Sorted distinct values of a categorical column (or of tags)."""
@@ -103,7 +114,7 @@ class MapTable:
 
     def lineage_edges(self) -> list[tuple[int, int]]:
         """(parent row, child row) pairs where both ends are on the map."""
-        index = {m: i for i, m in enumerate(self.ids)}
+        index = self.index()
         return [
             (index[p], i)
             for i, parents in enumerate(self.base_model)
@@ -192,10 +203,10 @@ def map_table(root: str | Path) -> MapTable:
     """
     atlas = Atlas.open(root)
     emb = atlas.embeddings_dir
-    if not (emb / "models.jsonl").exists() or not (emb / "maps.json").exists():
-        raise AtlasError(
-            f"{atlas.root} has no embeddings/maps yet; run `weightatlas embed {atlas.root}`"
-        )
+    step = next_stage(atlas.root)
+    if step is not None:
+        stage, command = step
+        raise AtlasError(f"{atlas.root} has no map yet: the next stage is {stage}, `{command}`")
     rows = list(read_jsonl(emb / "models.jsonl"))
     ids = [str(r["id"]) for r in rows if "id" in r]
     manifest = {r["id"]: r for r in atlas.manifest()}
@@ -203,19 +214,46 @@ def map_table(root: str | Path) -> MapTable:
     if not coords:
         raise AtlasError(f"{emb / 'maps.json'} holds no 2-D map for the embedded models")
     columns: dict[str, list[Any]] = {c: [] for c in (*CATEGORICAL, *NUMERIC)}
-    tags, parents = [], []
+    tags, parents, records = [], [], []
     for r in rows:
         if "id" not in r:
             continue
-        merged = {**r, **manifest.get(r["id"], {})}
+        records.append(manifest.get(r["id"], {}))
+        merged = {**r, **records[-1]}
         meta = model_meta(merged)
         for c in columns:
             columns[c].append(meta[c])
         tags.append(_as_list(merged.get("tags")))
         parents.append(_as_list(merged.get("base_model")))
-    table = MapTable(ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents)
+    table = MapTable(
+        ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents, records=records
+    )
+    info = read_json(emb / "info.json") if (emb / "info.json").exists() else {}
+    ratio = info.get("pca_explained_variance_ratio") if isinstance(info, dict) else None
+    if isinstance(ratio, list) and all(isinstance(v, int | float) for v in ratio):
+        table.explained["pca"] = [float(v) for v in ratio]
     table.hover_data()
     return table
+
+
+def next_stage(root: str | Path) -> tuple[str, str] | None:
+    """The next pipeline stage an atlas needs before it has a map, as ``(stage, command)``.
+
+    ``collect`` (no accepted model), ``tokenize`` (no token store), ``train`` (no backbone),
+    ``embed`` (no embeddings or maps); None once the atlas is embedded.
+    """
+    atlas = Atlas.open(root)
+    where = atlas.root
+    emb = atlas.embeddings_dir
+    if not (emb / "models.jsonl").exists() or not (emb / "maps.json").exists():
+        if not atlas.manifest_path.exists() or not atlas.accepted():
+            return "collect", f"weightatlas collect {where} --source SOURCE"
+        if not (atlas.tokens_dir / "index.json").exists():
+            return "tokenize", f"weightatlas tokenize {where}"
+        if not (atlas.backbone_dir / "model.safetensors").exists():
+            return "train", f"weightatlas train {where} --preset ci"
+        return "embed", f"weightatlas embed {where}"
+    return None
 
 
 def manifest_row(root: str | Path, model_id: str) -> dict[str, Any]:

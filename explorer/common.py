@@ -22,14 +22,27 @@ DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or str(ROOT / "assets" / "de
 
 
 @st.cache_resource(show_spinner=False)
-def warm_imports() -> bool:
+def warm_imports() -> threading.Thread:
     """Import the torch-backed core modules in a background thread, once per server.
 
     The map needs only numpy and plotly; torch (about 3 s to import) is needed from the first
-    neighbour query on, so it loads while the user looks at the map.
+    neighbour query on, so it loads while the user looks at the map. pandas and PIL are
+    imported here first, in the script's thread: plotly looks them up in ``sys.modules``
+    while it builds a figure, and a module half-imported by the background thread there
+    broke the page ("partially initialized module 'pandas'"). Code that needs torch calls
+    :func:`wait_for_imports` first, so no two threads import the same modules at once.
     """
-    threading.Thread(target=importlib.import_module, args=("core.embed",), daemon=True).start()
-    return True
+    import pandas  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+    thread = threading.Thread(target=importlib.import_module, args=("core.embed",), daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_imports() -> None:
+    """Block until the background import of the torch-backed modules has finished."""
+    warm_imports().join()
 
 
 def _take_atlas_input() -> None:
@@ -77,9 +90,9 @@ def stamp(*paths: Path) -> float:
     return float(sum(p.stat().st_mtime for p in paths if p.exists()))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def cached_map_table(root: str, stamp_: float) -> MapTable:
-    """The atlas' map table (read once per atlas version)."""
+    """The atlas' map table (read once per atlas version, shared read-only, never copied)."""
     return map_table(root)
 
 
@@ -91,21 +104,33 @@ def load_map_table(root: Path) -> MapTable:
     )
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def cached_manifest(root: str, stamp_: float) -> dict[str, dict[str, Any]]:
-    """Manifest rows by id."""
+    """Manifest rows by id (shared read-only)."""
     return {r["id"]: r for r in Atlas(Path(root)).manifest()}
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def cached_layer_rows(root: str, stamp_: float) -> dict[str, list[dict[str, Any]]]:
-    """Per-layer embedding rows of every model, by id."""
+    """Per-layer embedding rows of every model, by id (shared read-only)."""
     return layer_rows_by_model(root)
 
 
 def user_error(e: BaseException) -> None:
     """Show an expected error as one clear line (never a traceback)."""
     st.error(f"{type(e).__name__}: {e}" if not str(e) else str(e), icon=":material/error:")
+
+
+MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def escape_md(text: Any) -> str:
+    """``text`` with every markdown-special character backslash-escaped (shown as typed).
+
+    For untrusted strings (model ids, licenses, family names) inside ``st.markdown``: an
+    image link in an id then shows as text and loads nothing.
+    """
+    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in str(text))
 
 
 def fmt(value: Any) -> str:

@@ -3,6 +3,8 @@
 The map figure is a pure function of its arguments, so the same choices give the same
 figure and Streamlit keeps the user's selection across reruns. Model ids travel in each
 point's ``customdata[0]``; selections are read back through them, never through indices.
+Colours are fixed per value over the whole atlas (:func:`colour_map`), so a filter never
+recolours a family.
 """
 
 from __future__ import annotations
@@ -16,15 +18,46 @@ from plotly.colors import qualitative
 from core.explore import NUMERIC, MapTable
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2 + qualitative.Dark24
+# what a column means, where a user chooses or reads it
+LABELS = {
+    "accuracy": "test accuracy",
+    "split": "backbone split",
+    "params": "params",
+    "family": "family",
+    "library": "library",
+    "task": "task",
+    "dataset": "dataset",
+    "model_type": "model type",
+}
 HOVER = (
     "<b>%{customdata[0]}</b><br>family %{customdata[1]} · task %{customdata[2]}"
-    "<br>accuracy %{customdata[3]} · params %{customdata[4]}<br>split %{customdata[5]}"
-    "<extra></extra>"
+    "<br>test accuracy %{customdata[3]} · params %{customdata[4]}"
+    "<br>backbone split %{customdata[5]}<extra></extra>"
 )
 
 
 LEAN_ABOVE = 5000  # larger maps carry only the id per point (hover: id + trace name)
 HOVER_LEAN = "<b>%{customdata[0]}</b><br>%{fullData.name}<extra></extra>"
+
+
+def label(column: str) -> str:
+    """Display name of a map column (``accuracy`` is the test accuracy, ``split`` the
+    backbone's train/val/test split)."""
+    return LABELS.get(column, column)
+
+
+def colour_map(table: MapTable, column: str) -> dict[str, str]:
+    """One fixed colour per value of a categorical column, over the whole atlas."""
+    values = sorted({str(v) for v in table.columns[column]})
+    return {v: PALETTE[k % len(PALETTE)] for k, v in enumerate(values)}
+
+
+def axis_title(table: MapTable, kind: str, axis: int) -> str:
+    """``PCA 1 (59.8% of variance)`` where the atlas records it, else ``UMAP 1``."""
+    ratio = (table.explained or {}).get(kind)
+    if ratio is not None and len(ratio) > axis and np.isfinite(ratio[axis]):
+        return f"{kind.upper()} {axis + 1} ({100 * ratio[axis]:.1f}% of variance)"
+    return f"{kind.upper()} {axis + 1}"
 
 
 def _customdata(table: MapTable, rows: np.ndarray, lean: bool = False) -> np.ndarray:
@@ -79,7 +112,8 @@ def map_figure(
     lean = len(rows) > LEAN_ABOVE
     hover = HOVER_LEAN if lean else HOVER
     if colour in NUMERIC:
-        values = np.asarray(table.columns[colour], dtype=float)[rows]
+        every = np.asarray(table.columns[colour], dtype=float)
+        values = every[rows]
         known = np.isfinite(values)
         if (~known).any():
             r = rows[~known]
@@ -88,34 +122,39 @@ def map_figure(
                     x=xy[r, 0],
                     y=xy[r, 1],
                     mode="markers",
-                    name=f"{colour} unknown",
+                    name=f"{label(colour)} unknown ({len(r)})",
                     marker=dict(size=size, color="lightgrey"),
                     customdata=_customdata(table, r, lean),
                     hovertemplate=hover,
                 )
             )
         r = rows[known]
-        shown = np.log10(np.maximum(values[known], 1)) if colour == "params" else values[known]
+        scale = np.log10(np.maximum(every, 1)) if colour == "params" else every
+        finite = scale[np.isfinite(scale)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
         fig.add_trace(
             go.Scattergl(
                 x=xy[r, 0],
                 y=xy[r, 1],
                 mode="markers",
-                name=colour,
+                name=f"{label(colour)} ({len(r)})",
                 marker=dict(
                     size=size,
-                    color=shown,
+                    color=scale[r],
                     colorscale="Viridis",
+                    cmin=lo,
+                    cmax=hi if hi > lo else lo + 1,  # fixed over the atlas, not the filter
                     showscale=True,
-                    colorbar=dict(title="log10 params" if colour == "params" else colour),
+                    colorbar=dict(title="log10 params" if colour == "params" else label(colour)),
                 ),
                 customdata=_customdata(table, r, lean),
                 hovertemplate=hover,
             )
         )
     else:
-        values = np.asarray(table.columns[colour], dtype=object)
-        for k, value in enumerate(sorted(set(values[rows].tolist()))):
+        values = np.asarray([str(v) for v in table.columns[colour]], dtype=object)
+        colours = colour_map(table, colour)
+        for value in sorted(set(values[rows].tolist())):
             r = rows[values[rows] == value]
             fig.add_trace(
                 go.Scattergl(
@@ -123,13 +162,13 @@ def map_figure(
                     y=xy[r, 1],
                     mode="markers",
                     name=f"{value} ({len(r)})",
-                    marker=dict(size=size, color=PALETTE[k % len(PALETTE)]),
+                    marker=dict(size=size, color=colours[value]),
                     customdata=_customdata(table, r, lean),
                     hovertemplate=hover,
                 )
             )
     if highlight:
-        index = {m: i for i, m in enumerate(table.ids)}
+        index = table.index()
         r = np.array([index[m] for m in highlight if m in index], dtype=int)
         if len(r):
             fig.add_trace(
@@ -159,12 +198,16 @@ def map_figure(
         )
     fig.update_layout(
         height=height,
-        margin=dict(l=10, r=10, t=30, b=10),
-        dragmode="lasso",
+        margin=dict(l=10, r=10, t=10, b=10),
+        # click selects a point (Streamlit turns click selection off while lasso or box is
+        # the drag mode); lasso and box select are one click away in the chart's toolbar
+        dragmode="pan",
+        clickmode="event+select",
         uirevision=f"{kind}",
-        legend=dict(itemsizing="constant", title=colour),
-        xaxis=dict(title=f"{kind.upper()} 1", zeroline=False),
-        yaxis=dict(title=f"{kind.upper()} 2", zeroline=False),
+        showlegend=True,
+        legend=dict(itemsizing="constant", title=dict(text=label(colour))),
+        xaxis=dict(title=axis_title(table, kind, 0), zeroline=False),
+        yaxis=dict(title=axis_title(table, kind, 1), zeroline=False),
         hovermode="closest",
     )
     return fig
@@ -178,24 +221,54 @@ def selected_ids(event: object) -> list[str]:
     except AttributeError:
         if isinstance(event, dict):
             points = (event.get("selection") or {}).get("points") or []
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered and O(1) per point (lassos hold thousands)
     for p in points:
         cd = p.get("customdata") if isinstance(p, dict) else None
         if cd:
             mid = cd[0] if isinstance(cd, list | tuple) else cd
-            if isinstance(mid, str) and mid not in out:
-                out.append(mid)
-    return out
+            if isinstance(mid, str):
+                out[mid] = None
+    return list(out)
+
+
+def short_name(name: str, limit: int = 34) -> str:
+    """A layer name cut in the middle to ``limit`` characters (its start and end kept)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 3
+    return name[:head] + "…" + name[-(limit - 1 - head) :]
 
 
 def layer_bars(names: Sequence[str], values: Sequence[float], title: str, log: bool = False):
-    """Horizontal bars over layers in depth order (top = first layer)."""
-    fig = go.Figure(go.Bar(x=list(values), y=list(names), orientation="h"))
+    """Horizontal bars over layers in depth order (top = first layer).
+
+    Long names are cut in the middle on the axis (the full name shows on hover); a log axis
+    has ticks at powers of ten only.
+    """
+    names = [str(n) for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=list(values),
+            y=list(range(len(names))),
+            orientation="h",
+            customdata=names,
+            hovertemplate="%{customdata}<br>%{x:,}<extra></extra>",
+        )
+    )
+    xaxis = dict(title=title)
+    if log:
+        xaxis.update(type="log", dtick=1, tickformat=",d")
     fig.update_layout(
-        height=max(200, 22 * len(names) + 60),
-        margin=dict(l=10, r=10, t=30, b=10),
-        title=title,
-        yaxis=dict(autorange="reversed"),
-        xaxis=dict(type="log" if log else "linear"),
+        height=max(220, 18 * len(names) + 70),
+        margin=dict(l=10, r=10, t=10, b=10),
+        yaxis=dict(
+            autorange="reversed",
+            tickmode="array",
+            tickvals=list(range(len(names))),
+            ticktext=[short_name(n) for n in names],
+            automargin=True,
+            tickfont=dict(size=11),
+        ),
+        xaxis=xaxis,
     )
     return fig

@@ -69,7 +69,7 @@ def test_atlas_without_embeddings_says_which_command(tmp_path):
     at = app_on(tmp_path / "a")
     assert not at.exception
     assert at.title[0].value == "Atlas"
-    assert "weightatlas embed" in at.error[0].value
+    assert "next stage is collect" in at.error[0].value
 
 
 def test_atlas_page_colour_filter_search_and_neighbours(syn):
@@ -91,7 +91,9 @@ def test_atlas_page_colour_filter_search_and_neighbours(syn):
     assert not at.exception
     assert at.selectbox(key="detail_id").value == target
     at.slider(key="nn_k").set_value(4).run()
-    df = at.dataframe[0].value
+    card = at.dataframe[0].value
+    assert dict(zip(card["field"], card["value"]))["backbone split"] in ("train", "val", "test")
+    df = at.dataframe[1].value
     assert len(df) == 4 and target not in set(df["id"])
     assert list(df["distance"]) == sorted(df["distance"])
     # neighbours of a model are mostly its own synthetic cluster (same family and task)

@@ -1,8 +1,14 @@
 """Atlas page: the latent space of the collected models on the precomputed UMAP/PCA map.
 
-Colour, filter and search the map; select points (click, box or lasso) to see the model card
-data, a per-layer summary and the nearest neighbours by embedding; embed a local model folder
-to see where it lands. Nothing here fits a map or embeds the atlas on page load.
+Colour, filter and search the map; select points (click, or box / lasso from the chart's
+toolbar) to see the model card data, a per-layer summary and the nearest neighbours by
+embedding; embed a local model folder to see where it lands. Nothing here fits a map or embeds
+the atlas on page load.
+
+Speed on large atlases: the figure is built once per (map, colour, filters, lineage, ringed
+search hits, placed model) and reused as the same object, so a selection or a search that does
+not ring its hits re-sends an identical chart (Streamlit keeps it and its selection) and only
+the panel below it is rendered anew.
 """
 
 from __future__ import annotations
@@ -18,37 +24,56 @@ from core.errors import USER_ERRORS
 from core.explore import COLOUR_BY, MapTable
 from explorer.common import (
     cached_layer_rows,
-    cached_manifest,
     current_atlas,
+    escape_md,
     fmt,
     load_map_table,
     stamp,
     user_error,
+    wait_for_imports,
 )
-from explorer.figures import layer_bars, map_figure, selected_ids
+from explorer.figures import LEAN_ABOVE, label, layer_bars, map_figure, selected_ids
 
 MAX_DETAIL_OPTIONS = 500
+MAX_RINGED = 200
+MAP_HEIGHT = 520
 
 
-def build_figure(table: MapTable, choice: dict[str, Any], placed: dict[str, Any] | None):
-    """The map figure for the current choices (not cached: a cached copy of a figure
-    serialises differently and Streamlit would then drop the user's selection)."""
-    keep = table.filter(list(choice["family"]), list(choice["task"]), list(choice["tag"]), "")
-    search = choice["search"]
-    hits = [table.ids[i] for i in np.flatnonzero(table.filter(search=search))] if search else []
-    kind = choice["kind"]
-    pts = {}
-    if placed and kind in placed["map"]:
-        pts[placed["name"]] = (float(placed["map"][kind][0]), float(placed["map"][kind][1]))
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_figure(
+    root: str,
+    stamp_: float,
+    _table: MapTable,
+    kind: str,
+    colour: str,
+    family: tuple[str, ...],
+    task: tuple[str, ...],
+    tag: tuple[str, ...],
+    lineage: bool,
+    ringed: tuple[str, ...],
+    placed: tuple[str, float, float] | None,
+):
+    """The map figure for these choices, built once and shared (the same object each rerun)."""
+    keep = _table.filter(list(family), list(task), list(tag), "")
+    pts = {placed[0]: (placed[1], placed[2])} if placed else {}
     return map_figure(
-        table,
+        _table,
         kind,
-        choice["colour"],
+        colour,
         keep,
-        lineage=choice["lineage"],
-        highlight=hits[:200],
+        lineage=lineage,
+        highlight=ringed,
         placed=pts,
+        height=MAP_HEIGHT,
     )
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_embeddings(root: str, stamp_: float):
+    """The atlas' embeddings (core.embed.load_embeddings), read once per atlas version."""
+    from core.embed import load_embeddings
+
+    return load_embeddings(root)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -56,7 +81,7 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
     """k nearest collected models of ``model_id`` (core.embed.neighbours)."""
     from core.embed import neighbours
 
-    return neighbours(root, model_id, k)
+    return neighbours(root, model_id, k, embeddings=cached_embeddings(root, stamp_))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -73,11 +98,19 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
     kinds = [k for k in ("umap", "pca") if k in table.coords] + [
         k for k in table.coords if k not in ("umap", "pca")
     ]
-    c1, c2, c3, c4 = st.columns([1, 1, 2, 2])
+    c1, c2, c3, c4 = st.columns([1, 1.2, 2, 1.4], vertical_alignment="bottom")
     kind = c1.selectbox("Map", kinds, format_func=str.upper, key="map_kind")
-    colour = c2.selectbox("Colour by", COLOUR_BY, key="map_colour")
+    colour = c2.selectbox(
+        "Colour by",
+        COLOUR_BY,
+        key="map_colour",
+        format_func=label,
+        help="test accuracy: the accuracy on the model's test data as its card reports it; "
+        "backbone split: whether the backbone trained on the model (train) or held it out "
+        "(val, test).",
+    )
     search = c3.text_input("Search model id", key="map_search", placeholder="substring of an id")
-    with c4.popover("Filter", icon=":material/filter_alt:", width="stretch"):
+    with c4.popover("Filter and options", icon=":material/filter_alt:", width="stretch"):
         family = st.multiselect("Family", table.values("family"), key="map_family")
         task = st.multiselect("Task", table.values("task"), key="map_task")
         tag = st.multiselect("Tag", table.values("tag"), key="map_tag")
@@ -87,6 +120,13 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
             disabled=not table.lineage_edges(),
             help="Hub lineage from model cards, where the manifest knows it.",
         )
+        ring = st.toggle(
+            "Ring search hits on the map",
+            value=len(table) <= LEAN_ABOVE,
+            key="map_ring",
+            help="Redraws the map on every search; off by default on large atlases, where "
+            "the hits still open in the panel below the map.",
+        )
     return dict(
         kind=kind,
         colour=colour,
@@ -95,12 +135,22 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
         task=tuple(task),
         tag=tuple(tag),
         lineage=bool(lineage),
+        ring=bool(ring),
     )
+
+
+def search_hits(table: MapTable, search: str) -> list[str]:
+    """Ids containing ``search`` (case-insensitive), an exact id first."""
+    if not search:
+        return []
+    hits = [table.ids[i] for i in np.flatnonzero(table.filter(search=search))]
+    exact = [m for m in hits if m.lower() == search.lower()]
+    return exact + [m for m in hits if m not in exact]
 
 
 def embed_folder_ui() -> tuple[str, int] | None:
     """Folder input for "Embed a model"; returns (folder, k) when the button is pressed."""
-    with st.expander("Embed a model", icon=":material/add_location_alt:"):
+    with st.expander("Embed a model of your own", icon=":material/add_location_alt:"):
         folder = st.text_input(
             "Local model folder (Hub format: config.json + *.safetensors)", key="embed_folder"
         )
@@ -111,41 +161,34 @@ def embed_folder_ui() -> tuple[str, int] | None:
 
 
 def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) -> None:
-    """Model card data, per-layer summary and nearest neighbours of one model."""
-    row = cached_manifest(str(root), stamp(root / "manifest.jsonl")).get(model_id, {})
-    i = table.ids.index(model_id) if model_id in table.ids else None
-    st.subheader(model_id)
-    card, layers, nn = st.columns([1.1, 1.2, 1.2])
+    """Model card data, nearest neighbours and per-layer summary of one model.
+
+    Every string from the manifest is untrusted (a model id or license may hold markdown):
+    it is shown in tables or escaped, never rendered as markdown.
+    """
+    wait_for_imports()
+    i = table.index().get(model_id)
+    row = table.records[i] if i is not None and table.records else {}
+    st.subheader(model_id, anchor=False)
+    card, nn = st.columns([1, 1.5])
     with card:
         st.markdown("**Model card**")
-        meta = {c: fmt(table.columns[c][i]) for c in table.columns} if i is not None else {}
+        meta = {label(c): fmt(table.columns[c][i]) for c in table.columns} if i is not None else {}
         for key in ("source", "license", "pipeline_tag", "base_model", "revision"):
             if row.get(key):
                 meta[key] = fmt(row[key])
         if i is not None and table.tags[i]:
             meta["tags"] = ", ".join(table.tags[i])
-        st.markdown("\n".join(f"- **{k}**: `{v}`" for k, v in meta.items()))
+        st.dataframe(
+            [{"field": k, "value": str(v)} for k, v in meta.items()],
+            hide_index=True,
+            width="stretch",
+            column_config={"field": st.column_config.TextColumn(width="small")},
+        )
         extra = {**(row.get("labels") or {}), **(row.get("metrics") or {})}
         if extra:
             with st.popover("All labels and metrics"):
                 st.json(extra)
-    with layers:
-        st.markdown("**Layers**")
-        layers_path = root / "embeddings" / "layers.jsonl"
-        rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
-        if rows:
-            st.plotly_chart(
-                layer_bars(
-                    [str(r.get("name", r.get("layer"))) for r in rows],
-                    [float(r.get("n_tokens", 0)) for r in rows],
-                    f"{len(rows)} layers · tokens per layer",
-                    log=True,
-                ),
-                key=f"layers_{model_id}",
-                width="stretch",
-            )
-        else:
-            st.caption("No per-layer embeddings for this model in the atlas.")
     with nn:
         st.markdown("**Nearest neighbours** (cosine distance of embeddings)")
         k = st.slider("k", 1, 25, 8, key="nn_k")
@@ -153,28 +196,67 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
             pairs = cached_neighbours(str(root), stamp_, model_id, int(k))
         except USER_ERRORS as e:
             user_error(e)
-            return
-        idx = {m: j for j, m in enumerate(table.ids)}
-        st.dataframe(
-            [
-                {
-                    "id": m,
-                    "distance": round(d, 4),
-                    "family": table.columns["family"][idx[m]] if m in idx else "",
-                    "task": table.columns["task"][idx[m]] if m in idx else "",
-                    "accuracy": table.columns["accuracy"][idx[m]] if m in idx else None,
-                }
-                for m, d in pairs
-            ],
-            hide_index=True,
-            width="stretch",
-        )
+            pairs = []
+        idx = table.index()
+        if pairs:
+            st.dataframe(
+                [
+                    {
+                        "id": m,
+                        "distance": round(d, 4),
+                        "family": table.columns["family"][idx[m]] if m in idx else "",
+                        "task": table.columns["task"][idx[m]] if m in idx else "",
+                        "test accuracy": table.columns["accuracy"][idx[m]] if m in idx else None,
+                    }
+                    for m, d in pairs
+                ],
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "id": st.column_config.TextColumn(width="large"),
+                    "distance": st.column_config.NumberColumn(width="small", format="%.4f"),
+                    "test accuracy": st.column_config.NumberColumn(width="small", format="%.3f"),
+                },
+            )
+    layers_path = root / "embeddings" / "layers.jsonl"
+    rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
+    with st.expander(f"Layers ({len(rows)}): tokens per layer", expanded=bool(rows)):
+        if rows:
+            st.plotly_chart(
+                layer_bars(
+                    [str(r.get("name", r.get("layer"))) for r in rows],
+                    [float(r.get("n_tokens", 0)) for r in rows],
+                    "weight tokens (log scale)",
+                    log=True,
+                ),
+                key=f"layers_{model_id}",
+                width="stretch",
+            )
+        else:
+            st.caption("No per-layer embeddings for this model in the atlas.")
+
+
+def detail_choice(chosen: list[str]) -> str:
+    """The "Details for" selectbox; a new selection or search leads with its first model.
+
+    A kept choice from an earlier selection would otherwise hide the model just searched.
+    """
+    options = chosen[:MAX_DETAIL_OPTIONS]
+    signature = hash(tuple(options))
+    if st.session_state.get("detail_for") != signature:
+        st.session_state.detail_for = signature
+        st.session_state.detail_id = options[0]
+    return st.selectbox("Details for", options, key="detail_id")
 
 
 def page() -> None:
     """Render the Atlas page."""
     root = current_atlas()
-    st.title("Atlas", help="Models placed by their weights, through the backbone's embeddings.")
+    st.title(
+        "Atlas",
+        help="Each point is a trained model, placed by the embedding the backbone gives its "
+        "weights: models near each other have similar weights.",
+    )
     try:
         table = load_map_table(root)
     except (AtlasError, *USER_ERRORS) as e:
@@ -183,25 +265,30 @@ def page() -> None:
     emb = root / "embeddings"
     stamp_ = stamp(emb / "models.jsonl", emb / "maps.json", root / "manifest.jsonl")
     choice = map_controls_ui(table)
-    request = embed_folder_ui()
-    if request is not None:
-        folder, k = request
-        try:
-            with st.spinner(f"Embedding {folder} with the atlas backbone…"):
-                p = Path(folder).expanduser()
-                files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
-                result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
-            st.session_state.placed = {"name": p.name or str(p), **result}
-        except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-            st.session_state.pop("placed", None)
-            user_error(e)
     placed = st.session_state.get("placed")
     kind = choice["kind"]
-    fig = build_figure(table, choice, placed)
+    hits = search_hits(table, choice["search"])
+    pin = None
+    if placed and kind in placed["map"]:
+        pin = (placed["name"], float(placed["map"][kind][0]), float(placed["map"][kind][1]))
+    fig = cached_figure(
+        str(root),
+        stamp_,
+        table,
+        kind,
+        choice["colour"],
+        choice["family"],
+        choice["task"],
+        choice["tag"],
+        choice["lineage"],
+        tuple(hits[:MAX_RINGED]) if choice["ring"] else (),
+        pin,
+    )
     shown = int(table.filter(choice["family"], choice["task"], choice["tag"]).sum())
     st.caption(
-        f"{shown:,} of {len(table):,} models · {kind.upper()} map · drag to lasso, "
-        "click a point, double-click to clear"
+        f"{shown:,} of {len(table):,} models · {kind.upper()} map · click a point to select "
+        "it · lasso or box select in the chart's toolbar (top right) for many · "
+        "double-click to clear"
     )
     event = st.plotly_chart(
         fig,
@@ -210,31 +297,50 @@ def page() -> None:
         selection_mode=("points", "box", "lasso"),
         width="stretch",
     )
+    request = embed_folder_ui()
+    if request is not None:
+        folder, k = request
+        wait_for_imports()
+        try:
+            with st.spinner(f"Embedding {folder} with the atlas backbone…"):
+                p = Path(folder).expanduser()
+                files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
+                result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
+            st.session_state.placed = {"name": p.name or str(p), **result}
+            st.rerun()
+        except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            st.session_state.pop("placed", None)
+            user_error(e)
     if placed:
         st.success(
-            f"**{placed['name']}** lands at {kind.upper()} "
+            f"**{escape_md(placed['name'])}** lands at {kind.upper()} "
             f"({placed['map'][kind][0]:.2f}, {placed['map'][kind][1]:.2f}); nearest: "
-            + ", ".join(f"`{m}` ({d:.3f})" for m, d in placed["neighbours"]),
+            + ", ".join(f"{escape_md(m)} ({d:.3f})" for m, d in placed["neighbours"]),
             icon=":material/star:",
         )
     known = set(table.ids)
     chosen = [m for m in selected_ids(event) if m in known]
-    if choice["search"]:  # search hits first, then the map selection
-        hits = [table.ids[i] for i in np.flatnonzero(table.filter(search=choice["search"]))]
+    if hits:  # search hits first, then the map selection
         hit_set = set(hits)
         chosen = hits + [m for m in chosen if m not in hit_set]
+    elif choice["search"]:
+        st.warning("No model id contains that text.", icon=":material/search_off:")
     if not chosen:
-        st.info("Select models on the map (click, box or lasso) or search an id to see details.")
+        st.info(
+            "Click a model on the map, lasso or box-select several, or search an id to see "
+            "its card, layers and nearest neighbours."
+        )
         return
     if len(chosen) > 1:
-        idx = {m: j for j, m in enumerate(table.ids)}
+        idx = table.index()
         acc = np.array([table.columns["accuracy"][idx[m]] for m in chosen], dtype=float)
         fams = sorted({table.columns["family"][idx[m]] for m in chosen})
         st.markdown(
-            f"**{len(chosen)} models selected** · families: {', '.join(fams[:8])}"
-            + (f" · mean accuracy {np.nanmean(acc):.3f}" if np.isfinite(acc).any() else "")
+            f"**{len(chosen)} models selected** · families: "
+            + escape_md(", ".join(fams[:8]))
+            + (f" · mean test accuracy {np.nanmean(acc):.3f}" if np.isfinite(acc).any() else "")
         )
-    model_id = st.selectbox("Details for", chosen[:MAX_DETAIL_OPTIONS], key="detail_id")
+    model_id = detail_choice(chosen)
     model_panel_ui(root, table, stamp_, model_id)
 
 

@@ -20,7 +20,7 @@ from core.atlas import Atlas
 from core.errors import USER_ERRORS
 from core.explore import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.jobs import Job, start_stage
-from explorer.common import current_atlas, stamp, user_error
+from explorer.common import current_atlas, stamp, user_error, wait_for_imports
 
 JOB_KEY = "generate_job"
 RESULT_KEY = "generate_result"
@@ -282,6 +282,7 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
 def page() -> None:
     """Render the Generate page."""
     root = current_atlas()
+    wait_for_imports()
     a = Atlas(root)
     st.title("Generate", help="Sample new weights for an architecture from the latent space.")
     if (

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from core.atlas import Atlas
 from core.errors import USER_ERRORS
 from core.explore import ablation_backbones, layer_rows, models_with_weights, tokenized_ids
-from explorer.common import current_atlas, stamp, user_error
+from explorer.common import current_atlas, stamp, user_error, wait_for_imports
 
 MAX_HIST_LAYERS = 12
 
@@ -313,6 +313,7 @@ def _norm_mode(backbone_dir: Path) -> str:
 def page() -> None:
     """Render the Layers page."""
     root = current_atlas()
+    wait_for_imports()
     st.title("Layers", help="Weights of one model, layer by layer, and their reconstruction.")
     model_id = model_picker_ui(root)
     if model_id is None:
