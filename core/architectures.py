@@ -354,6 +354,10 @@ def empty_model(config: dict[str, Any]) -> tuple[nn.Module, str]:
         RejectedModel: unknown ``model_type``/architecture, remote code, or a malformed config.
     """
     library = library_of(config)
+    if torch.get_default_device().type != "meta":  # size first, allocation-free (issue 12)
+        from core.safety import check_build_size, max_build_values
+
+        check_build_size(config, None, max_build_values(), strict=False)
     model = _BUILDERS[library](config)
     return model.eval(), library
 
@@ -512,6 +516,9 @@ def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
             weights that do not match).
     """
     config = read_config(path)
+    from core.safety import check_build_size, stored_values  # size before allocation (issue 12)
+
+    check_build_size(config, stored_values(path), None, strict=False)
     model, library = empty_model(config)
     state_dict = read_state_dict(path)
     float_dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}

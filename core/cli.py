@@ -49,18 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``weightatlas`` console script."""
-    from core.errors import USER_ERRORS
+    from core.errors import USER_ERRORS, DiskFullError
+    from core.safety import is_disk_full
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run_cli(args) or 0)
+    except DiskFullError as e:
+        print(f"weightatlas {args.command}: {e}", file=sys.stderr)
+        return 2
     except USER_ERRORS as e:
-        print(f"weightatlas {args.command}: error: {e}", file=sys.stderr)
+        if not is_disk_full(e):
+            print(f"weightatlas {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        print(f"weightatlas {args.command}: {disk_full_message(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"weightatlas {args.command}: interrupted; re-run to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk surfaces as OSError, RuntimeError, SafetensorError...
+        if not is_disk_full(e):
+            raise
+        print(f"weightatlas {args.command}: {disk_full_message(e, args)}", file=sys.stderr)
+        return 2
+
+
+def disk_full_message(e: BaseException, args: argparse.Namespace) -> str:
+    """``disk full while writing X; nothing lost, re-run to resume`` (X: the file, else the atlas)."""
+    where = None
+    cur: BaseException | None = e
+    while cur is not None and where is None:
+        where = getattr(cur, "filename", None)
+        cur = cur.__cause__ or cur.__context__
+    where = where or getattr(args, "atlas", None) or getattr(args, "out", None) or "the output"
+    return f"disk full while writing {where}; nothing lost, re-run to resume"
 
 
 if __name__ == "__main__":

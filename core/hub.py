@@ -56,7 +56,6 @@ import shutil
 import tempfile
 import threading
 import time
-import types
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,8 +67,22 @@ from typing import Any
 from tqdm import tqdm
 
 from core.atlas import Atlas, append_jsonl, read_jsonl
-from core.config import build_config, to_dict
-from core.errors import RejectedModel, WeightAtlasError
+from core.config import add_overrides_arg, build_config, parse_overrides, to_dict
+from core.errors import DiskFullError, RejectedModel, WeightAtlasError
+from core.safety import (
+    HostileInput,
+    check_build_size,
+    check_commit,
+    check_filename,
+    check_repo_id,
+    is_disk_full,
+    is_regular_inside,
+    load_json_bytes,
+    load_yaml_text,
+    parse_etag,
+    read_regular,
+    resolve_inside,
+)
 
 # ---------------------------------------------------------------------------------- config
 
@@ -88,6 +101,16 @@ class CollectConfig:
         supported_dtypes: safetensors dtypes a model may contain.
         allow_patterns: files downloaded from a Hub repo.
         check_finite: read every float tensor and reject NaN/Inf.
+        http_timeout_s: connect/read timeout of one HTTP request to the Hub.
+        candidate_timeout_s: overall deadline for fetching one candidate (all its files);
+            past it the candidate is left for the next run, nothing is recorded.
+        max_redirects: redirects followed per request (a loop is a network error, retried).
+        max_listing_pages: most listing pages read in one run.
+        listing_page_margin: with ``--limit N``, at most ``N + margin`` listing pages.
+        max_listing_page_bytes: largest listing page (JSON) accepted.
+        max_config_bytes: largest ``config.json`` read or downloaded.
+        max_card_bytes: largest ``README.md`` read or downloaded.
+        max_index_bytes: largest ``*.safetensors.index.json`` read or downloaded.
     """
 
     max_params: int = 350_000_000
@@ -115,6 +138,15 @@ class CollectConfig:
         "README.md",
     )
     check_finite: bool = True
+    http_timeout_s: float = 30.0
+    candidate_timeout_s: float = 900.0
+    max_redirects: int = 5
+    max_listing_pages: int = 1000
+    listing_page_margin: int = 10
+    max_listing_page_bytes: int = 64 * 2**20
+    max_config_bytes: int = 4 * 2**20
+    max_card_bytes: int = 2 * 2**20
+    max_index_bytes: int = 16 * 2**20
 
 
 COLLECT_PRESETS: dict[str, dict[str, Any]] = {
@@ -228,6 +260,8 @@ def read_safetensors_header(
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RejectedModel("bad safetensors header", f"{path.name}: not JSON ({e})") from None
+    except RecursionError:
+        raise RejectedModel("bad safetensors header", f"{path.name}: nested too deeply") from None
     if not isinstance(header, dict):
         raise RejectedModel("bad safetensors header", f"{path.name}: header is not a JSON object")
     meta = header.pop("__metadata__", None)
@@ -307,28 +341,73 @@ class ModelFacts:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
 
 
-def read_card(path: Path) -> dict[str, Any]:
-    """YAML front matter of ``README.md``; {} if absent or malformed.
+def snapshot_root(path: Path) -> Path:
+    """The folder a model's files may link within: the repo of an HF cache snapshot
+    (``models--x/snapshots/REV`` links into ``models--x/blobs``), else the folder itself."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "snapshots" else path
 
-    Same block as ``huggingface_hub.metadata_load`` (its ``REGEX_YAML_BLOCK``), parsed with
-    libyaml's safe loader when available: the pure-Python one was 90 % of a header-only scan.
+
+def read_card(
+    path: Path, root: Path | None = None, max_bytes: int = CollectConfig.max_card_bytes
+) -> dict[str, Any]:
+    """YAML front matter of ``README.md``; {} if absent or plain malformed YAML.
+
+    Same block as ``huggingface_hub.metadata_load`` (its ``REGEX_YAML_BLOCK``). The card is read
+    as a regular file inside ``root`` (default: ``snapshot_root(path)``) with a byte limit, and
+    parsed with libyaml's safe loader without aliases (``core.safety.load_yaml_text``).
+
+    Raises:
+        RejectedModel: ``bad card``: not a regular file, over the limit, YAML aliases (a
+            billion laughs), or nested too deeply.
     """
-    import yaml
     from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-    readme = path / "README.md"
+    readme = Path(path) / "README.md"
+    if not os.path.lexists(readme):
+        return {}
     try:
-        text = readme.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+        raw = read_regular(readme, max_bytes, snapshot_root(path) if root is None else root)
+    except RejectedModel as e:
+        raise RejectedModel("bad card", e.detail) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
         return {}
     match = REGEX_YAML_BLOCK.search(text)
     if not match:
         return {}
     try:
-        meta = yaml.load(match.group(2), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:  # malformed YAML in an untrusted card: no metadata, not a rejection
+        meta = load_yaml_text(match.group(2), "README.md front matter")
+    except HostileInput as e:
+        raise RejectedModel("bad card", str(e)) from None
+    except ValueError:  # malformed YAML in an untrusted card: no metadata, not a rejection
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def read_model_config(
+    path: Path, root: Path | None = None, max_bytes: int = CollectConfig.max_config_bytes
+) -> dict[str, Any]:
+    """``config.json`` as a regular file (byte limit) parsed with a JSON depth limit.
+
+    Raises:
+        RejectedModel: ``no config`` or ``bad config`` (not a regular file, over the limit, not
+            JSON, nested too deeply, not an object).
+    """
+    cfg_path = Path(path) / "config.json"
+    if not os.path.lexists(cfg_path):
+        raise RejectedModel("no config", f"{path} has no config.json")
+    try:
+        raw = read_regular(cfg_path, max_bytes, snapshot_root(path) if root is None else root)
+        config = load_json_bytes(raw, "config.json")
+    except RejectedModel as e:
+        raise RejectedModel("bad config", e.detail) from None
+    except ValueError as e:
+        raise RejectedModel("bad config", str(e)) from None
+    if not isinstance(config, dict):
+        raise RejectedModel("bad config", "config.json is not a JSON object")
+    return config
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -436,14 +515,15 @@ def inspect_model_dir(
     Raises:
         RejectedModel: with the first failing check's reason.
     """
-    from core.architectures import family_of, library_of, model_type_of, read_config, weight_files
+    from core.architectures import family_of, library_of, model_type_of, weight_files
 
     path = Path(path)
+    root = snapshot_root(path)
     facts = facts or ModelFacts(id=path.name, revision=None, source="dir")
     facts.path = path
-    facts.card = read_card(path)
+    facts.card = read_card(path, root, cfg.max_card_bytes)
     _remote_code_tag([*(facts.hub_tags or []), *card_tags(facts.card)])
-    facts.config = read_config(path)
+    facts.config = read_model_config(path, root, cfg.max_config_bytes)
     facts.architecture = _architecture(facts.config)
     facts.library = library_of(facts.config)  # raises "remote code" for auto_map / custom_class
     facts.model_type = model_type_of(facts.config)
@@ -456,6 +536,20 @@ def inspect_model_dir(
         raise RejectedModel(
             "no safetensors", f"only pickled weights ({', '.join(pickles)}), never opened"
         )
+    # every file that is opened later: a regular file inside the snapshot (no FIFO that blocks,
+    # no device that never ends, no symlink to a file elsewhere on this machine)
+    for n in sorted(names):
+        if n.endswith((".safetensors", ".safetensors.index.json")) and not is_regular_inside(
+            path / n, root
+        ):
+            raise RejectedModel(
+                "unreadable file", f"{n} is not a regular file inside the model folder"
+            )
+        if n.endswith(".safetensors.index.json"):
+            try:
+                load_json_bytes(read_regular(path / n, cfg.max_index_bytes, root), n)
+            except ValueError as e:
+                raise RejectedModel("bad weights", str(e)) from None
     facts.files = weight_files(path)
     tensors: dict[str, TensorInfo] = {}
     for f in facts.files:
@@ -512,9 +606,16 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
     import torch
 
     from core.architectures import load_model_dir
-    from core.tokenize import model_structure, plan_tokens
 
     assert facts.config is not None and facts.path is not None
+    # size before allocation: the model the config implies, built on the meta device, against
+    # the values the files store and the limit (a hidden_size of 10^7 never reaches a real build)
+    with _BUILD_LOCK:
+        check_build_size(
+            facts.config,
+            stored_values=sum(t.numel for t in facts.tensors.values()),
+            max_values=2 * cfg.max_params + 1_000_000,
+        )
     # the loader every later stage uses: the library's own classes from the config, strict
     # names and shapes (tied weights stored once), legacy transformers key layouts through the
     # class's from_pretrained; transformers' lazy module is not safe to first-touch from threads
@@ -529,30 +630,19 @@ def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:
                     "non-finite weights", f"{name}: {n_bad} of {t.numel()} values NaN/Inf"
                 )
     del loaded
-    # the tokenize stage's own plan, from header shapes and the module structure
+    # the tokenize stage's own plan (H16): a key layout the library renames on load (legacy
+    # BERT gamma/beta, pre-v5 ViT names) is tokenized from the loaded module, canonical names
+    from core.tokenize import plan_model_dir  # noqa: PLC0415
+
     with _BUILD_LOCK:
-        st = model_structure(facts.path)
-    metas = {
-        k: types.SimpleNamespace(
-            shape=t.shape, dtype=getattr(torch, _TORCH_DTYPES.get(t.dtype, ""), None)
-        )
-        for k, t in facts.tensors.items()
-    }
-    plan = plan_tokens(metas, "dense", cfg.token_size, st.trainable, st.order, st.kinds, st.buffers)
-    # tensors the tokenizer cannot place, while module tensors are absent under their own
-    # names: a key layout the library renames on load, whose tokens would miss those layers
-    # (unused extras alone, e.g. a pre-training head, or tied aliases alone are fine)
-    unplaced = [e["name"] for e in plan.excluded if e["reason"] == "not in the architecture"]
-    absent = sorted((st.trainable or set()) - set(facts.tensors))
-    if unplaced and absent:
-        raise RejectedModel(
-            "untokenizable",
-            f"{len(unplaced)} stored tensors have no place in the module (e.g. {unplaced[0]}) "
-            f"and {len(absent)} module tensors are not stored under their names (e.g. "
-            f"{absent[0]}): a key layout the library renames on load",
-        )
-    if plan.n_tokens == 0:
-        raise RejectedModel("untokenizable", "no trainable float tensor to cut into tokens")
+        try:
+            plan = plan_model_dir(facts.path, "dense", cfg.token_size)
+        except RejectedModel as e:
+            if e.reason != "nothing to tokenize":
+                raise
+            raise RejectedModel(
+                "untokenizable", "no trainable float tensor to cut into tokens"
+            ) from None
     return plan.n_tokens
 
 
@@ -582,6 +672,7 @@ class Candidate:
     card: dict[str, Any] = field(default_factory=dict)
     remote_files: list[str] | None = None
     remote_params: int | None = None
+    error: RejectedModel | None = None  # found while listing (a hostile card): recorded as is
 
 
 class Source(ABC):
@@ -634,13 +725,16 @@ def _matches(query: Query, card: dict[str, Any], config_library: str | None = No
 def _local_candidate(
     model_id: str, revision: str | None, path: Path, query: Query
 ) -> Candidate | None:
-    card = read_card(path)
+    try:
+        card = read_card(path)
+    except RejectedModel as e:  # a hostile card: recorded with its reason, never parsed
+        return Candidate(model_id, revision, path=path, error=e)
     library = None
     if query.library and not isinstance(card.get("library_name"), str):
-        from core.architectures import library_of, read_config
+        from core.architectures import library_of
 
         try:  # a card without library_name: the config says which library it is
-            library = library_of(read_config(path))
+            library = library_of(read_model_config(path))
         except RejectedModel:
             library = None
     if (query.tags or query.pipeline_tag or query.library) and not _matches(query, card, library):
@@ -740,37 +834,240 @@ HUB_EXPAND = [
     "safetensors",
     "downloads",
 ]
+_HUB_SORT = {"last_modified": "lastModified", "created_at": "createdAt"}
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+class _Deadline:
+    """An overall time budget; ``timeout()`` is what one blocking call may still take."""
+
+    def __init__(self, seconds: float, per_call: float, what: str):
+        self.end = time.monotonic() + seconds
+        self.seconds, self.per_call, self.what = seconds, per_call, what
+
+    def timeout(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise _Transient(f"{self.what}: no answer within the {self.seconds:g} s deadline")
+        return max(0.05, min(self.per_call, left))
+
+
+def _hub_endpoint(endpoint: str | None) -> str:
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    return endpoint.rstrip("/")
+
+
+def _http_client(cfg: CollectConfig) -> Any:
+    """An HTTP client with the per-request timeout and redirect limit of ``cfg``."""
+    import httpx2
+
+    headers = {"user-agent": "weightatlas-collect"}
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:  # noqa: BLE001 (no token is fine)
+        token = None
+    if token:  # httpx drops it on a redirect to another origin
+        headers["authorization"] = f"Bearer {token}"
+    return httpx2.Client(
+        timeout=httpx2.Timeout(cfg.http_timeout_s),
+        follow_redirects=True,
+        max_redirects=cfg.max_redirects,
+        headers=headers,
+    )
+
+
+def _unavailable(resp: Any) -> bool:
+    """A repo the Hub says does not exist, is gated or private: a permanent rejection."""
+    code = resp.headers.get("x-error-code", "")
+    return resp.status_code == 401 or code in (
+        "RepoNotFound",
+        "RevisionNotFound",
+        "GatedRepo",
+    )
+
+
+def _read_body(resp: Any, max_bytes: int, deadline: _Deadline, what: str) -> bytes:
+    """The whole body of a streamed response, at most ``max_bytes``, within the deadline."""
+    declared = resp.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RejectedModel("unreadable file", f"{what}: {int(declared):,} bytes over the limit")
+    chunks, n = [], 0
+    for chunk in resp.iter_bytes():
+        n += len(chunk)
+        if n > max_bytes:
+            raise RejectedModel("unreadable file", f"{what}: more than {max_bytes:,} bytes")
+        chunks.append(chunk)
+        deadline.timeout()
+    return b"".join(chunks)
+
+
+def _get_json(
+    client: Any, url: str, params: Any, max_bytes: int, deadline: _Deadline, what: str
+) -> tuple[Any, Any]:
+    """GET a JSON document with a byte limit and a depth limit; ``(obj, response)``.
+
+    Raises:
+        RejectedModel: ``unavailable`` (gated, private, not found).
+        _Transient: other HTTP errors, network errors, the deadline, a body that is not JSON.
+    """
+    import httpx2
+
+    try:
+        with client.stream("GET", url, params=params, timeout=deadline.timeout()) as resp:
+            if resp.status_code != 200:
+                if _unavailable(resp):
+                    raise RejectedModel("unavailable", f"{what}: HTTP {resp.status_code}")
+                raise _Transient(f"{what}: HTTP {resp.status_code}")
+            try:
+                body = _read_body(resp, max_bytes, deadline, what)
+            except RejectedModel as e:
+                raise _Transient(e.detail) from None
+    except httpx2.HTTPError as e:
+        raise _Transient(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    try:
+        return load_json_bytes(body, what), resp
+    except ValueError as e:
+        raise _Transient(f"{str(e)[:200]}") from None
+
+
+def _candidate_from_entry(entry: Any) -> Candidate:
+    """A listing entry as a Candidate; only well-formed values are kept (checked again later).
+
+    Raises:
+        WeightAtlasError: the entry is not an object or its id is not a valid repo id.
+    """
+    if not isinstance(entry, dict):
+        raise WeightAtlasError("a listing entry is not a JSON object")
+    model_id = check_repo_id(entry.get("id", entry.get("modelId")))
+    tags = entry.get("tags")
+    siblings = entry.get("siblings")
+    files = None
+    if isinstance(siblings, list):
+        files = [
+            s["rfilename"]
+            for s in siblings
+            if isinstance(s, dict) and isinstance(s.get("rfilename"), str)
+        ]
+    st = entry.get("safetensors")
+    total = st.get("total") if isinstance(st, dict) else None
+    card = entry.get("cardData")
+    sha = entry.get("sha")
+    return Candidate(
+        id=model_id,
+        revision=sha if isinstance(sha, str) else None,
+        tags=[t for t in tags if isinstance(t, str)] if isinstance(tags, list) else [],
+        pipeline_tag=entry.get("pipeline_tag")
+        if isinstance(entry.get("pipeline_tag"), str)
+        else None,
+        card=card if isinstance(card, dict) else {},
+        remote_files=files,
+        remote_params=total if type(total) is int and total >= 0 else None,
+    )
+
+
+def _next_link(resp: Any) -> str | None:
+    link = resp.links.get("next") if hasattr(resp, "links") else None
+    url = link.get("url") if isinstance(link, dict) else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def _wanted(name: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    try:
+        check_filename(name)
+    except WeightAtlasError:
+        return False  # subfolders, '..', backslashes, ...: never downloaded
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @register_source("hub")
 class HubSource(Source):
-    """The Hugging Face Hub (or ``HF_ENDPOINT`` / ``endpoint``): paged listing, concurrent downloads."""
+    """The Hugging Face Hub (or ``HF_ENDPOINT`` / ``endpoint``): paged listing, bounded downloads.
+
+    Both are done here with plain bounded HTTP rather than ``huggingface_hub``'s download path,
+    so that no server-supplied value ever names a local path: the listing's ids are checked
+    repo ids, commit shas must be 40 hex digits, only plain top-level file names matching
+    ``allow_patterns`` are fetched, into ``hub/models--ORG--NAME/snapshots/SHA/NAME`` through a
+    temporary file that is renamed only after its bytes match the size its safetensors header
+    announces and the sha256 (or git blob sha1) its ETag names. Every request has a timeout,
+    a redirect limit and a byte limit, and a candidate has an overall deadline.
+    """
 
     def candidates(self) -> Iterator[Candidate]:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=self.endpoint)
-        filters = [*self.query.tags, *([self.query.library] if self.query.library else [])]
-        infos = api.list_models(
-            filter=filters or None,
-            pipeline_tag=self.query.pipeline_tag,
-            sort=self.query.sort or None,
-            limit=self.query.limit,
-            expand=HUB_EXPAND,
-        )
-        for info in infos:
-            card = info.card_data.to_dict() if info.card_data is not None else {}
-            yield Candidate(
-                id=info.id,
-                revision=info.sha,
-                tags=list(info.tags or []),
-                pipeline_tag=info.pipeline_tag,
-                card=card,
-                remote_files=[s.rfilename for s in info.siblings]
-                if info.siblings is not None
-                else None,
-                remote_params=info.safetensors.total if info.safetensors is not None else None,
-            )
+        cfg, q = self.cfg, self.query
+        base = _hub_endpoint(self.endpoint)
+        params: list[tuple[str, Any]] = [("filter", t) for t in q.tags]
+        if q.library:
+            params.append(("filter", q.library))
+        if q.pipeline_tag:
+            params.append(("pipeline_tag", q.pipeline_tag))
+        if q.sort:
+            params.append(("sort", _HUB_SORT.get(q.sort, q.sort)))
+        params.append(("limit", min(q.limit, 1000) if q.limit else 1000))
+        params += [("expand", e) for e in HUB_EXPAND]
+        max_pages = cfg.max_listing_pages
+        if q.limit is not None:
+            max_pages = min(max_pages, q.limit + cfg.listing_page_margin)
+        url: str | None = f"{base}/api/models"
+        seen_urls: set[str] = set()
+        n = pages = 0
+        with _http_client(cfg) as client:
+            while url is not None:
+                if pages >= max_pages:
+                    raise WeightAtlasError(
+                        f"listing hub stopped after {pages} pages (limit {max_pages}: --limit "
+                        f"plus {cfg.listing_page_margin}, or max_listing_pages); what was "
+                        "collected is kept"
+                    )
+                deadline = _Deadline(cfg.candidate_timeout_s, cfg.http_timeout_s, "listing")
+                try:
+                    page, resp = _get_json(
+                        client,
+                        url,
+                        params if pages == 0 else None,
+                        cfg.max_listing_page_bytes,
+                        deadline,
+                        f"listing page {pages + 1}",
+                    )
+                except (_Transient, RejectedModel) as e:
+                    raise WeightAtlasError(
+                        f"listing hub failed ({e}); what was collected is kept, re-run to resume"
+                    ) from None
+                pages += 1
+                if not isinstance(page, list):
+                    raise WeightAtlasError(
+                        f"listing hub failed (page {pages} is not a JSON list of models); what "
+                        "was collected is kept, re-run to resume"
+                    )
+                nxt = _next_link(resp)
+                if not page and nxt is not None:
+                    raise WeightAtlasError(
+                        f"listing hub failed (page {pages} is empty but links a next page); "
+                        "what was collected is kept"
+                    )
+                seen_urls.add(url)
+                if nxt in seen_urls:
+                    raise WeightAtlasError(
+                        f"listing hub failed (page {pages} links back to an earlier page); what "
+                        "was collected is kept"
+                    )
+                for entry in page:
+                    if q.limit is not None and n >= q.limit:
+                        return
+                    try:
+                        cand = _candidate_from_entry(entry)
+                    except WeightAtlasError as e:
+                        tqdm.write(f"collect: skipped a listing entry: {e}")
+                        continue
+                    n += 1
+                    yield cand
+                url = nxt
 
     def precheck(self, cand: Candidate) -> None:
         """Reject from the listing alone, before anything is downloaded."""
@@ -782,7 +1079,7 @@ class HubSource(Source):
                 if pickles:
                     raise RejectedModel(
                         "no safetensors",
-                        f"only pickled weights ({', '.join(pickles)}), not downloaded",
+                        f"only pickled weights ({', '.join(pickles)[:300]}), not downloaded",
                     )
                 raise RejectedModel("no weights", "the repo has no safetensors file")
         if cand.remote_params is not None and cand.remote_params > self.cfg.max_params:
@@ -792,27 +1089,258 @@ class HubSource(Source):
             )
 
     def fetch(self, cand: Candidate, atlas: Atlas) -> Path:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-
-        self.precheck(cand)
-        try:
-            return Path(
-                snapshot_download(
-                    cand.id,
-                    revision=cand.revision or "main",
-                    allow_patterns=list(self.cfg.allow_patterns),
-                    cache_dir=atlas.hub_dir,
-                    endpoint=self.endpoint,
-                    max_workers=2,
+        cfg = self.cfg
+        model_id = check_repo_id(cand.id)
+        base = _hub_endpoint(self.endpoint)
+        deadline = _Deadline(cfg.candidate_timeout_s, cfg.http_timeout_s, model_id)
+        with _http_client(cfg) as client:
+            if cand.revision is None or cand.remote_files is None:
+                info, _ = _get_json(
+                    client,
+                    f"{base}/api/models/{model_id}/revision/{cand.revision or 'main'}",
+                    None,
+                    cfg.max_listing_page_bytes,
+                    deadline,
+                    f"{model_id}: model info",
                 )
+                if not isinstance(info, dict):
+                    raise _Transient(f"{model_id}: model info is not a JSON object")
+                entry = _candidate_from_entry({**info, "id": model_id})
+                cand.revision = cand.revision or entry.revision
+                if cand.remote_files is None:
+                    cand.remote_files = entry.remote_files or []
+            try:
+                sha = check_commit(cand.revision)
+            except WeightAtlasError as e:
+                raise _Transient(f"{model_id}: {e}") from None
+            self.precheck(cand)
+            names = sorted({n for n in cand.remote_files or [] if _wanted(n, cfg.allow_patterns)})
+            repo_dir = atlas.hub_dir / f"models--{model_id.replace('/', '--')}"
+            snap = repo_dir / "snapshots" / sha
+            snap.mkdir(parents=True, exist_ok=True)
+            resolve_inside(atlas.hub_dir, snap)
+            budget = _Budget(cfg)
+            # small files first: the config and card can reject before the weights are fetched
+            for name in sorted(names, key=lambda n: (n.endswith(".safetensors"), n)):
+                dest = snap / name
+                if os.path.islink(dest) or (os.path.lexists(dest) and not dest.is_file()):
+                    dest.unlink()  # never trust what is there unless it is our own file
+                if dest.is_file():
+                    if name.endswith(".safetensors"):
+                        budget.header(_header_of(dest, cfg), name)
+                    continue
+                url = f"{base}/{model_id}/resolve/{sha}/{_quote(name)}"
+                _download(client, url, dest, sha, budget, deadline, f"{model_id}: {name}")
+            _write_ref(repo_dir, sha)
+        return snap
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _write_ref(repo_dir: Path, sha: str) -> None:
+    from core.atlas import atomic_write_bytes
+
+    ref = repo_dir / "refs" / "main"
+    if not (ref.is_file() and not ref.is_symlink() and ref.read_text().strip() == sha):
+        if ref.is_symlink():
+            ref.unlink()
+        atomic_write_bytes(ref, sha.encode())
+
+
+def _header_of(path: Path, cfg: CollectConfig) -> dict[str, TensorInfo]:
+    try:
+        return read_safetensors_header(path, cfg.max_header_bytes)
+    except RejectedModel:
+        return {}
+
+
+class _Budget:
+    """Float values announced by the safetensors headers downloaded so far (``max_params``)."""
+
+    def __init__(self, cfg: CollectConfig):
+        self.cfg = cfg
+        self.floats = 0
+
+    def header(self, tensors: dict[str, TensorInfo], name: str) -> None:
+        self.floats += sum(t.numel for t in tensors.values() if t.dtype in ST_FLOAT)
+        if self.floats > self.cfg.max_params:
+            raise RejectedModel(
+                "too large",
+                f"{self.floats:,} float values announced by the headers (up to {name}) > "
+                f"max_params {self.cfg.max_params:,}; not downloaded",
             )
-        except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as e:
-            raise RejectedModel("unavailable", f"{type(e).__name__}") from None
+
+    def small_limit(self, name: str) -> int:
+        c = self.cfg
+        if name == "README.md":
+            return c.max_card_bytes
+        if name.endswith(".index.json"):
+            return c.max_index_bytes
+        return c.max_config_bytes
+
+
+def _parse_header_bytes(name: str, raw: bytes, cfg: CollectConfig) -> tuple[dict, int]:
+    """Tensors of a safetensors header given as bytes, and the data size it announces."""
+    with tempfile.TemporaryDirectory(prefix="wa-header-") as tmp:
+        # the local parser checks everything but the file size: give it a file whose data
+        # section is exactly as long as the header says (sparse, nothing written)
+        try:
+            header = load_json_bytes(raw, f"{name} header")
+        except ValueError as e:
+            raise RejectedModel("bad safetensors header", f"{name}: {e}") from None
+        if not isinstance(header, dict):
+            raise RejectedModel("bad safetensors header", f"{name}: header is not an object")
+        ends = [
+            e["data_offsets"][1]
+            for k, e in header.items()
+            if k != "__metadata__"
+            and isinstance(e, dict)
+            and isinstance(e.get("data_offsets"), list)
+            and len(e["data_offsets"]) == 2
+            and type(e["data_offsets"][1]) is int
+        ]
+        data_len = max(ends, default=0)
+        if data_len < 0 or data_len > 8 * cfg.max_params + (1 << 30):
+            raise RejectedModel(
+                "too large", f"{name}: the header announces {data_len:,} data bytes; not downloaded"
+            )
+        f = Path(tmp) / "h.safetensors"
+        with open(f, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little") + raw)
+            fh.truncate(8 + len(raw) + data_len)
+        return read_safetensors_header(f, cfg.max_header_bytes), data_len
+
+
+def _download(
+    client: Any,
+    url: str,
+    dest: Path,
+    sha: str,
+    budget: _Budget,
+    deadline: _Deadline,
+    what: str,
+) -> None:
+    """Stream ``url`` into ``dest`` through a temporary file, bounded and verified.
+
+    The size limit of a safetensors file comes from its own header (read first, checked
+    against ``max_params`` before the data is fetched); other files have a fixed limit. The
+    bytes must match the ETag when it names a sha256 (or a git blob sha1). Only then is the
+    temporary file renamed onto ``dest``.
+
+    Raises:
+        RejectedModel: the file is bad (too large, bad header, more bytes than announced).
+        _Transient: network errors, HTTP errors, the deadline, a short body, an ETag mismatch,
+            a server answering for another commit.
+    """
+    import httpx2
+
+    name = dest.name
+    is_st = name.endswith(".safetensors")
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with client.stream("GET", url, timeout=deadline.timeout()) as resp:
+                    if resp.status_code != 200:
+                        if _unavailable(resp):
+                            raise RejectedModel("unavailable", f"{what}: HTTP {resp.status_code}")
+                        raise _Transient(f"{what}: HTTP {resp.status_code}")
+                    commit = resp.headers.get("x-repo-commit")
+                    if commit is not None and commit.strip().lower() != sha:
+                        raise _Transient(f"{what}: the server answered for another commit")
+                    etag = parse_etag(resp.headers.get("x-linked-etag")) or parse_etag(
+                        resp.headers.get("etag")
+                    )
+                    declared = resp.headers.get("content-length")
+                    declared_n = int(declared) if declared and declared.isdigit() else None
+                    # the limit: fixed for small files; for safetensors the size the header
+                    # announces, known once its 8 + n header bytes are in
+                    limit = None if is_st else budget.small_limit(name)
+                    if limit is not None and declared_n is not None and declared_n > limit:
+                        raise RejectedModel(
+                            "unreadable file", f"{what}: {declared_n:,} bytes over the limit"
+                        )
+                    h256, n, head = hashlib.sha256(), 0, bytearray()
+                    for chunk in resp.iter_bytes():  # as received: a drip meets the deadline
+                        n += len(chunk)
+                        if limit is None:
+                            head += chunk
+                            limit = _announced_size(name, head, budget, declared_n)
+                        if limit is not None and n > limit:
+                            if is_st:
+                                raise RejectedModel(
+                                    "inconsistent offsets",
+                                    f"{name}: more bytes than its header announces ({limit:,})",
+                                )
+                            raise RejectedModel(
+                                "unreadable file", f"{what}: more than {limit:,} bytes"
+                            )
+                        h256.update(chunk)
+                        out.write(chunk)
+                        deadline.timeout()
+            except httpx2.HTTPError as e:
+                raise _Transient(
+                    f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                ) from None
+            if declared_n is not None and n != declared_n:
+                raise _Transient(f"{what}: got {n:,} of the {declared_n:,} bytes announced")
+            if limit is None:
+                raise RejectedModel("truncated safetensors", f"{name}: the header is cut short")
+            if is_st and n < limit:
+                raise RejectedModel(
+                    "truncated safetensors", f"{name}: {n:,} bytes, the header announces {limit:,}"
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        if etag is not None and len(etag) == 64 and h256.hexdigest() != etag:
+            raise _Transient(f"{what}: the bytes do not match the sha256 the ETag names")
+        if etag is not None and len(etag) == 40 and n <= 64 * 2**20:
+            blob = hashlib.sha1(b"blob %d\0" % n)
+            with open(tmp, "rb") as f:
+                for chunk in iter(lambda: f.read(_DOWNLOAD_CHUNK), b""):
+                    blob.update(chunk)
+            if blob.hexdigest() != etag:
+                raise _Transient(f"{what}: the bytes do not match the git blob sha1 the ETag names")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _announced_size(
+    name: str, head: bytearray, budget: _Budget, declared_n: int | None
+) -> int | None:
+    """The file size a safetensors header announces once ``head`` holds it, else None.
+
+    Raises:
+        RejectedModel: a header over ``max_header_bytes``, a malformed header, more float
+            values than ``max_params`` (before any data is fetched), or a Content-Length that
+            disagrees with the header.
+    """
+    cfg = budget.cfg
+    if len(head) < 8:
+        return None
+    hlen = int.from_bytes(head[:8], "little")
+    if hlen > cfg.max_header_bytes:
+        raise RejectedModel(
+            "bad safetensors header", f"{name}: header length {hlen} over {cfg.max_header_bytes}"
+        )
+    if len(head) < 8 + hlen:
+        return None
+    tensors, data_len = _parse_header_bytes(name, bytes(head[8 : 8 + hlen]), cfg)
+    budget.header(tensors, name)
+    size = 8 + hlen + data_len
+    if declared_n is not None and declared_n != size:
+        raise RejectedModel(
+            "truncated safetensors" if declared_n < size else "inconsistent offsets",
+            f"{name}: the server sends {declared_n:,} bytes, the header announces {size:,}",
+        )
+    return size
 
 
 def make_source(spec: str, query: Query, cfg: CollectConfig, endpoint: str | None = None) -> Source:
@@ -843,7 +1371,7 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
     # LocalEntryNotFoundError: snapshot_download could not reach the Hub and had no cached copy
     return (
-        httpx2.TransportError,
+        httpx2.HTTPError,  # transport errors, timeouts, redirect loops, short bodies
         HfHubHTTPError,
         LocalEntryNotFoundError,
         ConnectionError,
@@ -920,6 +1448,9 @@ def process_candidate(
         hub_pipeline_tag=cand.pipeline_tag,
     )
     try:
+        if cand.error is not None:
+            facts.path = cand.path
+            raise cand.error
         try:
             path = source.fetch(cand, atlas)
         except _transient_errors() as e:
@@ -934,6 +1465,11 @@ def process_candidate(
     except _Transient:
         raise
     except Exception as e:  # an untrusted model must never stop the run
+        if is_disk_full(e):
+            raise DiskFullError(
+                f"disk full while writing {atlas.root} (collecting {cand.id}); nothing lost, "
+                "re-run to resume"
+            ) from e
         return _row(facts, atlas, cfg, "rejected", "check failed", f"{type(e).__name__}: {e}"[:500])
     return _row(facts, atlas, cfg, "accepted", None, "")
 
@@ -1022,6 +1558,7 @@ def collect(
     preset: str = "default",
     endpoint: str | None = None,
     progress: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Collect candidate models from ``source`` into the atlas manifest (resumable).
 
@@ -1040,11 +1577,12 @@ def collect(
         preset: a ``COLLECT_PRESETS`` name.
         endpoint: Hub URL (default: ``HF_ENDPOINT`` or huggingface.co).
         progress: show a tqdm bar.
+        settings: other ``CollectConfig`` fields (timeouts, byte limits, ...).
 
     Returns:
         All manifest rows of the atlas after this run (last row per id).
     """
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(settings or {})
     if max_params is not None:
         overrides["max_params"] = max_params
     if workers is not None:
@@ -1081,7 +1619,9 @@ def collect(
     stats: Counter = Counter()
     bar = tqdm(desc=f"collect {src.kind}", unit="model", disable=not progress)
     feed = _Feed(src, done, quota, cfg, stats)
-    with ThreadPoolExecutor(cfg.workers, thread_name_prefix="collect") as ex:
+    retry: list[str] = []
+    ex = ThreadPoolExecutor(cfg.workers, thread_name_prefix="collect")
+    try:
         pending: dict[Future, str] = {}  # future -> split hint
         while True:
             while len(pending) < 2 * cfg.workers and not quota.met():
@@ -1102,6 +1642,7 @@ def collect(
                     rows.append(fut.result())
                 except _Transient as e:
                     stats["network errors (retry later)"] += 1
+                    retry.append(str(e)[:300])
                     tqdm.write(f"collect: {e}; will retry on the next run")
             append_jsonl(atlas.manifest_path, rows)
             for row in rows:
@@ -1110,13 +1651,24 @@ def collect(
                     quota.have[row["split"]] += 1
             bar.update(len(rows))
             bar.set_postfix(accepted=stats["accepted"], rejected=stats["rejected"])
+    except BaseException:
+        # a failed listing, a full disk, Ctrl-C: what is in the manifest stays, the rest is
+        # retried on the next run; queued candidates are not started
+        ex.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        raise
+    ex.shutdown(wait=True)
     bar.close()
-    _record_source(atlas, src, cfg, stats)
+    _record_source(atlas, src, cfg, stats, retry)
     return atlas.manifest()
 
 
 def _record_source(
-    atlas: Atlas, src: Source, cfg: CollectConfig, stats: Counter | None = None
+    atlas: Atlas,
+    src: Source,
+    cfg: CollectConfig,
+    stats: Counter | None = None,
+    retry: list[str] | None = None,
 ) -> None:
     entry = src.describe()
     sources = [
@@ -1127,6 +1679,8 @@ def _record_source(
     entry["collect_config"] = to_dict(cfg)
     if stats is not None:
         entry["last_run"] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dict(stats)}
+        if retry:  # why candidates were left for the next run (network, deadline, protocol)
+            entry["last_run"]["retry_later"] = retry[:100]
     atlas.update_info(sources=[*sources, entry])
 
 
@@ -1181,6 +1735,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overrides_arg(p, "CollectConfig (e.g. candidate_timeout_s=600)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1199,6 +1754,7 @@ def run_cli(args: argparse.Namespace) -> int:
         preset=args.preset,
         endpoint=args.endpoint,
         progress=not args.no_progress,
+        settings=parse_overrides(args.overrides),
     )
     print(summary(rows))
     return 0

@@ -260,11 +260,20 @@ def implied_size(config: dict[str, Any]) -> tuple[int, int]:
 DEFAULT_MAX_BUILD_VALUES = 2_000_000_000
 
 
+def max_build_values() -> int:
+    """The absolute limit on a model built from a config (``WEIGHTATLAS_MAX_BUILD_VALUES``)."""
+    try:
+        return int(os.environ.get("WEIGHTATLAS_MAX_BUILD_VALUES", DEFAULT_MAX_BUILD_VALUES))
+    except ValueError:
+        return DEFAULT_MAX_BUILD_VALUES
+
+
 def check_build_size(
     config: dict[str, Any],
     stored_values: int | None = None,
     max_values: int | None = DEFAULT_MAX_BUILD_VALUES,
-) -> int:
+    strict: bool = True,
+) -> int | None:
     """Refuse a config whose model would be too large, before any real allocation.
 
     Args:
@@ -272,14 +281,21 @@ def check_build_size(
         stored_values: values stored in the model's safetensors (all dtypes), if known: the
             build may not exceed them by more than a quarter (plus 4,096 for small buffers).
         max_values: absolute limit on parameters + buffers (None: no limit).
+        strict: a config whose classes cannot be built on the meta device is rejected
+            (``bad config``); with False it passes unchecked (trusted callers, e.g. a zoo).
 
     Returns:
-        The implied number of parameters.
+        The implied number of parameters (None if not strict and it could not be sized).
 
     Raises:
-        RejectedModel: ``too large`` or ``weights do not match config``.
+        RejectedModel: ``too large``, ``weights do not match config`` or ``bad config``.
     """
-    params, buffers = implied_size(config)
+    try:
+        params, buffers = implied_size(config)
+    except RejectedModel as e:
+        if strict or not e.detail.startswith("cannot be sized"):
+            raise
+        return None
     total = params + buffers
     if max_values is not None and total > max_values:
         raise RejectedModel(

@@ -1,0 +1,582 @@
+"""Hostile Hubs and hostile repos (issue 12): nothing written outside the atlas, nothing hangs.
+
+A scripted HTTP server on 127.0.0.1 plays a malicious Hub (or a mirror behind ``HF_ENDPOINT``):
+commit shas, ETags, file names and ids that are paths, bodies that drip or never end, listings
+that never stop or are not JSON, lying Content-Lengths and redirect loops. Local repos carry
+billion-laughs cards, FIFOs, device and outside symlinks, deeply nested and oversized configs,
+and configs that would allocate terabytes. After each case: no file exists outside the atlas
+in the test's folder, the run ended within its stated bound (a thread join with a timeout; a
+hang fails the test instead of blocking it), and the manifest or the one-line error says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core import hub
+from core.atlas import Atlas
+from core.errors import RejectedModel, WeightAtlasError
+
+SHA = "a" * 40
+TAG = "hostile-test"
+FAST = {"http_timeout_s": 2.0, "candidate_timeout_s": 3.0, "max_redirects": 3}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory) -> dict[str, bytes]:
+    """A real, tiny model (the zoo's MLP) as Hub files: config, safetensors, card."""
+    from core.architectures import build_from_config, resolve_arch, save_model_dir
+
+    arch = resolve_arch("mlp")
+    d = tmp_path_factory.mktemp("good") / "m"
+    save_model_dir(build_from_config(arch.config, 0), d, arch.library, config=arch.config)
+    files = {n: (d / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    files["README.md"] = f"---\nlicense: mit\ntags: [{TAG}]\n---\n# m\n".encode()
+    return files
+
+
+class Route:
+    """What the hostile server answers on one path."""
+
+    def __init__(self, fn: Callable[[BaseHTTPRequestHandler], None]):
+        self.fn = fn
+
+
+class HostileHub:
+    """A scripted Hub on 127.0.0.1: ``routes[path] = Route(fn)``; every request is recorded."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[str] = []
+        self.stop_event = threading.Event()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                outer.requests.append(self.path)
+                route = outer.routes.get(path)
+                try:
+                    if route is None:
+                        send(self, 404, b'{"error":"nope"}', {"X-Error-Code": "EntryNotFound"})
+                    else:
+                        route.fn(self)
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> HostileHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_event.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # ---- building blocks
+
+    def listing(self, entries: list[dict[str, Any]]) -> None:
+        self.routes["/api/models"] = Route(lambda h: send_json(h, entries))
+
+    def serve_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        sha: str = SHA,
+        headers: Callable[[str, bytes], dict[str, str]] | None = None,
+    ) -> None:
+        for name, data in files.items():
+            extra = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+            if headers is not None:
+                extra = {**extra, **headers(name, data)}
+            self.routes[f"/{repo_id}/resolve/{sha}/{name}"] = Route(
+                lambda h, d=data, e=extra: send(h, 200, d, e)
+            )
+
+
+def send(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
+    h.send_response(status)
+    hdrs = {"Content-Length": str(len(body)), **(headers or {})}
+    for k, v in hdrs.items():
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def send_json(h: BaseHTTPRequestHandler, obj: Any, headers: dict | None = None) -> None:
+    send(h, 200, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+def entry(repo_id: str, files: list[str], sha: str | None = SHA, **extra: Any) -> dict[str, Any]:
+    e = {
+        "id": repo_id,
+        "tags": [TAG],
+        "siblings": [{"rfilename": f} for f in files],
+        "cardData": {"license": "mit", "tags": [TAG]},
+        **extra,
+    }
+    if sha is not None:
+        e["sha"] = sha
+    return e
+
+
+def bounded(fn: Callable[[], Any], seconds: float) -> Any:
+    """Run ``fn`` in a daemon thread; fail (not hang) if it has not returned within ``seconds``."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the test thread)
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s (bound exceeded)"
+    out["seconds"] = time.monotonic() - t0
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def files_outside(jail: Path, atlas: Path) -> list[str]:
+    """Files under ``jail`` that are not under ``atlas`` (the test's own inputs excluded)."""
+    out = []
+    for dirpath, _dirs, names in os.walk(jail):
+        d = Path(dirpath)
+        if d == atlas or atlas in d.parents or "inputs" in d.relative_to(jail).parts[:1]:
+            continue
+        out += [str(d / n) for n in names]
+    return out
+
+
+@pytest.fixture
+def jail(tmp_path: Path) -> tuple[Path, Path]:
+    """``(jail, atlas)``: the atlas four levels deep, so ``../`` climbs stay inside the jail."""
+    atlas = tmp_path / "j1" / "j2" / "j3" / "atlas"
+    (tmp_path / "outside").mkdir()
+    return tmp_path, atlas
+
+
+def collect_hub(url: str, atlas: Path, bound: float = 30.0, **kw: Any) -> list[dict]:
+    settings = {**FAST, **kw.pop("settings", {})}
+    return bounded(
+        lambda: hub.collect(
+            atlas, "hub", tags=[TAG], endpoint=url, progress=False, settings=settings, **kw
+        ),
+        bound,
+    )
+
+
+def last_run(atlas: Path) -> dict[str, Any]:
+    return Atlas.open(atlas).info()["sources"][-1]["last_run"]
+
+
+# ------------------------------------------------- 1. server-supplied values used as paths
+
+
+def test_commit_shas_that_are_paths_are_refused(good_files, jail):
+    root, atlas = jail
+    evil_abs = str(root / "outside" / "evil")
+    with HostileHub() as h:
+        h.listing(
+            [
+                entry("h/rel", list(good_files), sha="../../../../../evil"),
+                entry("h/abs", list(good_files), sha=evil_abs),
+                entry("h/info", list(good_files), sha=None, siblings=None),
+            ]
+        )
+        h.routes["/api/models/h/info/revision/main"] = Route(
+            lambda r: send_json(r, {"id": "h/info", "sha": "../../x/" + "b" * 40})
+        )
+        for rid, sha in (("h/rel", "../../../../../evil"), ("h/abs", evil_abs)):
+            h.serve_repo(rid, good_files, sha=sha)
+        rows = collect_hub(h.url, atlas)
+    assert rows == []  # a protocol lie: nothing recorded, retried on the next run
+    why = last_run(atlas)["retry_later"]
+    assert len(why) == 3 and all("40 hex digits" in w for w in why), why
+    assert files_outside(root, atlas) == []
+    assert not any("/resolve/" in p for p in h.requests)
+
+
+def test_etags_that_are_paths_are_never_used_and_bytes_are_checked(good_files, jail):
+    root, atlas = jail
+    (root / "inputs").mkdir()
+    decoy = root / "inputs" / "decoy.safetensors"  # an existing local file an ETag names
+    decoy.write_bytes(b"not the model")
+    other = bytearray(good_files["model.safetensors"])
+    other[-1] ^= 0xFF  # same size, different bytes
+
+    def lying(name: str, data: bytes) -> dict[str, str]:
+        return {"ETag": f'"../../../../{name}.pth"', "X-Linked-Etag": str(root / "outside" / "x")}
+
+    with HostileHub() as h:
+        h.listing([entry("h/pathetag", list(good_files)), entry("h/otheretag", list(good_files))])
+        h.serve_repo("h/pathetag", good_files, headers=lying)
+        h.serve_repo(
+            "h/otheretag",
+            {**good_files, "model.safetensors": bytes(other)},
+            # the ETag of the good file (as if an existing local blob), over different bytes
+            headers=lambda n, d: {"ETag": f'"{hashlib.sha256(good_files[n]).hexdigest()}"'},
+        )
+        rows = collect_hub(h.url, atlas)
+    by_id = {r["id"]: r for r in rows}
+    # the path-ETag is not a digest: ignored, the file is fetched and checked like any other
+    assert by_id["h/pathetag"]["status"] == "accepted"
+    snap = atlas / by_id["h/pathetag"]["path"]
+    assert snap == atlas / "hub" / "models--h--pathetag" / "snapshots" / SHA
+    assert sorted(p.name for p in snap.iterdir()) == sorted(good_files)
+    assert (snap / "model.safetensors").read_bytes() == good_files["model.safetensors"]
+    # bytes that do not match their sha256 ETag are never accepted (retried next run)
+    assert "h/otheretag" not in by_id
+    assert any("do not match the sha256" in w for w in last_run(atlas)["retry_later"])
+    assert not (
+        atlas / "hub" / "models--h--otheretag" / "snapshots" / SHA / "model.safetensors"
+    ).exists()
+    assert files_outside(root, atlas) == []
+    assert decoy.read_bytes() == b"not the model"
+
+
+def test_file_names_and_ids_that_are_paths_are_never_fetched(good_files, jail):
+    root, atlas = jail
+    evil_names = [
+        "../../../../evil.safetensors",
+        str(root / "outside" / "abs.safetensors"),
+        "..\\..\\evil.safetensors",
+        "sub/model.safetensors",
+        "C:evil.safetensors",
+        "x\x00.safetensors",
+    ]
+    with HostileHub() as h:
+        h.listing(
+            [
+                entry("h/names", [*good_files, *evil_names]),
+                entry("../../evil", list(good_files)),
+                entry("a/b/c", list(good_files)),
+                entry("x--y/z", list(good_files)),
+                entry("/abs", list(good_files)),
+            ]
+        )
+        h.serve_repo("h/names", good_files)
+        rows = collect_hub(h.url, atlas)
+    assert [(r["id"], r["status"]) for r in rows] == [("h/names", "accepted")]
+    fetched = [p for p in h.requests if "/resolve/" in p]
+    assert sorted(p.rsplit("/", 1)[1] for p in fetched) == sorted(good_files)
+    assert files_outside(root, atlas) == []
+    assert sorted(os.listdir(atlas / "hub")) == ["models--h--names"]
+
+
+# ------------------------------------------------------------------- 2. unbounded work
+
+
+def _drip(data: bytes, every_s: float) -> Callable[[BaseHTTPRequestHandler], None]:
+    def fn(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("X-Repo-Commit", SHA)
+        h.end_headers()
+        for i in range(len(data)):
+            h.wfile.write(data[i : i + 1])
+            h.wfile.flush()
+            time.sleep(every_s)
+
+    return fn
+
+
+def _endless(prefix: bytes, limit_s: float = 20.0) -> Callable[[BaseHTTPRequestHandler], None]:
+    def fn(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("X-Repo-Commit", SHA)
+        h.end_headers()
+        h.wfile.write(b"%x\r\n%s\r\n" % (len(prefix), prefix))
+        block = b"\0" * 65536
+        t_end = time.monotonic() + limit_s  # the server's own bound: the test never hangs
+        while time.monotonic() < t_end:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+
+    return fn
+
+
+def test_slow_and_endless_bodies_are_bounded(good_files, jail):
+    root, atlas = jail
+    st = good_files["model.safetensors"]
+    with HostileHub() as h:
+        h.listing([entry(f"h/{n}", list(good_files)) for n in ("drip", "endless", "endcfg")])
+        for rid in ("h/drip", "h/endless", "h/endcfg"):
+            h.serve_repo(rid, good_files)
+        h.routes[f"/h/drip/resolve/{SHA}/model.safetensors"] = Route(_drip(st, 0.5))
+        h.routes[f"/h/endless/resolve/{SHA}/model.safetensors"] = Route(_endless(st))
+        h.routes[f"/h/endcfg/resolve/{SHA}/config.json"] = Route(_endless(b"{"))
+        t0 = time.monotonic()
+        rows = collect_hub(h.url, atlas, bound=30, settings={"max_config_bytes": 65536})
+        seconds = time.monotonic() - t0
+    by_id = {r["id"]: r for r in rows}
+    assert "h/drip" not in by_id  # the deadline: retried next run, not a rejection
+    assert any("deadline" in w for w in last_run(atlas)["retry_later"])
+    assert (by_id["h/endless"]["status"], by_id["h/endless"]["reason"]) == (
+        "rejected",
+        "inconsistent offsets",
+    )
+    assert "more bytes than its header announces" in by_id["h/endless"]["detail"]
+    assert (
+        by_id["h/endcfg"]["reason"],
+        "more than 65,536 bytes" in by_id["h/endcfg"]["detail"],
+    ) == (
+        "unreadable file",
+        True,
+    )
+    assert seconds < 30 and files_outside(root, atlas) == []
+    assert sum(f.stat().st_size for f in atlas.rglob("*") if f.is_file()) < 10 * 2**20
+
+
+def test_header_over_max_params_stops_before_the_data(good_files, jail):
+    root, atlas = jail
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [100_000, 100_000], "data_offsets": [0, 4 * 10**10]}}
+    ).encode()
+    with HostileHub() as h:
+        h.listing([entry("h/huge", list(good_files))])
+        h.serve_repo("h/huge", good_files)
+        # the header, then a body that would take 4e10 bytes: only the header is ever read
+        h.routes[f"/h/huge/resolve/{SHA}/model.safetensors"] = Route(
+            _endless(len(header).to_bytes(8, "little") + header)
+        )
+        rows = collect_hub(h.url, atlas, max_params=1_000_000)
+    assert [(r["status"], r["reason"]) for r in rows] == [("rejected", "too large")]
+    assert "not downloaded" in rows[0]["detail"] and files_outside(root, atlas) == []
+
+
+def test_protocol_lies_are_retried_not_recorded(good_files, jail):
+    root, atlas = jail
+    st = good_files["model.safetensors"]
+
+    def short(h: BaseHTTPRequestHandler) -> None:  # announces more than it sends
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(st)))
+        h.send_header("X-Repo-Commit", SHA)
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.wfile.write(st[: len(st) // 2])
+        h.close_connection = True
+
+    def loop(h: BaseHTTPRequestHandler) -> None:
+        send(h, 302, b"", {"Location": h.path})
+
+    with HostileHub() as h:
+        h.listing([entry("h/short", list(good_files)), entry("h/loop", list(good_files))])
+        h.serve_repo("h/short", good_files)
+        h.serve_repo("h/loop", good_files)
+        h.routes[f"/h/short/resolve/{SHA}/model.safetensors"] = Route(short)
+        h.routes[f"/h/loop/resolve/{SHA}/model.safetensors"] = Route(loop)
+        assert collect_hub(h.url, atlas) == []
+        why = " | ".join(last_run(atlas)["retry_later"])
+        assert "TooManyRedirects" in why and ("RemoteProtocolError" in why or "bytes" in why), why
+        # the server behaves again: the next run collects both
+        h.serve_repo("h/short", good_files)
+        h.serve_repo("h/loop", good_files)
+        rows = collect_hub(h.url, atlas)
+    assert sorted((r["id"], r["status"]) for r in rows) == [
+        ("h/loop", "accepted"),
+        ("h/short", "accepted"),
+    ]
+    assert files_outside(root, atlas) == []
+
+
+def test_listings_that_never_end_or_are_not_json_are_one_line_errors(jail, capsys):
+    from core.cli import main
+
+    root, atlas = jail
+    with HostileHub() as h:
+
+        def endless(r: BaseHTTPRequestHandler) -> None:  # every page links a next page
+            n = int(r.path.partition("cursor=")[2] or 0)
+            nxt = f'<{h.url}/api/models?cursor={n + 1}>; rel="next"'
+            send_json(r, [{"id": f"../bad{n}"}], {"Link": nxt})
+
+        h.routes["/api/models"] = Route(endless)
+        with pytest.raises(WeightAtlasError, match="stopped after 12 pages"):
+            collect_hub(h.url, atlas, limit=2)  # --limit 2 plus the margin of 10
+        with pytest.raises(WeightAtlasError, match="stopped after 5 pages"):
+            collect_hub(h.url, atlas, settings={"max_listing_pages": 5})
+        n_pages = sum(p.startswith("/api/models") for p in h.requests)
+        assert n_pages == 17
+
+        h.routes["/api/models"] = Route(
+            lambda r: send_json(r, [], {"Link": f'<{h.url}/api/models?cursor=1>; rel="next"'})
+        )
+        with pytest.raises(WeightAtlasError, match="empty but links a next page"):
+            collect_hub(h.url, atlas)
+
+        h.routes["/api/models"] = Route(lambda r: send(r, 200, b"<html>garbage</html>"))
+        rc = bounded(
+            lambda: main(
+                ["collect", str(atlas), "--source", "hub", "--endpoint", h.url, "--no-progress"]
+            ),
+            30,
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "listing hub failed" in err[0] and "not valid JSON" in err[0]
+    assert files_outside(root, atlas) == []
+
+
+# --------------------------------------------------------------- 3. cards and configs
+
+
+def _local_repos(base: Path, good: dict[str, bytes]) -> dict[str, str]:
+    """One model folder per hostile card/config; returns id -> expected reason."""
+    laughs = "---\nlicense: mit\ntags: [x]\nweightatlas:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    prev = "a"
+    for i in range(12):
+        laughs += f"  b{i}: &b{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        prev = f"b{i}"
+    laughs += "---\n"
+    deep = "[" * 30_000 + "]" * 30_000  # under the 64 KiB config limit of the test
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "laughs": ({"README.md": laughs.encode()}, "bad card"),
+        "fifo-card": ({"README.md": "fifo"}, "bad card"),
+        "zero-card": ({"README.md": Path("/dev/zero")}, "bad card"),
+        "outside-card": ({"README.md": Path("/etc/hostname")}, "bad card"),
+        "deep-config": (
+            {"config.json": b'{"model_type": "bert", "x": ' + deep.encode() + b"}"},
+            "bad config",
+        ),
+        "fifo-config": ({"config.json": "fifo"}, "bad config"),
+        "zero-config": ({"config.json": Path("/dev/zero")}, "bad config"),
+        "big-config": (
+            {"config.json": good["config.json"][:-1] + b" " * 70_000 + b"}"},
+            "bad config",
+        ),
+        "fifo-weights": ({"model.safetensors": "fifo"}, "unreadable file"),
+        "deep-header": (
+            {
+                "model.safetensors": len(deep).to_bytes(8, "little") + deep.encode(),
+            },
+            "bad safetensors header",
+        ),
+    }
+    for name, (files, _reason) in cases.items():
+        d = base / name
+        d.mkdir(parents=True)
+        for fname, data in {**good, **files}.items():
+            if data == "fifo":
+                os.mkfifo(d / fname)
+            elif isinstance(data, Path):
+                (d / fname).symlink_to(data)
+            else:
+                (d / fname).write_bytes(data)
+    return {name: reason for name, (_f, reason) in cases.items()}
+
+
+def test_hostile_cards_and_configs_are_rejected_with_a_reason(good_files, jail):
+    root, atlas = jail
+    src = root / "inputs" / "models"
+    expected = _local_repos(src, good_files)
+    rows = bounded(
+        lambda: hub.collect(
+            atlas, str(src), progress=False, workers=2, settings={"max_config_bytes": 65536}
+        ),
+        60,
+    )
+    got = {r["id"]: r["reason"] for r in rows}
+    assert got == expected, {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    details = {r["id"]: r["detail"] for r in rows}
+    assert "aliases" in details["laughs"] and "not a regular file" in details["fifo-card"]
+    assert "outside" in details["outside-card"] and "nested" in details["deep-config"]
+    assert files_outside(root, atlas) == []
+
+
+def test_a_hostile_card_from_the_hub_is_a_rejection(good_files, jail):
+    root, atlas = jail
+    laughs = b"---\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n---\n"
+    with HostileHub() as h:
+        h.listing([entry("h/laughs", list(good_files))])
+        h.serve_repo("h/laughs", {**good_files, "README.md": laughs})
+        rows = collect_hub(h.url, atlas)
+    assert [(r["id"], r["reason"]) for r in rows] == [("h/laughs", "bad card")]
+
+
+# ------------------------------------------------------------ 4. size before allocation
+
+
+@pytest.fixture(scope="module")
+def bert_files(tmp_path_factory) -> dict[str, bytes]:
+    import transformers
+
+    d = tmp_path_factory.mktemp("bert") / "m"
+    cfg = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+    )
+    transformers.BertModel(cfg).save_pretrained(d)
+    return {n: (d / n).read_bytes() for n in ("config.json", "model.safetensors")}
+
+
+def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_files, tmp_path):
+    from core.architectures import empty_model, load_model_dir
+
+    cfg = json.loads(bert_files["config.json"])
+    cases = {
+        "h8000": (
+            {**cfg, "hidden_size": 8000, "num_attention_heads": 8},
+            "weights do not match config",
+        ),
+        "h1e7": ({**cfg, "hidden_size": 10**7, "num_attention_heads": 1}, "too large"),
+        "timm-65536": (
+            {"architecture": "vit_base_patch16_224", "model_args": {"img_size": 65536}},
+            "too large",
+        ),
+    }
+    src = tmp_path / "inputs"
+    for name, (config, _r) in cases.items():
+        (src / name).mkdir(parents=True)
+        (src / name / "config.json").write_text(json.dumps(config))
+        (src / name / "model.safetensors").write_bytes(bert_files["model.safetensors"])
+    rows = bounded(
+        lambda: hub.collect(tmp_path / "atlas", str(src), progress=False, max_params=10**9), 120
+    )
+    got = {r["id"]: (r["reason"], r["detail"]) for r in rows}
+    assert {k: v[0] for k, v in got.items()} == {k: r for k, (_c, r) in cases.items()}
+    assert all("implies" in d for _r, d in got.values()), got  # the meta-device check said so
+    # the same guard protects every other build: Embed a model, Generate (empty_model) and the
+    # loader of later stages (load_model_dir)
+    with pytest.raises(RejectedModel, match="too large"):
+        bounded(lambda: empty_model(cases["h1e7"][0]), 60)
+    with pytest.raises(RejectedModel, match="too large"):
+        bounded(lambda: empty_model(cases["timm-65536"][0]), 60)
+    with pytest.raises(RejectedModel, match="weights do not match config"):
+        bounded(lambda: load_model_dir(src / "h8000"), 60)
+    assert torch.get_default_device().type == "cpu"
