@@ -1039,6 +1039,11 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--preset", default="ci", choices=sorted(SAMPLE_PRESETS))
     p.add_argument("--backbone", default=None, help="another backbone directory")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the generated model directories (default: ATLAS/generated)",
+    )
     p.add_argument("--progress-file", default=None, help="JSON progress for a polling app")
     p.add_argument("--evaluate", action="store_true", help="run the generation evaluation instead")
     p.add_argument(
@@ -1080,7 +1085,7 @@ def run_cli(args: argparse.Namespace) -> int:
             prompts=[p for p in args.prompts.split(",") if p] if args.prompts else None,
             mode=args.mode, prior=args.prior, bootstrap_rounds=args.bootstrap_rounds, seed=args.seed,
             task=args.task, progress=progress, preset=args.preset, width=args.width, depth=args.depth,
-            backbone_dir=args.backbone, overrides=parse_overrides(args.overrides),
+            backbone_dir=args.backbone, out_dir=args.out, overrides=parse_overrides(args.overrides),
         )  # fmt: skip
     except BaseException as e:
         bar.close()

@@ -18,7 +18,10 @@ from core.atlas import Atlas, AtlasError
 from core.explore import MapTable, layer_rows_by_model, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or str(ROOT / "assets" / "demo")
+DEMO_ATLAS = ROOT / "assets" / "demo"
+# shown as typed; a relative path is looked up in the working directory, then the repository
+DEFAULT_ATLAS = os.environ.get("WEIGHTATLAS_ATLAS") or "assets/demo"
+README_SECTION = "README.md, section “From your Hugging Face cache to a map”"
 
 
 @st.cache_resource(show_spinner=False)
@@ -45,8 +48,60 @@ def wait_for_imports() -> None:
     warm_imports().join()
 
 
+def resolve_atlas(text: str) -> Path:
+    """The directory a typed atlas path means (``~`` expanded; a relative path that is not in
+    the working directory is taken relative to the repository, so ``assets/demo`` works from
+    anywhere)."""
+    p = Path(text.strip()).expanduser()
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        p = ROOT / p
+    return p.resolve()
+
+
+def display_path(path: str | Path) -> str:
+    """A path as the app shows it: relative to the repository, or ``~/...`` in the home folder."""
+    p = Path(path).expanduser().resolve()
+    if p.is_relative_to(ROOT):
+        return str(p.relative_to(ROOT)) or "."
+    home = Path.home().resolve()
+    if p.is_relative_to(home):
+        return str(Path("~") / p.relative_to(home))
+    return str(p)
+
+
 def _take_atlas_input() -> None:
     st.session_state.atlas_path = str(st.session_state.atlas_input).strip()
+
+
+def back_to_demo() -> None:
+    """Button callback: open the default (demo) atlas again."""
+    st.session_state.atlas_path = DEFAULT_ATLAS
+    st.session_state.atlas_input = DEFAULT_ATLAS
+
+
+def help_panel() -> None:
+    """What an atlas is and how to make one from your own models (sidebar)."""
+    with st.expander("What is an atlas?", icon=":material/help:"):
+        st.markdown(
+            """
+An **atlas** is one directory holding a collection of trained models and what Weight Atlas
+learned from their weights: the manifest of models, their weight tokens, one backbone
+(an autoencoder over weights) and every model's embedding with 2-D maps. The app only reads it.
+
+**Your own models** (safetensors weights only; transformers or timm image classifiers and
+the zoo's models; no pickles, no remote code, at most 350 M parameters):
+
+```bash
+weightatlas collect ATLAS --source ~/.cache/huggingface
+weightatlas tokenize ATLAS
+weightatlas train ATLAS --preset demo
+weightatlas embed ATLAS
+```
+
+then type `ATLAS` above. Details: """
+            + README_SECTION
+            + " and docs/collect.md."
+        )
 
 
 def atlas_picker_ui() -> str:
@@ -57,32 +112,43 @@ def atlas_picker_ui() -> str:
     """
     if "atlas_path" not in st.session_state:
         st.session_state.atlas_path = DEFAULT_ATLAS
+    if "atlas_input" not in st.session_state:
+        st.session_state.atlas_input = st.session_state.atlas_path
     with st.sidebar:
         st.markdown("### :material/folder_open: Atlas")
         st.text_input(
             "Atlas directory",
-            value=st.session_state.atlas_path,
             key="atlas_input",
             on_change=_take_atlas_input,
-            help="Any directory written by the pipeline (`weightatlas collect/.../embed`).",
+            help="Any directory written by the pipeline (`weightatlas collect` ... `embed`).",
         )
+        if resolve_atlas(st.session_state.atlas_path) != resolve_atlas(DEFAULT_ATLAS):
+            st.button(
+                "Back to the demo atlas"
+                if not os.environ.get("WEIGHTATLAS_ATLAS")
+                else "Back to the default atlas",
+                icon=":material/undo:",
+                key="atlas_back",
+                on_click=back_to_demo,
+            )
+        help_panel()
     return str(st.session_state.atlas_path).strip()
 
 
 def atlas_status(path: str) -> str | None:
     """None if ``path`` is an atlas directory, else a one-line reason."""
-    if not path:
+    if not path.strip():
         return "no atlas directory given"
     try:
-        Atlas.open(Path(path).expanduser())
+        Atlas.open(resolve_atlas(path))
     except (AtlasError, OSError) as e:
-        return str(e)
+        return str(e) or type(e).__name__
     return None
 
 
 def current_atlas() -> Path:
     """The atlas chosen in the sidebar (already checked by app.py)."""
-    return Path(str(st.session_state.get("atlas_path") or DEFAULT_ATLAS)).expanduser().resolve()
+    return resolve_atlas(str(st.session_state.get("atlas_path") or DEFAULT_ATLAS))
 
 
 def stamp(*paths: Path) -> float:

@@ -23,8 +23,18 @@ if str(REPO) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from core.appbench import synthetic_atlas  # noqa: E402
-from core.explore import map_table, zip_dir, zoo_sizes  # noqa: E402
+from core.explore import (  # noqa: E402
+    MAX_GENERATE_PARAMS,
+    TIMM_SUGGESTED,
+    map_table,
+    next_stage,
+    timm_fit,
+    zip_dir,
+    zoo_sizes,
+)
+from core.jobs import SampleRequest, atlas_workspace, generated_dir  # noqa: E402
 from core.spectral import layer_spectra, power_law_fit  # noqa: E402
+from explorer.common import DEFAULT_ATLAS  # noqa: E402
 from explorer.figures import map_figure, selected_ids  # noqa: E402
 
 APP = str(REPO / "explorer" / "app.py")
@@ -54,7 +64,16 @@ def test_not_an_atlas_shows_how_to_build_one(tmp_path):
     assert not at.exception
     assert at.title[0].value == "No atlas to show yet"
     assert str(tmp_path / "nowhere") in at.error[0].value
-    assert "weightatlas demo --out assets/demo" in texts(at)
+    assert "weightatlas collect ATLAS --source ~/.cache/huggingface" in texts(at)
+    # the demo exists: a way back to it, in the page and in the sidebar
+    assert at.button(key="no_atlas_back").label.startswith("Open the demo atlas")
+    at.button(key="no_atlas_back").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Atlas" and at.session_state["atlas_path"] == DEFAULT_ATLAS
+    at.sidebar.text_input(key="atlas_input").input(str(tmp_path / "nowhere")).run()
+    assert at.title[0].value == "No atlas to show yet"
+    at.button(key="atlas_back").click().run()
+    assert at.title[0].value == "Atlas"
     plain = tmp_path / "plain"
     plain.mkdir()
     at.sidebar.text_input(key="atlas_input").input(str(plain)).run()
@@ -219,7 +238,8 @@ def real_atlas(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
+def test_real_atlas_layers_and_generation_end_to_end(real_atlas, monkeypatch, tmp_path):
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
     at = app_on(real_atlas, timeout=180)
     assert not at.exception
     assert len(at.get("plotly_chart")) == 1
@@ -258,21 +278,23 @@ def test_real_atlas_layers_and_generation_end_to_end(real_atlas):
     assert result["error"] is None, result
     assert len(result["outputs"]) == 1
     out = Path(result["outputs"][0])
-    assert out.parent == real_atlas / "generated" and (out / "model.safetensors").exists()
+    assert out.parent == generated_dir(real_atlas) and (out / "model.safetensors").exists()
+    assert out.is_relative_to(tmp_path / "ws") and not (real_atlas / "generated").exists()
     assert any(b.label.endswith(".zip") for b in at.get("download_button"))
     assert len(at.get("plotly_chart")) >= 2  # accuracy bars + per-layer distributions
 
 
 @pytest.mark.slow
-def test_generation_job_can_be_cancelled(real_atlas):
-    from core.jobs import start_stage
+def test_generation_job_can_be_cancelled(real_atlas, monkeypatch, tmp_path):
+    from core.jobs import start_sample
 
-    job = start_stage(real_atlas, "sample", ["--arch", "zoo:mlp", "--task", "wine", "--n", "50"])
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    job = start_sample(real_atlas, SampleRequest("zoo:mlp", n=50, keep=1, task="wine"))
     assert job.running()
     job.cancel()
     state = job.status()
     assert state["done"] and state["error"] == "cancelled" and not job.running()
-    assert job.progress_file.parent == real_atlas / "generated" / ".jobs"
+    assert job.progress_file.parent == generated_dir(real_atlas) / ".jobs"
 
 
 def test_app_opens_on_the_embedded_demo_atlas(monkeypatch):
@@ -287,3 +309,103 @@ def test_app_opens_on_the_embedded_demo_atlas(monkeypatch):
     assert len(at.get("plotly_chart")) == 1
     n_models = sum(1 for _ in read_jsonl(demo / "embeddings" / "models.jsonl"))
     assert n_models >= 200 and str(n_models) in texts(at)
+
+
+DEMO = REPO / "assets" / "demo"
+needs_demo = pytest.mark.skipif(
+    not (DEMO / "tokens" / "index.json").exists(), reason="assets/demo not built"
+)
+
+
+@needs_demo
+def test_generate_transformers_tab_offers_model_folders_with_their_task(monkeypatch, tmp_path):
+    """The suggested entries are model directories of the atlas (shown by id) and each resolves;
+    the Task box shows the model's own task."""
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    from core.atlas import Atlas
+    from core.sample import resolve_target
+
+    at = app_on(DEMO, timeout=120)
+    at.switch_page("views/generate.py").run()
+    at.segmented_control(key="gen_kind").set_value("transformers config").run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="gen_hf_dir")
+    assert len(box.options) >= 5
+    rows = {r["id"]: r for r in Atlas.open(DEMO).accepted()}
+    for option in box.options:  # displayed as model ids, each a transformers model of the atlas
+        assert option in rows and rows[option]["library"] == "transformers", option
+    assert not at.error, [e.value for e in at.error]
+    folder = box.value
+    assert Path(folder).is_dir() and (Path(folder) / "config.json").is_file()
+    own = resolve_target(f"hf:{folder}", "dense", 64).task
+    task_box = next(s for s in at.selectbox if s.label == "Task")
+    assert own and task_box.value == own
+    assert f"task `{own}`" in texts(at)
+    assert "your workspace, never the atlas" in texts(at)
+
+
+def test_timm_choices_are_sized_and_checked_before_building():
+    for name in TIMM_SUGGESTED:  # every suggestion builds and runs on a zoo image task
+        fit = timm_fit(name, "digits10")
+        assert fit["ok"], fit
+        assert 0 < fit["params"] <= MAX_GENERATE_PARAMS
+    big = timm_fit("aimv2_3b_patch14_448", "digits10")  # sized on the meta device, refused
+    assert not big["ok"] and big["params"] > 10**9 and "M parameters" in big["reason"]
+    vit = timm_fit("vit_tiny_patch16_224", "digits10")  # needs 224x224 inputs
+    assert not vit["ok"] and "1x8x8" in vit["reason"]
+    assert "tabular" in timm_fit("resnet18", "wine")["reason"]
+
+
+@needs_demo
+def test_timm_tab_searches_and_says_the_size(monkeypatch, tmp_path):
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    at = app_on(DEMO, timeout=120)
+    at.switch_page("views/generate.py").run()
+    at.segmented_control(key="gen_kind").set_value("timm name").run()
+    assert not at.exception, at.exception
+    assert list(at.selectbox(key="gen_timm_name").options) == list(TIMM_SUGGESTED)
+    at.text_input(key="gen_timm_search").input("aimv2_3b").run()
+    assert at.selectbox(key="gen_timm_name").value.startswith("aimv2_3b")
+    assert "cannot be generated here" in at.error[0].value
+    assert "M parameters" in at.error[0].value
+    assert not [b for b in at.button if b.key == "gen_go"]  # nothing to start
+    at.text_input(key="gen_timm_search").input("").run()
+    at.selectbox(key="gen_timm_name").set_value("resnet10t").run()
+    assert not at.exception, at.exception
+    assert "resnet10t` for digits10: 4.9 M parameters" in texts(at)
+
+
+def test_workspace_is_outside_the_atlas_and_overridable(syn, monkeypatch, tmp_path):
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    out = generated_dir(syn)
+    assert out.is_dir() and out.is_relative_to(tmp_path / "ws")
+    assert atlas_workspace(syn) == out.parent and syn.name in out.parent.name
+    monkeypatch.delenv("WEIGHTATLAS_WORKSPACE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert generated_dir(syn).is_relative_to(tmp_path / "cache" / "weightatlas" / "workspace")
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(syn / "inside"))
+    with pytest.raises(Exception, match="inside the atlas"):
+        generated_dir(syn)
+    argv = SampleRequest("zoo:mlp", n=3, keep=1, task="wine", width=8, depth=1).argv()
+    assert argv == ["--arch", "zoo:mlp", "--n", "3", "--keep", "1", "--seed", "0"] + [
+        "--task",
+        "wine",
+        "--width",
+        "8",
+        "--depth",
+        "1",
+    ]
+
+
+def test_next_stage_names_the_stage_to_run(tmp_path):
+    from core.atlas import Atlas, append_jsonl, write_json
+
+    a = Atlas.create(tmp_path / "a")
+    assert next_stage(a.root)[0] == "collect"
+    append_jsonl(a.manifest_path, [{"id": "m", "status": "accepted", "split": "train"}])
+    assert next_stage(a.root) == ("tokenize", f"weightatlas tokenize {a.root}")
+    write_json(a.tokens_dir / "index.json", {"models": {}})
+    assert next_stage(a.root)[0] == "train"
+    at = app_on(a.root)
+    assert "next stage is train" in at.error[0].value
+    assert f"weightatlas train {a.root}" in at.error[0].value

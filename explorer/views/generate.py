@@ -1,10 +1,11 @@
 """Generate page: new weights for a chosen architecture, sampled from the backbone's latent space.
 
-The run is ``weightatlas sample`` in a background process writing a progress file; a fragment
-polls it every second, so the page never freezes, a rerun finds the run again through the
-session state, and Cancel ends it. Results: per-layer distributions of the generated models
-against their prompts, zero-shot accuracy, and a zip download of each Hugging Face-format
-directory written under ``ATLAS/generated/``.
+The run is ``core.jobs.start_sample`` (``weightatlas sample`` in a background process writing a
+progress file); a fragment polls it every second, so the page never freezes, a rerun finds the
+run again through the session state, and Cancel ends it. Results: per-layer distributions of
+the generated models against their prompts, zero-shot accuracy, and a zip download of each
+Hugging Face-format directory. The app never writes into the atlas: models go to the user's
+workspace (``core.jobs.generated_dir``; ``$WEIGHTATLAS_WORKSPACE`` overrides where).
 """
 
 from __future__ import annotations
@@ -18,9 +19,25 @@ import streamlit as st
 
 from core.atlas import Atlas
 from core.errors import USER_ERRORS
-from core.explore import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
-from core.jobs import Job, start_stage
-from explorer.common import current_atlas, stamp, user_error, wait_for_imports
+from core.explore import (
+    TIMM_SUGGESTED,
+    generated_card,
+    model_state_dict,
+    timm_fit,
+    timm_search,
+    tokenized_ids,
+    zip_dir,
+    zoo_sizes,
+)
+from core.jobs import WORKSPACE_ENV, Job, SampleRequest, generated_dir, start_sample
+from explorer.common import (
+    current_atlas,
+    display_path,
+    escape_md,
+    stamp,
+    user_error,
+    wait_for_imports,
+)
 
 JOB_KEY = "generate_job"
 RESULT_KEY = "generate_result"
@@ -51,17 +68,27 @@ def cached_candidates(
 
 @st.cache_data(show_spinner=False)
 def registry() -> dict[str, Any]:
-    """Zoo families, tasks and timm model names known to the registry."""
-    import timm
-
+    """Zoo families and tasks known to the registry, and which tasks are images."""
     from core.architectures import FAMILIES
-    from core.datasets import TASKS
+    from core.datasets import TASKS, get_task
 
     return {
         "families": {k: f.default_task for k, f in FAMILIES.items()},
         "tasks": list(TASKS),
-        "timm": timm.list_models(),
+        "image_tasks": [t for t in TASKS if get_task(t).info.kind == "image"],
     }
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def cached_timm_fit(name: str, task: str) -> dict[str, Any]:
+    """core.explore.timm_fit: parameters and whether ``name`` runs on ``task`` (meta device)."""
+    return timm_fit(name, task)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_timm_search(query: str) -> list[str]:
+    """core.explore.timm_search: registry names containing ``query``."""
+    return timm_search(query)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -70,8 +97,43 @@ def cached_zoo_sizes(root: str, stamp_: float, family: str, task: str) -> list[t
     return zoo_sizes(root, family, task)
 
 
-def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int] | None]:
-    """Target architecture (registry spec), task and zoo size; returns ``(spec, task, size)``."""
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_hf_dirs(root: str, stamp_: float) -> dict[str, str]:
+    """transformers model directories in the atlas (with weights): model dir -> model id."""
+    from core.architectures import library_of, read_config
+
+    a = Atlas.open(root)
+    out: dict[str, str] = {}
+    for row in a.accepted():
+        if row.get("library") != "transformers" or not row.get("path"):
+            continue
+        d = Path(row["path"])
+        d = d if d.is_absolute() else a.root / d
+        if not (d / "config.json").is_file():
+            continue
+        try:
+            if library_of(read_config(d)) == "transformers":
+                out[str(d)] = str(row["id"])
+        except (*USER_ERRORS, OSError, ValueError):
+            continue
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def size_text(params: int | None) -> str:
+    """``11.2 M parameters`` / ``578 k parameters``."""
+    if params is None:
+        return "size unknown"
+    return (
+        f"{params / 1e6:.1f} M parameters" if params >= 1e6 else f"{params / 1e3:.0f} k parameters"
+    )
+
+
+def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int] | None, bool]:
+    """Target architecture (registry spec), task and zoo size.
+
+    Returns:
+        ``(spec, task, size, ok)``; ``ok`` is False when the choice cannot be built here.
+    """
     reg = registry()
     kind = st.segmented_control(
         "Architecture from",
@@ -79,29 +141,59 @@ def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int]
         default="Zoo family",
         key="gen_kind",
     )
-    c1, c2 = st.columns(2)
     if kind == "timm name":
-        names = reg["timm"]
-        name = c1.selectbox(
-            "timm model", names, index=names.index("resnet18") if "resnet18" in names else 0
+        c1, c2, c3 = st.columns([1.2, 1.4, 1])
+        query = c1.text_input(
+            "Search timm models",
+            key="gen_timm_search",
+            placeholder="e.g. resnet, mobilenet, efficientnet",
+            help="Empty: small CNNs that build and train on the zoo's image tasks here. "
+            "Any name in the timm registry can be searched; it is sized and test-run on the "
+            "task's input (on PyTorch's meta device, no memory used) before anything is built.",
         )
-        task = c2.selectbox("Task", reg["tasks"], key="gen_task_timm")
-        return f"timm:{name}", task, None
+        names = cached_timm_search(query) if query.strip() else list(TIMM_SUGGESTED)
+        if not names:
+            st.warning("No timm model name contains that text.")
+            return "", None, None, False
+        name = c2.selectbox("timm model", names, key="gen_timm_name")
+        task = c3.selectbox("Task", reg["image_tasks"], key="gen_task_timm")
+        fit = cached_timm_fit(name, task)
+        if fit["ok"]:
+            st.caption(f"`{name}` for {task}: {size_text(fit['params'])}; builds and runs here.")
+        else:
+            st.error(f"`{name}` cannot be generated here: {fit['reason']}", icon=":material/block:")
+        return f"timm:{name}", task, None, bool(fit["ok"])
     if kind == "transformers config":
-        folders = [
-            str(p)
-            for p in sorted((root / "hub").rglob("config.json"))
-            if p.parent.is_dir() and "generated" not in p.parts
-        ][:200]
+        c1, c2 = st.columns(2)
+        dirs = cached_hf_dirs(str(root), stamp_)
         folder = c1.selectbox(
-            "Model folder with a config.json",
-            folders,
+            "Model folder (the atlas' transformers models, or type a folder)",
+            list(dirs),
+            format_func=lambda d: dirs.get(d) or display_path(d),
             accept_new_options=True,
             key="gen_hf_dir",
-            help="A Hub-format directory; its config.json is built with random init.",
+            help="A Hub-format directory (config.json + weights): its config is built with "
+            "random initialisation and filled with generated weights.",
         )
-        task = c2.selectbox("Task", [None, *reg["tasks"]], key="gen_task_hf")
-        return f"hf:{folder}", task, None
+        if not folder:
+            st.info("This atlas has no transformers model with weights; type a model folder.")
+            return "", None, None, False
+        spec = f"hf:{folder}"
+        try:
+            own = cached_candidates(str(root), stamp_, spec, None, None)["task"]
+        except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+            st.error(f"Cannot build `{escape_md(folder)}`: {e}", icon=":material/error:")
+            return spec, None, None, False
+        tasks = reg["tasks"]
+        task = c2.selectbox(
+            "Task",
+            tasks,
+            index=tasks.index(own) if own in tasks else 0,
+            key=f"gen_task_hf_{folder}",
+            help=f"The model's own task is {own}." if own else None,
+        )
+        return spec, task, None, True
+    c1, c2 = st.columns(2)
     families = sorted(reg["families"])
     fam = c1.selectbox("Zoo family", families, key="gen_family")
     tasks = reg["tasks"]
@@ -118,7 +210,7 @@ def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int]
         help="Sizes of this family's models in the atlas (most common first): a target of "
         "the same size can take them as prompts.",
     )
-    return f"zoo:{fam}", task, size
+    return f"zoo:{fam}", task, size, True
 
 
 def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
@@ -147,14 +239,15 @@ def progress_fragment() -> None:
     state = job.status()
     with st.status(f"Generating… {state['message']}", expanded=True) as box:
         st.progress(min(max(float(state["fraction"]), 0.0), 1.0), text=state["message"])
-        st.caption(f"{state['seconds']:.0f} s · pid {job.pid} · `{job.progress_file.name}`")
+        st.caption(f"{state['seconds']:.0f} s · pid {job.pid}")
         if st.button("Cancel", key="gen_cancel", icon=":material/cancel:"):
             job.cancel()
             state = job.status()
         if state["done"]:
             box.update(state="error" if state["error"] else "complete")
             job.reap()
-            st.session_state[RESULT_KEY] = {**state, "cmd": job.cmd}
+            out = st.session_state.pop(JOB_KEY + "_out", None)
+            st.session_state[RESULT_KEY] = {**state, "cmd": job.cmd, "out": out}
             del st.session_state[JOB_KEY]
             st.rerun()
 
@@ -225,7 +318,7 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
     if result.get("error"):
         st.error(f"Generation failed: {result['error']}", icon=":material/error:")
         return
-    gen_root = Atlas(root).generated_dir.resolve()
+    gen_root = Path(result.get("out") or generated_dir(root)).resolve()
     outputs = [
         Path(p)
         for p in result.get("outputs", [])
@@ -234,7 +327,11 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
     if not outputs:
         st.warning("The run finished without writing models.")
         return
-    st.success(f"Wrote {len(outputs)} model(s) under `{gen_root}`", icon=":material/check:")
+    st.success(
+        f"Wrote {len(outputs)} model(s) to `{display_path(gen_root)}` (your workspace; set "
+        f"`{WORKSPACE_ENV}` to write elsewhere).",
+        icon=":material/check:",
+    )
     cards = {p.name: generated_card(p) for p in outputs}
     prompt_ids = next((c.get("prompts") for c in cards.values() if c.get("prompts")), []) or []
     rows = [
@@ -289,19 +386,22 @@ def page() -> None:
         not (a.tokens_dir / "index.json").exists()
         or not (a.backbone_dir / "model.safetensors").exists()
     ):
+        where = display_path(root)
         st.warning(
-            f"Generation needs a token store and a trained backbone in `{root}` "
-            f"(`weightatlas tokenize {root}` and `weightatlas train {root}`).",
+            f"Generation needs a token store and a trained backbone in `{where}` "
+            f"(`weightatlas tokenize {where}` and `weightatlas train {where}`).",
             icon=":material/warning:",
         )
         return
     stamp_ = stamp(a.tokens_dir / "index.json", a.manifest_path)
-    spec, task, size = arch_ui(root, stamp_)
+    spec, task, size, ok = arch_ui(root, stamp_)
+    if not ok:
+        return
     try:
         with st.spinner(f"Resolving {spec}…"):
             info = cached_candidates(str(root), stamp_, spec, task, size)
     except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
-        st.error(f"Cannot build `{spec}`: {e}", icon=":material/error:")
+        st.error(f"Cannot build `{escape_md(spec)}`: {e}", icon=":material/error:")
         return
     st.caption(
         f"{info['library']} · family `{info['family']}` · task `{info['task']}` · "
@@ -312,26 +412,35 @@ def page() -> None:
     running = st.session_state.get(JOB_KEY) is not None
     if settings["keep"] > settings["n"]:
         st.warning("M kept must not exceed K draws.")
-    go_ = st.button(
+    out = generated_dir(root)
+    c1, c2 = st.columns([1, 4], vertical_alignment="center")
+    go_ = c1.button(
         "Generate",
         type="primary",
         icon=":material/auto_awesome:",
         disabled=running or settings["keep"] > settings["n"],
         key="gen_go",
     )
+    c2.caption(
+        f"Writes to `{display_path(out)}`: your workspace, never the atlas (set "
+        f"`{WORKSPACE_ENV}` to change it)."
+    )
     if go_ and not running:
-        args = ["--arch", spec, "--n", str(settings["n"]), "--keep", str(settings["keep"])]
-        args += ["--seed", str(settings["seed"])]
-        if info["task"]:
-            args += ["--task", str(info["task"])]
-        if size is not None:
-            args += ["--width", str(size[0]), "--depth", str(size[1])]
-        if settings["prompts"]:
-            args += ["--prompts", ",".join(settings["prompts"])]
+        request = SampleRequest(
+            arch=spec,
+            n=settings["n"],
+            keep=settings["keep"],
+            seed=settings["seed"],
+            task=str(info["task"]) if info["task"] else None,
+            width=size[0] if size is not None else None,
+            depth=size[1] if size is not None else None,
+            prompts=tuple(settings["prompts"]),
+        )
         st.session_state.pop(RESULT_KEY, None)
         try:
-            st.session_state[JOB_KEY] = start_stage(root, "sample", args)
-        except (*USER_ERRORS, OSError) as e:
+            st.session_state[JOB_KEY] = start_sample(root, request, out)
+            st.session_state[JOB_KEY + "_out"] = str(out)
+        except (*USER_ERRORS, OSError, ValueError) as e:
             user_error(e)
     if st.session_state.get(JOB_KEY) is not None:
         progress_fragment()
