@@ -501,3 +501,42 @@ def timm_fit(name: str, task: str) -> dict[str, Any]:
         return out
     out["ok"] = True
     return out
+
+
+def backbone_validation(backbone_dir: str | Path) -> dict[str, Any]:
+    """The last validation row of a backbone's ``metrics.jsonl`` (empty if none).
+
+    Scalars (``val_r2``, ``val_models``, ...) and per-kind tables (``val_r2_by_kind`` and any
+    other ``val_*_by_kind``) as the training stage wrote them.
+    """
+    path = Path(backbone_dir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for row in read_jsonl(path):
+        if any(k.startswith("val_") for k in row):
+            last = row
+    return last
+
+
+def backbone_budget(backbone_dir: str | Path) -> dict[str, Any]:
+    """What a backbone was trained with, from its ``config.json``: preset, steps, model width,
+    latent size, loss normalisation and the number of training models (missing keys omitted)."""
+    path = Path(backbone_dir) / "config.json"
+    try:
+        cfg = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    net = cfg.get("backbone") if isinstance(cfg.get("backbone"), dict) else {}
+    out = {
+        "preset": cfg.get("preset"),
+        "steps": train.get("steps"),
+        "d_model": net.get("d_model"),
+        "latent_dim": net.get("latent_dim"),
+        "loss_norm": train.get("loss_norm"),
+        "train_models": cfg.get("n_train_models"),
+    }
+    return {k: v for k, v in out.items() if v is not None}

@@ -10,10 +10,12 @@ recolours a family.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 from core.explore import NUMERIC, MapTable
 
@@ -270,5 +272,204 @@ def layer_bars(names: Sequence[str], values: Sequence[float], title: str, log: b
             tickfont=dict(size=11),
         ),
         xaxis=xaxis,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers page
+
+
+def depth_axis(names: list[str], max_labels: int = 48) -> dict[str, Any]:
+    """An x axis over layers in depth order: position = depth, labelled with (shortened) names.
+
+    Beyond ``max_labels`` layers every k-th name is written; hover always gives the full name.
+    """
+    step = max(1, -(-len(names) // max_labels))
+    ticks = list(range(0, len(names), step))
+    return dict(
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=[short_name(names[i], 28) for i in ticks],
+        tickangle=-50,
+        tickfont=dict(size=10),
+        automargin=True,
+        range=[-0.5, len(names) - 0.5],
+    )
+
+
+def histogram_figure(
+    report: list[dict[str, Any]], names: list[str], legend: bool = True
+) -> go.Figure:
+    """Overlaid histograms of original vs reconstructed values, one panel per layer.
+
+    Each panel: x = weight value, y = probability density (the histogram integrates to 1).
+    ``legend`` False leaves the legend out (narrow side-by-side panels).
+    """
+    rows = [r for r in report if r["name"] in names]
+    cols = 3 if len(rows) > 2 else max(1, len(rows))
+    nrows = -(-len(rows) // cols)
+    titles = [
+        f"{short_name(r['name'], 40)} · R² {r['r2']:.3f}"
+        if r.get("r2") is not None
+        else short_name(r["name"], 40)
+        for r in rows
+    ]
+    fig = make_subplots(
+        rows=nrows,
+        cols=cols,
+        subplot_titles=titles,
+        vertical_spacing=0.5 / max(nrows, 1) ** 0.5 / 2,
+    )
+    for j, r in enumerate(rows):
+        row, col = j // cols + 1, j % cols + 1
+        for key, colour in (("original", "#1f77b4"), ("reconstructed", "#ff7f0e")):
+            fig.add_trace(
+                go.Histogram(
+                    x=r[key],
+                    name=f"{key} weights",
+                    legendgroup=key,
+                    showlegend=legend and j == 0,
+                    opacity=0.55,
+                    marker_color=colour,
+                    nbinsx=50,
+                    histnorm="probability density",
+                    hovertemplate="value %{x}<br>density %{y:.3g}<extra>" + key + "</extra>",
+                ),
+                row=row,
+                col=col,
+            )
+        fig.update_xaxes(title_text="weight value", title_font_size=11, row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text="density", title_font_size=11, row=row, col=col)
+    fig.update_layout(
+        barmode="overlay",
+        height=270 * nrows + 40,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="v", x=1.01, y=1, xanchor="left", yanchor="top"),
+    )
+    fig.update_annotations(font_size=11)
+    return fig
+
+
+def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
+    """Per-layer R² (top) and W1/std (bottom) over the same depth axis, one line per backbone."""
+    names = [r["name"] for r in next(iter(reports.values()))]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        subplot_titles=(
+            "R² per layer (1 = perfect reconstruction)",
+            "Wasserstein-1 distance / std of the original values (0 = same distribution)",
+        ),
+    )
+    for name, report in reports.items():
+        by_name = {r["name"]: r for r in report}
+        for row, key in ((1, "r2"), (2, "w1_over_std")):
+            y = [np.nan if by_name.get(n, {}).get(key) is None else by_name[n][key] for n in names]
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(len(names))),
+                    y=y,
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=row == 1,
+                    customdata=names,
+                    hovertemplate="%{customdata}<br>%{y:.4f}<extra>" + name + "</extra>",
+                ),
+                row=row,
+                col=1,
+            )
+    low = [r["r2"] for rep in reports.values() for r in rep if r.get("r2") is not None]
+    if low and min(low) < -1:
+        fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
+        fig.layout.annotations[0].text = "R² per layer (axis clipped at −1; hover for values)"
+    fig.update_yaxes(title_text="R²", row=1, col=1)
+    fig.update_yaxes(title_text="W1 / std", row=2, col=1)
+    fig.update_xaxes(depth_axis(names), row=2, col=1)
+    fig.update_xaxes(title_text="layer (in depth order)", row=2, col=1)
+    fig.update_layout(
+        height=560 + 4 * min(max(len(n) for n in names), 28) if names else 560,
+        margin=dict(l=10, r=10, t=40, b=10),
+        hovermode="x unified",
+        legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
+    )
+    return fig
+
+
+def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | None) -> go.Figure:
+    """003 Fig. 3 over one depth axis: spectral metrics of each weight matrix (top) and the
+    embedding spread of each layer (bottom), both placed at the layer's name."""
+    names = [str(r.get("name", "")) for r in spread]
+    for s_ in spectra or []:
+        if s_["name"] not in names:
+            names.append(s_["name"])
+    pos = {n: i for i, n in enumerate(names)}
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=(
+            "Spectral metrics of each weight matrix (WeightWatcher-style)",
+            "Embedding spread of each layer (SANE: std of its token embeddings)",
+        ),
+        specs=[[{"secondary_y": True}], [{}]],
+    )
+    if spectra:
+        x = [pos[s_["name"]] for s_ in spectra]
+        text = [s_["name"] for s_ in spectra]
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[np.nan if s_["alpha"] is None else s_["alpha"] for s_ in spectra],
+                name="alpha (power-law exponent)",
+                mode="lines+markers",
+                customdata=text,
+                hovertemplate="%{customdata}<br>alpha %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[
+                    np.nan if s_["log_spectral_norm"] is None else s_["log_spectral_norm"]
+                    for s_ in spectra
+                ],
+                name="log10 spectral norm",
+                mode="lines+markers",
+                customdata=text,
+                hovertemplate="%{customdata}<br>log10 λmax %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+            secondary_y=True,
+        )
+        fig.update_yaxes(title_text="alpha", row=1, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="log10 spectral norm", row=1, col=1, secondary_y=True)
+    fig.add_trace(
+        go.Scatter(
+            x=[pos[n] for n in names[: len(spread)]],
+            y=[r.get("spread", np.nan) for r in spread],
+            name="embedding spread",
+            mode="lines+markers",
+            customdata=names[: len(spread)],
+            hovertemplate="%{customdata}<br>spread %{y:.4f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(title_text="spread", row=2, col=1)
+    fig.update_xaxes(depth_axis(names), row=2, col=1)
+    fig.update_xaxes(title_text="layer (in depth order)", row=2, col=1)
+    fig.update_layout(
+        height=600,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
     )
     return fig

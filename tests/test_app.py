@@ -409,3 +409,66 @@ def test_next_stage_names_the_stage_to_run(tmp_path):
     at = app_on(a.root)
     assert "next stage is train" in at.error[0].value
     assert f"weightatlas train {a.root}" in at.error[0].value
+
+
+def _report(names: list[str], seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in names:
+        x = rng.normal(0, 0.1, 200)
+        out.append(
+            {
+                "name": n,
+                "original": x.tolist(),
+                "reconstructed": (x + rng.normal(0, 0.02, 200)).tolist(),
+                "r2": 0.9,
+                "w1_over_std": 0.1,
+            }
+        )
+    return out
+
+
+def test_layer_figures_are_labelled_on_one_depth_axis():
+    from explorer.figures import depth_figure, error_figure, histogram_figure
+
+    names = [f"encoder.layer.{i}.attention.output.dense.weight" for i in range(5)] + ["head.b"]
+    report = _report(names)
+    hist = histogram_figure(report, names[:4])
+    layout = hist.layout
+    assert layout.xaxis.title.text == "weight value" and layout.yaxis.title.text == "density"
+    assert all(t.histnorm == "probability density" for t in hist.data)
+    assert layout.legend.x > 1  # right of the plots, clear of the subplot titles
+    err = error_figure({"backbone": report, "mln-none": _report(names, 1)})
+    assert err.layout.xaxis.matches == "x2" or err.layout.xaxis2.matches == "x"  # shared
+    assert list(err.layout.xaxis2.tickvals) == list(range(len(names)))
+    assert err.layout.xaxis2.ticktext[-1] == "head.b" and "…" in err.layout.xaxis2.ticktext[0]
+    assert [t.customdata[0] for t in err.data][:1] == [names[0]]  # full name on hover
+    assert err.layout.yaxis.title.text == "R²" and err.layout.yaxis2.title.text == "W1 / std"
+    spread = [{"name": n, "spread": 0.1 * i} for i, n in enumerate(names)]
+    spectra = [
+        {"name": n, "alpha": 3.0, "log_spectral_norm": 0.5} for n in names[:-1]
+    ]  # matrices only
+    dep = depth_figure(spread, spectra)
+    titles = {dep.layout[a].title.text for a in ("yaxis", "yaxis2", "yaxis3")}
+    assert titles == {"alpha", "log10 spectral norm", "spread"}
+    assert dep.layout.xaxis2.title.text == "layer (in depth order)"
+    # spectra sit at their layer's depth position on the shared axis
+    assert list(dep.data[0].x) == list(range(len(names) - 1))
+
+
+def test_colours_are_fixed_per_value_across_filters(syn):
+    from explorer.figures import colour_map
+
+    table = map_table(syn)
+    every = map_figure(table, "umap", "family", table.filter())
+    only = map_figure(table, "umap", "family", table.filter(family=["vit"]))
+    colours = {t.name.split(" (")[0]: t.marker.color for t in every.data}
+    assert [t.name.split(" (")[0] for t in only.data] == ["vit"]
+    assert only.data[0].marker.color == colours["vit"] == colour_map(table, "family")["vit"]
+    assert only.layout.showlegend is True  # kept with a single trace
+    acc = map_figure(table, "pca", "accuracy", table.filter(family=["vit"]))
+    scale = acc.data[-1].marker
+    finite = np.asarray(table.columns["accuracy"], dtype=float)
+    assert (scale.cmin, scale.cmax) == (np.nanmin(finite), np.nanmax(finite))
+    assert "% of variance" in acc.layout.xaxis.title.text
+    assert acc.layout.clickmode == "event+select" and acc.layout.dragmode == "pan"

@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from core.atlas import Atlas
 from core.errors import USER_ERRORS
-from core.explore import ablation_backbones, layer_rows, models_with_weights, tokenized_ids
-from explorer.common import current_atlas, stamp, user_error, wait_for_imports
+from core.explore import (
+    ablation_backbones,
+    backbone_budget,
+    backbone_validation,
+    layer_rows,
+    models_with_weights,
+    tokenized_ids,
+)
+from explorer.common import current_atlas, display_path, stamp, user_error, wait_for_imports
+from explorer.figures import depth_figure, error_figure, histogram_figure
 
 MAX_HIST_LAYERS = 12
 
@@ -59,7 +65,7 @@ def model_picker_ui(root: Path) -> str | None:
     if not ids:
         st.warning(
             "This atlas holds neither token store nor weights for any model; "
-            f"run `weightatlas tokenize {root}`.",
+            f"run `weightatlas tokenize {display_path(root)}`.",
             icon=":material/warning:",
         )
         return None
@@ -68,142 +74,21 @@ def model_picker_ui(root: Path) -> str | None:
     return st.selectbox("Model", ids, index=index, key="layers_model")
 
 
-def histogram_figure(report: list[dict[str, Any]], names: list[str]) -> go.Figure:
-    """Overlaid histograms of original vs reconstructed values, one panel per layer."""
-    rows = [r for r in report if r["name"] in names]
-    cols = 3 if len(rows) > 2 else max(1, len(rows))
-    nrows = -(-len(rows) // cols)
-    titles = [
-        f"{r['name']} · R² {r['r2']:.3f}" if r.get("r2") is not None else r["name"] for r in rows
-    ]
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles)
-    for j, r in enumerate(rows):
-        row, col = j // cols + 1, j % cols + 1
-        for key, colour in (("original", "#1f77b4"), ("reconstructed", "#ff7f0e")):
-            fig.add_trace(
-                go.Histogram(
-                    x=r[key],
-                    name=key,
-                    legendgroup=key,
-                    showlegend=j == 0,
-                    opacity=0.55,
-                    marker_color=colour,
-                    nbinsx=50,
-                    histnorm="probability density",
-                ),
-                row=row,
-                col=col,
-            )
-    fig.update_layout(
-        barmode="overlay",
-        height=240 * nrows + 60,
-        margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
-    )
-    fig.update_annotations(font_size=11)
-    return fig
-
-
-def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Per-layer R² and W1/std along depth, one line per backbone."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("R² per layer", "W1 / std per layer"))
-    for name, report in reports.items():
-        x = list(range(len(report)))
-        text = [r["name"] for r in report]
-        for col, key in ((1, "r2"), (2, "w1_over_std")):
-            y = [np.nan if r.get(key) is None else r[key] for r in report]
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=col == 1,
-                    text=text,
-                    hovertemplate="%{text}<br>%{y:.4f}<extra>" + name + "</extra>",
-                ),
-                row=1,
-                col=col,
-            )
-    low = [r["r2"] for rep in reports.values() for r in rep if r.get("r2") is not None]
-    if low and min(low) < -1:
-        fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
-        fig.layout.annotations[0].text = "R² per layer (axis clipped at −1; hover for values)"
-    fig.update_xaxes(title_text="layer index")
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
-def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | None) -> go.Figure:
-    """003 Fig. 3: WeightWatcher metrics (left) and the embedding spread (right) over depth."""
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("Spectral metrics (WeightWatcher-style)", "Embedding spread ẑ_l (SANE)"),
-        specs=[[{"secondary_y": True}, {}]],
-    )
-    if spectra:
-        x = [s["depth"] for s in spectra]
-        text = [s["name"] for s in spectra]
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[np.nan if s["alpha"] is None else s["alpha"] for s in spectra],
-                name="alpha",
-                mode="lines+markers",
-                text=text,
-                hovertemplate="%{text}<br>alpha %{y:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[
-                    np.nan if s["log_spectral_norm"] is None else s["log_spectral_norm"]
-                    for s in spectra
-                ],
-                name="log10 spectral norm",
-                mode="lines+markers",
-                text=text,
-                hovertemplate="%{text}<br>log10 λmax %{y:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=1,
-            secondary_y=True,
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=list(range(len(spread))),
-            y=[r.get("spread", np.nan) for r in spread],
-            name="spread",
-            mode="lines+markers",
-            text=[str(r.get("name", "")) for r in spread],
-            hovertemplate="%{text}<br>spread %{y:.4f}<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
-    fig.update_xaxes(title_text="weight matrix index", row=1, col=1)
-    fig.update_xaxes(title_text="layer index", row=1, col=2)
-    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
 def reconstruction_section(root: Path, stamp_: float, model_id: str) -> None:
     """Original vs reconstructed distributions and per-layer errors (main backbone)."""
     st.subheader("Reconstruction through the backbone")
     if model_id not in set(tokenized_ids(root)):
         st.info(
             "This model is not in the atlas' token store, so it cannot be reconstructed here "
-            f"(run `weightatlas tokenize {root}`).",
+            f"(run `weightatlas tokenize {display_path(root)}`).",
             icon=":material/info:",
         )
         return
     if not (Atlas(root).backbone_dir / "model.safetensors").exists():
-        st.info(f"No trained backbone yet: `weightatlas train {root}`.", icon=":material/info:")
+        st.info(
+            f"No trained backbone yet: `weightatlas train {display_path(root)}`.",
+            icon=":material/info:",
+        )
         return
     try:
         with st.spinner("Encoding and decoding the model…"):
@@ -250,6 +135,68 @@ def depth_section(root: Path, stamp_: float, model_id: str) -> None:
         st.caption("Spectral metrics are computed on demand (SVD of each weight matrix).")
 
 
+def budget_text(budget: dict[str, Any]) -> str:
+    """``demo preset · 2,000 steps · width 128 · latent 64 · 200 training models``."""
+    parts = []
+    if "preset" in budget:
+        parts.append(f"{budget['preset']} preset")
+    if "steps" in budget:
+        parts.append(f"{budget['steps']:,} steps")
+    if "d_model" in budget:
+        parts.append(f"width {budget['d_model']}")
+    if "latent_dim" in budget:
+        parts.append(f"latent {budget['latent_dim']}")
+    if "train_models" in budget:
+        parts.append(f"{budget['train_models']:,} training models")
+    return " · ".join(parts) or "budget unknown"
+
+
+def validation_section(root: Path) -> None:
+    """The backbone's own validation metrics (held-out models), overall and per layer kind."""
+    row = backbone_validation(Atlas(root).backbone_dir)
+    if not row:
+        return
+    with st.expander("Backbone validation on held-out models", icon=":material/fact_check:"):
+        scalars = {
+            k: v for k, v in row.items() if k.startswith("val_") and isinstance(v, int | float)
+        }
+        tables = {
+            k: v
+            for k, v in row.items()
+            if k.startswith("val_") and k.endswith("_by_kind") and isinstance(v, dict)
+        }
+        st.caption(
+            f"Step {row.get('step', '?')}: every layer of the validation split's models "
+            "(the backbone never trained on them), reconstructed through the backbone. "
+            "R²: 1 is perfect; std ratio: std of the reconstruction over std of the original "
+            "(1 keeps the spread, below 1 shrinks it)."
+        )
+        if scalars:
+            cols = st.columns(min(len(scalars), 4))
+            for j, (k, v) in enumerate(scalars.items()):
+                cols[j % len(cols)].metric(
+                    k.removeprefix("val_").replace("_", " "),
+                    f"{v:,.3f}" if isinstance(v, float) else f"{v:,}",
+                )
+        if tables:
+            kinds = sorted({kind for t in tables.values() for kind in t})
+            st.dataframe(
+                [
+                    {
+                        "layer kind": kind,
+                        **{
+                            k.removeprefix("val_").removesuffix("_by_kind").replace("_", " "): (
+                                t.get(kind)
+                            )
+                            for k, t in tables.items()
+                        },
+                    }
+                    for kind in kinds
+                ],
+                hide_index=True,
+            )
+
+
 def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
     """Ablation backbones side by side: one layer's reconstruction each, and R² along depth."""
     backbones = ablation_backbones(root)
@@ -266,8 +213,23 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
         names,
         default=default,
         key="ablation_backbones",
-        help="ATLAS/backbones/*: mln-* differ only in the loss normalisation (001 Table 1).",
+        help="Backbones the ablation study trained on this atlas (ATLAS/backbones/*): the "
+        "mln-* ones differ only in how the reconstruction loss is normalised (none, per "
+        "token, masked), tok-* in the tokenizer, comp-* in which models they saw.",
     )
+    main = backbone_budget(Atlas(root).backbone_dir)
+    if chosen:
+        arm = backbone_budget(backbones[chosen[0]])
+        differ = [
+            k for k in ("preset", "steps", "d_model", "latent_dim") if main.get(k) != arm.get(k)
+        ]
+        if differ:
+            st.caption(
+                f"Different budgets: the atlas backbone was trained with {budget_text(main)}; "
+                f"the ablation backbones with {budget_text(arm)} each. So the atlas backbone "
+                "reconstructs better than any ablation arm even with the same loss setting: "
+                "compare the arms with each other."
+            )
     reports: dict[str, list[dict[str, Any]]] = {}
     for name in ["backbone", *chosen]:
         bdir = None if name == "backbone" else str(backbones[name])
@@ -280,6 +242,7 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
         return
     layer_names = [r["name"] for r in next(iter(reports.values()))]
     layer = st.selectbox("Layer", layer_names, key="ablation_layer")
+    st.caption("Blue: original weights; orange: reconstructed by each backbone.")
     cols = st.columns(len(reports))
     for col, (name, report) in zip(cols, reports.items()):
         bdir = Atlas(root).backbone_dir if name == "backbone" else backbones[name]
@@ -287,12 +250,14 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
         col.metric(
             f"{name} · {_norm_mode(bdir)}",
             f"{np.median(r2):.3f}" if r2 else "–",
-            help="median per-layer R² of this model",
+            help=f"Median per-layer R² of this model. Trained with {budget_text(backbone_budget(bdir))}.",
         )
         rows = [r for r in report if r["name"] == layer]
         if rows:
             col.plotly_chart(
-                histogram_figure(rows, [layer]), key=f"ablation_hist_{name}", width="stretch"
+                histogram_figure(rows, [layer], legend=False),
+                key=f"ablation_hist_{name}",
+                width="stretch",
             )
     st.plotly_chart(error_figure(reports), key="ablation_errors", width="stretch")
 
@@ -325,6 +290,7 @@ def page() -> None:
         a.embeddings_dir / "layers.jsonl",
     )
     reconstruction_section(root, stamp_, model_id)
+    validation_section(root)
     depth_section(root, stamp_, model_id)
     ablation_section(root, stamp_, model_id)
 
