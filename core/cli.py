@@ -1,12 +1,17 @@
-"""The ``weightatlas`` command: a thin layer over core's stage functions.
+"""weightatlas: learn one weight-space representation of many trained models, then explore it.
 
-    weightatlas zoo --preset ci --out ZOO
-    weightatlas collect ATLAS --source ZOO
-    weightatlas tokenize ATLAS --scheme dense
-    weightatlas train ATLAS --preset ci
-    weightatlas embed ATLAS ; weightatlas evaluate ATLAS ; weightatlas sample ATLAS --arch SPEC
-    weightatlas pipeline --preset ci --out RUN ; weightatlas demo --out assets/demo
-    weightatlas bench {tokenize,collect,train,sample,app}
+    weightatlas zoo --preset ci --out ZOO                 # (optional) train a small model zoo
+    weightatlas collect ATLAS --source ZOO                # or ~/.cache/huggingface, or hub
+    weightatlas tokenize ATLAS                            # weights -> tokens
+    weightatlas train ATLAS --preset demo                 # the backbone autoencoder
+    weightatlas embed ATLAS                               # embeddings and 2-D maps
+    weightatlas evaluate ATLAS ; weightatlas sample ATLAS --arch SPEC
+    streamlit run explorer/app.py                         # explore (type ATLAS in the sidebar)
+
+Every stage reads and writes one atlas directory and can be re-run alone (it resumes).
+`--set KEY=VALUE` overrides a preset field on every stage; each stage prints a short summary
+(`--json` for the machine-readable result). `weightatlas STAGE --help` lists a stage's
+options.
 
 Each stage module defines ``add_cli(parser)`` (its flags) and ``run_cli(args) -> int``; this file
 only wires them together and turns expected errors into one-line messages and exit code 2.
@@ -38,13 +43,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; each subcommand's flags come from its stage module."""
-    parser = argparse.ArgumentParser(prog="weightatlas", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="weightatlas",
+        description=__doc__.split("\n\nEach stage module")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_cli(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    """``--json``: print the stage's result as JSON instead of the human summary."""
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON (for scripts) instead of the short summary",
+    )
+
+
+def emit(args: argparse.Namespace, data: object, summary: str) -> None:
+    """Print ``summary`` (a few human lines), or ``data`` as JSON with ``--json``."""
+    if getattr(args, "json", False):
+        from core.atlas import dumps
+
+        print(dumps(data, indent=2))
+    else:
+        print(summary)
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
