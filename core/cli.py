@@ -65,6 +65,27 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_set_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) beside a stage's positional ``KEY=VALUE`` overrides,
+    so every stage takes the same override syntax; :func:`overrides_of` merges both."""
+    p.add_argument(
+        "--set",
+        dest="set_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a {what} field (repeatable); same as a trailing KEY=VALUE",
+    )
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The ``KEY=VALUE`` pairs given positionally and with ``--set``."""
+    return [
+        *(getattr(args, "overrides", None) or []),
+        *(getattr(args, "set_overrides", None) or []),
+    ]
+
+
 def emit(args: argparse.Namespace, data: object, summary: str) -> None:
     """Print ``summary`` (a few human lines), or ``data`` as JSON with ``--json``."""
     if getattr(args, "json", False):

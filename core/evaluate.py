@@ -546,8 +546,16 @@ def layer_report(
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from core.cli import add_json_flag
+
     p.add_argument("atlas", help="an embedded atlas directory")
-    p.add_argument("--preset", default="ci", choices=sorted(PROBE_PRESETS))
+    p.add_argument(
+        "--preset",
+        default="ci",
+        choices=sorted(PROBE_PRESETS),
+        help="probe settings: ci is a smoke test (3-fold CV, coarse grids); demo and paper-* "
+        "use 5-fold CV for numbers to report (default: ci)",
+    )
     p.add_argument("--backbone", default=None, help="probe another backbone's embeddings")
     p.add_argument(
         "--layers",
@@ -556,11 +564,19 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         help="print the layer report of one model instead",
     )
     add_overrides_arg(p, "ProbeConfig")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from core.cli import emit
+    from core.explore import backbone_budget
+
     if args.layers is not None:
         recs = layer_report(args.atlas, args.layers, args.backbone)
+        if args.json:
+            emit(args, [{k: v for k, v in r.items() if k not in ("original", "reconstructed")}
+                        for r in recs], "")  # fmt: skip
+            return 0
         print(f"{'layer':40s} {'kind':7s} {'shape':>18s} {'r2':>8s} {'mse':>10s} {'w1/std':>8s}")
         for r in recs:
             r2 = "n/a" if r["r2"] is None else f"{r['r2']:.3f}"
@@ -575,5 +591,21 @@ def run_cli(args: argparse.Namespace) -> int:
         backbone_dir=args.backbone,
         overrides=parse_overrides(args.overrides),
     )
-    print(probes_markdown(out), end="")
+    a = Atlas.open(args.atlas)
+    notes = []
+    if args.preset == "ci":
+        notes.append(
+            "preset ci is a smoke test (3-fold CV, coarse hyper-parameter grids): it checks "
+            "that the stage runs; use --preset demo for numbers to report."
+        )
+    trained = backbone_budget(Path(args.backbone) if args.backbone else a.backbone_dir)
+    if trained.get("preset") == "ci":
+        notes.append(
+            f"the backbone was trained with the ci preset ({trained.get('steps', '?')} steps), "
+            "a smoke test as well: its embeddings say little about the method."
+        )
+    text = probes_markdown(out).rstrip("\n")
+    text += f"\n\nwritten: {a.results_dir / 'probes.json'} and probes.md"
+    text += "".join(f"\nnote: {n}" for n in notes)
+    emit(args, out, text)
     return 0

@@ -1238,6 +1238,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--world-size", type=int, default=None, help="number of processes (default: env WORLD_SIZE)"
     )
+    from core.cli import add_json_flag
+
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1254,9 +1257,17 @@ def run_cli(args: argparse.Namespace) -> int:
         shard_bytes=shard_bytes,
         retry_failed=args.retry_failed,
     )
-    print(
-        f"tokens: {stats['models']} models, {stats['failed']} failed, {stats['tokens']} tokens of "
-        f"{stats['token_size']} ({stats['scheme']}), padding {stats['padding_fraction']:.3f}"
+    from core.cli import emit
+
+    where = Path(args.atlas) / "tokens"
+    emit(
+        args,
+        {**stats, "out": str(where)},
+        f"tokenize: {stats['models']} models cut into {stats['tokens']:,} tokens of "
+        f"{stats['token_size']} values ({stats['scheme']} scheme, "
+        f"{100 * stats['padding_fraction']:.1f}% padding); {stats['failed']} failed\n"
+        f"token store: {where}\n"
+        f"next: weightatlas train {args.atlas} --preset demo",
     )
     return 0
 

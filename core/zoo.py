@@ -525,10 +525,15 @@ def read_zoo(out: str | Path) -> list[dict[str, Any]]:
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from core.cli import add_json_flag, add_set_flag
+
     p.add_argument(
-        "--preset", default="ci", choices=sorted(ZOO_PRESETS), help="zoo size (default: ci)"
+        "--preset",
+        default="ci",
+        choices=sorted(ZOO_PRESETS),
+        help="zoo size: ci (minutes), demo (the demo atlas' zoo) or full (default: ci)",
     )
-    p.add_argument("--out", required=True, help="output directory (HF cache layout)")
+    p.add_argument("--out", required=True, help="output directory (written in HF cache layout)")
     p.add_argument("--seed", type=int, default=0, help="zoo seed (default: 0)")
     p.add_argument("--config", default=None, help="JSON/YAML file of ZooConfig fields")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new checkpoints")
@@ -536,21 +541,35 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="ZooConfig overrides, e.g. epochs=4"
     )
+    add_set_flag(p, "ZooConfig")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from core.cli import emit, overrides_of
+
     out = zoo(
         args.preset,
         args.out,
         seed=args.seed,
-        overrides=parse_overrides(args.overrides),
+        overrides=parse_overrides(overrides_of(args)),
         config_file=args.config,
         limit=args.limit,
         workers=args.workers,
     )
-    if (out / ZOO_INDEX).exists():
-        n = sum(1 for _ in read_jsonl(out / ZOO_INDEX))
-        print(f"zoo: {n} checkpoints in {out}")
+    done = (out / ZOO_INDEX).exists()
+    rows = list(read_jsonl(out / ZOO_INDEX)) if done else []
+    families = sorted({str(r["family"]) for r in rows if r.get("family")})
+    tasks = sorted({str(r["task"]) for r in rows if r.get("task")})
+    data = {"out": str(out), "complete": done, "checkpoints": len(rows)}
+    data.update(families=families, tasks=tasks)
+    if done:
+        text = (
+            f"zoo: {len(rows)} checkpoints ({len(families)} families x {len(tasks)} tasks) "
+            f"written to {out} (HF cache layout)\n"
+            f"next: weightatlas collect ATLAS --source {out}"
+        )
     else:
-        print(f"zoo: stopped after --limit; re-run to finish {out}")
+        text = f"zoo: stopped after --limit; re-run the same command to finish {out}"
+    emit(args, data, text)
     return 0
