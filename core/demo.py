@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas, append_jsonl, write_json
+from core.atlas import Atlas, append_jsonl, read_json, write_json
 from core.config import build_config, parse_overrides
 from core.errors import WeightAtlasError
 
@@ -91,6 +91,10 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
                 shutil.copytree(
                     source.root / name, tmp / name, ignore=shutil.ignore_patterns(*SKIP_IN_BACKBONE)
                 )
+        from core.explore import strip_machine_paths  # no machine paths in shipped files
+
+        for f in sorted((tmp / "results").glob("*.json")):
+            write_json(f, strip_machine_paths(read_json(f), source.root))
         kept = {row["id"] for row in _weights_subset(source, per_group)}
         rows = []
         for row in source.manifest():
@@ -105,7 +109,7 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
                 row["path"] = None  # weights not shipped with the demo
             rows.append(row)
         append_jsonl(tmp / "manifest.jsonl", rows)
-        info = source.info()
+        info = strip_machine_paths(source.info(), source.root)
         info["demo"] = {"source": str(Path(src).resolve().name), "weights_kept": sorted(kept)}
         write_json(tmp / "atlas.json", info)
         # a token store of the kept models, in the source's scheme: the Layers page reconstructs
@@ -163,16 +167,36 @@ def demo(
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from core.cli import add_json_flag, add_set_flag
+
     p.add_argument("--out", default="assets/demo", help="where to write the demo atlas")
     p.add_argument(
         "--from-atlas", default=None, help="export this finished atlas instead of building"
     )
     p.add_argument("--work", default=None, help="scratch dir for the zoo and full atlas")
-    p.add_argument("--preset", default="demo", choices=sorted(DEMO_PRESETS))
-    p.add_argument("overrides", nargs="*", help="DemoConfig fields as key=value")
+    p.add_argument(
+        "--preset",
+        default="demo",
+        choices=sorted(DEMO_PRESETS),
+        help="ci: a quick smoke build; demo: the shipped demo atlas (default: demo)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="DemoConfig fields")
+    add_set_flag(p, "DemoConfig")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    path = demo(args.out, args.from_atlas, args.work, args.preset, parse_overrides(args.overrides))
-    print(f"{path} ({_dir_bytes(path) / 2**20:.1f} MB)")
+    from core.cli import emit, overrides_of
+
+    path = demo(
+        args.out, args.from_atlas, args.work, args.preset, parse_overrides(overrides_of(args))
+    )
+    size_mb = _dir_bytes(path) / 2**20
+    n = sum(1 for _ in Atlas.open(path).accepted())
+    emit(
+        args,
+        {"out": str(path), "size_mb": size_mb, "models": n},
+        f"demo: atlas of {n} models ({size_mb:.1f} MB) written to {path}\n"
+        f"open it: WEIGHTATLAS_ATLAS={path} streamlit run explorer/app.py",
+    )
     return 0

@@ -540,3 +540,24 @@ def backbone_budget(backbone_dir: str | Path) -> dict[str, Any]:
         "train_models": cfg.get("n_train_models"),
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def strip_machine_paths(obj: Any, root: str | Path) -> Any:
+    """``obj`` (JSON-like) with no absolute path of this machine left in it.
+
+    A string that is an absolute path inside ``root`` becomes relative to ``root``; any other
+    absolute path keeps only its last component. For files shipped to other machines (the
+    embedded demo atlas), so that no developer's directories travel with them.
+    """
+    base = Path(root).resolve()
+    if isinstance(obj, dict):
+        return {k: strip_machine_paths(v, base) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [strip_machine_paths(v, base) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and len(obj) < 4096:
+        p = Path(obj)
+        for candidate in (p, p.resolve()):
+            if candidate.is_relative_to(base):
+                return str(candidate.relative_to(base)) or "."
+        return p.name
+    return obj

@@ -334,16 +334,38 @@ def section_numbers(report: str | Path) -> dict[str, list[float]]:
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="ci", choices=sorted(PIPELINE_PRESETS))
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--from", dest="from_stage", default=None, choices=list(STAGES))
-    p.add_argument("--only", default=None, choices=list(STAGES))
-    p.add_argument("overrides", nargs="*", help="PipelineConfig fields as key=value")
+    from core.cli import add_json_flag, add_set_flag
+
+    p.add_argument(
+        "--preset",
+        default="ci",
+        choices=sorted(PIPELINE_PRESETS),
+        help="ci: a smoke test of every stage (minutes); demo: the demo run (default: ci)",
+    )
+    p.add_argument("--out", required=True, help="run directory (notebooks, atlas, report.md)")
+    p.add_argument(
+        "--from", dest="from_stage", default=None, choices=list(STAGES), help="start at this stage"
+    )
+    p.add_argument("--only", default=None, choices=list(STAGES), help="run only this stage")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="PipelineConfig fields")
+    add_set_flag(p, "PipelineConfig")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from core.cli import emit, overrides_of
+
     report = pipeline(
-        args.preset, args.out, args.from_stage, args.only, parse_overrides(args.overrides)
+        args.preset, args.out, args.from_stage, args.only, parse_overrides(overrides_of(args))
     )
-    print(report)
+    note = (
+        " (ci is a smoke test: its numbers check that the stages run)"
+        if args.preset == "ci"
+        else ""
+    )
+    emit(
+        args,
+        {"report": str(report), "preset": args.preset},
+        f"pipeline {args.preset}: notebooks run, report written to {report}{note}",
+    )
     return 0

@@ -472,3 +472,22 @@ def test_colours_are_fixed_per_value_across_filters(syn):
     assert (scale.cmin, scale.cmax) == (np.nanmin(finite), np.nanmax(finite))
     assert "% of variance" in acc.layout.xaxis.title.text
     assert acc.layout.clickmode == "event+select" and acc.layout.dragmode == "pan"
+
+
+def test_strip_machine_paths_for_shipped_files(tmp_path):
+    from core.explore import strip_machine_paths
+
+    root = tmp_path / "atlas"
+    info = {
+        "sources": [{"kind": "hf-cache", "spec": "/home/dev/runs/demo/zoo", "n": 3}],
+        "backbone": str(root / "backbones" / "mln-none"),
+        "models": [str(root / "generated" / "m0"), "weightatlas-zoo/cnn"],
+        "note": "relative/path stays",
+    }
+    out = strip_machine_paths(info, root)
+    assert out == {
+        "sources": [{"kind": "hf-cache", "spec": "zoo", "n": 3}],
+        "backbone": "backbones/mln-none",
+        "models": ["generated/m0", "weightatlas-zoo/cnn"],
+        "note": "relative/path stays",
+    }
