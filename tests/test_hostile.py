@@ -580,3 +580,122 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: load_model_dir(src / "h8000"), 60)
     assert torch.get_default_device().type == "cpu"
+
+
+# ----------------------------------------------------------------------------- 5. disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(size) -> mount point``: a size-limited tmpfs (root only; skipped elsewhere)."""
+    import shutil
+    import subprocess
+
+    mounts: list[Path] = []
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a size-limited tmpfs needs root")
+
+    def make(size: str) -> Path:
+        mnt = tmp_path / f"disk{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)])
+        if r.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounts.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def _cli(args: list[str], timeout: float = 300) -> Any:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _grow(mnt: Path, size: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory) -> Path:
+    from core.architectures import build_from_config, resolve_arch, save_model_dir
+
+    base = tmp_path_factory.mktemp("dfmodels")
+    for i in range(8):
+        arch = resolve_arch("mlp", width=(16, 32)[i % 2])
+        save_model_dir(
+            build_from_config(arch.config, i), base / f"m{i}", arch.library, config=arch.config
+        )
+    return base
+
+
+def _full_message(r: Any, stage: str) -> None:
+    """Exit 2 and the one-line message (after a progress bar's carriage return), no traceback."""
+    import re
+
+    assert r.returncode == 2, r.stderr[-2000:]
+    pattern = rf"weightatlas {stage}: disk full while writing \S+; nothing lost, re-run to resume$"
+    assert re.search(pattern, r.stderr, re.M), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_disk_full_collect_and_tokenize_say_so_and_resume(small_models, small_disk):
+    mnt = small_disk("8k")
+    atlas = mnt / "atlas"
+    r = _cli(["collect", str(atlas), "--source", str(small_models), "--no-progress"])
+    _full_message(r, "collect")
+    _grow(mnt, "64k")
+    r = _cli(["collect", str(atlas), "--source", str(small_models), "--no-progress"])
+    assert r.returncode == 0 and "8 accepted" in r.stdout, r.stderr[-2000:]
+    # tokenize: the shard is reserved with posix_fallocate, so a full disk is ENOSPC, not SIGBUS
+    vfs = os.statvfs(mnt)
+    _grow(mnt, f"{(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize // 1024 + 8}k")
+    r = _cli(["tokenize", str(atlas)])
+    _full_message(r, "tokenize")
+    assert not list((atlas / "tokens").rglob("*.tmp*"))  # no partial shard left behind
+    _grow(mnt, "4m")
+    r = _cli(["tokenize", str(atlas)])
+    assert r.returncode == 0 and "8 models, 0 failed" in r.stderr + r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.slow  # a short training run and an embedding (~40 s on 2 shared cores)
+def test_disk_full_train_and_embed_say_so_and_resume(small_models, small_disk, tmp_path):
+    import shutil
+
+    src = tmp_path / "atlas"
+    assert (
+        _cli(["collect", str(src), "--source", str(small_models), "--no-progress"]).returncode == 0
+    )
+    assert _cli(["tokenize", str(src)]).returncode == 0
+    used = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    mnt = small_disk(f"{used // 1024 + 256}k")
+    atlas = mnt / "atlas"
+    shutil.copytree(src, atlas)
+    r = _cli(["train", str(atlas), "--preset", "ci", "steps=20"])
+    _full_message(r, "train")
+    _grow(mnt, "64m")
+    r = _cli(["train", str(atlas), "--preset", "ci", "steps=20"])
+    assert r.returncode == 0 and (atlas / "backbone" / "model.safetensors").is_file(), r.stderr[
+        -2000:
+    ]
+    vfs = os.statvfs(mnt)
+    _grow(mnt, f"{(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize // 1024 + 8}k")
+    r = _cli(["embed", str(atlas)])
+    _full_message(r, "embed")
+    _grow(mnt, "64m")
+    r = _cli(["embed", str(atlas)])
+    assert r.returncode == 0, r.stderr[-2000:]
