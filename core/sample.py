@@ -1025,19 +1025,60 @@ def generation_markdown(out: dict[str, Any]) -> str:
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from core.cli import add_json_flag
+
     p.add_argument("atlas", help="a tokenized atlas with a trained backbone")
-    p.add_argument("--arch", required=True, help="zoo:<family>, timm:<name> or hf:<dir or repo id>")
-    p.add_argument("--n", type=int, default=None, help="draws per round (K)")
-    p.add_argument("--keep", type=int, default=None, help="models kept (M)")
-    p.add_argument("--prompts", default=None, help="comma-separated atlas model ids")
-    p.add_argument("--mode", choices=("independent", "joint"), default=None)
-    p.add_argument("--prior", choices=sorted(PRIORS), default=None)
-    p.add_argument("--bootstrap-rounds", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--task", default=None, help="target task (default: the family's own)")
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--preset", default="ci", choices=sorted(SAMPLE_PRESETS))
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="target architecture: zoo:<family>, timm:<name> or hf:<model dir or repo id>",
+    )
+    p.add_argument("--n", type=int, default=None, help="draws per round, K (default: preset's)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="models kept, M: the best draws by validation accuracy",
+    )
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="comma-separated atlas model ids used as prompts (default: the best atlas models "
+        "with the target's exact layer table, else freshly trained ones)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("independent", "joint"),
+        default=None,
+        help="independent: every token draws its own kernel centre among the prompts; "
+        "joint: one prompt per draw for all tokens (default: preset's)",
+    )
+    p.add_argument(
+        "--prior",
+        choices=sorted(PRIORS),
+        default=None,
+        help="distribution fitted to the prompt latents: kde or gaussian (default: preset's)",
+    )
+    p.add_argument(
+        "--bootstrap-rounds",
+        type=int,
+        default=None,
+        help="extra rounds that re-fit the prior on the kept draws (default: preset's)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of prompts, draws and conditioning")
+    p.add_argument("--task", default=None, help="target task (default: the architecture's own)")
+    p.add_argument(
+        "--width", type=int, default=None, help="zoo family width (default: the atlas' most common)"
+    )
+    p.add_argument(
+        "--depth", type=int, default=None, help="zoo family depth (default: the atlas' most common)"
+    )
+    p.add_argument(
+        "--preset",
+        default="ci",
+        choices=sorted(SAMPLE_PRESETS),
+        help="SampleConfig preset for the settings not given (default: ci)",
+    )
     p.add_argument("--backbone", default=None, help="another backbone directory")
     p.add_argument(
         "--out",
@@ -1049,8 +1090,14 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heldout-task", default=None, help="with --evaluate: a task absent from the atlas"
     )
-    p.add_argument("--eval-preset", default="ci", choices=sorted(GENERATION_PRESETS))
+    p.add_argument(
+        "--eval-preset",
+        default="ci",
+        choices=sorted(GENERATION_PRESETS),
+        help="with --evaluate: GenerationConfig preset (ci is a smoke test; default: ci)",
+    )
     add_overrides_arg(p, "SampleConfig (with --evaluate: GenerationConfig)")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -1071,7 +1118,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 sample_preset=args.preset, overrides=parse_overrides(args.overrides), progress=progress,
             )  # fmt: skip
             bar.close()
-            print(generation_markdown(out), end="")
+            from core.cli import emit
+
+            note = ""
+            if args.eval_preset == "ci":
+                note = "\nnote: --eval-preset ci is a smoke test; use demo for numbers to report"
+            emit(args, out, generation_markdown(out).rstrip("\n") + note)
             if writer is not None:
                 writer(
                     1.0,
@@ -1100,8 +1152,25 @@ def run_cli(args: argparse.Namespace) -> int:
     bar.close()
     if writer is not None:
         writer(1.0, "done", done=True, outputs=[str(p) for p in paths])
-    for p in paths:
-        print(p)
+    from core.cli import emit
+    from core.explore import generated_card
+
+    cards = [generated_card(p) for p in paths]
+    data = [{"path": str(p), **{k: c.get(k) for k in ("test_accuracy", "prompts", "n", "keep")}}
+            for p, c in zip(paths, cards)]  # fmt: skip
+    first = cards[0] if cards else {}
+    lines = [
+        f"sample: kept {len(paths)} of {first.get('n', '?')} draws of {args.arch} "
+        f"(best by validation accuracy), from {len(first.get('prompts') or [])} prompt(s)"
+    ]
+    for p, c in zip(paths, cards):
+        acc = c.get("test_accuracy")
+        lines.append(
+            f"  {p.name}: test accuracy {acc:.3f}" if isinstance(acc, float) else f"  {p.name}"
+        )
+    if paths:
+        lines.append(f"written to {paths[0].parent}")
+    emit(args, data, "\n".join(lines))
     return 0
 
 
