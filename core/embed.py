@@ -70,7 +70,10 @@ class EmbedConfig:
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     map_neighbors: int = 5
-    distance_k: int = 5  # atlas distance: mean cosine distance to this many nearest atlas models
+    distance_k: int = 5  # atlas distance: mean distance to this many nearest atlas models
+    # atlas distance metric: "zscore" (Euclidean on embeddings standardized per latent dim by
+    # the atlas' mean and std) or "cosine" (the neighbour lists' metric; ignores norms)
+    distance_metric: str = "zscore"
     seed: int = 0
     device: str = "cpu"
 
@@ -410,7 +413,8 @@ def _merge(
         "layer_spread": torch.cat(layer_spread).contiguous(),
     }
     zm = tensors["z"].double().numpy()
-    loo = loo_knn_distances(zm, cfg.distance_k)
+    groups = reference_groups(a, [r["id"] for r in model_rows])
+    loo = loo_knn_distances(zm, cfg.distance_k, cfg.distance_metric, groups)
     for r, dist in zip(model_rows, loo, strict=True):
         r["atlas_distance"] = float(dist)
         r["atlas_percentile"] = distance_percentile(loo, float(dist))
@@ -532,9 +536,34 @@ OUTSIDE_MEANING = (
 )
 
 
-def knn_distance(z: np.ndarray, v: np.ndarray, k: int, skip: int | None = None) -> float:
-    """Mean cosine distance from ``v`` to its ``k`` nearest rows of ``z`` (row ``skip`` left out)."""
-    d = cosine_distances(z, v)
+DISTANCE_METRICS = ("zscore", "cosine")
+
+
+def pairwise_distances(z: np.ndarray, v: np.ndarray, metric: str, ref: np.ndarray) -> np.ndarray:
+    """Distances ``(M, K)`` between rows of ``z (M, L)`` and ``v (K, L)``.
+
+    ``zscore``: Euclidean after standardizing every latent dimension by the mean and std of
+    ``ref`` (the atlas); ``cosine``: ``1 - cos``.
+    """
+    if metric == "cosine":
+        zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return 1.0 - zn @ vn.T
+    if metric != "zscore":
+        raise WeightAtlasError(
+            f"unknown distance metric {metric!r}; choose from {DISTANCE_METRICS}"
+        )
+    mu, sd = ref.mean(0), np.maximum(ref.std(0), 1e-12)
+    a, b = (z - mu) / sd, (v - mu) / sd
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def knn_distance(
+    z: np.ndarray, v: np.ndarray, k: int, skip: int | None = None, metric: str = "zscore"
+) -> float:
+    """Mean distance from ``v`` to its ``k`` nearest rows of ``z`` (row ``skip`` left out)."""
+    d = pairwise_distances(z, np.asarray(v, np.float64).reshape(1, -1), metric, z)[:, 0]
     if skip is not None:
         d = np.delete(d, skip)
     if len(d) == 0:
@@ -543,17 +572,44 @@ def knn_distance(z: np.ndarray, v: np.ndarray, k: int, skip: int | None = None) 
     return float(np.partition(d, k - 1)[:k].mean())
 
 
-def loo_knn_distances(z: np.ndarray, k: int) -> np.ndarray:
-    """Each atlas model's leave-one-out k-NN distance: mean cosine distance to its ``k``
-    nearest other atlas models. ``z (M, L)`` -> ``(M,)``."""
+def loo_knn_distances(
+    z: np.ndarray, k: int, metric: str = "zscore", groups: list[str] | None = None
+) -> np.ndarray:
+    """Each atlas model's leave-one-out k-NN distance: mean distance to its ``k`` nearest
+    other atlas models. ``z (M, L)`` -> ``(M,)``.
+
+    ``groups`` (one key per row, e.g. the training run): leave the whole group out, so that a
+    checkpoint's siblings of the same run do not make the atlas look tighter than it is to a
+    newcomer (a new run of a known kind has no sibling in the atlas).
+    """
     m = len(z)
     if m < 2:
         return np.zeros(m)
-    zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    d = 1.0 - zn @ zn.T
+    d = pairwise_distances(z, z, metric, z)
     np.fill_diagonal(d, np.inf)
+    if groups is not None:
+        g = np.asarray(groups, dtype=object)
+        d[g[:, None] == g[None, :]] = np.inf
     k = max(1, min(k, m - 1))
-    return np.sort(d, axis=1)[:, :k].mean(1)
+    near = np.sort(d, axis=1)[:, :k]
+    finite = np.isfinite(near)
+    return np.where(finite, near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+
+
+def reference_groups(atlas: Atlas, ids: list[str]) -> list[str]:
+    """The leave-out group of each atlas model: its training run (``core.hub.run_key``: zoo
+    checkpoints of one run), else its base model, else itself."""
+    from core.hub import run_key
+
+    rows = {r["id"]: r for r in atlas.manifest()}
+    out = []
+    for i in ids:
+        row = rows.get(i, {})
+        key = run_key(i, row.get("labels") or {})
+        if key == i and isinstance(row.get("base_model"), str):
+            key = f"base:{row['base_model']}"
+        out.append(key)
+    return out
 
 
 def distance_percentile(loo: np.ndarray, dist: float) -> float:
@@ -568,12 +624,15 @@ def atlas_distance(
     vector: np.ndarray | torch.Tensor,
     backbone_dir: str | Path | None = None,
     k: int | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """How far a new (embedded or generated) model is from the atlas.
 
-    ``distance`` is the mean cosine distance from ``vector`` to its ``k`` nearest atlas models;
-    ``percentile`` ranks it among the atlas models' own leave-one-out k-NN distances. Above the
-    99th percentile the model is ``outside`` the atlas (see ``OUTSIDE_MEANING``).
+    ``distance`` is the mean distance from ``vector`` to its ``k`` nearest atlas models
+    (``metric``: ``EmbedConfig.distance_metric``, default ``zscore``); ``percentile`` ranks it
+    among the atlas models' own leave-one-out k-NN distances (a model's whole training run left
+    out: ``reference_groups``). Above the 99th percentile the model is ``outside`` the atlas
+    (see ``OUTSIDE_MEANING``).
 
     Returns:
         ``{distance, percentile, outside, k, atlas_p99, atlas_max, meaning}``.
@@ -584,11 +643,15 @@ def atlas_distance(
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     if v.shape[0] != z.shape[1]:
         raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {z.shape[1]}")
+    info = read_json(out / "info.json") if (out / "info.json").exists() else {}
     if k is None:
-        info = read_json(out / "info.json") if (out / "info.json").exists() else {}
         k = int(info.get("config", {}).get("distance_k", EmbedConfig.distance_k))
-    loo = loo_knn_distances(z, k)
-    dist = knn_distance(z, v, k)
+    if metric is None:
+        metric = str(info.get("config", {}).get("distance_metric", EmbedConfig.distance_metric))
+    ids = [r["id"] for r in read_jsonl(out / "models.jsonl")]
+    groups = reference_groups(a, ids) if len(ids) == len(z) else None
+    loo = loo_knn_distances(z, k, metric, groups)
+    dist = knn_distance(z, v, k, metric=metric)
     pct = distance_percentile(loo, dist)
     outside = bool(pct > OUTSIDE_PERCENTILE)
     return {
@@ -596,6 +659,7 @@ def atlas_distance(
         "percentile": pct,
         "outside": outside,
         "k": int(min(k, len(z))),
+        "metric": metric,
         "atlas_p99": float(np.percentile(loo, OUTSIDE_PERCENTILE)) if len(loo) else None,
         "atlas_max": float(loo.max()) if len(loo) else None,
         "meaning": OUTSIDE_MEANING if outside else "inside the atlas",
@@ -835,7 +899,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(dumps(result, indent=2))
     ad = result["atlas_distance"]
     print(
-        f"atlas distance {ad['distance']:.4f} (mean cosine distance to {ad['k']} nearest), "
+        f"atlas distance {ad['distance']:.4f} (mean {ad['metric']} distance to {ad['k']} nearest), "
         f"percentile {ad['percentile']:.1f} of the atlas' own: {ad['meaning']}",
         file=sys.stderr,
     )

@@ -358,19 +358,21 @@ def test_size_band_sample_spans_bands():
 # --------------------------------------------------------------------------- 4. strangers
 
 
-def test_atlas_distance_percentiles():
+@pytest.mark.parametrize("metric", ["zscore", "cosine"])
+def test_atlas_distance_percentiles(metric):
     from core.embed import distance_percentile, knn_distance, loo_knn_distances
 
     rng = np.random.default_rng(0)
     centre = rng.normal(size=32)
     z = centre + 0.3 * rng.normal(size=(200, 32))
-    loo = loo_knn_distances(z, 5)
-    inside = centre + 0.3 * rng.normal(size=32)
+    loo = loo_knn_distances(z, 5, metric)
+    inside = [centre + 0.3 * rng.normal(size=32) for _ in range(20)]
     far = rng.normal(size=32)
-    assert distance_percentile(loo, knn_distance(z, far, 5)) > 99
-    assert distance_percentile(loo, knn_distance(z, inside, 5)) < 99
+    assert distance_percentile(loo, knn_distance(z, far, 5, metric=metric)) > 99
+    pct = [distance_percentile(loo, knn_distance(z, v, 5, metric=metric)) for v in inside]
+    assert max(pct) < 99 and 20 < np.median(pct) < 80  # same population: spread, not outside
     # leave-one-out: an atlas model's own row is skipped
-    assert knn_distance(z, z[7], 5, skip=7) == pytest.approx(loo[7])
+    assert knn_distance(z, z[7], 5, skip=7, metric=metric) == pytest.approx(loo[7])
 
 
 def test_weights_digest_of_stage_matches_direct(wild):
@@ -380,3 +382,55 @@ def test_weights_digest_of_stage_matches_direct(wild):
         assert loaded.model is not None
         direct = tokenize_model_dir(wild["src"] / mid, index["scheme"], index["token_size"])
         assert index["models"][mid]["digest"] == direct.digest
+
+
+def _demo_without_run(tmp: Path, run: str) -> Path:
+    """assets/demo (backbone, token scheme, embeddings) with one training run left out."""
+    from safetensors.numpy import load_file as load_np
+    from safetensors.numpy import save_file as save_np
+
+    from core.embed import reference_groups
+
+    src = Path(__file__).resolve().parents[1] / "assets" / "demo"
+    dst = tmp / "demo"
+    dst.mkdir(parents=True)
+    for name in ("atlas.json", "manifest.jsonl"):
+        shutil.copy(src / name, dst / name)
+    for name in ("tokens", "backbone"):
+        shutil.copytree(src / name, dst / name)
+    (dst / "embeddings").mkdir()
+    shutil.copy(src / "embeddings" / "info.json", dst / "embeddings" / "info.json")
+    rows = [json.loads(x) for x in (src / "embeddings" / "models.jsonl").read_text().splitlines()]
+    keep = [g != run for g in reference_groups(Atlas.open(src), [r["id"] for r in rows])]
+    assert not all(keep)
+    t = load_np(str(src / "embeddings" / "models.safetensors"))
+    save_np(
+        {"z": np.ascontiguousarray(t["z"][keep])}, str(dst / "embeddings" / "models.safetensors")
+    )
+    kept = [r for r, k in zip(rows, keep, strict=True) if k]
+    (dst / "embeddings" / "models.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return dst
+
+
+def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path):
+    """Real backbone and embeddings (assets/demo): a held-out run of a known kind is inside the
+    atlas, the same model with its weights scaled 100x is outside."""
+    from core.embed import atlas_distance, embed_model_dir, reference_groups
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo"
+    rows = [r for r in Atlas.open(demo).manifest() if r.get("path") and r["split"] == "test"]
+    assert len(rows) >= 3
+    for i, row in enumerate(rows[:3]):
+        (run,) = reference_groups(Atlas.open(demo), [row["id"]])
+        atlas = _demo_without_run(tmp_path / str(i), run)
+        path = demo / row["path"]
+        near = atlas_distance(atlas, embed_model_dir(path, atlas, check=False))
+        assert not near["outside"] and near["percentile"] < 99, (row["id"], near)
+        loaded = load_model_dir(path)
+        with torch.no_grad():
+            for p in loaded.model.parameters():
+                p.mul_(100.0)
+        far_dir = save_model_dir(loaded.model, tmp_path / f"far{i}", loaded.library)
+        far = atlas_distance(atlas, embed_model_dir(far_dir, atlas, check=False))
+        assert far["outside"] and far["percentile"] > 99, (row["id"], far)
+        assert far["distance"] > near["distance"]
