@@ -845,15 +845,35 @@ def neighbours(
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from core.cli import add_json_flag
+
+    add_json_flag(p)
     p.add_argument("atlas", help="atlas directory (tokenized, with a trained backbone)")
-    p.add_argument("--preset", default="ci", choices=sorted(EMBED_PRESETS))
+    p.add_argument(
+        "--preset",
+        default="ci",
+        choices=sorted(EMBED_PRESETS),
+        help="EmbedConfig preset: window, halo, batch size, UMAP settings (default: ci)",
+    )
     p.add_argument("--model", default=None, help="embed one model directory or Hub id instead")
     p.add_argument("--k", type=int, default=5, help="neighbours to list with --model")
     p.add_argument("--window", type=int, default=None, help="tokens per encoder pass")
     p.add_argument("--halo", type=int, default=None, help="context tokens on each side")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--rank", type=int, default=None)
-    p.add_argument("--world-size", type=int, default=None)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="windows per encoder batch (default: preset's)"
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="this process' share of the models when several embed at once (default: env RANK)",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="number of processes sharing the work (default: env WORLD_SIZE, else 1)",
+    )
     p.add_argument("--backbone", default=None, help="another backbone directory")
     add_overrides_arg(p, "EmbedConfig")
 
@@ -872,8 +892,25 @@ def run_cli(args: argparse.Namespace) -> int:
             backbone_dir=args.backbone,
             overrides=overrides,
         )
+        from core.cli import emit
+
         done = (out / "models.safetensors").exists()
-        print(f"embeddings: {out}" + ("" if done else " (waiting for other ranks' parts)"))
+        if not done:
+            emit(args, {"out": str(out), "done": False}, f"embed: this rank's part written to {out}; "
+                 "the maps are built when every rank has finished")  # fmt: skip
+            return 0
+        info = read_json(out / "info.json") if (out / "info.json").exists() else {}
+        ratio = info.get("pca_explained_variance_ratio") or []
+        pca = f" (PCA axes explain {100 * sum(ratio[:2]):.0f}% of the variance)" if ratio else ""
+        emit(
+            args,
+            {"out": str(out), "done": True, **info},
+            f"embed: {info.get('n_models', '?')} models embedded in {info.get('latent_dim', '?')} "
+            f"dimensions; UMAP and PCA maps{pca}\n"
+            f"written to {out}\n"
+            f"next: streamlit run explorer/app.py (type {args.atlas} in the sidebar), or "
+            f"weightatlas evaluate {args.atlas}",
+        )
         return 0
     from core.atlas import dumps
 
