@@ -686,27 +686,72 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._inside = False
 
 
+def train_summary_text(summary: dict[str, Any], atlas: str | Path, preset: str) -> str:
+    """A few lines on a finished training run: steps, time, models, validation R², where."""
+    out = Path(str(summary.get("out", "")))
+    cfg = read_json(out / "config.json") if (out / "config.json").exists() else {}
+    n_train, n_val = cfg.get("n_train_models"), cfg.get("n_val_models")
+    lines = [
+        f"train: {summary.get('steps', '?')} steps in {summary.get('seconds', 0):.0f} s "
+        f"(preset {preset}) on {n_train if n_train is not None else '?'} training models"
+        + (" (stopped early)" if summary.get("stopped_early") else "")
+    ]
+    if isinstance(summary.get("val_r2"), int | float):
+        lines.append(
+            f"validation R² {summary['val_r2']:.3f} on {summary.get('val_models', n_val)} "
+            "held-out models"
+            + (
+                f"; training R² {summary['train_r2']:.3f} on a sample of "
+                f"{summary.get('train_models', '?')} training models"
+                if isinstance(summary.get("train_r2"), int | float)
+                else ""
+            )
+        )
+    if preset == "ci":
+        lines.append("note: preset ci is a smoke test; use --preset demo or larger for a map")
+    lines.append(f"backbone written to {out}")
+    lines.append(f"next: weightatlas embed {atlas}")
+    return "\n".join(lines)
+
+
 def add_cli(p: argparse.ArgumentParser) -> None:
     """Flags of ``weightatlas train``."""
     p.__class__ = _IntermixedParser
+    from core.cli import add_json_flag, add_set_flag
+
     p.add_argument("atlas", help="atlas directory (collected and tokenized)")
-    p.add_argument("--preset", default="ci", choices=sorted(TRAIN_PRESETS), help="preset")
+    p.add_argument(
+        "--preset",
+        default="ci",
+        choices=sorted(TRAIN_PRESETS),
+        help="backbone size and training budget: ci is a smoke test (minutes), demo the demo "
+        "atlas' backbone, paper-small/paper-large the papers' (default: ci)",
+    )
     p.add_argument("--out", default=None, help="output dir (default ATLAS/backbone)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 lr=1e-3")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="BackboneConfig/TrainConfig overrides, e.g. steps=500 lr=1e-3",
+    )
+    add_set_flag(p, "BackboneConfig/TrainConfig")
+    add_json_flag(p)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run ``weightatlas train``; prints the summary JSON on rank 0."""
+    """Run ``weightatlas train``; prints a short summary (``--json``: the summary dict) on rank 0."""
+    from core.cli import emit, overrides_of
+
     summary = train(
         args.atlas,
         args.preset,
-        parse_overrides(args.overrides),
+        parse_overrides(overrides_of(args)),
         out=args.out,
         resume=not args.fresh,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(dumps(summary, indent=2))
+        emit(args, summary, train_summary_text(summary, args.atlas, args.preset))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
