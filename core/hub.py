@@ -1735,6 +1735,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from core.cli import add_json_flag
+
+    add_json_flag(p)
     add_overrides_arg(p, "CollectConfig (e.g. candidate_timeout_s=600)")
 
 
@@ -1756,7 +1759,21 @@ def run_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         settings=parse_overrides(args.overrides),
     )
-    print(summary(rows))
+    from core.cli import emit
+
+    status = Counter(r.get("status") for r in rows)
+    data = {
+        "atlas": str(args.atlas),
+        "candidates": len(rows),
+        "accepted": status.get("accepted", 0),
+        "rejected": status.get("rejected", 0),
+        "splits": dict(Counter(r["split"] for r in rows if r.get("status") == "accepted")),
+        "reasons": dict(reasons_table(rows)),
+    }
+    text = summary(rows) + f"\nmanifest: {Path(args.atlas) / 'manifest.jsonl'}"
+    if data["accepted"]:
+        text += f"\nnext: weightatlas tokenize {args.atlas}"
+    emit(args, data, text)
     return 0
 
 
