@@ -1260,15 +1260,20 @@ def run_cli(args: argparse.Namespace) -> int:
     from core.cli import emit
 
     where = Path(args.atlas) / "tokens"
-    emit(
-        args,
-        {**stats, "out": str(where)},
-        f"tokenize: {stats['models']} models cut into {stats['tokens']:,} tokens of "
-        f"{stats['token_size']} values ({stats['scheme']} scheme, "
-        f"{100 * stats['padding_fraction']:.1f}% padding); {stats['failed']} failed\n"
-        f"token store: {where}\n"
-        f"next: weightatlas train {args.atlas} --preset demo",
-    )
+    if not stats.get("models") and not stats.get("failed"):
+        text = (
+            f"tokenize: nothing to tokenize in {args.atlas} (no accepted model in its manifest)\n"
+            f"first: weightatlas collect {args.atlas} --source SOURCE"
+        )
+    else:
+        text = (
+            f"tokenize: {stats['models']} models cut into {stats['tokens']:,} tokens of "
+            f"{stats['token_size']} values ({stats['scheme']} scheme, "
+            f"{100 * stats['padding_fraction']:.1f}% padding); {stats['failed']} failed\n"
+            f"token store: {where}\n"
+            f"next: weightatlas train {args.atlas} --preset demo"
+        )
+    emit(args, {**stats, "out": str(where)}, text)
     return 0
 
 
