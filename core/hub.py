@@ -970,10 +970,26 @@ def _candidate_from_entry(entry: Any) -> Candidate:
     )
 
 
-def _next_link(resp: Any) -> str | None:
+def _next_link(resp: Any, base: str) -> str | None:
+    """The ``Link: <...>; rel="next"`` URL, if it stays on the endpoint's scheme and host.
+
+    Raises:
+        WeightAtlasError: a next page elsewhere (a listing may not send the client to
+            another host).
+    """
+    from urllib.parse import urlsplit
+
     link = resp.links.get("next") if hasattr(resp, "links") else None
     url = link.get("url") if isinstance(link, dict) else None
-    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+    if url is None:
+        return None
+    a, b = urlsplit(str(url)), urlsplit(base)
+    if (a.scheme, a.netloc) != (b.scheme, b.netloc):
+        raise WeightAtlasError(
+            f"listing hub failed (the next page is on another host: {str(url)[:100]!r}); what "
+            "was collected is kept"
+        )
+    return str(url)
 
 
 def _wanted(name: str, patterns: tuple[str, ...]) -> bool:
@@ -1016,7 +1032,8 @@ class HubSource(Source):
             max_pages = min(max_pages, q.limit + cfg.listing_page_margin)
         url: str | None = f"{base}/api/models"
         seen_urls: set[str] = set()
-        n = pages = 0
+        seen_ids: set[str] = set()
+        n = pages = stale = 0
         with _http_client(cfg) as client:
             while url is not None:
                 if pages >= max_pages:
@@ -1045,7 +1062,7 @@ class HubSource(Source):
                         f"listing hub failed (page {pages} is not a JSON list of models); what "
                         "was collected is kept, re-run to resume"
                     )
-                nxt = _next_link(resp)
+                nxt = _next_link(resp, base)
                 if not page and nxt is not None:
                     raise WeightAtlasError(
                         f"listing hub failed (page {pages} is empty but links a next page); "
@@ -1057,6 +1074,7 @@ class HubSource(Source):
                         f"listing hub failed (page {pages} links back to an earlier page); what "
                         "was collected is kept"
                     )
+                fresh = 0
                 for entry in page:
                     if q.limit is not None and n >= q.limit:
                         return
@@ -1065,8 +1083,18 @@ class HubSource(Source):
                     except WeightAtlasError as e:
                         tqdm.write(f"collect: skipped a listing entry: {e}")
                         continue
+                    if cand.id in seen_ids:
+                        continue
+                    seen_ids.add(cand.id)
+                    fresh += 1
                     n += 1
                     yield cand
+                stale = 0 if fresh else stale + 1
+                if stale >= 3 and nxt is not None:
+                    raise WeightAtlasError(
+                        f"listing hub failed ({stale} pages in a row without a new model, the "
+                        f"last one page {pages}); what was collected is kept"
+                    )
                 url = nxt
 
     def precheck(self, cand: Candidate) -> None:
@@ -1117,8 +1145,8 @@ class HubSource(Source):
             names = sorted({n for n in cand.remote_files or [] if _wanted(n, cfg.allow_patterns)})
             repo_dir = atlas.hub_dir / f"models--{model_id.replace('/', '--')}"
             snap = repo_dir / "snapshots" / sha
+            resolve_inside(atlas.hub_dir, snap)  # before anything is created
             snap.mkdir(parents=True, exist_ok=True)
-            resolve_inside(atlas.hub_dir, snap)
             budget = _Budget(cfg)
             # small files first: the config and card can reject before the weights are fetched
             for name in sorted(names, key=lambda n: (n.endswith(".safetensors"), n)):
@@ -1250,11 +1278,16 @@ def _download(
                         if _unavailable(resp):
                             raise RejectedModel("unavailable", f"{what}: HTTP {resp.status_code}")
                         raise _Transient(f"{what}: HTTP {resp.status_code}")
-                    commit = resp.headers.get("x-repo-commit")
+                    # the Hub's own answer is the first one (a CDN may serve the bytes after a
+                    # redirect): its X-Repo-Commit and X-Linked-Etag, else the final ETag
+                    first = (resp.history or [resp])[0].headers
+                    commit = first.get("x-repo-commit")
                     if commit is not None and commit.strip().lower() != sha:
                         raise _Transient(f"{what}: the server answered for another commit")
-                    etag = parse_etag(resp.headers.get("x-linked-etag")) or parse_etag(
-                        resp.headers.get("etag")
+                    etag = (
+                        parse_etag(first.get("x-linked-etag"))
+                        or parse_etag(first.get("etag"))
+                        or parse_etag(resp.headers.get("etag"))
                     )
                     declared = resp.headers.get("content-length")
                     declared_n = int(declared) if declared and declared.isdigit() else None
