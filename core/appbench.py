@@ -149,10 +149,15 @@ class AppServer:
     """``streamlit run SCRIPT`` in its own process group, headless, on a free port."""
 
     def __init__(
-        self, script: str | Path, atlas: str | Path | None = None, port: int | None = None
+        self,
+        script: str | Path,
+        atlas: str | Path | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.script = Path(script)
         self.atlas = atlas
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
@@ -162,9 +167,11 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> AppServer:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.atlas is not None:
             env["WEIGHTATLAS_ATLAS"] = str(self.atlas)
+        else:
+            env.pop("WEIGHTATLAS_ATLAS", None)
         cmd = [
             sys.executable,
             "-m",
@@ -478,3 +485,87 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# README screenshots
+
+
+def generate_small(page: Any, k: int = 3, m: int = 1, timeout_ms: float = 300_000) -> None:
+    """On the Generate page (zoo family tab): K draws, M kept, Generate, wait for the result."""
+    page.get_by_label("K draws").wait_for(timeout=120_000)
+    page.get_by_label("K draws").fill(str(k))
+    page.get_by_label("M kept").fill(str(m))
+    page.get_by_label("M kept").press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_text(f"Wrote {m} model(s)").first.wait_for(timeout=timeout_ms)
+    wait_idle(page)
+
+
+def take_screenshots(out: str | Path, atlas: str | Path | None = None) -> list[Path]:
+    """The README's three screenshots (Atlas, Layers, Generate) at 1280x800.
+
+    Runs the app on ``atlas`` (default: the embedded demo, shown as ``assets/demo``) with a
+    throwaway home folder, so the generated model's workspace reads ``~/.cache/...`` and no
+    path of this machine appears in the pictures. The Generate shot follows a real 3-draw run.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from core.explore import map_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="weightatlas-shots-"))
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "WEIGHTATLAS_WORKSPACE": ""}
+    shots = [out / "atlas.png", out / "layers.png", out / "generate.png"]
+    try:
+        with sync_playwright() as p, AppServer(REPO / "explorer" / "app.py", atlas, env=env) as s:
+            s.wait_ready()
+            browser = launch_browser(p)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(s.url)
+            wait_for_map(page)
+            wait_idle(page)
+            table = map_table(atlas or REPO / "assets" / "demo")
+            click_point(page, table.ids[len(table) // 3])
+            page.get_by_text("Nearest neighbours").first.wait_for(timeout=120_000)
+            wait_idle(page)
+            page.mouse.move(5, 790)
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots[0]))
+            page.get_by_role("link", name="Layers").click()
+            page.get_by_role("heading", name="Layers").first.wait_for(timeout=60_000)
+            page.locator(".stPlotlyChart").first.wait_for(timeout=180_000)
+            wait_idle(page)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots[1]))
+            page.get_by_role("link", name="Generate").click()
+            page.get_by_role("heading", name="Generate").first.wait_for(timeout=60_000)
+            wait_idle(page)
+            generate_small(page)
+            page.get_by_text("Wrote 1 model(s)").first.scroll_into_view_if_needed()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots[2]))
+            browser.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core.appbench screenshots [--out DIR] [--atlas ATLAS]``."""
+    parser = argparse.ArgumentParser(prog="python -m core.appbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    shots = sub.add_parser("screenshots", help="retake the README screenshots (1280x800)")
+    shots.add_argument("--out", default=str(REPO / "docs" / "screenshots"), help="folder")
+    shots.add_argument("--atlas", default=None, help="atlas (default: the embedded demo)")
+    args = parser.parse_args(argv)
+    for path in take_screenshots(args.out, args.atlas):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
