@@ -419,17 +419,14 @@ def trainable_names(model: nn.Module) -> set[str]:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """``config.json`` of a model directory as a dict; RejectedModel if missing or malformed."""
-    cfg_path = Path(path) / "config.json"
-    if not cfg_path.is_file():
-        raise RejectedModel("no config", f"{path} has no config.json")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RejectedModel("bad config", f"config.json is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise RejectedModel("bad config", "config.json is not a JSON object")
-    return config
+    """``config.json`` of a model directory as a dict; RejectedModel if missing or malformed.
+
+    Read as a regular file inside the model folder, with a byte and a JSON depth limit
+    (``core.hub.read_model_config``, issue 12).
+    """
+    from core.hub import read_model_config
+
+    return read_model_config(Path(path))
 
 
 def weight_files(path: str | Path) -> list[Path]:
@@ -518,7 +515,11 @@ def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     config = read_config(path)
     from core.safety import check_build_size, stored_values  # size before allocation (issue 12)
 
-    check_build_size(config, stored_values(path), None, strict=False)
+    try:
+        stored = stored_values(path)
+    except RejectedModel:  # no or bad weights: reported below, after the config's own checks
+        stored = None
+    check_build_size(config, stored, None, strict=False)
     model, library = empty_model(config)
     state_dict = read_state_dict(path)
     float_dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
@@ -1007,11 +1008,11 @@ def _local_model_dir(ref: str, cache_dir: str | Path | None) -> Path:
 
 def _card_task(path: Path) -> str | None:
     """The ``weightatlas.task`` of a zoo model card, if any."""
-    readme = path / "README.md"
-    if not readme.is_file():
-        return None
-    from huggingface_hub import metadata_load
+    from core.hub import read_card  # bounded, no YAML aliases (issue 12)
 
-    meta = metadata_load(readme) or {}
+    try:
+        meta = read_card(Path(path))
+    except RejectedModel:
+        return None
     block = meta.get("weightatlas")
     return block.get("task") if isinstance(block, dict) else None

@@ -738,3 +738,19 @@ def test_disk_full_train_and_embed_say_so_and_resume(small_models, small_disk, t
     _grow(mnt, "64m")
     r = _cli(["embed", str(atlas)])
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_later_stages_read_configs_and_cards_with_the_same_limits(good_files, tmp_path):
+    """``load_model_dir`` (tokenize, embed, Embed a model) and ``resolve_arch('hf:...')``
+    (Generate) go through the same bounded readers as collect."""
+    from core.architectures import load_model_dir, resolve_arch
+
+    src = tmp_path / "inputs"
+    expected = _local_repos(src, good_files)
+    for name in ("deep-config", "fifo-config", "zero-config"):
+        with pytest.raises(RejectedModel) as e:
+            bounded(lambda n=name: load_model_dir(src / n), 30)
+        assert e.value.reason == expected[name]
+    # a billion-laughs card does not stop Generate from sizing the architecture: no task
+    arch = bounded(lambda: resolve_arch(f"hf:{src / 'laughs'}"), 30)
+    assert arch.task is None and arch.library == "weightatlas"
