@@ -978,6 +978,13 @@ def resolve_arch(
         path = _local_model_dir(rest, cache_dir)
         config = read_config(path)
         library = library_of(config)
+        from core.safety import check_build_size, max_build_values, stored_values
+
+        try:  # size before allocation: against the folder's own weights (issue 12)
+            stored = stored_values(path)
+        except RejectedModel:  # a bare config is a valid architecture spec
+            stored = None
+        check_build_size(config, stored, max_build_values(), strict=False)
         return ArchTarget(
             spec,
             library,

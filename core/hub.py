@@ -521,7 +521,9 @@ def inspect_model_dir(
     root = snapshot_root(path)
     facts = facts or ModelFacts(id=path.name, revision=None, source="dir")
     facts.path = path
-    facts.card = read_card(path, root, cfg.max_card_bytes)
+    card = read_card(path, root, cfg.max_card_bytes)
+    if card or not facts.card:  # no README (or no front matter): the listing's card data stays
+        facts.card = card
     _remote_code_tag([*(facts.hub_tags or []), *card_tags(facts.card)])
     facts.config = read_model_config(path, root, cfg.max_config_bytes)
     facts.architecture = _architecture(facts.config)
@@ -773,7 +775,10 @@ def _cache_repos(root: Path) -> Iterator[tuple[str, str, Path]]:
         rev = None
         ref = d / "refs" / "main"
         if ref.is_file():
-            rev = ref.read_text().strip()
+            try:  # a plain snapshot name, never a path (bounded read, regular file only)
+                rev = check_filename(read_regular(ref, 4096).decode("ascii").strip())
+            except (RejectedModel, WeightAtlasError, UnicodeDecodeError):
+                rev = None
         if not rev or not (snaps / rev).is_dir():
             dirs = (
                 sorted(snaps.iterdir(), key=lambda p: p.stat().st_mtime) if snaps.is_dir() else []
@@ -1158,7 +1163,12 @@ class HubSource(Source):
                         budget.header(_header_of(dest, cfg), name)
                     continue
                 url = f"{base}/{model_id}/resolve/{sha}/{_quote(name)}"
-                _download(client, url, dest, sha, budget, deadline, f"{model_id}: {name}")
+                try:
+                    _download(client, url, dest, sha, budget, deadline, f"{model_id}: {name}")
+                except RejectedModel as e:
+                    if name != "README.md" or e.reason != "unreadable file":
+                        raise
+                    tqdm.write(f"collect: {e.detail}; the listing's card data is used instead")
             _write_ref(repo_dir, sha)
         return snap
 

@@ -552,11 +552,17 @@ def test_hostile_cards_and_configs_are_rejected_with_a_reason(good_files, jail):
 def test_a_hostile_card_from_the_hub_is_a_rejection(good_files, jail):
     root, atlas = jail
     laughs = b"---\na: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n---\n"
+    big = good_files["README.md"] + b"x" * 5000
     with HostileHub() as h:
-        h.listing([entry("h/laughs", list(good_files))])
+        h.listing([entry("h/laughs", list(good_files)), entry("h/bigcard", list(good_files))])
         h.serve_repo("h/laughs", {**good_files, "README.md": laughs})
-        rows = collect_hub(h.url, atlas)
-    assert [(r["id"], r["reason"]) for r in rows] == [("h/laughs", "bad card")]
+        h.serve_repo("h/bigcard", {**good_files, "README.md": big})
+        rows = collect_hub(h.url, atlas, settings={"max_card_bytes": 4096})
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["h/laughs"]["reason"] == "bad card" and "aliases" in by_id["h/laughs"]["detail"]
+    # a card over the limit is not downloaded; the listing's card data stands in for it
+    assert (by_id["h/bigcard"]["status"], by_id["h/bigcard"]["license"]) == ("accepted", "mit")
+    assert TAG in by_id["h/bigcard"]["tags"] and files_outside(root, atlas) == []
 
 
 # ------------------------------------------------------------ 4. size before allocation
@@ -613,6 +619,10 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
         bounded(lambda: empty_model(cases["timm-65536"][0]), 60)
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: load_model_dir(src / "h8000"), 60)
+    from core.architectures import resolve_arch  # Generate's hf:<folder> targets
+
+    with pytest.raises(RejectedModel, match="weights do not match config"):
+        bounded(lambda: resolve_arch(f"hf:{src / 'h8000'}"), 60)
     assert torch.get_default_device().type == "cpu"
 
 
