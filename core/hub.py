@@ -869,7 +869,8 @@ def _http_client(cfg: CollectConfig) -> Any:
     """An HTTP client with the per-request timeout and redirect limit of ``cfg``."""
     import httpx2
 
-    headers = {"user-agent": "weightatlas-collect"}
+    # identity: no compressed body whose decoded size is unknown until it is decoded
+    headers = {"user-agent": "weightatlas-collect", "accept-encoding": "identity"}
     try:
         from huggingface_hub import get_token
 
@@ -896,8 +897,15 @@ def _unavailable(resp: Any) -> bool:
     )
 
 
+def _check_encoding(resp: Any, what: str) -> None:
+    enc = resp.headers.get("content-encoding", "identity").strip().lower()
+    if enc not in ("", "identity"):
+        raise _Transient(f"{what}: Content-Encoding {enc[:40]!r} although identity was asked")
+
+
 def _read_body(resp: Any, max_bytes: int, deadline: _Deadline, what: str) -> bytes:
     """The whole body of a streamed response, at most ``max_bytes``, within the deadline."""
+    _check_encoding(resp, what)
     declared = resp.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RejectedModel("unreadable file", f"{what}: {int(declared):,} bytes over the limit")
@@ -1288,6 +1296,7 @@ def _download(
                         if _unavailable(resp):
                             raise RejectedModel("unavailable", f"{what}: HTTP {resp.status_code}")
                         raise _Transient(f"{what}: HTTP {resp.status_code}")
+                    _check_encoding(resp, what)
                     # the Hub's own answer is the first one (a CDN may serve the bytes after a
                     # redirect): its X-Repo-Commit and X-Linked-Etag, else the final ETag
                     first = (resp.history or [resp])[0].headers

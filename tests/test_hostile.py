@@ -396,20 +396,29 @@ def test_protocol_lies_are_retried_not_recorded(good_files, jail):
     def loop(h: BaseHTTPRequestHandler) -> None:
         send(h, 302, b"", {"Location": h.path})
 
+    def bomb(h: BaseHTTPRequestHandler) -> None:  # 1 GB of zeros in ~1 MB of gzip
+        import gzip
+
+        body = gzip.compress(b"\0" * (64 * 2**20), 9) * 16
+        send(h, 200, body, {"Content-Encoding": "gzip", "X-Repo-Commit": SHA})
+
     with HostileHub() as h:
-        h.listing([entry("h/short", list(good_files)), entry("h/loop", list(good_files))])
-        h.serve_repo("h/short", good_files)
-        h.serve_repo("h/loop", good_files)
+        h.listing([entry(f"h/{n}", list(good_files)) for n in ("short", "loop", "bomb")])
+        for n in ("short", "loop", "bomb"):
+            h.serve_repo(f"h/{n}", good_files)
         h.routes[f"/h/short/resolve/{SHA}/model.safetensors"] = Route(short)
         h.routes[f"/h/loop/resolve/{SHA}/model.safetensors"] = Route(loop)
+        h.routes[f"/h/bomb/resolve/{SHA}/config.json"] = Route(bomb)
         assert collect_hub(h.url, atlas) == []
         why = " | ".join(last_run(atlas)["retry_later"])
         assert "TooManyRedirects" in why and ("RemoteProtocolError" in why or "bytes" in why), why
-        # the server behaves again: the next run collects both
-        h.serve_repo("h/short", good_files)
-        h.serve_repo("h/loop", good_files)
+        assert "Content-Encoding 'gzip'" in why
+        # the server behaves again: the next run collects all three
+        for n in ("short", "loop", "bomb"):
+            h.serve_repo(f"h/{n}", good_files)
         rows = collect_hub(h.url, atlas)
     assert sorted((r["id"], r["status"]) for r in rows) == [
+        ("h/bomb", "accepted"),
         ("h/loop", "accepted"),
         ("h/short", "accepted"),
     ]
