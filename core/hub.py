@@ -11,10 +11,10 @@ dropped, and continue until N train and M validation models are accepted.
     weightatlas collect ATLAS --source ./my-models           # a plain directory of model folders
     weightatlas bench collect --n 1000
 
-Sources are a small registry (``@register_source``): ``hub`` lists with ``HfApi.list_models``
-and downloads ``config.json``, ``*.safetensors`` and ``README.md`` with ``snapshot_download``
-into ``ATLAS/hub/`` (HF cache layout, resumable); ``hf-cache`` and ``dir`` read local folders in
-place. Every candidate goes through the same checks, cheapest first, each with a reason:
+Sources are a small registry (``@register_source``): ``hub`` lists ``/api/models`` and
+downloads ``config.json``, ``*.safetensors`` and ``README.md`` itself, with bounded HTTP that
+never lets a server-supplied value name a path, into ``ATLAS/hub/`` (HF cache layout,
+resumable; docs/safety.md); ``hf-cache`` and ``dir`` read local folders in place. Every candidate goes through the same checks, cheapest first, each with a reason:
 
 1. header-only (``inspect_model_dir``, no tensor data read): ``remote code`` (a ``custom_code``
    tag, ``auto_map`` / ``custom_class`` in the config), ``no config`` / ``bad config`` /
@@ -34,9 +34,10 @@ list, ``safetensors.total`` over the limit) so that such repos are never downloa
 
 The manifest (``ATLAS/manifest.jsonl``, docs/interfaces.md) is append-only, one fsync'd row per
 candidate written by one thread; a re-run skips ids already there, and a killed run resumes
-losing nothing: files already in ``ATLAS/hub/`` are not fetched again (huggingface_hub 2.4
-restarts an unfinished file rather than reusing its partial bytes). Network failures are not recorded
-as rejections: those candidates are retried on the next run. The split is a hash of the *run
+losing nothing: files already in ``ATLAS/hub/`` are not fetched again (a file appears there
+only once verified). Network failures and protocol lies (timeouts, the per-candidate deadline,
+redirect loops, short bodies, bad shas, ETag mismatches) are not recorded as rejections: those
+candidates are retried on the next run. The split is a hash of the *run
 key* (zoo cards: ``family-task-rN`` from the ``weightatlas:`` block, so one run's checkpoints
 never straddle splits; otherwise the repo id) into train/val/test at 70/15/15 (``CollectConfig``).
 With ``n_train`` / ``n_val``, candidates whose split is already full are skipped undownloaded
