@@ -1,17 +1,18 @@
 """The explorer in a real browser: a live ``streamlit run`` server and headless Chromium.
 
-Loads each page, checks that its key elements render (the WebGL map with its traces, a lasso
-selection opening the model panel, the Layers and Generate controls), and saves screenshots
-to docs/screenshots/ for the README. The atlas is ``$WEIGHTATLAS_ATLAS`` if set, else the
-embedded demo (``assets/demo``); without either it runs on a generated atlas, and then writes
-its screenshots to a temp dir instead (they would not show real models). A real atlas is
-copied first, since the Generate test runs a small generation that writes into it.
+Runs on the embedded demo atlas itself (``assets/demo``; ``$WEIGHTATLAS_ATLAS`` if set) with
+the workspace pointed at a temporary folder, and checks what a user does: a click selects a
+point, a lasso or a search opens the model panel (a search after a selection shows the searched
+model), a filter keeps every family's colour and the legend, the Layers page draws its plots,
+the Generate page's transformers tab offers working entries with their own task, and a
+generation on the demo writes nothing inside the repository. Without a demo atlas the map tests
+run on a generated atlas and the demo-only ones skip. Screenshots go to a temporary folder
+(``python -m core.appbench screenshots`` retakes the README's).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,31 +21,34 @@ from core.appbench import (
     CHROMIUM,
     REPO,
     AppServer,
+    choose,
+    click_point,
+    generate_small,
     lasso,
     launch_browser,
     synthetic_atlas,
     wait_for_map,
     wait_idle,
 )
+from core.explore import map_table
 
 pytestmark = pytest.mark.browser
-SHOTS = REPO / "docs" / "screenshots"
 APP = REPO / "explorer" / "app.py"
+DEMO = Path(os.environ.get("WEIGHTATLAS_ATLAS") or REPO / "assets" / "demo")
+HAS_DEMO = (DEMO / "tokens" / "index.json").exists()
+needs_demo = pytest.mark.skipif(not HAS_DEMO, reason="no demo atlas (weightatlas demo)")
 
 
 @pytest.fixture(scope="module")
-def atlas_and_shots(tmp_path_factory) -> tuple[Path, Path]:
-    env = os.environ.get("WEIGHTATLAS_ATLAS")
-    demo = REPO / "assets" / "demo"
-    tmp = tmp_path_factory.mktemp("browser")
-    source = Path(env) if env else demo if (demo / "atlas.json").exists() else None
-    if source is None:
-        return synthetic_atlas(tmp / "atlas", n=500), tmp / "screenshots"
-    # a copy, so that the generation run below writes into it and not into the source atlas
-    shutil.copytree(
-        source, tmp / "atlas", ignore=shutil.ignore_patterns("generated", "train_state")
-    )
-    return tmp / "atlas", SHOTS
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory) -> Path:
+    if HAS_DEMO:
+        return DEMO
+    return synthetic_atlas(tmp_path_factory.mktemp("browser") / "atlas", n=500)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +64,14 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(atlas_and_shots):
-    with AppServer(APP, atlas_and_shots[0]) as s:
+def server(atlas, workspace):
+    with AppServer(APP, atlas, env={"WEIGHTATLAS_WORKSPACE": str(workspace)}) as s:
         s.wait_ready()
         yield s
 
 
-def open_page(browser, server):
-    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+def open_page(browser, server, size=(1400, 1400)):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server.url)
@@ -78,90 +82,232 @@ def no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
-def test_atlas_page_map_selection_and_panel(browser, server, atlas_and_shots):
-    atlas, shots = atlas_and_shots
+def traces(page) -> list[dict]:
+    """Name, marker colour and point count of each drawn map trace."""
+    return page.evaluate(
+        """() => document.querySelector('.stPlotlyChart .js-plotly-plot')._fullData
+              .filter(t => t.customdata)
+              .map(t => ({name: t.name, color: t.marker.color, n: t.x.length}))"""
+    )
+
+
+def test_atlas_page_map_lasso_and_panel(browser, server, atlas, tmp_path):
     page, errors = open_page(browser, server)
     wait_for_map(page)
     wait_idle(page)
     page.get_by_role("heading", name="Atlas").first.wait_for()
-    n_points = page.evaluate(
-        """() => document.querySelector('.stPlotlyChart .js-plotly-plot')._fullData
-                 .filter(t => t.customdata).reduce((n, t) => n + t.x.length, 0)"""
-    )
-    from core.explore import map_table
-
-    assert n_points == len(map_table(atlas))
-    assert page.get_by_label("Colour by").count() == 1
-    assert page.locator('[data-testid="stSidebar"] input').first.input_value() == str(atlas)
+    assert sum(t["n"] for t in traces(page)) == len(map_table(atlas))
+    assert page.get_by_role("combobox", name="Colour by").count() == 1
     lasso(page, frac=0.3)
+    page.get_by_text("models selected").first.wait_for(timeout=60_000)
     page.get_by_text("Nearest neighbours").first.wait_for(timeout=60_000)
     wait_idle(page)
     no_exception(page)
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / "atlas.png"))
+    page.screenshot(path=str(tmp_path / "atlas.png"))
     assert not errors, errors
     page.close()
 
 
-def test_layers_page(browser, server, atlas_and_shots):
-    _, shots = atlas_and_shots
+def test_click_selects_a_point(browser, server, atlas):
+    page, errors = open_page(browser, server)
+    wait_for_map(page)
+    wait_idle(page)
+    target = map_table(atlas).ids[7]
+    click_point(page, target)
+    page.get_by_role("heading", name=target, exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    selected = page.evaluate(
+        """() => document.querySelector('.stPlotlyChart .js-plotly-plot')._fullData
+              .filter(t => t.customdata && t.selectedpoints && t.selectedpoints.length)
+              .map(t => t.customdata[t.selectedpoints[0]][0])"""
+    )
+    assert selected == [target]  # plotly marks the clicked point, the app opens its panel
+    no_exception(page)
+    assert not errors, errors
+    page.close()
+
+
+def test_search_after_a_selection_shows_the_searched_model(browser, server, atlas):
+    """The bench-app failure: a lasso, then a search; the searched model's panel must open."""
+    page, errors = open_page(browser, server)
+    wait_for_map(page)
+    wait_idle(page)
+    lasso(page, frac=0.3)
+    page.get_by_text("models selected").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    target = map_table(atlas).ids[len(map_table(atlas)) // 2]
+    box = page.get_by_label("Search model id")
+    box.fill(target)
+    box.press("Enter")
+    page.get_by_role("heading", name=target, exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    no_exception(page)
+    assert not errors, errors
+    page.close()
+
+
+def test_filter_keeps_colours_and_legend(browser, server, atlas):
+    page, errors = open_page(browser, server)
+    wait_for_map(page)
+    wait_idle(page)
+    before = {t["name"].split(" (")[0]: t["color"] for t in traces(page)}
+    family = sorted(before)[-1]
+    page.get_by_role("button", name="Filter and options").click()
+    page.get_by_role("combobox", name="Family").click()
+    page.get_by_role("option", name=family, exact=True).click()
+    page.keyboard.press("Escape")
+    page.wait_for_function(
+        """() => document.querySelector('.stPlotlyChart .js-plotly-plot')._fullData
+              .filter(t => t.customdata).length === 1""",
+        timeout=60_000,
+    )
+    wait_idle(page)
+    after = traces(page)
+    assert [t["name"].split(" (")[0] for t in after] == [family]
+    assert after[0]["color"] == before[family]  # same colour as on the unfiltered map
+    assert page.evaluate(
+        "() => document.querySelector('.stPlotlyChart .js-plotly-plot')._fullLayout.showlegend"
+    )
+    assert page.locator(".stPlotlyChart .legend .traces").count() >= 1
+    # colour by task and back: colours are fixed per value, not per position in the list
+    choose(page, "Colour by", "task")
+    wait_idle(page)
+    no_exception(page)
+    assert not errors, errors
+    page.close()
+
+
+def test_layers_page(browser, server, tmp_path):
     page, errors = open_page(browser, server)
     page.get_by_role("link", name="Layers").click()
     page.get_by_role("heading", name="Layers").first.wait_for(timeout=60_000)
     wait_idle(page)
-    has_model = page.get_by_label("Model").count() > 0
-    if has_model:
+    if page.get_by_label("Model").count() > 0:
         page.locator(".stPlotlyChart").first.wait_for(timeout=120_000)
+        page.get_by_text("density").first.wait_for(timeout=60_000)  # histogram y axis
         if page.get_by_role("button", name="Compute spectral alpha").count():
             page.get_by_role("button", name="Compute spectral alpha").click()
             page.get_by_text("Spectral metrics are computed on demand").wait_for(
                 state="detached", timeout=120_000
             )
             wait_idle(page)
-            assert page.get_by_text("log10 spectral norm").count() > 0  # legend of the fit
-        page.get_by_role("heading", name="Layers").first.scroll_into_view_if_needed()
+            page.get_by_text("Along depth").first.scroll_into_view_if_needed(timeout=60_000)
+            page.get_by_text("log10 spectral norm").first.wait_for(timeout=60_000)
+            page.get_by_text("layer (in depth order)").first.wait_for(timeout=60_000)
     else:
         page.get_by_text("weightatlas tokenize").first.wait_for()
     no_exception(page)
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / "layers.png"))
+    page.screenshot(path=str(tmp_path / "layers.png"))
     assert not errors, errors
     page.close()
 
 
-def test_generate_page(browser, server, atlas_and_shots):
-    atlas, shots = atlas_and_shots
+@needs_demo
+def test_transformers_tab_offers_working_entries_with_their_task(browser, server, atlas):
+    from core.atlas import Atlas
+
+    rows = {r["id"]: r for r in Atlas.open(atlas).accepted()}
     page, errors = open_page(browser, server)
     page.get_by_role("link", name="Generate").click()
     page.get_by_role("heading", name="Generate").first.wait_for(timeout=60_000)
     wait_idle(page)
-    if page.get_by_text("Generation needs a token store").count() == 0:
-        page.get_by_text("Architecture from").first.wait_for()
+    page.get_by_text("transformers config", exact=True).click()
+    wait_idle(page)
+    label = "Model folder (the atlas' transformers models, or type a folder)"
+    page.get_by_role("combobox", name=label).click()
+    options = [o.inner_text() for o in page.get_by_role("option").all()]
+    page.keyboard.press("Escape")
+    assert len(options) >= 5
+    assert all(rows[o]["library"] == "transformers" for o in options), options
+    for option in options:  # each suggested entry resolves, and Task shows the model's task
+        task = rows[option]["labels"]["task"]
+        choose(page, label, option)
+        page.wait_for_function(  # the rerun for this folder has drawn its Task box
+            """(t) => { const i = document.querySelector('input[aria-label="Task"]');
+                        return i && i.value === t; }""",
+            arg=task,
+            timeout=120_000,
+        )
+        wait_idle(page)
         page.get_by_label("K draws").wait_for(timeout=120_000)
-        page.get_by_text("Prompt examples").first.wait_for()
-        page.get_by_label("K draws").fill("3")
-        page.get_by_label("M kept").fill("1")
-        page.get_by_label("M kept").press("Enter")
-        wait_idle(page)
-        page.get_by_role("button", name="Generate", exact=True).click()
-        page.get_by_text("Generating…").first.wait_for(timeout=60_000)  # polled progress
-        page.get_by_text("Wrote 1 model(s)").first.wait_for(timeout=300_000)
-        page.get_by_role("button", name=".zip").first.wait_for()
-        wait_idle(page)
-        assert len(list((atlas / "generated").glob("*/model.safetensors"))) == 1
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0, option
+        page.get_by_text(f"task {task}").first.wait_for()
     no_exception(page)
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / "generate.png"))
     assert not errors, errors
     page.close()
 
 
-def test_not_an_atlas_page(browser, tmp_path):
-    with AppServer(APP, tmp_path / "missing") as s:
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` (size, mtime_ns), without caches, .git and the venv."""
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames:
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@needs_demo
+def test_generation_on_the_embedded_demo_writes_nothing_inside_the_repository(
+    browser, server, atlas, workspace, tmp_path
+):
+    assert atlas.resolve().is_relative_to(REPO) or os.environ.get("WEIGHTATLAS_ATLAS")
+    before = _tree(REPO)
+    page, errors = open_page(browser, server)
+    page.get_by_role("link", name="Generate").click()
+    page.get_by_role("heading", name="Generate").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("your workspace, never the atlas").first.wait_for(timeout=120_000)
+    generate_small(page, k=3, m=1)
+    page.get_by_role("button", name=".zip").first.wait_for()
+    no_exception(page)
+    page.screenshot(path=str(tmp_path / "generate.png"))
+    after = _tree(REPO)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    # the embedded atlas is untouched, file for file
+    assert not [k for k in changed if k.startswith("assets/")], changed
+    # and nothing a generation writes (weights, configs, progress files, logs) appeared
+    # anywhere else; source edits and runs/ belong to other work on a shared checkout
+    written_here = [
+        k
+        for k in changed
+        if not k.startswith("runs/")
+        and (
+            Path(k).suffix not in (".py", ".md", ".ipynb", ".toml", ".txt", ".png")
+            or "generated" in k
+        )
+    ]
+    assert not written_here, written_here
+    written = list(workspace.glob("*/generated/*/model.safetensors"))
+    assert len(written) == 1 and not (atlas / "generated").exists()
+    assert not errors, errors
+    page.close()
+
+
+def test_not_an_atlas_page_offers_the_way_back(browser, tmp_path):
+    """A mistyped atlas path: the page says what was looked for and how to make an atlas, and
+    (with the demo present) one click opens the demo again."""
+    default = None if HAS_DEMO and not os.environ.get("WEIGHTATLAS_ATLAS") else tmp_path / "x"
+    with AppServer(APP, default, env={"WEIGHTATLAS_WORKSPACE": str(tmp_path / "ws")}) as s:
         s.wait_ready()
         page, errors = open_page(browser, s)
+        if default is None:
+            wait_for_map(page)
+            box = page.locator('[data-testid="stSidebar"] input').first
+            box.fill(str(tmp_path / "mistyped"))
+            box.press("Enter")
         page.get_by_text("No atlas to show yet").first.wait_for(timeout=60_000)
-        page.get_by_text("weightatlas demo --out assets/demo").first.wait_for()
+        page.get_by_text("Make an atlas of your own models").first.wait_for()
         no_exception(page)
+        if default is None:
+            page.get_by_role("button", name="Open the demo atlas").click()
+            wait_for_map(page)
+            page.get_by_role("heading", name="Atlas").first.wait_for()
         assert not errors, errors
         page.close()
