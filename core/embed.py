@@ -912,8 +912,6 @@ def run_cli(args: argparse.Namespace) -> int:
             f"weightatlas evaluate {args.atlas}",
         )
         return 0
-    from core.atlas import dumps
-
     extra = {
         k: v
         for k, v in dict(halo=args.halo, window=args.window, batch_size=args.batch_size).items()
@@ -933,13 +931,22 @@ def run_cli(args: argparse.Namespace) -> int:
         "atlas_distance": atlas_distance(args.atlas, v),  # H16: issue 16, strangers
         "z": v.tolist(),
     }
-    print(dumps(result, indent=2))
+    from core.cli import emit
+
     ad = result["atlas_distance"]
-    print(
-        f"atlas distance {ad['distance']:.4f} (mean {ad['metric']} distance to {ad['k']} nearest), "
-        f"percentile {ad['percentile']:.1f} of the atlas' own: {ad['meaning']}",
-        file=sys.stderr,
+    near = ", ".join(f"{n['id']} ({n['cosine_distance']:.3f})" for n in result["neighbours"][:3])
+    emit(
+        args,
+        result,
+        f"embed: {args.model} ({path})\n"
+        f"map position: UMAP {result['map']['umap'][0]:.2f}, {result['map']['umap'][1]:.2f}\n"
+        f"nearest: {near}\n"
+        f"atlas distance {ad['distance']:.4f} (mean {ad['metric']} distance to its {ad['k']} "
+        f"nearest atlas models), percentile {ad['percentile']:.1f} of the atlas' own: "
+        f"{ad['meaning']}",
     )
+    if ad["outside"] and getattr(args, "json", False):
+        print(f"warning: {args.model} is {ad['meaning']}", file=sys.stderr)
     return 0
 
 

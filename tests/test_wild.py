@@ -400,19 +400,22 @@ def _demo_without_run(tmp: Path, run: str) -> Path:
         shutil.copytree(src / name, dst / name)
     (dst / "embeddings").mkdir()
     shutil.copy(src / "embeddings" / "info.json", dst / "embeddings" / "info.json")
+    # map reducers as they are (only the CLI's map position reads them)
+    shutil.copytree(src / "embeddings" / "reducers", dst / "embeddings" / "reducers")
     rows = [json.loads(x) for x in (src / "embeddings" / "models.jsonl").read_text().splitlines()]
     keep = [g != run for g in reference_groups(Atlas.open(src), [r["id"] for r in rows])]
     assert not all(keep)
     t = load_np(str(src / "embeddings" / "models.safetensors"))
-    save_np(
-        {"z": np.ascontiguousarray(t["z"][keep])}, str(dst / "embeddings" / "models.safetensors")
-    )
+    t["z"] = np.ascontiguousarray(t["z"][keep])  # layer tables stay whole (rows point there)
+    save_np(t, str(dst / "embeddings" / "models.safetensors"))
+    shutil.copy(src / "embeddings" / "layers.jsonl", dst / "embeddings" / "layers.jsonl")
     kept = [r for r, k in zip(rows, keep, strict=True) if k]
+    kept = [{**r, "row": j} for j, r in enumerate(kept)]
     (dst / "embeddings" / "models.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     return dst
 
 
-def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path):
+def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path, capsys):
     """Real backbone and embeddings (assets/demo): a held-out run of a known kind is inside the
     atlas, the same model with its weights scaled 100x is outside."""
     from core.embed import atlas_distance, embed_model_dir, reference_groups
@@ -434,3 +437,9 @@ def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path):
         far = atlas_distance(atlas, embed_model_dir(far_dir, atlas, check=False))
         assert far["outside"] and far["percentile"] > 99, (row["id"], far)
         assert far["distance"] > near["distance"]
+    # the CLI says so
+    from core.cli import main
+
+    assert main(["embed", str(atlas), "--preset", "demo", "--model", str(far_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "percentile" in text and "outside the atlas: farther from its nearest" in text
