@@ -85,7 +85,15 @@ class Atlas:
 
     @property
     def generated_dir(self) -> Path:
-        return self.root / "generated"
+        """``ATLAS/generated``, refused (AtlasError) if it is a symlink or resolves outside the
+        atlas: a shared atlas must not make ``sample`` write elsewhere (issue 12)."""
+        p = self.root / "generated"
+        if os.path.islink(p):
+            raise AtlasError(f"{p} is a symlink (to {os.readlink(p)}); refused, remove it")
+        root_r, p_r = self.root.resolve(), p.resolve()
+        if root_r not in p_r.parents:
+            raise AtlasError(f"{p} resolves to {p_r}, outside the atlas; refused")
+        return p
 
     def info(self) -> dict[str, Any]:
         """atlas.json as a dict."""

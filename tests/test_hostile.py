@@ -779,3 +779,36 @@ def test_later_stages_read_configs_and_cards_with_the_same_limits(good_files, tm
     # a billion-laughs card does not stop Generate from sizing the architecture: no task
     arch = bounded(lambda: resolve_arch(f"hf:{src / 'laughs'}"), 30)
     assert arch.task is None and arch.library == "weightatlas"
+
+
+# ------------------------------------------------------------- 6. the atlas as untrusted input
+
+
+def test_a_symlinked_generated_dir_is_refused(tmp_path):
+    from core.atlas import AtlasError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    atlas = Atlas.create(tmp_path / "atlas")
+    (atlas.root / "generated").mkdir()
+    assert atlas.generated_dir == atlas.root / "generated"  # a plain folder is fine
+    (atlas.root / "generated").rmdir()
+    (atlas.root / "generated").symlink_to(outside)
+    with pytest.raises(AtlasError, match="is a symlink"):
+        _ = atlas.generated_dir
+
+
+@pytest.mark.slow  # samples from the embedded demo atlas (~10 s)
+def test_sample_refuses_to_write_through_a_symlinked_generated_dir(tmp_path):
+    import shutil
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo"
+    atlas, outside = tmp_path / "atlas", tmp_path / "outside"
+    shutil.copytree(demo, atlas, ignore=shutil.ignore_patterns("generated"))
+    outside.mkdir()
+    (atlas / "generated").symlink_to(outside)
+    r = _cli(["sample", str(atlas), "--arch", "cnn"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("weightatlas sample: error:") and "is a symlink" in last
+    assert list(outside.iterdir()) == []
