@@ -812,3 +812,59 @@ def test_sample_refuses_to_write_through_a_symlinked_generated_dir(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("weightatlas sample: error:") and "is a symlink" in last
     assert list(outside.iterdir()) == []
+
+
+EVIL_MD = "![x](http://127.0.0.1:9/pixel.png)"
+
+
+def _unescaped_links(text: str) -> list[str]:
+    """Markdown image/link openers ``](`` not escaped by a backslash."""
+    import re
+
+    return re.findall(r"(?<!\\)\]\(", text)
+
+
+def test_app_shows_untrusted_strings_as_text(tmp_path):
+    """Markdown in a model id, license, base_model, tags and family renders as text: nothing on
+    the Atlas page would make the browser fetch the id author's URL."""
+    pytest.importorskip("streamlit")
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.appbench import synthetic_atlas
+
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    root = synthetic_atlas(tmp_path / "atlas", n=40, seed=1)
+    victim = "synthetic/cnn-wine-r0-e0"
+    evil_id = f"evil/{EVIL_MD}"
+    for f in (root / "manifest.jsonl", root / "embeddings" / "models.jsonl"):
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        for r in rows:
+            if r["id"] == victim:
+                r["id"] = evil_id
+                if f.name == "manifest.jsonl":
+                    r.update(license=EVIL_MD, base_model=EVIL_MD, tags=[EVIL_MD, "cnn"])
+                    r["pipeline_tag"] = f"[click](javascript:alert(1)) {EVIL_MD}"
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    maps = root / "embeddings" / "maps.json"
+    maps.write_text(maps.read_text().replace(victim, evil_id))
+
+    at = AppTest.from_file(str(repo / "explorer" / "app.py"), default_timeout=60)
+    at.session_state["atlas_path"] = str(root)
+    at.run()
+    assert not at.exception
+    at.text_input(key="map_search").input("evil/").run()
+    assert not at.exception
+    assert at.selectbox(key="detail_id").value == evil_id
+    rendered = [
+        e.value
+        for kind in ("markdown", "caption", "title", "header", "subheader", "success", "info")
+        for e in getattr(at, kind)
+    ]
+    rendered += [e.value for e in at.warning] + [e.value for e in at.error]
+    assert any("evil" in str(v) for v in rendered)  # the panel is there
+    bad = [v for v in rendered if _unescaped_links(str(v))]
+    assert bad == [], bad

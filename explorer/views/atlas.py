@@ -169,7 +169,7 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
     wait_for_imports()
     i = table.index().get(model_id)
     row = table.records[i] if i is not None and table.records else {}
-    st.subheader(model_id, anchor=False)
+    st.subheader(escape_md(model_id), anchor=False)  # an id may hold markdown (issue 12)
     card, nn = st.columns([1, 1.5])
     with card:
         st.markdown("**Model card**")
