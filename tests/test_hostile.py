@@ -868,3 +868,21 @@ def test_app_shows_untrusted_strings_as_text(tmp_path):
     assert any("evil" in str(v) for v in rendered)  # the panel is there
     bad = [v for v in rendered if _unescaped_links(str(v))]
     assert bad == [], bad
+
+
+def test_app_on_an_empty_atlas_path_says_so(tmp_path):
+    pytest.importorskip("streamlit")
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    for value in ("", "   "):
+        at = AppTest.from_file(str(repo / "explorer" / "app.py"), default_timeout=60)
+        at.session_state["atlas_path"] = value
+        at.run()
+        assert not at.exception
+        errors = " ".join(str(e.value) for e in at.error)
+        assert "no atlas directory given" in errors and "None" not in errors, errors
