@@ -34,6 +34,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (best is reported)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--device", default="cpu", help="torch device for benchmarks that use one")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: all cores)"
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:

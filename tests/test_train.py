@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -20,11 +21,12 @@ from torch import nn
 
 import core.train as train_mod
 from core.atlas import Atlas, append_jsonl, read_jsonl
-from core.backbone import load_backbone
+from core.backbone import Backbone, load_backbone
 from core.config import ConfigError
 from core.errors import WeightAtlasError
+from core.store import TokenStore
 from core.tokenize import merge_index, tokenize_state_dict, write_store
-from core.train import build_configs, train
+from core.train import build_configs, compute_dtype, cpu_bf16_flags, layer_table, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 12, "ckpt_every": 4, "eval_every": 6, "log_every": 1, "batch_size": 4}
@@ -105,8 +107,9 @@ def test_train_writes_backbone_metrics_and_validation(atlas, tmp_path):
         train(atlas.root, "ci", {**FAST, "lr": 1e-2}, out=out)
 
 
-def test_exact_resume_after_sigkill(atlas, tmp_path):
-    over = {**FAST, "steps": 40, "ckpt_every": 5, "eval_every": 20}
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_exact_resume_after_sigkill(atlas, tmp_path, dtype):
+    over = {**FAST, "steps": 40, "ckpt_every": 5, "eval_every": 20, "dtype": dtype}
     ref = tmp_path / "ref"
     train(atlas.root, "ci", dict(over), out=ref)
 
@@ -159,8 +162,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_match_one_process(atlas, tmp_path):
-    over = {**FAST, "steps": 8, "batch_size": 6, "grad_accum": 2, "eval_every": 8}
+# bf16 matmuls round differently when each rank holds half the rows: losses agree to 5e-3
+@pytest.mark.parametrize(("dtype", "rtol"), [("fp32", 1e-4), ("bf16", 5e-3)])
+def test_torchrun_two_processes_match_one_process(atlas, tmp_path, dtype, rtol):
+    over = {**FAST, "steps": 8, "batch_size": 6, "grad_accum": 2, "eval_every": 8, "dtype": dtype}
     single = tmp_path / "single"
     train(atlas.root, "ci", dict(over), out=single)
     ddp = tmp_path / "ddp"
@@ -176,10 +181,10 @@ def test_torchrun_two_processes_match_one_process(atlas, tmp_path):
     a, b = _losses(single), _losses(ddp)
     assert len(a) == len(b) == 8
     assert a[-1] < a[0]
-    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-6), (a, b)
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=rtol, atol=1e-6), (a, b)
     va = [r for r in read_jsonl(single / "metrics.jsonl") if "val_r2" in r][-1]
     vb = [r for r in read_jsonl(ddp / "metrics.jsonl") if "val_r2" in r][-1]
-    assert va["val_r2"] == pytest.approx(vb["val_r2"], abs=1e-4)
+    assert va["val_r2"] == pytest.approx(vb["val_r2"], abs=10 * rtol)
 
 
 def test_ci_preset_overfits_a_small_token_set(tmp_path):
@@ -188,3 +193,174 @@ def test_ci_preset_overfits_a_small_token_set(tmp_path):
     assert summary["train_r2"] > 0.9, summary
     losses = _losses(tmp_path / "bb")
     assert losses[-1] < 0.2 * losses[0]
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+def test_dtype_auto_follows_the_cpu_flags_and_explicit_choices_win():
+    amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+    intel = "flags\t: avx512f amx_bf16 amx_tile avx512_bf16\n"
+    old = "flags\t: sse avx2 fma\n"
+    assert cpu_bf16_flags(amd) == {"avx512_bf16"}
+    assert cpu_bf16_flags(intel) == {"amx_bf16", "avx512_bf16"}
+    assert cpu_bf16_flags(old) == set()
+    cpu = torch.device("cpu")
+    fast = bool(cpu_bf16_flags())
+    assert compute_dtype("auto", cpu) == (torch.bfloat16 if fast else torch.float32)
+    assert compute_dtype("fp32", cpu) == torch.float32
+    assert compute_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError):
+        build_configs("ci", {"dtype": "fp16"})
+
+
+def test_bf16_and_fp32_paths_agree_on_a_tiny_model():
+    """Same weights and windows: bf16 autocast stays within 2 % (relative L2) of fp32 in the
+    reconstruction, 1 % in the loss, 2 % in the whole gradient and 15 % in each tensor's
+    (measured: 0.7 %, 0.1 %, 0.6 % and at most 9 %, a LayerNorm bias)."""
+    bcfg, tcfg = build_configs("ci", {"token_size": 16})
+    torch.manual_seed(0)
+    model = Backbone(bcfg)
+    x = torch.randn(4, bcfg.window, 16) * torch.logspace(-3, 0, 4).view(4, 1, 1)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    n = torch.arange(bcfg.window)
+    pos = torch.stack([n, n // 5, n % 5], -1).expand(4, -1, 3)
+    out = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model.zero_grad()
+        with train_mod._autocast(torch.device("cpu"), dt):
+            _, parts, proj = model(x, pos, factored=True)
+        s, cnt = train_mod.reconstruction_terms(parts, x, mask)
+        p1, p2 = proj.float().chunk(2)
+        loss = s / cnt + 0.05 * train_mod.nt_xent(p1, p2)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        out[name] = (parts.compose().float().detach(), float(loss.detach()), grads)
+    (r32, l32, g32), (r16, l16, g16) = out["fp32"], out["bf16"]
+    assert r16.dtype == torch.float32
+    assert float((r16 - r32).norm() / r32.norm()) < 0.02
+    assert abs(l16 - l32) / l32 < 0.01
+    flat32, flat16 = (torch.cat([g[k].flatten() for k in g32]) for g in (g32, g16))
+    assert float((flat16 - flat32).norm() / flat32.norm()) < 0.02
+    for k in g32:
+        assert float((g16[k] - g32[k]).norm() / g32[k].norm().clamp_min(1e-12)) < 0.15, k
+
+
+def test_bf16_training_matches_fp32_training(atlas, tmp_path):
+    """The whole loop (augmentations, MLN, NT-Xent, AdamW) in both dtypes: the same loss curve
+    within 5 % per logged step, master weights kept in fp32."""
+    over = {**FAST, "eval_every": 12}
+    runs = {
+        dt: train(atlas.root, "ci", {**over, "dtype": dt}, out=tmp_path / dt)
+        for dt in ("fp32", "bf16")
+    }
+    assert runs["fp32"]["dtype"] == "float32" and runs["bf16"]["dtype"] == "bfloat16"
+    a, b = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert a[-1] < 0.8 * a[0]
+    assert all(abs(x - y) <= 0.05 * x for x, y in zip(a, b, strict=True)), (a, b)
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in weights.values())
+
+
+# ------------------------------------------------------------------ presets
+
+
+@pytest.mark.parametrize("preset", ["demo", "demo-long", "paper-small", "paper-large"])
+def test_preset_shapes_feed_the_matrix_units(preset):
+    """Widths are multiples of 64, head sizes and windows of 16, and a step carries >= 4,096
+    tokens (two views), the shapes where bf16 autocast pays on CPU."""
+    b, t = build_configs(preset)
+    assert b.d_model % 64 == 0 and (b.d_model // b.n_heads) % 16 == 0, b
+    assert int(b.mlp_ratio * b.d_model) % 64 == 0
+    assert b.window % 16 == 0 and b.latent_dim % 16 == 0 and b.proj_dim % 16 == 0
+    assert 2 * t.batch_size * t.grad_accum * b.window >= 4096
+    assert t.dtype == "auto"
+
+
+def test_demo_long_is_the_demo_backbone_trained_longer():
+    b, t = build_configs("demo")
+    bl, tl = build_configs("demo-long")
+    assert b == bl and tl.steps > t.steps and tl.patience > 0
+
+
+# ------------------------------------------------------------------ per-layer validation
+
+
+def test_layer_table_matches_numpy_per_layer_r2_and_std_ratio():
+    rng = np.random.default_rng(0)
+    ys = [rng.normal(size=50), rng.normal(1.0, 1e-3, size=20), np.full(5, 2.0)]
+    ps = [y + rng.normal(scale=0.3, size=y.size) for y in ys]
+    stats = torch.tensor(
+        [
+            [y.size, y.sum(), (y * y).sum(), p.sum(), (p * p).sum(), ((y - p) ** 2).sum()]
+            for y, p in zip(ys, ps)
+        ],
+        dtype=torch.float64,
+    )
+    r2, ratio = layer_table(stats)
+    for i in (0, 1):
+        y, p = ys[i], ps[i]
+        assert float(r2[i]) == pytest.approx(
+            1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-6
+        )
+        assert float(ratio[i]) == pytest.approx(p.std() / y.std(), rel=1e-6)
+    assert torch.isnan(r2[2]) and torch.isnan(ratio[2])  # a constant layer has no R^2
+
+
+def test_validation_reports_per_layer_medians_and_keeps_the_best_checkpoint(atlas, tmp_path):
+    out = tmp_path / "bb"
+    over = {**FAST, "steps": 18, "eval_every": 6, "ckpt_every": 6}
+    summary = train(atlas.root, "ci", over, out=out)
+    vals = [r for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r]
+    assert [r["step"] for r in vals] == [6, 12, 18]
+    for r in vals:
+        kinds = r["val_layer_r2_median_by_kind"]
+        assert set(kinds) == set(r["val_layers_by_kind"]) >= {"conv", "linear", "norm"}
+        assert set(r["val_layer_std_ratio_median_by_kind"]) == set(kinds)
+        assert r["val_layer_r2_median_conv_linear"] is not None
+    # the per-layer file: one row per layer of each val model, medians as in metrics.jsonl
+    best = max(vals, key=lambda r: r["val_layer_r2_median_conv_linear"])
+    assert summary["best"]["step"] == best["step"]
+    rows = list(read_jsonl(out / "val_layers.jsonl"))
+    store_layers = sum(
+        len(TokenStore(atlas.tokens_dir).layers(m)) for m in ("test/model-6", "test/model-7")
+    )
+    assert len(rows) == store_layers and {r["step"] for r in rows} == {best["step"]}
+    conv = [r["r2"] for r in rows if r["kind"] == "conv" and r["r2"] is not None]
+    assert np.median(conv) == pytest.approx(best["val_layer_r2_median_by_kind"]["conv"])
+    # model.safetensors holds the selected step's weights: re-scoring them gives its figures
+    cfg = json.loads((out / "config.json").read_text())
+    assert (
+        cfg["step"] == best["step"]
+        and cfg["selected"]["value"] == best["val_layer_r2_median_conv_linear"]
+    )
+    model = load_backbone(out)
+    store = TokenStore(atlas.tokens_dir)
+    ids = ["test/model-6", "test/model-7"]
+    ev = train_mod.Evaluator(store, ids, model.cfg.window, train_mod._kinds(store, store.ids))
+    _, tcfg = build_configs("ci", over)
+    again = ev.run(model, train_mod.setup_dist("cpu"), 4, tcfg)
+    assert again["layer_r2_median_conv_linear"] == pytest.approx(
+        best["val_layer_r2_median_conv_linear"], abs=1e-6
+    )
+
+
+def test_patience_stops_after_evaluations_without_a_better_score(atlas, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    real = train_mod.Evaluator.run
+
+    def run(self, *a, **kw):  # real scoring, with a falling selection score
+        res = real(self, *a, **kw)
+        if kw.get("with_layers"):
+            res["layer_r2_median_conv_linear"] = next(scores)
+        return res
+
+    monkeypatch.setattr(train_mod.Evaluator, "run", run)
+    out = tmp_path / "bb"
+    summary = train(
+        atlas.root, "ci", {**FAST, "steps": 30, "eval_every": 3, "patience": 2}, out=out
+    )
+    assert summary["stopped_early"] and summary["steps"] == 9
+    assert summary["best"]["step"] == 3
+    assert json.loads((out / "config.json").read_text())["step"] == 3
+    assert json.loads((out / "train_state" / "latest.json").read_text())["step"] == 9
