@@ -1135,6 +1135,11 @@ class HubSource(Source):
         model_id = check_repo_id(cand.id)
         base = _hub_endpoint(self.endpoint)
         deadline = _Deadline(cfg.candidate_timeout_s, cfg.http_timeout_s, model_id)
+        if cand.revision is not None:  # validated before it is used anywhere, even in a URL
+            try:
+                check_commit(cand.revision)
+            except WeightAtlasError as e:
+                raise _Transient(f"{model_id}: {e}") from None
         with _http_client(cfg) as client:
             if cand.revision is None or cand.remote_files is None:
                 info, _ = _get_json(

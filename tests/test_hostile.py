@@ -217,6 +217,7 @@ def test_commit_shas_that_are_paths_are_refused(good_files, jail):
                 entry("h/rel", list(good_files), sha="../../../../../evil"),
                 entry("h/abs", list(good_files), sha=evil_abs),
                 entry("h/info", list(good_files), sha=None, siblings=None),
+                entry("h/relnofiles", [], sha="../../../../evil", siblings=None),
             ]
         )
         h.routes["/api/models/h/info/revision/main"] = Route(
@@ -227,9 +228,11 @@ def test_commit_shas_that_are_paths_are_refused(good_files, jail):
         rows = collect_hub(h.url, atlas)
     assert rows == []  # a protocol lie: nothing recorded, retried on the next run
     why = last_run(atlas)["retry_later"]
-    assert len(why) == 3 and all("40 hex digits" in w for w in why), why
+    assert len(why) == 4 and all("40 hex digits" in w for w in why), why
     assert files_outside(root, atlas) == []
     assert not any("/resolve/" in p for p in h.requests)
+    # a bad sha is never even used in a URL
+    assert [p for p in h.requests if "/revision/" in p] == ["/api/models/h/info/revision/main"]
 
 
 def test_etags_that_are_paths_are_never_used_and_bytes_are_checked(good_files, jail):
