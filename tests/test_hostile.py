@@ -889,3 +889,32 @@ def test_app_on_an_empty_atlas_path_says_so(tmp_path):
         assert not at.exception
         errors = " ".join(str(e.value) for e in at.error)
         assert "no atlas directory given" in errors and "None" not in errors, errors
+
+
+def test_tokenize_under_a_file_size_limit_is_one_line(small_models, tmp_path):
+    """Runs without root (no tmpfs): under RLIMIT_FSIZE the shard cannot grow (EFBIG), and the
+    stage says so in one line. (The SIGBUS regression itself needs a full filesystem: the
+    tmpfs test above.)"""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    atlas = tmp_path / "atlas"
+    hub.collect(atlas, str(small_models), progress=False)
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "core.cli", "tokenize", str(atlas)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=limit,
+    )
+    _full_message(r, "tokenize")
+    assert not list((atlas / "tokens").rglob("*.tmp*"))
