@@ -918,3 +918,43 @@ def test_tokenize_under_a_file_size_limit_is_one_line(small_models, tmp_path):
     )
     _full_message(r, "tokenize")
     assert not list((atlas / "tokens").rglob("*.tmp*"))
+
+
+def test_cdn_redirect_keeps_the_hubs_own_etag(good_files, jail):
+    """As on huggingface.co: the resolve answer is a redirect carrying ``X-Linked-Etag`` and
+    ``X-Repo-Commit``; the CDN serves the bytes with an opaque ETag of its own."""
+    root, atlas = jail
+    st = good_files["model.safetensors"]
+    bad = bytearray(st)
+    bad[-1] ^= 0xFF
+
+    def resolve(linked: str) -> Route:
+        return Route(
+            lambda h: send(
+                h,
+                302,
+                b"",
+                {
+                    "Location": f"/cdn/{linked[:8]}",
+                    "X-Repo-Commit": SHA,
+                    "X-Linked-Etag": f'"{linked}"',
+                    "ETag": '"not-a-digest"',
+                },
+            )
+        )
+
+    with HostileHub() as h:
+        h.listing([entry("h/cdn", list(good_files)), entry("h/cdnbad", list(good_files))])
+        h.serve_repo("h/cdn", good_files)
+        h.serve_repo("h/cdnbad", good_files)
+        good_sha = hashlib.sha256(st).hexdigest()
+        h.routes[f"/h/cdn/resolve/{SHA}/model.safetensors"] = resolve(good_sha)
+        h.routes[f"/h/cdnbad/resolve/{SHA}/model.safetensors"] = resolve(good_sha[::-1])
+        h.routes[f"/cdn/{good_sha[:8]}"] = Route(lambda r: send(r, 200, st, {"ETag": '"cdn-1"'}))
+        h.routes[f"/cdn/{good_sha[::-1][:8]}"] = Route(
+            lambda r: send(r, 200, bytes(bad), {"ETag": '"cdn-2"'})
+        )
+        rows = collect_hub(h.url, atlas)
+    assert [(r["id"], r["status"]) for r in rows] == [("h/cdn", "accepted")]
+    assert any("do not match the sha256" in w for w in last_run(atlas)["retry_later"])
+    assert files_outside(root, atlas) == []
