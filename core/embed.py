@@ -449,6 +449,11 @@ def _merge(
             "latent_dim": int(tensors["z"].shape[1]),
             "pca_explained_variance_ratio": reducers["pca"]["explained_variance_ratio"].tolist(),
             "umap_placement": "inverse-distance weighted mean of the n_neighbors nearest maps",
+            "atlas_distance": {
+                "k": cfg.distance_k,
+                "metric": cfg.distance_metric,
+                "calibration": "leave-one-run-out (core.embed.reference_groups)",
+            },
             "config": to_dict(cfg),
         },
     )
@@ -585,15 +590,19 @@ def loo_knn_distances(
     m = len(z)
     if m < 2:
         return np.zeros(m)
-    d = pairwise_distances(z, z, metric, z)
-    np.fill_diagonal(d, np.inf)
-    if groups is not None:
-        g = np.asarray(groups, dtype=object)
-        d[g[:, None] == g[None, :]] = np.inf
     k = max(1, min(k, m - 1))
-    near = np.sort(d, axis=1)[:, :k]
-    finite = np.isfinite(near)
-    return np.where(finite, near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+    g = np.unique(np.asarray(groups, dtype=object), return_inverse=True)[1] if groups else None
+    out = np.empty(m)
+    for lo in range(0, m, 1024):  # blocks of rows: memory 1024 x M, not M x M
+        hi = min(lo + 1024, m)
+        d = pairwise_distances(z[lo:hi], z, metric, z)
+        d[np.arange(hi - lo), np.arange(lo, hi)] = np.inf
+        if g is not None:
+            d[g[lo:hi, None] == g[None, :]] = np.inf
+        near = np.partition(d, k - 1, axis=1)[:, :k]
+        finite = np.isfinite(near)
+        out[lo:hi] = np.where(finite, near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+    return out
 
 
 def reference_groups(atlas: Atlas, ids: list[str]) -> list[str]:
@@ -648,9 +657,18 @@ def atlas_distance(
         k = int(info.get("config", {}).get("distance_k", EmbedConfig.distance_k))
     if metric is None:
         metric = str(info.get("config", {}).get("distance_metric", EmbedConfig.distance_metric))
-    ids = [r["id"] for r in read_jsonl(out / "models.jsonl")]
-    groups = reference_groups(a, ids) if len(ids) == len(z) else None
-    loo = loo_knn_distances(z, k, metric, groups)
+    rows = list(read_jsonl(out / "models.jsonl"))
+    stored = info.get("atlas_distance", {})
+    if (
+        stored.get("k") == k
+        and stored.get("metric") == metric
+        and len(rows) == len(z)
+        and all("atlas_distance" in r for r in rows)
+    ):  # computed by `embed` (leave-one-run-out), in row order
+        loo = np.array([r["atlas_distance"] for r in sorted(rows, key=lambda r: r["row"])])
+    else:  # embeddings written before atlas distances existed
+        groups = reference_groups(a, [r["id"] for r in rows]) if len(rows) == len(z) else None
+        loo = loo_knn_distances(z, k, metric, groups)
     dist = knn_distance(z, v, k, metric=metric)
     pct = distance_percentile(loo, dist)
     outside = bool(pct > OUTSIDE_PERCENTILE)

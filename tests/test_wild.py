@@ -443,3 +443,36 @@ def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path, capsys):
     assert main(["embed", str(atlas), "--preset", "demo", "--model", str(far_dir)]) == 0
     text = capsys.readouterr().out
     assert "percentile" in text and "outside the atlas: farther from its nearest" in text
+
+
+def test_embeddings_show_one_point_per_original_with_its_count(wild):
+    """`embed` leaves duplicates out, counts them on the original, stores the atlas distances."""
+    from core.embed import (
+        atlas_distance,
+        embed,
+        load_embeddings,
+        loo_knn_distances,
+        reference_groups,
+    )
+    from core.train import train
+
+    atlas = wild["atlas"]
+    train(atlas.root, "ci", {"steps": 4, "eval_every": 4, "ckpt_every": 4})
+    embed(atlas.root, preset="ci")
+    emb = load_embeddings(atlas.root)
+    rows = {r["id"]: r for r in atlas.manifest()}
+    dups = {i for i, r in rows.items() if r.get("duplicate_of")}
+    assert dups and not dups & set(emb.ids)
+    by_id = {r["id"]: r for r in emb.models}
+    for i in dups:
+        orig = by_id[rows[i]["duplicate_of"]]
+        assert i in orig["duplicates"]
+        assert orig["copies"] == 1 + len(orig["duplicates"])
+    assert sum(r["copies"] for r in emb.models) == len(emb.ids) + len(dups)
+    stored = np.array([r["atlas_distance"] for r in emb.models])
+    again = loo_knn_distances(
+        emb.z.astype(np.float64), 5, "zscore", reference_groups(atlas, emb.ids)
+    )
+    assert np.allclose(stored, again)
+    far = atlas_distance(atlas.root, emb.z[0] * 1000)
+    assert far["outside"] and far["metric"] == "zscore" and far["k"] == 5
