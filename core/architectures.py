@@ -892,6 +892,73 @@ def _mlp(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
     return config_of(MLP(task.n_features, task.num_classes, width, depth), "weightatlas")
 
 
+# Sequence families (issue 17): token-id classifiers sized for the procedural sequence tasks
+# (``core.datasets.SEQUENCE_TASKS``: vocabulary of a few symbols, 13-21 positions). Dropout is
+# off: these models are tiny and train for a few epochs on ~1,000 sequences.
+
+
+def _seq_common(task: TaskInfo) -> dict[str, Any]:
+    from core.datasets import CLS_ID, PAD_ID
+
+    return dict(vocab_size=task.vocab_size, pad_token_id=PAD_ID, bos_token_id=CLS_ID)
+
+
+@register_family(
+    "bert",
+    library="transformers",
+    widths=(16, 32, 48),
+    depths=(1, 2, 3),
+    kinds=("sequence",),
+    default_task="seq-brackets",
+    epoch_scale=2,
+    lr_scale=4.0,  # a [CLS]-pooled encoder needs larger steps than the last-token decoder
+)
+def _bert(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
+    return _hf(
+        "BertConfig",
+        "BertForSequenceClassification",
+        task,
+        **_seq_common(task),
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=task.seq_len,
+        type_vocab_size=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+@register_family(
+    "gpt2",
+    library="transformers",
+    widths=(16, 32, 48),
+    depths=(1, 2, 3),
+    kinds=("sequence",),
+    default_task="seq-brackets",
+    epoch_scale=2,
+    lr_scale=2.0,
+)
+def _gpt2(task: TaskInfo, width: int, depth: int) -> dict[str, Any]:
+    return _hf(
+        "GPT2Config",
+        "GPT2ForSequenceClassification",
+        task,
+        **_seq_common(task),
+        eos_token_id=_seq_common(task)["bos_token_id"],
+        n_embd=width,
+        n_layer=depth,
+        n_head=2,
+        n_inner=2 * width,
+        n_positions=task.seq_len,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # architecture targets for generation
 

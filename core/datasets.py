@@ -3,7 +3,9 @@
 Every task has fixed, seeded, stratified train/val/test splits (60/20/20), so a model trained
 anywhere is evaluated on the same examples. Image tasks give ``(B, C, H, W)`` float32 images in
 [0, 1] with one channel; tabular tasks give ``(B, F)`` float32 features standardized with the
-train split's mean and std. Labels are int64 class indices.
+train split's mean and std; sequence tasks give ``(B, S)`` int64 token ids (id 0 is padding and
+never occurs, id 1 a ``[CLS]`` token opening every sequence, symbols from id 2). Labels are int64
+class indices.
 
     from core.datasets import get_task, train_epochs, evaluate_accuracy
     task = get_task("digits10")
@@ -14,8 +16,9 @@ train split's mean and std. Labels are int64 class indices.
 Tasks (``TASKS``): ``digits10`` (scikit-learn digits, 8x8), ``digits-0to4`` / ``digits-5to9``
 (class subsets), ``digits-parity`` (even vs odd), ``digits-rot90``, ``digits-invert``,
 ``digits16`` (bilinear 16x16 upsampling), ``shapes16`` (procedurally drawn shapes, 16x16),
-``wine`` and ``breast-cancer`` (tabular). Derived digit tasks reuse the split of ``digits10``
-so their test images are transforms of the same test digits.
+``wine`` and ``breast-cancer`` (tabular), ``seq-majority``, ``seq-sorted`` and ``seq-brackets``
+(procedural token sequences, see ``SEQUENCE_TASKS``). Derived digit tasks reuse the split of
+``digits10`` so their test images are transforms of the same test digits.
 """
 
 from __future__ import annotations
@@ -42,25 +45,34 @@ SPLIT_SEED = 20240  # fixed: the splits are part of a task's definition
 class TaskInfo:
     """What a model needs to know about a task's inputs and outputs.
 
-    ``n_features`` is the flattened input size (``C * H * W`` for images); ``in_chans`` and
-    ``img_size`` are 0 for tabular tasks. ``dataset`` is a Hub-style dataset name for cards.
+    ``n_features`` is the flattened input size (``C * H * W`` for images, the sequence length
+    for sequences); ``in_chans`` and ``img_size`` are 0 for tabular and sequence tasks.
+    ``vocab_size`` and ``seq_len`` are set for sequence tasks only (token ids lie in
+    ``[0, vocab_size)``, ``PAD_ID`` never occurs). ``dataset`` is a Hub-style dataset name for cards.
     """
 
     name: str
-    kind: Literal["image", "tabular"]
+    kind: Literal["image", "tabular", "sequence"]
     in_chans: int
     img_size: int
     n_features: int
     num_classes: int
     dataset: str
     description: str
+    vocab_size: int = 0
+    seq_len: int = 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example: ``(C, H, W)`` for images, ``(F,)`` for tabular."""
+        """Shape of one example: ``(C, H, W)`` for images, ``(F,)`` tabular, ``(S,)`` sequences."""
         if self.kind == "image":
             return (self.in_chans, self.img_size, self.img_size)
         return (self.n_features,)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """``torch.int64`` token ids for sequence tasks, else ``torch.float32``."""
+        return torch.int64 if self.kind == "sequence" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,148 @@ def _breast_cancer() -> Task:
         load_breast_cancer,
         "sklearn/breast_cancer",
         "malignant vs benign tumours from 30 cell-nucleus features",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# sequence tasks (procedural, fixed seeds): token ids for BERT- and GPT-2-style classifiers
+
+PAD_ID = 0  # reserved: never occurs in an input (the models' pad_token_id)
+CLS_ID = 1  # opens every sequence (BERT pools its first position; GPT-2 reads the last)
+FIRST_SYMBOL = 2
+SEQUENCE_PER_CLASS = 600
+SEQUENCE_SEED = 11
+SEQUENCE_TASKS = ("seq-majority", "seq-sorted", "seq-brackets")
+
+
+def _sequence_task(
+    name: str, X: np.ndarray, y: np.ndarray, n_symbols: int, description: str
+) -> Task:
+    """A sequence task from symbol indices ``X`` (n, L) in [0, n_symbols): ``[CLS]`` + symbols."""
+    ids = np.concatenate([np.full((len(X), 1), CLS_ID), X + FIRST_SYMBOL], axis=1).astype(np.int64)
+    info = TaskInfo(
+        name=name,
+        kind="sequence",
+        in_chans=0,
+        img_size=0,
+        n_features=ids.shape[1],
+        num_classes=int(y.max()) + 1,
+        dataset=f"weightatlas/{name}",
+        description=description,
+        vocab_size=FIRST_SYMBOL + n_symbols,
+        seq_len=ids.shape[1],
+    )
+    return _to_task(info, ids, y.astype(np.int64), stratified_split(y, name))
+
+
+def _draw_unique(
+    draw: Callable[[], tuple[np.ndarray, int] | None], n_per_class: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_per_class`` distinct sequences per class from ``draw() -> (seq, label) | None``.
+
+    Duplicates are dropped, so no sequence is in two splits; class-major order.
+    """
+    seen: set[bytes] = set()
+    per: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
+    while any(len(p) < n_per_class for p in per):
+        got = draw()
+        if got is None:
+            continue
+        s, label = got
+        key = s.astype(np.int8).tobytes()
+        if len(per[label]) < n_per_class and key not in seen:
+            seen.add(key)
+            per[label].append(s)
+    X = np.stack([s for p in per for s in p])
+    return X, np.repeat(np.arange(n_classes), n_per_class).astype(np.int64)
+
+
+def majority_sequences(
+    n_per_class: int, length: int, n_symbols: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symbol sequences labelled with the symbol occurring most often (a unique maximum).
+
+    Uniform draws, so margins range from one occurrence to many: the task needs counting.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw() -> tuple[np.ndarray, int] | None:
+        s = rng.integers(0, n_symbols, size=length)
+        counts = np.bincount(s, minlength=n_symbols)
+        if (counts == counts.max()).sum() != 1:
+            return None
+        return s, int(counts.argmax())
+
+    return _draw_unique(draw, n_per_class, n_symbols)
+
+
+def sorted_sequences(
+    n_per_class: int, length: int, n_symbols: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unsorted (label 0) vs sorted (label 1, non-decreasing) symbol sequences.
+
+    Half of the draws for label 0 are sorted sequences with one adjacent pair of distinct
+    symbols swapped (a single local violation), so a model must check every neighbouring pair.
+    """
+    rng = np.random.default_rng(seed)
+    step = [0]
+
+    def draw() -> tuple[np.ndarray, int] | None:
+        step[0] += 1
+        s = np.sort(rng.integers(0, n_symbols, size=length))
+        if step[0] % 2:
+            return s, 1
+        if step[0] % 4 == 0:
+            s = rng.integers(0, n_symbols, size=length)
+        else:
+            pairs = np.flatnonzero(s[:-1] != s[1:])
+            if len(pairs) == 0:
+                return None
+            i = rng.choice(pairs)
+            s[[i, i + 1]] = s[[i + 1, i]]
+        return (s, 0) if np.any(s[:-1] > s[1:]) else None
+
+    return _draw_unique(draw, n_per_class, 2)
+
+
+def bracket_sequences(n_per_class: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unbalanced (label 0) vs balanced (label 1) strings of ``(`` = 0 and ``)`` = 1.
+
+    Every string holds as many opening as closing brackets, so counting alone cannot tell the
+    classes apart: an unbalanced string closes more than it opened at some prefix.
+    """
+    rng = np.random.default_rng(seed)
+    base = np.repeat(np.arange(2), length // 2)
+
+    def draw() -> tuple[np.ndarray, int]:
+        s = rng.permutation(base)
+        depth = np.cumsum(np.where(s == 0, 1, -1))
+        return s, int(depth.min() >= 0)
+
+    return _draw_unique(draw, n_per_class, 2)
+
+
+@register_task("seq-majority")
+def _seq_majority() -> Task:
+    X, y = majority_sequences(SEQUENCE_PER_CLASS, 16, 4, SEQUENCE_SEED)
+    return _sequence_task(
+        "seq-majority", X, y, 4, "which of 4 symbols occurs most often in 16 tokens"
+    )
+
+
+@register_task("seq-sorted")
+def _seq_sorted() -> Task:
+    X, y = sorted_sequences(SEQUENCE_PER_CLASS, 12, 6, SEQUENCE_SEED + 1)
+    return _sequence_task(
+        "seq-sorted", X, y, 6, "whether 12 tokens over 6 symbols are in non-decreasing order"
+    )
+
+
+@register_task("seq-brackets")
+def _seq_brackets() -> Task:
+    X, y = bracket_sequences(SEQUENCE_PER_CLASS, 20, SEQUENCE_SEED + 2)
+    return _sequence_task(
+        "seq-brackets", X, y, 2, "whether 20 brackets (10 open, 10 close) are balanced"
     )
 
 

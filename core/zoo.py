@@ -17,7 +17,7 @@ The same preset and seed give bit-identical weights on CPU (threads fixed, every
 seeded); the revision is a hash of the content. A repo is written into a temp dir and renamed
 into place, so a killed build leaves only whole repos and a re-run continues where it stopped.
 
-    weightatlas zoo --preset ci --out /tmp/zoo-ci            # ~40 checkpoints, ~1 minute
+    weightatlas zoo --preset ci --out /tmp/zoo-ci            # 39 checkpoints, ~1 minute
     weightatlas zoo --preset demo --out /tmp/zoo-demo seed=1
     python -c "from core.zoo import zoo; zoo('ci', '/tmp/zoo-ci')"
 """
@@ -52,6 +52,12 @@ ZOO_ORG = "weightatlas-zoo"
 ZOO_INDEX = "zoo.jsonl"
 ZOO_INFO = "zoo.json"
 PROGRESS = ".zoo-progress.jsonl"  # rows of finished repos while building; zoo.jsonl at the end
+# Hub pipeline tag of a task kind, as on huggingface.co (our sequences are token ids: text)
+PIPELINE_TAGS = {
+    "image": "image-classification",
+    "tabular": "tabular-classification",
+    "sequence": "text-classification",
+}
 
 
 @dataclass
@@ -80,7 +86,7 @@ class ZooConfig:
 
 ZOO_PRESETS: dict[str, dict[str, Any]] = {
     "ci": {
-        "tasks": ("digits10:1", "wine:1"),
+        "tasks": ("digits10:1", "wine:1", "seq-brackets:1"),
         "epochs": 8,
         "checkpoints": (1, 3, 8),
         "size_levels": 1,
@@ -95,6 +101,9 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
             "shapes16:1",
             "wine:3",
             "breast-cancer:2",
+            "seq-majority:2",
+            "seq-sorted:1",
+            "seq-brackets:1",
         ),
         "epochs": 8,
         "checkpoints": (1, 2, 4, 8),
@@ -113,6 +122,9 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
             "shapes16:4",
             "wine:8",
             "breast-cancer:8",
+            "seq-majority:6",
+            "seq-sorted:4",
+            "seq-brackets:4",
         ),
         "epochs": 20,
         "checkpoints": (1, 2, 4, 8, 12, 16, 20),
@@ -239,7 +251,7 @@ def _card(
     run: Run, epoch: int, labels: dict[str, Any], library: str, dataset: str, kind: str, lic: str
 ) -> str:
     repo_id = f"{ZOO_ORG}/{run.name(epoch)}"
-    pipeline = "image-classification" if kind == "image" else "tabular-classification"
+    pipeline = PIPELINE_TAGS[kind]
     metrics = [
         {"type": "accuracy", "value": labels["test_accuracy"], "name": "test accuracy"},
         {"type": "loss", "value": labels["test_loss"], "name": "test cross-entropy"},

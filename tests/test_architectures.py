@@ -69,9 +69,12 @@ def test_family_loads_with_the_library_itself(fam_name, tmp_path):
     model = target.build(seed=2)
     out = target.save(model, tmp_path / "m")
     if target.library == "transformers":
-        theirs = transformers.AutoModelForImageClassification.from_pretrained(
-            out, local_files_only=True
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if "sequence" in FAMILIES[fam_name].kinds
+            else transformers.AutoModelForImageClassification
         )
+        theirs = auto.from_pretrained(out, local_files_only=True)
     else:
         cfg = json.loads((out / "config.json").read_text())
         theirs = timm.create_model(cfg["architecture"], pretrained=False, **cfg["model_args"])

@@ -26,7 +26,7 @@ def test_task_splits_shapes_and_classes(name):
     sizes = {}
     for split in ("train", "val", "test"):
         X, y = task.split(split)
-        assert X.dtype == torch.float32 and y.dtype == torch.int64
+        assert X.dtype == info.input_dtype and y.dtype == torch.int64
         assert X.shape[1:] == info.input_shape
         assert len(X) == len(y)
         # stratified: every class is present in every split
@@ -39,6 +39,10 @@ def test_task_splits_shapes_and_classes(name):
         assert info.in_chans == 1 and info.n_features == info.img_size**2
         X, _ = task.split("train")
         assert float(X.min()) >= 0.0 and float(X.max()) <= 1.0
+    elif info.kind == "sequence":  # token ids; rules checked in tests/test_sequence.py
+        X, _ = task.split("train")
+        assert X.dtype == torch.int64 and info.n_features == info.seq_len
+        assert 0 <= int(X.min()) and int(X.max()) < info.vocab_size
     else:
         X, _ = task.split("train")
         assert torch.allclose(X.mean(0), torch.zeros(info.n_features), atol=1e-4)

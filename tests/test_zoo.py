@@ -234,8 +234,10 @@ def test_ci_preset_budget_and_accuracy(tmp_path):
     rows = read_zoo(out)
     assert len(rows) >= 30 and len({r["family"] for r in rows}) >= 6
     finals = [r for r in rows if r["epoch"] == r["max_epochs"]]
-    for r in finals:  # every final checkpoint clearly beats chance
-        assert r["test_accuracy"] > 2.0 / get_task(r["task"]).info.num_classes, r["id"]
+    for r in finals:  # every final checkpoint clearly beats chance (binary tasks: > 0.75)
+        k = get_task(r["task"]).info.num_classes
+        assert r["test_accuracy"] > min(2.0 / k, (1.0 + 1.0 / k) / 2), r["id"]
+    assert {"bert", "gpt2"} <= {r["family"] for r in finals}  # the sequence modality
     digits = [r["test_accuracy"] for r in finals if r["task"] == "digits10"]
     assert sum(a >= 0.8 for a in digits) >= 0.8 * len(digits)
     assert repo_dir(out, "mlp-wine-r0-e8").is_dir()
