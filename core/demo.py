@@ -6,7 +6,7 @@
 A full atlas holds every model's weights and the whole token store; the demo keeps what the
 app shows: the manifest, embeddings and maps, the backbone, result tables, and the weights of a
 small subset of models (one or more per family and task) for the Layers page. It must stay under
-``max_mb`` (25 MB) because it is committed.
+``max_mb`` (30 MB) because it is committed; backbone weights ship in bf16.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ class DemoConfig:
     scheme: str = "dense"
     token_size: int = 64
     per_group: int = 1  # models kept with weights per (family, task) group
-    max_mb: float = 25.0
+    max_mb: float = 30.0
+    backbone_dtype: str = "bf16"  # shipped backbone weights: bf16 (half the bytes) or fp32
     seed: int = 0
 
 
 DEMO_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "ci": dict(zoo_preset="ci", backbone_preset="ci", max_mb=25.0),
+    "ci": dict(zoo_preset="ci", backbone_preset="ci", max_mb=30.0),
 }
 
 # What is copied from a full atlas: directories whole, and per-model weights for a subset.
@@ -67,7 +68,33 @@ def _weights_subset(atlas: Atlas, per_group: int) -> list[dict[str, Any]]:
     return keep
 
 
-def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: float = 25.0) -> Path:
+def shrink_weights(path: str | Path, dtype: str = "bf16") -> None:
+    """Rewrite a ``model.safetensors`` with its float tensors in ``dtype`` (bf16 or fp32).
+
+    ``load_backbone`` copies them into the fp32 parameters, so a bf16 file loads as before
+    with each weight rounded to 8 significant bits (about 3 decimal digits).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core.atlas import atomic_path
+
+    if dtype not in ("bf16", "fp32"):
+        raise WeightAtlasError(f"backbone_dtype {dtype!r}: choose bf16 or fp32")
+    target = torch.bfloat16 if dtype == "bf16" else torch.float32
+    tensors = load_file(str(path))
+    tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def export_demo(
+    src: str | Path,
+    out: str | Path,
+    per_group: int = 1,
+    max_mb: float = 30.0,
+    backbone_dtype: str = "bf16",
+) -> Path:
     """Copy the app-facing parts of atlas ``src`` into a slim atlas at ``out``.
 
     Args:
@@ -75,6 +102,7 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
         out: destination; replaced atomically (built beside it, then renamed).
         per_group: models per (family, task) whose weights are kept for the Layers page.
         max_mb: size limit; exceeding it is an error.
+        backbone_dtype: dtype of the shipped backbone weights (``shrink_weights``).
 
     Returns:
         The demo atlas path.
@@ -91,6 +119,12 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
                 shutil.copytree(
                     source.root / name, tmp / name, ignore=shutil.ignore_patterns(*SKIP_IN_BACKBONE)
                 )
+        for f in [
+            tmp / "backbone" / "model.safetensors",
+            *tmp.glob("backbones/*/model.safetensors"),
+        ]:
+            if f.exists():
+                shrink_weights(f, backbone_dtype)
         from core.explore import strip_machine_paths  # no machine paths in shipped files
 
         for f in sorted((tmp / "results").glob("*.json")):
@@ -110,7 +144,11 @@ def export_demo(src: str | Path, out: str | Path, per_group: int = 1, max_mb: fl
             rows.append(row)
         append_jsonl(tmp / "manifest.jsonl", rows)
         info = strip_machine_paths(source.info(), source.root)
-        info["demo"] = {"source": str(Path(src).resolve().name), "weights_kept": sorted(kept)}
+        info["demo"] = {
+            "source": str(Path(src).resolve().name),
+            "weights_kept": sorted(kept),
+            "backbone_weights_dtype": backbone_dtype,
+        }
         write_json(tmp / "atlas.json", info)
         # a token store of the kept models, in the source's scheme: the Layers page reconstructs
         # them and "Embed a model" tokenizes new folders alike
@@ -163,7 +201,10 @@ def demo(
         core.train(from_atlas, preset=cfg.backbone_preset)
         core.embed(from_atlas)
         core.evaluate(from_atlas)
-    return export_demo(from_atlas, out, per_group=cfg.per_group, max_mb=cfg.max_mb)
+    return export_demo(
+        from_atlas, out, per_group=cfg.per_group, max_mb=cfg.max_mb,
+        backbone_dtype=cfg.backbone_dtype,
+    )  # fmt: skip
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:

@@ -542,6 +542,103 @@ def layer_report(
 
 
 # ---------------------------------------------------------------------------------------------
+# encode-decode accuracy
+
+
+def reconstruct_tokens(
+    backbone: Any, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int = 32
+) -> torch.Tensor:
+    """Haloed encode then decode of one model's tokens ``(N, D)`` (the embed stage's windows)."""
+    from core.embed import EMBED_PRESETS, EmbedConfig, haloed_apply, resolve_window
+
+    cfg = build_config(EmbedConfig, EMBED_PRESETS, "ci")
+    window, halo = resolve_window(cfg, backbone)
+    with torch.no_grad():
+        z = haloed_apply(backbone.encode, tokens, positions, window, halo, batch_size)
+        return haloed_apply(backbone.decode, z, positions, window, halo, batch_size).float()
+
+
+def reconstruction_accuracy(
+    atlas: str | Path,
+    family: str = "cnn",
+    task: str = "digits10",
+    splits: tuple[str, ...] = ("val", "test"),
+    backbone_dir: str | Path | None = None,
+    eval_split: str = "test",
+) -> list[dict[str, Any]]:
+    """Accuracy of models before and after an encode-decode through the backbone.
+
+    Each accepted model of ``family`` trained on ``task`` in one of ``splits`` (by default
+    only models the backbone never trained on) is loaded from its directory, its stored tokens
+    are encoded and decoded (haloed windows, as the embed stage does), and the decoded tensors
+    replace its trainable weights; buffers (batch-norm running statistics) stay the original's.
+    Both models are scored on ``eval_split`` of the task, and the decoded one once more after
+    re-estimating its batch-norm statistics on train data (as sampling does,
+    ``core.sample.condition_batchnorm``).
+
+    Returns:
+        One row per model: ``id, split, epoch, accuracy_original, accuracy_decoded,
+        accuracy_decoded_bn, r2`` (R² of all decoded values).
+    """
+    import copy
+
+    from core.architectures import load_model_dir, load_weights_strict
+    from core.datasets import evaluate_accuracy
+    from core.embed import _load_backbone, _masked_tokens
+    from core.sample import condition_batchnorm, resolve_target
+    from core.store import TokenStore
+    from core.tokenize import detokenize
+
+    a = Atlas.open(atlas)
+    store = TokenStore(a.tokens_dir)
+    backbone = _load_backbone(a, backbone_dir, "cpu")
+    rows = [
+        r
+        for r in a.accepted()
+        if r.get("split") in splits
+        and (r.get("labels") or {}).get("family", r.get("family")) == family
+        and (r.get("labels") or {}).get("task") == task
+        and r["id"] in store
+        and r.get("path")
+    ]
+    if not rows:
+        raise WeightAtlasError(
+            f"{a.root}: no accepted {family}/{task} model in splits {', '.join(splits)}"
+        )
+    out = []
+    for r in tqdm(sorted(rows, key=lambda r: r["id"]), desc="encode-decode", unit="model"):
+        path = Path(r["path"])
+        model = load_model_dir(path if path.is_absolute() else a.root / path).model.float()
+        tok = store.get(r["id"])
+        tokens, positions = _masked_tokens(tok)
+        recon = reconstruct_tokens(backbone, tokens, positions)
+        decoded = copy.deepcopy(model)
+        state = dict(decoded.state_dict())
+        state.update(detokenize(recon, store.layers(r["id"])))
+        load_weights_strict(decoded, state)
+        decoded.eval()
+        mask = torch.as_tensor(tok.mask, dtype=torch.bool)
+        y, p = tokens[mask].double(), recon[mask].double()
+        labels = r.get("labels") or {}
+        row = {
+            "id": r["id"],
+            "split": r["split"],
+            "epoch": labels.get("epoch"),
+            "accuracy_original": evaluate_accuracy(model, task, eval_split),
+            "accuracy_decoded": evaluate_accuracy(decoded, task, eval_split),
+            "r2": float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()),
+        }
+        target = resolve_target(
+            f"zoo:{family}", store.scheme, store.token_size, task,
+            labels.get("width"), labels.get("depth"),
+        )  # fmt: skip
+        if condition_batchnorm(decoded, target, batches=8, batch_size=64, seed=0):
+            row["accuracy_decoded_bn"] = evaluate_accuracy(decoded, task, eval_split)
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -563,6 +660,13 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         metavar="MODEL_ID",
         help="print the layer report of one model instead",
     )
+    p.add_argument(
+        "--encode-decode",
+        default=None,
+        metavar="FAMILY/TASK",
+        help="print test accuracy of the val/test models of FAMILY/TASK (e.g. cnn/digits10) "
+        "before and after an encode-decode through the backbone instead",
+    )
     add_overrides_arg(p, "ProbeConfig")
     add_json_flag(p)
 
@@ -571,6 +675,21 @@ def run_cli(args: argparse.Namespace) -> int:
     from core.cli import emit
     from core.explore import backbone_budget
 
+    if getattr(args, "encode_decode", None):
+        family, _, task = args.encode_decode.partition("/")
+        if not task:
+            raise WeightAtlasError(f"--encode-decode {args.encode_decode!r}: use FAMILY/TASK")
+        rows = reconstruction_accuracy(args.atlas, family, task, backbone_dir=args.backbone)
+        lines = [f"{'model':48s} {'split':5s} {'orig':>6s} {'decoded':>8s} {'+bn':>6s} {'r2':>6s}"]
+        for r in rows:
+            bn = r.get("accuracy_decoded_bn")
+            lines.append(
+                f"{r['id'][-48:]:48s} {r['split']:5s} {r['accuracy_original']:6.3f} "
+                f"{r['accuracy_decoded']:8.3f} {'' if bn is None else f'{bn:6.3f}':>6s} "
+                f"{r['r2']:6.3f}"
+            )
+        emit(args, rows, "\n".join(lines))
+        return 0
     if args.layers is not None:
         recs = layer_report(args.atlas, args.layers, args.backbone)
         if args.json:

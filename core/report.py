@@ -230,18 +230,48 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
         ["tokens / s", None if s["tokens_per_s"] is None else round(s["tokens_per_s"])],
         ["wall seconds", s["seconds"]],
     ]
-    kinds = next(
-        (r["val_r2_by_kind"] for r in reversed(read_metrics(bdir)) if r.get("val_r2_by_kind")),
-        {},
-    )
-    rows += [[f"val R² {k} layers", v] for k, v in sorted(kinds.items())]
+    vals = [r for r in read_metrics(bdir) if r.get("val_r2_by_kind")]
+    selected = cfg.get("selected") if isinstance(cfg, dict) else None
+    if selected:
+        rows += [
+            ["selected step (best median per-layer val R², conv + linear)", selected["step"]],
+            ["median per-layer val R², conv + linear (selected)", selected["value"]],
+        ]
+    sel = next((r for r in vals if selected and r["step"] == selected["step"]), None)
+    sel = sel or (vals[-1] if vals else {})
+    pooled = sel.get("val_r2_by_kind") or {}
+    medians = sel.get("val_layer_r2_median_by_kind") or {}
+    ratios = sel.get("val_layer_std_ratio_median_by_kind") or {}
+    counts = sel.get("val_layers_by_kind") or {}
+    for k in sorted(set(pooled) | set(medians)):
+        rows.append([f"val R² {k} layers, pooled over values", pooled.get(k)])
+        if k in medians:
+            rows.append(
+                [f"val R² {k} layers, median per layer ({counts.get(k)} layers)", medians[k]]
+            )
+            rows.append([f"val std ratio {k} layers, median per layer", ratios.get(k)])
     b = cfg.get("backbone", {}) if isinstance(cfg, dict) else {}
     note = (
         f"Backbone `{bdir.name}/` (preset `{cfg.get('preset', '?')}`, d_model {b.get('d_model')}, "
-        f"window {b.get('window')}, loss norm `{cfg.get('train', {}).get('loss_norm')}`), "
+        f"window {b.get('window')}, loss norm `{cfg.get('train', {}).get('loss_norm')}`, "
+        f"dtype `{cfg.get('train', {}).get('dtype', 'fp32')}`), "
         f"{cfg.get('n_train_models')} train / {cfg.get('n_val_models')} val models. R² of "
-        "reconstructed weights over real (unpadded) values."
+        "reconstructed weights over real (unpadded) values; per kind at the selected step, both "
+        "pooled over all values of the kind and as the median over layers (std ratio: "
+        "reconstructed std / original std of a layer). A pooled figure can hide weak layers: "
+        "norm weights sit near 1 and the rest near 0, so the offset alone explains most variance."
     )
+    if any(r.get("val_layer_r2_median_by_kind") for r in vals):
+        kinds = sorted({k for r in vals for k in r.get("val_layer_r2_median_by_kind") or {}})
+        curve = md_table(
+            ["step", *[f"{k} R² (median/layer)" for k in kinds]],
+            [
+                [r["step"], *[(r.get("val_layer_r2_median_by_kind") or {}).get(k) for k in kinds]]
+                for r in vals
+            ],
+        )
+        note += "\n\nValidation curve, median per-layer R² per kind:\n\n" + curve
+        note += "\n\nAt the selected step:"
     return write_table(a, "training", ["metric", "value"], rows, note)
 
 
@@ -332,11 +362,21 @@ def training_figure(backbone_dir: str | Path) -> Any:
     for key, colour in (("val_r2", "tab:red"), ("train_r2", "tab:gray")):
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
         if pts:
-            ax2.plot(*zip(*pts), marker="o", color=colour, label=key)
-    ax2.legend(fontsize=8)
+            ax2.plot(*zip(*pts), marker="o", color=colour, label=f"{key} (pooled)")
+    kinds = sorted({k for r in rows for k in r.get("val_layer_r2_median_by_kind") or {}})
+    for k in kinds:
+        pts = [
+            (r["step"], r["val_layer_r2_median_by_kind"][k])
+            for r in rows
+            if isinstance((r.get("val_layer_r2_median_by_kind") or {}).get(k), int | float)
+        ]
+        if pts:
+            ax2.plot(*zip(*pts), marker=".", linestyle="--", label=f"val {k}, median/layer")
+    ax2.set_ylim(max(-1.0, ax2.get_ylim()[0]), 1.02)
+    ax2.legend(fontsize=7)
     ax2.set_xlabel("step")
-    ax2.set_ylabel("validation R²")
-    ax2.set_title("Reconstruction R² on validation models")
+    ax2.set_ylabel("R² (axis clipped at -1)")
+    ax2.set_title("Reconstruction R²: pooled, and median per layer by kind")
     fig.tight_layout()
     return fig
 

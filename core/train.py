@@ -109,8 +109,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # the demo backbone trained until the median per-layer val R^2 stops improving (~1 h on 2
     # busy CPU cores); the pipeline's `demo-long` preset and the embedded demo atlas use it
     "demo-long": dict(
-        steps=2400, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=200, ckpt_every=50,
-        log_every=20, patience=4,
+        steps=1600, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=100, ckpt_every=50,
+        log_every=20, patience=3,
     ),
     # paper 001 Table 4: AdamW, lr 2e-5, wd 3e-9, OneCycleLR, batch 64 (x2 accumulation for large)
     "paper-small": dict(

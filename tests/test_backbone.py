@@ -129,3 +129,46 @@ def test_load_backbone_from_dir_and_atlas(tmp_path):
         assert torch.equal(loaded.encode(x, pos), model.eval().encode(x, pos))
     with pytest.raises(WeightAtlasError, match="no trained backbone"):
         load_backbone(tmp_path / "nothing")
+
+
+def test_identity_skip_makes_encode_decode_exact_at_init_and_still_learns(tmp_path):
+    """With ``skip`` (and room for the token's mean and log std in the latent) decode(encode(x))
+    is x at init, for tokens of any scale and offset; the output maps and skips get gradients
+    at once; a saved config without the key loads as skip=False."""
+    cfg = _cfg(token_size=16, latent_dim=32, skip=True)
+    torch.manual_seed(0)
+    model = Backbone(cfg)
+    x = torch.randn(3, 10, 16) * torch.logspace(-4, 1, 3).view(3, 1, 1) + torch.tensor(
+        [0.0, 1.0, -0.3]
+    ).view(3, 1, 1)
+    pos = _positions(3, 10)
+    out = model.decode(model.encode(x, pos), pos)
+    assert torch.allclose(out, x, rtol=1e-4, atol=1e-6 * x.abs().max())
+    (out - 1.1 * x).square().sum().backward()
+    for p in (model.decoder.skip.weight, model.decoder.outp.weight, model.encoder.outp.weight):
+        assert p.grad.abs().sum() > 0
+    plain = Backbone(_cfg(token_size=16, latent_dim=32))
+    assert plain.encoder.skip is None
+    extra = describe(cfg)["matmul_params"] - describe(plain.cfg)["matmul_params"]
+    assert extra == describe(cfg)["params"] - describe(plain.cfg)["params"] == 2 * 18 * 32
+    save_backbone(plain, tmp_path / "old", {"backbone": {"token_size": 16, "latent_dim": 32}})
+    assert load_backbone(tmp_path / "old").cfg.skip is False
+
+
+def test_bf16_shipped_weights_load_into_fp32_and_decode_alike(tmp_path):
+    """core.demo.shrink_weights halves the file; load_backbone rounds nothing more."""
+    from core.demo import shrink_weights
+
+    torch.manual_seed(0)
+    model = Backbone(_cfg(token_size=16))
+    d = save_backbone(model, tmp_path / "bb")
+    before = (d / "model.safetensors").stat().st_size
+    shrink_weights(d / "model.safetensors")
+    assert (d / "model.safetensors").stat().st_size < 0.6 * before
+    loaded = load_backbone(d)
+    for (k, p), q in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert q.dtype == torch.float32 and torch.equal(q, p.to(torch.bfloat16).float()), k
+    x, pos = torch.randn(2, 8, 16), _positions(2, 8)
+    with torch.no_grad():
+        a, b = model.eval().encode(x, pos), loaded.encode(x, pos)
+    assert float((a - b).norm() / a.norm()) < 0.02

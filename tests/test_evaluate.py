@@ -185,3 +185,29 @@ def test_depth_pooling_bins_layers_like_s_of_w():
     # a model with fewer layers than bins fills the empty bins with its overall vector
     few = depth_pooled(layer_z[:2], overall).reshape(DEPTH_BINS + 1, 2)
     assert sum(np.array_equal(row, overall) for row in few[:DEPTH_BINS]) == DEPTH_BINS - 2
+
+
+def test_encode_decode_accuracy_exact_through_an_identity_backbone(probe_atlas, tmp_path):
+    """A skip backbone at init decodes every weight back (accuracy unchanged, R² 1); the
+    atlas' random plain backbone does not (R² far below 1)."""
+    from core.evaluate import reconstruction_accuracy
+
+    cfg = build_config(
+        BackboneConfig, BACKBONE_PRESETS, "ci",
+        overrides={"token_size": 64, "latent_dim": 80, "skip": True},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ident = save_backbone(Backbone(cfg), tmp_path / "identity")
+    splits = ("train", "val", "test")
+    rows = reconstruction_accuracy(probe_atlas, "cnn", "digits10", splits, backbone_dir=ident)
+    cnn = [
+        r for r in Atlas(probe_atlas).accepted()
+        if r["labels"]["family"] == "cnn" and r["labels"]["task"] == "digits10"
+    ]  # fmt: skip
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in cnn)
+    for r in rows:
+        assert r["r2"] == pytest.approx(1.0, abs=1e-6)
+        assert r["accuracy_decoded"] == pytest.approx(r["accuracy_original"], abs=1e-9)
+        assert 0.0 <= r["accuracy_decoded_bn"] <= 1.0  # the CNNs have batch norm
+    random = reconstruction_accuracy(probe_atlas, "cnn", "digits10", splits)
+    assert all(r["r2"] < 0.5 for r in random)
