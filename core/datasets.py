@@ -39,6 +39,12 @@ from core.errors import WeightAtlasError
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 SPLIT_SEED = 20240  # fixed: the splits are part of a task's definition
+# Hub pipeline tag of a task kind, as on huggingface.co (our sequences are token ids: text)
+PIPELINE_TAGS = {
+    "image": "image-classification",
+    "tabular": "tabular-classification",
+    "sequence": "text-classification",
+}
 
 
 @dataclass(frozen=True)

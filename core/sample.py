@@ -42,6 +42,7 @@ import copy
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -123,13 +124,14 @@ class Target:
     """A resolved architecture with its task and tokenized layer table."""
 
     arch: Any  # core.architectures.ArchTarget
-    task: str
+    task: str | None  # None: no task the atlas knows; generated unscored (see ``note``)
     scheme: str
     token_size: int
     layers: list[Any]  # LayerEntry
     positions: torch.Tensor  # (N, 3)
     excluded: list[dict[str, Any]]
     image_size: int | None = None  # model's expected input side, if it differs from the task's
+    note: str | None = None  # why the target is unscored, shown to the user and in cards
     _fresh: dict[int, nn.Module] = field(default_factory=dict, repr=False)
 
     def fresh(self, seed: int) -> nn.Module:
@@ -159,6 +161,26 @@ def default_task(spec: str) -> str:
     return "digits10"
 
 
+class TargetError(WeightAtlasError):
+    """An architecture target that cannot be built, or cannot run on its task (one line)."""
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tasks_by_kind() -> str:
+    from core.datasets import TASKS, get_task
+
+    kinds: dict[str, list[str]] = {}
+    for t in TASKS:
+        kinds.setdefault(get_task(t).info.kind, []).append(t)
+    return "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in kinds.items())
+
+
 def resolve_target(
     spec: str,
     scheme: str,
@@ -167,21 +189,47 @@ def resolve_target(
     width: int | None = None,
     depth: int | None = None,
 ) -> Target:
-    """Resolve ``spec`` for ``task`` and tokenize a fresh instance to get its layer table."""
+    """Resolve ``spec`` for ``task`` and tokenize a fresh instance to get its layer table.
+
+    ``hf:`` targets take ``task``, else the task named in their card; with neither (or a card
+    task the atlas does not know) the target has ``task=None`` and a ``note``: it is generated
+    unscored. A target with a task must run on it: a forward pass on two of the task's inputs
+    gives finite ``(2, num_classes)`` logits.
+
+    Raises:
+        TargetError: the target cannot be built or does not fit its task (one line).
+    """
     from core.architectures import resolve_arch
+    from core.datasets import TASKS
     from core.tokenize import tokenize_state_dict
 
+    note = None
     if spec.startswith("hf:"):
         arch = resolve_arch(spec, task=task)
-        task_name = task or arch.task or default_task(spec)
+        task_name = task or arch.task
+        if task_name is not None and task_name not in TASKS:
+            note = f"its card names task {task_name!r}, which this atlas does not know"
+            task_name = None
+        elif task_name is None:
+            note = "no task given (--task) and none in its card"
+        if note is not None:
+            note = (
+                f"{spec}: {note}; generated unscored (no accuracy, no batch-norm conditioning, "
+                f"untrained fresh prompts). Tasks: {_tasks_by_kind()}"
+            )
     else:  # zoo families and timm names are sized for the task (head, input channels)
         task_name = task or default_task(spec)
         arch = resolve_arch(spec, task=task_name, width=width, depth=depth)
-    model = arch.build(0)
+    try:
+        model = arch.build(0)
+    except WeightAtlasError:
+        raise
+    except Exception as e:  # a library refusing the config: one line, not a traceback
+        raise TargetError(f"{spec} cannot be built: {_one_line(e)}") from None
     tok = tokenize_state_dict(model.state_dict(), scheme, token_size, model=model)
     if tok.n_tokens == 0:
         raise WeightAtlasError(f"{spec} has no trainable float tensors to generate")
-    return Target(
+    target = Target(
         arch,
         task_name,
         scheme,
@@ -190,7 +238,46 @@ def resolve_target(
         tok.positions,
         tok.excluded,
         _input_side(arch.config),
+        note=note,
     )
+    if task_name is not None:
+        check_task_fit(model, target)
+    return target
+
+
+@torch.no_grad()
+def check_task_fit(model: nn.Module, target: Target) -> None:
+    """Raise TargetError unless ``model`` maps two task inputs to finite class logits.
+
+    The issue-17 crash (a BERT target given the image task digits10 died inside
+    ``modeling_bert``) becomes one line naming the task's inputs and the tasks that exist.
+    """
+    from core.architectures import logits
+    from core.datasets import get_task
+
+    task = get_task(str(target.task))
+    info = task.info
+    X, _ = task.split("train")
+    shape = "x".join(map(str, info.input_shape))
+    hint = f"pass --task with a task it takes ({_tasks_by_kind()})"
+    was = model.training
+    model.eval()
+    try:
+        out = logits(runnable(model, target), X[:2])
+    except Exception as e:
+        raise TargetError(
+            f"{target.arch.spec} does not run on {target.task} ({info.kind}, {shape} "
+            f"{'token ids' if info.kind == 'sequence' else 'inputs'}): {_one_line(e)}; {hint}"
+        ) from None
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (2, info.num_classes):
+        raise TargetError(
+            f"{target.arch.spec} gives outputs of shape {tuple(out.shape)[1:]} on {target.task}, "
+            f"not {info.num_classes} class logits (a different head?); {hint}"
+        )
+    if not torch.isfinite(out).all():
+        raise TargetError(f"{target.arch.spec} gives non-finite logits on {target.task}")
 
 
 def _input_side(config: dict[str, Any]) -> int | None:
@@ -222,6 +309,8 @@ def runnable(model: nn.Module, target: Target) -> nn.Module:
     """``model`` itself, or wrapped so that the task's inputs fit its fixed input size."""
     from core.datasets import get_task
 
+    if target.task is None:
+        return model
     info = get_task(target.task).info
     needs = (
         target.image_size is not None
@@ -269,8 +358,9 @@ def atlas_prompts(a: Atlas, target: Target, limit: int) -> list[str]:
     for mid in store.ids:
         row = manifest.get(mid, {})
         task = (row.get("labels") or {}).get("task")
-        if task is not None and task != target.task:
-            continue  # models without a task label (Hub models) match on layout alone
+        if task is not None and target.task is not None and task != target.task:
+            continue  # models without a task label (Hub models), or a target without a task,
+            # match on layout alone
         if layout_of(store.layers(mid)) == want:
             found.append((metric_of(row), mid))
     found.sort(key=lambda t: (-t[0], t[1]))
@@ -280,13 +370,14 @@ def atlas_prompts(a: Atlas, target: Target, limit: int) -> list[str]:
 def fresh_prompts(
     target: Target, cfg: SampleConfig, progress: Progress | None = None
 ) -> list[nn.Module]:
-    """``n_prompts`` freshly initialized instances trained ``prompt_epochs`` on the target task."""
+    """``n_prompts`` freshly initialized instances trained ``prompt_epochs`` on the target task
+    (untrained when the target has no task)."""
     from core.datasets import train_epochs
 
     out = []
     for i in range(cfg.n_prompts):
         model = target.arch.build(cfg.seed * 1000 + 500 + i)
-        if cfg.prompt_epochs > 0:
+        if cfg.prompt_epochs > 0 and target.task is not None:
             train_epochs(
                 runnable(model, target),
                 target.task,
@@ -471,7 +562,7 @@ def condition_batchnorm(
     from core.datasets import get_task
 
     bns = _batchnorms(model)
-    if not bns:
+    if not bns or target.task is None:
         return 0
     X, _ = get_task(target.task).split("train")
     g = torch.Generator().manual_seed(seed)
@@ -498,9 +589,11 @@ def condition_batchnorm(
 
 
 def score(model: nn.Module, target: Target, split: str) -> float:
-    """Accuracy of the model on one split of the target task."""
+    """Accuracy of the model on one split of the target task (NaN without a task)."""
     from core.datasets import evaluate_accuracy
 
+    if target.task is None:
+        return math.nan
     return float(evaluate_accuracy(runnable(model, target), target.task, split))
 
 
@@ -587,15 +680,26 @@ def generate(
             if progress is not None:
                 progress(
                     lo + (hi - lo) * done / total,
-                    f"round {r + 1}/{rounds}: draw {i + 1}/{cfg.n} val {val:.3f}",
+                    f"round {r + 1}/{rounds}: draw {i + 1}/{cfg.n} "
+                    + (f"val {val:.3f}" if math.isfinite(val) else "unscored"),
                 )
-        round_pool.sort(key=lambda c: -c.val)
-        pool = sorted(pool + round_pool, key=lambda c: (-c.val, c.round, c.draw))[: cfg.keep]
+        round_pool.sort(key=_rank)
+        pool = sorted(pool + round_pool, key=_rank)[: cfg.keep]
         if r + 1 < rounds:
             z = torch.stack(
                 [c.z for c in round_pool[: max(cfg.keep, 1)]]
             )  # bootstrap: best of round
     return pool, scores, secs
+
+
+def _rank(c: Candidate) -> tuple[float, int, int]:
+    """Best validation score first; unscored (NaN) draws keep their draw order."""
+    return (-c.val if math.isfinite(c.val) else math.inf, c.round, c.draw)
+
+
+def _finite(v: float | None) -> float | None:
+    """``v``, or None for NaN/None (JSON and YAML have no NaN)."""
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
 def _slug(text: str) -> str:
@@ -604,60 +708,66 @@ def _slug(text: str) -> str:
 
 def _card(target: Target, cand: Candidate, rank: int, info: dict[str, Any]) -> str:
     from core.architectures import render_card
-    from core.datasets import get_task
+    from core.datasets import PIPELINE_TAGS, get_task
 
-    task = get_task(target.task).info
+    task = get_task(target.task).info if target.task is not None else None
+    dataset = task.dataset if task is not None else None
+    val, test = _finite(cand.val), _finite(info["test_accuracy"])
     block = {
         "generated": True,
         "arch": target.arch.spec,
         "family": target.arch.family,
         "task": target.task,
-        "dataset": task.dataset,
-        "val_accuracy": cand.val,
-        "test_accuracy": info["test_accuracy"],
+        "dataset": dataset,
+        "scored": task is not None,
+        "val_accuracy": val,
+        "test_accuracy": test,
         "rank": rank,
         "round": cand.round,
         "draw": cand.draw,
         **{k: v for k, v in info.items() if k != "test_accuracy"},
     }
-    meta = {
+    if target.note:
+        block["note"] = target.note
+    meta: dict[str, Any] = {
         "library_name": target.arch.library,
-        "tags": ["weightatlas", "generated", target.arch.family, target.task],
-        "datasets": [task.dataset],
-        "model-index": [
+        "tags": [t for t in ("weightatlas", "generated", target.arch.family, target.task) if t],
+    }
+    if task is not None:
+        meta["datasets"] = [task.dataset]
+        meta["model-index"] = [
             {
                 "name": info["name"],
                 "results": [
                     {
-                        "task": {
-                            "type": "image-classification"
-                            if task.kind == "image"
-                            else "tabular-classification"
-                        },
+                        "task": {"type": PIPELINE_TAGS[task.kind]},
                         "dataset": {"name": task.dataset, "type": task.dataset},
                         "metrics": [
-                            {"type": "accuracy", "name": "val_accuracy", "value": cand.val},
-                            {
-                                "type": "accuracy",
-                                "name": "test_accuracy",
-                                "value": info["test_accuracy"],
-                            },
+                            {"type": "accuracy", "name": "val_accuracy", "value": val},
+                            {"type": "accuracy", "name": "test_accuracy", "value": test},
                         ],
                     }
                 ],
             }
-        ],
-        "weightatlas": block,
-    }
-    body = (
+        ]
+    meta["weightatlas"] = block
+    head = (
         f"Generated by Weight Atlas from the latent space of backbone `{info['backbone']}` with "
         f"{len(info['prompts'])} {info['prompt_source']} prompt example(s), prior `{info['prior']}`, "
         f"mode `{info['mode']}`, seed {info['seed']}, kept rank {rank + 1} of {info['n']} draws "
-        f"({info['bootstrap_rounds']} bootstrap rounds). Batch-norm statistics were conditioned on "
-        f"the `{target.task}` train split. Validation accuracy {cand.val:.4f}, test accuracy "
-        f"{info['test_accuracy']:.4f} (no fine-tuning)."
+        f"({info['bootstrap_rounds']} bootstrap rounds). "
     )
-    return render_card(meta, f"Generated {target.arch.spec} for {target.task}", body)
+    if task is not None:
+        body = head + (
+            f"Batch-norm statistics were conditioned on the `{target.task}` train split. "
+            f"Validation accuracy {cand.val:.4f}, test accuracy {info['test_accuracy']:.4f} "
+            "(no fine-tuning)."
+        )
+        title = f"Generated {target.arch.spec} for {target.task}"
+    else:
+        body = head + f"**Unscored**: {target.note}"
+        title = f"Generated {target.arch.spec} (unscored, no task)"
+    return render_card(meta, title, body)
 
 
 def _write_model_dir(target: Target, model: nn.Module, out: Path, card: str) -> Path:
@@ -766,6 +876,9 @@ def sample(
     if width is None and depth is None:
         width, depth = _common_size(a, arch, task)
     target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
+    if target.note:
+        print(f"note: {target.note}", file=sys.stderr)
+        report(0.0, "no task: generating unscored")
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     backbone = _load_backbone(a, bdir, cfg.device)
     if backbone.cfg.token_size != size:
@@ -794,16 +907,17 @@ def sample(
         source = "fresh"
         models = fresh_prompts(target, cfg, report)
         prompt_tokens = [model_tokens(m, target) for m in models]
-        prompt_scores = [score(m, target, cfg.score_split) for m in models]
+        prompt_scores = [_finite(score(m, target, cfg.score_split)) for m in models]
         prompt_ids = [
-            f"fresh:{arch}:seed{cfg.seed * 1000 + 500 + i}:{cfg.prompt_epochs}ep"
+            f"fresh:{arch}:seed{cfg.seed * 1000 + 500 + i}:"
+            f"{cfg.prompt_epochs if target.task is not None else 0}ep"
             for i in range(len(models))
         ]
     report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n}")
     kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report)
     fp = backbone_fingerprint(bdir)
     root = Path(out_dir) if out_dir is not None else a.generated_dir
-    base = f"{_slug(arch)}--{_slug(target.task)}--seed{cfg.seed}"
+    base = f"{_slug(arch)}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
     outputs = []
     for rank, cand in enumerate(kept):
         name = f"{base}--{rank:02d}"
@@ -820,7 +934,7 @@ def sample(
             "n": cfg.n,
             "keep": cfg.keep,
             "bootstrap_rounds": cfg.bootstrap_rounds,
-            "draw_val_accuracies": scores,
+            "draw_val_accuracies": [_finite(v) for v in scores],
             "seconds": {k: round(v, 3) for k, v in secs.items()},
             "test_accuracy": score(cand.model, target, "test"),
         }

@@ -45,19 +45,13 @@ from tqdm.auto import tqdm
 from core.architectures import FAMILIES, build_family, config_of, render_card, save_model_dir
 from core.atlas import append_jsonl, atomic_write_bytes, dumps, read_json, read_jsonl, write_json
 from core.config import build_config, parse_overrides, to_dict
-from core.datasets import evaluate, get_task, train_epochs
+from core.datasets import PIPELINE_TAGS, evaluate, get_task, train_epochs
 from core.errors import WeightAtlasError
 
 ZOO_ORG = "weightatlas-zoo"
 ZOO_INDEX = "zoo.jsonl"
 ZOO_INFO = "zoo.json"
 PROGRESS = ".zoo-progress.jsonl"  # rows of finished repos while building; zoo.jsonl at the end
-# Hub pipeline tag of a task kind, as on huggingface.co (our sequences are token ids: text)
-PIPELINE_TAGS = {
-    "image": "image-classification",
-    "tabular": "tabular-classification",
-    "sequence": "text-classification",
-}
 
 
 @dataclass

@@ -1,0 +1,203 @@
+"""Generation for every registered family, text targets included (issue 17).
+
+Every family (image, tabular and sequence) generates from decoded tokens, is written in Hub
+format, loads strictly and runs on its own task's inputs with finite outputs; an ``hf:`` text
+target with a sequence task is scored on it; one with no task is generated unscored with a
+note; a target that cannot be built or run on its task is a one-line error, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from huggingface_hub import metadata_load
+
+from core.architectures import FAMILIES, empty_model, load_model_dir, logits, save_model_dir
+from core.atlas import Atlas
+from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.cli import main as cli_main
+from core.config import build_config
+from core.datasets import get_task
+from core.sample import (
+    SampleConfig,
+    TargetError,
+    build_generated,
+    decode_latents,
+    draw_latents,
+    encode_models,
+    model_tokens,
+    resolve_target,
+    sample,
+)
+
+
+def tiny_backbone(token_size: int = 64) -> Backbone:
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": token_size})
+    torch.manual_seed(0)
+    return Backbone(cfg).eval()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_generates_loads_strictly_and_runs_on_its_task(family, tmp_path):
+    fam = FAMILIES[family]
+    target = resolve_target(f"zoo:{family}", "dense", 64)  # checks the fit to its task
+    assert target.task == fam.default_task and target.note is None
+    backbone = tiny_backbone()
+    cfg = SampleConfig(batch_size=512)
+    z = encode_models(backbone, [model_tokens(target.arch.build(3), target)], target, cfg)
+    draws, _ = draw_latents(z, 2, torch.Generator().manual_seed(0))
+    tokens = decode_latents(backbone, draws, target, cfg)
+    model = build_generated(tokens[0], target, seed=0)
+    out = target.arch.save(model, tmp_path / family)
+    loaded = load_model_dir(out)  # strict: every key and shape
+    assert loaded.family == target.arch.family
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+    X, _ = get_task(target.task).split("test")
+    with torch.no_grad():
+        y = logits(loaded.model.eval(), X[:16])
+    assert y.shape == (16, get_task(target.task).info.num_classes)
+    assert torch.isfinite(y).all(), family
+
+
+def _tiny_bert_dir(path: Path, head: str = "BertForMaskedLM", **kw) -> Path:
+    """A Hub-format text model with no task in its card (or no card at all)."""
+    cfg = transformers.BertConfig(
+        vocab_size=kw.pop("vocab_size", 50),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        architectures=[head],
+        **kw,
+    ).to_dict()
+    model, _ = empty_model(cfg)
+    return save_model_dir(model, path, "transformers", card=None, config=cfg)
+
+
+def test_text_target_unbuildable_on_an_image_task_is_one_error():
+    """The issue's crash: a BERT target given digits10 died inside modeling_bert."""
+    zoo_bert = FAMILIES["bert"].config(get_task("seq-brackets").info, 16, 1)
+    with pytest.raises(TargetError, match=r"does not run on digits10 \(image, 1x8x8"):
+        from core.architectures import ArchTarget
+
+        target = resolve_target("zoo:cnn", "dense", 64)  # an image target, to reuse its class
+        target.arch = ArchTarget("hf:bert", "transformers", "bert", zoo_bert, task="digits10")
+        from core.sample import check_task_fit
+
+        check_task_fit(target.arch.build(0), target)
+
+
+@pytest.fixture(scope="module")
+def seq_atlas(tmp_path_factory) -> Path:
+    """zoo (bert, gpt2 on seq-brackets; cnn on digits10) -> collect -> tokenize, random backbone."""
+    from core.hub import collect
+    from core.tokenize import tokenize
+    from core.zoo import zoo
+
+    root = tmp_path_factory.mktemp("seqgen")
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={
+            "families": ("bert", "gpt2", "cnn"),
+            "tasks": ("seq-brackets:1", "digits10:1"),
+            "epochs": 2,
+            "checkpoints": (1, 2),
+        },
+        progress=False,
+    )
+    atlas = root / "atlas"
+    collect(atlas, source=str(z), progress=False)
+    tokenize(atlas, progress=False)
+    save_backbone(tiny_backbone(), Atlas(atlas).backbone_dir)
+    return atlas
+
+
+def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path):
+    snap = next(
+        Path(r["path"])
+        for r in Atlas(seq_atlas).accepted()
+        if r["id"] == "weightatlas-zoo/bert-seq-brackets-r0-e4"
+    )
+    paths = sample(seq_atlas, f"hf:{snap}", n=3, keep=2, seed=0, out_dir=tmp_path / "gen")
+    assert len(paths) == 2
+    for p in paths:
+        meta = metadata_load(p / "README.md")
+        block = meta["weightatlas"]
+        assert block["task"] == "seq-brackets" and block["scored"] is True
+        assert 0.0 <= block["val_accuracy"] <= 1.0 and 0.0 <= block["test_accuracy"] <= 1.0
+        assert block["prompt_source"] == "atlas"
+        assert all("bert-seq-brackets" in pid for pid in block["prompts"])
+        assert meta["model-index"][0]["results"][0]["task"]["type"] == "text-classification"
+        loaded = load_model_dir(p)
+        X, _ = get_task("seq-brackets").split("test")
+        assert torch.isfinite(logits(loaded.model, X[:8])).all()
+
+
+def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
+    src = _tiny_bert_dir(tmp_path / "bert-mlm")  # no card: no task
+    paths = sample(seq_atlas, f"hf:{src}", n=3, keep=2, seed=0, out_dir=tmp_path / "gen")
+    err = capsys.readouterr().err
+    assert "note:" in err and "generated unscored" in err
+    assert len(paths) == 2 and "unscored" in paths[0].name
+    for p in paths:
+        meta = metadata_load(p / "README.md")
+        block = meta["weightatlas"]
+        assert block["scored"] is False and block["task"] is None
+        assert block["val_accuracy"] is None and block["test_accuracy"] is None
+        assert "no task given" in block["note"] and "seq-brackets" in block["note"]
+        assert block["prompt_source"] == "fresh"  # no atlas model has its layer table
+        assert all(s is None for s in block["draw_val_accuracies"])
+        assert "model-index" not in meta and "Unscored" in (p / "README.md").read_text()
+        loaded = load_model_dir(p)  # strict
+        assert type(loaded.model).__name__ == "BertForMaskedLM"
+        ids = torch.randint(0, 50, (2, 7))
+        assert torch.isfinite(logits(loaded.model, ids)).all()
+    # a card naming a task the atlas does not know: unscored too, with that reason
+    (src / "README.md").write_text("---\nweightatlas:\n  task: imdb-sentiment\n---\n# m\n")
+    target = resolve_target(f"hf:{src}", "dense", 64)
+    assert target.task is None and "'imdb-sentiment'" in target.note
+
+
+@pytest.mark.parametrize(
+    "make,task,expect",
+    [
+        # the issue's case: a BERT text model given the image task digits10
+        (lambda d: _tiny_bert_dir(d), "digits10", "does not run on digits10"),
+        # a text model whose head does not give the task's class logits
+        (lambda d: _tiny_bert_dir(d), "seq-brackets", "gives outputs of shape"),
+        # a vocabulary too small for the task's token ids
+        (
+            lambda d: _tiny_bert_dir(d, "BertForSequenceClassification", vocab_size=3),
+            "seq-majority",
+            "does not run on seq-majority",
+        ),
+        # a config the library refuses to build (hidden size not a multiple of the heads)
+        (
+            lambda d: (
+                d.mkdir(),
+                (d / "config.json").write_text(
+                    '{"model_type": "bert", "hidden_size": 17, "num_attention_heads": 2, '
+                    '"architectures": ["BertModel"]}'
+                ),
+                d,
+            )[-1],
+            "seq-brackets",
+            "",
+        ),
+    ],
+)
+def test_unbuildable_target_is_one_line(seq_atlas, tmp_path, capsys, make, task, expect):
+    src = make(tmp_path / "m")
+    argv = ["sample", str(seq_atlas), "--arch", f"hf:{src}", "--task", task, "--n", "2"]
+    argv += ["--keep", "1", "--out", str(tmp_path / "gen")]
+    assert cli_main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("weightatlas sample: error: "), err
+    assert expect in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "gen").exists() or not any((tmp_path / "gen").iterdir())
