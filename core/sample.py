@@ -133,6 +133,7 @@ class Target:
     image_size: int | None = None  # model's expected input side, if it differs from the task's
     note: str | None = None  # why the target is unscored, shown to the user and in cards
     _fresh: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    _side: dict[str, int | None] = field(default_factory=dict, repr=False)  # see run_side
 
     def fresh(self, seed: int) -> nn.Module:
         """A copy of the freshly initialized instance for ``seed`` (initialized once, then copied)."""
@@ -214,8 +215,9 @@ def resolve_target(
             note = "no task given (--task) and none in its card"
         if note is not None:
             note = (
-                f"{spec}: {note}; generated unscored (no accuracy, no batch-norm conditioning, "
-                f"untrained fresh prompts). Tasks: {_tasks_by_kind()}"
+                f"{spec}: {note}; generated unscored (no accuracy, no batch-norm conditioning; "
+                "prompts: atlas models with its layer table, else untrained fresh instances; "
+                f"draws kept in draw order). Tasks it could take: {_tasks_by_kind()}"
             )
     else:  # zoo families and timm names are sized for the task (head, input channels)
         task_name = task or default_task(spec)
@@ -306,25 +308,40 @@ class _Resize(nn.Module):
 
 
 def runnable(model: nn.Module, target: Target) -> nn.Module:
-    """``model`` itself, or wrapped so that the task's inputs fit its fixed input size."""
+    """``model`` itself, or wrapped so that the task's images are resized to ``run_side``."""
+    side = run_side(model, target)
+    return model if side is None else _Resize(model, side)
+
+
+def run_side(model: nn.Module, target: Target) -> int | None:
+    """The image side the target is trained and scored at, None for the task's own inputs.
+
+    The task's own side where the architecture runs at it (CNNs with global pooling), else the
+    smallest power-of-two multiple of it that runs (ConvNeXt's stride 32: 8 -> 32 px), else the
+    size it was built for (a ViT with fixed 224 px patches). An 8x8 task is not upsampled to
+    224 px when the architecture allows less (issue 17). Decided once per target: it depends on
+    the architecture, not on the weights.
+    """
     from core.datasets import get_task
 
-    if target.task is None:
-        return model
+    if target.task is None or target.image_size is None:
+        return None
     info = get_task(target.task).info
-    needs = (
-        target.image_size is not None
-        and info.kind == "image"
-        and info.img_size != target.image_size
-    )
-    if needs and not _accepts_any_size(model, info):
-        return _Resize(model, int(target.image_size))
-    return model
+    if info.kind != "image" or info.img_size == target.image_size:
+        return None
+    if "side" not in target._side:
+        sides, side = [], info.img_size
+        while side < target.image_size:
+            sides.append(side)
+            side *= 2
+        chosen = next((s for s in sides if _runs_at(model, info, s)), int(target.image_size))
+        target._side["side"] = None if chosen == info.img_size else chosen
+    return target._side["side"]
 
 
-def _accepts_any_size(model: nn.Module, info: Any) -> bool:
-    """Whether a forward pass at the task's own image size works (CNNs with global pooling)."""
-    x = torch.zeros(2, info.in_chans, info.img_size, info.img_size)
+def _runs_at(model: nn.Module, info: Any, side: int) -> bool:
+    """Whether a forward pass on ``side`` x ``side`` images works."""
+    x = torch.zeros(2, info.in_chans, side, side)
     was = model.training
     model.eval()
     try:
@@ -877,7 +894,7 @@ def sample(
         width, depth = _common_size(a, arch, task)
     target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
     if target.note:
-        print(f"note: {target.note}", file=sys.stderr)
+        tqdm.write(f"note: {target.note}", file=sys.stderr)  # above any progress bar
         report(0.0, "no task: generating unscored")
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     backbone = _load_backbone(a, bdir, cfg.device)
@@ -935,6 +952,7 @@ def sample(
             "keep": cfg.keep,
             "bootstrap_rounds": cfg.bootstrap_rounds,
             "draw_val_accuracies": [_finite(v) for v in scores],
+            "input_side": run_side(cand.model, target),  # None: the task's own inputs
             "seconds": {k: round(v, 3) for k, v in secs.items()},
             "test_accuracy": score(cand.model, target, "test"),
         }

@@ -201,3 +201,31 @@ def test_unbuildable_target_is_one_line(seq_atlas, tmp_path, capsys, make, task,
     assert len(err) == 1 and err[0].startswith("weightatlas sample: error: "), err
     assert expect in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "gen").exists() or not any((tmp_path / "gen").iterdir())
+
+
+def test_fresh_prompts_train_at_the_task_scale_where_the_architecture_allows():
+    """8x8 digits are not upsampled to 224 px unless the architecture needs it (issue 17)."""
+    from core.sample import run_side, runnable
+
+    sides = {}
+    for spec in ("timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224"):
+        target = resolve_target(spec, "dense", 64, task="digits10")
+        assert target.image_size == 224
+        sides[spec] = run_side(target.arch.build(0), target)
+    # resnet18 runs at 8 px (global pooling); ConvNeXt's stride 32 needs 32 px; the ViT's fixed
+    # 224 px patch grid needs 224
+    assert sides == {
+        "timm:resnet18": None,
+        "timm:convnext_atto": 32,
+        "timm:vit_tiny_patch16_224": 224,
+    }
+    target = resolve_target("timm:convnext_atto", "dense", 64, task="digits10")
+    model = target.arch.build(0)
+    net = runnable(model, target)
+    X, _ = get_task("digits10").split("train")
+    seen = []
+    handle = model.stem.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
+    with torch.no_grad():
+        out = logits(net, X[:4])
+    handle.remove()
+    assert seen == [32] and out.shape == (4, 10) and torch.isfinite(out).all()
