@@ -780,6 +780,12 @@ def _card(target: Target, cand: Candidate, rank: int, info: dict[str, Any]) -> s
             f"Validation accuracy {cand.val:.4f}, test accuracy {info['test_accuracy']:.4f} "
             "(no fine-tuning)."
         )
+        if "chance_accuracy" in info:
+            body += (
+                f" {'**At chance level**' if info.get('at_chance') else 'Above chance'}: chance "
+                f"{info['chance_accuracy']:.4f} (threshold {info['chance_threshold']:.4f}), "
+                f"random init {info['random_init_val_accuracy']:.4f} (validation)."
+            )
         title = f"Generated {target.arch.spec} for {target.task}"
     else:
         body = head + f"**Unscored**: {target.note}"
@@ -932,6 +938,17 @@ def sample(
         ]
     report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n}")
     kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report)
+    baseline = chance_baseline(target, cfg)
+    at_chance = [baseline is not None and c.val <= baseline["chance_threshold"] for c in kept]
+    if baseline is not None and kept and all(at_chance):
+        prompt_text = ", ".join(f"{v:.3f}" for v in prompt_scores if v is not None) or "n/a"
+        tqdm.write(
+            f"warning: every kept model is at chance level on {target.task} "
+            f"(best val {kept[0].val:.3f}; chance {baseline['chance_accuracy']:.3f}, "
+            f"random init {baseline['random_init_val_accuracy']:.3f}, prompts {prompt_text}): "
+            "the backbone does not generate this architecture usefully here",
+            file=sys.stderr,
+        )
     fp = backbone_fingerprint(bdir)
     root = Path(out_dir) if out_dir is not None else a.generated_dir
     base = f"{_slug(arch)}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
@@ -955,6 +972,8 @@ def sample(
             "input_side": run_side(cand.model, target),  # None: the task's own inputs
             "seconds": {k: round(v, 3) for k, v in secs.items()},
             "test_accuracy": score(cand.model, target, "test"),
+            **(baseline or {}),
+            "at_chance": at_chance[rank] if baseline is not None else None,
         }
         outputs.append(
             _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
@@ -962,6 +981,29 @@ def sample(
     seconds = time.perf_counter() - t_start
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
     return outputs
+
+
+def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | None:
+    """What a kept model's validation accuracy is compared with (None without a task).
+
+    ``chance_accuracy``: the most frequent class' share of the score split (a constant
+    predictor); ``chance_threshold``: chance plus three binomial standard errors on that split,
+    at or below which a model is labelled at chance; ``random_init_val_accuracy``: the fresh
+    init of the draws' seed, batch norm conditioned the same way.
+    """
+    from core.datasets import get_task
+
+    if target.task is None:
+        return None
+    _, y = get_task(target.task).split(cfg.score_split)
+    p = float(torch.bincount(y).max()) / len(y)
+    model = target.fresh(cfg.seed)
+    condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
+    return {
+        "chance_accuracy": p,
+        "chance_threshold": p + 3.0 * math.sqrt(p * (1.0 - p) / len(y)),
+        "random_init_val_accuracy": score(model, target, cfg.score_split),
+    }
 
 
 def _store_tokens(store: Any, model_id: str) -> torch.Tensor:

@@ -118,7 +118,7 @@ def seq_atlas(tmp_path_factory) -> Path:
     return atlas
 
 
-def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path):
+def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, capsys):
     snap = next(
         Path(r["path"])
         for r in Atlas(seq_atlas).accepted()
@@ -134,9 +134,20 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path):
         assert block["prompt_source"] == "atlas"
         assert all("bert-seq-brackets" in pid for pid in block["prompts"])
         assert meta["model-index"][0]["results"][0]["task"]["type"] == "text-classification"
+        # labelled against chance and a random init of the same architecture
+        assert block["chance_accuracy"] == pytest.approx(0.5, abs=0.01)
+        assert 0.0 <= block["random_init_val_accuracy"] <= 1.0
+        assert block["at_chance"] == (block["val_accuracy"] <= block["chance_threshold"])
+        text = (p / "README.md").read_text()
+        assert ("**At chance level**" in text) == block["at_chance"]
         loaded = load_model_dir(p)
         X, _ = get_task("seq-brackets").split("test")
         assert torch.isfinite(logits(loaded.model, X[:8])).all()
+    blocks = [metadata_load(p / "README.md")["weightatlas"] for p in paths]
+    warned = (
+        "warning: every kept model is at chance level on seq-brackets" in capsys.readouterr().err
+    )
+    assert warned == all(b["at_chance"] for b in blocks)
 
 
 def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
