@@ -21,7 +21,7 @@ import numpy as np
 from core.atlas import Atlas, AtlasError, read_json, read_jsonl
 
 CATEGORICAL = ("family", "library", "task", "dataset", "split", "model_type")
-NUMERIC = ("accuracy", "params")
+NUMERIC = ("accuracy", "params", "copies")  # copies: 1 + duplicates of the point (issue 16)
 COLOUR_BY = ("family", "library", "task", "dataset", "split", "accuracy", "params")
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "eval_accuracy", "top1", "val_accuracy")
 
@@ -155,6 +155,7 @@ def model_meta(row: dict[str, Any]) -> dict[str, Any]:
         "model_type": str(row.get("model_type") or row.get("architecture") or "unknown"),
         "accuracy": _accuracy(row),
         "params": float(params) if isinstance(params, int | float) else float("nan"),
+        "copies": float(row.get("copies") or 1),
     }
 
 

@@ -74,7 +74,7 @@ def map_figure(
     keep: np.ndarray,
     lineage: bool = False,
     highlight: Sequence[str] = (),
-    placed: dict[str, tuple[float, float]] | None = None,
+    placed: dict[str, tuple[float, ...]] | None = None,
     height: int = 640,
 ) -> go.Figure:
     """WebGL scatter of the atlas map.
@@ -86,7 +86,8 @@ def map_figure(
         keep: boolean mask of shown models.
         lineage: draw ``base_model`` -> model edges.
         highlight: ids to ring (search hits).
-        placed: extra points (name -> (x, y)), e.g. a newly embedded model.
+        placed: extra points (name -> (x, y) or (x, y, outside)), e.g. a newly embedded
+            model; ``outside`` (atlas distance above the 99th percentile) draws a black x.
         height: pixels.
     """
     xy = table.coords[kind]
@@ -184,16 +185,22 @@ def map_figure(
                     hovertemplate=hover,
                 )
             )
-    for name, (x, y) in (placed or {}).items():
+    for name, (x, y, *flag) in (placed or {}).items():
+        outside = bool(flag and flag[0])  # beyond the atlas' 99th percentile (issue 16)
         fig.add_trace(
             go.Scattergl(
                 x=[x],
                 y=[y],
                 mode="markers+text",
-                text=[name],
+                text=[f"{name} (outside the atlas)" if outside else name],
                 textposition="top center",
-                name=f"embedded: {name}",
-                marker=dict(size=18, symbol="star", color="crimson", line=dict(width=1)),
+                name=f"outside the atlas: {name}" if outside else f"embedded: {name}",
+                marker=dict(
+                    size=18,
+                    symbol="x" if outside else "star",
+                    color="black" if outside else "crimson",
+                    line=dict(width=2 if outside else 1),
+                ),
                 customdata=[[name, "new", "", "–", "–", ""]],
                 hovertemplate=HOVER,
             )

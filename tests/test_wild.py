@@ -476,3 +476,32 @@ def test_embeddings_show_one_point_per_original_with_its_count(wild):
     assert np.allclose(stored, again)
     far = atlas_distance(atlas.root, emb.z[0] * 1000)
     assert far["outside"] and far["metric"] == "zscore" and far["k"] == 5
+
+
+def test_app_marks_a_stranger_outside_the_atlas(tmp_path):
+    """Atlas page, "embed a model": panel text with the percentile, a warning and an x marker."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from streamlit.testing.v1 import AppTest
+
+    demo = repo / "assets" / "demo"
+    row = next(r for r in Atlas.open(demo).manifest() if r.get("path") and r["split"] == "test")
+    loaded = load_model_dir(demo / row["path"])
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.mul_(100.0)
+    far = save_model_dir(loaded.model, tmp_path / "far-model", loaded.library)
+    at = AppTest.from_file(str(repo / "explorer" / "app.py"), default_timeout=120)
+    at.session_state["atlas_path"] = str(demo)
+    at.run()
+    at.text_input(key="embed_folder").input(str(far)).run()
+    at.button(key="embed_go").click().run()
+    assert not at.exception, at.exception
+    shown = [t.value for t in at.text]
+    assert any(s.startswith("Atlas distance ") and "percentile" in s for s in shown), shown
+    assert any("outside the atlas: farther" in w.value for w in at.warning)
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "outside the atlas: far-model" in spec

@@ -51,11 +51,11 @@ def cached_figure(
     tag: tuple[str, ...],
     lineage: bool,
     ringed: tuple[str, ...],
-    placed: tuple[str, float, float] | None,
+    placed: tuple[str, float, float, bool] | None,
 ):
     """The map figure for these choices, built once and shared (the same object each rerun)."""
     keep = _table.filter(list(family), list(task), list(tag), "")
-    pts = {placed[0]: (placed[1], placed[2])} if placed else {}
+    pts = {placed[0]: (placed[1], placed[2], placed[3])} if placed else {}
     return map_figure(
         _table,
         kind,
@@ -86,11 +86,16 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
-    """Embed a local model folder with the atlas' backbone: map position + neighbours."""
-    from core.embed import embed_model_dir, neighbours, place_on_map
+    """Embed a local model folder with the atlas' backbone: map position, neighbours and its
+    atlas distance (issue 16: a stranger is marked outside the atlas)."""
+    from core.embed import atlas_distance, embed_model_dir, neighbours, place_on_map
 
     v = embed_model_dir(folder, root)
-    return {"map": place_on_map(root, v), "neighbours": neighbours(root, v, k)}
+    return {
+        "map": place_on_map(root, v),
+        "neighbours": neighbours(root, v, k),
+        "atlas_distance": atlas_distance(root, v),
+    }
 
 
 def map_controls_ui(table: MapTable) -> dict[str, Any]:
@@ -270,7 +275,13 @@ def page() -> None:
     hits = search_hits(table, choice["search"])
     pin = None
     if placed and kind in placed["map"]:
-        pin = (placed["name"], float(placed["map"][kind][0]), float(placed["map"][kind][1]))
+        outside = bool((placed.get("atlas_distance") or {}).get("outside"))
+        pin = (
+            placed["name"],
+            float(placed["map"][kind][0]),
+            float(placed["map"][kind][1]),
+            outside,
+        )
     fig = cached_figure(
         str(root),
         stamp_,
@@ -318,6 +329,14 @@ def page() -> None:
             + ", ".join(f"{escape_md(m)} ({d:.3f})" for m, d in placed["neighbours"]),
             icon=":material/star:",
         )
+        ad = placed.get("atlas_distance")
+        if ad:  # issue 16: how far it is from everything collected
+            st.text(
+                f"Atlas distance {ad['distance']:.3f} ({ad['metric']}, mean over its {ad['k']} "
+                f"nearest atlas models): percentile {ad['percentile']:.1f} of the atlas models' own"
+            )
+            if ad["outside"]:
+                st.warning(ad["meaning"], icon=":material/explore_off:")
     known = set(table.ids)
     chosen = [m for m in selected_ids(event) if m in known]
     if hits:  # search hits first, then the map selection
