@@ -254,13 +254,23 @@ def wait_for_map(page: Any, timeout_ms: float = 60_000) -> None:
     )
 
 
-def wait_idle(page: Any, timeout_ms: float = 60_000) -> None:
-    """Wait until the Streamlit script run has finished (no running indicator)."""
+def wait_idle(page: Any, timeout_ms: float = 60_000, settle_ms: int = 0) -> None:
+    """Wait until the Streamlit script run has finished (no running indicator).
+
+    ``settle_ms`` > 0: the indicator must stay away that long (a rerun that starts late under
+    load is waited for too).
+    """
     page.wait_for_timeout(50)
     page.wait_for_function(
         """() => !document.querySelector('[data-testid="stStatusWidget"]')""",
         timeout=timeout_ms,
     )
+    if settle_ms:
+        page.wait_for_timeout(settle_ms)
+        page.wait_for_function(
+            """() => !document.querySelector('[data-testid="stStatusWidget"]')""",
+            timeout=timeout_ms,
+        )
 
 
 def time_to_map(script: Path, atlas: Path | None, browser: Any, expect_map: bool = True) -> float:
@@ -497,9 +507,22 @@ def generate_small(page: Any, k: int = 3, m: int = 1, timeout_ms: float = 300_00
     page.get_by_label("K draws").fill(str(k))
     page.get_by_label("M kept").fill(str(m))
     page.get_by_label("M kept").press("Enter")
-    wait_idle(page)
-    page.get_by_role("button", name="Generate", exact=True).click()
-    page.get_by_text(f"Wrote {m} model(s)").first.wait_for(timeout=timeout_ms)
+    wait_idle(page, settle_ms=1000)
+    button = page.get_by_role("button", name="Generate", exact=True)
+    started = page.get_by_text("Generating…").or_(page.get_by_text(f"Wrote {m} model(s)"))
+    button.wait_for(timeout=60_000)
+    button.click()
+    try:
+        started.first.wait_for(timeout=60_000)
+    except Exception:
+        if os.environ.get("WEIGHTATLAS_DEBUG_SHOT"):
+            page.screenshot(path=os.environ["WEIGHTATLAS_DEBUG_SHOT"], full_page=True)
+        raise
+    done = page.get_by_text(f"Wrote {m} model(s)").or_(page.get_by_text("Generation failed"))
+    done.first.wait_for(timeout=timeout_ms)
+    failed = page.get_by_text("Generation failed")
+    if failed.count():
+        raise RuntimeError(failed.first.inner_text())
     wait_idle(page)
 
 

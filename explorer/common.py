@@ -69,14 +69,19 @@ def display_path(path: str | Path) -> str:
     return str(p)
 
 
-def _take_atlas_input() -> None:
-    st.session_state.atlas_path = str(st.session_state.atlas_input).strip()
+def _input_key() -> str:
+    """Key of the sidebar's atlas field; a new key (a fresh widget) after "Back to the demo"."""
+    return f"atlas_input_{st.session_state.get('atlas_input_version', 0)}"
+
+
+def _take_atlas_input(key: str) -> None:
+    st.session_state.atlas_path = str(st.session_state[key]).strip()
 
 
 def back_to_demo() -> None:
-    """Button callback: open the default (demo) atlas again."""
+    """Button callback: open the default (demo) atlas again (the field shows it too)."""
     st.session_state.atlas_path = DEFAULT_ATLAS
-    st.session_state.atlas_input = DEFAULT_ATLAS
+    st.session_state.atlas_input_version = st.session_state.get("atlas_input_version", 0) + 1
 
 
 def help_panel() -> None:
@@ -112,14 +117,15 @@ def atlas_picker_ui() -> str:
     """
     if "atlas_path" not in st.session_state:
         st.session_state.atlas_path = DEFAULT_ATLAS
-    if "atlas_input" not in st.session_state:
-        st.session_state.atlas_input = st.session_state.atlas_path
     with st.sidebar:
         st.markdown("### :material/folder_open: Atlas")
+        key = _input_key()
         st.text_input(
             "Atlas directory",
-            key="atlas_input",
+            value=st.session_state.atlas_path,
+            key=key,
             on_change=_take_atlas_input,
+            args=(key,),
             help="Any directory written by the pipeline (`weightatlas collect` ... `embed`).",
         )
         if resolve_atlas(st.session_state.atlas_path) != resolve_atlas(DEFAULT_ATLAS):

@@ -70,13 +70,13 @@ def test_not_an_atlas_shows_how_to_build_one(tmp_path):
     at.button(key="no_atlas_back").click().run()
     assert not at.exception
     assert at.title[0].value == "Atlas" and at.session_state["atlas_path"] == DEFAULT_ATLAS
-    at.sidebar.text_input(key="atlas_input").input(str(tmp_path / "nowhere")).run()
+    at.sidebar.text_input[0].input(str(tmp_path / "nowhere")).run()
     assert at.title[0].value == "No atlas to show yet"
     at.button(key="atlas_back").click().run()
     assert at.title[0].value == "Atlas"
     plain = tmp_path / "plain"
     plain.mkdir()
-    at.sidebar.text_input(key="atlas_input").input(str(plain)).run()
+    at.sidebar.text_input[0].input(str(plain)).run()
     assert not at.exception
     assert "no atlas.json" in at.error[0].value
 

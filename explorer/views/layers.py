@@ -151,6 +151,19 @@ def budget_text(budget: dict[str, Any]) -> str:
     return " · ".join(parts) or "budget unknown"
 
 
+VALIDATION_NAMES = {
+    "val_r2_by_kind": "R² (all values pooled)",
+    "val_layer_r2_median_by_kind": "median per-layer R²",
+    "val_layer_std_ratio_median_by_kind": "median per-layer std ratio",
+    "val_layers_by_kind": "layers",
+    "val_layer_r2_median_conv_linear": "median per-layer R², conv + linear",
+    "val_r2": "R² (all values pooled)",
+    "val_rec_loss": "reconstruction loss",
+    "val_models": "held-out models",
+    "val_tokens": "tokens",
+}
+
+
 def validation_section(root: Path) -> None:
     """The backbone's own validation metrics (held-out models), overall and per layer kind."""
     row = backbone_validation(Atlas(root).backbone_dir)
@@ -175,7 +188,7 @@ def validation_section(root: Path) -> None:
             cols = st.columns(min(len(scalars), 4))
             for j, (k, v) in enumerate(scalars.items()):
                 cols[j % len(cols)].metric(
-                    k.removeprefix("val_").replace("_", " "),
+                    VALIDATION_NAMES.get(k, k.removeprefix("val_").replace("_", " ")),
                     f"{v:,.3f}" if isinstance(v, float) else f"{v:,}",
                 )
         if tables:
@@ -185,7 +198,7 @@ def validation_section(root: Path) -> None:
                     {
                         "layer kind": kind,
                         **{
-                            k.removeprefix("val_").removesuffix("_by_kind").replace("_", " "): (
+                            VALIDATION_NAMES.get(k, k.removeprefix("val_").replace("_", " ")): (
                                 t.get(kind)
                             )
                             for k, t in tables.items()
