@@ -32,7 +32,7 @@ from explorer.common import (
     user_error,
     wait_for_imports,
 )
-from explorer.figures import LEAN_ABOVE, label, layer_bars, map_figure, selected_ids
+from explorer.figures import label, layer_bars, map_figure, selected_ids
 
 MAX_DETAIL_OPTIONS = 500
 MAX_RINGED = 200
@@ -127,10 +127,10 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
         )
         ring = st.toggle(
             "Ring search hits on the map",
-            value=len(table) <= LEAN_ABOVE,
+            value=False,
             key="map_ring",
-            help="Redraws the map on every search; off by default on large atlases, where "
-            "the hits still open in the panel below the map.",
+            help="Redraws the map on every search (slower, and it clears a lasso selection); "
+            "without it the hits open in the panel below the map.",
         )
     return dict(
         kind=kind,
