@@ -423,10 +423,12 @@ def renamed_layout(plan: ModelPlan, stored: Iterable[str], trainable: set[str] |
 
 
 # Duplicate rule: two models are copies when their tokenized tensors have the same canonical
-# names, shapes and values, values compared bitwise after an exact upcast to float64 (so an fp16
-# copy of fp32 weights is a duplicate only if every fp32 value is exactly representable in fp16;
-# -0.0 and +0.0 differ, as they do in the tokens).
-HASH_SCHEME = "sha256/canonical-order/float64-v1"
+# names, shapes and values, values compared exactly after upcasting (so an fp16 copy of fp32
+# weights is a duplicate only if every fp32 value is exactly representable in fp16; -0.0 and
+# +0.0 differ, as they do in the tokens). Canonical bytes: float32 for every value float32 holds
+# exactly (fp8/fp16/bf16 always, float64 where lossless), float64 otherwise (per block of 1 M
+# values, tagged), so the hash runs at SHA-256 speed on fp32 weights.
+HASH_SCHEME = "sha256/canonical-order/float32-exact-v2"
 
 
 class _Hasher:
@@ -440,8 +442,17 @@ class _Hasher:
         x = self._get(name)
         self._h.update(f"{name}|{tuple(x.shape)}|".encode())
         flat = x.detach().reshape(-1)
-        for i in range(0, flat.numel(), 1 << 20):  # 8 MB of float64 at a time, no extra copy
-            self._h.update(flat[i : i + (1 << 20)].to(torch.float64).contiguous().numpy())
+        if flat.dtype == torch.float32:
+            self._h.update(flat.contiguous().numpy())
+            return x
+        for i in range(0, flat.numel(), 1 << 20):  # 1 M values at a time
+            block = flat[i : i + (1 << 20)]
+            f32 = block.to(torch.float32)
+            if block.dtype == torch.float64 and not torch.equal(f32.to(torch.float64), block):
+                self._h.update(b"|f64|")  # values float32 cannot hold: hash them as they are
+                self._h.update(block.contiguous().numpy())
+            else:
+                self._h.update(f32.contiguous().numpy())
         return x
 
     def hexdigest(self) -> str:

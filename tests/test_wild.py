@@ -256,6 +256,8 @@ def test_dtype_rule_is_equality_after_upcast(tmp_path):
         "m32b": x.bfloat16().float(),
         "m64": exact.double(),
         "other": x,
+        "m64y": x.double(),  # the same values as "other"
+        "m64x": x.double() + 1e-12,  # values float32 cannot hold: a model of its own
     }
     atlas = Atlas.create(tmp_path / "a")
     for mid, t in models.items():
@@ -266,7 +268,7 @@ def test_dtype_rule_is_equality_after_upcast(tmp_path):
         models[mid] = tk.digest
     index = {"models": {mid: {"digest": dg} for mid, dg in models.items()}}
     dups = find_duplicates(index, list(models))
-    assert dups == {"m16": "m32", "m64": "m32", "m32b": "mbf"}
+    assert dups == {"m16": "m32", "m64": "m32", "m32b": "mbf", "m64y": "other"}
     del atlas
 
 
