@@ -648,8 +648,11 @@ def generate(
     cfg: SampleConfig,
     progress: Progress | None = None,
     progress_span: tuple[float, float] = (0.1, 0.95),
+    z: torch.Tensor | None = None,
 ) -> tuple[list[Candidate], list[float], dict[str, float]]:
     """Embed prompts, draw, decode, condition, score; keep the best ``cfg.keep`` (all rounds).
+
+    ``z``: the prompts' latents ``(E, N, L)`` if already encoded (see :func:`round_trip`).
 
     Returns:
         ``(kept candidates best first, every draw's score, seconds per phase)``.
@@ -657,7 +660,8 @@ def generate(
     lo, hi = progress_span
     secs = {"embed": 0.0, "draw": 0.0, "decode": 0.0, "build": 0.0, "condition": 0.0, "score": 0.0}
     t0 = time.perf_counter()
-    z = encode_models(backbone, prompt_tokens, target, cfg)  # (E, N, L)
+    if z is None:
+        z = encode_models(backbone, prompt_tokens, target, cfg)  # (E, N, L)
     secs["embed"] += time.perf_counter() - t0
     g = torch.Generator().manual_seed(cfg.seed)
     pool: list[Candidate] = []
@@ -937,8 +941,34 @@ def sample(
             for i in range(len(models))
         ]
     report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n}")
-    kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report)
+    t0 = time.perf_counter()
+    z, fidelity = round_trip(backbone, target, prompt_tokens, cfg)
     baseline = chance_baseline(target, cfg)
+    r2 = fidelity["round_trip_median_layer_r2"]
+    trips = fidelity["round_trip_val_accuracy"]
+    pairs = ", ".join(
+        f"{p:.3f} -> {q:.3f}"
+        for p, q in zip(prompt_scores, trips)
+        if p is not None and q is not None
+    )
+    low = r2 is None or r2 < 0.5
+    if (
+        baseline is not None
+        and trips
+        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
+    ):
+        low = True
+    tqdm.write(
+        f"{'warning' if low else 'fidelity'}: encode-decode of the {len(prompt_tokens)} "
+        f"{source} prompt(s): median per-layer R² "
+        + (f"{r2:.3f}" if r2 is not None else "n/a")
+        + (f", val accuracy {pairs}" if pairs else "")
+        + (f" (chance {baseline['chance_accuracy']:.3f})" if baseline is not None else "")
+        + ("; low: expect weak generated models" if low else ""),
+        file=sys.stderr,
+    )
+    fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
+    kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report, z=z)
     at_chance = [baseline is not None and c.val <= baseline["chance_threshold"] for c in kept]
     if baseline is not None and kept and all(at_chance):
         prompt_text = ", ".join(f"{v:.3f}" for v in prompt_scores if v is not None) or "n/a"
@@ -974,6 +1004,7 @@ def sample(
             "test_accuracy": score(cand.model, target, "test"),
             **(baseline or {}),
             "at_chance": at_chance[rank] if baseline is not None else None,
+            **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
         }
         outputs.append(
             _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
@@ -981,6 +1012,43 @@ def sample(
     seconds = time.perf_counter() - t_start
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
     return outputs
+
+
+def round_trip(
+    backbone: Any, target: Target, prompt_tokens: list[torch.Tensor], cfg: SampleConfig
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Encode-decode fidelity on the prompts, before any draw (issue 17's "before a run").
+
+    Returns:
+        ``(z, fidelity)``: the prompts' latents ``(E, N, L)`` (reused for the draws) and
+        ``{"round_trip_median_layer_r2", "round_trip_layer_r2" (per layer, median over
+        prompts), "round_trip_val_accuracy" (per prompt, None without a task)}``. A layer's R²
+        is ``1 - SSE / SST`` of its values; constant layers are left out.
+    """
+    from core.tokenize import detokenize
+
+    z = encode_models(backbone, prompt_tokens, target, cfg)
+    rec = decode_latents(backbone, z, target, cfg)  # (E, N, D)
+    per_layer: dict[str, list[float]] = {}
+    accs: list[float | None] = []
+    for i, tokens in enumerate(prompt_tokens):
+        ref, got = detokenize(tokens, target.layers), detokenize(rec[i], target.layers)
+        for name, x in ref.items():
+            x = x.double().flatten()
+            sst = float(((x - x.mean()) ** 2).sum())
+            if sst > 0:
+                sse = float(((x - got[name].double().flatten()) ** 2).sum())
+                per_layer.setdefault(name, []).append(1.0 - sse / sst)
+        model = build_generated(rec[i], target, seed=cfg.seed)
+        condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
+        accs.append(_finite(score(model, target, cfg.score_split)))
+    layer_r2 = {k: float(np.median(v)) for k, v in per_layer.items()}
+    median = float(np.median(list(layer_r2.values()))) if layer_r2 else None
+    return z, {
+        "round_trip_median_layer_r2": median,
+        "round_trip_layer_r2": layer_r2,
+        "round_trip_val_accuracy": accs,
+    }
 
 
 def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | None:

@@ -144,10 +144,17 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
         X, _ = get_task("seq-brackets").split("test")
         assert torch.isfinite(logits(loaded.model, X[:8])).all()
     blocks = [metadata_load(p / "README.md")["weightatlas"] for p in paths]
-    warned = (
-        "warning: every kept model is at chance level on seq-brackets" in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    warned = "warning: every kept model is at chance level on seq-brackets" in err
     assert warned == all(b["at_chance"] for b in blocks)
+    # before the draws: encode-decode fidelity on the prompts, in the cards and on stderr
+    b = blocks[0]
+    r2, trips = b["round_trip_median_layer_r2"], b["round_trip_val_accuracy"]
+    assert r2 <= 1.0 and len(trips) == len(b["prompts"]) and all(0 <= q <= 1 for q in trips)
+    line = next(x for x in err.splitlines() if "encode-decode of the" in x)
+    assert f"median per-layer R² {r2:.3f}" in line
+    low = r2 < 0.5 or all(q <= b["chance_threshold"] for q in trips)
+    assert line.startswith("warning:" if low else "fidelity:") and ("low:" in line) == low
 
 
 def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
