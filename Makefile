@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 VENV ?= .venv
 
-.PHONY: help install app test test-all lint format ci
+.PHONY: help install app test test-all lint format ci screenshots bench-app
 
 help:
 	@echo "make install   create .venv and install weightatlas with dev extras"
@@ -10,6 +10,8 @@ help:
 	@echo "make test      fast test suite"
 	@echo "make test-all  every suite (slow + browser), as CI runs it"
 	@echo "make lint      ruff check + format check"
+	@echo "make screenshots  retake the README screenshots from assets/demo (headless Chromium)"
+	@echo "make bench-app    explorer speed in the browser on a 20,000-model atlas (JSON)"
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -36,3 +38,9 @@ format:
 
 ci:
 	bash .ci/run
+
+screenshots:
+	$(PY) -m core.appbench screenshots
+
+bench-app:
+	$(PY) -m core.cli bench app --n 20000
