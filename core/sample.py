@@ -797,6 +797,44 @@ def _card(target: Target, cand: Candidate, rank: int, info: dict[str, Any]) -> s
     return render_card(meta, title, body)
 
 
+def generated_atlas_distance(
+    a: Atlas, path: Path, backbone: Any, backbone_dir: str | Path | None, cfg: SampleConfig
+) -> dict[str, Any]:
+    """Card fields placing a written model against the atlas: embedded as ``weightatlas embed
+    --model`` embeds a folder, then ``core.embed.atlas_distance`` (with its architecture).
+
+    Returns:
+        ``{atlas_distance, atlas_percentile, outside_atlas, atlas_distance_meaning,
+        architecture_in_atlas, architecture_note, ...}``; ``{}`` when the atlas has no
+        embeddings for this backbone (``weightatlas embed`` not run).
+    """
+    from core.embed import (
+        EMBED_PRESETS,
+        EmbedConfig,
+        atlas_distance,
+        embed_model_dir_full,
+        embeddings_dir,
+        model_architecture,
+    )
+
+    if not (embeddings_dir(a, backbone_dir) / "models.safetensors").exists():
+        return {}
+    ecfg = build_config(EmbedConfig, EMBED_PRESETS, "ci", overrides={"device": cfg.device})
+    v = embed_model_dir_full(path, a.root, cfg=ecfg, check=False, backbone=backbone)["z"]
+    ad = atlas_distance(a.root, v.numpy(), backbone_dir, architecture=model_architecture(path))
+    return {
+        "atlas_distance": ad["distance"],
+        "atlas_percentile": ad["percentile"],
+        "outside_atlas": ad["outside"],
+        "atlas_distance_k": ad["k"],
+        "atlas_distance_metric": ad["metric"],
+        "atlas_distance_meaning": ad["meaning"],
+        "architecture": ad["architecture"],
+        "architecture_in_atlas": ad["architecture_in_atlas"],
+        "architecture_note": ad["architecture_note"],
+    }
+
+
 def _write_model_dir(target: Target, model: nn.Module, out: Path, card: str) -> Path:
     """Write a Hub-format directory atomically (temp dir renamed into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -951,20 +989,20 @@ def sample(
         for p, q in zip(prompt_scores, trips)
         if p is not None and q is not None
     )
-    low = r2 is None or r2 < 0.5
+    reasons = [] if r2 is not None and r2 >= 0.5 else ["per-layer R² below 0.5"]
     if (
         baseline is not None
         and trips
         and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
     ):
-        low = True
+        reasons.append("the prompts score at chance after the round trip")
     tqdm.write(
-        f"{'warning' if low else 'fidelity'}: encode-decode of the {len(prompt_tokens)} "
-        f"{source} prompt(s): median per-layer R² "
+        f"{'warning' if reasons else 'fidelity'}: encode-decode of the {len(prompt_tokens)} "
+        f"{source} prompt(s): median per-layer R² (conv/linear) "
         + (f"{r2:.3f}" if r2 is not None else "n/a")
         + (f", val accuracy {pairs}" if pairs else "")
         + (f" (chance {baseline['chance_accuracy']:.3f})" if baseline is not None else "")
-        + ("; low: expect weak generated models" if low else ""),
+        + (f"; low ({' and '.join(reasons)}): expect weak generated models" if reasons else ""),
         file=sys.stderr,
     )
     fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
@@ -1006,9 +1044,12 @@ def sample(
             "at_chance": at_chance[rank] if baseline is not None else None,
             **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
         }
-        outputs.append(
-            _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
-        )
+        path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
+        placed = generated_atlas_distance(a, path, backbone, backbone_dir, cfg)
+        if placed:  # issue 16: how far the generated model is from the collected ones
+            info.update(placed)
+            atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
+        outputs.append(path)
     seconds = time.perf_counter() - t_start
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
     return outputs
@@ -1021,9 +1062,10 @@ def round_trip(
 
     Returns:
         ``(z, fidelity)``: the prompts' latents ``(E, N, L)`` (reused for the draws) and
-        ``{"round_trip_median_layer_r2", "round_trip_layer_r2" (per layer, median over
-        prompts), "round_trip_val_accuracy" (per prompt, None without a task)}``. A layer's R²
-        is ``1 - SSE / SST`` of its values; constant layers are left out.
+        ``{"round_trip_median_layer_r2" (over conv and linear layers, all layers if none),
+        "round_trip_layer_r2" (per layer, median over prompts), "round_trip_val_accuracy" (per
+        prompt, None without a task)}``. A layer's R² is ``1 - SSE / SST`` of its values;
+        constant layers are left out.
     """
     from core.tokenize import detokenize
 
@@ -1043,7 +1085,9 @@ def round_trip(
         condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
         accs.append(_finite(score(model, target, cfg.score_split)))
     layer_r2 = {k: float(np.median(v)) for k, v in per_layer.items()}
-    median = float(np.median(list(layer_r2.values()))) if layer_r2 else None
+    main = {e.name for e in target.layers if e.kind in ("conv", "linear")} & set(layer_r2)
+    vals = [layer_r2[k] for k in (main or layer_r2)]  # the weight matrices, as in training
+    median = float(np.median(vals)) if vals else None
     return z, {
         "round_trip_median_layer_r2": median,
         "round_trip_layer_r2": layer_r2,
@@ -1398,8 +1442,9 @@ def run_cli(args: argparse.Namespace) -> int:
     from core.explore import generated_card
 
     cards = [generated_card(p) for p in paths]
-    data = [{"path": str(p), **{k: c.get(k) for k in ("test_accuracy", "prompts", "n", "keep")}}
-            for p, c in zip(paths, cards)]  # fmt: skip
+    keys = ("test_accuracy", "prompts", "n", "keep", "atlas_distance", "atlas_percentile",
+            "outside_atlas", "architecture_in_atlas")  # fmt: skip
+    data = [{"path": str(p), **{k: c.get(k) for k in keys}} for p, c in zip(paths, cards)]
     first = cards[0] if cards else {}
     lines = [
         f"sample: kept {len(paths)} of {first.get('n', '?')} draws of {args.arch} "
@@ -1408,12 +1453,23 @@ def run_cli(args: argparse.Namespace) -> int:
     for p, c in zip(paths, cards):
         acc = c.get("test_accuracy")
         lines.append(
-            f"  {p.name}: test accuracy {acc:.3f}" if isinstance(acc, float) else f"  {p.name}"
+            (f"  {p.name}: test accuracy {acc:.3f}" if isinstance(acc, float) else f"  {p.name}")
+            + _distance_text(c)
         )
     if paths:
         lines.append(f"written to {paths[0].parent}")
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _distance_text(card: dict[str, Any]) -> str:
+    """``; atlas distance D (percentile P, inside|OUTSIDE the atlas)`` for a generated card."""
+    d, pct = card.get("atlas_distance"), card.get("atlas_percentile")
+    if not isinstance(d, int | float) or not isinstance(pct, int | float):
+        return ""
+    where = "OUTSIDE the atlas" if card.get("outside_atlas") else "inside the atlas"
+    arch = "" if card.get("architecture_in_atlas", True) else "; architecture not in the atlas"
+    return f"; atlas distance {d:.3f} (percentile {pct:.1f}, {where}{arch})"
 
 
 def _random_backbone_atlas(root: Path, preset: str, scheme: str = "dense") -> None:

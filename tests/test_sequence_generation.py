@@ -152,9 +152,9 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
     r2, trips = b["round_trip_median_layer_r2"], b["round_trip_val_accuracy"]
     assert r2 <= 1.0 and len(trips) == len(b["prompts"]) and all(0 <= q <= 1 for q in trips)
     line = next(x for x in err.splitlines() if "encode-decode of the" in x)
-    assert f"median per-layer R² {r2:.3f}" in line
+    assert f"median per-layer R² (conv/linear) {r2:.3f}" in line
     low = r2 < 0.5 or all(q <= b["chance_threshold"] for q in trips)
-    assert line.startswith("warning:" if low else "fidelity:") and ("low:" in line) == low
+    assert line.startswith("warning:" if low else "fidelity:") and ("; low (" in line) == low
 
 
 def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
