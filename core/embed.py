@@ -628,12 +628,62 @@ def distance_percentile(loo: np.ndarray, dist: float) -> float:
     return float(100.0 * (np.asarray(loo) < dist).mean())
 
 
+def model_architecture(path: str | Path) -> tuple[str, str]:
+    """``(library, model_type)`` of a model folder, read from its ``config.json`` the way the
+    collector reads it (regular file, size and depth limits; remote code is refused)."""
+    from core.architectures import library_of, model_type_of
+    from core.hub import read_model_config, snapshot_root
+
+    path = Path(path)
+    config = read_model_config(path, snapshot_root(path))
+    return library_of(config), model_type_of(config)
+
+
+def architecture_in_atlas(
+    atlas: str | Path, architecture: tuple[str, str], ids: list[str] | None = None
+) -> dict[str, Any]:
+    """Whether the atlas holds a model of the same architecture (library and ``model_type``,
+    as in the manifest).
+
+    Args:
+        atlas: an atlas directory.
+        architecture: ``(library, model_type)``, e.g. from :func:`model_architecture`.
+        ids: the reference models (default: every accepted manifest row).
+
+    Returns:
+        ``{architecture, architecture_in_atlas, architecture_count, architecture_note}``.
+    """
+    a = Atlas.open(atlas)
+    rows = {r["id"]: r for r in a.manifest() if r.get("status") == "accepted"}
+    keep = set(ids) if ids is not None else set(rows)
+    library, model_type = architecture
+    count = sum(
+        1
+        for i, r in rows.items()
+        if i in keep and r.get("library") == library and r.get("model_type") == model_type
+    )
+    name = f"{library}/{model_type}"
+    note = (
+        f"{count} atlas model(s) share its architecture ({name})"
+        if count
+        else f"no model of this architecture ({name}) is in the atlas; its position on the map "
+        "is an extrapolation"
+    )
+    return {
+        "architecture": name,
+        "architecture_in_atlas": count > 0,
+        "architecture_count": count,
+        "architecture_note": note,
+    }
+
+
 def atlas_distance(
     atlas: str | Path,
     vector: np.ndarray | torch.Tensor,
     backbone_dir: str | Path | None = None,
     k: int | None = None,
     metric: str | None = None,
+    architecture: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """How far a new (embedded or generated) model is from the atlas.
 
@@ -641,10 +691,13 @@ def atlas_distance(
     (``metric``: ``EmbedConfig.distance_metric``, default ``zscore``); ``percentile`` ranks it
     among the atlas models' own leave-one-out k-NN distances (a model's whole training run left
     out: ``reference_groups``). Above the 99th percentile the model is ``outside`` the atlas
-    (see ``OUTSIDE_MEANING``).
+    (see ``OUTSIDE_MEANING``). With ``architecture`` (``(library, model_type)``), it also says
+    whether any embedded atlas model has that architecture (:func:`architecture_in_atlas`), a
+    separate statement from the distance.
 
     Returns:
-        ``{distance, percentile, outside, k, atlas_p99, atlas_max, meaning}``.
+        ``{distance, percentile, outside, k, atlas_p99, atlas_max, meaning}``, plus
+        ``architecture*`` keys when ``architecture`` is given.
     """
     a = Atlas.open(atlas)
     out = embeddings_dir(a, backbone_dir)
@@ -681,6 +734,11 @@ def atlas_distance(
         "atlas_p99": float(np.percentile(loo, OUTSIDE_PERCENTILE)) if len(loo) else None,
         "atlas_max": float(loo.max()) if len(loo) else None,
         "meaning": OUTSIDE_MEANING if outside else "inside the atlas",
+        **(
+            architecture_in_atlas(a.root, architecture, [r["id"] for r in rows])
+            if architecture is not None
+            else {}
+        ),
     }
 
 
@@ -802,8 +860,12 @@ def embed_model_dir_full(
     *,
     cfg: EmbedConfig | None = None,
     check: bool = True,
+    backbone: Any = None,
 ) -> dict[str, Any]:
-    """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads."""
+    """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads.
+
+    ``backbone``: the atlas' backbone if already loaded (``core.sample`` embeds each kept model).
+    """
     from core.tokenize import tokenize_model_dir
 
     a = Atlas.open(atlas)
@@ -815,7 +877,8 @@ def embed_model_dir_full(
     cfg = cfg or build_config(EmbedConfig, EMBED_PRESETS, "ci")
     scheme, size = token_scheme(a)
     tok = tokenize_model_dir(path, scheme, size)
-    backbone = _load_backbone(a, None, cfg.device)
+    if backbone is None:
+        backbone = _load_backbone(a, None, cfg.device)
     tokens, positions = _masked_tokens(tok)
     return summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
 
@@ -946,7 +1009,9 @@ def run_cli(args: argparse.Namespace) -> int:
         "neighbours": [
             {"id": i, "cosine_distance": d} for i, d in neighbours(args.atlas, v, args.k)
         ],
-        "atlas_distance": atlas_distance(args.atlas, v),  # H16: issue 16, strangers
+        "atlas_distance": atlas_distance(
+            args.atlas, v, architecture=model_architecture(path)
+        ),  # issue 16, strangers
         "z": v.tolist(),
     }
     from core.cli import emit
@@ -961,10 +1026,14 @@ def run_cli(args: argparse.Namespace) -> int:
         f"nearest: {near}\n"
         f"atlas distance {ad['distance']:.4f} (mean {ad['metric']} distance to its {ad['k']} "
         f"nearest atlas models), percentile {ad['percentile']:.1f} of the atlas' own: "
-        f"{ad['meaning']}",
+        f"{ad['meaning']}\n"
+        f"architecture in atlas: {'yes' if ad['architecture_in_atlas'] else 'no'} -- "
+        f"{ad['architecture_note']}",
     )
     if ad["outside"] and getattr(args, "json", False):
         print(f"warning: {args.model} is {ad['meaning']}", file=sys.stderr)
+    if not ad["architecture_in_atlas"] and getattr(args, "json", False):
+        print(f"warning: {args.model}: {ad['architecture_note']}", file=sys.stderr)
     return 0
 
 

@@ -507,3 +507,70 @@ def test_app_marks_a_stranger_outside_the_atlas(tmp_path):
     assert any("outside the atlas: farther" in w.value for w in at.warning)
     spec = at.get("plotly_chart")[0].proto.spec
     assert "outside the atlas: far-model" in spec
+    assert any(s.startswith("Architecture in atlas: yes") for s in shown), shown
+
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+
+def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
+    """`weightatlas sample` embeds each kept model as `embed --model` does and records its atlas
+    distance, percentile, outside flag and architecture in the card; the summary line says so."""
+    from huggingface_hub import metadata_load
+
+    from core.cli import main
+    from core.embed import atlas_distance, embed_model_dir, model_architecture
+
+    out = tmp_path / "gen"
+    rc = main(
+        ["sample", str(DEMO), "--arch", "zoo:cnn", "--task", "digits-0to4", "--n", "2",
+         "--keep", "1", "--seed", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    (path,) = [p for p in out.iterdir() if p.is_dir()]
+    block = metadata_load(path / "README.md")["weightatlas"]
+    again = atlas_distance(
+        DEMO, embed_model_dir(path, DEMO, check=False), architecture=model_architecture(path)
+    )
+    assert block["atlas_distance"] == pytest.approx(again["distance"], rel=1e-5)
+    assert block["atlas_percentile"] == pytest.approx(again["percentile"])
+    assert block["outside_atlas"] is again["outside"]
+    assert block["atlas_distance_metric"] == "zscore" and block["atlas_distance_k"] == 5
+    assert block["architecture"] == "weightatlas/cnn" and block["architecture_in_atlas"] is True
+    text = capsys.readouterr().out
+    assert f"{path.name}: test accuracy" in text
+    assert f"atlas distance {block['atlas_distance']:.3f} (percentile" in text
+
+
+def test_architecture_in_atlas_for_a_stranger_and_a_native(tmp_path, capsys):
+    """A BERT embedded into the demo atlas (zoo CNNs/MLPs and vision models) is told that no
+    model of its architecture is there; a zoo CNN's own architecture is found."""
+    from core.cli import main
+    from core.embed import (
+        architecture_in_atlas,
+        atlas_distance,
+        embed_model_dir,
+        model_architecture,
+    )
+
+    stranger = save_model_dir(bert(0), tmp_path / "bert-stranger", "transformers")
+    assert model_architecture(stranger) == ("transformers", "bert")
+    ad = atlas_distance(
+        DEMO, embed_model_dir(stranger, DEMO, check=False), architecture=("transformers", "bert")
+    )
+    assert ad["architecture_in_atlas"] is False and ad["architecture_count"] == 0
+    assert "is an extrapolation" in ad["architecture_note"]
+    assert main(["embed", str(DEMO), "--preset", "demo", "--model", str(stranger)]) == 0
+    text = capsys.readouterr().out
+    assert "architecture in atlas: no -- no model of this architecture (transformers/bert)" in text
+
+    rows = [r for r in Atlas.open(DEMO).manifest() if r.get("path") and r["family"] == "cnn"]
+    native = model_architecture(DEMO / rows[0]["path"])
+    assert native == ("weightatlas", "cnn")
+    own = architecture_in_atlas(DEMO, native)
+    assert own["architecture_in_atlas"] is True
+    assert own["architecture_count"] == sum(
+        1
+        for r in Atlas.open(DEMO).manifest()
+        if r["status"] == "accepted" and (r["library"], r["model_type"]) == native
+    )

@@ -88,13 +88,19 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
 def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
     """Embed a local model folder with the atlas' backbone: map position, neighbours and its
     atlas distance (issue 16: a stranger is marked outside the atlas)."""
-    from core.embed import atlas_distance, embed_model_dir, neighbours, place_on_map
+    from core.embed import (
+        atlas_distance,
+        embed_model_dir,
+        model_architecture,
+        neighbours,
+        place_on_map,
+    )
 
     v = embed_model_dir(folder, root)
     return {
         "map": place_on_map(root, v),
         "neighbours": neighbours(root, v, k),
-        "atlas_distance": atlas_distance(root, v),
+        "atlas_distance": atlas_distance(root, v, architecture=model_architecture(folder)),
     }
 
 
@@ -337,6 +343,13 @@ def page() -> None:
             )
             if ad["outside"]:
                 st.warning(ad["meaning"], icon=":material/explore_off:")
+            if "architecture_in_atlas" in ad:  # a separate, true statement (issue 16)
+                st.text(
+                    f"Architecture in atlas: {'yes' if ad['architecture_in_atlas'] else 'no'} "
+                    f"({ad['architecture_note']})"
+                )
+                if not ad["architecture_in_atlas"]:
+                    st.warning(escape_md(ad["architecture_note"]), icon=":material/explore_off:")
     known = set(table.ids)
     chosen = [m for m in selected_ids(event) if m in known]
     if hits:  # search hits first, then the map selection

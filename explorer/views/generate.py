@@ -333,6 +333,28 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         icon=":material/check:",
     )
     cards = {p.name: generated_card(p) for p in outputs}
+    for n, c in cards.items():  # issue 16: how far each generated model is from the atlas
+        if isinstance(c.get("atlas_distance"), int | float):
+            st.text(
+                f"{n}: atlas distance {c['atlas_distance']:.3f}, percentile "
+                f"{c.get('atlas_percentile', float('nan')):.1f} of the atlas models' own: "
+                f"{'outside' if c.get('outside_atlas') else 'inside'} the atlas"
+                + (
+                    ""
+                    if c.get("architecture_in_atlas", True)
+                    else "; architecture not in the atlas"
+                )
+            )
+            if c.get("outside_atlas"):
+                st.warning(
+                    escape_md(f"{n}: {c.get('atlas_distance_meaning', '')}"),
+                    icon=":material/explore_off:",
+                )
+            if c.get("architecture_in_atlas") is False:
+                st.warning(
+                    escape_md(f"{n}: {c.get('architecture_note', '')}"),
+                    icon=":material/explore_off:",
+                )
     prompt_ids = next((c.get("prompts") for c in cards.values() if c.get("prompts")), []) or []
     rows = [
         {"name": n, "kind": "generated", "accuracy": float(c["test_accuracy"])}
