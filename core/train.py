@@ -446,6 +446,18 @@ class Evaluator:
         """(T,) index into ``self.layers`` of every token of a window (-1 past the end)."""
         return self._ids(model_id, start, 1)
 
+    def _by_band(self, lstats: torch.Tensor) -> dict[str, Any]:
+        """Pooled R^2 per size band (decades of tokens per model, as ``coverage_band_1eK``):
+        ``r2_band_1eK`` (None without variance) and ``models_band_1eK`` (issue 16)."""
+        band = {m: int(np.floor(np.log10(max(self.store.n_tokens(m), 1)))) for m in self.ids}
+        out: dict[str, Any] = {}
+        for b in sorted(set(band.values())):
+            rows = [j for j, (m, _, _) in enumerate(self.layers) if band[m] == b]
+            r2, _ = layer_table(lstats[rows].sum(0, keepdim=True))
+            out[f"r2_band_1e{b}"] = None if r2[0] != r2[0] else float(r2[0])
+            out[f"models_band_1e{b}"] = sum(1 for v in band.values() if v == b)
+        return out
+
     @torch.no_grad()
     def run(
         self,
@@ -503,6 +515,7 @@ class Evaluator:
             "rec_loss": float(rec[0] / rec[1].clamp_min(1.0)),
             "models": len(self.ids),
             "tokens": sum(self.store.n_tokens(m) for m in self.ids),
+            **self._by_band(lstats[:-1].cpu()),
         }
         if with_layers:
             out["layers"] = [

@@ -283,6 +283,44 @@ def test_training_leaves_duplicates_out(wild):
     assert trained
     assert not {i for i in trained if rows[i].get("duplicate_of")}
     assert all(rows[i]["split"] == "train" for i in trained)
+    # validation on every size band: one R^2 per band of the scored train / val models
+    store = TokenStore(wild["atlas"].tokens_dir)
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    (last,) = [r for r in evals if "train_r2" in r][-1:]
+    for split in ("train", "val"):
+        ids = [
+            i for i in store.ids if rows[i]["split"] == split and not rows[i].get("duplicate_of")
+        ]
+        bands = {int(np.floor(np.log10(store.n_tokens(i)))) for i in ids}
+        keys = {k for k in last if k.startswith(f"{split}_r2_band_1e")}
+        assert keys == {f"{split}_r2_band_1e{b}" for b in bands}, (split, keys, bands)
+
+
+def test_evaluator_reports_r2_per_size_band(wild):
+    """Two model sizes (small BERTs ~1e2 tokens, bert-big ~1e3): both band keys appear, and each
+    band's R^2 is the pooled R^2 of an evaluator over that band's models alone."""
+    from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
+    from core.config import build_config
+    from core.train import Evaluator, TrainConfig, _kinds, setup_dist
+
+    store = TokenStore(wild["atlas"].tokens_dir)
+    small, big = "wild/bert-s7", "wild/bert-big"
+    bands = {m: int(np.floor(np.log10(store.n_tokens(m)))) for m in (small, big)}
+    assert bands[small] < bands[big], bands
+    cfg = build_config(
+        BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": store.token_size}
+    )
+    torch.manual_seed(0)
+    model = Backbone(cfg).eval()
+    kinds, d, tcfg = _kinds(store, [small, big]), setup_dist("cpu"), TrainConfig(batch_size=8)
+    both = Evaluator(store, [small, big], cfg.window, kinds).run(model, d, 8, tcfg)
+    for m in (small, big):
+        alone = Evaluator(store, [m], cfg.window, kinds).run(model, d, 8, tcfg)
+        assert both[f"models_band_1e{bands[m]}"] == 1
+        assert both[f"r2_band_1e{bands[m]}"] == pytest.approx(alone["r2"], rel=1e-6, abs=1e-9)
+    assert {k for k in both if k.startswith("r2_band_")} == {
+        f"r2_band_1e{b}" for b in bands.values()
+    }
 
 
 # --------------------------------------------------------------------------- 3. big models
