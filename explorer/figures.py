@@ -34,7 +34,7 @@ LABELS = {
 HOVER = (
     "<b>%{customdata[0]}</b><br>family %{customdata[1]} · task %{customdata[2]}"
     "<br>test accuracy %{customdata[3]} · params %{customdata[4]}"
-    "<br>backbone split %{customdata[5]}<extra></extra>"
+    "<br>backbone split %{customdata[5]}%{customdata[6]}<extra></extra>"
 )
 
 
@@ -62,9 +62,21 @@ def axis_title(table: MapTable, kind: str, axis: int) -> str:
     return f"{kind.upper()} {axis + 1}"
 
 
+def copies_text(copies: float) -> str:
+    """Hover line for a point that stands for identical copies (issue 16), else ``""``."""
+    if not copies > 1:
+        return ""
+    n = int(copies)
+    return f"<br>{n} copies: this model and {n - 1} identical duplicate(s), one point"
+
+
 def _customdata(table: MapTable, rows: np.ndarray, lean: bool = False) -> np.ndarray:
     data = table.hover_data()
-    return data[rows, :1] if lean else data[rows]
+    if lean:
+        return data[rows, :1]
+    copies = table.columns.get("copies")
+    extra = [copies_text(copies[i]) if copies is not None else "" for i in rows]
+    return np.column_stack([data[rows], np.array(extra, dtype=object).reshape(-1, 1)])
 
 
 def map_figure(
@@ -201,7 +213,7 @@ def map_figure(
                     color="black" if outside else "crimson",
                     line=dict(width=2 if outside else 1),
                 ),
-                customdata=[[name, "new", "", "–", "–", ""]],
+                customdata=[[name, "new", "", "–", "–", "", ""]],
                 hovertemplate=HOVER,
             )
         )

@@ -516,6 +516,18 @@ def test_embeddings_show_one_point_per_original_with_its_count(wild):
     assert np.allclose(stored, again)
     far = atlas_distance(atlas.root, emb.z[0] * 1000)
     assert far["outside"] and far["metric"] == "zscore" and far["k"] == 5
+    # the map's hover says how many copies a point stands for (only when > 1)
+    from core.explore import map_table
+    from explorer.figures import HOVER, map_figure
+
+    table = map_table(atlas.root)
+    fig = map_figure(table, "umap", "family", np.ones(len(table.ids), dtype=bool))
+    hover = {cd[0]: cd[6] for t in fig.data if t.customdata is not None for cd in t.customdata}
+    assert "%{customdata[6]}" in HOVER and set(hover) == set(emb.ids)
+    for mid, text in hover.items():
+        n = by_id[mid]["copies"]
+        assert (f"<br>{n} copies: this model and {n - 1} identical" in text) if n > 1 else not text
+    assert any(hover.values())
 
 
 def test_app_marks_a_stranger_outside_the_atlas(tmp_path):
