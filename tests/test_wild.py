@@ -590,6 +590,23 @@ def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"{path.name}: test accuracy" in text
     assert f"atlas distance {block['atlas_distance']:.3f} (percentile" in text
+    # the Generate page's results show it too
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(repo / "explorer" / "app.py"), default_timeout=120)
+    at.session_state["atlas_path"] = str(DEMO)
+    at.run()
+    at.session_state["generate_result"] = {"error": None, "outputs": [str(path)], "out": str(out)}
+    at.switch_page("views/generate.py").run()
+    assert not at.exception, at.exception
+    shown = [t.value for t in at.text]
+    want = f"{path.name}: atlas distance {block['atlas_distance']:.3f}, percentile"
+    assert any(s.startswith(want) for s in shown), shown
 
 
 def test_architecture_in_atlas_for_a_stranger_and_a_native(tmp_path, capsys):
