@@ -835,6 +835,11 @@ def token_scheme(a: Atlas) -> tuple[str, int]:
     if not path.exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
     idx = read_json(path)
+    if not isinstance(idx.get("scheme"), str) or not isinstance(idx.get("token_size"), int):
+        raise WeightAtlasError(
+            f"{a.root}'s token store holds no tokenized model (no accepted model was collected?); "
+            "check `weightatlas collect`'s summary, then run `weightatlas tokenize` again"
+        )
     return idx["scheme"], int(idx["token_size"])
 
 

@@ -247,3 +247,19 @@ def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tm
     with pytest.raises(WeightAtlasError, match="MB"):
         export_demo(src, tmp_path / "too-big", max_mb=0.001)
     assert not (tmp_path / "too-big").exists()
+
+
+def test_empty_token_store_gives_one_line_error(tmp_path, capsys):
+    """An atlas whose tokenize stage found nothing to tokenize: `sample` (via
+    core.embed.token_scheme) says so in one line instead of a TypeError traceback."""
+    from core.atlas import Atlas
+    from core.cli import main
+    from core.tokenize import tokenize
+
+    atlas = Atlas.create(tmp_path / "atlas")
+    tokenize(atlas, progress=False)
+    assert main(["sample", str(atlas.root), "--arch", "zoo:cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "TypeError" not in err, err
+    last = err.strip().splitlines()[-1]  # above it: the progress bar's lines
+    assert last.startswith("weightatlas sample: error:") and "holds no tokenized model" in last
