@@ -359,6 +359,11 @@ def point_position(page: Any, model_id: str) -> tuple[float, float]:
 def click_point(page: Any, model_id: str) -> None:
     """Click the map point of ``model_id`` (in the default drag mode, a click selects)."""
     x, y = point_position(page, model_id)
+    height = page.viewport_size["height"] if page.viewport_size else 800
+    if not 10 < y < height - 10:  # off screen: scroll it to the middle first
+        page.evaluate("(dy) => window.scrollBy(0, dy)", y - height / 2)
+        page.wait_for_timeout(200)
+        x, y = point_position(page, model_id)
     page.mouse.move(x, y)
     page.wait_for_timeout(100)  # plotly picks the hovered point on mouse move
     page.mouse.click(x, y)

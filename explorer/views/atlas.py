@@ -181,7 +181,7 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
     i = table.index().get(model_id)
     row = table.records[i] if i is not None and table.records else {}
     st.subheader(escape_md(model_id), anchor=False)  # an id may hold markdown (issue 12)
-    card, nn = st.columns([1, 1.5])
+    card, nn = st.columns([0.9, 1.8])
     with card:
         st.markdown("**Model card**")
         meta = {label(c): fmt(table.columns[c][i]) for c in table.columns} if i is not None else {}
@@ -210,10 +210,13 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
             pairs = []
         idx = table.index()
         if pairs:
+            # one shared organisation is written once, in the header, so the names fit
+            orgs = {m.split("/", 1)[0] for m, _ in pairs if "/" in m}
+            org = next(iter(orgs)) if len(orgs) == 1 and all("/" in m for m, _ in pairs) else ""
             st.dataframe(
                 [
                     {
-                        "id": m,
+                        "id": m.split("/", 1)[1] if org else m,
                         "distance": round(d, 4),
                         "family": table.columns["family"][idx[m]] if m in idx else "",
                         "task": table.columns["task"][idx[m]] if m in idx else "",
@@ -223,10 +226,14 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
                 ],
                 hide_index=True,
                 width="stretch",
-                column_config={
-                    "id": st.column_config.TextColumn(width="large"),
-                    "distance": st.column_config.NumberColumn(width="small", format="%.4f"),
-                    "test accuracy": st.column_config.NumberColumn(width="small", format="%.3f"),
+                column_config={  # fits a 1280-pixel-wide window without a scroll bar
+                    "id": st.column_config.TextColumn(f"{org}/…" if org else "id", width="medium"),
+                    "distance": st.column_config.NumberColumn(width="small", format="%.3f"),
+                    "family": st.column_config.TextColumn(width="small"),
+                    "task": st.column_config.TextColumn(width="small"),
+                    "test accuracy": st.column_config.NumberColumn(
+                        "test acc.", width="small", format="%.3f"
+                    ),
                 },
             )
     layers_path = root / "embeddings" / "layers.jsonl"
