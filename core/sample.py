@@ -1442,8 +1442,9 @@ def run_cli(args: argparse.Namespace) -> int:
     from core.explore import generated_card
 
     cards = [generated_card(p) for p in paths]
-    keys = ("test_accuracy", "prompts", "n", "keep", "atlas_distance", "atlas_percentile",
-            "outside_atlas", "architecture_in_atlas")  # fmt: skip
+    keys = ("test_accuracy", "at_chance", "chance_accuracy", "scored", "note", "prompts", "n",
+            "keep", "atlas_distance", "atlas_percentile", "outside_atlas",
+            "architecture_in_atlas")  # fmt: skip
     data = [{"path": str(p), **{k: c.get(k) for k in keys}} for p, c in zip(paths, cards)]
     first = cards[0] if cards else {}
     lines = [
@@ -1452,10 +1453,17 @@ def run_cli(args: argparse.Namespace) -> int:
     ]
     for p, c in zip(paths, cards):
         acc = c.get("test_accuracy")
+        chance = " (at chance)" if c.get("at_chance") is True else ""
         lines.append(
-            (f"  {p.name}: test accuracy {acc:.3f}" if isinstance(acc, float) else f"  {p.name}")
+            (
+                f"  {p.name}: test accuracy {acc:.3f}{chance}"
+                if isinstance(acc, float)
+                else f"  {p.name}: not scored"
+            )
             + _distance_text(c)
         )
+    if first.get("note"):
+        lines.append(f"note: {first['note']}")
     if paths:
         lines.append(f"written to {paths[0].parent}")
     emit(args, data, "\n".join(lines))

@@ -333,6 +333,18 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         icon=":material/check:",
     )
     cards = {p.name: generated_card(p) for p in outputs}
+    first = next(iter(cards.values()), {})
+    if first.get("note"):  # e.g. a target without a task the atlas knows: not scored
+        st.info(str(first["note"]), icon=":material/info:")
+    at_chance = [n for n, c in cards.items() if c.get("at_chance") is True]
+    if at_chance:
+        chance = first.get("chance_accuracy")
+        st.warning(
+            f"{len(at_chance)} of {len(cards)} kept model(s) score at chance level"
+            + (f" ({chance:.3f})" if isinstance(chance, int | float) else "")
+            + " on the test split.",
+            icon=":material/warning:",
+        )
     for n, c in cards.items():  # issue 16: how far each generated model is from the atlas
         if isinstance(c.get("atlas_distance"), int | float):
             st.text(
