@@ -50,8 +50,9 @@ class BackboneConfig:
     token_norm: bool = (
         True  # tokens enter standardized (+ mean, log-std); leave as pattern*scale+shift
     )
-    # a linear map from each side's input straight to its output, added to the transformer's:
-    # encode-decode starts as a linear autoencoder and the blocks learn the rest from context
+    # a linear map from each side's input straight to its output (token -> latent -> token,
+    # through the bottleneck), added to the blocks' output; training starts it as the tokens'
+    # PCA (init_skip_pca) and the blocks learn what context adds
     skip: bool = False
 
 
@@ -62,15 +63,16 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     # near-noise conv/linear tokens reconstruct to R^2 0.44 and reconstructed CNNs keep 16 %
     # accuracy; with 64, R^2 0.78 and 54-59 % (d_model 128, 2,000 steps each). d_model 256 and
     # head size 64 feed the bf16 matrix units (CPU autocast is no faster than fp32 at d 128)
-    # The blocks alone learn the pass-through slowly (median per-layer conv R^2 0.27 after 800
-    # steps, falling after); a linear skip that starts as the identity (latent = token size + 16
-    # holds the pattern and its mean and log std) leaves them the context (see Backbone.skip)
+    # latent 32 for tokens of 64: a 2x bottleneck like the papers' (001 Table 4: 230 -> 128).
+    # The blocks alone learn even the pass-through slowly here (median per-layer conv R^2 0.27
+    # after 800 steps at latent 64), so a linear skip through the bottleneck starts as the
+    # tokens' PCA (Backbone.init_skip_pca, from training tokens) and the blocks add context
     "demo": dict(
-        window=64, d_model=256, latent_dim=80, n_layers=3, n_heads=4, proj_dim=64, skip=True
+        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
     ),
     # the same backbone, trained longer (TRAIN_PRESETS["demo-long"]); the embedded demo atlas
     "demo-long": dict(
-        window=64, d_model=256, latent_dim=80, n_layers=3, n_heads=4, proj_dim=64, skip=True
+        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
     ),
     # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters
     "paper-small": dict(
@@ -223,30 +225,40 @@ class Backbone(nn.Module):
         self.apply(self._init)
         for side in (self.encoder, self.decoder):  # content as strong as the position code
             nn.init.normal_(side.inp.weight, std=side.inp.in_features**-0.5)
-        if cfg.skip:
-            self._identity_skip()
+        if cfg.skip:  # the blocks' share starts at zero: the model starts as the linear path
+            for side in (self.encoder, self.decoder):
+                nn.init.zeros_(side.outp.weight)
+                nn.init.normal_(side.skip.weight, std=side.skip.in_features**-0.5)
 
-    def _identity_skip(self) -> None:
-        """Skip maps that make encode-decode the identity at init (the blocks' output maps start
-        at zero and learn what the context adds).
+    @torch.no_grad()
+    def init_skip_pca(self, tokens: torch.Tensor) -> float:
+        """Set the skip maps to the best rank-``latent_dim`` linear autoencoder of ``tokens``.
 
-        The token (its standardized pattern) goes to the first latent channels and back; with
-        ``token_norm`` and room in the latent (``latent_dim >= token_size + 2``) its mean and
-        log10 std go to the next two channels and come back as shift and natural log scale.
+        The encoder skip projects the encoder's input features (``standardize_tokens``) onto
+        their top ``latent_dim`` principal directions (uncentred SVD); the decoder skip maps
+        back (the log10 std feature returns as the natural log scale). Everything passes
+        through the bottleneck: with latent_dim < token_size this is a compression, not a copy.
+
+        Args:
+            tokens: (N, D) sample of real training tokens (padding zero).
+
+        Returns:
+            The fraction of the features' energy the principal directions keep.
         """
-        D, L = self.cfg.token_size, self.cfg.latent_dim
-        k = min(D, L)
-        enc, dec = self.encoder.skip.weight, self.decoder.skip.weight  # (L, D[+2]), (D[+2], L)
-        with torch.no_grad():
-            for side in (self.encoder, self.decoder):  # the blocks' share starts at zero
-                side.outp.weight.zero_()
-            enc.zero_()[:k, :k] = torch.eye(k)
-            dec.zero_()[:k, :k] = torch.eye(k)
-            if self.cfg.token_norm and L >= D + 2:
-                enc[D, D] = 1.0  # mean -> latent D -> shift
-                dec[D, D] = 1.0
-                enc[D + 1, D + 1] = 1.0  # log10 std -> latent D + 1 -> ln scale
-                dec[D + 1, D + 1] = math.log(10.0)
+        if self.encoder.skip is None:
+            raise WeightAtlasError("init_skip_pca needs a backbone with skip=True")
+        x = tokens.float().reshape(-1, 1, tokens.shape[-1])
+        feats = (standardize_tokens(x) if self.cfg.token_norm else x).reshape(x.shape[0], -1)
+        _, s, vh = torch.linalg.svd(feats.double(), full_matrices=False)
+        k = min(self.cfg.latent_dim, vh.shape[0])
+        enc = torch.zeros_like(self.encoder.skip.weight, dtype=torch.float64)  # (L, F)
+        enc[:k] = vh[:k]
+        dec = enc.T.clone()  # (F, L)
+        if self.cfg.token_norm:  # input log10 std -> output natural log scale
+            dec[-1] *= math.log(10.0)
+        self.encoder.skip.weight.copy_(enc)
+        self.decoder.skip.weight.copy_(dec)
+        return float((s[:k] ** 2).sum() / (s**2).sum())
 
     @staticmethod
     def _init(m: nn.Module) -> None:

@@ -103,14 +103,16 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "ci": dict(steps=300, batch_size=8, lr=3e-3, pct_start=0.1, eval_every=100, ckpt_every=100),
     # 4,096 tokens per step (2 views x 32 windows x 64 tokens): enough rows for the matrix units
     "demo": dict(
-        steps=600, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=200, ckpt_every=100,
+        steps=300, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=100, ckpt_every=100,
         log_every=20,
     ),
-    # the demo backbone trained until the median per-layer val R^2 stops improving (~1 h on 2
-    # busy CPU cores); the pipeline's `demo-long` preset and the embedded demo atlas use it
+    # the demo backbone over a whole annealed schedule (~15-20 min on 2 busy CPU cores), the
+    # best median per-layer val R^2 kept; the pipeline's `demo-long` preset and assets/demo use
+    # it. A first run (1,600 steps, patience 3, eval every 100) peaked at step 300 (conv+linear
+    # 0.996) and was stopped at step 600 with the one-cycle lr still near its peak.
     "demo-long": dict(
-        steps=1600, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=100, ckpt_every=50,
-        log_every=20, patience=3,
+        steps=600, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=50, ckpt_every=50,
+        log_every=20,
     ),
     # paper 001 Table 4: AdamW, lr 2e-5, wd 3e-9, OneCycleLR, batch 64 (x2 accumulation for large)
     "paper-small": dict(
@@ -802,6 +804,8 @@ def fit(
         opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
     )
     metrics_path = out / "metrics.jsonl"
+    if bcfg.skip:  # the linear path starts as the training tokens' PCA (resume overwrites it)
+        model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
     step, best = _restore(out, config, resume, model, opt, sched, d)
     cdtype = compute_dtype(tcfg.dtype, d.device)
     stopped_early = False
@@ -928,6 +932,22 @@ def fit(
         rows = [r for r in read_jsonl(metrics_path) if "val_r2" in r or "train_r2" in r]
         summary.update({k: v for k, v in (rows[-1] if rows else {}).items() if k != "step"})
     return summary
+
+
+def _sample_tokens(dataset: Any, seed: int, limit: int = 200_000) -> torch.Tensor:
+    """Real (non-padding) tokens of the training models, at most ``limit``, seeded subsample."""
+    store = dataset.store
+    parts = []
+    for m in dataset.ids:
+        tok = store.get(m)
+        t = torch.as_tensor(tok.tokens, dtype=torch.float32)
+        mask = torch.as_tensor(tok.mask, dtype=torch.bool)
+        parts.append(t.masked_fill(~mask, 0.0)[mask.any(-1)])
+    x = torch.cat(parts)
+    if len(x) > limit:
+        g = torch.Generator().manual_seed(seed)
+        x = x[torch.randperm(len(x), generator=g)[:limit]]
+    return x
 
 
 def _save_best(
@@ -1154,10 +1174,13 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- bench
 
 
-def _matmul_flops(device: torch.device, dtype: torch.dtype, n: int, repeat: int) -> float:
-    """Best FLOP/s of an n x n matmul on ``device`` in ``dtype`` (a peak for MFU)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def _matmul_flops(
+    device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int], repeat: int
+) -> float:
+    """Best FLOP/s of an (m, k) @ (k, n) matmul on ``device`` in ``dtype``."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeat):
@@ -1167,7 +1190,7 @@ def _matmul_flops(device: torch.device, dtype: torch.dtype, n: int, repeat: int)
             a @ b
         _sync(device)
         best = min(best, (time.perf_counter() - t) / 4)
-    return 2 * n**3 / best
+    return 2 * m * k * n / best
 
 
 def _sync(device: torch.device) -> None:
@@ -1212,11 +1235,11 @@ def train_step_fn(
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Training throughput of a preset, fp32 path vs the default (``dtype=auto``) path.
 
-    In one run on one device: the fp32 and bf16 matmul peaks (best of an n x n matmul), then
-    tokens/s of a full training step (two views, forward + backward + AdamW) in fp32 and in the
-    default dtype, their repetitions interleaved so that a busy machine slows both alike. Model
-    FLOPs are counted analytically (``core.backbone.flops_per_token``); MFU is against the
-    larger of the two peaks. ``--n`` sets the windows per step (default: the preset's batch);
+    In one run on one device: the fp32 and bf16 matmul peaks (best of an n x n matmul; also
+    the model's own MLP matmul shape), and tokens/s of a full training step (two views, forward
+    + backward + AdamW) in fp32 and in the default dtype, all interleaved per repetition so
+    that a busy machine slows each alike, best of ``--repeat``. Model FLOPs are counted
+    analytically (``core.backbone.flops_per_token``); MFU is against the larger of the peaks. ``--n`` sets the windows per step (default: the preset's batch);
     ``--threads`` pins the intra-op threads (default: all cores). On CUDA, peak memory too.
     """
     preset = args.preset or "ci"
@@ -1232,10 +1255,11 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     repeat = max(1, args.repeat)
     iters = 8 if device.type == "cuda" else 3
     n_mm = 8192 if device.type == "cuda" else 2048
-    peaks = {
-        name: _matmul_flops(device, dt, n_mm, repeat)
-        for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-    }
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    # the MLP's first matmul as the model runs it: (tokens, C) @ (C, hidden)
+    model_shape = (tokens, bcfg.d_model, int(bcfg.mlp_ratio * bcfg.d_model))
+    peaks = dict.fromkeys(dtypes, 0.0)
+    at_shape = dict.fromkeys(dtypes, 0.0)
     paths = {"fp32": torch.float32}
     if default != torch.float32:
         paths["default"] = default
@@ -1243,7 +1267,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
     best = dict.fromkeys(paths, float("inf"))
     peak_mem = {}
-    for _ in range(repeat):
+    for _ in range(repeat):  # peaks and steps interleaved: a busy machine slows all alike
+        for name, dt in dtypes.items():
+            peaks[name] = max(peaks[name], _matmul_flops(device, dt, (n_mm,) * 3, 1))
+            at_shape[name] = max(at_shape[name], _matmul_flops(device, dt, model_shape, 1))
         for name, fn in steps.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -1280,6 +1307,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "fp32_matmul_tflops_per_s": peaks["fp32"] / 1e12,
         "bf16_matmul_tflops_per_s": peaks["bf16"] / 1e12,
         "best_dtype": best_dtype,
+        "model_matmul_shape": list(model_shape),
+        "fp32_model_shape_matmul_tflops_per_s": at_shape["fp32"] / 1e12,
+        "bf16_model_shape_matmul_tflops_per_s": at_shape["bf16"] / 1e12,
         "repeat": repeat,
         "iters_per_repeat": iters,
     }

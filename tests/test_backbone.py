@@ -131,28 +131,49 @@ def test_load_backbone_from_dir_and_atlas(tmp_path):
         load_backbone(tmp_path / "nothing")
 
 
-def test_identity_skip_makes_encode_decode_exact_at_init_and_still_learns(tmp_path):
-    """With ``skip`` (and room for the token's mean and log std in the latent) decode(encode(x))
-    is x at init, for tokens of any scale and offset; the output maps and skips get gradients
-    at once; a saved config without the key loads as skip=False."""
-    cfg = _cfg(token_size=16, latent_dim=32, skip=True)
+def test_skip_goes_through_the_bottleneck_as_the_tokens_pca(tmp_path):
+    """``skip`` maps the features to ``latent_dim`` < token size and back, initialised as the
+    tokens' PCA: tokens inside a rank-``latent_dim`` feature space come back exactly (the
+    blocks' output maps start at zero), full-rank tokens only as far as the PCA keeps them;
+    a saved config without the key loads as skip=False."""
+    cfg = _cfg(token_size=16, latent_dim=8, skip=True)
     torch.manual_seed(0)
-    model = Backbone(cfg)
-    x = torch.randn(3, 10, 16) * torch.logspace(-4, 1, 3).view(3, 1, 1) + torch.tensor(
-        [0.0, 1.0, -0.3]
-    ).view(3, 1, 1)
+    model = Backbone(cfg).eval()
+    assert tuple(model.encoder.skip.weight.shape) == (8, 18)  # 16 values + mean + log10 std
     pos = _positions(3, 10)
-    out = model.decode(model.encode(x, pos), pos)
-    assert torch.allclose(out, x, rtol=1e-4, atol=1e-6 * x.abs().max())
-    (out - 1.1 * x).square().sum().backward()
+    # tokens whose standardized features span 8 dimensions: 6 patterns, any scale and offset
+    basis = torch.randn(6, 16)
+    pattern = torch.randn(3, 10, 6) @ basis
+    x = pattern * torch.logspace(-3, 0, 3).view(3, 1, 1) + torch.tensor([0.0, 1.0, -0.2]).view(
+        3, 1, 1
+    )
+    kept = model.init_skip_pca(x.reshape(-1, 16))
+    assert kept == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        out = model.decode(model.encode(x, pos), pos)
+    assert torch.allclose(out, x, rtol=1e-3, atol=1e-5)
+    noise = torch.randn(3, 10, 16)
+    assert model.init_skip_pca(noise.reshape(-1, 16)) < 0.8  # 8 of 16 noise dims: a real squeeze
+    with torch.no_grad():
+        r = model.decode(model.encode(noise, pos), pos)
+    assert float(((r - noise) ** 2).sum() / ((noise - noise.mean()) ** 2).sum()) > 0.2
+    model.train()
+    model.decode(model.encode(x, pos), pos).square().sum().backward()
     for p in (model.decoder.skip.weight, model.decoder.outp.weight, model.encoder.outp.weight):
         assert p.grad.abs().sum() > 0
-    plain = Backbone(_cfg(token_size=16, latent_dim=32))
-    assert plain.encoder.skip is None
+    plain = Backbone(_cfg(token_size=16, latent_dim=8))
     extra = describe(cfg)["matmul_params"] - describe(plain.cfg)["matmul_params"]
-    assert extra == describe(cfg)["params"] - describe(plain.cfg)["params"] == 2 * 18 * 32
-    save_backbone(plain, tmp_path / "old", {"backbone": {"token_size": 16, "latent_dim": 32}})
+    assert extra == describe(cfg)["params"] - describe(plain.cfg)["params"] == 2 * 18 * 8
+    save_backbone(plain, tmp_path / "old", {"backbone": {"token_size": 16, "latent_dim": 8}})
     assert load_backbone(tmp_path / "old").cfg.skip is False
+
+
+@pytest.mark.parametrize("preset", sorted(BACKBONE_PRESETS))
+def test_every_preset_squeezes_tokens_through_a_bottleneck(preset):
+    """latent_dim < token_size (the papers: about 2x, 230 -> 128), token size as the preset
+    fixes it or the default 64 that tokenize writes."""
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
+    assert cfg.latent_dim < cfg.token_size, cfg
 
 
 def test_bf16_shipped_weights_load_into_fp32_and_decode_alike(tmp_path):

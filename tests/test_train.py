@@ -280,7 +280,7 @@ def test_preset_shapes_feed_the_matrix_units(preset):
 def test_demo_long_is_the_demo_backbone_trained_longer():
     b, t = build_configs("demo")
     bl, tl = build_configs("demo-long")
-    assert b == bl and tl.steps > t.steps and tl.patience > 0
+    assert b == bl and tl.steps > t.steps and tl.eval_every <= 100
 
 
 # ------------------------------------------------------------------ per-layer validation
