@@ -253,7 +253,9 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
     b = cfg.get("backbone", {}) if isinstance(cfg, dict) else {}
     note = (
         f"Backbone `{bdir.name}/` (preset `{cfg.get('preset', '?')}`, d_model {b.get('d_model')}, "
-        f"window {b.get('window')}, loss norm `{cfg.get('train', {}).get('loss_norm')}`, "
+        f"window {b.get('window')}, latent {b.get('latent_dim')} per token of "
+        f"{b.get('token_size')} values ({_ratio(b)} bottleneck), "
+        f"loss norm `{cfg.get('train', {}).get('loss_norm')}`, "
         f"dtype `{cfg.get('train', {}).get('dtype', 'fp32')}`), "
         f"{cfg.get('n_train_models')} train / {cfg.get('n_val_models')} val models. R² of "
         "reconstructed weights over real (unpadded) values; per kind at the selected step, both "
@@ -273,6 +275,12 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
         note += "\n\nValidation curve, median per-layer R² per kind:\n\n" + curve
         note += "\n\nAt the selected step:"
     return write_table(a, "training", ["metric", "value"], rows, note)
+
+
+def _ratio(b: dict[str, Any]) -> str:
+    """Token size over latent size, e.g. ``2.0x`` (``?`` when unknown)."""
+    t, z = b.get("token_size"), b.get("latent_dim")
+    return f"{t / z:.1f}x" if isinstance(t, int) and isinstance(z, int) and z > 0 else "?"
 
 
 def save_figure(fig: Any, figures_dir: str | Path, name: str, dpi: int = 110) -> Path:
