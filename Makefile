@@ -40,7 +40,7 @@ ci:
 	bash .ci/run
 
 screenshots:
-	$(PY) -m core.appbench screenshots
+	$(PY) -m explorer.bench screenshots
 
 bench-app:
 	$(PY) -m core.cli bench app --n 20000

@@ -1,10 +1,15 @@
 """Weight Atlas: weight-space learning on heterogeneous models.
 
-The pipeline, one module per stage, each with a function of the same name:
+The pipeline, one subpackage per concept (``docs/architecture.md`` has the map):
 
-    zoo -> collect -> tokenize -> train -> embed / evaluate / sample
+    zoos -> collection -> tokens -> backbone -> embeddings -> generation ; experiments
 
-Public stage functions are imported lazily so that ``import core`` stays cheap.
+The stage functions are re-exported here under their stage names, and no module of ``core`` has
+one of these names, so ``core.tokens`` is the function whatever was imported before:
+
+    zoo, collect, tokenize, train, embed, evaluate, sample, pipeline, demo
+
+They are imported on first use so that ``import core`` stays cheap.
 """
 
 from __future__ import annotations
@@ -14,22 +19,23 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_STAGES = {
-    "zoo": "core.zoo",
-    "collect": "core.hub",
-    "tokenize": "core.tokenize",
-    "train": "core.train",
-    "embed": "core.embed",
-    "evaluate": "core.evaluate",
-    "sample": "core.sample",
-    "pipeline": "core.pipeline",
-    "demo": "core.demo",
+# stage name -> the module that defines it
+STAGES: dict[str, str] = {
+    "zoo": "core.zoos.zoo",
+    "collect": "core.collection.collect",
+    "tokenize": "core.tokens.tokenize",
+    "train": "core.backbone.train",
+    "embed": "core.embeddings.embed",
+    "evaluate": "core.embeddings.probes",
+    "sample": "core.generation.sample",
+    "pipeline": "core.experiments.pipeline",
+    "demo": "core.experiments.demo",
 }
 
-__all__ = list(_STAGES)
+__all__ = list(STAGES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _STAGES:
-        return getattr(importlib.import_module(_STAGES[name]), name)
+    if name in STAGES:
+        return getattr(importlib.import_module(STAGES[name]), name)
     raise AttributeError(f"module 'core' has no attribute {name!r}")

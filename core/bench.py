@@ -6,47 +6,593 @@
     weightatlas bench sample
     weightatlas bench app
 
-Each benchmark lives next to the code it measures as ``bench_<name>(args) -> dict``; this file
-only maps names to them.
+Every benchmark is here, one section each, as ``bench_<name>(args) -> dict``; ``BENCHES`` at the
+end maps names to them (``weightatlas bench NAME`` in ``core.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from core.atlas import dumps
+import numpy as np
+import torch
 
-BENCHES: dict[str, str] = {
-    "tokenize": "core.tokenize:bench_tokenize",
-    "collect": "core.hub:bench_collect",
-    "train": "core.train:bench_train",
-    "sample": "core.sample:bench_sample",
-    "app": "core.appbench:bench_app",
-}
+from core.atlas import (
+    Atlas,
+    append_jsonl,
+    atomic_path,
+    write_json,
+)
+from core.backbone.config import TrainConfig, build_configs
+from core.backbone.device import _autocast, compute_dtype, cpu_bf16_flags
+from core.backbone.losses import nt_xent, reconstruction_terms
+from core.backbone.model import (
+    BACKBONE_PRESETS,
+    Backbone,
+    BackboneConfig,
+    backbone_dir,
+    flops_per_token,
+    load_config,
+    save_backbone,
+)
+from core.collection.checks import inspect_model_dir
+from core.collection.config import CollectConfig
+from core.collection.facts import ModelFacts
+from core.collection.sources import _cache_repos
+from core.config import build_config
+from core.errors import RejectedModel
+from core.generation.evaluation import _read_card_block
+from core.generation.prompts import resolve_target
+from core.generation.sample import sample
+from core.tokens.plan import detokenize, tokenize_state_dict
+from core.tokens.schemes import DEFAULT_TOKEN_SIZE, SCHEMES, Tokenized, trainable_of
+from core.tokens.shards import _SHARD_DTYPES, shard_layout
+from core.tokens.store import TokenStore, WindowDataset
+
+# ------------------------------------------------------------ collect
 
 
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
-    p.add_argument("--preset", default=None, help="preset for benchmarks that take one")
-    p.add_argument("--n", type=int, default=None, help="problem size for benchmarks that take one")
-    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (best is reported)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--device", default="cpu", help="torch device for benchmarks that use one")
-    p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: all cores)"
+def scan_cache(root: str | Path, cfg: CollectConfig | None = None) -> list[dict[str, Any]]:
+    """Header-only scan of an HF cache: per repo, card + config + safetensors headers, no tensor data.
+
+    Returns:
+        ``{"id", "status", "reason", "params", "n_tensors"}`` per repo.
+    """
+    cfg = cfg or CollectConfig()
+    out = []
+    for model_id, rev, snap in _cache_repos(Path(root)):
+        facts = ModelFacts(model_id, rev, "hf-cache")
+        try:
+            inspect_model_dir(snap, cfg, facts)
+            out.append(
+                {
+                    "id": model_id,
+                    "status": "ok",
+                    "reason": None,
+                    "params": facts.params,
+                    "n_tensors": len(facts.tensors),
+                }
+            )
+        except RejectedModel as e:
+            out.append(
+                {
+                    "id": model_id,
+                    "status": "rejected",
+                    "reason": e.reason,
+                    "params": facts.params,
+                    "n_tensors": 0,
+                }
+            )
+    return out
+
+
+def _walk_read(root: Path) -> int:
+    """Baseline: os.walk + read the same bytes as the scan (config, card, 8 + n header bytes)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if name.endswith(".safetensors"):
+                with open(p, "rb") as f:
+                    n = int.from_bytes(f.read(8), "little")
+                    total += 8 + len(f.read(n))
+            elif name in ("config.json", "README.md"):
+                with open(p, "rb") as f:
+                    total += len(f.read())
+    return total
+
+
+def _bench_seed_repos(tmp: Path) -> list[Path]:
+    """Snapshot folders to replicate: the ci zoo's, else two tiny transformers models made here."""
+    zoo = Path(os.environ.get("WEIGHTATLAS_ZOO", "/work/zoo-ci"))
+    if zoo.is_dir():
+        snaps = [snap for _id, _rev, snap in _cache_repos(zoo)]
+        if snaps:
+            return snaps
+    import transformers
+
+    seeds = []
+    for i, cfg in enumerate(
+        (
+            transformers.BertConfig(
+                vocab_size=64,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+            ),
+            transformers.ViTConfig(
+                image_size=8,
+                patch_size=4,
+                num_channels=1,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=32,
+                num_labels=10,
+            ),
+        )
+    ):
+        model = (transformers.BertModel if i == 0 else transformers.ViTForImageClassification)(cfg)
+        d = tmp / "seed" / str(i)
+        model.save_pretrained(d)
+        (d / "README.md").write_text("---\nlicense: mit\ntags: [bench]\n---\n")
+        seeds.append(d)
+    return seeds
+
+
+def make_bench_cache(root: Path, n: int, seeds: list[Path]) -> None:
+    """``n`` HF-cache repos ``models--bench--mI`` hardlinking the seed snapshots' files."""
+    for i in range(n):
+        seed = seeds[i % len(seeds)]
+        rev = hashlib.sha1(f"bench-{i}".encode()).hexdigest()
+        repo = root / f"models--bench--m{i:05d}"
+        snap = repo / "snapshots" / rev
+        snap.mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(rev)
+        for f in seed.iterdir():
+            if f.is_file():
+                os.link(f.resolve(), snap / f.name)
+
+
+def bench_collect(args: argparse.Namespace) -> dict[str, Any]:
+    """Header-only scan of N cached repos vs. os.walk + reading the same bytes (models/s)."""
+    n = args.n or 1000
+    repeat = max(1, args.repeat or 3)
+    tmp = Path(tempfile.mkdtemp(prefix="wa-bench-collect-"))
+    try:
+        seeds = _bench_seed_repos(tmp)
+        cache = tmp / "cache"
+        cache.mkdir()
+        make_bench_cache(cache, n, seeds)
+
+        def best(fn: Callable[[], Any]) -> tuple[float, Any]:
+            times, out = [], None
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                out = fn()
+                times.append(time.perf_counter() - t0)
+            return min(times), out
+
+        t_base, nbytes = best(lambda: _walk_read(cache))
+        t_scan, rows = best(lambda: scan_cache(cache))
+        ok = sum(r["status"] == "ok" for r in rows)
+        return {
+            "n_repos": n,
+            "seed_repos": len(seeds),
+            "repeat": repeat,
+            "scan_seconds": t_scan,
+            "scan_models_per_s": n / t_scan,
+            "baseline_seconds": t_base,
+            "baseline_models_per_s": n / t_base,
+            "scan_over_baseline_time": t_scan / t_base,
+            "bytes_read_per_repo": nbytes / n,
+            "scan_ok": ok,
+            "scan_rejected": dict(Counter(r["reason"] for r in rows if r["status"] != "ok")),
+            "target_seconds_for_1000": 10.0,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------ tokenize
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _memcpy(sd: dict[str, torch.Tensor]) -> None:
+    total = sum(t.numel() for t in sd.values())
+    dst = torch.empty(total, dtype=torch.float32)
+    at = 0
+    for t in sd.values():
+        dst[at : at + t.numel()].copy_(t.reshape(-1))
+        at += t.numel()
+
+
+def bench_tokenize(args: argparse.Namespace) -> dict[str, Any]:
+    """GB/s of dense/sparse tokenization and detokenization vs a memcpy of the same bytes.
+
+    Also: windows/s read from a token store (``--n`` windows of 256 tokens, default 20000).
+    """
+
+    import timm
+
+    repeat = max(1, args.repeat)
+    d = DEFAULT_TOKEN_SIZE
+    out: dict[str, Any] = {"token_size": d, "threads": torch.get_num_threads(), "models": {}}
+    for arch in ("resnet18", "vit_small_patch16_224"):
+        torch.manual_seed(0)
+        model = timm.create_model(arch, pretrained=False)
+        trainable = trainable_of(model)
+        sd = {k: v.detach() for k, v in model.state_dict().items() if k in trainable}
+        nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+        r: dict[str, Any] = {"weights": sum(t.numel() for t in sd.values()), "bytes": nbytes}
+        t_copy = _best(lambda sd=sd: _memcpy(sd), repeat)
+        r["memcpy_gb_per_s"] = nbytes / t_copy / 1e9
+        for scheme in SCHEMES:
+            tk = tokenize_state_dict(sd, scheme, d, trainable=trainable, model=model)
+            t_tok = _best(
+                lambda sd=sd, s=scheme, tr=trainable, m=model: tokenize_state_dict(
+                    sd, s, d, trainable=tr, model=m
+                ),
+                repeat,
+            )
+            t_det = _best(lambda tk=tk: detokenize(tk.tokens, tk.layers), repeat)
+            r[f"{scheme}_tokenize_gb_per_s"] = nbytes / t_tok / 1e9
+            r[f"{scheme}_tokenize_vs_memcpy"] = t_copy / t_tok
+            r[f"{scheme}_detokenize_gb_per_s"] = nbytes / t_det / 1e9
+            r[f"{scheme}_detokenize_vs_memcpy"] = t_copy / t_det
+            r[f"{scheme}_tokens"] = tk.n_tokens
+            r[f"{scheme}_padding_fraction"] = 1 - tk.valid.sum().item() / max(1, tk.tokens.numel())
+        out["models"][arch] = r
+        if arch == "resnet18":
+            store_sd, store_model, store_trainable = sd, model, trainable
+
+    n = args.n or 20000
+    ws = 256
+    with tempfile.TemporaryDirectory() as tmp:
+        atlas = Atlas.create(tmp)
+        tk = tokenize_state_dict(store_sd, "dense", d, trainable=store_trainable, model=store_model)
+        write_store(atlas.tokens_dir, {f"m{i}": tk for i in range(4)}, "dense", d)
+        store = TokenStore(atlas.tokens_dir)
+        ds = WindowDataset(store, store.ids, ws, seed=0)
+        m = len(ds)
+
+        def read_windows() -> None:
+            for i in range(n):
+                ds[i % m]
+
+        t_win = _best(read_windows, repeat)
+        src = tk.tokens.numpy()
+        rng = np.random.default_rng(0)
+        starts = rng.integers(0, src.shape[0] - ws, size=n)
+
+        def copy_windows() -> None:
+            for s in starts:
+                torch.from_numpy(src[s : s + ws].copy())
+
+        t_base = _best(copy_windows, repeat)
+        out["store"] = {
+            "window_tokens": ws,
+            "windows": n,
+            "windows_per_s": n / t_win,
+            "baseline_in_memory_slice_windows_per_s": n / t_base,
+            "seconds": t_win,
+        }
+    return out
+
+
+def write_store(
+    tokens_dir: Path, models: dict[str, Tokenized], scheme: str, token_size: int
+) -> None:
+    """Write in-memory tokenized models as one shard plus an index part (bench, tests, generated sets)."""
+    rows = []
+    at = 0
+    shard = "shard-" + hashlib.sha1("\n".join(models).encode()).hexdigest()[:16] + ".safetensors"
+    head, table = shard_layout(
+        sum(t.n_tokens for t in models.values()), token_size, {"format": "pt"}
+    )
+    tokens_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(tokens_dir / shard) as tmp, open(tmp, "wb") as f:
+        f.write(head)
+        for name in _SHARD_DTYPES:
+            for tk in models.values():
+                t = {"positions": tk.positions, "tokens": tk.tokens, "valid": tk.valid}[name]
+                f.write(t.contiguous().numpy().tobytes())
+    for mid, tk in models.items():
+        rows.append(
+            {
+                "id": mid,
+                "status": "ok",
+                "scheme": scheme,
+                "token_size": token_size,
+                "shard": shard,
+                "offset": at,
+                "n_tokens": tk.n_tokens,
+                "n_values": int(tk.valid.sum()),
+                "family": None,
+                "split": None,
+                "layers": [e.to_dict() for e in tk.layers],
+                "excluded": tk.excluded,
+            }
+        )
+        at += tk.n_tokens
+    append_jsonl(tokens_dir / "parts" / "rank-00000.jsonl", rows)
+
+
+# ------------------------------------------------------------ train
+
+
+def _matmul_flops(
+    device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int], repeat: int
+) -> float:
+    """Best FLOP/s of an (m, k) @ (k, n) matmul on ``device`` in ``dtype``."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / 4)
+    return 2 * m * k * n / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step_fn(
+    bcfg: BackboneConfig, tcfg: TrainConfig, device: torch.device, dtype: torch.dtype, B: int
+) -> Any:
+    """One training step (two views, MLN + NT-Xent, backward, AdamW) on fixed random windows,
+    as a closure for timing; the model is seeded, so every dtype starts from the same weights."""
+    T, D = bcfg.window, bcfg.token_size
+    torch.manual_seed(0)
+    model = Backbone(bcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    x = torch.randn(B, T, D, device=device) * 0.1
+    mask = torch.ones(B, T, D, dtype=torch.bool, device=device)
+    pos = (
+        torch.stack([torch.arange(T), torch.zeros(T, dtype=torch.long), torch.arange(T)], -1)
+        .expand(B, T, 3)
+        .to(device)
+    )
+    noise = 0.01 * torch.randn(B, T, D, device=device)
+
+    def step() -> float:
+        views = torch.cat([x, x + noise])
+        with _autocast(device, dtype):
+            _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
+        s, n = reconstruction_terms(recon, torch.cat([x, x]), torch.cat([mask, mask]))
+        p1, p2 = proj.float().chunk(2)
+        loss = (1 - tcfg.gamma) * s / n + tcfg.gamma * nt_xent(p1, p2, tcfg.temperature)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Training throughput of a preset, fp32 path vs the default (``dtype=auto``) path.
+
+    In one run on one device: the fp32 and bf16 matmul peaks (best of an n x n matmul; also
+    the model's own MLP matmul shape), and tokens/s of a full training step (two views, forward
+    + backward + AdamW) in fp32 and in the default dtype, all interleaved per repetition so
+    that a busy machine slows each alike, best of ``--repeat``. Model FLOPs are counted
+    analytically (``core.backbone.model.flops_per_token``); MFU is against the larger of the peaks. ``--n`` sets the windows per step (default: the preset's batch);
+    ``--threads`` pins the intra-op threads (default: all cores). On CUDA, peak memory too.
+    """
+    preset = args.preset or "ci"
+    bcfg, tcfg = build_configs(preset)
+    device = torch.device(args.device)
+    threads = getattr(args, "threads", None) or os.cpu_count() or 1
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    default = compute_dtype(tcfg.dtype, device)
+    B = args.n or tcfg.batch_size
+    T = bcfg.window
+    tokens = 2 * B * T  # two views per window
+    repeat = max(1, args.repeat)
+    iters = 8 if device.type == "cuda" else 3
+    n_mm = 8192 if device.type == "cuda" else 2048
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    # the MLP's first matmul as the model runs it: (tokens, C) @ (C, hidden)
+    model_shape = (tokens, bcfg.d_model, int(bcfg.mlp_ratio * bcfg.d_model))
+    peaks = dict.fromkeys(dtypes, 0.0)
+    at_shape = dict.fromkeys(dtypes, 0.0)
+    paths = {"fp32": torch.float32}
+    if default != torch.float32:
+        paths["default"] = default
+    steps = {name: train_step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
+    losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
+    best = dict.fromkeys(paths, float("inf"))
+    peak_mem = {}
+    for _ in range(repeat):  # peaks and steps interleaved: a busy machine slows all alike
+        for name, dt in dtypes.items():
+            peaks[name] = max(peaks[name], _matmul_flops(device, dt, (n_mm,) * 3, 1))
+            at_shape[name] = max(at_shape[name], _matmul_flops(device, dt, model_shape, 1))
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            _sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t) / iters)
+            if device.type == "cuda":
+                peak_mem[name] = torch.cuda.max_memory_allocated(device) / 1e9
+    if "default" not in paths:
+        best["default"], losses["default"] = best["fp32"], losses["fp32"]
+        peak_mem["default"] = peak_mem.get("fp32")
+    flops_tok = flops_per_token(bcfg, T)
+    peak = max(peaks.values())
+    best_dtype = max(peaks, key=peaks.get)
+    out: dict[str, Any] = {
+        "preset": preset,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_bf16_flags": sorted(cpu_bf16_flags()) if device.type == "cpu" else None,
+        "threads": torch.get_num_threads(),
+        "default_dtype": "bf16-autocast" if default == torch.bfloat16 else "fp32",
+        "params": sum(p.numel() for p in Backbone(bcfg).parameters()),
+        "d_model": bcfg.d_model,
+        "n_layers": bcfg.n_layers,
+        "batch_windows": B,
+        "window": T,
+        "token_size": bcfg.token_size,
+        "tokens_per_step": tokens,
+        "gflops_per_token": flops_tok / 1e9,
+        "matmul_n": n_mm,
+        "fp32_matmul_tflops_per_s": peaks["fp32"] / 1e12,
+        "bf16_matmul_tflops_per_s": peaks["bf16"] / 1e12,
+        "best_dtype": best_dtype,
+        "model_matmul_shape": list(model_shape),
+        "fp32_model_shape_matmul_tflops_per_s": at_shape["fp32"] / 1e12,
+        "bf16_model_shape_matmul_tflops_per_s": at_shape["bf16"] / 1e12,
+        "repeat": repeat,
+        "iters_per_repeat": iters,
+    }
+    for name in ("fp32", "default"):
+        tps = tokens / best[name]
+        out[name] = {
+            "seconds_per_step": best[name],
+            "tokens_per_s": tps,
+            "model_tflops_per_s": flops_tok * tps / 1e12,
+            "mfu": flops_tok * tps / peak,
+            "mfu_vs_own_dtype_peak": flops_tok
+            * tps
+            / (peaks["fp32"] if name == "fp32" or default == torch.float32 else peaks["bf16"]),
+            "first_loss": losses[name],
+        }
+        if device.type == "cuda":
+            out[name]["peak_memory_gb"] = peak_mem.get(name)
+    out["speedup_default_vs_fp32"] = out["default"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+    # flat keys of the default path (what earlier versions of this bench reported)
+    out["tokens_per_s"] = out["default"]["tokens_per_s"]
+    out["mfu"] = out["default"]["mfu"]
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+
+    return platform.processor() or "cpu"
+
+
+# ------------------------------------------------------------ sample
+def _random_backbone_atlas(root: Path, preset: str, scheme: str = "dense") -> None:
+    """A throwaway atlas holding only an untrained backbone and a token-store index (bench)."""
+
+    a = Atlas.create(root)
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
+    torch.manual_seed(0)
+    save_backbone(Backbone(cfg), a.backbone_dir)
+    write_json(
+        a.tokens_dir / "index.json", {"scheme": scheme, "token_size": cfg.token_size, "models": {}}
     )
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    module, func = BENCHES[args.name].split(":")
-    result = getattr(importlib.import_module(module), func)(args)
-    text = dumps(result, indent=2)
-    print(text)
-    if args.out:
-        from core.atlas import atomic_write_bytes
+def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
+    """Generated models per second for a zoo family, and seconds for a 5-draw timm:resnet18.
 
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    sys.stdout.flush()
-    return 0
+    Uses an untrained backbone of ``--preset`` (timing does not depend on its weights) and one
+    untrained fresh prompt; baseline: random init + save of the same architecture, same count.
+    """
+    preset = args.preset or "ci"
+    n = args.n or 10
+    repeat = max(1, args.repeat)
+    out: dict[str, Any] = {"backbone_preset": preset, "device": args.device}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "atlas"
+        _random_backbone_atlas(root, preset)
+        for name, arch, k in (("zoo_cnn", "zoo:cnn", n), ("timm_resnet18", "timm:resnet18", 5)):
+            overrides = {"n_prompts": 1, "prompt_epochs": 0, "device": args.device}
+            target = resolve_target(
+                arch, "dense", load_config(backbone_dir(root)).token_size
+            )  # imports, untimed
+            best, best_base = float("inf"), float("inf")
+            phases: dict[str, float] = {}
+            for r in range(repeat):
+                t0 = time.perf_counter()
+                paths = sample(
+                    root,
+                    arch,
+                    n=k,
+                    keep=k,
+                    seed=r,
+                    preset="ci",
+                    out_dir=Path(tmp) / f"gen{r}",
+                    overrides=overrides,
+                )
+                seconds = time.perf_counter() - t0
+                if seconds < best:
+                    best, phases = seconds, _read_card_block(paths[0]).get("seconds", {})
+                t0 = time.perf_counter()
+                for i in range(k):
+                    target.arch.save(target.arch.build(i), Path(tmp) / f"base{r}" / str(i))
+                best_base = min(best_base, time.perf_counter() - t0)
+            out[name] = {
+                "arch": arch,
+                "n_models": k,
+                "n_tokens": int(len(target.positions)),
+                "seconds": best,
+                "phase_seconds": phases,
+                "models_per_s": k / best,
+                "baseline_random_init_save_seconds": best_base,
+                "baseline_models_per_s": k / best_base,
+            }
+    return out
+
+
+def bench_app(args: argparse.Namespace) -> dict[str, Any]:
+    """The explorer's response times in a real browser (``explorer.bench``; needs playwright).
+
+    The explorer is imported here, not at the top: ``core`` does not depend on the app, and a
+    machine without the app's browser can still run every other benchmark.
+    """
+    from explorer.bench import bench_app as run
+
+    return run(args)
+
+
+# name -> benchmark(args) -> JSON-ready dict
+BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "tokenize": bench_tokenize,
+    "collect": bench_collect,
+    "train": bench_train,
+    "sample": bench_sample,
+    "app": bench_app,
+}

@@ -11,6 +11,7 @@ preset table. A config is built as defaults <- preset <- file (JSON/YAML) <- ove
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import types
 import typing
@@ -172,13 +173,72 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def add_overrides_arg(p: Any, what: str) -> None:
-    """``--set KEY=VALUE`` (repeatable) on an argparse parser, collected into ``overrides``."""
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"{what} key=value overrides (repeatable)",
-    )
+# --------------------------------------------------------------------------- the preset registry
+
+# component name -> the module that defines its config dataclass and registers its presets
+COMPONENTS: dict[str, str] = {
+    "zoo": "core.zoos.zoo",
+    "collect": "core.collection.config",
+    "tokenize": "core.tokens.tokenize",
+    "backbone": "core.backbone.model",
+    "train": "core.backbone.config",
+    "embed": "core.embeddings.encode",
+    "probe": "core.embeddings.probes",
+    "sample": "core.generation.config",
+    "generation": "core.generation.config",
+    "ablation": "core.experiments.ablations",
+    "pipeline": "core.experiments.pipeline",
+    "demo": "core.experiments.demo",
+}
+
+# component name -> (config dataclass, its preset table); filled by each component's module
+PRESETS: dict[str, tuple[type, Mapping[str, Mapping[str, Any]]]] = {}
+
+
+def presets_of(name: str) -> tuple[type, Mapping[str, Mapping[str, Any]]]:
+    """``(config class, preset table)`` of component ``name``, importing its module if needed."""
+    if name not in COMPONENTS:
+        raise ConfigError(f"unknown component {name!r}; components: {', '.join(COMPONENTS)}")
+    if name not in PRESETS:
+        importlib.import_module(COMPONENTS[name])  # the module registers its table on import
+    return PRESETS[name]
+
+
+def register_presets(
+    name: str, cls: type, table: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Register ``cls``'s preset table under ``name`` (``"backbone"``, ``"train"``, ...).
+
+    Returns the table, so that a module can write ``X_PRESETS = register_presets(...)``.
+    """
+    if name in PRESETS and PRESETS[name][1] is not table:
+        raise ConfigError(f"presets {name!r} are registered twice")
+    PRESETS[name] = (cls, table)
+    return table
+
+
+def check_preset(name: str, preset: str) -> None:
+    """Raise ``ConfigError`` unless ``preset`` is a preset of component ``name``."""
+    cls, table = presets_of(name)
+    if preset not in table:
+        raise ConfigError(
+            f"unknown {cls.__name__} preset {preset!r}; choose from {', '.join(table)}"
+        )
+
+
+def build(
+    name: str,
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """The config of component ``name``: defaults <- preset <- file <- overrides."""
+    cls, table = presets_of(name)
+    return build_config(cls, table, preset, file, overrides)
+
+
+def file_and_overrides(
+    file: str | Path | None, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """One mapping of a config file's keys, then the overrides on top (file <- overrides)."""
+    return {**(load_file(file) if file is not None else {}), **(overrides or {})}

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from core.atlas import Atlas, AtlasError
-from core.explore import MapTable, layer_rows_by_model, map_table
+from core.catalog import MapTable, layer_rows_by_model, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_ATLAS = ROOT / "assets" / "demo"
@@ -38,7 +38,9 @@ def warm_imports() -> threading.Thread:
     import pandas  # noqa: F401
     import PIL.Image  # noqa: F401
 
-    thread = threading.Thread(target=importlib.import_module, args=("core.embed",), daemon=True)
+    thread = threading.Thread(
+        target=importlib.import_module, args=("core.embeddings.embed",), daemon=True
+    )
     thread.start()
     return thread
 

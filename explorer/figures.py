@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from core.explore import NUMERIC, MapTable
+from core.catalog import NUMERIC, MapTable
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2 + qualitative.Dark24
 # what a column means, where a user chooses or reads it

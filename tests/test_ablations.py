@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from core import ablations as abl
-from core import report
 from core.atlas import Atlas, append_jsonl
 from core.errors import WeightAtlasError
-from core.pipeline import table_numbers
+from core.experiments.ablations import (
+    ablation_config,
+    budget_subsample,
+    by_kind,
+    composition_prompts,
+    run_ablations,
+    sibling_atlas,
+)
+from core.experiments.pipeline import table_numbers
+from core.experiments.report import collection_table, md_table, write_table
 
 
 def _row(mid: str, family: str, split: str = "train", **labels) -> dict:
@@ -34,13 +41,13 @@ def test_budget_subsample_stays_within_budget_and_spreads_over_families() -> Non
     rows = [_row(f"{f}-{i}", f) for f in ("a", "b", "c") for i in range(6)]
     n_tokens = {r["id"]: 10 for r in rows}
     n_tokens.update({f"c-{i}": 40 for i in range(6)})
-    picked = abl.budget_subsample(rows, n_tokens, budget=60, seed=0)
+    picked = budget_subsample(rows, n_tokens, budget=60, seed=0)
     assert sum(n_tokens[r["id"]] for r in picked) <= 60
     fams = [r["family"] for r in picked]
     assert set(fams) == {"a", "b", "c"}  # one c (40) fits next to one a and one b
     assert fams.count("a") == fams.count("b") == 1
-    assert abl.budget_subsample(rows, n_tokens, 60, seed=0) == picked  # deterministic
-    assert abl.budget_subsample(rows, n_tokens, 5, seed=0) == []
+    assert budget_subsample(rows, n_tokens, 60, seed=0) == picked  # deterministic
+    assert budget_subsample(rows, n_tokens, 5, seed=0) == []
 
 
 def test_by_kind_averages_defined_values_per_kind() -> None:
@@ -50,7 +57,7 @@ def test_by_kind_averages_defined_values_per_kind() -> None:
         {"kind": "norm", "w1_over_std": None},  # constant layer: no std
         {"kind": "norm", "w1_over_std": 0.5},
     ]
-    out = abl.by_kind(recs)
+    out = by_kind(recs)
     assert out == {"all": pytest.approx(1.5), "conv": 2.0, "norm": 0.5}
 
 
@@ -62,46 +69,46 @@ def test_composition_prompts_are_the_best_of_one_size() -> None:
         _row("c4", "cnn", task="wine", width=16, depth=2, val_accuracy=0.99),
         _row("m1", "mlp", task="digits10", width=16, depth=2, val_accuracy=0.95),
     ]
-    prompts, size = abl.composition_prompts(rows, "cnn", "digits10", 5)
+    prompts, size = composition_prompts(rows, "cnn", "digits10", 5)
     assert [r["id"] for r in prompts] == ["c2", "c3"] and size == (16, 2)
     with pytest.raises(WeightAtlasError, match="no vit models"):
-        abl.composition_prompts(rows, "vit", "digits10", 1)
+        composition_prompts(rows, "vit", "digits10", 1)
 
 
 def test_sibling_atlas_points_into_the_parent_and_is_reused(tmp_path: Path) -> None:
     parent = Atlas.create(tmp_path / "atlas")
     parent.update_info(token_scheme="dense", token_size=64, sources=["zoo"])
     rows = [_row("m1", "cnn"), _row("m2", "mlp", split="val")]
-    sib = abl.sibling_atlas(parent, "tok-sparse", rows)
+    sib = sibling_atlas(parent, "tok-sparse", rows)
     assert sib.root == parent.root / "ablations" / "tok-sparse"
     got = {r["id"]: r for r in sib.manifest()}
     assert Path(got["m1"]["path"]) == (parent.root / "hub" / "m1").resolve()
     assert got["m2"]["split"] == "val"
     info = sib.info()
     assert info["derived_from"] == str(parent.root.resolve()) and "token_scheme" not in info
-    assert abl.sibling_atlas(parent, "tok-sparse", rows).root == sib.root  # same ids: reused
+    assert sibling_atlas(parent, "tok-sparse", rows).root == sib.root  # same ids: reused
     (sib.tokens_dir).mkdir()
     (sib.tokens_dir / "index.json").write_text("{}")
     with pytest.raises(WeightAtlasError, match="another model selection"):
-        abl.sibling_atlas(parent, "tok-sparse", rows[:1])
+        sibling_atlas(parent, "tok-sparse", rows[:1])
 
 
 def test_ablation_config_rejects_unknown_keys_and_ablations(tmp_path: Path) -> None:
-    assert abl.ablation_config("ci", {"steps": "7"}).steps == 7
+    assert ablation_config("ci", {"steps": "7"}).steps == 7
     with pytest.raises(ValueError, match="unknown AblationConfig key"):
-        abl.ablation_config("ci", {"stepz": 7})
+        ablation_config("ci", {"stepz": 7})
     with pytest.raises(WeightAtlasError, match="unknown ablation"):
-        abl.run_ablations(tmp_path, "ci", only=("mln", "bogus"))
+        run_ablations(tmp_path, "ci", only=("mln", "bogus"))
 
 
 def test_tables_write_na_never_nan(tmp_path: Path) -> None:
     a = Atlas.create(tmp_path / "atlas")
-    path = report.write_table(a, "t", ["x", "y", "z"], [["a", float("nan"), 3], ["b", None, 1e-5]])
+    path = write_table(a, "t", ["x", "y", "z"], [["a", float("nan"), 3], ["b", None, 1e-5]])
     text = path.read_text()
     assert "nan" not in text.lower() and text.count("n/a") == 2
     assert table_numbers(text) == [3.0, 1e-5]
     with pytest.raises(ValueError, match="cells"):
-        report.md_table(["x"], [[1, 2]])
+        md_table(["x"], [[1, 2]])
 
 
 def test_collection_table_counts_families_splits_and_accuracy(tmp_path: Path) -> None:
@@ -113,7 +120,7 @@ def test_collection_table_counts_families_splits_and_accuracy(tmp_path: Path) ->
         {**_row("x", "vit"), "status": "rejected", "reason": "pickle-only: model.bin"},
     ]
     append_jsonl(a.manifest_path, rows)
-    text = report.collection_table(a).read_text()
+    text = collection_table(a).read_text()
     assert "3 of 4 candidate models accepted" in text and "pickle-only (1)" in text
     lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
     cnn = [c.strip() for c in lines["cnn"].strip("|").split("|")]

@@ -22,20 +22,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the explorer package lives beside core, outside the wheel
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core.appbench import synthetic_atlas  # noqa: E402
-from core.explore import (  # noqa: E402
-    MAX_GENERATE_PARAMS,
-    TIMM_SUGGESTED,
-    map_table,
-    next_stage,
-    timm_fit,
-    zip_dir,
-    zoo_sizes,
-)
-from core.jobs import SampleRequest, atlas_workspace, generated_dir  # noqa: E402
-from core.spectral import layer_spectra, power_law_fit  # noqa: E402
+from core.catalog import map_table, next_stage, zip_dir, zoo_sizes  # noqa: E402
+from core.embeddings.spectral import layer_spectra, power_law_fit  # noqa: E402
+from core.generation.targets import MAX_GENERATE_PARAMS, TIMM_SUGGESTED, timm_fit  # noqa: E402
+from explorer.bench import synthetic_atlas  # noqa: E402
 from explorer.common import DEFAULT_ATLAS  # noqa: E402
 from explorer.figures import map_figure, selected_ids  # noqa: E402
+from explorer.jobs import SampleRequest, atlas_workspace, generated_dir  # noqa: E402
 
 APP = str(REPO / "explorer" / "app.py")
 
@@ -217,11 +210,11 @@ def test_zip_dir_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_atlas(tmp_path_factory) -> Path:
-    from core.embed import embed
-    from core.hub import collect
-    from core.tokenize import tokenize
-    from core.train import train
-    from core.zoo import zoo as build_zoo
+    from core.backbone.train import train
+    from core.collection.collect import collect
+    from core.embeddings.embed import embed
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo as build_zoo
 
     work = tmp_path_factory.mktemp("real")
     zoo = build_zoo(
@@ -287,7 +280,7 @@ def test_real_atlas_layers_and_generation_end_to_end(real_atlas, monkeypatch, tm
 
 @pytest.mark.slow
 def test_generation_job_can_be_cancelled(real_atlas, monkeypatch, tmp_path):
-    from core.jobs import start_sample
+    from explorer.jobs import start_sample
 
     monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
     job = start_sample(real_atlas, SampleRequest("zoo:mlp", n=50, keep=1, task="wine"))
@@ -324,7 +317,7 @@ def test_generate_transformers_tab_offers_model_folders_with_their_task(monkeypa
     the Task box shows the model's own task."""
     monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
     from core.atlas import Atlas
-    from core.sample import resolve_target
+    from core.generation.prompts import resolve_target
 
     at = app_on(DEMO, timeout=120)
     at.switch_page("views/generate.py").run()
@@ -476,7 +469,7 @@ def test_colours_are_fixed_per_value_across_filters(syn):
 
 
 def test_strip_machine_paths_for_shipped_files(tmp_path):
-    from core.explore import strip_machine_paths
+    from core.experiments.demo import strip_machine_paths
 
     root = tmp_path / "atlas"
     info = {

@@ -10,20 +10,13 @@ import timm
 import torch
 import transformers
 
-from core.architectures import (
-    FAMILIES,
-    NATIVE_MODELS,
-    ArchTarget,
-    build_family,
-    empty_model,
-    family_of,
-    load_model_dir,
-    logits,
-    resolve_arch,
-    trainable_names,
-)
-from core.datasets import get_task
 from core.errors import RejectedModel, WeightAtlasError
+from core.generation.targets import ArchTarget, resolve_arch
+from core.models.families import FAMILIES, build_family
+from core.models.io import load_model_dir
+from core.models.native import NATIVE_MODELS
+from core.models.registry import empty_model, family_of, logits, trainable_names
+from core.zoos.tasks import get_task
 
 
 def _tasks_for(fam_name):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.backbone import (
+from core.backbone.model import (
     BACKBONE_PRESETS,
     Backbone,
     BackboneConfig,
@@ -177,8 +177,8 @@ def test_every_preset_squeezes_tokens_through_a_bottleneck(preset):
 
 
 def test_bf16_shipped_weights_load_into_fp32_and_decode_alike(tmp_path):
-    """core.demo.shrink_weights halves the file; load_backbone rounds nothing more."""
-    from core.demo import shrink_weights
+    """core.experiments.demo.shrink_weights halves the file; load_backbone rounds nothing more."""
+    from core.experiments.demo import shrink_weights
 
     torch.manual_seed(0)
     model = Backbone(_cfg(token_size=16))

@@ -7,7 +7,7 @@ model), a filter keeps every family's colour and the legend, the Layers page dra
 the Generate page's transformers tab offers working entries with their own task, and a
 generation on the demo writes nothing inside the repository. Without a demo atlas the map tests
 run on a generated atlas and the demo-only ones skip. Screenshots go to a temporary folder
-(``python -m core.appbench screenshots`` retakes the README's).
+(``python -m explorer.bench screenshots`` retakes the README's).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.appbench import (
+from core.catalog import map_table
+from explorer.bench import (
     CHROMIUM,
     REPO,
     AppServer,
@@ -30,7 +31,6 @@ from core.appbench import (
     wait_for_map,
     wait_idle,
 )
-from core.explore import map_table
 
 pytestmark = pytest.mark.browser
 APP = REPO / "explorer" / "app.py"

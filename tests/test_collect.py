@@ -1,7 +1,7 @@
-"""Collection (core.hub): safetensors header checks, bad-input reasons, zoo -> stand-in Hub -> manifest,
+"""Collection (core.collection): safetensors header checks, bad-input reasons, zoo -> stand-in Hub -> manifest,
 and a collection killed mid-run that resumes to the same manifest as a clean run.
 
-Real parts only: a small zoo trained by core.zoo, transformers models written with
+Real parts only: a small zoo trained by core.zoos.zoo, transformers models written with
 save_pretrained, the stdlib stand-in Hub (tests/hubserver.py) and the real huggingface_hub
 client in a subprocess with HF_ENDPOINT set before it is imported.
 """
@@ -23,8 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import hub
 from core.atlas import Atlas, read_jsonl
+from core.bench import bench_collect
+from core.collection.collect import collect
+from core.collection.config import SPLITS
+from core.collection.facts import run_key, split_of
+from core.collection.headers import read_safetensors_header
 from core.errors import RejectedModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -102,8 +106,8 @@ def mixed_cache(tmp_path_factory) -> dict:
     """A small real zoo plus transformers models and one repo per kind of bad input."""
     import transformers
 
-    from core.architectures import save_model_dir
-    from core.zoo import zoo
+    from core.models.io import save_model_dir
+    from core.zoos.zoo import zoo
 
     base = tmp_path_factory.mktemp("mixed")
     cache = base / "cache"
@@ -275,7 +279,7 @@ def test_safetensors_header_checks_catch_truncation_and_lies(tmp_path):
     sd = {"a": torch.randn(4, 3), "b": torch.randn(4, 3), "c": torch.zeros(5, dtype=torch.int64)}
     save_file(sd, str(tmp_path / "ok.safetensors"))
     ok = (tmp_path / "ok.safetensors").read_bytes()
-    info = hub.read_safetensors_header(tmp_path / "ok.safetensors")
+    info = read_safetensors_header(tmp_path / "ok.safetensors")
     assert {k: (v.dtype, v.shape) for k, v in info.items()} == {
         "a": ("F32", (4, 3)),
         "b": ("F32", (4, 3)),
@@ -300,17 +304,17 @@ def test_safetensors_header_checks_catch_truncation_and_lies(tmp_path):
         p = tmp_path / "x.safetensors"
         p.write_bytes(data)
         with pytest.raises(RejectedModel) as e:
-            hub.read_safetensors_header(p)
+            read_safetensors_header(p)
         assert e.value.reason == reason.split(" (")[0], (reason, e.value)
 
 
 def test_split_is_deterministic_and_keeps_runs_together():
     labels = [{"family": "vit", "task": "digits10", "run": 3, "epoch": e} for e in (1, 3, 8)]
-    keys = {hub.run_key("weightatlas-zoo/x", lab) for lab in labels}
+    keys = {run_key("weightatlas-zoo/x", lab) for lab in labels}
     assert keys == {"vit-digits10-r3"}
-    splits = [hub.split_of(f"org/model-{i}") for i in range(2000)]
-    assert splits == [hub.split_of(f"org/model-{i}") for i in range(2000)]
-    share = {s: splits.count(s) / len(splits) for s in hub.SPLITS}
+    splits = [split_of(f"org/model-{i}") for i in range(2000)]
+    assert splits == [split_of(f"org/model-{i}") for i in range(2000)]
+    share = {s: splits.count(s) / len(splits) for s in SPLITS}
     assert (
         abs(share["train"] - 0.7) < 0.04
         and abs(share["val"] - 0.15) < 0.03
@@ -323,7 +327,7 @@ def test_split_is_deterministic_and_keeps_runs_together():
 
 def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache, tmp_path):
     atlas = tmp_path / "atlas"
-    rows = hub.collect(
+    rows = collect(
         atlas,
         str(mixed_cache["cache"]),
         tags=[ZOO_TAG],
@@ -345,7 +349,7 @@ def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache,
 
     z = by_id[mixed_cache["zoo_ids"][0]]
     assert z["labels"]["task"] in ("digits10", "wine") and z["labels"]["epoch"] == 1
-    assert z["split"] == hub.split_of(
+    assert z["split"] == split_of(
         f"{z['labels']['family']}-{z['labels']['task']}-r{z['labels']['run']}"
     )
     assert z["metrics"]["accuracy"] == z["labels"]["test_accuracy"] and z["license"] == "mit"
@@ -371,7 +375,7 @@ def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache,
     ]
 
     n_lines = len(list(read_jsonl(atlas / "manifest.jsonl")))
-    hub.collect(
+    collect(
         atlas,
         str(mixed_cache["cache"]),
         tags=[ZOO_TAG],
@@ -386,7 +390,7 @@ def test_quota_stops_early_and_plain_dirs_work(mixed_cache, tmp_path):
     plain = tmp_path / "plain"
     for snap in sorted(mixed_cache["cache"].glob("models--weightatlas-zoo--*/snapshots/*")):
         shutil.copytree(snap, plain / snap.parent.parent.name.split("--")[-1])
-    rows = hub.collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=3, progress=False)
+    rows = collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=3, progress=False)
     assert all(r["source"] == "dir" for r in rows)
     assert sum(r["status"] == "accepted" and r["split"] == "train" for r in rows) == 1
     assert len(rows) < len(mixed_cache["zoo_ids"])
@@ -492,10 +496,10 @@ def test_hub_outage_is_retried_not_recorded_and_bad_source_is_one_line(mixed_cac
     with HubServer(mixed_cache["cache"]) as server:
         server.fail_resolve.add(mlp[0])
         kw = dict(tags=["mlp"], workers=2, endpoint=server.url, progress=False)
-        rows = hub.collect(atlas, "hub", **kw)
+        rows = collect(atlas, "hub", **kw)
         assert {r["id"] for r in rows} == set(mlp[1:])  # the failed download leaves no row
         server.fail_resolve.clear()
-        rows = hub.collect(atlas, "hub", **kw)
+        rows = collect(atlas, "hub", **kw)
     assert sorted(r["id"] for r in rows if r["status"] == "accepted") == mlp
     assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == len(mlp)
 
@@ -521,7 +525,7 @@ def test_bench_collect_scans_headers_faster_than_it_needs_to(tmp_path, monkeypat
     import argparse
 
     monkeypatch.setenv("WEIGHTATLAS_ZOO", str(tmp_path / "no-zoo"))  # seeds: two tiny models
-    out = hub.bench_collect(argparse.Namespace(n=40, repeat=1, preset=None, device="cpu"))
+    out = bench_collect(argparse.Namespace(n=40, repeat=1, preset=None, device="cpu"))
     assert out["n_repos"] == 40 and out["scan_ok"] == 40 and out["seed_repos"] == 2
     assert out["scan_models_per_s"] > 0 and out["baseline_models_per_s"] > 0
     assert out["bytes_read_per_repo"] > 100

@@ -8,7 +8,20 @@ from typing import Literal
 
 import pytest
 
-from core.config import ConfigError, build_config, parse_overrides, to_dict
+from core.cli import build_parser, config_overrides
+from core.config import (
+    COMPONENTS,
+    ConfigError,
+    build,
+    build_config,
+    parse_overrides,
+    presets_of,
+    to_dict,
+)
+from core.config import (
+    PRESETS as REGISTRY,
+)
+from core.experiments.pipeline import check_config, pipeline
 
 
 @dataclass
@@ -61,3 +74,50 @@ def test_unknown_preset_names_the_choices():
 def test_override_syntax_is_checked():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["width"])
+
+
+# --------------------------------------------------------------------------- the preset registry
+
+ALL_PRESETS = [(c, p) for c in COMPONENTS for p in presets_of(c)[1]]
+
+
+@pytest.mark.parametrize(
+    ("component", "preset"), ALL_PRESETS, ids=[f"{c}:{p}" for c, p in ALL_PRESETS]
+)
+def test_every_preset_of_every_table_builds(component, preset):
+    cls, table = presets_of(component)
+    cfg = build(component, preset)
+    assert isinstance(cfg, cls)
+    for key, value in table[preset].items():  # each preset field arrives, coerced to its type
+        got = getattr(cfg, key)
+        assert got == value or (isinstance(got, tuple) and list(got) == list(value)), key
+
+
+def test_every_table_is_registered_and_has_the_shared_names():
+    assert set(REGISTRY) == set(COMPONENTS)
+    for component in COMPONENTS:
+        names = set(presets_of(component)[1])
+        assert {"ci", "demo"} <= names, (component, sorted(names))
+
+
+def test_every_pipeline_preset_names_existing_sub_presets():
+    for name in presets_of("pipeline")[1]:
+        check_config(build("pipeline", name))
+
+
+def test_pipeline_rejects_a_missing_sub_preset_before_any_stage(tmp_path):
+    with pytest.raises(ConfigError, match="backbone_preset: unknown TrainConfig preset 'nope'"):
+        pipeline("ci", tmp_path / "run", overrides={"backbone_preset": "nope"})
+    with pytest.raises(ConfigError, match="heldout_task: unknown task 'no-such-task'"):
+        pipeline("ci", tmp_path / "run", overrides={"heldout_task": "no-such-task"})
+    assert not (tmp_path / "run" / "notebooks").exists()
+
+
+def test_config_file_then_set_on_the_command_line(tmp_path):
+    f = tmp_path / "zoo.yaml"
+    f.write_text("epochs: 3\nseed: 5\n")
+    args = build_parser().parse_args(
+        ["zoo", "--out", "x", "--preset", "ci", "--config", str(f), "--set", "epochs=7"]
+    )
+    cfg = build("zoo", args.preset, overrides=config_overrides(args))
+    assert (cfg.epochs, cfg.seed) == (7, 5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.datasets import (
+from core.errors import WeightAtlasError
+from core.zoos.tasks import (
     SHAPES,
     TASKS,
     evaluate,
@@ -16,7 +17,6 @@ from core.datasets import (
     stratified_split,
     train_epochs,
 )
-from core.errors import WeightAtlasError
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -10,18 +10,11 @@ import pytest
 import torch
 
 from core.atlas import Atlas, read_json
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.config import build_config
-from core.embed import (
-    EmbedConfig,
-    encode_tokens,
-    halo_windows,
-    haloed_apply,
-    load_embeddings,
-    neighbours,
-    place_on_map,
-    summarize,
-)
+from core.embeddings.distances import place_on_map
+from core.embeddings.encode import EmbedConfig, encode_tokens, halo_windows, haloed_apply, summarize
+from core.embeddings.table import load_embeddings, neighbours
 
 
 def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
@@ -35,9 +28,9 @@ def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
 @pytest.fixture(scope="module")
 def small_atlas(tmp_path_factory) -> Path:
     """A real tiny atlas: zoo (mlp on wine + digits, cnn on digits) -> collect -> tokenize."""
-    from core.hub import collect
-    from core.tokenize import tokenize
-    from core.zoo import zoo
+    from core.collection.collect import collect
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo
 
     root = tmp_path_factory.mktemp("embed")
     z = zoo(
@@ -95,9 +88,9 @@ def test_haloed_stitching_matches_tokenwise_map():
 
 
 def test_haloed_embedding_equals_unwindowed_when_it_fits():
-    from core.architectures import build_family
-    from core.datasets import get_task
-    from core.tokenize import tokenize_state_dict
+    from core.models.families import build_family
+    from core.tokens.plan import tokenize_state_dict
+    from core.zoos.tasks import get_task
 
     model = build_family("mlp", get_task("wine").info, 16, 1, seed=0)
     tok = tokenize_state_dict(model.state_dict(), "dense", 64, model=model)
@@ -131,7 +124,7 @@ def test_summarize_layer_means_and_spreads():
 
 
 def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
-    from core.embed import embed
+    from core.embeddings.embed import embed
 
     a = Atlas(small_atlas)
     # rank 1 of 2 alone: its parts only, no merged table yet
@@ -147,7 +140,7 @@ def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
     assert emb.z.shape == (len(ids), make_backbone().cfg.latent_dim)
     assert np.isfinite(emb.z).all()
     # per-layer rows line up with the layer table of each model
-    from core.store import TokenStore
+    from core.tokens.store import TokenStore
 
     store = TokenStore(a.tokens_dir)
     for row in emb.models:
@@ -167,7 +160,7 @@ def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
     # maps: every id on both maps; the explorer's reader accepts them
     maps = read_json(out / "maps.json")
     assert set(maps["pca"]) == set(ids) and set(maps["umap"]) == set(ids)
-    from core.explore import map_table
+    from core.catalog import map_table
 
     table = map_table(small_atlas)
     assert set(table.coords) == {"pca", "umap"} and np.isfinite(table.coords["umap"]).all()
@@ -183,7 +176,8 @@ def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
 
 
 def test_neighbours_by_id_vector_and_directory(small_atlas):
-    from core.embed import embed, embed_model_dir
+    from core.embeddings.embed import embed
+    from core.embeddings.table import embed_model_dir
 
     if not (Atlas(small_atlas).embeddings_dir / "models.safetensors").exists():
         embed(small_atlas)
@@ -223,11 +217,12 @@ def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tm
     """`weightatlas demo --from-atlas`: all rows, weights + tokens of one model per group."""
     import shutil
 
-    from core.demo import export_demo
-    from core.embed import embed, embed_model_dir_full
+    from core.catalog import models_with_weights, tokenized_ids
+    from core.embeddings.embed import embed
+    from core.embeddings.fidelity import layer_report
+    from core.embeddings.table import embed_model_dir_full
     from core.errors import WeightAtlasError
-    from core.evaluate import layer_report
-    from core.explore import models_with_weights, tokenized_ids
+    from core.experiments.demo import export_demo
 
     src = tmp_path / "full"
     shutil.copytree(small_atlas, src)
@@ -251,10 +246,10 @@ def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tm
 
 def test_empty_token_store_gives_one_line_error(tmp_path, capsys):
     """An atlas whose tokenize stage found nothing to tokenize: `sample` (via
-    core.embed.token_scheme) says so in one line instead of a TypeError traceback."""
+    core.embeddings.table.token_scheme) says so in one line instead of a TypeError traceback."""
     from core.atlas import Atlas
     from core.cli import main
-    from core.tokenize import tokenize
+    from core.tokens.tokenize import tokenize
 
     atlas = Atlas.create(tmp_path / "atlas")
     tokenize(atlas, progress=False)

@@ -9,17 +9,11 @@ import pytest
 import torch
 
 from core.atlas import Atlas, read_json
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.config import build_config
-from core.evaluate import (
-    DEPTH_BINS,
-    STAT_NAMES,
-    ProbeConfig,
-    probe_split,
-    run_key,
-    wasserstein1,
-    weight_statistics,
-)
+from core.embeddings.fidelity import wasserstein1
+from core.embeddings.probes import ProbeConfig, probe_split, run_key
+from core.embeddings.statistics import DEPTH_BINS, STAT_NAMES, weight_statistics
 
 
 def _rows(runs: int, epochs: int, split_of_run) -> list[dict]:
@@ -66,7 +60,7 @@ def test_probe_split_never_leaks_a_run_even_if_the_manifest_does():
 
 
 def test_weight_statistics_fixed_length_and_values():
-    from core.tokenize import tokenize_state_dict
+    from core.tokens.plan import tokenize_state_dict
 
     torch.manual_seed(0)
     shallow = {"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}
@@ -96,10 +90,10 @@ def test_wasserstein1_matches_scipy():
 @pytest.fixture(scope="module")
 def probe_atlas(tmp_path_factory) -> Path:
     """zoo (mlp on wine + digits, cnn on digits; 3 runs each) -> collect -> tokenize -> embed."""
-    from core.embed import embed
-    from core.hub import collect
-    from core.tokenize import tokenize
-    from core.zoo import zoo
+    from core.collection.collect import collect
+    from core.embeddings.embed import embed
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo
 
     root = tmp_path_factory.mktemp("probe")
     z = zoo(
@@ -124,7 +118,7 @@ def probe_atlas(tmp_path_factory) -> Path:
 
 
 def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
-    from core.evaluate import evaluate
+    from core.embeddings.probes import evaluate
 
     out = evaluate(probe_atlas, overrides={"min_side": 3})
     res = read_json(Atlas(probe_atlas).results_dir / "probes.json")
@@ -149,8 +143,8 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
 
 
 def test_layer_report_records(probe_atlas):
-    from core.evaluate import layer_report
-    from core.store import TokenStore
+    from core.embeddings.fidelity import layer_report
+    from core.tokens.store import TokenStore
 
     store = TokenStore(Atlas(probe_atlas).tokens_dir)
     mid = next(i for i in store.ids if "cnn" in i)
@@ -166,7 +160,7 @@ def test_layer_report_records(probe_atlas):
             assert r["mse"] == pytest.approx(np.mean((o - x) ** 2), rel=1e-6)
             assert r["r2"] == pytest.approx(1 - r["mse"] / o.var(), rel=1e-6)
     # original values are the model's real weights (evenly subsampled)
-    from core.tokenize import detokenize
+    from core.tokens.plan import detokenize
 
     sd = detokenize(store.get(mid).tokens, layers)
     w = sd[layers[0].name].flatten().double().numpy()
@@ -175,7 +169,7 @@ def test_layer_report_records(probe_atlas):
 
 
 def test_depth_pooling_bins_layers_like_s_of_w():
-    from core.evaluate import DEPTH_BINS, depth_pooled
+    from core.embeddings.statistics import DEPTH_BINS, depth_pooled
 
     layer_z = np.arange(16, dtype=np.float64).reshape(8, 2)  # 8 layers, 2 dims
     overall = np.array([-1.0, -1.0])
@@ -191,8 +185,8 @@ def test_encode_decode_accuracy_exact_through_an_identity_backbone(probe_atlas, 
     """A skip backbone with room for every feature (latent 80 >= 64 + 2, a test device, not a
     preset), its skip set to the tokens' PCA, decodes every weight back (accuracy unchanged,
     R² 1); the atlas' random plain backbone does not (R² far below 1)."""
-    from core.evaluate import reconstruction_accuracy
-    from core.store import TokenStore
+    from core.embeddings.fidelity import reconstruction_accuracy
+    from core.tokens.store import TokenStore
 
     cfg = build_config(
         BackboneConfig, BACKBONE_PRESETS, "ci",

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 
-from core import hub
 from core.atlas import Atlas
+from core.collection.collect import collect
 from core.errors import RejectedModel, WeightAtlasError
 
 SHA = "a" * 40
@@ -39,7 +39,9 @@ FAST = {"http_timeout_s": 2.0, "candidate_timeout_s": 3.0, "max_redirects": 3}
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory) -> dict[str, bytes]:
     """A real, tiny model (the zoo's MLP) as Hub files: config, safetensors, card."""
-    from core.architectures import build_from_config, resolve_arch, save_model_dir
+    from core.generation.targets import resolve_arch
+    from core.models.families import build_from_config
+    from core.models.io import save_model_dir
 
     arch = resolve_arch("mlp")
     d = tmp_path_factory.mktemp("good") / "m"
@@ -194,7 +196,7 @@ def jail(tmp_path: Path) -> tuple[Path, Path]:
 def collect_hub(url: str, atlas: Path, bound: float = 30.0, **kw: Any) -> list[dict]:
     settings = {**FAST, **kw.pop("settings", {})}
     return bounded(
-        lambda: hub.collect(
+        lambda: collect(
             atlas, "hub", tags=[TAG], endpoint=url, progress=False, settings=settings, **kw
         ),
         bound,
@@ -548,7 +550,7 @@ def test_hostile_cards_and_configs_are_rejected_with_a_reason(good_files, jail):
     src = root / "inputs" / "models"
     expected = _local_repos(src, good_files)
     rows = bounded(
-        lambda: hub.collect(
+        lambda: collect(
             atlas, str(src), progress=False, workers=2, settings={"max_config_bytes": 65536}
         ),
         60,
@@ -598,7 +600,8 @@ def bert_files(tmp_path_factory) -> dict[str, bytes]:
 
 
 def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_files, tmp_path):
-    from core.architectures import empty_model, load_model_dir
+    from core.models.io import load_model_dir
+    from core.models.registry import empty_model
 
     cfg = json.loads(bert_files["config.json"])
     cases = {
@@ -618,7 +621,7 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
         (src / name / "config.json").write_text(json.dumps(config))
         (src / name / "model.safetensors").write_bytes(bert_files["model.safetensors"])
     rows = bounded(
-        lambda: hub.collect(tmp_path / "atlas", str(src), progress=False, max_params=10**9), 120
+        lambda: collect(tmp_path / "atlas", str(src), progress=False, max_params=10**9), 120
     )
     got = {r["id"]: (r["reason"], r["detail"]) for r in rows}
     assert {k: v[0] for k, v in got.items()} == {k: r for k, (_c, r) in cases.items()}
@@ -631,7 +634,7 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
         bounded(lambda: empty_model(cases["timm-65536"][0]), 60)
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: load_model_dir(src / "h8000"), 60)
-    from core.architectures import resolve_arch  # Generate's hf:<folder> targets
+    from core.generation.targets import resolve_arch
 
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: resolve_arch(f"hf:{src / 'h8000'}"), 60)
@@ -688,7 +691,9 @@ def _grow(mnt: Path, size: str) -> None:
 
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory) -> Path:
-    from core.architectures import build_from_config, resolve_arch, save_model_dir
+    from core.generation.targets import resolve_arch
+    from core.models.families import build_from_config
+    from core.models.io import save_model_dir
 
     base = tmp_path_factory.mktemp("dfmodels")
     for i in range(8):
@@ -733,7 +738,7 @@ def test_disk_full_collect_and_tokenize_say_so_and_resume(small_models, small_di
     _grow(mnt, "4m")
     r = _cli(["tokenize", str(atlas)])
     assert r.returncode == 0, r.stderr[-2000:]
-    from core.tokenize import read_index
+    from core.tokens.store import read_index
 
     index = read_index(atlas / "tokens")
     assert (len(index["models"]), index["failed"]) == (8, {})
@@ -752,10 +757,10 @@ def test_disk_full_train_and_embed_say_so_and_resume(small_models, small_disk, t
     mnt = small_disk(f"{used // 1024 + 256}k")
     atlas = mnt / "atlas"
     shutil.copytree(src, atlas)
-    r = _cli(["train", str(atlas), "--preset", "ci", "steps=20"])
+    r = _cli(["train", str(atlas), "--preset", "ci", "--set", "steps=20"])
     _full_message(r, "train")
     _grow(mnt, "64m")
-    r = _cli(["train", str(atlas), "--preset", "ci", "steps=20"])
+    r = _cli(["train", str(atlas), "--preset", "ci", "--set", "steps=20"])
     assert r.returncode == 0 and (atlas / "backbone" / "model.safetensors").is_file(), r.stderr[
         -2000:
     ]
@@ -771,7 +776,8 @@ def test_disk_full_train_and_embed_say_so_and_resume(small_models, small_disk, t
 def test_later_stages_read_configs_and_cards_with_the_same_limits(good_files, tmp_path):
     """``load_model_dir`` (tokenize, embed, Embed a model) and ``resolve_arch('hf:...')``
     (Generate) go through the same bounded readers as collect."""
-    from core.architectures import load_model_dir, resolve_arch
+    from core.generation.targets import resolve_arch
+    from core.models.io import load_model_dir
 
     src = tmp_path / "inputs"
     expected = _local_repos(src, good_files)
@@ -835,7 +841,7 @@ def test_app_shows_untrusted_strings_as_text(tmp_path):
 
     from streamlit.testing.v1 import AppTest
 
-    from core.appbench import synthetic_atlas
+    from explorer.bench import synthetic_atlas
 
     repo = Path(__file__).resolve().parents[1]
     if str(repo) not in sys.path:
@@ -901,7 +907,7 @@ def test_tokenize_under_a_file_size_limit_is_one_line(small_models, tmp_path):
     import sys
 
     atlas = tmp_path / "atlas"
-    hub.collect(atlas, str(small_models), progress=False)
+    collect(atlas, str(small_models), progress=False)
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

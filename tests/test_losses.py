@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import r2_score
 
-from core.losses import (
+from core.backbone.losses import (
     R2Meter,
     augment,
     combined_loss,
@@ -114,8 +114,7 @@ def test_r2_meter_matches_sklearn_over_batches():
 
 def test_factored_mln_equals_mln_of_the_composed_tokens_when_stats_are_exact() -> None:
     """With the target's own mean and std as shift/scale, the factored loss is plain MLN."""
-    from core.backbone import Factored
-    from core.losses import factored_terms, token_stats
+    from core.backbone.losses import Factored, factored_terms, token_stats
 
     g = torch.Generator().manual_seed(0)
     target = torch.randn(2, 5, 8, generator=g) * 3.0 + 1.0

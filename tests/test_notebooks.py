@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from core.pipeline import NOTEBOOK_DIR, STAGES, table_numbers
+from core.experiments.pipeline import NOTEBOOK_DIR, STAGES, table_numbers
 
 ALLOWED_IMPORTS = {"core", "IPython", "matplotlib", "plotly"}
 

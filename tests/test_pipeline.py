@@ -1,6 +1,6 @@
 """The papermill pipeline: stage order, --from/--only, failure handling, report assembly.
 
-Fast tests drive ``core.pipeline`` with two throw-away notebooks (a kernel start each); the
+Fast tests drive ``core.experiments.pipeline`` with two throw-away notebooks (a kernel start each); the
 slow test runs ``weightatlas pipeline --preset ci`` end to end as CI does:
 
     .venv/bin/pytest tests/test_pipeline.py                 # fast
@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from core import pipeline as pl
+import core.experiments.pipeline as pl
 from core.errors import WeightAtlasError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,15 +168,15 @@ def test_ci_pipeline_end_to_end(tmp_path: Path) -> None:
     for fig in figures:
         assert f"figures/{fig}" in text
 
-    # a bad parameter stops its stage with the failing cell shown, keeping what came before
+    # a sub-preset that does not exist stops the run before its first stage, keeping everything
     kept = {p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")}
     bad = subprocess.run(
-        [*cli, "--from", "ablations", "ablation_preset=nope"],
+        [*cli, "--from", "ablations", "--set", "ablation_preset=nope"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2
     err = bad.stderr.strip().splitlines()[-1]
-    assert "stage 'ablations' failed in cell" in err and "ablation_config" in err and "nope" in err
+    assert "ablation_preset" in err and "'nope'" in err and "choose from ci, demo" in err
     assert {
         p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")
     } == kept
@@ -184,7 +184,7 @@ def test_ci_pipeline_end_to_end(tmp_path: Path) -> None:
 
     # --from resumes: trained ablation backbones are reused, the report is rewritten
     ok = subprocess.run(
-        [*cli, "--from", "ablations", "ablations=tokenization"],
+        [*cli, "--from", "ablations", "--set", "ablations=tokenization"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-3000:]

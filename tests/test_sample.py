@@ -9,19 +9,18 @@ import pytest
 import torch
 
 from core.atlas import Atlas, read_json
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.config import build_config
-from core.sample import (
-    SampleConfig,
+from core.generation.build import (
     build_generated,
     condition_batchnorm,
     decode_latents,
-    draw_latents,
     encode_models,
-    model_tokens,
-    resolve_target,
-    sample,
 )
+from core.generation.config import SampleConfig
+from core.generation.draws import draw_latents
+from core.generation.prompts import model_tokens, resolve_target
+from core.generation.sample import sample
 
 
 def tiny_backbone(seed: int = 0) -> Backbone:
@@ -39,9 +38,9 @@ def tiny_backbone(seed: int = 0) -> Backbone:
 @pytest.fixture(scope="module")
 def cnn_atlas(tmp_path_factory) -> Path:
     """zoo (two cnn runs on digits10) -> collect -> tokenize, plus an untrained backbone."""
-    from core.hub import collect
-    from core.tokenize import tokenize
-    from core.zoo import zoo
+    from core.collection.collect import collect
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo
 
     root = tmp_path_factory.mktemp("sample")
     z = zoo(
@@ -126,15 +125,15 @@ def _generate_into(spec: str, backbone: Backbone, k: int = 2, task: str | None =
 
 
 def _families() -> list[str]:
-    from core.architectures import FAMILIES
+    from core.models.families import FAMILIES
 
     return [f"zoo:{name}" for name in FAMILIES]
 
 
 @pytest.mark.parametrize("spec", [*_families(), "timm:resnet18", "timm:vit_tiny_patch16_224"])
 def test_generated_state_dict_loads_into_target(spec, tmp_path):
-    from core.architectures import load_model_dir
-    from core.tokenize import detokenize
+    from core.models.io import load_model_dir
+    from core.tokens.plan import detokenize
 
     backbone = tiny_backbone()
     target, tokens = _generate_into(spec, backbone)
@@ -179,7 +178,7 @@ def test_bn_conditioning_changes_only_buffers():
 def test_sample_stage_with_atlas_prompts(cnn_atlas):
     from huggingface_hub import metadata_load
 
-    from core.architectures import load_model_dir
+    from core.models.io import load_model_dir
 
     seen = []
     paths = sample(cnn_atlas, "zoo:cnn", n=3, keep=2, seed=1, progress=lambda f, m: seen.append(f))

@@ -15,9 +15,11 @@ import torch
 import transformers
 from huggingface_hub import metadata_load
 
-from core.architectures import FAMILIES, load_model_dir, logits
 from core.atlas import Atlas
-from core.datasets import (
+from core.models.families import FAMILIES
+from core.models.io import load_model_dir
+from core.models.registry import logits
+from core.zoos.tasks import (
     CLS_ID,
     PAD_ID,
     SEQUENCE_TASKS,
@@ -27,7 +29,7 @@ from core.datasets import (
     majority_sequences,
     sorted_sequences,
 )
-from core.zoo import read_zoo, zoo
+from core.zoos.zoo import read_zoo, zoo
 
 SEQ_FAMILIES = [n for n, f in FAMILIES.items() if "sequence" in f.kinds]
 TINY = {
@@ -112,10 +114,12 @@ def test_sequence_checkpoints_are_hub_repos_with_cards(seq_zoo):
 
 
 def test_collect_tokenize_train_embed_take_sequence_models_like_the_rest(seq_zoo, tmp_path):
-    from core.embed import embed, load_embeddings
-    from core.hub import collect
-    from core.tokenize import read_index, tokenize
-    from core.train import train
+    from core.backbone.train import train
+    from core.collection.collect import collect
+    from core.embeddings.embed import embed
+    from core.embeddings.table import load_embeddings
+    from core.tokens.store import read_index
+    from core.tokens.tokenize import tokenize
 
     atlas = tmp_path / "atlas"
     collect(atlas, source=str(seq_zoo), progress=False)

@@ -15,23 +15,19 @@ import torch
 import transformers
 from huggingface_hub import metadata_load
 
-from core.architectures import FAMILIES, empty_model, load_model_dir, logits, save_model_dir
 from core.atlas import Atlas
-from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.cli import main as cli_main
 from core.config import build_config
-from core.datasets import get_task
-from core.sample import (
-    SampleConfig,
-    TargetError,
-    build_generated,
-    decode_latents,
-    draw_latents,
-    encode_models,
-    model_tokens,
-    resolve_target,
-    sample,
-)
+from core.generation.build import build_generated, decode_latents, encode_models
+from core.generation.config import SampleConfig
+from core.generation.draws import draw_latents
+from core.generation.prompts import TargetError, model_tokens, resolve_target
+from core.generation.sample import sample
+from core.models.families import FAMILIES
+from core.models.io import load_model_dir, save_model_dir
+from core.models.registry import empty_model, logits
+from core.zoos.tasks import get_task
 
 
 def tiny_backbone(token_size: int = 64) -> Backbone:
@@ -83,11 +79,11 @@ def test_text_target_unbuildable_on_an_image_task_is_one_error():
     """The issue's crash: a BERT target given digits10 died inside modeling_bert."""
     zoo_bert = FAMILIES["bert"].config(get_task("seq-brackets").info, 16, 1)
     with pytest.raises(TargetError, match=r"does not run on digits10 \(image, 1x8x8"):
-        from core.architectures import ArchTarget
+        from core.generation.targets import ArchTarget
 
         target = resolve_target("zoo:cnn", "dense", 64)  # an image target, to reuse its class
         target.arch = ArchTarget("hf:bert", "transformers", "bert", zoo_bert, task="digits10")
-        from core.sample import check_task_fit
+        from core.generation.prompts import check_task_fit
 
         check_task_fit(target.arch.build(0), target)
 
@@ -95,9 +91,9 @@ def test_text_target_unbuildable_on_an_image_task_is_one_error():
 @pytest.fixture(scope="module")
 def seq_atlas(tmp_path_factory) -> Path:
     """zoo (bert, gpt2 on seq-brackets; cnn on digits10) -> collect -> tokenize, random backbone."""
-    from core.hub import collect
-    from core.tokenize import tokenize
-    from core.zoo import zoo
+    from core.collection.collect import collect
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo
 
     root = tmp_path_factory.mktemp("seqgen")
     z = zoo(
@@ -223,7 +219,7 @@ def test_unbuildable_target_is_one_line(seq_atlas, tmp_path, capsys, make, task,
 
 def test_fresh_prompts_train_at_the_task_scale_where_the_architecture_allows():
     """8x8 digits are not upsampled to 224 px unless the architecture needs it (issue 17)."""
-    from core.sample import run_side, runnable
+    from core.generation.prompts import run_side, runnable
 
     sides = {}
     for spec in ("timm:resnet18", "timm:convnext_atto", "timm:vit_tiny_patch16_224"):

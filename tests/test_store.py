@@ -15,9 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.atlas import Atlas
+from core.bench import write_store
 from core.errors import WeightAtlasError
-from core.store import TokenStore, WindowDataset, read_shard
-from core.tokenize import detokenize, tokenize_state_dict, write_store
+from core.tokens.plan import detokenize, tokenize_state_dict
+from core.tokens.shards import read_shard
+from core.tokens.store import TokenStore, WindowDataset
 
 D = 16
 

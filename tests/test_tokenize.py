@@ -16,24 +16,23 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core.architectures import FAMILIES, resolve_arch, trainable_names
 from core.atlas import Atlas, append_jsonl, read_json
+from core.cli import add_tokenize_cli, run_tokenize_cli
 from core.errors import WeightAtlasError
-from core.store import TokenStore
-from core.tokenize import (
-    SCHEMES,
+from core.generation.targets import resolve_arch
+from core.models.families import FAMILIES
+from core.models.registry import trainable_names
+from core.tokens.plan import (
     _Meta,
-    add_cli,
     detokenize,
     fill_tokens,
-    layer_kinds,
     plan_tokens,
-    read_index,
-    run_cli,
-    tokenize,
     tokenize_model_dir,
     tokenize_state_dict,
 )
+from core.tokens.schemes import SCHEMES, layer_kinds
+from core.tokens.store import TokenStore, read_index
+from core.tokens.tokenize import tokenize
 
 TIMM_ARCHS = ["resnet18", "vit_small_patch16_224", "convnext_tiny"]
 
@@ -280,9 +279,9 @@ def make_atlas(root: Path, family_dirs, families=("cnn", "mlp", "timm-resnet", "
 
 
 def cli_args(argv: list[str]) -> argparse.Namespace:
-    """Parse ``weightatlas tokenize`` flags with the stage's own ``add_cli``."""
+    """Parse ``weightatlas tokenize`` flags with the stage's own ``add_tokenize_cli``."""
     p = argparse.ArgumentParser()
-    add_cli(p)
+    add_tokenize_cli(p)
     return p.parse_args(argv)
 
 
@@ -351,7 +350,7 @@ def test_stage_end_to_end_and_resume(tmp_path, family_dirs):
     with pytest.raises(WeightAtlasError, match="token_size=32"):
         tokenize(atlas.root, "dense", 64, progress=False)
     with pytest.raises(WeightAtlasError, match="remove"):
-        run_cli(cli_args([str(atlas.root), "--scheme", "sparse"]))
+        run_tokenize_cli(cli_args([str(atlas.root), "--scheme", "sparse"]))
     new = atlas.hub_dir / "new"
     shutil.copytree(family_dirs["mlp"][1], new)
     append_jsonl(
@@ -366,14 +365,14 @@ def test_stage_end_to_end_and_resume(tmp_path, family_dirs):
             }
         ],
     )
-    assert run_cli(cli_args([str(atlas.root)])) == 0
+    assert run_tokenize_cli(cli_args([str(atlas.root)])) == 0
     assert read_json(atlas.tokens_dir / "stats.json")["models"] == 9
     # a failed model stays failed on resume, and is redone with --retry-failed once fixed
     fixed = atlas.root / "broken" / "trunc"
     for f in ("config.json", "model.safetensors"):
         shutil.copy(family_dirs["mlp"][1] / f, fixed / f)
     assert tokenize(atlas.root, progress=False)["failed"] == 2
-    assert run_cli(cli_args([str(atlas.root), "--retry-failed"])) == 0
+    assert run_tokenize_cli(cli_args([str(atlas.root), "--retry-failed"])) == 0
     index = read_index(atlas.tokens_dir)
     assert set(index["failed"]) == {"bad/remote"} and "bad/trunc" in index["models"]
     assert "remote" in index["failed"]["bad/remote"] or "auto_map" in index["failed"]["bad/remote"]
@@ -438,7 +437,8 @@ def test_stage_streams_without_loading_the_model(tmp_path):
     import threading
     import time
 
-    from core.architectures import MLP, save_model_dir
+    from core.models.io import save_model_dir
+    from core.models.native import MLP
 
     atlas = Atlas.create(tmp_path / "big")
     model = MLP(2048, 10, 2048, 4)
@@ -472,7 +472,10 @@ def test_stage_streams_without_loading_the_model(tmp_path):
 def test_cli_preset_and_flags(tmp_path, family_dirs):
     atlas = make_atlas(tmp_path / "p", family_dirs, ("mlp",))
     assert (
-        run_cli(cli_args([str(atlas.root), "--preset", "paper-sparse", "--token-size", "100"])) == 0
+        run_tokenize_cli(
+            cli_args([str(atlas.root), "--preset", "paper-sparse", "--token-size", "100"])
+        )
+        == 0
     )
     stats = read_json(atlas.tokens_dir / "stats.json")
     assert (stats["scheme"], stats["token_size"], stats["models"]) == ("sparse", 100, 2)

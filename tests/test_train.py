@@ -1,6 +1,6 @@
 """Training: configs, exact resume after a SIGKILL, DDP == one process, non-finite stop, overfit.
 
-Atlases here are real: small torch models tokenized by core.tokenize into a token store, with
+Atlases here are real: small torch models tokenized by core.tokens into a token store, with
 manifest splits, read back through core.store.
 """
 
@@ -19,14 +19,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import core.train as train_mod
+import core.backbone.train as train_mod
 from core.atlas import Atlas, append_jsonl, read_jsonl
-from core.backbone import Backbone, load_backbone
+from core.backbone.config import build_configs
+from core.backbone.data import layer_table
+from core.backbone.device import compute_dtype, cpu_bf16_flags
+from core.backbone.model import Backbone, load_backbone
+from core.backbone.train import train
+from core.bench import write_store
 from core.config import ConfigError
 from core.errors import WeightAtlasError
-from core.store import TokenStore
-from core.tokenize import merge_index, tokenize_state_dict, write_store
-from core.train import build_configs, compute_dtype, cpu_bf16_flags, layer_table, train
+from core.tokens.plan import tokenize_state_dict
+from core.tokens.store import TokenStore
+from core.tokens.tokenize import merge_index
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 12, "ckpt_every": 4, "eval_every": 6, "log_every": 1, "batch_size": 4}
@@ -115,7 +120,7 @@ def test_exact_resume_after_sigkill(atlas, tmp_path, dtype):
 
     out = tmp_path / "killed"
     args = [f"{k}={v}" for k, v in over.items()]
-    cmd = [sys.executable, "-m", "core.train", str(atlas.root), "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "core.cli", "train", str(atlas.root), "--out", str(out), *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "train_state" / "latest.json"
     deadline = time.time() + 120
@@ -172,7 +177,7 @@ def test_torchrun_two_processes_match_one_process(atlas, tmp_path, dtype, rtol):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "core.train", str(atlas.root), "--out", str(ddp),
+        "-m", "core.cli", "train", str(atlas.root), "--out", str(ddp),
         *[f"{k}={v}" for k, v in over.items()],
     ]  # fmt: skip
     env = {**_env(), "OMP_NUM_THREADS": "1"}

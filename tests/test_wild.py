@@ -20,19 +20,15 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from core.architectures import load_model_dir, save_model_dir, trainable_names
 from core.atlas import Atlas
-from core.store import TokenStore, WindowDataset
-from core.tokenize import (
-    Tokenized,
-    detokenize,
-    find_duplicates,
-    read_index,
-    tokenize,
-    tokenize_model_dir,
-    write_store,
-)
-from core.train import Stream, size_band_sample
+from core.backbone.data import Stream, size_band_sample
+from core.bench import write_store
+from core.models.io import load_model_dir, save_model_dir
+from core.models.registry import trainable_names
+from core.tokens.plan import detokenize, tokenize_model_dir
+from core.tokens.schemes import Tokenized
+from core.tokens.store import TokenStore, WindowDataset, read_index
+from core.tokens.tokenize import find_duplicates, tokenize
 
 SMALL = dict(
     vocab_size=64,
@@ -145,7 +141,7 @@ def build_wild(root: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def wild(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The fixture collection, collected and tokenized into an atlas (built once per module)."""
-    from core.hub import collect
+    from core.collection.collect import collect
 
     root = tmp_path_factory.mktemp("wild")
     info = build_wild(root)
@@ -191,7 +187,7 @@ def test_legacy_layout_round_trips_to_canonical(wild, name, scheme):
         assert torch.equal(got[k], want[k]), k
     # and the rebuilt canonical dict loads strictly into a fresh module
     fresh = type(model)(model.config)
-    from core.architectures import load_weights_strict
+    from core.models.io import load_weights_strict
 
     load_weights_strict(fresh, got)
 
@@ -273,7 +269,7 @@ def test_dtype_rule_is_equality_after_upcast(tmp_path):
 
 
 def test_training_leaves_duplicates_out(wild):
-    from core.train import train
+    from core.backbone.train import train
 
     out = wild["atlas"].root / "bb-dups"
     train(wild["atlas"].root, "ci", {"steps": 3, "eval_every": 3, "ckpt_every": 3}, out=out)
@@ -299,9 +295,12 @@ def test_training_leaves_duplicates_out(wild):
 def test_evaluator_reports_r2_per_size_band(wild):
     """Two model sizes (small BERTs ~1e2 tokens, bert-big ~1e3): both band keys appear, and each
     band's R^2 is the pooled R^2 of an evaluator over that band's models alone."""
-    from core.backbone import BACKBONE_PRESETS, Backbone, BackboneConfig
+    from core.backbone.config import TrainConfig
+    from core.backbone.device import setup_dist
+    from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
+    from core.backbone.train import _kinds
+    from core.backbone.validation import Evaluator
     from core.config import build_config
-    from core.train import Evaluator, TrainConfig, _kinds, setup_dist
 
     store = TokenStore(wild["atlas"].tokens_dir)
     small, big = "wild/bert-s7", "wild/bert-big"
@@ -340,7 +339,7 @@ def _store(tmp_path: Path, sizes: dict[str, int], d: int = 4) -> TokenStore:
             token_size=d,
         )
     write_store(tmp_path / "tokens", models, "dense", d)
-    from core.tokenize import merge_index
+    from core.tokens.tokenize import merge_index
 
     (tmp_path / "atlas.json").write_text("{}")
     merge_index(Atlas.open(tmp_path))
@@ -400,7 +399,7 @@ def test_size_band_sample_spans_bands():
 
 @pytest.mark.parametrize("metric", ["zscore", "cosine"])
 def test_atlas_distance_percentiles(metric):
-    from core.embed import distance_percentile, knn_distance, loo_knn_distances
+    from core.embeddings.distances import distance_percentile, knn_distance, loo_knn_distances
 
     rng = np.random.default_rng(0)
     centre = rng.normal(size=32)
@@ -429,7 +428,7 @@ def _demo_without_run(tmp: Path, run: str) -> Path:
     from safetensors.numpy import load_file as load_np
     from safetensors.numpy import save_file as save_np
 
-    from core.embed import reference_groups
+    from core.embeddings.distances import reference_groups
 
     src = Path(__file__).resolve().parents[1] / "assets" / "demo"
     dst = tmp / "demo"
@@ -458,7 +457,8 @@ def _demo_without_run(tmp: Path, run: str) -> Path:
 def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path, capsys):
     """Real backbone and embeddings (assets/demo): a held-out run of a known kind is inside the
     atlas, the same model with its weights scaled 100x is outside."""
-    from core.embed import atlas_distance, embed_model_dir, reference_groups
+    from core.embeddings.distances import atlas_distance, reference_groups
+    from core.embeddings.table import embed_model_dir
 
     demo = Path(__file__).resolve().parents[1] / "assets" / "demo"
     rows = [r for r in Atlas.open(demo).manifest() if r.get("path") and r["split"] == "test"]
@@ -487,14 +487,10 @@ def test_stranger_outside_and_newcomer_inside_on_demo_atlas(tmp_path, capsys):
 
 def test_embeddings_show_one_point_per_original_with_its_count(wild):
     """`embed` leaves duplicates out, counts them on the original, stores the atlas distances."""
-    from core.embed import (
-        atlas_distance,
-        embed,
-        load_embeddings,
-        loo_knn_distances,
-        reference_groups,
-    )
-    from core.train import train
+    from core.backbone.train import train
+    from core.embeddings.distances import atlas_distance, loo_knn_distances, reference_groups
+    from core.embeddings.embed import embed
+    from core.embeddings.table import load_embeddings
 
     atlas = wild["atlas"]
     train(atlas.root, "ci", {"steps": 4, "eval_every": 4, "ckpt_every": 4})
@@ -517,7 +513,7 @@ def test_embeddings_show_one_point_per_original_with_its_count(wild):
     far = atlas_distance(atlas.root, emb.z[0] * 1000)
     assert far["outside"] and far["metric"] == "zscore" and far["k"] == 5
     # the map's hover says how many copies a point stands for (only when > 1)
-    from core.explore import map_table
+    from core.catalog import map_table
     from explorer.figures import HOVER, map_figure
 
     table = map_table(atlas.root)
@@ -569,7 +565,8 @@ def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     from huggingface_hub import metadata_load
 
     from core.cli import main
-    from core.embed import atlas_distance, embed_model_dir, model_architecture
+    from core.embeddings.distances import atlas_distance, model_architecture
+    from core.embeddings.table import embed_model_dir
 
     out = tmp_path / "gen"
     rc = main(
@@ -613,12 +610,8 @@ def test_architecture_in_atlas_for_a_stranger_and_a_native(tmp_path, capsys):
     """A BERT embedded into the demo atlas (zoo CNNs/MLPs and vision models) is told that no
     model of its architecture is there; a zoo CNN's own architecture is found."""
     from core.cli import main
-    from core.embed import (
-        architecture_in_atlas,
-        atlas_distance,
-        embed_model_dir,
-        model_architecture,
-    )
+    from core.embeddings.distances import architecture_in_atlas, atlas_distance, model_architecture
+    from core.embeddings.table import embed_model_dir
 
     stranger = save_model_dir(bert(0), tmp_path / "bert-stranger", "transformers")
     assert model_architecture(stranger) == ("transformers", "bert")

@@ -18,11 +18,12 @@ import torch
 import transformers
 from huggingface_hub import ModelCard, metadata_load, scan_cache_dir
 
-from core.architectures import FAMILIES, load_model_dir
 from core.cli import main as cli_main
-from core.datasets import evaluate, get_task
 from core.errors import WeightAtlasError
-from core.zoo import ZOO_PRESETS, ZooConfig, plan, read_zoo, repo_dir, snapshot_dir, zoo
+from core.models.families import FAMILIES
+from core.models.io import load_model_dir
+from core.zoos.tasks import evaluate, get_task
+from core.zoos.zoo import ZOO_PRESETS, ZooConfig, plan, read_zoo, repo_dir, snapshot_dir, zoo
 
 # one family per library and kind, two tasks; timm-vit has epoch_scale 2 (checkpoints 2 and 6)
 MINI = {
@@ -196,13 +197,15 @@ def test_cli_builds_and_reports_bad_overrides(tmp_path, capsys):
         str(out),
         "--seed",
         "3",
+        "--set",
         "families=mlp",
+        "--set",
         "tasks=wine:1",
     ]
-    assert cli_main(args + ["epochs=2", "checkpoints=1,2"]) == 0
+    assert cli_main(args + ["--set", "epochs=2", "--set", "checkpoints=1,2"]) == 0
     rows = read_zoo(out)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["test_accuracy"] > 0.5
-    assert cli_main(["zoo", "--out", str(tmp_path / "bad"), "no_such_key=1"]) == 2
+    assert cli_main(["zoo", "--out", str(tmp_path / "bad"), "--set", "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
 
 
@@ -244,7 +247,7 @@ def test_ci_preset_budget_and_accuracy(tmp_path):
 
 
 def test_resolve_arch_finds_zoo_repos_in_the_cache(mini, tmp_path):
-    from core.architectures import resolve_arch
+    from core.generation.targets import resolve_arch
 
     target = resolve_arch("hf:weightatlas-zoo/mlp-wine-r0-e3", cache_dir=mini)
     assert target.task == "wine" and target.library == "weightatlas" and target.family == "mlp"

@@ -20,8 +20,10 @@ import numpy as np
 import streamlit as st
 
 from core.atlas import AtlasError
+from core.catalog import COLOUR_BY, MapTable
+from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
+from core.embeddings.table import embed_model_dir, load_embeddings, neighbours
 from core.errors import USER_ERRORS
-from core.explore import COLOUR_BY, MapTable
 from explorer.common import (
     cached_layer_rows,
     current_atlas,
@@ -70,16 +72,14 @@ def cached_figure(
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_embeddings(root: str, stamp_: float):
-    """The atlas' embeddings (core.embed.load_embeddings), read once per atlas version."""
-    from core.embed import load_embeddings
+    """The atlas' embeddings (core.embeddings.table.load_embeddings), read once per atlas version."""
 
     return load_embeddings(root)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[tuple[str, float]]:
-    """k nearest collected models of ``model_id`` (core.embed.neighbours)."""
-    from core.embed import neighbours
+    """k nearest collected models of ``model_id`` (core.embeddings.table.neighbours)."""
 
     return neighbours(root, model_id, k, embeddings=cached_embeddings(root, stamp_))
 
@@ -88,13 +88,6 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
 def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
     """Embed a local model folder with the atlas' backbone: map position, neighbours and its
     atlas distance (issue 16: a stranger is marked outside the atlas)."""
-    from core.embed import (
-        atlas_distance,
-        embed_model_dir,
-        model_architecture,
-        neighbours,
-        place_on_map,
-    )
 
     v = embed_model_dir(folder, root)
     return {

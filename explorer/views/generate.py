@@ -1,11 +1,11 @@
 """Generate page: new weights for a chosen architecture, sampled from the backbone's latent space.
 
-The run is ``core.jobs.start_sample`` (``weightatlas sample`` in a background process writing a
+The run is ``explorer.jobs.start_sample`` (``weightatlas sample`` in a background process writing a
 progress file); a fragment polls it every second, so the page never freezes, a rerun finds the
 run again through the session state, and Cancel ends it. Results: per-layer distributions of
 the generated models against their prompts, zero-shot accuracy, and a zip download of each
 Hugging Face-format directory. The app never writes into the atlas: models go to the user's
-workspace (``core.jobs.generated_dir``; ``$WEIGHTATLAS_WORKSPACE`` overrides where).
+workspace (``explorer.jobs.generated_dir``; ``$WEIGHTATLAS_WORKSPACE`` overrides where).
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.atlas import Atlas
+from core.catalog import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
+from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
-from core.explore import (
-    TIMM_SUGGESTED,
-    generated_card,
-    model_state_dict,
-    timm_fit,
-    timm_search,
-    tokenized_ids,
-    zip_dir,
-    zoo_sizes,
-)
-from core.jobs import WORKSPACE_ENV, Job, SampleRequest, generated_dir, start_sample
+from core.generation.prompts import atlas_prompts, resolve_target
+from core.generation.targets import TIMM_SUGGESTED, timm_fit, timm_search
+from core.models.families import FAMILIES
+from core.models.io import read_config, read_state_dict
+from core.models.registry import library_of
+from core.zoos.tasks import TASKS, get_task
 from explorer.common import (
     current_atlas,
     display_path,
@@ -38,6 +35,7 @@ from explorer.common import (
     user_error,
     wait_for_imports,
 )
+from explorer.jobs import WORKSPACE_ENV, Job, SampleRequest, generated_dir, start_sample
 
 JOB_KEY = "generate_job"
 RESULT_KEY = "generate_result"
@@ -49,8 +47,6 @@ def cached_candidates(
 ) -> dict[str, Any]:
     """Resolve ``spec`` for ``task`` (at ``size`` = width, depth) and list atlas models with its
     exact layer table."""
-    from core.embed import token_scheme
-    from core.sample import atlas_prompts, resolve_target
 
     a = Atlas.open(root)
     scheme, token_size = token_scheme(a)
@@ -69,8 +65,6 @@ def cached_candidates(
 @st.cache_data(show_spinner=False)
 def registry() -> dict[str, Any]:
     """Zoo families and tasks known to the registry, and which tasks are images."""
-    from core.architectures import FAMILIES
-    from core.datasets import TASKS, get_task
 
     return {
         "families": {k: f.default_task for k, f in FAMILIES.items()},
@@ -81,26 +75,25 @@ def registry() -> dict[str, Any]:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def cached_timm_fit(name: str, task: str) -> dict[str, Any]:
-    """core.explore.timm_fit: parameters and whether ``name`` runs on ``task`` (meta device)."""
+    """core.generation.targets.timm_fit: parameters and whether ``name`` runs on ``task`` (meta device)."""
     return timm_fit(name, task)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_timm_search(query: str) -> list[str]:
-    """core.explore.timm_search: registry names containing ``query``."""
+    """core.generation.targets.timm_search: registry names containing ``query``."""
     return timm_search(query)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_zoo_sizes(root: str, stamp_: float, family: str, task: str) -> list[tuple[int, int]]:
-    """core.explore.zoo_sizes: (width, depth) of the atlas' models of a zoo family and task."""
+    """core.catalog.zoo_sizes: (width, depth) of the atlas' models of a zoo family and task."""
     return zoo_sizes(root, family, task)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def cached_hf_dirs(root: str, stamp_: float) -> dict[str, str]:
     """transformers model directories in the atlas (with weights): model dir -> model id."""
-    from core.architectures import library_of, read_config
 
     a = Atlas.open(root)
     out: dict[str, str] = {}
@@ -380,8 +373,6 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
     if rows:
         st.plotly_chart(accuracy_figure(rows), key="gen_acc", width="stretch")
     try:
-        from core.architectures import read_state_dict
-
         gen_sd = {p.name: read_state_dict(p) for p in outputs}
         prompt_sd = {}
         known = set(tokenized_ids(root))

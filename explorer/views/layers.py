@@ -7,6 +7,7 @@ metrics (003 Fig. 3), and ablation backbones side by side when the atlas holds t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,18 @@ import numpy as np
 import streamlit as st
 
 from core.atlas import Atlas
-from core.errors import USER_ERRORS
-from core.explore import (
+from core.catalog import (
     ablation_backbones,
     backbone_budget,
     backbone_validation,
     layer_rows,
+    model_state_dict,
     models_with_weights,
     tokenized_ids,
 )
+from core.embeddings.fidelity import layer_report
+from core.embeddings.spectral import layer_spectra
+from core.errors import USER_ERRORS
 from explorer.common import current_atlas, display_path, stamp, user_error, wait_for_imports
 from explorer.figures import depth_figure, error_figure, histogram_figure
 
@@ -31,17 +35,14 @@ MAX_HIST_LAYERS = 12
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_layer_report(root: str, stamp_: float, model_id: str, backbone: str | None):
-    """core.evaluate.layer_report for one model and backbone (runs the backbone once)."""
-    from core.evaluate import layer_report
+    """core.embeddings.fidelity.layer_report for one model and backbone (runs the backbone once)."""
 
     return layer_report(root, model_id, backbone)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_spectra(root: str, stamp_: float, model_id: str) -> list[dict[str, Any]]:
-    """Spectral metrics of every weight matrix of one model (core.spectral)."""
-    from core.explore import model_state_dict
-    from core.spectral import layer_spectra
+    """Spectral metrics of every weight matrix of one model (core.embeddings.spectral)."""
 
     return layer_spectra(model_state_dict(root, model_id))
 
@@ -277,7 +278,6 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
 
 def _norm_mode(backbone_dir: Path) -> str:
     """The loss normalisation a backbone was trained with (``loss_norm`` in its config.json)."""
-    import json
 
     try:
         cfg = json.loads((backbone_dir / "config.json").read_text())

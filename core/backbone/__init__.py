@@ -1,0 +1,1 @@
+"""The backbone: a SANE-style transformer autoencoder over weight tokens (model, losses, training)."""

@@ -1,0 +1,409 @@
+"""The SANE-style backbone: a transformer autoencoder over windows of weight tokens.
+
+Paper 001 §3.1-3.3 and Table 4, paper 003 §2. A window of T tokens of size D with 3-D positions
+[n, l, k] is embedded linearly to ``d_model``, given a parameter-free sinusoidal code of its
+positions, passed through pre-LN transformer blocks and squeezed linearly to ``latent_dim`` per
+token (the embedding z). A symmetric decoder maps z (plus the same position code) back to D. A
+small projection head pools z over the window for the contrastive loss.
+
+    from core.backbone.model import Backbone, BACKBONE_PRESETS, BackboneConfig, load_backbone
+    model = Backbone(build_config(BackboneConfig, BACKBONE_PRESETS, "ci"))
+    z = model.encode(tokens, positions)            # (B, T, L)
+    recon = model.decode(z, positions)             # (B, T, D)
+    model = load_backbone("ATLAS")                 # trained weights, eval mode
+
+Shapes: B batch, T window length, D token size, C = d_model, L latent dim, P projection dim,
+H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.atlas import atomic_path, read_json, write_json
+from core.backbone.losses import Factored
+from core.config import ConfigError, merge, register_presets, to_dict
+from core.errors import WeightAtlasError
+
+
+@dataclass
+class BackboneConfig:
+    """Architecture of the autoencoder. ``n_layers`` is per side (encoder and decoder)."""
+
+    token_size: int = 64  # D; set from the token store when training
+    window: int = 32  # T used for training windows (any T works at inference)
+    d_model: int = 64  # C
+    latent_dim: int = 16  # L, per token
+    n_layers: int = 2  # transformer blocks in the encoder, and again in the decoder
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    proj_dim: int = 32  # P, projection head output for NT-Xent
+    pos_base: float = 10000.0  # base of the sinusoid wavelengths
+    token_norm: bool = (
+        True  # tokens enter standardized (+ mean, log-std); leave as pattern*scale+shift
+    )
+    # a linear map from each side's input straight to its output (token -> latent -> token,
+    # through the bottleneck), added to the blocks' output; training starts it as the tokens'
+    # PCA (init_skip_pca) and the blocks learn what context adds
+    skip: bool = False
+
+
+BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    # tiny: trains in about a minute on CPU
+    "ci": dict(window=32, d_model=64, latent_dim=16, n_layers=2, n_heads=4, proj_dim=32),
+    # small: learns the demo zoo on 2 CPU cores. latent_dim = token size: with 32 the demo zoo's
+    # near-noise conv/linear tokens reconstruct to R^2 0.44 and reconstructed CNNs keep 16 %
+    # accuracy; with 64, R^2 0.78 and 54-59 % (d_model 128, 2,000 steps each). d_model 256 and
+    # head size 64 feed the bf16 matrix units (CPU autocast is no faster than fp32 at d 128)
+    # latent 32 for tokens of 64: a 2x bottleneck like the papers' (001 Table 4: 230 -> 128).
+    # The blocks alone learn even the pass-through slowly here (median per-layer conv R^2 0.27
+    # after 800 steps at latent 64), so a linear skip through the bottleneck starts as the
+    # tokens' PCA (Backbone.init_skip_pca, from training tokens) and the blocks add context
+    "demo": dict(
+        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
+    ),
+    # the same backbone, trained longer (TRAIN_PRESETS["demo-long"]); the embedded demo atlas
+    "demo-long": dict(
+        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
+    ),
+    # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters
+    "paper-small": dict(
+        token_size=230, window=512, d_model=1536, latent_dim=128, n_layers=8, n_heads=8,
+        proj_dim=128,
+    ),
+    "paper-large": dict(
+        token_size=230, window=512, d_model=1536, latent_dim=128, n_layers=16, n_heads=8,
+        proj_dim=128,
+    ),
+}  # fmt: skip
+register_presets("backbone", BackboneConfig, BACKBONE_PRESETS)
+
+
+def sinusoidal_3d(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Parameter-free code of 3-D positions; each axis [n, l, k] gets its own channel group.
+
+    Channels [0, g) encode n, [g, 2g) encode l, [2g, 3g) encode k, with g = 2 * (dim // 6)
+    (sin and cos pairs with geometric wavelengths); leftover channels stay zero. Because the
+    axes never share channels, swapping values between axes changes the code. Computed in
+    float64 so that large n (hundreds of millions of tokens) keep distinct codes.
+
+    Args:
+        positions: (..., 3) integer positions.
+        dim: output channels C.
+        base: longest wavelength scale.
+
+    Returns:
+        (..., C) float32 code.
+    """
+    half = dim // 6  # frequencies per axis
+    if half < 1:
+        raise ConfigError(f"d_model={dim} is too small for a 3-axis sinusoidal code (need >= 6)")
+    freqs = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+    angles = positions.to(torch.float64).unsqueeze(-1) * freqs  # (..., 3, half)
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., 3 * 2 * half)
+    if code.shape[-1] < dim:
+        code = F.pad(code, (0, dim - code.shape[-1]))
+    return code.to(torch.float32)
+
+
+def standardize_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Encoder input features (B, T, D + 2): each token standardized over its nonzero values,
+    then its mean and log10 std, so that layers of any scale reach the encoder alike.
+
+    Zeros (padding, masked-out augmentation values) are left out of the statistics and stay
+    zero; a token with fewer than two nonzero values gets std 1.
+    """
+    x = tokens.float()
+    nz = (x != 0).float()
+    n = nz.sum(-1, keepdim=True)
+    mean = (x * nz).sum(-1, keepdim=True) / n.clamp_min(1.0)
+    var = (((x - mean) * nz) ** 2).sum(-1, keepdim=True) / n.clamp_min(1.0)
+    std = torch.where(n > 1, var.sqrt(), torch.ones_like(var)).clamp_min(1e-12)
+    feats = torch.cat([(x - mean) / std * nz, mean, torch.log10(std)], dim=-1)
+    return feats.to(tokens.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, H, T, d) heads, no mask.
+
+    ``F.scaled_dot_product_attention`` (fused kernels) on accelerators and with dropout; on
+    CPU two batched matmuls around an fp32 softmax, which is 1.5x (fp32) to 4.7x (bf16
+    autocast) faster than the CPU's fused kernel for forward + backward at d 64 and T 64
+    (measured on an AVX-512 BF16 CPU; the fused bf16 backward is slower than fp32).
+    """
+    if q.device.type != "cpu" or dropout > 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (``attention``: fused SDPA, or matmuls on CPU; no mask)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ConfigError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        # (B, H, T, C / H)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = attention(q, k, v, self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Stack(nn.Module):
+    """Input map + position code + blocks + final norm + output map: one side of the autoencoder."""
+
+    def __init__(self, cfg: BackboneConfig, d_in: int, d_out: int):
+        super().__init__()
+        self.cfg = cfg
+        self.inp = nn.Linear(d_in, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.outp = nn.Linear(cfg.d_model, d_out)
+        self.skip = nn.Linear(d_in, d_out, bias=False) if cfg.skip else None
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        pos = sinusoidal_3d(positions, self.cfg.d_model, self.cfg.pos_base)
+        h = self.drop(self.inp(x) + pos.to(x.dtype))  # (B, T, C)
+        for block in self.blocks:
+            h = block(h)
+        out = self.outp(self.ln(h))
+        return out if self.skip is None else out + self.skip(x)
+
+
+class Backbone(nn.Module):
+    """The autoencoder: ``encode`` (B,T,D)->(B,T,L), ``decode`` (B,T,L)->(B,T,D), ``project``."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        extra = 2 if cfg.token_norm else 0  # (mean, log10 std) in; (shift, log scale) out
+        self.encoder = Stack(cfg, cfg.token_size + extra, cfg.latent_dim)
+        self.decoder = Stack(cfg, cfg.latent_dim, cfg.token_size + extra)
+        self.head = nn.Sequential(
+            nn.Linear(cfg.latent_dim, cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.d_model, cfg.proj_dim),
+        )
+        self.apply(self._init)
+        for side in (self.encoder, self.decoder):  # content as strong as the position code
+            nn.init.normal_(side.inp.weight, std=side.inp.in_features**-0.5)
+        if cfg.skip:  # the blocks' share starts at zero: the model starts as the linear path
+            for side in (self.encoder, self.decoder):
+                nn.init.zeros_(side.outp.weight)
+                nn.init.normal_(side.skip.weight, std=side.skip.in_features**-0.5)
+
+    @torch.no_grad()
+    def init_skip_pca(self, tokens: torch.Tensor) -> float:
+        """Set the skip maps to the best rank-``latent_dim`` linear autoencoder of ``tokens``.
+
+        The encoder skip projects the encoder's input features (``standardize_tokens``) onto
+        their top ``latent_dim`` principal directions (uncentred SVD); the decoder skip maps
+        back (the log10 std feature returns as the natural log scale). Everything passes
+        through the bottleneck: with latent_dim < token_size this is a compression, not a copy.
+
+        Args:
+            tokens: (N, D) sample of real training tokens (padding zero).
+
+        Returns:
+            The fraction of the features' energy the principal directions keep.
+        """
+        if self.encoder.skip is None:
+            raise WeightAtlasError("init_skip_pca needs a backbone with skip=True")
+        x = tokens.float().reshape(-1, 1, tokens.shape[-1])
+        feats = (standardize_tokens(x) if self.cfg.token_norm else x).reshape(x.shape[0], -1)
+        _, s, vh = torch.linalg.svd(feats.double(), full_matrices=False)
+        k = min(self.cfg.latent_dim, vh.shape[0])
+        enc = torch.zeros_like(self.encoder.skip.weight, dtype=torch.float64)  # (L, F)
+        enc[:k] = vh[:k]
+        dec = enc.T.clone()  # (F, L)
+        if self.cfg.token_norm:  # input log10 std -> output natural log scale
+            dec[-1] *= math.log(10.0)
+        self.encoder.skip.weight.copy_(enc)
+        self.decoder.skip.weight.copy_(dec)
+        return float((s[:k] ** 2).sum() / (s**2).sum())
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Per-token latents z (B, T, L) of tokens (B, T, D) at positions (B, T, 3)."""
+        if tokens.shape[-1] != self.cfg.token_size:
+            raise WeightAtlasError(
+                f"tokens of size {tokens.shape[-1]} given to a backbone of token size "
+                f"{self.cfg.token_size}; re-tokenize with --token-size {self.cfg.token_size}"
+            )
+        if self.cfg.token_norm:
+            tokens = standardize_tokens(tokens)
+        return self.encoder(tokens, positions)
+
+    def decode_parts(self, z: torch.Tensor, positions: torch.Tensor) -> Factored:
+        """Standardized pattern (B, T, D), shift (B, T, 1) and log scale (B, T, 1) of each token.
+
+        Only for ``token_norm`` backbones; ``decode`` composes them as pattern * scale + shift.
+        """
+        if not self.cfg.token_norm:
+            raise WeightAtlasError("decode_parts needs a token_norm backbone")
+        out = self.decoder(z, positions)
+        D = self.cfg.token_size
+        return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :])
+
+    def decode(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
+        if not self.cfg.token_norm:
+            return self.decoder(z, positions)
+        return self.decode_parts(z, positions).compose()
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Contrastive projection (B, P) of the window's mean latent."""
+        return self.head(z.mean(dim=1))
+
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, factored: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | Factored, torch.Tensor]:
+        """(z (B,T,L), reconstruction (B,T,D), projection (B,P)).
+
+        With ``factored`` (token_norm backbones), the reconstruction is returned as its
+        ``Factored`` parts, which the training loss scores separately (see core.backbone.losses).
+        """
+        z = self.encode(tokens, positions)
+        if factored and self.cfg.token_norm:
+            return z, self.decode_parts(z, positions), self.project(z)
+        return z, self.decode(z, positions), self.project(z)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def matmul_params(cfg: BackboneConfig) -> int:
+    """Weights that take part in a matmul per token (every Linear weight), for FLOP counts."""
+    C, hidden = cfg.d_model, int(cfg.mlp_ratio * cfg.d_model)
+    per_block = 3 * C * C + C * C + 2 * C * hidden
+    sides = 2 * cfg.n_layers * per_block
+    io = 2 * (cfg.token_size * C + cfg.latent_dim * C)  # input and output maps of both sides
+    head = cfg.latent_dim * C + C * cfg.proj_dim  # applied once per window, counted per token
+    extra = 2 if cfg.token_norm else 0
+    skip = 2 * (cfg.token_size + extra) * cfg.latent_dim if cfg.skip else 0
+    return sides + io + head + skip
+
+
+def flops_per_token(cfg: BackboneConfig, window: int | None = None) -> float:
+    """Training FLOPs (forward + backward) per token: 6 * matmul weights + attention scores.
+
+    Attention per block and token: QK^T and AV each 2 * T * C multiply-adds forward, times 3
+    for forward plus backward.
+    """
+    T = window or cfg.window
+    attention = 2 * cfg.n_layers * 3 * (2 * 2 * T * cfg.d_model)
+    return 6.0 * matmul_params(cfg) + attention
+
+
+def backbone_dir(path: str | Path) -> Path:
+    """The backbone directory of an atlas root, or ``path`` itself if it is one."""
+    path = Path(path)
+    if (path / "model.safetensors").exists() and (path / "config.json").exists():
+        return path
+    if (path / "backbone" / "model.safetensors").exists():
+        return path / "backbone"
+    raise WeightAtlasError(
+        f"{path} holds no trained backbone (config.json + model.safetensors); "
+        "run `weightatlas train` first"
+    )
+
+
+def save_backbone(model: Backbone, out: str | Path, config: dict[str, Any] | None = None) -> Path:
+    """Write ``out/model.safetensors`` and ``out/config.json`` (``config``, by default
+    ``{"backbone": model.cfg}``; a training run passes its whole run configuration).
+
+    Each file is written atomically; ``load_backbone(out)`` reads them back.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(weights, str(tmp))
+    write_json(out / "config.json", config or {"backbone": to_dict(model.cfg)})
+    return out
+
+
+def load_config(path: str | Path) -> BackboneConfig:
+    """The BackboneConfig saved in a backbone directory's config.json."""
+    cfg = read_json(Path(path) / "config.json")
+    if "backbone" not in cfg:
+        raise WeightAtlasError(f"{path}/config.json has no 'backbone' section")
+    return merge(BackboneConfig(), cfg["backbone"], f"{path}/config.json")
+
+
+def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backbone:
+    """Load trained weights (safetensors) from an atlas root or a backbone dir, in eval mode."""
+    from safetensors.torch import load_file
+
+    d = backbone_dir(path)
+    model = Backbone(load_config(d))
+    state = load_file(d / "model.safetensors", device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightAtlasError(
+            f"{d}/model.safetensors does not match its config.json "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    return model.to(device).eval()
+
+
+def describe(cfg: BackboneConfig) -> dict[str, Any]:
+    """Size summary of a configuration, computed without allocating the weights."""
+    with torch.device("meta"):
+        n = count_params(Backbone(cfg))
+    return {
+        "params": n,
+        "matmul_params": matmul_params(cfg),
+        "gflops_per_token": flops_per_token(cfg) / 1e9,
+        "window": cfg.window,
+        "latent_dim": cfg.latent_dim,
+    }

@@ -1,0 +1,432 @@
+"""Train the backbone on the atlas' token store: one process, or DDP under torchrun.
+
+    weightatlas train ATLAS --preset ci                          # writes ATLAS/backbone/
+    weightatlas train ATLAS --preset demo --set steps=3000 --set lr=5e-4  # overrides
+    weightatlas train ATLAS --preset ci --out ATLAS/backbones/no-mln --set loss_norm=none
+    torchrun --nproc_per_node 2 -m core.cli train ATLAS --preset ci  # DDP (gloo on CPU, NCCL on GPU)
+    weightatlas bench train --preset demo                        # tokens/s and MFU (JSON)
+
+A preset name selects both a BackboneConfig (core.backbone.model) and a TrainConfig (below);
+overrides go to whichever of the two has the key, and unknown keys fail. Each optimizer step
+draws ``grad_accum`` micro-batches of ``batch_size`` windows (one window per row, from
+``core.tokens.store.WindowDataset``) from a stream that visits every train model once per epoch in a
+seeded order. Row ``i`` of the stream and its augmentations depend only on ``(seed, i)``, so
+DDP ranks (each taking every ``world``-th row) see the same global batch as one process, and a
+resumed run sees the same data as an uninterrupted one.
+
+Outputs in OUT (default ATLAS/backbone): ``config.json``, ``model.safetensors`` (last good
+weights), ``metrics.jsonl`` (train rows every ``log_every`` steps; validation R^2 overall and per
+layer kind every ``eval_every``), ``train_state/`` (model, AdamW moments, scheduler, step and RNG
+states in safetensors + JSON, no pickle) from which a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.atlas import (
+    Atlas,
+    append_jsonl,
+    atomic_write_bytes,
+    dumps,
+    read_json,
+    read_jsonl,
+)
+from core.backbone.checkpoints import load_checkpoint, save_checkpoint
+from core.backbone.config import LAYERS_FILE, SELECT_METRIC, STATE_DIR, TrainConfig, build_configs
+from core.backbone.data import Stream, _pin, size_band_sample
+from core.backbone.device import Dist, _autocast, compute_dtype, setup_dist
+from core.backbone.losses import augment, nt_xent, reconstruction_terms
+from core.backbone.model import (
+    Backbone,
+    BackboneConfig,
+    save_backbone,
+)
+from core.backbone.validation import Evaluator
+from core.config import ConfigError, to_dict
+from core.errors import WeightAtlasError
+from core.tokens.store import TokenStore, WindowDataset
+
+# --------------------------------------------------------------------------- training
+
+
+def _run_config(
+    bcfg: BackboneConfig, tcfg: TrainConfig, preset: str, store: Any, n_train: int, n_val: int
+) -> dict[str, Any]:
+    return {
+        "preset": preset,
+        "backbone": to_dict(bcfg),
+        "train": to_dict(tcfg),
+        "scheme": store.scheme,
+        "token_size": store.token_size,
+        "n_train_models": n_train,
+        "n_val_models": n_val,
+    }
+
+
+def _total_steps(tcfg: TrainConfig, n_items: int) -> int:
+    if tcfg.steps > 0:
+        return tcfg.steps
+    per_step = tcfg.batch_size * tcfg.grad_accum
+    return max(1, -(-tcfg.epochs * n_items // per_step))
+
+
+def _kinds(store: Any, ids: list[str]) -> list[str]:
+    return sorted({e.kind for m in ids for e in store.layers(m)})
+
+
+def train(
+    atlas: str | Path,
+    preset: str = "ci",
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume training) the backbone on an atlas' token store.
+
+    Args:
+        atlas: the atlas root (collected and tokenized).
+        preset: ``ci``, ``demo``, ``paper-small`` or ``paper-large`` (both configs).
+        overrides: BackboneConfig / TrainConfig fields, e.g. ``{"steps": 500}``.
+        out: output dir (default ``ATLAS/backbone``; ablations: ``ATLAS/backbones/NAME``).
+        resume: continue from ``out/train_state`` if present; False starts over.
+
+    Returns:
+        Summary: steps, final train loss, last validation metrics, seconds, output dir.
+    """
+
+    atlas = Atlas.open(atlas)
+    overrides = dict(overrides or {})
+    bcfg, tcfg = build_configs(preset, overrides)
+    store = TokenStore(atlas.tokens_dir)
+    if not store.ids:
+        raise WeightAtlasError(f"{atlas.tokens_dir} holds no tokenized model")
+    if "token_size" in overrides and bcfg.token_size != store.token_size:
+        raise WeightAtlasError(
+            f"token_size={bcfg.token_size} but the store has {store.token_size}; "
+            "re-tokenize or drop the override"
+        )
+    bcfg = dataclasses.replace(bcfg, token_size=store.token_size)
+    # duplicates (``duplicate_of``, found by the tokenize stage) are left out of training
+    train_ids = [
+        r["id"] for r in atlas.accepted("train") if r["id"] in store and not r.get("duplicate_of")
+    ]
+    val_ids = [
+        r["id"] for r in atlas.accepted("val") if r["id"] in store and not r.get("duplicate_of")
+    ]
+    if not train_ids:
+        raise WeightAtlasError(f"{atlas.root}: no tokenized model in the train split")
+    out = Path(out) if out is not None else atlas.backbone_dir
+    d = setup_dist(tcfg.device)
+    if tcfg.batch_size < d.world:
+        raise ConfigError(f"batch_size={tcfg.batch_size} is smaller than the {d.world} ranks")
+    config = _run_config(bcfg, tcfg, preset, store, len(train_ids), len(val_ids))
+    dataset = WindowDataset(store, train_ids, bcfg.window, tcfg.seed, tcfg.windows_per_model)
+    kinds = _kinds(store, train_ids + val_ids)
+    val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None
+    train_eval = None
+    if tcfg.train_eval_models > 0:
+        scored = size_band_sample(  # every size band is scored, not only the first ids
+            train_ids, [store.n_tokens(i) for i in train_ids], tcfg.train_eval_models
+        )
+        train_eval = Evaluator(store, scored, bcfg.window, kinds)
+    return fit(bcfg, tcfg, config, dataset, val, train_eval, out, resume, d)
+
+
+def fit(
+    bcfg: BackboneConfig,
+    tcfg: TrainConfig,
+    config: dict[str, Any],
+    dataset: Any,
+    val: Evaluator | None,
+    train_eval: Evaluator | None,
+    out: Path,
+    resume: bool,
+    d: Dist,
+) -> dict[str, Any]:
+    """The training loop behind ``train`` (datasets and evaluators already built).
+
+    After each validation, ``model.safetensors`` (and ``val_layers.jsonl``) are replaced when
+    the median per-layer R^2 of conv and linear layers (``SELECT_METRIC``) beats the best so
+    far; with ``patience`` > 0, training stops after that many validations without a new best.
+    """
+    torch.manual_seed(tcfg.seed)
+    random.seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    model = Backbone(bcfg).to(d.device)
+    steps = _total_steps(tcfg, len(dataset))
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    if steps < 3:
+        raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
+    warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
+    )
+    metrics_path = out / "metrics.jsonl"
+    if bcfg.skip:  # the linear path starts as the training tokens' PCA (resume overwrites it)
+        model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
+    step, best = _restore(out, config, resume, model, opt, sched, d)
+    cdtype = compute_dtype(tcfg.dtype, d.device)
+    stopped_early = False
+    ddp = model
+    if d.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    stream = Stream(dataset, tcfg.seed, tcfg.sample_alpha)
+    B, A = tcfg.batch_size, tcfg.grad_accum
+    T = bcfg.window
+    last_val: dict[str, Any] = {}
+    t0, seen_tokens, window_t0, window_steps = time.time(), 0, time.time(), 0
+    bar = tqdm(total=steps, initial=step, disable=not d.main, desc="train", unit="step")
+    logged: dict[str, float] = {}
+    while step < steps:
+        model.train()
+        acc = torch.zeros(3, dtype=torch.float64)  # rec, con, loss (global, summed over micro)
+        for micro in range(A):
+            b = step * A + micro  # global micro-batch index
+            rows = list(range(b * B, (b + 1) * B))
+            batch = stream.rows(rows[d.rank :: d.world])
+            x, mask = _pin(batch["tokens"], d.device), _pin(batch["mask"], d.device)
+            pos = _pin(batch["positions"], d.device)
+            views = _views(x, mask, tcfg, b, rows, d)
+            with _autocast(d.device, cdtype):
+                _, recon, proj = ddp(views, torch.cat([pos, pos]), factored=True)
+            s, n = reconstruction_terms(
+                recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps
+            )
+            n_global = d.all_sum(n).clamp_min(1.0)
+            p1, p2 = proj.float().chunk(2)
+            if d.world > 1:
+                p1, p2 = _gather(p1), _gather(p2)
+            con = nt_xent(p1, p2, tcfg.temperature) if tcfg.gamma > 0 else s.new_zeros(())
+            rec = s * d.world / n_global  # DDP averages gradients: sum over ranks / N
+            loss = (1 - tcfg.gamma) * rec + tcfg.gamma * con
+            sync = micro == A - 1 or d.world == 1
+            if sync:
+                (loss / A).backward()
+            else:
+                with ddp.no_sync():
+                    (loss / A).backward()
+            rec_g = d.all_sum(s.detach()) / n_global
+            acc += torch.stack(
+                [
+                    rec_g.double().cpu(),
+                    con.detach().double().cpu(),
+                    torch.zeros((), dtype=torch.float64),
+                ]
+            )
+        acc /= A
+        acc[2] = (1 - tcfg.gamma) * acc[0] + tcfg.gamma * acc[1]
+        if not torch.isfinite(acc).all():
+            _stop_nonfinite(out, step, acc, d)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            if tcfg.grad_clip > 0
+            else torch.zeros(())
+        )
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        step += 1
+        seen_tokens += 2 * B * A * T
+        window_steps += 1
+        bar.update(1)
+        logged = {"loss": float(acc[2]), "rec": float(acc[0]), "con": float(acc[1])}
+        if d.main and (step % tcfg.log_every == 0 or step == steps):
+            dt = time.time() - window_t0
+            row = {
+                "step": step,
+                "epoch": step * A * B / len(dataset),
+                **logged,
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": 2 * B * A * T * window_steps / max(dt, 1e-9),
+                "seconds": time.time() - t0,
+            }
+            append_jsonl(metrics_path, [row])
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            window_t0, window_steps = time.time(), 0
+        if step % tcfg.eval_every == 0 or step == steps:
+            last_val, layers = _evaluate(model, val, train_eval, d, tcfg, step, metrics_path)
+            cov = stream.coverage_summary(step * A * B)  # H16: fraction of tokens seen
+            if d.main and cov:
+                append_jsonl(metrics_path, [{"step": step, **cov}])
+                stream.write_coverage(out / "coverage.jsonl", step * A * B, step)
+            last_val = {**last_val, **cov}
+            score = last_val.get(SELECT_METRIC)
+            if score is not None:
+                if best is None or score > best["value"]:
+                    best = {"metric": SELECT_METRIC, "value": score, "step": step, "bad_evals": 0}
+                    if d.main:
+                        _save_best(out, model, config, best, layers)
+                else:
+                    best = {**best, "bad_evals": best["bad_evals"] + 1}
+                    stopped_early = 0 < tcfg.patience <= best["bad_evals"]
+                if d.main:
+                    bar.set_postfix(
+                        loss=f"{logged['loss']:.4f}",
+                        sel=f"{score:.3f}",
+                        best=f"{best['value']:.3f}",
+                    )
+        if step % tcfg.ckpt_every == 0 or step == steps or stopped_early:
+            if d.main:
+                save_checkpoint(out, model, opt, sched, step, config, d.device, best)
+            d.barrier()
+        if stopped_early:
+            break
+    bar.close()
+    summary = {
+        "out": str(out),
+        "steps": step,
+        **logged,
+        **last_val,
+        "seconds": time.time() - t0,
+        "tokens_seen": seen_tokens,
+        "dtype": str(cdtype).removeprefix("torch."),
+        "best": best,
+        "stopped_early": stopped_early,
+    }
+    if d.main and not last_val:
+        rows = [r for r in read_jsonl(metrics_path) if "val_r2" in r or "train_r2" in r]
+        summary.update({k: v for k, v in (rows[-1] if rows else {}).items() if k != "step"})
+    return summary
+
+
+def _sample_tokens(dataset: Any, seed: int, limit: int = 200_000) -> torch.Tensor:
+    """Real (non-padding) tokens of the training models, at most ``limit``, seeded subsample."""
+    store = dataset.store
+    parts = []
+    for m in dataset.ids:
+        tok = store.get(m)
+        t = torch.as_tensor(tok.tokens, dtype=torch.float32)
+        mask = torch.as_tensor(tok.mask, dtype=torch.bool)
+        parts.append(t.masked_fill(~mask, 0.0)[mask.any(-1)])
+    x = torch.cat(parts)
+    if len(x) > limit:
+        g = torch.Generator().manual_seed(seed)
+        x = x[torch.randperm(len(x), generator=g)[:limit]]
+    return x
+
+
+def _save_best(
+    out: Path,
+    model: Backbone,
+    config: dict[str, Any],
+    best: dict[str, Any],
+    layers: list[dict[str, Any]] | None,
+) -> None:
+    """The selected weights as the backbone (``config.json`` names step and score), and their
+    per-layer validation rows in ``val_layers.jsonl``."""
+    sel = {k: best[k] for k in ("metric", "value", "step")}
+    save_backbone(model, out, {**config, "step": best["step"], "selected": sel})
+    if layers is not None:
+        atomic_write_bytes(
+            out / LAYERS_FILE,
+            "".join(dumps({"step": best["step"], **r}) + "\n" for r in layers).encode(),
+        )
+
+
+def _views(
+    x: torch.Tensor, mask: torch.Tensor, tcfg: TrainConfig, b: int, rows: list[int], d: Dist
+) -> torch.Tensor:
+    """Two augmented views (2b, T, D) of this rank's rows; draws depend on (seed, b) only."""
+    g = torch.Generator(device=d.device).manual_seed(tcfg.seed * 7_919 + b * 104_729 + 1)
+    shape = (2, len(rows), *x.shape[1:])  # draws for the whole global batch, both views
+    eps = torch.randn(shape, generator=g, device=d.device)[:, d.rank :: d.world]
+    u = torch.rand(shape, generator=g, device=d.device)[:, d.rank :: d.world]
+    v1 = augment(x, mask, tcfg.noise, tcfg.mask_frac, eps[0], u[0])
+    v2 = augment(x, mask, tcfg.noise, tcfg.mask_frac, eps[1], u[1])
+    return torch.cat([v1, v2])
+
+
+def _gather(p: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows of ``p`` (differentiable), in rank order."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(p))
+
+
+def _evaluate(
+    model: Backbone,
+    val: Evaluator | None,
+    train_eval: Evaluator | None,
+    d: Dist,
+    tcfg: TrainConfig,
+    step: int,
+    metrics_path: Path,
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """One metrics row (val_* and train_* figures) and the validation's per-layer rows."""
+    model.eval()
+    row: dict[str, Any] = {"step": step}
+    layers = None
+    for name, ev in (("val", val), ("train", train_eval)):
+        if ev is None:
+            continue
+        res = ev.run(model, d, tcfg.batch_size, tcfg, with_layers=name == "val")
+        layers = res.pop("layers", layers)
+        row.update({f"{name}_{k}": v for k, v in res.items()})
+    model.train()
+    if d.main and len(row) > 1:
+        append_jsonl(metrics_path, [row])
+    return row, layers
+
+
+def _stop_nonfinite(out: Path, step: int, acc: torch.Tensor, d: Dist) -> None:
+    latest = out / STATE_DIR / "latest.json"
+    kept = (
+        f"the last good checkpoint (step {read_json(latest)['step']}) is kept in {out}"
+        if latest.exists()
+        else "no checkpoint was written yet"
+    )
+    raise WeightAtlasError(
+        f"non-finite loss at step {step + 1} (rec={float(acc[0])}, con={float(acc[1])}); "
+        f"training stopped and {kept}; lower lr or raise mln_eps, then re-run to resume"
+    )
+
+
+def _restore(
+    out: Path,
+    config: dict[str, Any],
+    resume: bool,
+    model: Backbone,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    d: Dist,
+) -> tuple[int, dict[str, Any] | None]:
+    """Resume from ``out`` (same config only) or start fresh; trims metrics to the checkpoint.
+
+    Returns the step to continue from and the best selection so far (None: none yet).
+    """
+    latest = out / STATE_DIR / "latest.json"
+    metrics = out / "metrics.jsonl"
+    if resume and latest.exists():
+        saved = read_json(out / STATE_DIR / read_json(latest)["dir"] / "state.json")["config"]
+        if dumps(saved) != dumps(config):
+            diff = [k for k in set(saved) | set(config) if saved.get(k) != config.get(k)]
+            raise WeightAtlasError(
+                f"{out} holds a run with a different configuration ({', '.join(sorted(diff))}); "
+                "use another --out, or --fresh to start over"
+            )
+        step, best = load_checkpoint(out, model, opt, sched, d.device)
+        if d.main:
+            rows = [r for r in read_jsonl(metrics) if r.get("step", 0) <= step]
+            atomic_write_bytes(metrics, "".join(dumps(r) + "\n" for r in rows).encode())
+        d.barrier()
+        return step, best
+    if d.main:
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        metrics.unlink(missing_ok=True)
+        (out / LAYERS_FILE).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+    return 0, None

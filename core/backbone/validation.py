@@ -1,0 +1,149 @@
+"""Validation during training: pooled and per-layer R² and std ratios on held-out models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.backbone.config import TrainConfig
+from core.backbone.data import SELECT_KINDS, _median, _pin, layer_table
+from core.backbone.device import Dist, _autocast, compute_dtype
+from core.backbone.losses import R2Meter, reconstruction_terms
+from core.backbone.model import (
+    Backbone,
+)
+
+
+class Evaluator:
+    """Reconstruction R^2 and MLN loss over whole models' tokens: pooled over all values
+    (overall, per layer kind) and per layer (median per kind of R^2 and of the std ratio).
+
+    Each model is cut into consecutive windows (``TokenStore.iter_chunks``); each token carries
+    its layer (a row of ``self.layers``) and that layer's kind from the store's layer table.
+    Ranks share the windows and sum.
+    """
+
+    def __init__(self, store: Any, ids: list[str], window: int, kinds: list[str]):
+        self.store, self.ids, self.window = store, ids, window
+        self.kinds = kinds
+        self.layers: list[tuple[str, str, str]] = []  # (model id, layer name, kind)
+        self._first: dict[str, int] = {}
+        for m in ids:
+            self._first[m] = len(self.layers)
+            self.layers += [(m, e.name, e.kind) for e in store.layers(m)]
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.chunks = [(m, s) for m in ids for s in range(0, store.n_tokens(m), window)]
+
+    def _per_token(self, model_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if model_id not in self._cache:
+            n = self.store.n_tokens(model_id)
+            kind = torch.full((n,), -1, dtype=torch.long)
+            layer = torch.full((n,), -1, dtype=torch.long)
+            for j, e in enumerate(self.store.layers(model_id)):
+                kind[e.offset : e.offset + e.count] = self.kinds.index(e.kind)
+                layer[e.offset : e.offset + e.count] = self._first[model_id] + j
+            self._cache = {model_id: (kind, layer)}
+        return self._cache[model_id]
+
+    def _ids(self, model_id: str, start: int, which: int) -> torch.Tensor:
+        out = torch.full((self.window,), -1, dtype=torch.long)
+        part = self._per_token(model_id)[which][start : start + self.window]
+        out[: len(part)] = part
+        return out
+
+    def kind_ids(self, model_id: str, start: int) -> torch.Tensor:
+        """(T,) index into ``self.kinds`` of every token of a window (-1 past the end)."""
+        return self._ids(model_id, start, 0)
+
+    def layer_ids(self, model_id: str, start: int) -> torch.Tensor:
+        """(T,) index into ``self.layers`` of every token of a window (-1 past the end)."""
+        return self._ids(model_id, start, 1)
+
+    def _by_band(self, lstats: torch.Tensor) -> dict[str, Any]:
+        """Pooled R^2 per size band (decades of tokens per model, as ``coverage_band_1eK``):
+        ``r2_band_1eK`` (None without variance) and ``models_band_1eK`` (issue 16)."""
+        band = {m: int(np.floor(np.log10(max(self.store.n_tokens(m), 1)))) for m in self.ids}
+        out: dict[str, Any] = {}
+        for b in sorted(set(band.values())):
+            rows = [j for j, (m, _, _) in enumerate(self.layers) if band[m] == b]
+            r2, _ = layer_table(lstats[rows].sum(0, keepdim=True))
+            out[f"r2_band_1e{b}"] = None if r2[0] != r2[0] else float(r2[0])
+            out[f"models_band_1e{b}"] = sum(1 for v in band.values() if v == b)
+        return out
+
+    @torch.no_grad()
+    def run(
+        self,
+        model: Backbone,
+        d: Dist,
+        batch: int,
+        tcfg: TrainConfig,
+        with_layers: bool = False,
+    ) -> dict[str, Any]:
+        """Score the models; ``with_layers`` also returns the per-layer rows under ``layers``."""
+        meter, rec = R2Meter(), torch.zeros(2, dtype=torch.float64)
+        lstats = torch.zeros(len(self.layers) + 1, 6, dtype=torch.float64)  # last row: padding
+        cdtype = compute_dtype(tcfg.dtype, d.device)
+        mine = self.chunks[d.rank :: d.world]
+        for b in range(0, len(mine), batch):
+            part = mine[b : b + batch]
+            ws = [self.store.window(m, s, self.window) for m, s in part]
+            x = _pin(torch.stack([w["tokens"] for w in ws]), d.device)
+            mask = _pin(torch.stack([w["mask"] for w in ws]), d.device)
+            pos = _pin(torch.stack([w["positions"] for w in ws]), d.device)
+            kid = _pin(torch.stack([self.kind_ids(m, s) for m, s in part]), d.device)
+            with _autocast(d.device, cdtype):
+                pred = model.decode(model.encode(x, pos), pos).float()
+            meter.update(pred, x, mask, {k: kid == i for i, k in enumerate(self.kinds)})
+            s, n = reconstruction_terms(pred, x, mask, tcfg.loss_norm, tcfg.mln_eps)
+            rec += torch.stack([s.double().cpu(), n.double().cpu()])
+            y, p, w = x.double().cpu(), pred.double().cpu(), mask.double().cpu()
+            per_tok = torch.stack(
+                [w, w * y, w * y * y, w * p, w * p * p, w * (y - p) ** 2], -1
+            ).sum(2)  # (b, T, 6)
+            lid = torch.stack([self.layer_ids(m, s) for m, s in part])
+            lid = torch.where(lid < 0, len(self.layers), lid)
+            lstats.index_add_(0, lid.flatten(), per_tok.flatten(0, 1))
+        names = ["all", *self.kinds]
+        sums = torch.stack([meter.sums.get(k, torch.zeros(4, dtype=torch.float64)) for k in names])
+        sums, rec, lstats = d.all_sum(sums), d.all_sum(rec), d.all_sum(lstats)
+        meter.sums = dict(zip(names, sums, strict=True))
+        r2 = meter.compute()
+        lr2, lratio = layer_table(lstats[:-1].cpu())
+        by_kind_r2: dict[str, list[float]] = {}
+        by_kind_ratio: dict[str, list[float]] = {}
+        for (_, _, kind), a, c in zip(self.layers, lr2.tolist(), lratio.tolist(), strict=True):
+            by_kind_r2.setdefault(kind, []).append(a)
+            by_kind_ratio.setdefault(kind, []).append(c)
+        select = [v for k in SELECT_KINDS for v in by_kind_r2.get(k, [])]
+        out: dict[str, Any] = {
+            "r2": r2.pop("all", None),
+            "r2_by_kind": r2,
+            "layer_r2_median_by_kind": {k: _median(v) for k, v in sorted(by_kind_r2.items())},
+            "layer_std_ratio_median_by_kind": {
+                k: _median(v) for k, v in sorted(by_kind_ratio.items())
+            },
+            "layers_by_kind": {k: len(v) for k, v in sorted(by_kind_r2.items())},
+            "layer_r2_median_conv_linear": _median(select) if select else _median(lr2.tolist()),
+            "rec_loss": float(rec[0] / rec[1].clamp_min(1.0)),
+            "models": len(self.ids),
+            "tokens": sum(self.store.n_tokens(m) for m in self.ids),
+            **self._by_band(lstats[:-1].cpu()),
+        }
+        if with_layers:
+            out["layers"] = [
+                {
+                    "model": m,
+                    "layer": name,
+                    "kind": kind,
+                    "values": int(st[0]),
+                    "r2": None if a != a else a,
+                    "std_ratio": None if c != c else c,
+                }
+                for (m, name, kind), st, a, c in zip(
+                    self.layers, lstats[:-1].tolist(), lr2.tolist(), lratio.tolist(), strict=True
+                )
+            ]
+        return out

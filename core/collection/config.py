@@ -1,0 +1,85 @@
+"""The collect stage's configuration (``CollectConfig``) and presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.config import register_presets
+
+# ---------------------------------------------------------------------------------- config
+
+
+@dataclass
+class CollectConfig:
+    """How candidates are fetched and checked.
+
+    Attributes:
+        max_params: largest accepted number of float values in a model's safetensors.
+        split_fractions: train/val/test shares of the hash of the run key (sum 1).
+        workers: concurrent candidates (downloads and header checks).
+        check_workers: concurrent deep checks (they hold a model's weights in memory twice).
+        token_size: D of the dense token plan used for the "it tokenizes" check.
+        max_header_bytes: largest accepted safetensors JSON header.
+        supported_dtypes: safetensors dtypes a model may contain.
+        allow_patterns: files downloaded from a Hub repo.
+        check_finite: read every float tensor and reject NaN/Inf.
+        http_timeout_s: connect/read timeout of one HTTP request to the Hub.
+        candidate_timeout_s: overall deadline for fetching one candidate (all its files);
+            past it the candidate is left for the next run, nothing is recorded.
+        max_redirects: redirects followed per request (a loop is a network error, retried).
+        max_listing_pages: most listing pages read in one run.
+        listing_page_margin: with ``--limit N``, at most ``N + margin`` listing pages.
+        max_listing_page_bytes: largest listing page (JSON) accepted.
+        max_config_bytes: largest ``config.json`` read or downloaded.
+        max_card_bytes: largest ``README.md`` read or downloaded.
+        max_index_bytes: largest ``*.safetensors.index.json`` read or downloaded.
+    """
+
+    max_params: int = 350_000_000
+    split_fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
+    workers: int = 8
+    check_workers: int = 2
+    token_size: int = 64
+    max_header_bytes: int = 100_000_000
+    supported_dtypes: tuple[str, ...] = (
+        "F64",
+        "F32",
+        "F16",
+        "BF16",
+        "I64",
+        "I32",
+        "I16",
+        "I8",
+        "U8",
+        "BOOL",
+    )
+    allow_patterns: tuple[str, ...] = (
+        "config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "README.md",
+    )
+    check_finite: bool = True
+    http_timeout_s: float = 30.0
+    candidate_timeout_s: float = 900.0
+    max_redirects: int = 5
+    max_listing_pages: int = 1000
+    listing_page_margin: int = 10
+    max_listing_page_bytes: int = 64 * 2**20
+    max_config_bytes: int = 4 * 2**20
+    max_card_bytes: int = 2 * 2**20
+    max_index_bytes: int = 16 * 2**20
+
+
+COLLECT_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": {"workers": 2, "check_workers": 1, "max_params": 5_000_000},
+    "demo": {},
+    # 001's Hub collection, the same for its HF-small and HF-large backbones
+    "paper-small": {"max_params": 1_000_000_000, "split_fractions": (0.9, 0.1, 0.0)},
+    "paper-large": {"max_params": 1_000_000_000, "split_fractions": (0.9, 0.1, 0.0)},
+}
+register_presets("collect", CollectConfig, COLLECT_PRESETS)
+
+SPLITS = ("train", "val", "test")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

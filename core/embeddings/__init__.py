@@ -1,0 +1,1 @@
+"""Embeddings: encode models with the backbone, build maps, measure distances, probe properties."""

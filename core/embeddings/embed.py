@@ -1,0 +1,269 @@
+"""Embeddings: encode every model with haloing, per-layer spreads, 2-D maps, retrieval.
+
+    weightatlas embed ATLAS                       # all accepted models -> ATLAS/embeddings/
+    weightatlas embed ATLAS --model PATH_OR_ID    # one new model: vector, map position, neighbours
+    torchrun --nproc_per_node 4 -m core.cli embed ATLAS   # sharded by rank, then merged
+
+Haloing (003 §2): a model's token sequence is cut into content chunks of ``window - 2*halo``
+tokens; each chunk is encoded inside a window of ``window`` tokens with ``halo`` tokens of
+context before and after (shifted inward at the ends of the sequence), and the context is
+dropped after encoding. A model that fits in one window is encoded in one pass.
+
+Per-model embedding = mean over its tokens (003 §2). Per-layer embedding = mean over the
+layer's tokens, and the layer's spread ẑ_l = std over its tokens (003 §4, eq. 8), averaged over
+latent dimensions to one scalar per layer.
+
+Outputs (``ATLAS/embeddings/``): ``models.safetensors`` (``z (M, L)``, ``layer_z (S, L)``,
+``layer_spread (S,)`` with S = total layers), ``models.jsonl`` (row i describes ``z[i]``),
+``layers.jsonl`` (row j describes ``layer_z[j]``), ``maps.json`` (PCA and UMAP 2-D coordinates
+per id), ``reducers/pca.safetensors`` (mean and components) and ``reducers/umap.safetensors``
+(the embedding table and its fitted 2-D coordinates). New points are placed on the UMAP map
+from their neighbours in embedding space (inverse-distance weighted mean of the map positions
+of the ``n_neighbors`` nearest collected models, the same initialisation umap-learn's own
+``transform`` starts from), so no fitted UMAP object is ever pickled or unpickled.
+
+Work is split into fixed chunks of models; rank r embeds chunks r, r + world_size, ... into
+``embeddings/parts/`` (keyed by the backbone's fingerprint), and any rank that finds every part
+present merges them, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from core.atlas import Atlas, append_jsonl, atomic_path, write_json
+from core.config import build_config, to_dict
+from core.embeddings.distances import distance_percentile, loo_knn_distances, reference_groups
+from core.embeddings.encode import (
+    EMBED_PRESETS,
+    EmbedConfig,
+    _load_backbone,
+    _masked_tokens,
+    backbone_fingerprint,
+    embeddings_dir,
+    encode_tokens,
+    resolve_window,
+    summarize,
+)
+from core.embeddings.maps import fit_maps
+from core.errors import WeightAtlasError
+from core.tokens.store import TokenStore
+from core.tokens.tokenize import copies_of
+
+# the stage
+
+
+def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    r = int(os.environ.get("RANK", 0)) if rank is None else rank
+    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= r < w:
+        raise WeightAtlasError(f"rank {r} is not in [0, {w})")
+    return r, w
+
+
+def embed(
+    atlas: str | Path,
+    *,
+    preset: str | None = "ci",
+    halo: int | None = None,
+    window: int | None = None,
+    batch_size: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    backbone_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Embed every tokenized model of the atlas and write ``ATLAS/embeddings/``.
+
+    Args:
+        atlas: the atlas directory (tokenized, with a trained backbone).
+        preset: an ``EMBED_PRESETS`` name.
+        halo: context tokens on each side of a window (overrides the preset).
+        window: tokens per encoder pass (overrides the preset; default the backbone's).
+        batch_size: windows per encoder call.
+        rank: this worker's rank (default ``$RANK`` or 0).
+        world_size: number of workers (default ``$WORLD_SIZE`` or 1).
+        backbone_dir: another backbone (e.g. an ablation in ``ATLAS/backbones/NAME``); its
+            embeddings go to ``BACKBONE/embeddings`` instead of ``ATLAS/embeddings``.
+        overrides: other ``EmbedConfig`` fields.
+
+    Returns:
+        The embeddings directory (complete once every rank's parts exist).
+    """
+
+    a = Atlas.open(atlas)
+    extra = {
+        k: v
+        for k, v in dict(halo=halo, window=window, batch_size=batch_size).items()
+        if v is not None
+    }
+    cfg = build_config(EmbedConfig, EMBED_PRESETS, preset, overrides={**(overrides or {}), **extra})
+    r, w = _rank_world(rank, world_size)
+    bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
+    out = embeddings_dir(a, backbone_dir)
+    backbone = _load_backbone(a, bdir, cfg.device)
+    fp = backbone_fingerprint(bdir)
+    if not (a.tokens_dir / "index.json").exists():
+        raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
+    store = TokenStore(a.tokens_dir)
+    dups = {r["id"] for r in a.manifest() if r.get("duplicate_of")}
+    ids = sorted(i for i in store.ids if i not in dups)  # a duplicate is its original's point
+    if not ids:
+        raise WeightAtlasError(f"{a.root}: the token store holds no models")
+    chunks = [ids[i : i + cfg.chunk_models] for i in range(0, len(ids), cfg.chunk_models)]
+    window_, halo_ = resolve_window(cfg, backbone)
+    plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n" + "\n".join(ids)
+    parts = out / "parts" / hashlib.sha256(plan.encode()).hexdigest()[:16]  # stale parts never mix
+    mine = [c for c in range(len(chunks)) if c % w == r]
+    for c in tqdm(mine, desc=f"embed rank {r}/{w}", unit="chunk"):
+        path = parts / f"part-{c:05d}.safetensors"
+        if path.exists():
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        zs, lz, ls, lidx, ltok, ntok = [], [], [], [], [], []
+        for mid in chunks[c]:
+            tokens, positions = _masked_tokens(store.get(mid))
+            summ = summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
+            zs.append(summ["z"])
+            lz.append(summ["layer_z"])
+            ls.append(summ["layer_spread"])
+            lidx.append(summ["layer_index"])
+            ltok.append(summ["layer_tokens"])
+            ntok.append(len(tokens))
+        tensors["z"] = torch.stack(zs)
+        tensors["layer_z"] = torch.cat(lz)
+        tensors["layer_spread"] = torch.cat(ls)
+        tensors["layer_index"] = torch.cat(lidx).long()
+        tensors["layer_tokens"] = torch.cat(ltok).long()
+        tensors["layer_count"] = torch.tensor([len(x) for x in lidx], dtype=torch.long)
+        tensors["n_tokens"] = torch.tensor(ntok, dtype=torch.long)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"ids": "\n".join(chunks[c]), "backbone": fp})
+    if all((parts / f"part-{c:05d}.safetensors").exists() for c in range(len(chunks))):
+        _merge(a, out, parts, chunks, store, cfg, fp)
+        if w == 1:  # alone: nobody else may still read the parts
+            shutil.rmtree(out / "parts", ignore_errors=True)
+    return out
+
+
+def _merge(
+    a: Atlas,
+    out: Path,
+    parts: Path,
+    chunks: list[list[str]],
+    store: Any,
+    cfg: EmbedConfig,
+    fp: str,
+) -> None:
+    """Concatenate the parts, write the tables, fit PCA/UMAP and the maps."""
+
+    manifest = {row["id"]: row for row in a.manifest()}
+    copies = copies_of(manifest.values())
+    z, layer_z, layer_spread, model_rows, layer_rows = [], [], [], [], []
+    n_layer_rows = 0
+    for c, ids in enumerate(chunks):
+        with safe_open(str(parts / f"part-{c:05d}.safetensors"), "pt") as f:
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        z.append(t["z"])
+        layer_z.append(t["layer_z"])
+        layer_spread.append(t["layer_spread"])
+        off = 0
+        for i, mid in enumerate(ids):
+            cnt = int(t["layer_count"][i])
+            first = n_layer_rows + off
+            row = manifest.get(mid, {})
+            model_rows.append(
+                {
+                    "id": mid,
+                    "row": len(model_rows),
+                    "family": row.get("family"),
+                    "architecture": row.get("architecture"),
+                    "library": row.get("library"),
+                    "split": row.get("split"),
+                    "params": row.get("params"),
+                    "labels": row.get("labels") or {},
+                    "metrics": row.get("metrics") or {},
+                    "n_tokens": int(t["n_tokens"][i]),
+                    "layer_rows": [first, first + cnt],
+                    "copies": 1 + len(copies.get(mid, [])),
+                    "duplicates": copies.get(mid, []),
+                }
+            )
+            names = {e.layer: e.name for e in store.layers(mid)}
+            for j in range(cnt):
+                lid = int(t["layer_index"][off + j])
+                layer_rows.append(
+                    {
+                        "id": mid,
+                        "row": first + j,
+                        "layer": lid,
+                        "name": names.get(lid, str(lid)),
+                        "n_tokens": int(t["layer_tokens"][off + j]),
+                        "spread": float(t["layer_spread"][off + j]),
+                    }
+                )
+            off += cnt
+        n_layer_rows += off
+    tensors = {
+        "z": torch.cat(z).contiguous(),
+        "layer_z": torch.cat(layer_z).contiguous(),
+        "layer_spread": torch.cat(layer_spread).contiguous(),
+    }
+    zm = tensors["z"].double().numpy()
+    groups = reference_groups(a, [r["id"] for r in model_rows])
+    loo = loo_knn_distances(zm, cfg.distance_k, cfg.distance_metric, groups)
+    for r, dist in zip(model_rows, loo, strict=True):
+        r["atlas_distance"] = float(dist)
+        r["atlas_percentile"] = distance_percentile(loo, float(dist))
+    maps, reducers = fit_maps(zm, cfg)
+    rdir = out / "reducers"
+    for name, arrays in reducers.items():
+        with atomic_path(rdir / f"{name}.safetensors") as tmp:
+            save_file(
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp)
+            )
+    ids = [r["id"] for r in model_rows]
+    with atomic_path(out / "models.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"backbone": fp})
+    for name, rows in (("models.jsonl", model_rows), ("layers.jsonl", layer_rows)):
+        tmp_path = out / f".{name}.new"
+        tmp_path.unlink(missing_ok=True)
+        append_jsonl(tmp_path, rows)
+        os.replace(tmp_path, out / name)
+    write_json(
+        out / "maps.json",
+        {
+            "ids": ids,
+            "pca": {i: maps["pca"][k].tolist() for k, i in enumerate(ids)},
+            "umap": {i: maps["umap"][k].tolist() for k, i in enumerate(ids)},
+        },
+    )
+    write_json(
+        out / "info.json",
+        {
+            "backbone": fp,
+            "n_models": len(ids),
+            "latent_dim": int(tensors["z"].shape[1]),
+            "pca_explained_variance_ratio": reducers["pca"]["explained_variance_ratio"].tolist(),
+            "umap_placement": "inverse-distance weighted mean of the n_neighbors nearest maps",
+            "atlas_distance": {
+                "k": cfg.distance_k,
+                "metric": cfg.distance_metric,
+                "calibration": "leave-one-run-out (core.embeddings.distances.reference_groups)",
+            },
+            "config": to_dict(cfg),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------

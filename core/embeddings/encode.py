@@ -1,0 +1,221 @@
+"""Encoding with the backbone: haloed windows over a model's tokens, summaries, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from core.atlas import Atlas
+from core.backbone.model import load_backbone
+from core.config import register_presets
+from core.errors import WeightAtlasError
+
+
+def embeddings_dir(atlas: Atlas, backbone_dir: str | Path | None = None) -> Path:
+    """Where embeddings of the atlas' main backbone (or of another backbone) are written."""
+    if backbone_dir is None or Path(backbone_dir).resolve() == atlas.backbone_dir.resolve():
+        return atlas.embeddings_dir
+    return Path(backbone_dir) / "embeddings"
+
+
+# Shapes: N tokens of one model, D token size, L latent dim, T window length, K sequences
+# decoded together, M embedded models, S layers over all models.
+
+_UMAP_LOCK = threading.Lock()  # umap/numba are not re-entrant inside a threaded server
+
+
+@dataclass
+class EmbedConfig:
+    """How models are encoded and mapped.
+
+    ``window`` None: the backbone's training window. ``halo`` None: ``window // 8`` (the
+    paper's 64 context tokens on 512-token windows).
+    """
+
+    window: int | None = None
+    halo: int | None = None
+    batch_size: int = 256  # windows per backbone call
+    chunk_models: int = 64
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    map_neighbors: int = 5
+    distance_k: int = 5  # atlas distance: mean distance to this many nearest atlas models
+    # atlas distance metric: "zscore" (Euclidean on embeddings standardized per latent dim by
+    # the atlas' mean and std) or "cosine" (the neighbour lists' metric; ignores norms)
+    distance_metric: str = "zscore"
+    seed: int = 0
+    device: str = "cpu"
+
+
+EMBED_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": dict(chunk_models=32, umap_neighbors=8),
+    "demo": dict(chunk_models=64, umap_neighbors=15),
+    "paper-small": dict(window=512, halo=64, batch_size=64, chunk_models=16),
+    "paper-large": dict(window=512, halo=64, batch_size=64, chunk_models=16),
+}
+register_presets("embed", EmbedConfig, EMBED_PRESETS)
+
+
+# ---------------------------------------------------------------------------------------------
+# haloing
+
+
+def halo_windows(n: int, window: int, halo: int) -> list[tuple[int, int, int]]:
+    """Cut a sequence of ``n`` tokens into haloed windows.
+
+    Returns:
+        ``(window_start, content_start, content_end)`` per window: the encoder sees tokens
+        ``[window_start, window_start + min(window, n))`` and keeps ``[content_start,
+        content_end)``. Content ranges tile ``[0, n)`` exactly once.
+    """
+    if n <= 0:
+        return []
+    if n <= window:
+        return [(0, 0, n)]
+    content = window - 2 * halo
+    if content < 1:
+        raise WeightAtlasError(f"halo {halo} leaves no content in a window of {window} tokens")
+    out = []
+    for s in range(0, n, content):
+        e = min(s + content, n)
+        ws = min(max(s - halo, 0), n - window)
+        out.append((ws, s, e))
+    return out
+
+
+@torch.no_grad()
+def haloed_apply(
+    fn: Any,
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    window: int,
+    halo: int,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Apply a sequence map ``fn(x (B,T,F), positions (B,T,3)) -> (B,T,G)`` with haloing.
+
+    Args:
+        fn: ``backbone.encode`` or ``backbone.decode``.
+        x: ``(N, F)`` one sequence or ``(K, N, F)`` several sequences sharing ``positions``.
+        positions: ``(N, 3)`` positions of the sequence.
+        window: tokens per encoder pass (context included).
+        halo: context tokens kept before and after each content chunk, dropped afterwards.
+        batch_size: windows per call of ``fn``.
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        ``(N, G)`` or ``(K, N, G)``, the content of every window stitched back in order.
+    """
+    single = x.dim() == 2
+    xs = x[None] if single else x  # (K, N, F)
+    k, n, _ = xs.shape
+    wins = halo_windows(n, window, halo)
+    t = min(window, n)
+    jobs = [(i, w) for i in range(k) for w in wins]  # (sequence, window)
+    out: torch.Tensor | None = None
+    batches = range(0, len(jobs), batch_size)
+    for b in tqdm(batches, desc="windows", unit="batch", disable=not progress, leave=False):
+        chunk = jobs[b : b + batch_size]
+        xb = torch.stack([xs[i, ws : ws + t] for i, (ws, _, _) in chunk])  # (B, T, F)
+        pb = torch.stack([positions[ws : ws + t] for _, (ws, _, _) in chunk])  # (B, T, 3)
+        yb = fn(xb, pb)  # (B, T, G)
+        if out is None:
+            out = yb.new_empty((k, n, yb.shape[-1]))
+        for j, (i, (ws, s, e)) in enumerate(chunk):
+            out[i, s:e] = yb[j, s - ws : e - ws]
+    assert out is not None
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------
+# backbone and token access
+
+
+def resolve_window(cfg: EmbedConfig, backbone: Any) -> tuple[int, int]:
+    """``(window, halo)`` from the config, defaulting to the backbone's training window."""
+    window = cfg.window if cfg.window is not None else int(backbone.cfg.window)
+    halo = cfg.halo if cfg.halo is not None else window // 8
+    if window - 2 * halo < 1:
+        raise WeightAtlasError(f"halo {halo} too large for window {window}")
+    return window, halo
+
+
+def _masked_tokens(tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens (N, D) float32 with padding zeroed, positions (N, 3) long)``."""
+    tokens = torch.as_tensor(tok.tokens, dtype=torch.float32)
+    mask = torch.as_tensor(tok.mask, dtype=torch.bool)
+    return tokens.masked_fill(~mask, 0.0), torch.as_tensor(tok.positions, dtype=torch.long)
+
+
+def encode_tokens(
+    backbone: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    cfg: EmbedConfig,
+) -> torch.Tensor:
+    """Haloed token embeddings ``z (N, L)`` of one model's tokens ``(N, D)``."""
+    window, halo = resolve_window(cfg, backbone)
+    dev = torch.device(cfg.device)
+    z = haloed_apply(
+        backbone.encode, tokens.to(dev), positions.to(dev), window, halo, cfg.batch_size
+    )
+    return z.float().cpu()
+
+
+def summarize(z: torch.Tensor, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Model mean, per-layer means and spreads from token embeddings.
+
+    Args:
+        z: ``(N, L)`` token embeddings.
+        positions: ``(N, 3)`` ``[n, l, k]``; tokens with equal ``l`` belong to one layer.
+
+    Returns:
+        ``z (L,)``, ``layer_index (S,)`` (the ``l`` values in order), ``layer_z (S, L)``,
+        ``layer_spread (S,)`` (std over the layer's tokens, mean over latent dims; 0 for a
+        one-token layer), ``layer_tokens (S,)``.
+    """
+    layer_ids, inverse, counts = torch.unique(
+        positions[:, 1], return_inverse=True, return_counts=True
+    )
+    s, dim = len(layer_ids), z.shape[1]
+    sums = torch.zeros(s, dim, dtype=torch.float64).index_add_(0, inverse, z.double())
+    means = sums / counts[:, None]
+    sq = torch.zeros(s, dim, dtype=torch.float64).index_add_(
+        0, inverse, (z.double() - means[inverse]) ** 2
+    )
+    denom = (counts - 1).clamp(min=1)[:, None]
+    spread = torch.where(counts[:, None] > 1, (sq / denom).sqrt(), torch.zeros_like(sq)).mean(1)
+    return {
+        "z": z.double().mean(0).float(),
+        "layer_index": layer_ids,
+        "layer_z": means.float(),
+        "layer_spread": spread.float(),
+        "layer_tokens": counts,
+    }
+
+
+def backbone_fingerprint(backbone_dir: Path) -> str:
+    """Short sha256 of the backbone weights, so stale parts are never merged."""
+    h = hashlib.sha256()
+    with open(backbone_dir / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _load_backbone(atlas: Atlas, backbone_dir: str | Path | None, device: str) -> Any:
+
+    src = Path(backbone_dir) if backbone_dir is not None else atlas.backbone_dir
+    if not (src / "model.safetensors").exists():
+        raise WeightAtlasError(f"no trained backbone in {src}; run `weightatlas train` first")
+    return load_backbone(src).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""The embeddings table of an atlas, read back; embedding of single model folders; neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.atlas import Atlas, read_json, read_jsonl
+from core.collection.checks import check_model, inspect_model_dir
+from core.collection.config import CollectConfig
+from core.collection.sources import Candidate, Query, make_source
+from core.config import build_config
+from core.embeddings.distances import _read_tensors, cosine_distances
+from core.embeddings.encode import (
+    EMBED_PRESETS,
+    EmbedConfig,
+    _load_backbone,
+    _masked_tokens,
+    embeddings_dir,
+    encode_tokens,
+    summarize,
+)
+from core.errors import WeightAtlasError
+from core.generation.targets import resolve_arch
+from core.tokens.plan import tokenize_model_dir
+
+
+def check_model_dir(path: str | Path) -> None:
+    """The collector's sanity checks (headers, size, dtypes, strict load, finite, tokenizable).
+
+    Raises:
+        RejectedModel: with the collector's reason.
+    """
+
+    cfg = CollectConfig()
+    check_model(inspect_model_dir(path, cfg), cfg)
+
+
+def _model_path(spec: str, atlas: str | Path) -> Path:
+    """A local model directory, a repo in the local HF cache, or a Hub id fetched by the collector.
+
+    Hub downloads go through the collector's source (safetensors and config files only) into
+    ``ATLAS/hub/``; nothing pickled is ever fetched.
+    """
+    p = Path(spec)
+    if p.is_dir():
+        return p
+
+    try:
+        source = resolve_arch(f"hf:{spec}").source
+        if source is not None:
+            return Path(source)
+    except WeightAtlasError:
+        pass
+
+    a = Atlas.open(atlas)
+    hub = make_source("hub", Query(), CollectConfig())
+    try:
+        return Path(hub.fetch(Candidate(id=spec, revision=None), a))
+    except WeightAtlasError:
+        raise
+    except Exception as e:  # network, missing repo: one line for the CLI
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise WeightAtlasError(
+            f"cannot fetch {spec!r} from the Hub ({type(e).__name__}: {first})"
+        ) from None
+
+
+# loading tables, retrieval, single models
+
+
+@dataclass
+class Embeddings:
+    """The embedding tables of an atlas."""
+
+    z: np.ndarray  # (M, L)
+    layer_z: np.ndarray  # (S, L)
+    layer_spread: np.ndarray  # (S,)
+    models: list[dict[str, Any]]
+    layers: list[dict[str, Any]]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.models]
+
+    def vector(self, model_id: str) -> np.ndarray:
+        """The embedding of one collected model."""
+        for r in self.models:
+            if r["id"] == model_id:
+                return self.z[r["row"]]
+        raise WeightAtlasError(f"{model_id!r} is not in the atlas' embeddings")
+
+
+def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -> Embeddings:
+    """Read ``ATLAS/embeddings/`` (or another backbone's embeddings)."""
+    a = Atlas.open(atlas)
+    out = embeddings_dir(a, backbone_dir)
+    t = _read_tensors(out / "models.safetensors")
+    return Embeddings(
+        z=t["z"],
+        layer_z=t["layer_z"],
+        layer_spread=t["layer_spread"],
+        models=list(read_jsonl(out / "models.jsonl")),
+        layers=list(read_jsonl(out / "layers.jsonl")),
+    )
+
+
+def token_scheme(a: Atlas) -> tuple[str, int]:
+    """The atlas' token scheme and token size (from the token store index)."""
+    path = a.tokens_dir / "index.json"
+    if not path.exists():
+        raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
+    idx = read_json(path)
+    if not isinstance(idx.get("scheme"), str) or not isinstance(idx.get("token_size"), int):
+        raise WeightAtlasError(
+            f"{a.root}'s token store holds no tokenized model (no accepted model was collected?); "
+            "check `weightatlas collect`'s summary, then run `weightatlas tokenize` again"
+        )
+    return idx["scheme"], int(idx["token_size"])
+
+
+def embed_model_dir(
+    path: str | Path,
+    atlas: str | Path,
+    *,
+    cfg: EmbedConfig | None = None,
+    check: bool = True,
+) -> np.ndarray:
+    """Embed one Hub-format model directory with the atlas' backbone; returns ``z (L,)``.
+
+    The directory goes through the collector's sanity checks first (safetensors only, size
+    limits, known architecture), so an untrusted download is treated exactly like a collected
+    one.
+    """
+    return embed_model_dir_full(path, atlas, cfg=cfg, check=check)["z"].numpy()
+
+
+def embed_model_dir_full(
+    path: str | Path,
+    atlas: str | Path,
+    *,
+    cfg: EmbedConfig | None = None,
+    check: bool = True,
+    backbone: Any = None,
+) -> dict[str, Any]:
+    """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads.
+
+    ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept model).
+    """
+
+    a = Atlas.open(atlas)
+    path = Path(path)
+    if not path.is_dir():
+        raise WeightAtlasError(f"{path} is not a model directory")
+    if check:
+        check_model_dir(path)
+    cfg = cfg or build_config(EmbedConfig, EMBED_PRESETS, "ci")
+    scheme, size = token_scheme(a)
+    tok = tokenize_model_dir(path, scheme, size)
+    if backbone is None:
+        backbone = _load_backbone(a, None, cfg.device)
+    tokens, positions = _masked_tokens(tok)
+    return summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
+
+
+def neighbours(
+    atlas: str | Path,
+    model: str | Path | np.ndarray | torch.Tensor,
+    k: int = 5,
+    embeddings: Embeddings | None = None,
+) -> list[tuple[str, float]]:
+    """The ``k`` collected models nearest to ``model`` by cosine distance of embeddings.
+
+    Args:
+        atlas: an embedded atlas.
+        model: a collected model id, an embedding vector ``(L,)``, or a model directory (it is
+            checked and embedded first).
+        k: how many neighbours.
+        embeddings: the atlas' embeddings if already loaded (the app keeps them in memory).
+
+    Returns:
+        ``[(id, cosine_distance), ...]`` nearest first; a collected model is not its own
+        neighbour.
+    """
+    emb = embeddings if embeddings is not None else load_embeddings(atlas)
+    skip: str | None = None
+    if isinstance(model, np.ndarray | torch.Tensor):
+        v = np.asarray(model, dtype=np.float64).reshape(-1)
+    elif isinstance(model, str) and model in set(emb.ids):
+        v, skip = emb.vector(model).astype(np.float64), model
+    elif Path(model).is_dir():
+        v = embed_model_dir(model, atlas).astype(np.float64)
+    else:
+        raise WeightAtlasError(f"{model!r} is neither a collected model id nor a model directory")
+    if v.shape[0] != emb.z.shape[1]:
+        raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {emb.z.shape[1]}")
+    d = cosine_distances(emb.z.astype(np.float64), v)
+    order = np.argsort(d, kind="stable")
+    ids = emb.ids
+    out = [(ids[i], float(d[i])) for i in order if ids[i] != skip]
+    return out[:k]
+
+
+# ---------------------------------------------------------------------------------------------

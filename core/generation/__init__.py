@@ -1,0 +1,1 @@
+"""Generation: new weights for a chosen architecture, sampled from the backbone's latent space."""

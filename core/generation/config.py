@@ -1,0 +1,65 @@
+"""Configuration of sampling (``SampleConfig``) and of the generation evaluation protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from core.config import register_presets
+
+
+@dataclass
+class GenerationConfig:
+    """Protocol of ``evaluate_generation`` (001 C.2: AdamW lr 1e-3, 5 epochs)."""
+
+    epochs: tuple[int, ...] = (0, 1, 3, 5)
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0,)
+    n: int = 10
+    keep: int = 3
+    heldout_task: str = "digits-invert"
+
+
+GENERATION_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": dict(seeds=(0,), n=6, keep=2),
+    "demo": dict(seeds=(0, 1), n=20, keep=5),
+}
+register_presets("generation", GenerationConfig, GENERATION_PRESETS)
+
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class SampleConfig:
+    """Sampling settings (003 Alg. 3, 001 C.2)."""
+
+    n: int = 10
+    keep: int = 3
+    mode: Literal["independent", "joint"] = "independent"
+    prior: Literal["kde", "gaussian"] = "kde"
+    bootstrap_rounds: int = 0
+    max_prompts: int = 5
+    n_prompts: int = 3  # fresh prompts when the atlas has none
+    prompt_epochs: int = 2
+    prompt_lr: float = 1e-3
+    bandwidth_scale: float = 0.1  # times Scott's factor (see module docstring)
+    bandwidth_floor: float = 0.02  # times the per-dim std over all prompt tokens
+    halo: int | None = None
+    window: int | None = None
+    batch_size: int = 256  # windows per backbone call
+    bn_batches: int = 4
+    bn_batch_size: int = 128
+    score_split: str = "val"
+    seed: int = 0
+    device: str = "cpu"
+
+
+SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": dict(n=6, keep=2, n_prompts=2, prompt_epochs=2, bn_batches=2),
+    "demo": dict(n=20, keep=5, n_prompts=3, prompt_epochs=2),
+    "paper-small": dict(n=50, keep=10, n_prompts=5, prompt_epochs=2, bn_batches=8),
+    "paper-large": dict(n=50, keep=10, n_prompts=5, prompt_epochs=2, bn_batches=8),
+}
+register_presets("sample", SampleConfig, SAMPLE_PRESETS)

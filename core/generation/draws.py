@@ -1,0 +1,92 @@
+"""Priors over the prompts' latents and draws from them (KDE or Gaussian, per token or joint)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from core.errors import WeightAtlasError
+
+# priors and draws
+
+
+def scott_bandwidth(z: torch.Tensor, scale: float, floor: float) -> torch.Tensor:
+    """Per-token, per-dim kernel bandwidth ``(N, L)`` from prompt latents ``z (E, N, L)``.
+
+    Scott's rule ``std_e * E^(-1/(L+4))`` per token and dim, floored at ``floor`` times the
+    per-dim std over all prompt tokens (so one prompt still gives a usable spread).
+    """
+    e, _, dim = z.shape
+    std = z.std(0, unbiased=True) if e > 1 else torch.zeros_like(z[0])
+    factor = scale * e ** (-1.0 / (dim + 4))
+    global_std = z.reshape(-1, dim).std(0)  # (L,)
+    return torch.maximum(factor * std, floor * global_std.expand_as(std))
+
+
+def draw_latents(
+    z: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    *,
+    mode: str = "independent",
+    prior: str = "kde",
+    bandwidth_scale: float = 1.0,
+    bandwidth_floor: float = 0.02,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``k`` latent sequences from a per-token prior fitted to prompts ``z (E, N, L)``.
+
+    Args:
+        z: prompt latents.
+        k: number of draws.
+        generator: the only source of randomness.
+        mode: ``independent`` (every token draws its own kernel centre) or ``joint`` (one
+            prompt per draw for all tokens); noise is independent per coordinate in both.
+        prior: ``kde`` (Gaussian kernels on the prompts) or ``gaussian`` (diagonal Gaussian
+            per token with the prompts' mean and std, floored like the KDE bandwidth).
+        bandwidth_scale: multiplies Scott's factor (KDE).
+        bandwidth_floor: minimum spread as a fraction of the per-dim std over all tokens.
+
+    Returns:
+        ``(draws (K, N, L), centres (K, N))``: the kernel centre (prompt index) of every token,
+        or -1 for the Gaussian prior.
+    """
+    if mode not in ("independent", "joint"):
+        raise WeightAtlasError(f"unknown sampling mode {mode!r}; choose independent or joint")
+    if prior not in PRIORS:
+        raise WeightAtlasError(f"unknown prior {prior!r}; choose from {', '.join(PRIORS)}")
+    return PRIORS[prior](z, k, generator, mode, bandwidth_scale, bandwidth_floor)
+
+
+def _kde(
+    z: torch.Tensor, k: int, g: torch.Generator, mode: str, scale: float, floor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    e, n, dim = z.shape
+    bw = scott_bandwidth(z, scale, floor)  # (N, L)
+    if mode == "independent":
+        centres = torch.randint(0, e, (k, n), generator=g)
+    else:
+        centres = torch.randint(0, e, (k, 1), generator=g).expand(k, n)
+    mean = z[centres, torch.arange(n)[None, :]]  # (K, N, L)
+    noise = torch.randn(k, n, dim, generator=g, dtype=z.dtype)
+    return mean + noise * bw[None], centres.contiguous()
+
+
+def _gaussian(
+    z: torch.Tensor, k: int, g: torch.Generator, mode: str, scale: float, floor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    e, n, dim = z.shape
+    mu = z.mean(0)
+    std = z.std(0, unbiased=True) if e > 1 else torch.zeros_like(mu)
+    std = torch.maximum(std, floor * z.reshape(-1, dim).std(0).expand_as(std))
+    noise = torch.randn(k, n, dim, generator=g, dtype=z.dtype)
+    return mu[None] + noise * std[None], torch.full((k, n), -1, dtype=torch.long)
+
+
+PRIORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "kde": _kde,
+    "gaussian": _gaussian,
+}
+
+
+# ---------------------------------------------------------------------------------------------

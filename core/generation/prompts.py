@@ -1,0 +1,315 @@
+"""Targets and prompts: the target's layer layout, its task, and the models that seed the draws."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.atlas import Atlas
+from core.errors import WeightAtlasError
+from core.generation.config import Progress, SampleConfig
+from core.generation.targets import resolve_arch
+from core.models.families import FAMILIES
+from core.models.registry import logits
+from core.tokens.plan import tokenize_state_dict
+from core.tokens.store import TokenStore
+from core.zoos.tasks import TASKS, get_task, train_epochs
+
+# target layout and prompts
+
+
+@dataclass
+class Target:
+    """A resolved architecture with its task and tokenized layer table."""
+
+    arch: Any  # core.generation.targets.ArchTarget
+    task: str | None  # None: no task the atlas knows; generated unscored (see ``note``)
+    scheme: str
+    token_size: int
+    layers: list[Any]  # LayerEntry
+    positions: torch.Tensor  # (N, 3)
+    excluded: list[dict[str, Any]]
+    image_size: int | None = None  # model's expected input side, if it differs from the task's
+    note: str | None = None  # why the target is unscored, shown to the user and in cards
+    _fresh: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    _side: dict[str, int | None] = field(default_factory=dict, repr=False)  # see run_side
+
+    def fresh(self, seed: int) -> nn.Module:
+        """A copy of the freshly initialized instance for ``seed`` (initialized once, then copied)."""
+        if seed not in self._fresh:
+            self._fresh = {seed: self.arch.build(seed)}
+        return copy.deepcopy(self._fresh[seed])
+
+    @property
+    def layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:
+        return layout_of(self.layers)
+
+
+def layout_of(layers: list[Any]) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """What must match for tokens of one model to fill another: name, shape, offset, count."""
+    return [(e.name, tuple(e.shape), int(e.offset), int(e.count)) for e in layers]
+
+
+def default_task(spec: str) -> str:
+    """The task a spec is sampled for when none is given: a zoo family's own, else digits10."""
+
+    kind, _, rest = spec.partition(":")
+    name = rest if rest else kind
+    if (kind == "zoo" or not rest) and name in FAMILIES:
+        return FAMILIES[name].default_task
+    return "digits10"
+
+
+class TargetError(WeightAtlasError):
+    """An architecture target that cannot be built, or cannot run on its task (one line)."""
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tasks_by_kind() -> str:
+
+    kinds: dict[str, list[str]] = {}
+    for t in TASKS:
+        kinds.setdefault(get_task(t).info.kind, []).append(t)
+    return "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in kinds.items())
+
+
+def resolve_target(
+    spec: str,
+    scheme: str,
+    token_size: int,
+    task: str | None = None,
+    width: int | None = None,
+    depth: int | None = None,
+) -> Target:
+    """Resolve ``spec`` for ``task`` and tokenize a fresh instance to get its layer table.
+
+    ``hf:`` targets take ``task``, else the task named in their card; with neither (or a card
+    task the atlas does not know) the target has ``task=None`` and a ``note``: it is generated
+    unscored. A target with a task must run on it: a forward pass on two of the task's inputs
+    gives finite ``(2, num_classes)`` logits.
+
+    Raises:
+        TargetError: the target cannot be built or does not fit its task (one line).
+    """
+
+    note = None
+    if spec.startswith("hf:"):
+        arch = resolve_arch(spec, task=task)
+        task_name = task or arch.task
+        if task_name is not None and task_name not in TASKS:
+            note = f"its card names task {task_name!r}, which this atlas does not know"
+            task_name = None
+        elif task_name is None:
+            note = "no task given (--task) and none in its card"
+        if note is not None:
+            note = (
+                f"{spec}: {note}; generated unscored (no accuracy, no batch-norm conditioning; "
+                "prompts: atlas models with its layer table, else untrained fresh instances; "
+                f"draws kept in draw order). Tasks it could take: {_tasks_by_kind()}"
+            )
+    else:  # zoo families and timm names are sized for the task (head, input channels)
+        task_name = task or default_task(spec)
+        arch = resolve_arch(spec, task=task_name, width=width, depth=depth)
+    try:
+        model = arch.build(0)
+    except WeightAtlasError:
+        raise
+    except Exception as e:  # a library refusing the config: one line, not a traceback
+        raise TargetError(f"{spec} cannot be built: {_one_line(e)}") from None
+    tok = tokenize_state_dict(model.state_dict(), scheme, token_size, model=model)
+    if tok.n_tokens == 0:
+        raise WeightAtlasError(f"{spec} has no trainable float tensors to generate")
+    target = Target(
+        arch,
+        task_name,
+        scheme,
+        token_size,
+        tok.layers,
+        tok.positions,
+        tok.excluded,
+        _input_side(arch.config),
+        note=note,
+    )
+    if task_name is not None:
+        check_task_fit(model, target)
+    return target
+
+
+@torch.no_grad()
+def check_task_fit(model: nn.Module, target: Target) -> None:
+    """Raise TargetError unless ``model`` maps two task inputs to finite class logits.
+
+    The issue-17 crash (a BERT target given the image task digits10 died inside
+    ``modeling_bert``) becomes one line naming the task's inputs and the tasks that exist.
+    """
+
+    task = get_task(str(target.task))
+    info = task.info
+    X, _ = task.split("train")
+    shape = "x".join(map(str, info.input_shape))
+    hint = f"pass --task with a task it takes ({_tasks_by_kind()})"
+    was = model.training
+    model.eval()
+    try:
+        out = logits(runnable(model, target), X[:2])
+    except Exception as e:
+        raise TargetError(
+            f"{target.arch.spec} does not run on {target.task} ({info.kind}, {shape} "
+            f"{'token ids' if info.kind == 'sequence' else 'inputs'}): {_one_line(e)}; {hint}"
+        ) from None
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (2, info.num_classes):
+        raise TargetError(
+            f"{target.arch.spec} gives outputs of shape {tuple(out.shape)[1:]} on {target.task}, "
+            f"not {info.num_classes} class logits (a different head?); {hint}"
+        )
+    if not torch.isfinite(out).all():
+        raise TargetError(f"{target.arch.spec} gives non-finite logits on {target.task}")
+
+
+def _input_side(config: dict[str, Any]) -> int | None:
+    """The fixed input side a timm model was built for (``pretrained_cfg.input_size``)."""
+    pcfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
+    size = pcfg.get("input_size") if isinstance(pcfg, dict) else None
+    return int(size[-1]) if isinstance(size, list) and len(size) == 3 else None
+
+
+class _Resize(nn.Module):
+    """Feeds a model built for a fixed input size (timm ViT/Mixer at 224) the task's images.
+
+    Images are resized bilinearly; the wrapped model's parameters and buffers are its own, so
+    training or conditioning through the wrapper changes the model itself.
+    """
+
+    def __init__(self, model: nn.Module, side: int):
+        super().__init__()
+        self.model = model
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> Any:  # (B, C, H, W)
+        if x.dim() == 4 and x.shape[-1] != self.side:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def runnable(model: nn.Module, target: Target) -> nn.Module:
+    """``model`` itself, or wrapped so that the task's images are resized to ``run_side``."""
+    side = run_side(model, target)
+    return model if side is None else _Resize(model, side)
+
+
+def run_side(model: nn.Module, target: Target) -> int | None:
+    """The image side the target is trained and scored at, None for the task's own inputs.
+
+    The task's own side where the architecture runs at it (CNNs with global pooling), else the
+    smallest power-of-two multiple of it that runs (ConvNeXt's stride 32: 8 -> 32 px), else the
+    size it was built for (a ViT with fixed 224 px patches). An 8x8 task is not upsampled to
+    224 px when the architecture allows less (issue 17). Decided once per target: it depends on
+    the architecture, not on the weights.
+    """
+
+    if target.task is None or target.image_size is None:
+        return None
+    info = get_task(target.task).info
+    if info.kind != "image" or info.img_size == target.image_size:
+        return None
+    if "side" not in target._side:
+        sides, side = [], info.img_size
+        while side < target.image_size:
+            sides.append(side)
+            side *= 2
+        chosen = next((s for s in sides if _runs_at(model, info, s)), int(target.image_size))
+        target._side["side"] = None if chosen == info.img_size else chosen
+    return target._side["side"]
+
+
+def _runs_at(model: nn.Module, info: Any, side: int) -> bool:
+    """Whether a forward pass on ``side`` x ``side`` images works."""
+    x = torch.zeros(2, info.in_chans, side, side)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except (RuntimeError, AssertionError, ValueError):
+        return False
+    finally:
+        model.train(was)
+
+
+def metric_of(row: dict[str, Any]) -> float:
+    """The prompt ranking metric of an atlas model: validation accuracy, else test accuracy."""
+    for key in ("val_accuracy", "test_accuracy", "accuracy"):
+        for source in (row.get("labels") or {}, row.get("metrics") or {}):
+            v = source.get(key)
+            if isinstance(v, int | float) and math.isfinite(v):
+                return float(v)
+    return float("-inf")
+
+
+def atlas_prompts(a: Atlas, target: Target, limit: int) -> list[str]:
+    """Atlas models with the target's exact layer table and task, best validation accuracy first."""
+
+    store = TokenStore(a.tokens_dir)
+    want = target.layout
+    manifest = {r["id"]: r for r in a.manifest()}
+    found = []
+    for mid in store.ids:
+        row = manifest.get(mid, {})
+        task = (row.get("labels") or {}).get("task")
+        if task is not None and target.task is not None and task != target.task:
+            continue  # models without a task label (Hub models), or a target without a task,
+            # match on layout alone
+        if layout_of(store.layers(mid)) == want:
+            found.append((metric_of(row), mid))
+    found.sort(key=lambda t: (-t[0], t[1]))
+    return [mid for _, mid in found[:limit]]
+
+
+def fresh_prompts(
+    target: Target, cfg: SampleConfig, progress: Progress | None = None
+) -> list[nn.Module]:
+    """``n_prompts`` freshly initialized instances trained ``prompt_epochs`` on the target task
+    (untrained when the target has no task)."""
+
+    out = []
+    for i in range(cfg.n_prompts):
+        model = target.arch.build(cfg.seed * 1000 + 500 + i)
+        if cfg.prompt_epochs > 0 and target.task is not None:
+            train_epochs(
+                runnable(model, target),
+                target.task,
+                cfg.prompt_epochs,
+                cfg.prompt_lr,
+                seed=cfg.seed * 1000 + i,
+            )
+        out.append(model.eval())
+        if progress is not None:
+            progress(0.1 * (i + 1) / cfg.n_prompts, f"trained fresh prompt {i + 1}/{cfg.n_prompts}")
+    return out
+
+
+def model_tokens(model: nn.Module, target: Target) -> torch.Tensor:
+    """Tokens ``(N, D)`` of a model of the target architecture (padding zeroed)."""
+
+    tok = tokenize_state_dict(model.state_dict(), target.scheme, target.token_size, model=model)
+    if layout_of(tok.layers) != target.layout:
+        raise WeightAtlasError("prompt model does not have the target's layer table")
+    return tok.tokens.masked_fill(~tok.mask, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------

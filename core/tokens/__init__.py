@@ -1,0 +1,1 @@
+"""Tokens: weights cut into fixed-size tokens, stored in shards, and read back in windows."""

@@ -1,0 +1,137 @@
+"""The token shard format: one safetensors file per group of models, written and read here only."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.atlas import atomic_path
+from core.errors import WeightAtlasError
+from core.tokens.plan import ModelPlan, _Hasher, fill_tokens
+
+_NP = {"F32": np.float32, "I32": np.int32, "I64": np.int64}
+
+
+_EXPECTED = {"tokens": ("F32", 2), "valid": ("I32", 1), "positions": ("I64", 2)}
+
+
+# --------------------------------------------------------------------------- shard files
+
+_SHARD_DTYPES = {"positions": ("I64", 8), "tokens": ("F32", 4), "valid": ("I32", 4)}
+
+
+def shard_layout(
+    n: int, d: int, metadata: dict[str, str] | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """Header bytes (length prefix included) and tensor table of a shard of ``n`` tokens."""
+    shapes = {"positions": [n, 3], "tokens": [n, d], "valid": [n]}
+    table: dict[str, Any] = {}
+    begin = 0
+    for name, (st_dtype, size) in _SHARD_DTYPES.items():
+        nbytes = int(np.prod(shapes[name])) * size
+        table[name] = {
+            "dtype": st_dtype,
+            "shape": shapes[name],
+            "data_offsets": [begin, begin + nbytes],
+        }
+        begin += nbytes
+    header = dict(table)
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 64)  # data starts 64-byte aligned
+    return len(raw).to_bytes(8, "little") + raw, table
+
+
+def _write_shard(
+    path: Path,
+    plans: list[tuple[str, ModelPlan, Callable[[], Any]]],
+    d: int,
+    metadata: dict[str, str],
+    digests: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """Write the planned models into one shard file atomically; return id -> token offset.
+
+    ``digests`` (if given) receives id -> duplicate hash of every model written.
+    """
+    n = sum(p.n_tokens for _, p, _ in plans)
+    head, table = shard_layout(n, d, metadata)
+    offsets: dict[str, int] = {}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            # reserve the blocks now: a full disk is an OSError (ENOSPC) here, not a SIGBUS
+            # on a write through the memory map (issue 12)
+            size = len(head) + table["valid"]["data_offsets"][1]
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                f.truncate(size)
+        mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
+        try:
+            views = {}
+            for name, (st_dtype, _) in _SHARD_DTYPES.items():
+                b, e = table[name]["data_offsets"]
+                np_dtype = {"I64": np.int64, "F32": np.float32, "I32": np.int32}[st_dtype]
+                arr = mm[len(head) + b : len(head) + e].view(np_dtype).reshape(table[name]["shape"])
+                views[name] = torch.from_numpy(arr)
+            at = 0
+            for mid, plan, open_src in plans:
+                src = open_src()
+                try:
+                    sl = slice(at, at + plan.n_tokens)
+                    h = _Hasher(src.get)
+                    fill_tokens(
+                        plan,
+                        h,
+                        views["tokens"][sl],
+                        views["valid"][sl],
+                        views["positions"][sl],
+                    )
+                    if digests is not None:
+                        digests[mid] = h.hexdigest()
+                finally:
+                    src.close()
+                offsets[mid] = at
+                at += plan.n_tokens
+            mm.flush()
+        finally:
+            del mm
+    return offsets
+
+
+def read_shard(path: str | Path) -> dict[str, np.ndarray]:
+    """Memory-map a token shard: ``tokens (N, D) f32``, ``valid (N,) i32``, ``positions (N, 3) i64``.
+
+    Only the JSON header is read; the arrays are read-only views into one ``np.memmap``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            hlen = int.from_bytes(f.read(8), "little")
+            if not 0 < hlen <= min(size - 8, 100 * 2**20):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(hlen))
+        mm = np.memmap(path, dtype=np.uint8, mode="r")
+        out: dict[str, np.ndarray] = {}
+        for name, (st_dtype, ndim) in _EXPECTED.items():
+            h = header[name]
+            b, e = h["data_offsets"]
+            shape = tuple(int(s) for s in h["shape"])
+            if h["dtype"] != st_dtype or len(shape) != ndim or not 0 <= b <= e <= size - 8 - hlen:
+                raise ValueError(f"unexpected tensor {name}: {h}")
+            arr = mm[8 + hlen + b : 8 + hlen + e].view(_NP[st_dtype])
+            out[name] = arr.reshape(shape)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WeightAtlasError(f"{path}: not a readable token shard ({e})") from e
+    n = out["tokens"].shape[0]
+    if out["valid"].shape != (n,) or out["positions"].shape != (n, 3):
+        raise WeightAtlasError(f"{path}: token shard tensors disagree on N")
+    return out

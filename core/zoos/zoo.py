@@ -1,0 +1,531 @@
+"""Zoo factory: train populations of small models and write them as Hugging Face cache repos.
+
+Every (family, task, run) trains one model with its own seed, learning rate, weight decay,
+width and depth, and keeps checkpoints at several epochs. Each checkpoint is one repo in the
+Hugging Face cache layout, exactly as a Hub download looks on disk:
+
+    DIR/models--weightatlas-zoo--{family}-{task}-r{run}-e{epoch}/
+        blobs/{sha}                       file contents (sha256 for weights, git sha1 otherwise)
+        refs/main                         the revision
+        snapshots/{rev}/config.json       -> ../../blobs/...
+        snapshots/{rev}/model.safetensors -> ../../blobs/...
+        snapshots/{rev}/README.md         model card, YAML front matter with labels and metrics
+    DIR/zoo.jsonl                         one row per checkpoint, written when the build finishes
+    DIR/zoo.json                          the ZooConfig, counts and wall time of the build
+
+The same preset and seed give bit-identical weights on CPU (threads fixed, every random draw
+seeded); the revision is a hash of the content. A repo is written into a temp dir and renamed
+into place, so a killed build leaves only whole repos and a re-run continues where it stopped.
+
+    weightatlas zoo --preset ci --out /tmp/zoo-ci            # 39 checkpoints, ~1 minute
+    weightatlas zoo --preset demo --out /tmp/zoo-demo --seed 1 --set epochs=4
+    python -c "from core.zoos.zoo import zoo; zoo('ci', '/tmp/zoo-ci')"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import metadata_load
+from tqdm.auto import tqdm
+
+from core.atlas import append_jsonl, atomic_write_bytes, dumps, read_json, read_jsonl, write_json
+from core.config import build_config, register_presets, to_dict
+from core.errors import WeightAtlasError
+from core.models.families import FAMILIES, build_family
+from core.models.io import config_of, render_card, save_model_dir
+from core.zoos.tasks import PIPELINE_TAGS, evaluate, get_task, train_epochs
+
+ZOO_ORG = "weightatlas-zoo"
+ZOO_INDEX = "zoo.jsonl"
+ZOO_INFO = "zoo.json"
+PROGRESS = ".zoo-progress.jsonl"  # rows of finished repos while building; zoo.jsonl at the end
+
+
+@dataclass
+class ZooConfig:
+    """What a zoo contains and how each run trains.
+
+    ``tasks`` entries are ``"task:runs"``: every family that can train on the task gets that
+    many runs. Each run draws its ``lr``, ``weight_decay``, width and depth (from the first
+    ``size_levels`` entries of the family's ``widths`` / ``depths``) from a seeded generator,
+    trains ``epochs`` epochs and saves the checkpoints of ``checkpoints`` epochs; epochs,
+    checkpoints and lr are scaled by the family's ``epoch_scale`` / ``lr_scale``.
+    """
+
+    families: tuple[str, ...] = tuple(FAMILIES)
+    tasks: tuple[str, ...] = ("digits10:1",)
+    epochs: int = 8
+    checkpoints: tuple[int, ...] = (1, 3, 8)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
+    size_levels: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    threads: int = 1
+    license: str = "mit"
+
+
+ZOO_PRESETS: dict[str, dict[str, Any]] = {
+    "ci": {
+        "tasks": ("digits10:1", "wine:1", "seq-brackets:1"),
+        "epochs": 8,
+        "checkpoints": (1, 3, 8),
+        "size_levels": 1,
+    },
+    "demo": {
+        "tasks": (
+            "digits10:2",
+            "digits-rot90:1",
+            "digits-invert:1",
+            "digits-0to4:1",
+            "digits16:1",
+            "shapes16:1",
+            "wine:3",
+            "breast-cancer:2",
+            "seq-majority:2",
+            "seq-sorted:1",
+            "seq-brackets:1",
+        ),
+        "epochs": 8,
+        "checkpoints": (1, 2, 4, 8),
+        "lrs": (5e-4, 1e-3, 3e-3),
+        "size_levels": 2,
+    },
+    "full": {
+        "tasks": (
+            "digits10:10",
+            "digits-rot90:4",
+            "digits-invert:4",
+            "digits-0to4:4",
+            "digits-5to9:4",
+            "digits-parity:4",
+            "digits16:4",
+            "shapes16:4",
+            "wine:8",
+            "breast-cancer:8",
+            "seq-majority:6",
+            "seq-sorted:4",
+            "seq-brackets:4",
+        ),
+        "epochs": 20,
+        "checkpoints": (1, 2, 4, 8, 12, 16, 20),
+        "lrs": (3e-4, 1e-3, 3e-3, 1e-2),
+        "weight_decays": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
+        "size_levels": 3,
+    },
+}
+register_presets("zoo", ZooConfig, ZOO_PRESETS)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the zoo plan, with its drawn hyper-parameters."""
+
+    family: str
+    task: str
+    run: int
+    seed: int
+    lr: float
+    weight_decay: float
+    width: int
+    depth: int
+    epochs: int
+    checkpoints: tuple[int, ...]
+
+    def name(self, epoch: int) -> str:
+        """Repo name (without org) of this run's checkpoint at ``epoch``."""
+        return f"{self.family}-{self.task}-r{self.run}-e{epoch}"
+
+
+def _parse_task_runs(entry: str) -> tuple[str, int]:
+    task, _, runs = entry.partition(":")
+    try:
+        n = int(runs) if runs else 1
+    except ValueError:
+        raise WeightAtlasError(f"bad zoo task entry {entry!r}; expected TASK:RUNS") from None
+    get_task(task)  # unknown task -> one-line error
+    return task, n
+
+
+def plan(cfg: ZooConfig) -> list[Run]:
+    """All runs of a zoo config, in build order (task entries x families x runs)."""
+    for fam in cfg.families:
+        if fam not in FAMILIES:
+            raise WeightAtlasError(f"unknown zoo family {fam!r}; choose from {', '.join(FAMILIES)}")
+    if not cfg.checkpoints or max(cfg.checkpoints) > cfg.epochs or min(cfg.checkpoints) < 1:
+        raise WeightAtlasError(f"checkpoints {cfg.checkpoints} must lie in 1..epochs={cfg.epochs}")
+    runs = []
+    for entry in cfg.tasks:
+        task, n_runs = _parse_task_runs(entry)
+        kind = get_task(task).info.kind
+        for fam_name in cfg.families:
+            fam = FAMILIES[fam_name]
+            if kind not in fam.kinds:
+                continue
+            factor = fam.epoch_scale
+            for r in range(n_runs):
+                key = f"{fam_name}/{task}/{r}"
+                rng = np.random.default_rng([cfg.seed, zlib.crc32(key.encode())])
+                runs.append(
+                    Run(
+                        family=fam_name,
+                        task=task,
+                        run=r,
+                        seed=int(rng.integers(0, 2**31 - 1)),
+                        lr=float(rng.choice(cfg.lrs)) * fam.lr_scale,
+                        weight_decay=float(rng.choice(cfg.weight_decays)),
+                        width=int(rng.choice(fam.widths[: cfg.size_levels])),
+                        depth=int(rng.choice(fam.depths[: cfg.size_levels])),
+                        epochs=cfg.epochs * factor,
+                        checkpoints=tuple(sorted({c * factor for c in cfg.checkpoints})),
+                    )
+                )
+    return runs
+
+
+def repo_dir(out: Path, name: str) -> Path:
+    """``out/models--weightatlas-zoo--{name}`` (the HF cache folder of repo ``ORG/name``)."""
+    return out / f"models--{ZOO_ORG}--{name}"
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _write_cache_repo(out: Path, name: str, files: dict[str, bytes]) -> Path:
+    """Write one repo in HF cache layout via a temp dir renamed into place; returns the snapshot."""
+    blobs = {
+        fn: hashlib.sha256(data).hexdigest()
+        if fn.endswith(".safetensors")
+        else _git_blob_sha1(data)
+        for fn, data in files.items()
+    }
+    rev = hashlib.sha1("".join(f"{fn}\0{blobs[fn]}\n" for fn in sorted(files)).encode()).hexdigest()
+    final = repo_dir(out, name)
+    tmp = out / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    snap = tmp / "snapshots" / rev
+    (tmp / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (tmp / "refs").mkdir()
+    for fn, data in files.items():
+        with open(tmp / "blobs" / blobs[fn], "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.symlink(f"../../blobs/{blobs[fn]}", snap / fn)
+    (tmp / "refs" / "main").write_text(rev)
+    os.rename(tmp, final)
+    return final / "snapshots" / rev
+
+
+def snapshot_dir(repo: Path) -> Path | None:
+    """The snapshot ``refs/main`` points to, or None if the repo is not complete."""
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        return None
+    snap = repo / "snapshots" / ref.read_text().strip()
+    return snap if snap.is_dir() else None
+
+
+def _card(
+    run: Run, epoch: int, labels: dict[str, Any], library: str, dataset: str, kind: str, lic: str
+) -> str:
+    repo_id = f"{ZOO_ORG}/{run.name(epoch)}"
+    pipeline = PIPELINE_TAGS[kind]
+    metrics = [
+        {"type": "accuracy", "value": labels["test_accuracy"], "name": "test accuracy"},
+        {"type": "loss", "value": labels["test_loss"], "name": "test cross-entropy"},
+    ]
+    meta = {
+        "library_name": library,
+        "license": lic,
+        "pipeline_tag": pipeline,
+        "tags": [run.task, run.family, "weightatlas-zoo", library, f"epoch-{epoch}"],
+        "datasets": [dataset],
+        "metrics": ["accuracy"],
+        "model-index": [
+            {
+                "name": repo_id,
+                "results": [
+                    {
+                        "task": {"type": pipeline},
+                        "dataset": {"name": run.task, "type": dataset, "split": "test"},
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ],
+        "weightatlas": labels,
+    }
+    body = (
+        f"A `{run.family}` model ({library}) trained by the Weight Atlas zoo factory on `{run.task}` "
+        f"({dataset}), checkpoint after epoch {epoch} of {run.epochs}.\n\n"
+        f"| split | accuracy | loss |\n|---|---|---|\n"
+        f"| train | {labels['train_accuracy']:.4f} | {labels['train_loss']:.4f} |\n"
+        f"| val | {labels['val_accuracy']:.4f} | {labels['val_loss']:.4f} |\n"
+        f"| test | {labels['test_accuracy']:.4f} | {labels['test_loss']:.4f} |\n\n"
+        f"Hyper-parameters: lr {run.lr:g}, weight decay {run.weight_decay:g}, width {run.width}, "
+        f"depth {run.depth}, batch size {labels['batch_size']}, seed {run.seed}."
+    )
+    return render_card(meta, repo_id, body)
+
+
+def _labels(
+    run: Run, epoch: int, model: torch.nn.Module, cfg: ZooConfig, dataset: str
+) -> dict[str, Any]:
+    task = get_task(run.task)
+    m = {s: evaluate(model, task, s) for s in ("train", "val", "test")}
+    r6 = lambda v: round(float(v), 6)  # noqa: E731 - rounded once so card and zoo.jsonl agree
+    return {
+        "family": run.family,
+        "task": run.task,
+        "dataset": dataset,
+        "run": run.run,
+        "epoch": epoch,
+        "max_epochs": run.epochs,
+        "seed": run.seed,
+        "lr": run.lr,
+        "weight_decay": run.weight_decay,
+        "width": run.width,
+        "depth": run.depth,
+        "batch_size": cfg.batch_size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_accuracy": r6(m["train"].accuracy),
+        "val_accuracy": r6(m["val"].accuracy),
+        "test_accuracy": r6(m["test"].accuracy),
+        "train_loss": r6(m["train"].loss),
+        "val_loss": r6(m["val"].loss),
+        "test_loss": r6(m["test"].loss),
+        "generalization_gap": r6(m["train"].accuracy - m["test"].accuracy),
+    }
+
+
+def _checkpoint_files(
+    model: torch.nn.Module, library: str, card: str, tmp: Path
+) -> dict[str, bytes]:
+    save_model_dir(model, tmp, library, card=card, config=config_of(model, library))
+    files = {
+        fn: (tmp / fn).read_bytes() for fn in ("config.json", "model.safetensors", "README.md")
+    }
+    shutil.rmtree(tmp)
+    return files
+
+
+def _row(out: Path, snap: Path) -> dict[str, Any]:
+    labels = metadata_load(snap / "README.md")["weightatlas"]
+    repo = snap.parent.parent
+    name = repo.name.removeprefix(f"models--{ZOO_ORG}--")
+    return {"id": f"{ZOO_ORG}/{name}", "path": str(snap.relative_to(out)), **labels}
+
+
+def train_run(
+    run: Run,
+    cfg: ZooConfig,
+    out: Path,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    budget: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Train one run and write its missing checkpoints (existing ones are never rewritten).
+
+    Args:
+        run, cfg, out: the run, its zoo config and the zoo directory.
+        on_checkpoint: called with the zoo.jsonl row of each checkpoint written.
+        budget: a one-element list; each new checkpoint takes one, and the run stops with
+            ``_StopBuild`` when none is left.
+
+    Returns:
+        The zoo.jsonl rows of the checkpoints written.
+    """
+    task = get_task(run.task)
+    info = task.info
+    library = FAMILIES[run.family].library
+    model = build_family(run.family, info, run.width, run.depth, run.seed)
+    written: list[dict[str, Any]] = []
+
+    def on_epoch(epoch: int, m: torch.nn.Module) -> None:
+        if epoch not in run.checkpoints or snapshot_dir(repo_dir(out, run.name(epoch))):
+            return
+        if budget is not None:
+            if budget[0] <= 0:
+                raise _StopBuild
+            budget[0] -= 1
+        labels = _labels(run, epoch, m, cfg, info.dataset)
+        card = _card(run, epoch, labels, library, info.dataset, info.kind, cfg.license)
+        files = _checkpoint_files(m, library, card, out / f".tmp-files-{os.getpid()}")
+        row = _row(out, _write_cache_repo(out, run.name(epoch), files))
+        written.append(row)
+        if on_checkpoint is not None:
+            on_checkpoint(row)
+
+    train_epochs(
+        model,
+        task,
+        run.epochs,
+        run.lr,
+        run.weight_decay,
+        cfg.batch_size,
+        run.seed,
+        on_epoch=on_epoch,
+    )
+    return written
+
+
+def _worker(run: Run, cfg: ZooConfig, out: Path) -> list[dict[str, Any]]:
+    """One run in a worker process (``workers > 1``), with the config's thread count."""
+    with _Threads(cfg.threads):
+        return train_run(run, cfg, out)
+
+
+class _StopBuild(Exception):
+    """Raised inside a run when ``limit`` new repos have been written."""
+
+
+@dataclass
+class _Threads:
+    n: int
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.old)
+
+
+def iter_checkpoints(runs: list[Run]) -> Iterator[tuple[Run, int]]:
+    """``(run, epoch)`` of every checkpoint in plan order."""
+    for run in runs:
+        for epoch in run.checkpoints:
+            yield run, epoch
+
+
+def zoo(
+    preset: str = "ci",
+    out: str | Path = "zoo",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    limit: int | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Train (or finish) a zoo and write it under ``out``; returns ``out``.
+
+    Args:
+        preset: ``ci``, ``demo`` or ``full`` (see ``ZOO_PRESETS``).
+        out: output directory (an HF cache directory afterwards).
+        seed: zoo seed; every run's seed and hyper-parameters derive from it.
+        overrides: ZooConfig fields that win over the preset (strings are coerced).
+        config_file: optional JSON/YAML file of ZooConfig fields.
+        limit: write at most this many new checkpoints, then return without zoo.jsonl (a later
+            call finishes the build). Runs sequentially.
+        workers: train this many runs at once in spawned processes (each with ``cfg.threads``
+            threads); the weights do not depend on it.
+        progress: show a tqdm bar.
+    """
+    cfg = build_config(
+        ZooConfig, ZOO_PRESETS, preset, config_file, {"seed": seed, **(overrides or {})}
+    )
+    runs = plan(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WeightAtlasError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):  # left by a killed build; never a finished repo
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    info_path = out / ZOO_INFO
+    cfg_dict = to_dict(cfg)
+    old = read_json(info_path) if info_path.exists() else {}
+    if old.get("config") not in (None, cfg_dict):
+        raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
+    spent = float(old.get("build_seconds", 0.0))  # over all sessions of an interrupted build
+    write_json(
+        info_path, {"preset": preset, "config": cfg_dict, "complete": False, "build_seconds": spent}
+    )
+
+    total = sum(len(r.checkpoints) for r in runs)
+    done = {r.name(e) for r, e in iter_checkpoints(runs) if snapshot_dir(repo_dir(out, r.name(e)))}
+    todo = [r for r in runs if any(r.name(e) not in done for e in r.checkpoints)]
+    budget = [limit] if limit is not None else None
+    start = time.time()
+    bar = tqdm(
+        total=total, initial=len(done), desc=f"zoo {preset}", unit="ckpt", disable=not progress
+    )
+
+    def record(row: dict[str, Any]) -> None:
+        append_jsonl(out / PROGRESS, [row])
+        bar.update(1)
+        bar.set_postfix_str(f"{row['id'].split('/')[-1]} acc={row['test_accuracy']:.3f}")
+
+    try:
+        if workers > 1 and limit is None:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, run, cfg, out) for run in todo]
+                for fut in as_completed(futures):
+                    for row in fut.result():
+                        record(row)
+        else:
+            with _Threads(cfg.threads):
+                for run in todo:
+                    try:
+                        train_run(run, cfg, out, record, budget)
+                    except _StopBuild:
+                        break
+    finally:
+        bar.close()
+        spent += time.time() - start
+        write_json(
+            info_path,
+            {
+                "preset": preset,
+                "config": cfg_dict,
+                "complete": False,
+                "build_seconds": round(spent, 2),
+            },
+        )
+    if not all(snapshot_dir(repo_dir(out, r.name(e))) for r, e in iter_checkpoints(runs)):
+        return out  # stopped by ``limit``
+    rows = [_row(out, snapshot_dir(repo_dir(out, r.name(e)))) for r, e in iter_checkpoints(runs)]
+    atomic_write_bytes(out / ZOO_INDEX, "".join(dumps(r) + "\n" for r in rows).encode())
+    (out / PROGRESS).unlink(missing_ok=True)
+    write_json(
+        info_path,
+        {
+            "preset": preset,
+            "config": cfg_dict,
+            "complete": True,
+            "checkpoints": len(rows),
+            "runs": len(runs),
+            "families": sorted({r.family for r in runs}),
+            "tasks": sorted({r.task for r in runs}),
+            "build_seconds": round(spent, 2),
+        },
+    )
+    return out
+
+
+def read_zoo(out: str | Path) -> list[dict[str, Any]]:
+    """Rows of a finished zoo's ``zoo.jsonl`` (``id``, ``path`` relative to ``out``, labels)."""
+    path = Path(out) / ZOO_INDEX
+    if not path.is_file():
+        raise WeightAtlasError(
+            f"{out} has no {ZOO_INDEX}; build it with `weightatlas zoo --out {out}`"
+        )
+    return list(read_jsonl(path))
