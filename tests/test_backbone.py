@@ -1,5 +1,7 @@
 """Backbone: shapes, the 3-D sinusoidal code, attention, presets and loading."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,8 @@ from core.backbone.model import (
 )
 from core.config import ConfigError, build_config
 from core.errors import WeightAtlasError
+from core.tokens.schemes import DEFAULT_TOKEN_SIZE
+from core.tokens.tokenize import TOKENIZE_PRESETS
 
 
 def _cfg(**kw) -> BackboneConfig:
@@ -103,9 +107,16 @@ def test_attention_is_scaled_dot_product():
     assert torch.allclose(attn(x), ref, atol=1e-5)
 
 
+def _with_store_tokens(preset: str) -> BackboneConfig:
+    """A backbone preset with the token size its tokenize preset writes (training reads it from
+    the token store, the one source of the token size)."""
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
+    size = TOKENIZE_PRESETS.get(preset, {}).get("token_size", DEFAULT_TOKEN_SIZE)
+    return dataclasses.replace(cfg, token_size=size)
+
+
 def test_paper_presets_follow_table_4():
-    small = build_config(BackboneConfig, BACKBONE_PRESETS, "paper-small")
-    large = build_config(BackboneConfig, BACKBONE_PRESETS, "paper-large")
+    small, large = _with_store_tokens("paper-small"), _with_store_tokens("paper-large")
     for c in (small, large):
         assert (c.d_model, c.latent_dim, c.n_heads, c.window, c.token_size) == (
             1536, 128, 8, 512, 230,
@@ -170,9 +181,9 @@ def test_skip_goes_through_the_bottleneck_as_the_tokens_pca(tmp_path):
 
 @pytest.mark.parametrize("preset", sorted(BACKBONE_PRESETS))
 def test_every_preset_squeezes_tokens_through_a_bottleneck(preset):
-    """latent_dim < token_size (the papers: about 2x, 230 -> 128), token size as the preset
-    fixes it or the default 64 that tokenize writes."""
-    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
+    """latent_dim < token_size (the papers: about 2x, 230 -> 128), with the token size of the
+    tokenize preset of the same name (else the default 64 that tokenize writes)."""
+    cfg = _with_store_tokens(preset)
     assert cfg.latent_dim < cfg.token_size, cfg
 
 

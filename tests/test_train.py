@@ -24,7 +24,7 @@ from core.atlas import Atlas, append_jsonl, read_jsonl
 from core.backbone.config import build_configs
 from core.backbone.data import layer_table
 from core.backbone.device import compute_dtype, cpu_bf16_flags
-from core.backbone.model import Backbone, load_backbone
+from core.backbone.model import Backbone, load_backbone, matmul_params
 from core.backbone.train import train
 from core.bench import write_store
 from core.config import ConfigError
@@ -273,11 +273,15 @@ def test_bf16_training_matches_fp32_training(atlas, tmp_path):
 @pytest.mark.parametrize("preset", ["demo", "demo-long", "paper-small", "paper-large"])
 def test_preset_shapes_feed_the_matrix_units(preset):
     """Widths are multiples of 64, head sizes and windows of 16, and a step carries >= 4,096
-    tokens (two views), the shapes where bf16 autocast pays on CPU."""
+    tokens (two views), the shapes where bf16 autocast pays on CPU. The latent width is set by
+    the reconstruction (demo: 62 of 64); its matmuls are under 2 % of a step's FLOPs."""
     b, t = build_configs(preset)
     assert b.d_model % 64 == 0 and (b.d_model // b.n_heads) % 16 == 0, b
     assert int(b.mlp_ratio * b.d_model) % 64 == 0
-    assert b.window % 16 == 0 and b.latent_dim % 16 == 0 and b.proj_dim % 16 == 0
+    assert b.window % 16 == 0 and b.proj_dim % 16 == 0
+    # encoder output map, decoder input map, head input, and both skips
+    latent = 3 * b.latent_dim * b.d_model + 2 * (b.token_size + 2) * b.latent_dim * b.skip
+    assert latent < 0.02 * matmul_params(b), (latent, matmul_params(b))
     assert 2 * t.batch_size * t.grad_accum * b.window >= 4096
     assert t.dtype == "auto"
 
@@ -369,3 +373,32 @@ def test_patience_stops_after_evaluations_without_a_better_score(atlas, tmp_path
     assert summary["best"]["step"] == 3
     assert json.loads((out / "config.json").read_text())["step"] == 3
     assert json.loads((out / "train_state" / "latest.json").read_text())["step"] == 9
+
+
+def test_skip_backbone_scores_its_starting_linear_code_as_a_candidate(atlas, tmp_path, monkeypatch):
+    """With ``skip`` the model starts as the tokens' linear code; step 0 is validated, logged
+    (the curve's first point) and kept unless training beats it (here the score falls)."""
+    scores = iter([0.9, 0.5, 0.4])
+    real = train_mod.Evaluator.run
+
+    def run(self, *a, **kw):  # real scoring, with a falling selection score
+        res = real(self, *a, **kw)
+        if kw.get("with_layers"):
+            res["layer_r2_median_conv_linear"] = next(scores)
+        return res
+
+    monkeypatch.setattr(train_mod.Evaluator, "run", run)
+    out = tmp_path / "bb"
+    over = {**FAST, "steps": 6, "eval_every": 3, "ckpt_every": 3, "skip": True, "latent_dim": 8}
+    summary = train(atlas.root, "ci", over, out=out)
+    vals = [r for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r]
+    assert [r["step"] for r in vals] == [0, 3, 6]
+    assert summary["best"]["step"] == 0 and summary["best"]["value"] == 0.9
+    assert json.loads((out / "config.json").read_text())["step"] == 0
+    kept = load_file(out / "model.safetensors")  # the linear code: the blocks' maps are zero
+    assert kept["encoder.outp.weight"].abs().max() == 0
+    assert kept["decoder.outp.weight"].abs().max() == 0
+    assert json.loads((out / "train_state" / "latest.json").read_text())["step"] == 6
+    # a finished run resumes without scoring step 0 again
+    assert train(atlas.root, "ci", over, out=out)["steps"] == 6
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r] == [0, 3, 6]

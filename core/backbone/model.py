@@ -37,7 +37,7 @@ from core.errors import WeightAtlasError
 class BackboneConfig:
     """Architecture of the autoencoder. ``n_layers`` is per side (encoder and decoder)."""
 
-    token_size: int = 64  # D; set from the token store when training
+    token_size: int = 64  # D: training sets it from the token store, its one source
     window: int = 32  # T used for training windows (any T works at inference)
     d_model: int = 64  # C
     latent_dim: int = 16  # L, per token
@@ -74,13 +74,14 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     "demo-long": dict(
         window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
     ),
-    # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters
+    # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters; their tokens of 230
+    # come from the token store (`weightatlas tokenize --preset paper-small`), not from here
     "paper-small": dict(
-        token_size=230, window=512, d_model=1536, latent_dim=128, n_layers=8, n_heads=8,
+        window=512, d_model=1536, latent_dim=128, n_layers=8, n_heads=8,
         proj_dim=128,
     ),
     "paper-large": dict(
-        token_size=230, window=512, d_model=1536, latent_dim=128, n_layers=16, n_heads=8,
+        window=512, d_model=1536, latent_dim=128, n_layers=16, n_heads=8,
         proj_dim=128,
     ),
 }  # fmt: skip

@@ -158,6 +158,8 @@ def fit(
     After each validation, ``model.safetensors`` (and ``val_layers.jsonl``) are replaced when
     the median per-layer R^2 of conv and linear layers (``SELECT_METRIC``) beats the best so
     far; with ``patience`` > 0, training stops after that many validations without a new best.
+    A ``skip`` backbone starts as the tokens' linear code (``init_skip_pca``): a fresh run
+    validates it at step 0, and it stays the kept checkpoint unless training beats it.
     """
     torch.manual_seed(tcfg.seed)
     random.seed(tcfg.seed)
@@ -175,6 +177,13 @@ def fit(
     if bcfg.skip:  # the linear path starts as the training tokens' PCA (resume overwrites it)
         model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
     step, best = _restore(out, config, resume, model, opt, sched, d)
+    if step == 0 and bcfg.skip and val is not None:  # the linear code the run starts from
+        start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
+        if start.get(SELECT_METRIC) is not None:  # is a candidate: training must beat it
+            best = {"metric": SELECT_METRIC, "value": start[SELECT_METRIC], "step": 0}
+            best["bad_evals"] = 0
+            if d.main:
+                _save_best(out, model, config, best, layers)
     cdtype = compute_dtype(tcfg.dtype, d.device)
     stopped_early = False
     ddp = model

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.atlas import Atlas, read_json, read_jsonl
+from core.atlas import Atlas, read_jsonl
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
@@ -27,6 +27,7 @@ from core.embeddings.encode import (
 from core.errors import WeightAtlasError
 from core.generation.targets import resolve_arch
 from core.tokens.plan import tokenize_model_dir
+from core.tokens.store import read_index
 
 
 def check_model_dir(path: str | Path) -> None:
@@ -111,10 +112,9 @@ def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -
 
 def token_scheme(a: Atlas) -> tuple[str, int]:
     """The atlas' token scheme and token size (from the token store index)."""
-    path = a.tokens_dir / "index.json"
-    if not path.exists():
+    if not (a.tokens_dir / "index.json").exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
-    idx = read_json(path)
+    idx = read_index(a.tokens_dir)
     if not isinstance(idx.get("scheme"), str) or not isinstance(idx.get("token_size"), int):
         raise WeightAtlasError(
             f"{a.root}'s token store holds no tokenized model (no accepted model was collected?); "
