@@ -83,10 +83,14 @@ class MapTable:
         return self._index
 
     def values(self, name: str) -> list[str]:
-        """Sorted distinct values of a categorical column (or of tags)."""
-        if name == "tag":
-            return sorted({t for ts in self.tags for t in ts})
-        return sorted({str(v) for v in self.columns.get(name, [])})
+        """Sorted distinct values of a categorical column (or of tags), computed once."""
+        cache = self.__dict__.setdefault("_values", {})
+        if name not in cache:
+            if name == "tag":
+                cache[name] = sorted({t for ts in self.tags for t in ts})
+            else:
+                cache[name] = sorted({str(v) for v in self.columns.get(name, [])})
+        return list(cache[name])
 
     def filter(
         self,
@@ -117,14 +121,17 @@ class MapTable:
         return keep
 
     def lineage_edges(self) -> list[tuple[int, int]]:
-        """(parent row, child row) pairs where both ends are on the map."""
+        """(parent row, child row) pairs where both ends are on the map (computed once)."""
+        if self.__dict__.get("_edges") is not None:
+            return self._edges
         index = self.index()
-        return [
+        self._edges = [
             (index[p], i)
             for i, parents in enumerate(self.base_model)
             for p in parents
             if p in index and index[p] != i
         ]
+        return self._edges
 
 
 def _as_list(value: Any) -> list[str]:

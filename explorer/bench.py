@@ -413,6 +413,10 @@ def interactions(page: Any, search: str) -> dict[str, float]:
     total = time.perf_counter() - t
     out["lasso_drag_in_browser_seconds"] = drag
     out["lasso_select_seconds"] = total - drag
+    out["lasso_selected_points"] = page.evaluate(
+        """() => (document.querySelector('.stPlotlyChart .js-plotly-plot')?._fullData || [])
+              .reduce((n, t) => n + ((t.customdata && t.selectedpoints) || []).length, 0)"""
+    )
 
     t = time.perf_counter()
     box = page.get_by_label("Search model id")
@@ -467,6 +471,7 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
             "demo_atlas": str(demo),
             "n_synthetic": n,
             "synthetic_atlas_write_seconds": synth_seconds,
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         }
         with sync_playwright() as p:
             browser = launch_browser(p)
@@ -493,6 +498,8 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
                     result.update({f"{name}_{k}": v for k, v in best.items()})
             finally:
                 browser.close()
+        result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+        result["cpu_count"] = os.cpu_count()
         result["device"] = "cpu (server) + headless chromium (software GL)"
         return result
     finally:

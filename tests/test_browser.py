@@ -127,20 +127,40 @@ def test_click_selects_a_point(browser, server, atlas):
     page.close()
 
 
+def selected_count(page) -> int:
+    """Points plotly shows as selected on the map (0 without a selection)."""
+    return page.evaluate(
+        """() => (document.querySelector('.stPlotlyChart .js-plotly-plot')?._fullData || [])
+              .reduce((n, t) => n + ((t.customdata && t.selectedpoints) || []).length, 0)"""
+    )
+
+
 def test_search_after_a_selection_shows_the_searched_model(browser, server, atlas):
-    """The bench-app failure: a lasso, then a search; the searched model's panel must open."""
+    """The bench-app failure: a lasso, then a search; the searched model's panel must open.
+
+    Only the details below the map rerun: the map is the same drawn chart afterwards (not
+    mounted anew) and still shows the lasso selection.
+    """
     page, errors = open_page(browser, server)
     wait_for_map(page)
     wait_idle(page)
     lasso(page, frac=0.3)
     page.get_by_text("models selected").first.wait_for(timeout=60_000)
     wait_idle(page)
+    n_lasso = selected_count(page)
+    assert n_lasso > 1
+    page.evaluate("() => { document.querySelector('.stPlotlyChart .js-plotly-plot')._kept = 1; }")
     target = map_table(atlas).ids[len(map_table(atlas)) // 2]
     box = page.get_by_label("Search model id")
     box.fill(target)
     box.press("Enter")
     page.get_by_role("heading", name=target, exact=True).wait_for(timeout=60_000)
     wait_idle(page)
+    kept = page.evaluate(
+        "() => document.querySelector('.stPlotlyChart .js-plotly-plot')?._kept === 1"
+    )
+    assert kept, "the map was drawn anew for a search"
+    assert selected_count(page) == n_lasso
     no_exception(page)
     assert not errors, errors
     page.close()

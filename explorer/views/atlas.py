@@ -5,10 +5,11 @@ toolbar) to see the model card data, a per-layer summary and the nearest neighbo
 embedding; embed a local model folder to see where it lands. Nothing here fits a map or embeds
 the atlas on page load.
 
-Speed on large atlases: the figure is built once per (map, colour, filters, lineage, ringed
-search hits, placed model) and reused as the same object, so a selection or a search that does
-not ring its hits re-sends an identical chart (Streamlit keeps it and its selection) and only
-the panel below it is rendered anew.
+Speed on large atlases (issue 18; ``weightatlas bench app --n 20000``): the figure is built
+once per (map, colour, filters, lineage, ringed search hits, placed model) and reused. A search
+or a map selection reruns only :func:`details` (a fragment, rerun by key from the search box's
+and the chart's callbacks): the chart is not serialised, sent or drawn again, and Streamlit does
+not copy its selection (7,000+ points after a lasso on 20k) for the rerun.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core.atlas import AtlasError
 from core.catalog import COLOUR_BY, MapTable
@@ -97,6 +99,34 @@ def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[s
     }
 
 
+DETAILS = "atlas_details"  # key of the fragment below the map
+
+
+def _rerun_details() -> None:
+    """From a widget callback: rerun only the details fragment (a full run if it is unknown).
+
+    Without this a search or a selection reruns the whole page, and Streamlit then serialises
+    the unchanged map figure again (about 1 MB of JSON at 20k points) and deep-copies the kept
+    selection (thousands of points after a lasso) before the panel changes.
+    """
+    try:
+        st.rerun(DETAILS)
+    except StreamlitAPIException:  # not registered yet: the default full rerun follows
+        pass
+
+
+def _search_changed() -> None:
+    """Search callback: only the details change, unless hits are ringed on the map."""
+    if not st.session_state.get("map_ring"):
+        _rerun_details()
+
+
+def _selection_changed() -> None:
+    """Map selection callback: keep the selected ids (read once here), then the details."""
+    st.session_state.map_selected = selected_ids(st.session_state.get("atlas_map"))
+    _rerun_details()
+
+
 def map_controls_ui(table: MapTable) -> dict[str, Any]:
     """Map kind, colour, filters and search; returns the choices."""
     kinds = [k for k in ("umap", "pca") if k in table.coords] + [
@@ -113,7 +143,12 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
         "backbone split: whether the backbone trained on the model (train) or held it out "
         "(val, test).",
     )
-    search = c3.text_input("Search model id", key="map_search", placeholder="substring of an id")
+    search = c3.text_input(
+        "Search model id",
+        key="map_search",
+        placeholder="substring of an id",
+        on_change=_search_changed,
+    )
     with c4.popover("Filter and options", icon=":material/filter_alt:", width="stretch"):
         family = st.multiselect("Family", table.values("family"), key="map_family")
         task = st.multiselect("Task", table.values("task"), key="map_task")
@@ -278,7 +313,7 @@ def page() -> None:
     choice = map_controls_ui(table)
     placed = st.session_state.get("placed")
     kind = choice["kind"]
-    hits = search_hits(table, choice["search"])
+    hits = search_hits(table, choice["search"]) if choice["ring"] else []
     pin = None
     if placed and kind in placed["map"]:
         outside = bool((placed.get("atlas_distance") or {}).get("outside"))
@@ -310,7 +345,7 @@ def page() -> None:
     event = st.plotly_chart(
         fig,
         key="atlas_map",
-        on_select="rerun",
+        on_select=_selection_changed,
         selection_mode=("points", "box", "lasso"),
         width="stretch",
     )
@@ -350,12 +385,25 @@ def page() -> None:
                 )
                 if not ad["architecture_in_atlas"]:
                     st.warning(escape_md(ad["architecture_note"]), icon=":material/explore_off:")
-    known = set(table.ids)
-    chosen = [m for m in selected_ids(event) if m in known]
+    st.session_state.map_selected = selected_ids(event)
+    details(root, table, stamp_)
+
+
+@st.fragment(key=DETAILS)
+def details(root: Path, table: MapTable, stamp_: float) -> None:
+    """Search hits, the selection summary and the model panel below the map.
+
+    A fragment: a search or a map selection reruns only this part (see :func:`_rerun_details`),
+    so the 20k-point chart is neither re-serialised nor re-sent, and keeps its selection.
+    """
+    search = str(st.session_state.get("map_search") or "").strip()
+    hits = search_hits(table, search)
+    index = table.index()
+    chosen = [m for m in st.session_state.get("map_selected", []) if m in index]
     if hits:  # search hits first, then the map selection
         hit_set = set(hits)
         chosen = hits + [m for m in chosen if m not in hit_set]
-    elif choice["search"]:
+    elif search:
         st.warning("No model id contains that text.", icon=":material/search_off:")
     if not chosen:
         st.info(
@@ -364,9 +412,8 @@ def page() -> None:
         )
         return
     if len(chosen) > 1:
-        idx = table.index()
-        acc = np.array([table.columns["accuracy"][idx[m]] for m in chosen], dtype=float)
-        fams = sorted({table.columns["family"][idx[m]] for m in chosen})
+        acc = np.array([table.columns["accuracy"][index[m]] for m in chosen], dtype=float)
+        fams = sorted({table.columns["family"][index[m]] for m in chosen})
         st.markdown(
             f"**{len(chosen)} models selected** · families: "
             + escape_md(", ".join(fams[:8]))
