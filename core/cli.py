@@ -50,10 +50,11 @@ from core.embeddings.fidelity import layer_report, reconstruction_accuracy
 from core.embeddings.probes import evaluate, probes_markdown
 from core.embeddings.table import _model_path, embed_model_dir_full, neighbours
 from core.errors import USER_ERRORS, DiskFullError, WeightAtlasError
-from core.experiments.demo import _dir_bytes, demo
+from core.experiments.demo import demo, dir_bytes
 from core.experiments.pipeline import STAGES, pipeline
 from core.generation.config import GENERATION_PRESETS
 from core.generation.draws import PRIORS
+from core.generation.estimate import estimate_sample
 from core.generation.evaluation import evaluate_generation, generation_markdown
 from core.generation.sample import progress_file_writer, sample
 from core.safety import (
@@ -573,10 +574,11 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=("independent", "joint"),
+        choices=("auto", "independent", "joint"),
         default=None,
         help="independent: every token draws its own kernel centre among the prompts; "
-        "joint: one prompt per draw for all tokens (default: preset's)",
+        "joint: one prompt per draw for all tokens; auto: joint for fresh prompts, independent "
+        "for atlas prompts (default: preset's)",
     )
     p.add_argument(
         "--prior",
@@ -606,6 +608,12 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
         help="folder for the generated model directories (default: ATLAS/generated)",
     )
     p.add_argument("--progress-file", default=None, help="JSON progress for a polling app")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print what the run would do (prompts from the atlas or fresh, backbone passes) and "
+        "its expected time on this machine now, then exit without generating",
+    )
     p.add_argument("--evaluate", action="store_true", help="run the generation evaluation instead")
     p.add_argument(
         "--heldout-task", default=None, help="with --evaluate: a task absent from the atlas"
@@ -620,6 +628,14 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample_cli(args: argparse.Namespace) -> int:
+    if args.estimate:
+        est = estimate_sample(
+            args.atlas, args.arch, args.task, preset=args.preset, overrides=config_overrides(args),
+            width=args.width, depth=args.depth, backbone_dir=args.backbone,
+            prompts=[p for p in args.prompts.split(",") if p] if args.prompts else None,
+        )  # fmt: skip
+        emit(args, est, f"estimate for {args.arch}: {est['text']}")
+        return 0
     writer = progress_file_writer(args.progress_file) if args.progress_file else None
     bar = tqdm(total=100, desc="sample", unit="%")
 
@@ -753,7 +769,7 @@ def add_demo_cli(p: argparse.ArgumentParser) -> None:
 def run_demo_cli(args: argparse.Namespace) -> int:
 
     path = demo(args.out, args.from_atlas, args.work, args.preset, config_overrides(args))
-    size_mb = _dir_bytes(path) / 2**20
+    size_mb = dir_bytes(path) / 2**20
     n = sum(1 for _ in Atlas.open(path).accepted())
     emit(
         args,

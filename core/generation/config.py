@@ -37,7 +37,7 @@ class SampleConfig:
 
     n: int = 10
     keep: int = 3
-    mode: Literal["independent", "joint"] = "independent"
+    mode: Literal["auto", "independent", "joint"] = "auto"  # see draws.draw_mode
     prior: Literal["kde", "gaussian"] = "kde"
     bootstrap_rounds: int = 0
     max_prompts: int = 5
@@ -54,6 +54,7 @@ class SampleConfig:
     score_split: str = "val"
     seed: int = 0
     device: str = "cpu"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # backbone calls (build.backbone_precision)
 
 
 SAMPLE_PRESETS: dict[str, dict[str, Any]] = {

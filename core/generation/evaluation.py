@@ -14,8 +14,14 @@ from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.generation.build import score
 from core.generation.config import GENERATION_PRESETS, GenerationConfig, Progress
-from core.generation.prompts import Target, default_task, resolve_target, runnable
-from core.generation.sample import _common_size, sample
+from core.generation.prompts import (
+    Target,
+    _common_size,
+    default_task,
+    resolve_target,
+    runnable,
+)
+from core.generation.sample import sample
 from core.models.io import load_model_dir
 from core.zoos.tasks import train_epochs
 
@@ -25,7 +31,7 @@ from core.zoos.tasks import train_epochs
 # evaluation of generated models
 
 
-def _finetune_curve(
+def finetune_curve(
     model: nn.Module, target: Target, epochs: tuple[int, ...], lr: float, seed: int
 ) -> dict[int, float]:
     """Test accuracy after each cumulative epoch budget in ``epochs`` (0 = zero-shot)."""
@@ -92,10 +98,10 @@ def evaluate_generation(
 
             width, depth = _common_size(a, arch, task_name)
             target = resolve_target(arch, scheme, size, task=task_name, width=width, depth=depth)
-            card = _read_card_block(paths[0])
+            card = read_card_block(paths[0])
             for i, p in enumerate(paths):
                 model = load_model_dir(p).model
-                curve = _finetune_curve(model, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
+                curve = finetune_curve(model, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
                 rows.append(
                     {
                         "setting": setting,
@@ -108,7 +114,7 @@ def evaluate_generation(
                     }
                 )
                 rnd = target.arch.build(seed * 100 + i)
-                curve = _finetune_curve(rnd, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
+                curve = finetune_curve(rnd, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
                 rows.append(
                     {
                         "setting": setting,
@@ -133,7 +139,7 @@ def evaluate_generation(
     return out
 
 
-def _read_card_block(path: Path) -> dict[str, Any]:
+def read_card_block(path: Path) -> dict[str, Any]:
     from huggingface_hub import metadata_load
 
     meta = metadata_load(path / "README.md") or {}

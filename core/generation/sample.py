@@ -23,11 +23,18 @@ Algorithm 3 of paper 003 (§2), with the sampling settings of paper 001 C.2:
 4. Draws: ``independent`` mode draws every token of every sample on its own (its own kernel
    centre and its own noise); ``joint`` mode picks one prompt per sample for all tokens (a KDE
    over whole sequences) with independent noise per coordinate. No mode shares one noise
-   vector across tokens.
+   vector across tokens. ``auto`` (the default, ``draws.draw_mode``) is ``joint`` for fresh
+   prompts (independent random inits: mixing their tokens gives a model of neither) and
+   ``independent`` for atlas prompts.
 5. Decode with haloing, detokenize, batch-norm conditioning (train-mode forward passes on the
    target's train split under ``torch.no_grad``: only running statistics change), score by
    validation accuracy, keep the best ``keep``. ``bootstrap_rounds`` re-fits the prior on the
    kept samples' latents and draws again; the best ``keep`` over all rounds are written.
+
+Before the prompts are made, ``core.generation.estimate.estimate_sample`` says what the run
+will do and about how long it takes (printed, and recorded in the cards next to the measured
+time); after the round trip of the prompts, :func:`fidelity_summary` says in plain words how
+well the backbone reproduces them.
 
 Each kept model is a Hugging Face-format directory under ``ATLAS/generated/`` (config,
 ``model.safetensors``, README.md with provenance), loadable by ``core.models.io.load_model_dir``.
@@ -37,13 +44,14 @@ the same fine-tuning budget and seeds (``ATLAS/results/generation.json`` / ``.md
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,18 +63,19 @@ from torch import nn
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
-from core.config import build_config
+from core.config import build_config, to_dict
 from core.embeddings.distances import atlas_distance, model_architecture
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
-    _load_backbone,
     backbone_fingerprint,
     embeddings_dir,
+    open_backbone,
 )
 from core.embeddings.table import embed_model_dir_full, token_scheme
 from core.errors import WeightAtlasError
 from core.generation.build import (
+    backbone_precision,
     build_generated,
     condition_batchnorm,
     decode_latents,
@@ -74,19 +83,21 @@ from core.generation.build import (
     score,
 )
 from core.generation.config import SAMPLE_PRESETS, Progress, SampleConfig
-from core.generation.draws import draw_latents
+from core.generation.draws import draw_latents, draw_mode
+from core.generation.estimate import estimate_sample
 from core.generation.prompts import (
     Target,
+    _common_size,
     atlas_prompts,
-    default_task,
     fresh_prompts,
     layout_of,
     metric_of,
     model_tokens,
+    prompt_recipe,
     resolve_target,
     run_side,
 )
-from core.models.io import render_card
+from core.models.io import render_card, save_model_dir
 from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore
 from core.zoos.tasks import PIPELINE_TAGS, get_task
@@ -142,7 +153,7 @@ def generate(
             z,
             cfg.n,
             g,
-            mode=cfg.mode,
+            mode=draw_mode(cfg, "atlas"),  # sample() resolves auto by the prompts' source
             prior=cfg.prior,
             bandwidth_scale=cfg.bandwidth_scale,
             bandwidth_floor=cfg.bandwidth_floor,
@@ -245,8 +256,14 @@ def _card(target: Target, cand: Candidate, rank: int, info: dict[str, Any]) -> s
     )
     if task is not None:
         body = head + (
-            f"Batch-norm statistics were conditioned on the `{target.task}` train split. "
-            f"Validation accuracy {cand.val:.4f}, test accuracy {info['test_accuracy']:.4f} "
+            f"Batch-norm statistics were conditioned on the `{target.task}` train split"
+            + (
+                f" at input size {'x'.join(map(str, info['input_size']))}: feed inputs of this "
+                "size (the config's `input_size`); at other sizes the statistics do not hold. "
+                if info.get("input_size")
+                else ". "
+            )
+            + f"Validation accuracy {cand.val:.4f}, test accuracy {info['test_accuracy']:.4f} "
             "(no fine-tuning)."
         )
         if "chance_accuracy" in info:
@@ -292,12 +309,49 @@ def generated_atlas_distance(
     }
 
 
+def input_size(model: nn.Module, target: Target) -> list[int] | None:
+    """``[C, H, W]`` of the inputs a generated image model was conditioned and scored on.
+
+    The task's own side, or the side :func:`run_side` chose (images are resized to it). None
+    for non-image tasks and unscored targets.
+    """
+    if target.task is None:
+        return None
+    info = get_task(target.task).info
+    if info.kind != "image":
+        return None
+    side = run_side(model, target) or info.img_size
+    return [int(info.in_chans), int(side), int(side)]
+
+
+def written_config(model: nn.Module, target: Target) -> dict[str, Any]:
+    """The target's ``config.json``, with a timm model's ``pretrained_cfg.input_size`` set to
+    the size its batch-norm statistics were estimated at (:func:`input_size`).
+
+    timm's export keeps the architecture's default (224 px). A model conditioned on 8x8 images
+    and fed 224 px ones gives meaningless outputs (issue 17: a ``mobilenetv3_small_075`` with
+    batch norm estimated at 8 px gives logits with std 1.9 at 8 px, 6e10 at 32 px, 2e14 at
+    224 px: at 8 px its maps are 1x1 from the second block on, at 224 px the inputs of its batch
+    norms exceed their running std 4x at block 1, 1e3x at block 2, 8e13x at block 5), so the
+    config names the size that works.
+    """
+    config = copy.deepcopy(target.arch.config)
+    size = input_size(model, target)
+    pcfg = config.get("pretrained_cfg") if target.arch.library == "timm" else None
+    if size is not None and isinstance(pcfg, dict):
+        for key in ("input_size", "test_input_size"):
+            if isinstance(pcfg.get(key), list) and len(pcfg[key]) == 3:
+                pcfg[key] = list(size)
+    return config
+
+
 def _write_model_dir(target: Target, model: nn.Module, out: Path, card: str) -> Path:
     """Write a Hub-format directory atomically (temp dir renamed into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        target.arch.save(model, tmp, card=card)
+        config = written_config(model, target)
+        save_model_dir(model, tmp, target.arch.library, card=card, config=config)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -361,7 +415,7 @@ def sample(
         keep: models kept by validation accuracy (M).
         prompts: atlas model ids to use as prompt examples (default: best matching models,
             else freshly trained instances).
-        mode: ``independent`` or ``joint`` (see :func:`draw_latents`).
+        mode: ``auto``, ``independent`` or ``joint`` (see ``draws.draw_mode``).
         prior: ``kde`` or ``gaussian``.
         bootstrap_rounds: extra rounds re-fitting the prior on the kept latents.
         seed: seed of prompts, draws and conditioning.
@@ -400,13 +454,19 @@ def sample(
         tqdm.write(f"note: {target.note}", file=sys.stderr)  # above any progress bar
         report(0.0, "no task: generating unscored")
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
-    backbone = _load_backbone(a, bdir, cfg.device)
+    backbone = open_backbone(a, bdir, cfg.device)
     if backbone.cfg.token_size != size:
         raise WeightAtlasError(
             f"backbone token size {backbone.cfg.token_size} != token store's {size}"
         )
     store = TokenStore(a.tokens_dir)
     t_start = time.perf_counter()
+    est = estimate_sample(
+        a.root, arch, task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
+        target=target, backbone=backbone, prompts=prompts,
+    )  # fmt: skip
+    tqdm.write(f"estimate: {est['text']}", file=sys.stderr)
+    report(0.0, f"expected about {est['seconds']['total']:.0f} s")
     if prompts:
         unknown = [p for p in prompts if p not in store]
         if unknown:
@@ -430,36 +490,17 @@ def sample(
         prompt_scores = [_finite(score(m, target, cfg.score_split)) for m in models]
         prompt_ids = [
             f"fresh:{arch}:seed{cfg.seed * 1000 + 500 + i}:"
-            f"{cfg.prompt_epochs if target.task is not None else 0}ep"
+            f"{prompt_recipe(target, cfg)[0] if target.task is not None else 0}ep"
             for i in range(len(models))
         ]
-    report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n}")
+    cfg = dataclasses.replace(cfg, mode=draw_mode(cfg, source))
+    report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n} ({cfg.mode})")
     t0 = time.perf_counter()
     z, fidelity = round_trip(backbone, target, prompt_tokens, cfg)
     baseline = chance_baseline(target, cfg)
-    r2 = fidelity["round_trip_median_layer_r2"]
-    trips = fidelity["round_trip_val_accuracy"]
-    pairs = ", ".join(
-        f"{p:.3f} -> {q:.3f}"
-        for p, q in zip(prompt_scores, trips)
-        if p is not None and q is not None
-    )
-    reasons = [] if r2 is not None and r2 >= 0.5 else ["per-layer R² below 0.5"]
-    if (
-        baseline is not None
-        and trips
-        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
-    ):
-        reasons.append("the prompts score at chance after the round trip")
-    tqdm.write(
-        f"{'warning' if reasons else 'fidelity'}: encode-decode of the {len(prompt_tokens)} "
-        f"{source} prompt(s): median per-layer R² (conv/linear) "
-        + (f"{r2:.3f}" if r2 is not None else "n/a")
-        + (f", val accuracy {pairs}" if pairs else "")
-        + (f" (chance {baseline['chance_accuracy']:.3f})" if baseline is not None else "")
-        + (f"; low ({' and '.join(reasons)}): expect weak generated models" if reasons else ""),
-        file=sys.stderr,
-    )
+    summary = fidelity_summary(target, fidelity, prompt_scores, baseline, source)
+    fidelity.update({k: v for k, v in summary.items() if k != "text"})
+    tqdm.write(summary["text"], file=sys.stderr)
     fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
     kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report, z=z)
     at_chance = [baseline is not None and c.val <= baseline["chance_threshold"] for c in kept]
@@ -486,26 +527,34 @@ def sample(
             "prompt_source": source,
             "prompt_scores": prompt_scores,
             "seed": cfg.seed,
-            "mode": cfg.mode,
+            "mode": cfg.mode,  # resolved by draw_mode
             "prior": cfg.prior,
             "n": cfg.n,
             "keep": cfg.keep,
             "bootstrap_rounds": cfg.bootstrap_rounds,
             "draw_val_accuracies": [_finite(v) for v in scores],
             "input_side": run_side(cand.model, target),  # None: the task's own inputs
+            "input_size": input_size(cand.model, target),  # what BN statistics were estimated on
             "seconds": {k: round(v, 3) for k, v in secs.items()},
+            "estimated_seconds": est["seconds"],
+            "n_tokens": est["n_tokens"],
             "test_accuracy": score(cand.model, target, "test"),
             **(baseline or {}),
             "at_chance": at_chance[rank] if baseline is not None else None,
             **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
         }
         path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
-        placed = generated_atlas_distance(a, path, backbone, backbone_dir, cfg)
+        with backbone_precision(cfg):
+            placed = generated_atlas_distance(a, path, backbone, backbone_dir, cfg)
         if placed:  # issue 16: how far the generated model is from the collected ones
             info.update(placed)
             atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
         outputs.append(path)
     seconds = time.perf_counter() - t_start
+    tqdm.write(
+        f"time: {seconds:.1f} s (estimated {est['seconds']['total']:.0f} s before the run)",
+        file=sys.stderr,
+    )
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
     return outputs
 
@@ -549,6 +598,86 @@ def round_trip(
     }
 
 
+def fidelity_summary(
+    target: Target,
+    fidelity: dict[str, Any],
+    prompt_scores: list[float | None],
+    baseline: dict[str, float] | None,
+    source: str,
+) -> dict[str, Any]:
+    """Plain reading of the prompts' round trip (issue 17's "before a run" warning).
+
+    Low when the median weight-matrix R² is below 0.5, or when the prompts keep less than half
+    of their accuracy above chance after one encode-decode (draws add sampling noise on top,
+    so generated models then land near chance).
+
+    Returns:
+        ``{"fidelity_low", "fidelity_reasons", "round_trip_retained", "round_trip_worst_layers",
+        "text"}``; ``round_trip_retained`` is the mean over prompts above chance of
+        ``(after - chance) / (before - chance)`` (None without a task).
+    """
+    r2 = fidelity["round_trip_median_layer_r2"]
+    trips = fidelity["round_trip_val_accuracy"]
+    layer_r2 = fidelity.get("round_trip_layer_r2") or {}
+    main = {e.name for e in target.layers if e.kind in ("conv", "linear")} & set(layer_r2)
+    worst = sorted(main or layer_r2, key=lambda k: layer_r2[k])[:3]
+    retained = None
+    if baseline is not None:
+        c = baseline["chance_accuracy"]
+        gains = [
+            (q - c) / (p - c)
+            for p, q in zip(prompt_scores, trips)
+            if p is not None and q is not None and p > baseline["chance_threshold"]
+        ]
+        retained = float(np.mean(gains)) if gains else None
+    reasons = []
+    if r2 is None or r2 < 0.5:
+        reasons.append(
+            "the backbone reconstructs its weight matrices poorly (median per-layer R² "
+            + (f"{r2:.3f}" if r2 is not None else "n/a")
+            + ", 1 = exact)"
+        )
+    if (
+        baseline is not None
+        and trips
+        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
+    ):
+        reasons.append("the prompts score at chance after one encode-decode")
+    elif retained is not None and retained < 0.5:
+        reasons.append(
+            f"the prompts keep only {100 * max(retained, 0.0):.0f} % of their accuracy above "
+            "chance after one encode-decode"
+        )
+    pairs = " and ".join(
+        f"{p:.3f} -> {q:.3f}"
+        for p, q in zip(prompt_scores, trips)
+        if p is not None and q is not None
+    )
+    facts = (
+        f"encode-decode of the {len(trips)} {source} prompt(s) of {target.arch.spec}: "
+        + (f"val accuracy {pairs}" if pairs else "unscored")
+        + (f" (chance {baseline['chance_accuracy']:.3f})" if baseline is not None else "")
+        + "; median per-layer R² of the weight matrices "
+        + (f"{r2:.3f}" if r2 is not None else "n/a")
+        + (" (lowest: " + ", ".join(f"{k} {layer_r2[k]:.2f}" for k in worst) + ")" if worst else "")
+    )
+    if reasons:
+        text = (
+            f"warning: expect generated models near chance: {'; '.join(reasons)}. Measured "
+            + facts
+            + "."
+        )
+    else:
+        text = "fidelity: " + facts + "."
+    return {
+        "fidelity_low": bool(reasons),
+        "fidelity_reasons": reasons,
+        "round_trip_retained": retained,
+        "round_trip_worst_layers": {k: layer_r2[k] for k in worst},
+        "text": text,
+    }
+
+
 def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | None:
     """What a kept model's validation accuracy is compared with (None without a task).
 
@@ -574,27 +703,6 @@ def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | Non
 def _store_tokens(store: Any, model_id: str) -> torch.Tensor:
     tok = store.get(model_id)
     return tok.tokens.masked_fill(~tok.mask, 0.0)
-
-
-def _common_size(a: Atlas, arch: str, task: str | None) -> tuple[int | None, int | None]:
-    """For a zoo family: the (width, depth) most common among the atlas' models of that family/task."""
-
-    kind, _, rest = arch.partition(":")
-    name = rest if rest else kind
-    if rest and kind != "zoo":
-        return None, None
-    task = task or default_task(arch)
-    sizes: Counter[tuple[int, int]] = Counter()
-    for row in a.accepted():
-        labels = row.get("labels") or {}
-        if labels.get("family", row.get("family")) == name and labels.get("task") == task:
-            w, d = labels.get("width"), labels.get("depth")
-            if isinstance(w, int) and isinstance(d, int):
-                sizes[(w, d)] += 1
-    if not sizes:
-        return None, None
-    (w, d), _ = max(sizes.items(), key=lambda t: (t[1], -t[0][0], -t[0][1]))
-    return w, d
 
 
 # ---------------------------------------------------------------------------------------------

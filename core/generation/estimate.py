@@ -1,0 +1,247 @@
+"""What a ``sample`` run will do and about how long it will take, before it starts (issue 17).
+
+    from core.generation.estimate import estimate_sample
+    est = estimate_sample("runs/demo/atlas", "timm:resnet18")
+    print(est["text"])      # one paragraph for the CLI and the Generate page
+
+The estimate is measured, not tabulated: it resolves the target (as ``sample`` does), times a
+few backbone windows (encode and decode, in the precision ``sample`` uses) and a forward
+pass of the target on a batch of the task's inputs, and scales them by the work the run will
+do (tokens x backbone passes, prompt-training examples, scoring examples). The probes take
+about a second and run under the machine's current load, so a busy machine gives a longer
+estimate. ``sample`` records the estimate next to the measured time in every card.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.atlas import Atlas
+from core.config import build_config
+from core.embeddings.encode import embeddings_dir, open_backbone, resolve_window
+from core.embeddings.table import token_scheme
+from core.generation.build import backbone_precision, embed_config
+from core.generation.config import SAMPLE_PRESETS, SampleConfig
+from core.generation.prompts import (
+    _common_size,
+    atlas_prompts,
+    prompt_recipe,
+    resolve_target,
+    runnable,
+)
+from core.models.registry import logits
+from core.tokens.store import read_index
+from core.zoos.tasks import get_task
+
+# a training step (forward + backward + AdamW) costs about this many forward passes
+TRAIN_COST = 3.0
+
+
+def _timed(fn: Any, repeat: int = 2) -> float:
+    """Mean wall time of ``fn()`` over ``repeat`` calls after one warm-up call.
+
+    The mean, not the best: on a shared machine the run will see the average load.
+    """
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def backbone_seconds_per_token(backbone: Any, cfg: Any, windows: int = 16) -> dict[str, float]:
+    """Measured seconds per *content* token of one haloed encode and one decode pass.
+
+    Times ``windows`` full windows through ``backbone.encode`` and ``backbone.decode`` in the
+    precision of :func:`core.generation.build.backbone_precision` and divides by the content tokens
+    (window minus both halos), so the halo overhead is included.
+    """
+    window, halo = resolve_window(embed_config(cfg), backbone)
+    d = int(backbone.cfg.token_size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(windows, window, d, generator=g)
+    pos = torch.zeros(windows, window, 3, dtype=torch.long)
+    pos[..., 2] = torch.arange(window)
+    content = windows * (window - 2 * halo)
+    with torch.no_grad(), backbone_precision(cfg):
+        z = backbone.encode(x, pos)
+        enc = _timed(lambda: backbone.encode(x, pos))
+        dec = _timed(lambda: backbone.decode(z, pos))
+    return {"encode": enc / content, "decode": dec / content}
+
+
+def model_seconds_per_example(model: torch.nn.Module, target: Any, batch: int = 64) -> float:
+    """Measured seconds of one eval forward pass per task example, at the side it runs at."""
+    X, _ = get_task(str(target.task)).split("train")
+    xb = X[:batch]
+    net = runnable(model, target)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            seconds = _timed(lambda: logits(net, xb))
+    finally:
+        model.train(was)
+    return seconds / len(xb)
+
+
+def estimate_sample(
+    atlas: str | Path,
+    arch: str,
+    task: str | None = None,
+    *,
+    preset: str | None = "ci",
+    overrides: dict[str, Any] | None = None,
+    width: int | None = None,
+    depth: int | None = None,
+    backbone_dir: str | Path | None = None,
+    target: Any = None,
+    backbone: Any = None,
+    prompts: list[str] | None = None,
+) -> dict[str, Any]:
+    """What ``sample(atlas, arch, task=task, preset=preset, overrides=overrides)`` will do.
+
+    Args:
+        atlas: a tokenized atlas with a trained backbone.
+        arch, task, preset, overrides, width, depth, backbone_dir: as for ``sample``.
+        target, backbone: already resolved/loaded ones (``sample`` passes its own).
+        prompts: explicit atlas prompt ids (as ``sample``'s ``prompts``).
+
+    Returns:
+        ``{"arch", "task", "scored", "note", "n_tokens", "n_params", "architecture_in_atlas",
+        "atlas_prompts", "prompt_source", "passes": {"encode", "decode", "place"},
+        "seconds": {"prompts", "backbone", "scoring", "total"}, "rates": {...}, "text"}``.
+        ``architecture_in_atlas``: the atlas has models with this exact layer table (they are
+        the prompts); otherwise fresh prompts are trained and the text says so.
+
+    Raises:
+        TargetError / WeightAtlasError: as ``sample`` would, before any work.
+    """
+    t_start = time.perf_counter()
+    a = Atlas.open(atlas)
+    cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
+    if target is None:
+        scheme, size = token_scheme(a)
+        if width is None and depth is None:
+            width, depth = _common_size(a, arch, task)
+        target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
+    bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
+    if backbone is None:
+        backbone = open_backbone(a, bdir, cfg.device)
+    n_tokens = int(len(target.positions))
+    model = target.fresh(cfg.seed)
+    n_params = int(sum(p.numel() for p in model.parameters()))
+    found = list(prompts) if prompts else atlas_prompts(a, target, cfg.max_prompts)
+    e = len(found) if found else cfg.n_prompts
+    rounds = 1 + cfg.bootstrap_rounds
+    placed = (embeddings_dir(a, backbone_dir) / "models.safetensors").exists()
+    passes = {
+        "encode": e,  # the prompts (their latents are reused for the draws)
+        "decode": e + rounds * cfg.n,  # the round trip of the prompts, then every draw
+        "place": cfg.keep if placed else 0,  # each written model embedded for its atlas distance
+    }
+    atlas_max = max(
+        (int(m["n_tokens"]) for m in read_index(a.tokens_dir)["models"].values()), default=0
+    )
+    rate = backbone_seconds_per_token(backbone, cfg)
+    backbone_s = n_tokens * (
+        (passes["encode"] + passes["place"]) * rate["encode"] + passes["decode"] * rate["decode"]
+    )
+    prompts_s = scoring_s = 0.0
+    per_example = None
+    if target.task is not None:
+        per_example = model_seconds_per_example(model, target)
+        t = get_task(target.task)
+        n_train = len(t.split("train")[1])
+        n_score = len(t.split(cfg.score_split)[1])
+        n_test = len(t.split("test")[1])
+        epochs = prompt_recipe(target, cfg)[0]
+        if not found:
+            prompts_s = cfg.n_prompts * (epochs * n_train * TRAIN_COST + n_score) * per_example
+        bn = cfg.bn_batches * cfg.bn_batch_size
+        # every draw, the prompts' round trip and the random-init baseline are conditioned and
+        # scored on the score split; the kept models are also scored on the test split
+        scoring_s = ((rounds * cfg.n + e + 1) * (bn + n_score) + cfg.keep * n_test) * per_example
+    total = prompts_s + backbone_s + scoring_s
+    seconds = {
+        "prompts": round(prompts_s, 1),
+        "backbone": round(backbone_s, 1),
+        "scoring": round(scoring_s, 1),
+        "total": round(total, 1),
+    }
+    out = {
+        "arch": arch,
+        "task": target.task,
+        "scored": target.task is not None,
+        "note": target.note,
+        "n_tokens": n_tokens,
+        "n_params": n_params,
+        "architecture_in_atlas": bool(found),
+        "atlas_prompts": len(found),
+        "prompt_source": "atlas" if found else "fresh",
+        "prompt_epochs": prompt_recipe(target, cfg)[0],
+        "atlas_max_tokens": atlas_max,
+        "passes": passes,
+        "seconds": seconds,
+        "rates": {
+            "backbone_encode_tokens_per_s": 1.0 / rate["encode"],
+            "backbone_decode_tokens_per_s": 1.0 / rate["decode"],
+            "model_examples_per_s": (1.0 / per_example) if per_example else None,
+            "threads": torch.get_num_threads(),
+        },
+        "probe_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    out["text"] = estimate_text(out, cfg)
+    return out
+
+
+def estimate_text(est: dict[str, Any], cfg: Any) -> str:
+    """One plain paragraph: what the atlas holds for this target and the expected time."""
+    s, p = est["seconds"], est["passes"]
+    if est["architecture_in_atlas"]:
+        where = (
+            f"The atlas holds this architecture: {est['atlas_prompts']} of its models with the "
+            f"same layer table{' on ' + est['task'] if est['task'] else ''} are the prompts."
+        )
+    else:
+        trained = (
+            f"trained {est['prompt_epochs']} epoch(s) on {est['task']}"
+            if est["scored"]
+            else "untrained (no task)"
+        )
+        where = (
+            f"The atlas does not hold this architecture"
+            f"{' for ' + est['task'] if est['task'] else ''}: {cfg.n_prompts} fresh prompt(s) "
+            f"are {trained}, and the encode-decode fidelity on them is shown before the draws "
+            "(the backbone was not trained on this layer table)."
+        )
+    if est["atlas_max_tokens"] and est["n_tokens"] > est["atlas_max_tokens"]:
+        where += (
+            f" Warning: its {est['n_tokens']:,} tokens are "
+            f"{_times(est['n_tokens'] / est['atlas_max_tokens'])} the largest model in the atlas "
+            f"({est['atlas_max_tokens']:,}); the backbone never saw token positions that far, "
+            "so expect a poor reconstruction of the later layers and generated models near chance."
+        )
+    return (
+        f"{where} Expected time about {_human(s['total'])} on this machine now: backbone "
+        f"{_human(s['backbone'])} ({p['encode'] + p['place']} encode and {p['decode']} decode "
+        f"passes over {est['n_tokens']:,} tokens, {est['n_params'] / 1e6:.1f} M parameters), "
+        f"prompt training {_human(s['prompts'])}, conditioning and scoring "
+        f"{_human(s['scoring'])}."
+    )
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
+def _human(seconds: float) -> str:
+    if seconds < 1:
+        return "< 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
