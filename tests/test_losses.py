@@ -1,5 +1,6 @@
 """Losses: MLN ignores padding and matches Eq. 1 of paper 001, NT-Xent, augmentations, R^2."""
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import r2_score
@@ -128,3 +129,151 @@ def test_factored_mln_equals_mln_of_the_composed_tokens_when_stats_are_exact() -
     assert torch.allclose(factored_terms(parts, target + ~mask * 9.0, mask)[0], s)
     worse = factored_terms(Factored(pattern, mean + std, std.log()), target, mask)[0]
     assert worse > s
+
+
+# ---------------------------------------------------------------- the MLN ablation's arms by hand
+
+
+def test_token_arm_uses_padding_in_statistics_and_error_by_hand() -> None:
+    """Per-token normalization *including* padding (001 D.4.1 "token normalization")."""
+    pred, target, mask = _batch(5)
+    eps = 1e-5
+    errs = []
+    for b in range(target.shape[0]):
+        for t in range(target.shape[1]):
+            tt, pp = target[b, t], pred[b, t]  # all D values, padding zeros included
+            mu, sd = tt.mean(), (tt.var(unbiased=False) + eps).sqrt()
+            errs.append(((pp - mu) / sd - (tt - mu) / sd) ** 2)
+    expected = torch.cat(errs).mean()
+    assert torch.allclose(
+        reconstruction_loss(pred, target, mask, "token", eps), expected, rtol=1e-5
+    )
+
+
+def test_none_arm_is_plain_mse_over_real_values_by_hand() -> None:
+    pred, target, mask = _batch(6)
+    expected = sum(
+        float((pred[b, t, k] - target[b, t, k]) ** 2)
+        for b in range(mask.shape[0])
+        for t in range(mask.shape[1])
+        for k in range(mask.shape[2])
+        if mask[b, t, k]
+    ) / int(mask.sum())
+    assert float(reconstruction_loss(pred, target, mask, "none")) == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_layer_arm_needs_layer_statistics() -> None:
+    pred, target, mask = _batch(7)
+    with pytest.raises(ValueError, match="layer_stats"):
+        reconstruction_loss(pred, target, mask, "layer")
+
+
+def test_factored_arm_by_hand() -> None:
+    """token_norm + masked: pattern error vs the standardized target, plus the statistics error
+    (shift against the token mean in units of sqrt(std^2 + (0.1 mean)^2), log scale against log
+    std) on each real value."""
+    from core.backbone.losses import Factored, factored_terms
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(2, 4, 6, generator=g) * 2.0 + 0.5
+    mask = torch.rand(2, 4, 6, generator=g) > 0.25
+    mask[..., 0] = True
+    parts = Factored(
+        torch.randn(2, 4, 6, generator=g),
+        torch.randn(2, 4, 1, generator=g),
+        torch.randn(2, 4, 1, generator=g),
+    )
+    eps = 1e-5
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(4):
+            m = mask[b, t]
+            real = target[b, t][m].double()
+            mu, sd = real.mean(), (real.var(unbiased=False) + eps).sqrt()
+            s = (sd**2 + (0.1 * mu) ** 2).sqrt()
+            stats = ((parts.shift[b, t, 0] - mu) / s) ** 2 + (
+                parts.log_scale[b, t, 0] - sd.log()
+            ) ** 2
+            pat = (parts.pattern[b, t][m].double() - (real - mu) / sd) ** 2
+            total += float((pat + stats).sum())
+            count += int(m.sum())
+    s_, n_ = factored_terms(parts, target, mask, "masked", eps)
+    assert float(s_ / n_) == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """A real token store: a zoo of 3 mlp runs on wine, collected and tokenized (dense, 16)."""
+    from core.collection.collect import collect
+    from core.tokens.store import TokenStore
+    from core.tokens.tokenize import tokenize
+    from core.zoos.zoo import zoo
+
+    root = tmp_path_factory.mktemp("lwln")
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={"families": ("mlp",), "tasks": ("wine:3",), "epochs": 2, "checkpoints": (1, 2)},
+        progress=False,
+    )
+    collect(root / "atlas", source=str(z), progress=False)
+    tokenize(root / "atlas", scheme="dense", token_size=16, progress=False)
+    store = TokenStore(root / "atlas" / "tokens")
+    return z, store
+
+
+def test_layer_arm_matches_per_layer_zoo_statistics_by_hand(small_store) -> None:
+    """LWLN: each value standardized by its layer's mean/std over all training models' weights,
+    read here straight from the zoo's safetensors files (not from the token store)."""
+    from safetensors.numpy import load_file
+
+    from core.backbone.losses import LayerStats
+
+    zoo_dir, store = small_store
+    ids = sorted(store.ids)
+    train, other = ids[:-1], ids[-1]
+    # per-layer statistics from the weight files of the training models
+    values: dict[str, list] = {}
+    for mid in train:
+        name = mid.split("/")[-1]
+        snap = next((zoo_dir / f"models--weightatlas-zoo--{name}" / "snapshots").iterdir())
+        for k, v in load_file(str(snap / "model.safetensors")).items():
+            values.setdefault(k, []).append(v.astype(np.float64).ravel())
+    eps = 1e-5
+    hand = {
+        k: (np.concatenate(v).mean(), np.sqrt(np.concatenate(v).var() + eps))
+        for k, v in values.items()
+    }
+    stats = LayerStats.from_store(store, train, eps)
+    for (name, _), (mu, sd) in stats.table.items():
+        assert mu == pytest.approx(hand[name][0], rel=1e-6, abs=1e-9)
+        assert sd == pytest.approx(hand[name][1], rel=1e-6)
+    # the loss of a window of a model the statistics never saw, by hand
+    T = store.n_tokens(other) + 3  # runs past the end: padded, masked tokens
+    w = store.window(other, 0, T)
+    mean, std = stats.window(store, other, 0, T)
+    g = torch.Generator().manual_seed(0)
+    pred = w["tokens"] + 0.1 * torch.randn(w["tokens"].shape, generator=g)
+    got = reconstruction_loss(
+        pred[None], w["tokens"][None], w["mask"][None], "layer", eps, (mean[None], std[None])
+    )
+    errs = []
+    for e in store.layers(other):
+        mu, sd = hand[e.name]
+        rows = slice(e.offset, e.offset + e.count)
+        real = w["mask"][rows]
+        errs.append(((pred[rows][real].double() - w["tokens"][rows][real].double()) / sd) ** 2)
+    assert float(got) == pytest.approx(float(torch.cat(errs).mean()), rel=1e-5)
+    # a layer no training model has falls back to the model's own statistics
+    alone = LayerStats({}, eps)
+    m2, s2 = alone.per_token(store, other)
+    tok = store.get(other)
+    e = store.layers(other)[0]
+    own = tok.tokens[e.offset : e.offset + e.count][
+        tok.mask[e.offset : e.offset + e.count]
+    ].double()
+    assert float(s2[e.offset]) == pytest.approx(
+        float((own.var(unbiased=False) + eps).sqrt()), rel=1e-6
+    )

@@ -13,6 +13,9 @@ nothing. Modes:
     masked  MLN as above (the method)
     token   the same per-token standardization but over all D values, padding included, and
             the MSE over all values (the ablation)
+    layer   layer-wise loss normalization (LWLN, SANE's baseline in 001 Table 1 and B.2.1): every
+            value is standardized with the mean and std of *its layer over the training zoo*
+            (``LayerStats``), the MSE over real values
     none    plain masked MSE in weight space (SANE, 003 Eq. 5)
 
 Shapes: B windows, T tokens, D token size, P projection dim.
@@ -20,13 +23,14 @@ Shapes: B windows, T tokens, D token size, P projection dim.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+import math
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-LossNorm = Literal["masked", "token", "none"]
-LOSS_NORMS: tuple[str, ...] = ("masked", "token", "none")
+LossNorm = Literal["masked", "token", "layer", "none"]
+LOSS_NORMS: tuple[str, ...] = ("masked", "token", "layer", "none")
 
 
 class Factored(NamedTuple):
@@ -71,6 +75,7 @@ def reconstruction_terms(
     mask: torch.Tensor,
     norm: LossNorm = "masked",
     eps: float = 1e-5,
+    layer_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of squared (normalized) errors and the number of values it counts.
 
@@ -80,17 +85,26 @@ def reconstruction_terms(
         pred: (B, T, D) reconstruction, or a token_norm backbone's ``Factored`` parts.
         target: (B, T, D) original tokens.
         mask: (B, T, D) bool, True on real values.
-        norm: "masked" (MLN), "token" (padding included) or "none".
+        norm: "masked" (MLN), "token" (padding included), "layer" (LWLN) or "none".
         eps: variance floor of the per-token standardization.
+        layer_stats: for "layer": ``(mean, std)``, each (B, T, 1), of every token's layer
+            (``LayerStats.window``).
     """
     if isinstance(pred, Factored):
-        if norm != "none":
+        if norm in ("masked", "token"):
             return factored_terms(pred, target, mask, norm, eps)
         pred = pred.compose()
     pred, target = pred.float(), target.float()
     if norm == "none":
         m = mask.float()
         return (((pred - target) * m) ** 2).sum(), m.sum()
+    if norm == "layer":
+        if layer_stats is None:
+            raise ValueError("loss_norm='layer' (LWLN) needs layer_stats (LayerStats.window)")
+        mean, std = (t.float() for t in layer_stats)
+        m = mask.float()
+        err = ((pred - mean) / std - (target - mean) / std) * m
+        return (err**2).sum(), m.sum()
     m = _counted(mask, norm)
     mean, std = token_stats(target, m.bool(), eps)
     err = ((pred - mean) / std - (target - mean) / std) * m
@@ -137,10 +151,83 @@ def reconstruction_loss(
     mask: torch.Tensor,
     norm: LossNorm = "masked",
     eps: float = 1e-5,
+    layer_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean squared (normalized) reconstruction error over the counted values; see module doc."""
-    total, count = reconstruction_terms(pred, target, mask, norm, eps)
+    total, count = reconstruction_terms(pred, target, mask, norm, eps, layer_stats)
     return total / count.clamp_min(1.0)
+
+
+class LayerStats:
+    """Per-layer mean and std over a zoo: the normalization of LWLN (SANE; 001 B.2.1).
+
+    A layer is keyed by its name and shape, so every model with that tensor (one architecture
+    in a homogeneous zoo) shares its statistics, computed once over the real values of all
+    ``ids`` (the training models). A layer no training model has (an unseen architecture)
+    falls back to that model's own values.
+
+        stats = LayerStats.from_store(store, train_ids)
+        mean, std = stats.window(store, model_id, start, T)      # (T, 1) each
+    """
+
+    def __init__(self, table: dict[tuple[str, tuple[int, ...]], tuple[float, float]], eps: float):
+        self.table = table
+        self.eps = eps
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_store(cls, store: Any, ids: list[str], eps: float = 1e-5) -> LayerStats:
+        """Mean and ``sqrt(var + eps)`` of every (layer name, shape) over the models ``ids``."""
+        sums: dict[tuple[str, tuple[int, ...]], list[float]] = {}
+        for mid in ids:
+            tok = store.get(mid)
+            values, mask = tok.tokens.double(), tok.mask
+            for e in store.layers(mid):
+                v = values[e.offset : e.offset + e.count][mask[e.offset : e.offset + e.count]]
+                acc = sums.setdefault((e.name, tuple(e.shape)), [0.0, 0.0, 0.0])
+                acc[0] += v.numel()
+                acc[1] += float(v.sum())
+                acc[2] += float((v * v).sum())
+        table = {}
+        for key, (n, s, s2) in sums.items():
+            mean = s / max(n, 1.0)
+            var = max(s2 / max(n, 1.0) - mean * mean, 0.0)
+            table[key] = (mean, math.sqrt(var + eps))
+        return cls(table, eps)
+
+    def per_token(self, store: Any, model_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (N,), std (N,))`` of the layer of each of a model's N tokens."""
+        if model_id not in self._cache:
+            n = store.n_tokens(model_id)
+            mean, std = torch.zeros(n), torch.ones(n)
+            own = None
+            for e in store.layers(model_id):
+                stat = self.table.get((e.name, tuple(e.shape)))
+                if stat is None:
+                    own = own or store.get(model_id)
+                    v = own.tokens[e.offset : e.offset + e.count]
+                    v = v[own.mask[e.offset : e.offset + e.count]].double()
+                    stat = (float(v.mean()), math.sqrt(float(v.var(unbiased=False)) + self.eps))
+                mean[e.offset : e.offset + e.count] = stat[0]
+                std[e.offset : e.offset + e.count] = stat[1]
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[model_id] = (mean, std)
+        return self._cache[model_id]
+
+    def window(
+        self, store: Any, model_id: str, start: int, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (size, 1), std (size, 1))`` for tokens ``[start, start + size)`` of a model,
+        like ``TokenStore.window`` (past the end: mean 0, std 1; those tokens are masked)."""
+        mean, std = self.per_token(store, model_id)
+        m, s = torch.zeros(size, 1), torch.ones(size, 1)
+        part = slice(start, min(start + size, len(mean)))
+        k = part.stop - part.start
+        if k > 0:
+            m[:k, 0] = mean[part]
+            s[:k, 0] = std[part]
+        return m, s
 
 
 def nt_xent(p1: torch.Tensor, p2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
