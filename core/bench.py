@@ -34,13 +34,13 @@ from core.atlas import (
     write_json,
 )
 from core.backbone.config import TrainConfig, build_configs
-from core.backbone.device import _autocast, compute_dtype, cpu_bf16_flags
+from core.backbone.device import autocast, compute_dtype, cpu_bf16_flags
 from core.backbone.losses import nt_xent, reconstruction_terms
 from core.backbone.model import (
     BACKBONE_PRESETS,
     Backbone,
     BackboneConfig,
-    backbone_dir,
+    find_backbone,
     flops_per_token,
     load_config,
     save_backbone,
@@ -48,10 +48,10 @@ from core.backbone.model import (
 from core.collection.checks import inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.facts import ModelFacts
-from core.collection.sources import _cache_repos
+from core.collection.sources import cache_repos
 from core.config import build_config
 from core.errors import RejectedModel
-from core.generation.evaluation import _read_card_block
+from core.generation.evaluation import read_card_block
 from core.generation.prompts import resolve_target
 from core.generation.sample import sample
 from core.tokens.plan import detokenize, tokenize_state_dict
@@ -70,7 +70,7 @@ def scan_cache(root: str | Path, cfg: CollectConfig | None = None) -> list[dict[
     """
     cfg = cfg or CollectConfig()
     out = []
-    for model_id, rev, snap in _cache_repos(Path(root)):
+    for model_id, rev, snap in cache_repos(Path(root)):
         facts = ModelFacts(model_id, rev, "hf-cache")
         try:
             inspect_model_dir(snap, cfg, facts)
@@ -116,7 +116,7 @@ def _bench_seed_repos(tmp: Path) -> list[Path]:
     """Snapshot folders to replicate: the ci zoo's, else two tiny transformers models made here."""
     zoo = Path(os.environ.get("WEIGHTATLAS_ZOO", "/work/zoo-ci"))
     if zoo.is_dir():
-        snaps = [snap for _id, _rev, snap in _cache_repos(zoo)]
+        snaps = [snap for _id, _rev, snap in cache_repos(zoo)]
         if snaps:
             return snaps
     import transformers
@@ -385,7 +385,7 @@ def train_step_fn(
 
     def step() -> float:
         views = torch.cat([x, x + noise])
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
         s, n = reconstruction_terms(recon, torch.cat([x, x]), torch.cat([mask, mask]))
         p1, p2 = proj.float().chunk(2)
@@ -541,7 +541,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         for name, arch, k in (("zoo_cnn", "zoo:cnn", n), ("timm_resnet18", "timm:resnet18", 5)):
             overrides = {"n_prompts": 1, "prompt_epochs": 0, "device": args.device}
             target = resolve_target(
-                arch, "dense", load_config(backbone_dir(root)).token_size
+                arch, "dense", load_config(find_backbone(root)).token_size
             )  # imports, untimed
             best, best_base = float("inf"), float("inf")
             phases: dict[str, float] = {}
@@ -559,7 +559,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 seconds = time.perf_counter() - t0
                 if seconds < best:
-                    best, phases = seconds, _read_card_block(paths[0]).get("seconds", {})
+                    best, phases = seconds, read_card_block(paths[0]).get("seconds", {})
                 t0 = time.perf_counter()
                 for i in range(k):
                     target.arch.save(target.arch.build(i), Path(tmp) / f"base{r}" / str(i))

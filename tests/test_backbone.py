@@ -168,6 +168,13 @@ def test_skip_goes_through_the_bottleneck_as_the_tokens_pca(tmp_path):
     with torch.no_grad():
         r = model.decode(model.encode(noise, pos), pos)
     assert float(((r - noise) ** 2).sum() / ((noise - noise.mean()) ** 2).sum()) > 0.2
+    # each token's mean (and std feature) passes exactly, however small next to its pattern: a
+    # plain PCA of the features would drop the mean of weights ~1e-2 first
+    tiny = 0.01 * noise + 2e-3 * torch.randn(3, 10, 1)
+    model.init_skip_pca(tiny.reshape(-1, 16))
+    with torch.no_grad():
+        r = model.decode(model.encode(tiny, pos), pos)
+    assert torch.allclose(r.mean(-1), tiny.mean(-1), rtol=1e-4, atol=1e-7)
     model.train()
     model.decode(model.encode(x, pos), pos).square().sum().backward()
     for p in (model.decoder.skip.weight, model.decoder.outp.weight, model.encoder.outp.weight):

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from core.atlas import Atlas, read_json
-from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.config import build_config
 from core.embeddings.distances import place_on_map
 from core.embeddings.encode import EmbedConfig, encode_tokens, halo_windows, haloed_apply, summarize
@@ -26,29 +27,9 @@ def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
 
 
 @pytest.fixture(scope="module")
-def small_atlas(tmp_path_factory) -> Path:
-    """A real tiny atlas: zoo (mlp on wine + digits, cnn on digits) -> collect -> tokenize."""
-    from core.collection.collect import collect
-    from core.tokens.tokenize import tokenize
-    from core.zoos.zoo import zoo
-
-    root = tmp_path_factory.mktemp("embed")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={
-            "families": ("mlp", "cnn"),
-            "tasks": ("wine:2", "digits10:2"),
-            "epochs": 2,
-            "checkpoints": (1, 2),
-        },
-        progress=False,
-    )
-    atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
-    tokenize(atlas, progress=False)
-    save_backbone(make_backbone(), Atlas(atlas).backbone_dir)
-    return atlas
+def small_atlas(atlas_factory) -> Path:
+    """The shared tiny atlas (conftest.TINY: mlp and cnn on wine and digits10) with a ci backbone."""
+    return atlas_factory(TINY, make_backbone())
 
 
 def test_halo_windows_tile_the_sequence():

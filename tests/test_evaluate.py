@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, ci_backbone
 
 from core.atlas import Atlas, read_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.collection.facts import run_of
 from core.config import build_config
+from core.embeddings.embed import embed
 from core.embeddings.fidelity import wasserstein1
-from core.embeddings.probes import ProbeConfig, probe_split, run_key
+from core.embeddings.probes import ProbeConfig, probe_split
 from core.embeddings.statistics import DEPTH_BINS, STAT_NAMES, weight_statistics
 
 
@@ -33,7 +36,7 @@ def _rows(runs: int, epochs: int, split_of_run) -> list[dict]:
 
 
 def _assert_no_leak(rows, train, test):
-    keys = np.array([run_key(r) for r in rows])
+    keys = np.array([run_of(r) for r in rows])
     assert not set(keys[train]) & set(keys[test])
     assert train.sum() and test.sum() and (train ^ test).all()
 
@@ -88,31 +91,9 @@ def test_wasserstein1_matches_scipy():
 
 
 @pytest.fixture(scope="module")
-def probe_atlas(tmp_path_factory) -> Path:
+def probe_atlas(atlas_factory) -> Path:
     """zoo (mlp on wine + digits, cnn on digits; 3 runs each) -> collect -> tokenize -> embed."""
-    from core.collection.collect import collect
-    from core.embeddings.embed import embed
-    from core.tokens.tokenize import tokenize
-    from core.zoos.zoo import zoo
-
-    root = tmp_path_factory.mktemp("probe")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={
-            "families": ("mlp", "cnn"),
-            "tasks": ("wine:3", "digits10:3"),
-            "epochs": 3,
-            "checkpoints": (1, 3),
-        },
-        progress=False,
-    )
-    atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
-    tokenize(atlas, progress=False)
-    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": 64})
-    torch.manual_seed(0)
-    save_backbone(Backbone(cfg), Atlas(atlas).backbone_dir)
+    atlas = atlas_factory(TINY, ci_backbone())
     embed(atlas)
     return atlas
 

@@ -116,3 +116,26 @@ def test_every_stage_has_one_command_with_preset_config_and_set():
     for name in stages:
         flags = {o for a in sub.choices[name]._actions for o in a.option_strings}
         assert {"--preset", "--config", "--set"} <= flags, (name, sorted(flags))
+
+
+@pytest.mark.slow
+def test_weightatlas_demo_end_to_end_at_ci_size(tmp_path):
+    """``weightatlas demo --out DIR`` with no ``--from-atlas`` (it failed with ``'module' object is
+    not callable`` when a stage module shadowed its function): zoo -> collect -> tokenize ->
+    train -> embed -> evaluate -> export, then the exported atlas opens and reads back."""
+    out, work = tmp_path / "demo", tmp_path / "work"
+    r = subprocess.run(
+        [sys.executable, "-m", "core.cli", "demo", "--preset", "ci", "--out", str(out),
+         "--work", str(work)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"written to {out}" in r.stdout
+    from core.catalog import map_table
+    from core.embeddings.table import load_embeddings
+
+    table = map_table(out)
+    emb = load_embeddings(out)
+    assert len(table.ids) >= 4 and len(emb.ids) == len(table.ids)
+    assert (work / "atlas" / "results" / "probes.json").is_file()
+    assert (out / "backbone" / "model.safetensors").is_file()

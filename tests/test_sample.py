@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import AtlasSpec
 
 from core.atlas import Atlas, read_json
-from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.config import build_config
 from core.generation.build import (
     build_generated,
@@ -36,29 +37,9 @@ def tiny_backbone(seed: int = 0) -> Backbone:
 
 
 @pytest.fixture(scope="module")
-def cnn_atlas(tmp_path_factory) -> Path:
+def cnn_atlas(atlas_factory) -> Path:
     """zoo (two cnn runs on digits10) -> collect -> tokenize, plus an untrained backbone."""
-    from core.collection.collect import collect
-    from core.tokens.tokenize import tokenize
-    from core.zoos.zoo import zoo
-
-    root = tmp_path_factory.mktemp("sample")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={
-            "families": ("cnn",),
-            "tasks": ("digits10:2",),
-            "epochs": 2,
-            "checkpoints": (1, 2),
-        },
-        progress=False,
-    )
-    atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
-    tokenize(atlas, progress=False)
-    save_backbone(tiny_backbone(), Atlas(atlas).backbone_dir)
-    return atlas
+    return atlas_factory(AtlasSpec(("cnn",), ("digits10:2",)), tiny_backbone())
 
 
 # --------------------------------------------------------------------------------- draws

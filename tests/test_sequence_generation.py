@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import AtlasSpec
 from huggingface_hub import metadata_load
 
 from core.atlas import Atlas
-from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.cli import main as cli_main
 from core.config import build_config
 from core.generation.build import build_generated, decode_latents, encode_models
@@ -89,29 +90,10 @@ def test_text_target_unbuildable_on_an_image_task_is_one_error():
 
 
 @pytest.fixture(scope="module")
-def seq_atlas(tmp_path_factory) -> Path:
+def seq_atlas(atlas_factory) -> Path:
     """zoo (bert, gpt2 on seq-brackets; cnn on digits10) -> collect -> tokenize, random backbone."""
-    from core.collection.collect import collect
-    from core.tokens.tokenize import tokenize
-    from core.zoos.zoo import zoo
-
-    root = tmp_path_factory.mktemp("seqgen")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={
-            "families": ("bert", "gpt2", "cnn"),
-            "tasks": ("seq-brackets:1", "digits10:1"),
-            "epochs": 2,
-            "checkpoints": (1, 2),
-        },
-        progress=False,
-    )
-    atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
-    tokenize(atlas, progress=False)
-    save_backbone(tiny_backbone(), Atlas(atlas).backbone_dir)
-    return atlas
+    spec = AtlasSpec(("bert", "gpt2", "cnn"), ("seq-brackets:1", "digits10:1"))
+    return atlas_factory(spec, tiny_backbone())
 
 
 def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, capsys):

@@ -95,7 +95,7 @@ def compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
     raise ConfigError(f"dtype: {dtype!r} is not one of auto, fp32, bf16")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
     """bf16 autocast on ``device`` (weights stay fp32), or a disabled context for float32."""
     enabled = dtype != torch.float32
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -19,7 +19,7 @@ from core.tokens.plan import plan_model_dir
 # ------------------------------------------------------------------------------- checks
 
 
-def _remote_code_tag(tags: list[str]) -> None:
+def remote_code_tag(tags: list[str]) -> None:
     if "custom_code" in tags:
         raise RejectedModel("remote code", "tagged custom_code; custom code is never run")
 
@@ -43,7 +43,7 @@ def inspect_model_dir(
     card = read_card(path, root, cfg.max_card_bytes)
     if card or not facts.card:  # no README (or no front matter): the listing's card data stays
         facts.card = card
-    _remote_code_tag([*(facts.hub_tags or []), *card_tags(facts.card)])
+    remote_code_tag([*(facts.hub_tags or []), *card_tags(facts.card)])
     facts.config = read_model_config(path, root, cfg.max_config_bytes)
     facts.architecture = _architecture(facts.config)
     facts.library = library_of(facts.config)  # raises "remote code" for auto_map / custom_class

@@ -177,9 +177,14 @@ def zoo_labels(card: dict[str, Any]) -> dict[str, Any]:
 
 def run_key(model_id: str, labels: dict[str, Any]) -> str:
     """``family-task-rN`` for zoo checkpoints (one run never straddles splits), else the id."""
-    if all(k in labels for k in ("family", "task", "run")):
+    if all(labels.get(k) is not None for k in ("family", "task", "run")):
         return f"{labels['family']}-{labels['task']}-r{labels['run']}"
     return model_id
+
+
+def run_of(row: dict[str, Any]) -> str:
+    """:func:`run_key` of a manifest row (its zoo labels, the row's family if they lack one)."""
+    return run_key(str(row["id"]), {"family": row.get("family"), **(row.get("labels") or {})})
 
 
 def split_of(key: str, fractions: tuple[float, ...] = (0.7, 0.15, 0.15)) -> str:

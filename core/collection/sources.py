@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes
-from core.collection.checks import _remote_code_tag
+from core.collection.checks import remote_code_tag
 from core.collection.config import PICKLE_SUFFIXES, CollectConfig
 from core.collection.facts import card_tags, read_card, read_model_config
 from core.collection.headers import ST_FLOAT, TensorInfo, read_safetensors_header
@@ -142,7 +142,7 @@ class CacheSource(Source):
 
     def candidates(self) -> Iterator[Candidate]:
         n = 0
-        for repo in _cache_repos(Path(self.spec)):
+        for repo in cache_repos(Path(self.spec)):
             if self.query.limit is not None and n >= self.query.limit:
                 return
             model_id, rev, snap = repo
@@ -156,7 +156,7 @@ class CacheSource(Source):
         return cand.path
 
 
-def _cache_repos(root: Path) -> Iterator[tuple[str, str, Path]]:
+def cache_repos(root: Path) -> Iterator[tuple[str, str, Path]]:
     """``(id, revision, snapshot dir)`` for every model repo of an HF cache, sorted by id."""
     for d in sorted(root.iterdir()):
         if not d.name.startswith("models--") or not d.is_dir():
@@ -502,7 +502,7 @@ class HubSource(Source):
 
     def precheck(self, cand: Candidate) -> None:
         """Reject from the listing alone, before anything is downloaded."""
-        _remote_code_tag(cand.tags or [])
+        remote_code_tag(cand.tags or [])
         if cand.remote_files is not None:
             files = cand.remote_files
             if not any(f.endswith(".safetensors") for f in files):

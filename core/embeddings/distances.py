@@ -16,7 +16,7 @@ from core.errors import WeightAtlasError
 from core.models.registry import library_of, model_type_of
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise WeightAtlasError(f"{path} is missing; run `weightatlas embed` first")
     with safe_open(str(path), "np") as f:
@@ -195,7 +195,7 @@ def atlas_distance(
     """
     a = Atlas.open(atlas)
     out = embeddings_dir(a, backbone_dir)
-    z = _read_tensors(out / "models.safetensors")["z"].astype(np.float64)
+    z = read_tensors(out / "models.safetensors")["z"].astype(np.float64)
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     if v.shape[0] != z.shape[1]:
         raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {z.shape[1]}")
@@ -247,13 +247,13 @@ def place_on_map(
     a = Atlas.open(atlas)
     rdir = embeddings_dir(a, backbone_dir) / "reducers"
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
-    pca = _read_tensors(rdir / "pca.safetensors")
+    pca = read_tensors(rdir / "pca.safetensors")
     if v.shape[0] != pca["mean"].shape[0]:
         raise WeightAtlasError(
             f"vector has {v.shape[0]} dims, the map expects {pca['mean'].shape[0]}"
         )
     xy_pca = (v - pca["mean"]) @ pca["components"].T
-    um = _read_tensors(rdir / "umap.safetensors")
+    um = read_tensors(rdir / "umap.safetensors")
     d = cosine_distances(um["train_z"], v)
     k = int(min(int(um["n_neighbors"][0]), len(d)))
     nn_idx = np.argsort(d, kind="stable")[:k]

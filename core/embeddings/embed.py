@@ -47,11 +47,11 @@ from core.embeddings.distances import distance_percentile, loo_knn_distances, re
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
-    _load_backbone,
     _masked_tokens,
     backbone_fingerprint,
     embeddings_dir,
     encode_tokens,
+    open_backbone,
     resolve_window,
     summarize,
 )
@@ -111,7 +111,7 @@ def embed(
     r, w = _rank_world(rank, world_size)
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     out = embeddings_dir(a, backbone_dir)
-    backbone = _load_backbone(a, bdir, cfg.device)
+    backbone = open_backbone(a, bdir, cfg.device)
     fp = backbone_fingerprint(bdir)
     if not (a.tokens_dir / "index.json").exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")

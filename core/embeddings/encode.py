@@ -210,7 +210,7 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_backbone(atlas: Atlas, backbone_dir: str | Path | None, device: str) -> Any:
+def open_backbone(atlas: Atlas, backbone_dir: str | Path | None, device: str) -> Any:
 
     src = Path(backbone_dir) if backbone_dir is not None else atlas.backbone_dir
     if not (src / "model.safetensors").exists():

@@ -15,9 +15,9 @@ from core.config import build_config
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
-    _load_backbone,
     _masked_tokens,
     haloed_apply,
+    open_backbone,
     resolve_window,
 )
 from core.errors import WeightAtlasError
@@ -73,7 +73,7 @@ def layer_report(
     if model_id not in set(store.ids):
         raise WeightAtlasError(f"{model_id!r} is not in the token store of {a.root}")
     cfg = build_config(EmbedConfig, EMBED_PRESETS, "ci")
-    backbone = _load_backbone(a, backbone_dir, cfg.device)
+    backbone = open_backbone(a, backbone_dir, cfg.device)
     tokens, positions = _masked_tokens(store.get(model_id))
     window, halo = resolve_window(cfg, backbone)
     with torch.no_grad():
@@ -146,7 +146,7 @@ def reconstruction_accuracy(
 
     a = Atlas.open(atlas)
     store = TokenStore(a.tokens_dir)
-    backbone = _load_backbone(a, backbone_dir, "cpu")
+    backbone = open_backbone(a, backbone_dir, "cpu")
     rows = [
         r
         for r in a.accepted()

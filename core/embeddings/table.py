@@ -14,14 +14,14 @@ from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
 from core.config import build_config
-from core.embeddings.distances import _read_tensors, cosine_distances
+from core.embeddings.distances import cosine_distances, read_tensors
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
-    _load_backbone,
     _masked_tokens,
     embeddings_dir,
     encode_tokens,
+    open_backbone,
     summarize,
 )
 from core.errors import WeightAtlasError
@@ -100,7 +100,7 @@ def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -
     """Read ``ATLAS/embeddings/`` (or another backbone's embeddings)."""
     a = Atlas.open(atlas)
     out = embeddings_dir(a, backbone_dir)
-    t = _read_tensors(out / "models.safetensors")
+    t = read_tensors(out / "models.safetensors")
     return Embeddings(
         z=t["z"],
         layer_z=t["layer_z"],
@@ -162,7 +162,7 @@ def embed_model_dir_full(
     scheme, size = token_scheme(a)
     tok = tokenize_model_dir(path, scheme, size)
     if backbone is None:
-        backbone = _load_backbone(a, None, cfg.device)
+        backbone = open_backbone(a, None, cfg.device)
     tokens, positions = _masked_tokens(tok)
     return summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
 

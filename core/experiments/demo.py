@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from core.atlas import Atlas, append_jsonl, atomic_path, read_json, write_json
+from core.backbone.train import train
+from core.collection.collect import collect
 from core.config import build_config, register_presets
+from core.embeddings.embed import embed
+from core.embeddings.probes import evaluate
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.tokens.tokenize import tokenize
+from core.zoos.zoo import zoo
 
 
 def strip_machine_paths(obj: Any, root: str | Path) -> Any:
@@ -70,7 +75,7 @@ KEEP_DIRS = ("backbone", "backbones", "embeddings", "results")
 SKIP_IN_BACKBONE = ("train_state",)
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
@@ -175,7 +180,7 @@ def export_demo(
 
         scheme, size = token_scheme(source)
         tokenize(tmp, scheme=scheme, token_size=size, progress=False)
-        size_mb = _dir_bytes(tmp) / 2**20
+        size_mb = dir_bytes(tmp) / 2**20
         if size_mb > max_mb:
             raise WeightAtlasError(f"demo atlas is {size_mb:.1f} MB > {max_mb} MB; lower per_group")
         if out.exists():
@@ -209,16 +214,14 @@ def demo(
     """
     cfg = build_config(DemoConfig, DEMO_PRESETS, preset, overrides=overrides)
     if from_atlas is None:
-        import core
-
         work = Path(work or Path(tempfile.gettempdir()) / f"weightatlas-demo-{cfg.zoo_preset}")
-        zoo_dir = core.zoos.zoo(preset=cfg.zoo_preset, out=work / "zoo", seed=cfg.seed)
+        zoo_dir = zoo(preset=cfg.zoo_preset, out=work / "zoo", seed=cfg.seed)
         from_atlas = work / "atlas"
-        core.collect(from_atlas, source=str(zoo_dir))
-        core.tokens(from_atlas, scheme=cfg.scheme, token_size=cfg.token_size)
-        core.backbone.train(from_atlas, preset=cfg.backbone_preset)
-        core.embeddings(from_atlas)
-        core.embeddings.probes(from_atlas)
+        collect(from_atlas, source=str(zoo_dir))
+        tokenize(from_atlas, scheme=cfg.scheme, token_size=cfg.token_size)
+        train(from_atlas, preset=cfg.backbone_preset)
+        embed(from_atlas)
+        evaluate(from_atlas)
     return export_demo(
         from_atlas, out, per_group=cfg.per_group, max_mb=cfg.max_mb,
         backbone_dtype=cfg.backbone_dtype,

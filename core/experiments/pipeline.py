@@ -24,7 +24,7 @@ from core.experiments.ablations import ABLATIONS
 from core.tokens.schemes import SCHEMES
 from core.zoos.tasks import TASKS
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 # stage name -> notebook file, in pipeline order
 STAGES: dict[str, str] = {

@@ -14,11 +14,11 @@ from core.collection.facts import read_card
 from core.errors import RejectedModel, WeightAtlasError
 from core.models.families import FAMILIES, build_from_config
 from core.models.io import (
-    _timm_export_config,
     read_config,
     render_card,
     save_model_dir,
     stored_values,
+    timm_export_config,
 )
 from core.models.registry import (
     check_build_size,
@@ -107,7 +107,7 @@ def resolve_arch(
         config = {"architecture": rest, "model_args": model_args}
         with torch.random.fork_rng(devices=[]):
             model, _ = empty_model(config)
-        config = _timm_export_config(model)
+        config = timm_export_config(model)
         return ArchTarget(spec, "timm", family_of(config), config, task=task)
     if kind == "hf":
         path = _local_model_dir(rest, cache_dir)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from core.errors import WeightAtlasError
-from core.models.io import _timm_export_config, config_of
+from core.models.io import config_of, timm_export_config
 from core.models.native import CNN, MLP
 from core.models.registry import _timm_model, empty_model
 from core.zoos.tasks import CLS_ID, PAD_ID, TaskInfo
@@ -201,7 +201,7 @@ def _timm(arch: str, task: TaskInfo, **model_args: Any) -> dict[str, Any]:
     """timm's Hub config of ``arch`` built with ``model_args`` (built once to export it)."""
     with torch.random.fork_rng(devices=[]):
         model = _timm_model({"architecture": arch, "model_args": dict(model_args)})
-    return _timm_export_config(model)
+    return timm_export_config(model)
 
 
 @register_family("timm-resnet", library="timm", widths=(8, 16, 24), depths=(1, 2))

@@ -202,7 +202,7 @@ def config_of(model: nn.Module, library: str) -> dict[str, Any]:
         cfg["architectures"] = [type(model).__name__]
         return cfg
     if library == "timm":
-        return _timm_export_config(model)
+        return timm_export_config(model)
     if library == "weightatlas":
         return {
             "library_name": "weightatlas",
@@ -213,7 +213,7 @@ def config_of(model: nn.Module, library: str) -> dict[str, Any]:
     raise WeightAtlasError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
 
 
-def _timm_export_config(model: nn.Module) -> dict[str, Any]:
+def timm_export_config(model: nn.Module) -> dict[str, Any]:
     """timm's own Hub export (``save_config_for_hf``), with our preprocessing (inputs in [0, 1])."""
 
     from timm.models._hub import save_config_for_hf

@@ -73,7 +73,7 @@ class _SafetensorsSource:
         self.handles = []
 
 
-def _weight_files(path: str | Path) -> list[Path]:
+def safetensors_files(path: str | Path) -> list[Path]:
     """Safetensors files of a model directory (or the file itself)."""
 
     path = Path(path)
@@ -309,7 +309,9 @@ def fill_tokens(
             block[:, e.row_len :].zero_()
 
 
-def _apply(plan: ModelPlan, get: Callable[[str], torch.Tensor], digest: bool = False) -> Tokenized:
+def apply_plan(
+    plan: ModelPlan, get: Callable[[str], torch.Tensor], digest: bool = False
+) -> Tokenized:
     tokens = torch.empty(plan.n_tokens, plan.token_size, dtype=torch.float32)
     valid = torch.empty(plan.n_tokens, dtype=torch.int32)
     positions = torch.empty(plan.n_tokens, 3, dtype=torch.int64)
@@ -360,7 +362,7 @@ def tokenize_state_dict(
         trainable = trainable_of(model)
     metas = {k: _Meta(tuple(v.shape), v.dtype) for k, v in sd.items()}
     plan = plan_tokens(metas, scheme, token_size, trainable, order, kinds, buffers)
-    return _apply(plan, sd.__getitem__)
+    return apply_plan(plan, sd.__getitem__)
 
 
 def detokenize(
@@ -424,10 +426,10 @@ def _structure_of_config(config_json: str) -> ModelStructure:
     return ModelStructure(trainable_of(model), order, kinds, buffers)
 
 
-def _plan_dir(
+def plan_dir(
     path: str | Path, scheme: str, token_size: int, trainable: set[str] | None
 ) -> tuple[ModelPlan, _SafetensorsSource | _ModuleSource]:
-    files = _weight_files(path)
+    files = safetensors_files(path)
     if trainable is None:
         st = model_structure(path)
     else:
@@ -462,16 +464,16 @@ def plan_model_dir(path: str | Path, scheme: str, token_size: int) -> ModelPlan:
         RejectedModel: the architecture cannot be built, the library cannot load a renamed
             layout, or nothing is tokenizable.
     """
-    plan, src = _plan_dir(path, scheme, token_size, None)
+    plan, src = plan_dir(path, scheme, token_size, None)
     src.close()
     return plan
 
 
-def _open_source(path: str | Path, plan: ModelPlan) -> _SafetensorsSource | _ModuleSource:
+def open_source(path: str | Path, plan: ModelPlan) -> _SafetensorsSource | _ModuleSource:
     """The tensors a plan was made from: the files, or the library-loaded module."""
     if plan.layout == "legacy":
         return _ModuleSource(canonical_state_dict(path)[0])
-    return _SafetensorsSource(_weight_files(path))
+    return _SafetensorsSource(safetensors_files(path))
 
 
 def tokenize_model_dir(
@@ -491,8 +493,8 @@ def tokenize_model_dir(
             loaded by its library and tokenized under the module's canonical names, so
             ``detokenize`` gives the canonical layout.
     """
-    plan, src = _plan_dir(path, scheme, token_size, trainable)
+    plan, src = plan_dir(path, scheme, token_size, trainable)
     try:
-        return _apply(plan, src.get, digest=True)
+        return apply_plan(plan, src.get, digest=True)
     finally:
         src.close()

@@ -49,7 +49,7 @@ def shard_layout(
     return len(raw).to_bytes(8, "little") + raw, table
 
 
-def _write_shard(
+def write_shard(
     path: Path,
     plans: list[tuple[str, ModelPlan, Callable[[], Any]]],
     d: int,

@@ -176,7 +176,7 @@ class TokenStore:
             yield start, self.window(model_id, start, size)
 
 
-def _mix(*xs: int) -> int:
+def mix_seeds(*xs: int) -> int:
     """A fixed 64-bit hash (splitmix64 steps) of small integers: reproducible across runs."""
     h = 0x9E3779B97F4A7C15
     for x in xs:
@@ -230,7 +230,7 @@ class WindowDataset(Dataset):
     def start(self, index: int) -> int:
         """Window start of item ``index`` in the current epoch."""
         span = self._n[index % len(self.ids)] - self.ws + 1
-        return _mix(self.seed, self.epoch, index) % span if span > 1 else 0
+        return mix_seeds(self.seed, self.epoch, index) % span if span > 1 else 0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):

@@ -45,9 +45,9 @@ from tqdm import tqdm
 from core.atlas import Atlas, append_jsonl, write_json
 from core.config import build_config, register_presets
 from core.errors import RejectedModel, WeightAtlasError
-from core.tokens.plan import ModelPlan, _apply, _open_source, _plan_dir, _weight_files
+from core.tokens.plan import ModelPlan, apply_plan, open_source, plan_dir, safetensors_files
 from core.tokens.schemes import DEFAULT_TOKEN_SIZE, get_scheme
-from core.tokens.shards import _write_shard
+from core.tokens.shards import write_shard
 from core.tokens.store import read_index
 
 
@@ -102,7 +102,7 @@ def _groups(
     size = 0
     for row in rows:
         try:
-            b = sum(f.stat().st_size for f in _weight_files(_model_path(atlas, row)))
+            b = sum(f.stat().st_size for f in safetensors_files(_model_path(atlas, row)))
         except (WeightAtlasError, OSError, KeyError, TypeError):
             b = 0  # an unreadable model fails (with a record) when its group is tokenized
         if cur and size + b > shard_bytes:
@@ -285,18 +285,18 @@ def _tokenize_group(
     for row in group:
         try:
             path = _model_path(atlas, row)
-            plan, src = _plan_dir(path, scheme, token_size, None)
+            plan, src = plan_dir(path, scheme, token_size, None)
             src.close()
             planned.append((row, plan, path))
         except Exception as e:  # one bad model never stops the run
             failed.append(_failure(row, e, scheme, token_size))
     while planned:
         jobs = [
-            (r["id"], p, (lambda path=path, p=p: _open_source(path, p))) for r, p, path in planned
+            (r["id"], p, (lambda path=path, p=p: open_source(path, p))) for r, p, path in planned
         ]
         digests: dict[str, str] = {}
         try:
-            offsets = _write_shard(atlas.tokens_dir / shard, jobs, token_size, meta, digests)
+            offsets = write_shard(atlas.tokens_dir / shard, jobs, token_size, meta, digests)
             break
         except Exception as e:  # drop the model that failed mid-stream and rewrite the shard
             bad = _failing_model(jobs)
@@ -340,7 +340,7 @@ def _failing_model(
         except Exception:
             return mid
         try:
-            _apply(plan, src.get)
+            apply_plan(plan, src.get)
         except Exception:
             return mid
         finally:

@@ -1,0 +1,83 @@
+"""Shared fixtures: real tiny atlases, built once per session and copied for each test module.
+
+``atlas_factory(spec, backbone)`` trains the spec's zoo, collects and tokenizes it the first time a
+spec is asked for (real models, real safetensors files, the real stages), then hands every caller
+its own copy with the given backbone saved in it, so that a module that writes into its atlas
+(embeddings, results, generated models) cannot change another module's. ``TINY`` is the atlas the
+embed, evaluate and app tests share: mlp and cnn on wine and digits10, three runs each.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.atlas import Atlas
+from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+from core.collection.collect import collect
+from core.config import build_config
+from core.tokens.tokenize import tokenize
+from core.zoos.zoo import zoo
+
+
+@dataclass(frozen=True)
+class AtlasSpec:
+    """What a tiny zoo trains: families x ``task:runs``, epochs, kept checkpoints."""
+
+    families: tuple[str, ...]
+    tasks: tuple[str, ...]
+    epochs: int = 2
+    checkpoints: tuple[int, ...] = (1, 2)
+
+
+TINY = AtlasSpec(("mlp", "cnn"), ("wine:3", "digits10:3"), epochs=3, checkpoints=(1, 3))
+
+
+def ci_backbone(token_size: int = 64, seed: int = 0, **overrides: object) -> Backbone:
+    """A real, untrained ``ci`` backbone (seeded), for atlases the tests embed with."""
+    cfg = build_config(
+        BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": token_size, **overrides}
+    )
+    torch.manual_seed(seed)
+    return Backbone(cfg).eval()
+
+
+def _build(spec: AtlasSpec, root: Path) -> Path:
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={
+            "families": spec.families,
+            "tasks": spec.tasks,
+            "epochs": spec.epochs,
+            "checkpoints": spec.checkpoints,
+        },
+        progress=False,
+    )
+    atlas = root / "atlas"
+    collect(atlas, source=str(z), progress=False)
+    tokenize(atlas, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def atlas_factory(tmp_path_factory) -> Callable[[AtlasSpec, Backbone | None], Path]:
+    """``make(spec, backbone)`` -> a fresh copy of the spec's tokenized atlas (built once)."""
+    built: dict[AtlasSpec, Path] = {}
+
+    def make(spec: AtlasSpec, backbone: Backbone | None = None) -> Path:
+        if spec not in built:
+            built[spec] = _build(spec, tmp_path_factory.mktemp("atlas-src"))
+        root = tmp_path_factory.mktemp("atlas")
+        shutil.copytree(built[spec], root, dirs_exist_ok=True, symlinks=True)
+        atlas = root / "atlas"
+        if backbone is not None:
+            save_backbone(backbone, Atlas(atlas).backbone_dir)
+        return atlas
+
+    return make
