@@ -146,3 +146,21 @@ def test_evaluate_constant_model_gives_class_frequency():
 
     _, y = task.split("test")
     assert evaluate_accuracy(Const(), task, "test") == pytest.approx(float((y == 1).float().mean()))
+
+
+def test_heldout_gratings_are_in_no_zoo_preset_and_learnable():
+    from core.config import build_config
+    from core.models.families import build_family
+    from core.zoos.zoo import ZOO_PRESETS, ZooConfig, plan
+
+    for name in ZOO_PRESETS:
+        assert "gratings16" not in {
+            r.task for r in plan(build_config(ZooConfig, ZOO_PRESETS, name))
+        }
+    task = get_task("gratings16")
+    assert task.info.num_classes == 6 and task.info.img_size == 16
+    model = build_family("cnn", task.info, 8, 2, seed=0)
+    before = evaluate(model, task, "test").accuracy
+    train_epochs(model, task, epochs=4, lr=3e-3, seed=0)
+    after = evaluate(model, task, "test").accuracy
+    assert before < 0.3 and after > 0.6  # orientation is learnable from the pixels

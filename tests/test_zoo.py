@@ -263,3 +263,51 @@ def test_parallel_build_is_identical(mini, tmp_path):
     out = zoo("ci", tmp_path / "par", overrides=MINI, workers=2, progress=False)
     assert _files(out) == _files(mini)
     assert (out / "zoo.jsonl").read_bytes() == (mini / "zoo.jsonl").read_bytes()
+
+
+def test_homogeneous_zoos_fix_family_task_and_size():
+    from dataclasses import replace
+
+    from core.config import build_config
+
+    cfg = build_config(ZooConfig, ZOO_PRESETS, "demo")
+    assert len(cfg.zoos) >= 2
+    runs = plan(cfg)
+    names = [r.name(e) for r in runs for e in r.checkpoints]
+    assert len(names) == len(set(names))  # zoo runs never collide with the task runs
+    for entry in cfg.zoos:
+        spec, n = entry.split(":")
+        family, task = spec.split("/")
+        zr = [r for r in runs if r.zoo == spec]
+        assert len(zr) == int(n) >= 30 and all(len(r.checkpoints) >= 3 for r in zr)
+        assert {(r.family, r.task) for r in zr} == {(family, task)}
+        assert {(r.width, r.depth) for r in zr} == {
+            (FAMILIES[family].widths[0], FAMILIES[family].depths[0])
+        }
+        assert len({r.lr for r in zr}) >= 2 and len({r.weight_decay for r in zr}) >= 2
+        assert len({r.seed for r in zr}) == len(zr)
+        others = [r.run for r in runs if (r.family, r.task) == (family, task) and r.zoo is None]
+        assert min(r.run for r in zr) == max(others, default=-1) + 1
+    # adding zoos leaves the other runs (and so their weights) exactly as they were
+    assert plan(replace(cfg, zoos=())) == [r for r in runs if r.zoo is None]
+
+
+@pytest.mark.parametrize(
+    "entry, match",
+    [("cnn:3", "FAMILY/TASK:RUNS"), ("cnn/digits10:0", "RUNS >= 1"), ("nope/digits10:3", "unknown zoo family"),
+     ("cnn/wine:3", "cannot train"), ("cnn/nope:3", "unknown task")],
+)  # fmt: skip
+def test_bad_zoo_entries_are_one_line_errors(entry, match):
+    with pytest.raises(WeightAtlasError, match=match):
+        plan(ZooConfig(families=("cnn",), zoos=(entry,)))
+
+
+def test_homogeneous_zoo_checkpoints_carry_the_zoo_label(tmp_path):
+    over = {"families": "mlp", "tasks": "wine:1", "zoos": "mlp/wine:2", "epochs": "2",
+            "checkpoints": "1,2"}  # fmt: skip
+    out = zoo("ci", tmp_path / "z", overrides=over, progress=False)
+    rows = {r["id"].split("/")[-1]: r for r in read_zoo(out)}
+    assert sorted(rows) == [f"mlp-wine-r{r}-e{e}" for r in range(3) for e in (1, 2)]
+    for name, r in rows.items():
+        assert r.get("zoo") == (None if "-r0-" in name else "mlp/wine")
+    assert len({(rows[n]["width"], rows[n]["depth"]) for n in rows if "-r0-" not in n}) == 1

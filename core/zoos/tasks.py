@@ -16,6 +16,7 @@ class indices.
 Tasks (``TASKS``): ``digits10`` (scikit-learn digits, 8x8), ``digits-0to4`` / ``digits-5to9``
 (class subsets), ``digits-parity`` (even vs odd), ``digits-rot90``, ``digits-invert``,
 ``digits16`` (bilinear 16x16 upsampling), ``shapes16`` (procedurally drawn shapes, 16x16),
+``gratings16`` (procedural oriented gratings, 16x16; in no zoo preset: the held-out task),
 ``wine`` and ``breast-cancer`` (tabular), ``seq-majority``, ``seq-sorted`` and ``seq-brackets``
 (procedural token sequences, see ``SEQUENCE_TASKS``). Derived digit tasks reuse the split of
 ``digits10`` so their test images are transforms of the same test digits.
@@ -300,6 +301,61 @@ def _shapes16() -> Task:
         description=f"procedurally drawn shapes ({', '.join(SHAPES)}) with noise, 16x16",
     )
     return _to_task(info, X, y, stratified_split(y, "shapes16"))
+
+
+GRATING_ANGLES = (0, 30, 60, 90, 120, 150)  # degrees: one class each
+
+
+GRATINGS_PER_CLASS = 300
+
+
+GRATINGS_SEED = 23
+
+
+def draw_gratings(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Procedural oriented sinusoidal gratings in a soft round aperture, with noise.
+
+    The class is the orientation (``GRATING_ANGLES``, jittered by +-5 degrees); spatial
+    frequency (1.5-3.5 cycles per image), phase, contrast, aperture centre and size are drawn
+    per image. No collected task has such inputs: the generation stage's held-out task.
+
+    Returns ``(n, 1, size, size)`` float32 in [0, 1] and int64 labels, class-major.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    images, labels = [], []
+    for label, angle in enumerate(GRATING_ANGLES):
+        for _ in range(n_per_class):
+            theta = np.deg2rad(angle + rng.uniform(-5.0, 5.0))
+            freq = rng.uniform(1.5, 3.5) / size
+            phase = rng.uniform(0.0, 2 * np.pi)
+            u = xx * np.cos(theta) + yy * np.sin(theta)
+            wave = np.sin(2 * np.pi * freq * u + phase)
+            cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+            radius = rng.uniform(0.3, 0.5) * size
+            aperture = 1.0 / (1.0 + np.exp(((xx - cx) ** 2 + (yy - cy) ** 2) ** 0.5 - radius))
+            img = 0.5 + 0.5 * rng.uniform(0.4, 1.0) * wave * aperture
+            img += rng.normal(0.0, 0.1, size=(size, size))
+            images.append(np.clip(img, 0.0, 1.0).astype(np.float32))
+            labels.append(label)
+    return np.stack(images)[:, None], np.asarray(labels, dtype=np.int64)
+
+
+@register_task("gratings16")
+def _gratings16() -> Task:
+    X, y = draw_gratings(GRATINGS_PER_CLASS, 16, GRATINGS_SEED)
+    info = TaskInfo(
+        name="gratings16",
+        kind="image",
+        in_chans=1,
+        img_size=16,
+        n_features=16 * 16,
+        num_classes=len(GRATING_ANGLES),
+        dataset="weightatlas/gratings16",
+        description="procedural oriented gratings (6 orientations, 30 degrees apart) in a soft "
+        "aperture with noise, 16x16; left out of every zoo preset (held-out task)",
+    )
+    return _to_task(info, X, y, stratified_split(y, "gratings16"))
 
 
 def _tabular_task(name: str, loader: Callable, dataset: str, description: str) -> Task:

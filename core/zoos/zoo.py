@@ -72,6 +72,11 @@ class ZooConfig:
     lrs: tuple[float, ...] = (1e-3, 3e-3)
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-2)
     size_levels: int = 1
+    # homogeneous zoos, "FAMILY/TASK:RUNS": one family, one task and one size (the family's
+    # first width and depth) for every run; lr, weight decay and seed drawn as above. Their runs
+    # are numbered after the ``tasks`` runs of the same family and task and labelled
+    # ``zoo: FAMILY/TASK`` (003 Tables 1 and 9 probe inside such zoos)
+    zoos: tuple[str, ...] = ()
     batch_size: int = 32
     seed: int = 0
     threads: int = 1
@@ -103,6 +108,9 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
         "checkpoints": (1, 2, 4, 8),
         "lrs": (5e-4, 1e-3, 3e-3),
         "size_levels": 2,
+        # two homogeneous zoos for per-zoo probes and the MLN ablation (issue 15): 30 runs x 4
+        # checkpoints each, cnn w8 d2 / mlp w16 d1 on digits10; ~90 s + ~30 s on one core
+        "zoos": ("cnn/digits10:30", "mlp/digits10:30"),
     },
     "full": {
         "tasks": (
@@ -144,6 +152,7 @@ class Run:
     depth: int
     epochs: int
     checkpoints: tuple[int, ...]
+    zoo: str | None = None  # ``FAMILY/TASK`` for the runs of a homogeneous zoo
 
     def name(self, epoch: int) -> str:
         """Repo name (without org) of this run's checkpoint at ``epoch``."""
@@ -160,8 +169,55 @@ def _parse_task_runs(entry: str) -> tuple[str, int]:
     return task, n
 
 
+def _parse_zoo(entry: str) -> tuple[str, str, int]:
+    """``FAMILY/TASK:RUNS`` -> (family, task, runs); a bad entry is a one-line error."""
+    spec, _, runs = entry.partition(":")
+    family, _, task = spec.partition("/")
+    try:
+        n = int(runs)
+    except ValueError:
+        n = -1
+    if not family or not task or n < 1:
+        raise WeightAtlasError(f"bad zoo entry {entry!r}; expected FAMILY/TASK:RUNS (RUNS >= 1)")
+    if family not in FAMILIES:
+        raise WeightAtlasError(f"unknown zoo family {family!r}; choose from {', '.join(FAMILIES)}")
+    kind = get_task(task).info.kind
+    if kind not in FAMILIES[family].kinds:
+        raise WeightAtlasError(f"zoo {entry!r}: family {family!r} cannot train on {kind} tasks")
+    return family, task, n
+
+
+def _draw(cfg: ZooConfig, family: str, task: str, r: int, fixed_size: bool, zoo: str | None) -> Run:
+    """Run ``r`` of ``family`` on ``task`` with its seeded hyper-parameters (the draw order is
+    fixed: adding zoos leaves every other run as it was); ``fixed_size``: the family's first
+    width and depth."""
+    fam = FAMILIES[family]
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(f"{family}/{task}/{r}".encode())])
+    seed = int(rng.integers(0, 2**31 - 1))
+    lr = float(rng.choice(cfg.lrs)) * fam.lr_scale
+    wd = float(rng.choice(cfg.weight_decays))
+    width = int(rng.choice(fam.widths[: cfg.size_levels]))
+    depth = int(rng.choice(fam.depths[: cfg.size_levels]))
+    if fixed_size:
+        width, depth = fam.widths[0], fam.depths[0]
+    factor = fam.epoch_scale
+    return Run(
+        family=family,
+        task=task,
+        run=r,
+        seed=seed,
+        lr=lr,
+        weight_decay=wd,
+        width=width,
+        depth=depth,
+        epochs=cfg.epochs * factor,
+        checkpoints=tuple(sorted({c * factor for c in cfg.checkpoints})),
+        zoo=zoo,
+    )
+
+
 def plan(cfg: ZooConfig) -> list[Run]:
-    """All runs of a zoo config, in build order (task entries x families x runs)."""
+    """All runs of a zoo config, in build order (task entries x families x runs, then zoos)."""
     for fam in cfg.families:
         if fam not in FAMILIES:
             raise WeightAtlasError(f"unknown zoo family {fam!r}; choose from {', '.join(FAMILIES)}")
@@ -172,27 +228,16 @@ def plan(cfg: ZooConfig) -> list[Run]:
         task, n_runs = _parse_task_runs(entry)
         kind = get_task(task).info.kind
         for fam_name in cfg.families:
-            fam = FAMILIES[fam_name]
-            if kind not in fam.kinds:
+            if kind not in FAMILIES[fam_name].kinds:
                 continue
-            factor = fam.epoch_scale
-            for r in range(n_runs):
-                key = f"{fam_name}/{task}/{r}"
-                rng = np.random.default_rng([cfg.seed, zlib.crc32(key.encode())])
-                runs.append(
-                    Run(
-                        family=fam_name,
-                        task=task,
-                        run=r,
-                        seed=int(rng.integers(0, 2**31 - 1)),
-                        lr=float(rng.choice(cfg.lrs)) * fam.lr_scale,
-                        weight_decay=float(rng.choice(cfg.weight_decays)),
-                        width=int(rng.choice(fam.widths[: cfg.size_levels])),
-                        depth=int(rng.choice(fam.depths[: cfg.size_levels])),
-                        epochs=cfg.epochs * factor,
-                        checkpoints=tuple(sorted({c * factor for c in cfg.checkpoints})),
-                    )
-                )
+            runs += [_draw(cfg, fam_name, task, r, False, None) for r in range(n_runs)]
+    for entry in cfg.zoos:
+        family, task, n_runs = _parse_zoo(entry)
+        first = 1 + max((r.run for r in runs if (r.family, r.task) == (family, task)), default=-1)
+        runs += [
+            _draw(cfg, family, task, r, True, f"{family}/{task}")
+            for r in range(first, first + n_runs)
+        ]
     return runs
 
 
@@ -312,6 +357,7 @@ def _labels(
         "val_loss": r6(m["val"].loss),
         "test_loss": r6(m["test"].loss),
         "generalization_gap": r6(m["train"].accuracy - m["test"].accuracy),
+        **({"zoo": run.zoo} if run.zoo else {}),
     }
 
 
