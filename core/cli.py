@@ -175,17 +175,20 @@ def run_zoo_cli(args: argparse.Namespace) -> int:
 
 def add_collect_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("atlas", help="atlas directory (created if needed)")
+    # shorthands for `--set FIELD=VALUE` of the commonest CollectConfig fields
     p.add_argument(
         "--source",
-        default="hub",
-        help="'hub', an HF cache dir (models--org--name/...) or a dir of model folders",
+        default=None,
+        help="'hub' (default), an HF cache dir (models--org--name/...) or a dir of model folders",
     )
-    p.add_argument("--tags", nargs="*", default=[], help="required tags, e.g. image-classification")
+    p.add_argument(
+        "--tags", nargs="*", default=None, help="required tags, e.g. image-classification"
+    )
     p.add_argument("--pipeline-tag", default=None, help="required pipeline tag")
     p.add_argument("--library", default=None, help="required library (transformers, timm, ...)")
     p.add_argument(
         "--sort",
-        default="downloads",
+        default=None,
         help="Hub listing order (downloads, likes, last_modified, ...)",
     )
     p.add_argument("--limit", type=int, default=None, help="at most this many candidates")
@@ -207,22 +210,11 @@ def add_collect_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_collect_cli(args: argparse.Namespace) -> int:
+    shorthands = ("source", "tags", "pipeline_tag", "library", "sort", "limit", "max_params")
+    shorthands += ("n_train", "n_val", "workers", "endpoint")
+    flags = {k: getattr(args, k) for k in shorthands if getattr(args, k) is not None}
     rows = collect(
-        args.atlas,
-        source=args.source,
-        tags=tuple(args.tags),
-        pipeline_tag=args.pipeline_tag,
-        library=args.library,
-        sort=args.sort,
-        limit=args.limit,
-        max_params=args.max_params,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        workers=args.workers,
-        preset=args.preset,
-        endpoint=args.endpoint,
-        progress=not args.no_progress,
-        settings=config_overrides(args),
+        args.atlas, args.preset, {**flags, **config_overrides(args)}, progress=not args.no_progress
     )
 
     status = Counter(r.get("status") for r in rows)
@@ -390,18 +382,16 @@ def add_embed_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_embed_cli(args: argparse.Namespace) -> int:
-    overrides = config_overrides(args)
+    shorthands = {"halo": args.halo, "window": args.window, "batch_size": args.batch_size}
+    overrides = {**{k: v for k, v in shorthands.items() if v is not None}, **config_overrides(args)}
     if args.model is None:
         out = embed(
             args.atlas,
-            preset=args.preset,
-            halo=args.halo,
-            window=args.window,
-            batch_size=args.batch_size,
+            args.preset,
+            overrides,
             rank=args.rank,
             world_size=args.world_size,
             backbone_dir=args.backbone,
-            overrides=overrides,
         )
 
         done = (out / "models.safetensors").exists()
@@ -422,12 +412,7 @@ def run_embed_cli(args: argparse.Namespace) -> int:
             f"weightatlas evaluate {args.atlas}",
         )
         return 0
-    extra = {
-        k: v
-        for k, v in dict(halo=args.halo, window=args.window, batch_size=args.batch_size).items()
-        if v is not None
-    }
-    cfg = build_config(EmbedConfig, EMBED_PRESETS, args.preset, overrides={**overrides, **extra})
+    cfg = build_config(EmbedConfig, EMBED_PRESETS, args.preset, overrides=overrides)
     path = _model_path(args.model, args.atlas)
     summ = embed_model_dir_full(path, args.atlas, cfg=cfg)
     v = summ["z"].numpy()

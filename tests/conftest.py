@@ -60,7 +60,7 @@ def _build(spec: AtlasSpec, root: Path) -> Path:
         progress=False,
     )
     atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
+    collect(atlas, overrides={"source": str(z)}, progress=False)
     tokenize(atlas, progress=False)
     return root
 

@@ -327,14 +327,8 @@ def test_split_is_deterministic_and_keeps_runs_together():
 
 def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache, tmp_path):
     atlas = tmp_path / "atlas"
-    rows = collect(
-        atlas,
-        str(mixed_cache["cache"]),
-        tags=[ZOO_TAG],
-        max_params=MAX_PARAMS,
-        workers=2,
-        progress=False,
-    )
+    cfg = {"source": str(mixed_cache["cache"]), "tags": [ZOO_TAG], "max_params": MAX_PARAMS}
+    rows = collect(atlas, overrides={**cfg, "workers": 2}, progress=False)
     by_id = {r["id"]: r for r in rows}
     assert (
         sorted(i for i, r in by_id.items() if r["status"] == "accepted") == mixed_cache["accepted"]
@@ -375,14 +369,7 @@ def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache,
     ]
 
     n_lines = len(list(read_jsonl(atlas / "manifest.jsonl")))
-    collect(
-        atlas,
-        str(mixed_cache["cache"]),
-        tags=[ZOO_TAG],
-        max_params=MAX_PARAMS,
-        workers=2,
-        progress=False,
-    )
+    collect(atlas, overrides={**cfg, "workers": 2}, progress=False)
     assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == n_lines  # a re-run skips what is done
 
 
@@ -390,7 +377,11 @@ def test_quota_stops_early_and_plain_dirs_work(mixed_cache, tmp_path):
     plain = tmp_path / "plain"
     for snap in sorted(mixed_cache["cache"].glob("models--weightatlas-zoo--*/snapshots/*")):
         shutil.copytree(snap, plain / snap.parent.parent.name.split("--")[-1])
-    rows = collect(tmp_path / "a", str(plain), n_train=1, n_val=0, workers=3, progress=False)
+    rows = collect(
+        tmp_path / "a",
+        overrides={"source": str(plain), "n_train": 1, "n_val": 0, "workers": 3},
+        progress=False,
+    )
     assert all(r["source"] == "dir" for r in rows)
     assert sum(r["status"] == "accepted" and r["split"] == "train" for r in rows) == 1
     assert len(rows) < len(mixed_cache["zoo_ids"])
@@ -495,11 +486,11 @@ def test_hub_outage_is_retried_not_recorded_and_bad_source_is_one_line(mixed_cac
     assert len(mlp) >= 2
     with HubServer(mixed_cache["cache"]) as server:
         server.fail_resolve.add(mlp[0])
-        kw = dict(tags=["mlp"], workers=2, endpoint=server.url, progress=False)
-        rows = collect(atlas, "hub", **kw)
+        kw = dict(source="hub", tags=["mlp"], workers=2, endpoint=server.url)
+        rows = collect(atlas, overrides=kw, progress=False)
         assert {r["id"] for r in rows} == set(mlp[1:])  # the failed download leaves no row
         server.fail_resolve.clear()
-        rows = collect(atlas, "hub", **kw)
+        rows = collect(atlas, overrides=kw, progress=False)
     assert sorted(r["id"] for r in rows if r["status"] == "accepted") == mlp
     assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == len(mlp)
 

@@ -197,7 +197,9 @@ def collect_hub(url: str, atlas: Path, bound: float = 30.0, **kw: Any) -> list[d
     settings = {**FAST, **kw.pop("settings", {})}
     return bounded(
         lambda: collect(
-            atlas, "hub", tags=[TAG], endpoint=url, progress=False, settings=settings, **kw
+            atlas,
+            overrides={"source": "hub", "tags": [TAG], "endpoint": url, **settings, **kw},
+            progress=False,
         ),
         bound,
     )
@@ -551,7 +553,9 @@ def test_hostile_cards_and_configs_are_rejected_with_a_reason(good_files, jail):
     expected = _local_repos(src, good_files)
     rows = bounded(
         lambda: collect(
-            atlas, str(src), progress=False, workers=2, settings={"max_config_bytes": 65536}
+            atlas,
+            overrides={"source": str(src), "workers": 2, "max_config_bytes": 65536},
+            progress=False,
         ),
         60,
     )
@@ -621,7 +625,10 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
         (src / name / "config.json").write_text(json.dumps(config))
         (src / name / "model.safetensors").write_bytes(bert_files["model.safetensors"])
     rows = bounded(
-        lambda: collect(tmp_path / "atlas", str(src), progress=False, max_params=10**9), 120
+        lambda: collect(
+            tmp_path / "atlas", overrides={"source": str(src), "max_params": 10**9}, progress=False
+        ),
+        120,
     )
     got = {r["id"]: (r["reason"], r["detail"]) for r in rows}
     assert {k: v[0] for k, v in got.items()} == {k: r for k, (_c, r) in cases.items()}
@@ -907,7 +914,7 @@ def test_tokenize_under_a_file_size_limit_is_one_line(small_models, tmp_path):
     import sys
 
     atlas = tmp_path / "atlas"
-    collect(atlas, str(small_models), progress=False)
+    collect(atlas, overrides={"source": str(small_models)}, progress=False)
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -52,6 +52,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,54 +263,29 @@ class _Feed:
 
 def collect(
     atlas: Atlas | str | Path,
-    source: str = "hub",
-    tags: tuple[str, ...] | list[str] = (),
-    pipeline_tag: str | None = None,
-    library: str | None = None,
-    sort: str = "downloads",
-    limit: int | None = None,
-    max_params: int | None = None,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    workers: int | None = None,
-    preset: str = "demo",
-    endpoint: str | None = None,
+    preset: str | None = "demo",
+    overrides: Mapping[str, Any] | None = None,
+    *,
     progress: bool = True,
-    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Collect candidate models from ``source`` into the atlas manifest (resumable).
 
     Args:
         atlas: atlas directory (created if needed).
-        source: ``"hub"``, an HF cache directory or a plain directory of model folders.
-        tags: required tags (Hub ``filter``; for local sources, card tags/library/pipeline).
-        pipeline_tag: required pipeline tag.
-        library: required library (``transformers``, ``timm``, ...).
-        sort: Hub listing order (``downloads``, ``likes``, ``last_modified``, ...).
-        limit: at most this many candidates from the listing.
-        max_params: override of the preset's float-value limit per model.
-        n_train: stop once this many train models are accepted (with ``n_val``).
-        n_val: stop once this many validation models are accepted.
-        workers: concurrent candidates (override of the preset).
-        preset: a ``COLLECT_PRESETS`` name.
-        endpoint: Hub URL (default: ``HF_ENDPOINT`` or huggingface.co).
+        preset: a ``COLLECT_PRESETS`` name (None: the ``CollectConfig`` defaults).
+        overrides: ``CollectConfig`` fields: what to collect (``source``, ``tags``, ``limit``,
+            ``n_train``, ...) and the limits (timeouts, byte limits, ``max_params``, ...).
         progress: show a tqdm bar.
-        settings: other ``CollectConfig`` fields (timeouts, byte limits, ...).
 
     Returns:
         All manifest rows of the atlas after this run (last row per id).
     """
-    overrides: dict[str, Any] = dict(settings or {})
-    if max_params is not None:
-        overrides["max_params"] = max_params
-    if workers is not None:
-        overrides["workers"] = workers
     cfg = build_config(CollectConfig, COLLECT_PRESETS, preset, overrides=overrides)
     split_of("", cfg.split_fractions)  # validate early
     for name, v in (
-        ("limit", limit),
-        ("n_train", n_train),
-        ("n_val", n_val),
+        ("limit", cfg.limit),
+        ("n_train", cfg.n_train),
+        ("n_val", cfg.n_val),
         ("max_params", cfg.max_params),
     ):
         if v is not None and v < 0:
@@ -320,12 +296,12 @@ def collect(
         )
     check_slots = threading.BoundedSemaphore(cfg.check_workers)
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.create(atlas)
-    query = Query(tuple(tags), pipeline_tag, library, sort, limit)
-    src = make_source(str(source), query, cfg, endpoint)
+    query = Query(cfg.tags, cfg.pipeline_tag, cfg.library, cfg.sort, cfg.limit)
+    src = make_source(cfg.source, query, cfg, cfg.endpoint)
     _record_source(atlas, src, cfg)
 
     done: set[str] = set()
-    quota = _Quota({s: n for s, n in (("train", n_train), ("val", n_val)) if n is not None})
+    quota = _Quota({s: n for s, n in (("train", cfg.n_train), ("val", cfg.n_val)) if n is not None})
     for row in read_jsonl(atlas.manifest_path):
         done.add(row["id"])
         if row.get("status") == "accepted":

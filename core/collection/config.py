@@ -12,9 +12,18 @@ from core.config import register_presets
 
 @dataclass
 class CollectConfig:
-    """How candidates are fetched and checked.
+    """What to collect, and how candidates are fetched and checked.
 
     Attributes:
+        source: ``hub``, an HF cache directory or a plain directory of model folders.
+        tags: required tags (Hub ``filter``; for local sources, card tags/library/pipeline).
+        pipeline_tag: required pipeline tag.
+        library: required library (``transformers``, ``timm``, ...).
+        sort: Hub listing order (``downloads``, ``likes``, ``last_modified``, ...).
+        limit: at most this many candidates from the listing.
+        n_train: stop once this many train models are accepted (with ``n_val``).
+        n_val: stop once this many validation models are accepted.
+        endpoint: Hub URL (default: ``HF_ENDPOINT`` or huggingface.co).
         max_params: largest accepted number of float values in a model's safetensors.
         split_fractions: train/val/test shares of the hash of the run key (sum 1).
         workers: concurrent candidates (downloads and header checks).
@@ -36,6 +45,15 @@ class CollectConfig:
         max_index_bytes: largest ``*.safetensors.index.json`` read or downloaded.
     """
 
+    source: str = "hub"
+    tags: tuple[str, ...] = ()
+    pipeline_tag: str | None = None
+    library: str | None = None
+    sort: str = "downloads"
+    limit: int | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    endpoint: str | None = None
     max_params: int = 350_000_000
     split_fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
     workers: int = 8

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,41 +74,29 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def embed(
     atlas: str | Path,
-    *,
     preset: str | None = "ci",
-    halo: int | None = None,
-    window: int | None = None,
-    batch_size: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
     rank: int | None = None,
     world_size: int | None = None,
     backbone_dir: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Embed every tokenized model of the atlas and write ``ATLAS/embeddings/``.
 
     Args:
         atlas: the atlas directory (tokenized, with a trained backbone).
         preset: an ``EMBED_PRESETS`` name.
-        halo: context tokens on each side of a window (overrides the preset).
-        window: tokens per encoder pass (overrides the preset; default the backbone's).
-        batch_size: windows per encoder call.
+        overrides: ``EmbedConfig`` fields (``window``, ``halo``, ``batch_size``, UMAP settings).
         rank: this worker's rank (default ``$RANK`` or 0).
         world_size: number of workers (default ``$WORLD_SIZE`` or 1).
         backbone_dir: another backbone (e.g. an ablation in ``ATLAS/backbones/NAME``); its
             embeddings go to ``BACKBONE/embeddings`` instead of ``ATLAS/embeddings``.
-        overrides: other ``EmbedConfig`` fields.
 
     Returns:
         The embeddings directory (complete once every rank's parts exist).
     """
-
     a = Atlas.open(atlas)
-    extra = {
-        k: v
-        for k, v in dict(halo=halo, window=window, batch_size=batch_size).items()
-        if v is not None
-    }
-    cfg = build_config(EmbedConfig, EMBED_PRESETS, preset, overrides={**(overrides or {}), **extra})
+    cfg = build_config(EmbedConfig, EMBED_PRESETS, preset, overrides=overrides)
     r, w = _rank_world(rank, world_size)
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     out = embeddings_dir(a, backbone_dir)

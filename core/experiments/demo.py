@@ -217,7 +217,7 @@ def demo(
         work = Path(work or Path(tempfile.gettempdir()) / f"weightatlas-demo-{cfg.zoo_preset}")
         zoo_dir = zoo(preset=cfg.zoo_preset, out=work / "zoo", seed=cfg.seed)
         from_atlas = work / "atlas"
-        collect(from_atlas, source=str(zoo_dir))
+        collect(from_atlas, overrides={"source": str(zoo_dir)})
         tokenize(from_atlas, scheme=cfg.scheme, token_size=cfg.token_size)
         train(from_atlas, preset=cfg.backbone_preset)
         embed(from_atlas)
