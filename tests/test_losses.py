@@ -218,7 +218,7 @@ def small_store(tmp_path_factory):
         overrides={"families": ("mlp",), "tasks": ("wine:3",), "epochs": 2, "checkpoints": (1, 2)},
         progress=False,
     )
-    collect(root / "atlas", source=str(z), progress=False)
+    collect(root / "atlas", overrides={"source": str(z)}, progress=False)
     tokenize(root / "atlas", scheme="dense", token_size=16, progress=False)
     store = TokenStore(root / "atlas" / "tokens")
     return z, store

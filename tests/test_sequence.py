@@ -122,7 +122,7 @@ def test_collect_tokenize_train_embed_take_sequence_models_like_the_rest(seq_zoo
     from core.tokens.tokenize import tokenize
 
     atlas = tmp_path / "atlas"
-    collect(atlas, source=str(seq_zoo), progress=False)
+    collect(atlas, overrides={"source": str(seq_zoo)}, progress=False)
     a = Atlas.open(atlas)
     by_id = {r["id"]: r for r in a.manifest()}
     zoo_ids = {r["id"] for r in read_zoo(seq_zoo)}

@@ -33,7 +33,7 @@ def two_modality_atlas(tmp_path_factory):
         progress=False,
     )
     atlas = root / "atlas"
-    collect(atlas, source=str(z), progress=False)
+    collect(atlas, overrides={"source": str(z)}, progress=False)
     tokenize(atlas, progress=False)
     return atlas
 

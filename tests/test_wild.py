@@ -146,7 +146,7 @@ def wild(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("wild")
     info = build_wild(root)
     atlas = Atlas.create(root / "atlas")
-    collect(atlas, source=str(info["src"]), progress=False, workers=2)
+    collect(atlas, overrides={"source": str(info["src"]), "workers": 2}, progress=False)
     stats = tokenize(atlas, progress=False)
     return {**info, "atlas": atlas, "stats": stats}
 
