@@ -59,20 +59,18 @@ class BackboneConfig:
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     # tiny: trains in about a minute on CPU
     "ci": dict(window=32, d_model=64, latent_dim=16, n_layers=2, n_heads=4, proj_dim=32),
-    # small: learns the demo zoo on 2 CPU cores. latent_dim = token size: with 32 the demo zoo's
-    # near-noise conv/linear tokens reconstruct to R^2 0.44 and reconstructed CNNs keep 16 %
-    # accuracy; with 64, R^2 0.78 and 54-59 % (d_model 128, 2,000 steps each). d_model 256 and
-    # head size 64 feed the bf16 matrix units (CPU autocast is no faster than fp32 at d 128)
-    # latent 32 for tokens of 64: a 2x bottleneck like the papers' (001 Table 4: 230 -> 128).
-    # The blocks alone learn even the pass-through slowly here (median per-layer conv R^2 0.27
-    # after 800 steps at latent 64), so a linear skip through the bottleneck starts as the
-    # tokens' PCA (Backbone.init_skip_pca, from training tokens) and the blocks add context
+    # the demo zoo: latent 62 for tokens of 64. Its conv/linear weights are white at the token
+    # level: median per-layer val R^2 ~= latent / token size for any linear code (latent 32:
+    # 0.49, 48: 0.74, 56: 0.86, 60: 0.92, 62: 0.955), and training does not beat that (latent
+    # 32: 0.48 after 200-600 steps); only latent >= 60-62 keeps R^2 >= 0.9 and decoded CNNs
+    # within 0.05-0.10 of their accuracy (docs/results/backbone.md). The skip starts as that
+    # linear code (init_skip_pca); d_model 256 and head size 64 feed the bf16 matrix units
     "demo": dict(
-        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
+        window=64, d_model=256, latent_dim=62, n_layers=3, n_heads=4, proj_dim=64, skip=True
     ),
-    # the same backbone, trained longer (TRAIN_PRESETS["demo-long"]); the embedded demo atlas
+    # the same backbone, trained until it stops improving (TRAIN_PRESETS["demo-long"])
     "demo-long": dict(
-        window=64, d_model=256, latent_dim=32, n_layers=3, n_heads=4, proj_dim=64, skip=True
+        window=64, d_model=256, latent_dim=62, n_layers=3, n_heads=4, proj_dim=64, skip=True
     ),
     # paper 001 Table 4 (HF-Small / HF-Large): ~456M / ~900M parameters; their tokens of 230
     # come from the token store (`weightatlas tokenize --preset paper-small`), not from here
@@ -234,27 +232,36 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def init_skip_pca(self, tokens: torch.Tensor) -> float:
-        """Set the skip maps to the best rank-``latent_dim`` linear autoencoder of ``tokens``.
+        """Set the skip maps to the best rank-``latent_dim`` linear code of ``tokens``.
 
-        The encoder skip projects the encoder's input features (``standardize_tokens``) onto
-        their top ``latent_dim`` principal directions (uncentred SVD); the decoder skip maps
-        back (the log10 std feature returns as the natural log scale). Everything passes
+        With ``token_norm`` (and ``latent_dim >= 3``), two latent channels carry each token's
+        mean and log10 std exactly and the other ``latent_dim - 2`` the top principal
+        directions of the standardized patterns; the decoder skip maps back (log10 std out as
+        the natural log scale). A plain PCA of the features would drop the mean first (weights
+        are ~1e-2, so its energy is tiny) although per-layer R^2 depends on it: at latent 32 /
+        token 64 on the demo zoo, median conv/linear val R^2 0.04 with plain PCA, 0.49 with
+        this code. Without ``token_norm``: the uncentred PCA of the tokens. Everything passes
         through the bottleneck: with latent_dim < token_size this is a compression, not a copy.
 
         Args:
             tokens: (N, D) sample of real training tokens (padding zero).
 
         Returns:
-            The fraction of the features' energy the principal directions keep.
+            The fraction of the pattern's (or, without token_norm, the tokens') energy kept.
         """
         if self.encoder.skip is None:
             raise WeightAtlasError("init_skip_pca needs a backbone with skip=True")
         x = tokens.float().reshape(-1, 1, tokens.shape[-1])
         feats = (standardize_tokens(x) if self.cfg.token_norm else x).reshape(x.shape[0], -1)
-        _, s, vh = torch.linalg.svd(feats.double(), full_matrices=False)
-        k = min(self.cfg.latent_dim, vh.shape[0])
+        D, L = self.cfg.token_size, self.cfg.latent_dim
+        exact = 2 if self.cfg.token_norm and L >= 3 else 0  # mean and log10 std channels
+        basis = feats[:, :D] if exact else feats
+        _, s, vh = torch.linalg.svd(basis.double(), full_matrices=False)
+        k = min(L - exact, vh.shape[0])
         enc = torch.zeros_like(self.encoder.skip.weight, dtype=torch.float64)  # (L, F)
-        enc[:k] = vh[:k]
+        enc[:k, : vh.shape[1]] = vh[:k]
+        for j in range(exact):  # feature D + j (mean, log10 std) -> latent channel k + j
+            enc[k + j, D + j] = 1.0
         dec = enc.T.clone()  # (F, L)
         if self.cfg.token_norm:  # input log10 std -> output natural log scale
             dec[-1] *= math.log(10.0)
@@ -343,7 +350,7 @@ def flops_per_token(cfg: BackboneConfig, window: int | None = None) -> float:
     return 6.0 * matmul_params(cfg) + attention
 
 
-def backbone_dir(path: str | Path) -> Path:
+def find_backbone(path: str | Path) -> Path:
     """The backbone directory of an atlas root, or ``path`` itself if it is one."""
     path = Path(path)
     if (path / "model.safetensors").exists() and (path / "config.json").exists():
@@ -385,7 +392,7 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
     """Load trained weights (safetensors) from an atlas root or a backbone dir, in eval mode."""
     from safetensors.torch import load_file
 
-    d = backbone_dir(path)
+    d = find_backbone(path)
     model = Backbone(load_config(d))
     state = load_file(d / "model.safetensors", device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
