@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import core.backbone.train as train_mod
-from core.atlas import Atlas, append_jsonl, read_jsonl
+from core.atlas import Atlas, AtlasError, append_jsonl, read_jsonl
+from core.backbone.bounds import linear_code_bounds, write_bounds
 from core.backbone.config import build_configs
 from core.backbone.data import layer_table
 from core.backbone.device import compute_dtype, cpu_bf16_flags
@@ -84,7 +85,7 @@ def test_presets_and_overrides_route_to_the_right_config():
     with pytest.raises(ConfigError, match="unknown train key"):
         build_configs("ci", {"d_modle": 3})
     with pytest.raises(ConfigError):
-        build_configs("ci", {"loss_norm": "layer"})
+        build_configs("ci", {"loss_norm": "bogus"})
     with pytest.raises(ConfigError, match="unknown preset"):
         build_configs("huge")
     b, t = build_configs("paper-large")
@@ -119,7 +120,7 @@ def test_exact_resume_after_sigkill(atlas, tmp_path, dtype):
     train(atlas.root, "ci", dict(over), out=ref)
 
     out = tmp_path / "killed"
-    args = [f"{k}={v}" for k, v in over.items()]
+    args = [a for k, v in over.items() for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "core.cli", "train", str(atlas.root), "--out", str(out), *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "train_state" / "latest.json"
@@ -178,7 +179,7 @@ def test_torchrun_two_processes_match_one_process(atlas, tmp_path, dtype, rtol):
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "core.cli", "train", str(atlas.root), "--out", str(ddp),
-        *[f"{k}={v}" for k, v in over.items()],
+        *[a for k, v in over.items() for a in ("--set", f"{k}={v}")],
     ]  # fmt: skip
     env = {**_env(), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -233,7 +234,7 @@ def test_bf16_and_fp32_paths_agree_on_a_tiny_model():
     out = {}
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         model.zero_grad()
-        with train_mod._autocast(torch.device("cpu"), dt):
+        with train_mod.autocast(torch.device("cpu"), dt):
             _, parts, proj = model(x, pos, factored=True)
         s, cnt = train_mod.reconstruction_terms(parts, x, mask)
         p1, p2 = proj.float().chunk(2)
@@ -402,3 +403,38 @@ def test_skip_backbone_scores_its_starting_linear_code_as_a_candidate(atlas, tmp
     # a finished run resumes without scoring step 0 again
     assert train(atlas.root, "ci", over, out=out)["steps"] == 6
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r] == [0, 3, 6]
+
+
+def test_linear_code_bounds_grow_with_the_latent_and_are_exact_at_full_width(atlas, tmp_path):
+    """The bounds behind docs/results/backbone.md, on real tokenized models: per-layer R^2 of
+    each linear code rises with the latent width, the centred PCA of full width is exact, and
+    ``write_bounds`` writes the JSON and the figure (with a trained run as a point)."""
+    rows = linear_code_bounds(atlas.root, token_sizes=(16, 8), ratios=(0.25, 0.5, 1.0))
+    assert [(r["token"], r["latent"]) for r in rows] == [
+        (16, 4),
+        (16, 8),
+        (16, 16),
+        (8, 3),
+        (8, 4),
+        (8, 8),
+    ]
+    for D in (16, 8):
+        mine = [r for r in rows if r["token"] == D]
+        for code in ("stats", "raw"):
+            r2 = [r[f"{code}_r2_conv_linear"] for r in mine]
+            assert r2 == sorted(r2) and r2[0] < 0.9, (code, r2)
+        assert mine[-1]["raw_r2_conv_linear"] == pytest.approx(1.0, abs=1e-9)
+        assert 0 < mine[0]["energy_pattern"] < mine[-1]["energy_pattern"] <= 1 + 1e-9
+    run = tmp_path / "run"
+    train(
+        atlas.root,
+        "ci",
+        {**FAST, "steps": 6, "eval_every": 3, "skip": True, "latent_dim": 8},
+        out=run,
+    )
+    out, fig = tmp_path / "b.json", tmp_path / "b.png"
+    write_bounds(atlas.root, out, (16,), (0.5, 1.0), figure=fig, runs=[run])
+    assert [r["latent"] for r in json.loads(out.read_text())] == [8, 16]
+    assert fig.stat().st_size > 10_000 and fig.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(AtlasError, match="not a directory"):
+        linear_code_bounds(tmp_path / "nowhere")
