@@ -224,7 +224,7 @@ def real_atlas(tmp_path_factory) -> Path:
         progress=False,
     )
     atlas = work / "atlas"
-    collect(atlas, source=str(zoo))
+    collect(atlas, overrides={"source": str(zoo)})
     tokenize(atlas, progress=False)
     train(atlas, preset="ci", overrides={"steps": 30, "eval_every": 30, "ckpt_every": 30})
     embed(atlas)
@@ -336,6 +336,30 @@ def test_generate_transformers_tab_offers_model_folders_with_their_task(monkeypa
     assert own and task_box.value == own
     assert f"task `{own}`" in texts(at)
     assert "your workspace, never the atlas" in texts(at)
+
+
+@needs_demo
+def test_generate_page_says_how_long_a_run_takes_before_it_starts(monkeypatch, tmp_path):
+    """The Generate page shows issue 17's estimate for the chosen settings before Generate:
+    more draws, more decode passes (and nothing is started or written)."""
+    import re
+
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    at = app_on(DEMO, timeout=180)
+    at.switch_page("views/generate.py").run()
+    assert not at.exception, at.exception
+
+    def decode_passes() -> int:
+        text = next(i.value for i in at.info if "Expected time about" in i.value)
+        return int(re.search(r"(\d+) decode\s+passes", text.replace("\\", "")).group(1))
+
+    before = decode_passes()
+    k = at.number_input(key="gen_k")
+    at.number_input(key="gen_k").set_value(k.value + 10).run()
+    assert not at.exception, at.exception
+    assert decode_passes() - before >= 10  # every extra draw is decoded (once per round)
+    assert "generate_job" not in at.session_state
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("*.safetensors"))
 
 
 def test_timm_choices_are_sized_and_checked_before_building():

@@ -21,6 +21,7 @@ from core.atlas import Atlas
 from core.catalog import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
+from core.generation.estimate import estimate_sample
 from core.generation.prompts import atlas_prompts, resolve_target
 from core.generation.targets import TIMM_SUGGESTED, timm_fit, timm_search
 from core.models.families import FAMILIES
@@ -204,6 +205,54 @@ def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int]
         "the same size can take them as prompts.",
     )
     return f"zoo:{fam}", task, size, True
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=600)
+def cached_estimate(
+    root: str,
+    stamp_: float,
+    spec: str,
+    task: str | None,
+    size: tuple[int, int] | None,
+    n: int,
+    keep: int,
+    seed: int,
+    prompts: tuple[str, ...],
+) -> dict[str, Any]:
+    """What the run would do and how long it would take here now (issue 17's estimate: it
+    times a few backbone windows and one forward batch, 1-10 s; kept ten minutes)."""
+    width, depth = size if size is not None else (None, None)
+    est = estimate_sample(
+        root,
+        spec,
+        task,
+        overrides={"n": n, "keep": keep, "seed": seed},
+        width=width,
+        depth=depth,
+        prompts=list(prompts) or None,
+    )
+    return {"text": est["text"], "seconds": dict(est["seconds"])}
+
+
+def estimate_ui(root: Path, stamp_: float, request: SampleRequest, size: Any) -> None:
+    """The expected time of ``request`` before it runs (a warning line if it cannot be told)."""
+    try:
+        with st.spinner("Estimating the run time on this machine…"):
+            est = cached_estimate(
+                str(root),
+                stamp_,
+                request.arch,
+                request.task,
+                size,
+                request.n,
+                request.keep,
+                request.seed,
+                tuple(request.prompts),
+            )
+    except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
+        st.caption(f"No time estimate: {escape_md(e)}")
+        return
+    st.info(escape_md(est["text"]), icon=":material/timer:")
 
 
 def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
@@ -437,6 +486,18 @@ def page() -> None:
     running = st.session_state.get(JOB_KEY) is not None
     if settings["keep"] > settings["n"]:
         st.warning("M kept must not exceed K draws.")
+    request = SampleRequest(
+        arch=spec,
+        n=settings["n"],
+        keep=settings["keep"],
+        seed=settings["seed"],
+        task=str(info["task"]) if info["task"] else None,
+        width=size[0] if size is not None else None,
+        depth=size[1] if size is not None else None,
+        prompts=tuple(settings["prompts"]),
+    )
+    if settings["keep"] <= settings["n"] and not running:
+        estimate_ui(root, stamp_, request, size)
     out = generated_dir(root)
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     go_ = c1.button(
@@ -451,16 +512,6 @@ def page() -> None:
         f"`{WORKSPACE_ENV}` to change it)."
     )
     if go_ and not running:
-        request = SampleRequest(
-            arch=spec,
-            n=settings["n"],
-            keep=settings["keep"],
-            seed=settings["seed"],
-            task=str(info["task"]) if info["task"] else None,
-            width=size[0] if size is not None else None,
-            depth=size[1] if size is not None else None,
-            prompts=tuple(settings["prompts"]),
-        )
         st.session_state.pop(RESULT_KEY, None)
         try:
             st.session_state[JOB_KEY] = start_sample(root, request, out)
