@@ -118,9 +118,113 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
             assert v["cv_folds"] >= 2 and np.isfinite(v["cv_mean"]) and v["cv_std"] >= 0, target
     # s(W) separates tasks: wine MLPs and digit models have very different weights
     assert res["results"]["s(W)"]["task"]["value"] >= 0.75
+    for fs in ("embedding", "s(W)"):  # every table carries its baseline
+        assert res["results"][fs]["family"]["majority"] == res["results"][fs]["family"]["baseline"]
+        assert res["results"][fs]["test_accuracy"]["baseline"] <= 0.0 + 1e-9
     md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
     assert "| test_accuracy | R² |" in md and "| family | accuracy |" in md
-    assert "fold cross-validation over all runs" in md and " ± " in md
+    assert "fold cross-validation" in md and " ± " in md and "| baseline |" in md
+
+
+def test_evaluate_probes_inside_each_homogeneous_zoo(probe_atlas):
+    """Each family x task pair of the fixture is one size with 3 runs: a zoo at min 3 runs."""
+    from core.embeddings.probes import evaluate
+
+    out = evaluate(probe_atlas, overrides={"min_side": 3, "zoo_min_runs": 3, "outer_folds": 3})
+    rows = {r["id"]: r for r in Atlas(probe_atlas).accepted()}
+    assert sorted(out["zoos"]) == ["cnn/digits10/w8d2", "mlp/digits10/w16d1", "mlp/wine/w16d1"]
+    for key, z in out["zoos"].items():
+        members = [r for r in rows.values() if key.startswith(f"{r['family']}/")
+                   and (r.get("labels") or {}).get("task") == z["task"]]  # fmt: skip
+        assert z["n_models"] == len(members) and z["n_runs"] == 3
+        assert z["split"]["shared_runs"] == []
+        assert set(z["results"]) == {"embedding", "embedding+depth", "s(W)", "W"}
+        # W: every trainable value of the model (the zoo's params label counts them)
+        assert z["features"]["W"] == members[0]["labels"]["params"]
+        for res in z["results"].values():
+            assert set(res) == {"test_accuracy", "epoch", "generalization_gap"}
+            for r in res.values():
+                assert r["cv_folds"] == 3 and "cv_baseline_mean" in r and "no_signal" in r
+    md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
+    assert "**Within one zoo**" in md and "*cnn/digits10/w8d2*" in md
+    assert md.index("**Within one zoo**") < md.index("**Pooled over the whole collection**")
+    assert run_of(next(iter(rows.values())))
+
+
+def _grouped(n_runs: int, per_run: int, seed: int):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"run{r}" for r in range(n_runs)], per_run)
+    cls = np.repeat(rng.integers(0, 3, n_runs), per_run)  # one class per run, like a task
+    return rng, groups, cls
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_signal_flag_fires_on_noise_and_not_on_a_learnable_target(seed):
+    from core.embeddings.probes import fit_classifier, fit_regression
+
+    cfg = ProbeConfig()
+    rng, groups, cls = _grouped(40, 4, seed)
+    tr = np.isin(groups, [f"run{r}" for r in range(30)])
+    noise = rng.normal(size=(len(groups), 20))
+    r = fit_classifier(
+        noise[tr], cls[tr].astype(str), groups[tr], noise[~tr], cls[~tr].astype(str), cfg
+    )
+    assert r["no_signal"] and r["C"] == pytest.approx(10**cfg.c_min_log10)
+    y = rng.normal(size=len(groups))
+    r = fit_regression(noise[tr], y[tr], groups[tr], noise[~tr], y[~tr], cfg)
+    assert r["no_signal"] and r["alpha"] == pytest.approx(10**cfg.alpha_max_log10)
+    # learnable: the class shifts three of the features; y is linear in the features
+    signal = noise.copy()
+    signal[:, :3] += 1.5 * np.eye(3)[cls]
+    r = fit_classifier(
+        signal[tr], cls[tr].astype(str), groups[tr], signal[~tr], cls[~tr].astype(str), cfg
+    )
+    assert not r["no_signal"] and r["value"] > r["majority"] + 0.2
+    y = noise @ rng.normal(size=20) + 0.1 * rng.normal(size=len(groups))
+    r = fit_regression(noise[tr], y[tr], groups[tr], noise[~tr], y[~tr], cfg)
+    assert not r["no_signal"] and r["value"] > 0.9 > r["baseline"]
+
+
+def test_grouped_cross_validation_never_puts_a_run_on_both_sides(monkeypatch):
+    from core.embeddings import probes as ev
+
+    rng, groups, cls = _grouped(12, 5, 0)
+    x = rng.normal(size=(len(groups), 4))
+    seen = []
+
+    def spy(x_tr, y_tr, g_tr, x_te, y_te, cfg):
+        seen.append((set(g_tr), set(np.unique(x_te[:, 0]))))
+        test_runs = {groups[np.flatnonzero(x[:, 0] == v)[0]] for v in x_te[:, 0]}
+        assert not set(g_tr) & test_runs, "a run on both sides"
+        # and the inner C / alpha search splits the train side by run as well
+        for a, b in ev._cv_splits(g_tr, cfg.cv_folds):
+            assert not set(g_tr[a]) & set(g_tr[b])
+        return {"value": 0.0, "baseline": 0.0}
+
+    out = ev.cross_validated(spy, x, cls, groups, ProbeConfig(outer_folds=4))
+    assert out["cv_folds"] == 4 and len(seen) == 4
+    assert set().union(*[s for s, _ in seen]) == set(groups)
+
+
+def test_task_target_only_for_pairs_with_two_runs_and_zoo_grouping():
+    from core.embeddings.probes import homogeneous_zoos, task_pairs
+
+    def row(fam, task, run, epoch, width=8, zoo=None):
+        labels = {"family": fam, "task": task, "run": run, "epoch": epoch, "width": width,
+                  "depth": 2, **({"zoo": zoo} if zoo else {})}  # fmt: skip
+        return {"id": f"{fam}-{task}-r{run}-e{epoch}", "family": fam, "labels": labels}
+
+    rows = [row("cnn", "digits10", r, e) for r in range(3) for e in (1, 2)]
+    rows += [row("mlp", "wine", 0, e) for e in (1, 2)]  # one run: never in the task probe
+    rows += [row("cnn", "digits10", r, 1, width=16, zoo="cnn/digits10") for r in range(3, 7)]
+    keep = task_pairs(rows, 2)
+    assert keep.tolist() == [True] * 6 + [False] * 2 + [True] * 4
+    zoos = homogeneous_zoos(rows, 3)
+    assert list(zoos) == ["cnn/digits10", "cnn/digits10/w8d2"]
+    assert zoos["cnn/digits10"] == list(range(8, 12)) and zoos["cnn/digits10/w8d2"] == list(
+        range(6)
+    )
+    assert homogeneous_zoos(rows, 4) == {"cnn/digits10": list(range(8, 12))}
 
 
 def test_layer_report_records(probe_atlas):
