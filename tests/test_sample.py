@@ -11,6 +11,7 @@ from conftest import AtlasSpec
 
 from core.atlas import Atlas, read_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
+from core.cli import main
 from core.config import build_config
 from core.generation.build import (
     build_generated,
@@ -20,8 +21,12 @@ from core.generation.build import (
 )
 from core.generation.config import SampleConfig
 from core.generation.draws import draw_latents
+from core.generation.estimate import estimate_sample
 from core.generation.prompts import model_tokens, resolve_target
 from core.generation.sample import sample
+from core.models.io import load_model_dir, read_config
+from core.models.registry import logits
+from core.zoos.tasks import get_task
 
 
 def tiny_backbone(seed: int = 0) -> Backbone:
@@ -170,6 +175,7 @@ def test_sample_stage_with_atlas_prompts(cnn_atlas):
         lm = load_model_dir(p)
         assert lm.family == "cnn"
         assert b["prompt_source"] == "atlas" and b["seed"] == 1 and b["backbone"]
+        assert b["mode"] == "independent"  # auto with atlas prompts
         assert all(pid.startswith("weightatlas-zoo/cnn-digits10-") for pid in b["prompts"])
         assert 0.0 <= b["val_accuracy"] <= 1.0 and len(b["draw_val_accuracies"]) == 3
     # kept best first, and they are the best of the draws
@@ -195,6 +201,7 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path):
     (out,) = state["outputs"]
     card = (Path(out) / "README.md").read_text()
     assert "prompt_source: fresh" in card and "task: digits-invert" in card
+    assert "mode: joint" in card  # auto: fresh prompts (unrelated inits) are drawn jointly
     # bad input: one-line error, and the progress file says so
     assert main(["sample", str(cnn_atlas), "--arch", "zoo:nope", "--progress-file", str(prog)]) == 2
     state = json.loads(prog.read_text())
@@ -225,3 +232,62 @@ def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
     assert block["val_accuracy"] == max(draws)  # best over all rounds is kept
     with pytest.raises(Exception, match="keep"):
         sample(cnn_atlas, "zoo:cnn", n=2, keep=3, out_dir=tmp_path)
+
+
+# --------------------------------------------------------------------- estimate (issue 17)
+
+
+def test_estimate_counts_the_backbone_passes_sample_makes(cnn_atlas, tmp_path, monkeypatch):
+    """The estimate's encode/decode passes are the ones ``sample`` then runs, for atlas and
+    fresh prompts; its text says whether the atlas holds the architecture."""
+    import core.embeddings.encode
+    import core.generation.build
+
+    calls = {"encode": 0, "decode": 0}
+    real = core.embeddings.encode.haloed_apply
+
+    def counting(fn, x, *args, **kwargs):
+        calls[fn.__name__] += 1 if x.dim() == 2 else x.shape[0]  # sequences through fn
+        return real(fn, x, *args, **kwargs)
+
+    monkeypatch.setattr(core.embeddings.encode, "haloed_apply", counting)
+    monkeypatch.setattr(core.generation.build, "haloed_apply", counting)
+    for arch, task, source in (("zoo:cnn", None, "atlas"), ("zoo:cnn", "digits-invert", "fresh")):
+        over = {"n_prompts": 1, "prompt_epochs": 1, "n": 3, "keep": 2}
+        est = estimate_sample(cnn_atlas, arch, task, overrides=over)
+        assert est["prompt_source"] == source
+        assert est["architecture_in_atlas"] is (source == "atlas")
+        assert ("does not hold" in est["text"]) is (source == "fresh")
+        assert est["seconds"]["total"] > 0 and est["n_tokens"] > 0
+        calls.update(encode=0, decode=0)
+        sample(cnn_atlas, arch, task=task, out_dir=tmp_path / source, overrides=over)
+        p = est["passes"]  # this atlas has no embeddings: nothing is placed
+        assert calls == {"encode": p["encode"] + p["place"], "decode": p["decode"]}, (calls, p)
+
+
+def test_sample_cli_estimate_prints_and_writes_nothing(cnn_atlas, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert (
+        main(["sample", str(cnn_atlas), "--arch", "zoo:cnn", "--estimate", "--out", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "estimate for zoo:cnn" in text and "Expected time about" in text
+    assert "The atlas holds this architecture" in text
+    assert not out.exists()
+
+
+def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_atlas, tmp_path):
+    """A generated mobilenetv3 is conditioned on 8x8 digits and its config says so (issue 17:
+    fed 224 px images, such a model gives logits with std ~1e14); at that size it runs."""
+    (path,) = sample(
+        cnn_atlas, "timm:mobilenetv3_small_075", task="digits10", n=1, keep=1, out_dir=tmp_path,
+        overrides={"n_prompts": 1, "prompt_epochs": 0},
+    )  # fmt: skip
+    cfg = read_config(path)
+    assert cfg["pretrained_cfg"]["input_size"] == [1, 8, 8]
+    assert "at input size 1x8x8" in (path / "README.md").read_text()
+    model = load_model_dir(path).model.eval()
+    X, _ = get_task("digits10").split("test")
+    with torch.no_grad():
+        out = logits(model, X[:64].reshape(-1, *cfg["pretrained_cfg"]["input_size"]))
+    assert out.shape == (64, 10) and torch.isfinite(out).all()

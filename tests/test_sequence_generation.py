@@ -130,9 +130,24 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
     r2, trips = b["round_trip_median_layer_r2"], b["round_trip_val_accuracy"]
     assert r2 <= 1.0 and len(trips) == len(b["prompts"]) and all(0 <= q <= 1 for q in trips)
     line = next(x for x in err.splitlines() if "encode-decode of the" in x)
-    assert f"median per-layer R² (conv/linear) {r2:.3f}" in line
-    low = r2 < 0.5 or all(q <= b["chance_threshold"] for q in trips)
-    assert line.startswith("warning:" if low else "fidelity:") and ("; low (" in line) == low
+    assert f"median per-layer R² of the weight matrices {r2:.3f}" in line
+    chance, kept = b["chance_accuracy"], b["round_trip_retained"]
+    low = (
+        r2 < 0.5
+        or all(q <= b["chance_threshold"] for q in trips)
+        or (kept is not None and kept < 0.5)
+    )
+    assert b["fidelity_low"] is low
+    assert line.startswith("warning: expect generated models near chance" if low else "fidelity:")
+    for p, q in zip(b["prompt_scores"], trips):
+        assert f"{p:.3f} -> {q:.3f}" in line
+    if kept is not None:  # share of the prompts' accuracy above chance kept after the round trip
+        gains = [
+            (q - chance) / (p - chance)
+            for p, q in zip(b["prompt_scores"], trips)
+            if p > b["chance_threshold"]
+        ]
+        assert kept == pytest.approx(sum(gains) / len(gains))
 
 
 def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
