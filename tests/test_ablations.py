@@ -13,6 +13,8 @@ import pytest
 
 from core.atlas import Atlas, append_jsonl
 from core.errors import WeightAtlasError
+from core.experiments import ablations as abl
+from core.experiments import report
 from core.experiments.ablations import (
     ablation_config,
     budget_subsample,
@@ -128,3 +130,81 @@ def test_collection_table_counts_families_splits_and_accuracy(tmp_path: Path) ->
     vit = [c.strip() for c in lines["vit"].strip("|").split("|")]
     assert vit[1:3] == ["0", "1"] and vit[-1] == "n/a"
     assert all(math.isfinite(v) for v in table_numbers(text))
+
+
+def test_compare_calls_overlap_and_chance_inconclusive() -> None:
+    assert report.compare((0.8, 0.05), (0.5, 0.05))[0] == "agree"
+    assert report.compare((0.5, 0.05), (0.8, 0.05))[0] == "disagree"
+    out, text = report.compare((0.6, 0.1), (0.5, 0.1))
+    assert out == "inconclusive" and "overlap" in text and "+0.100" in text
+    out, text = report.compare((0.125, 0.01), (0.10, 0.0), chance=0.11)  # both within 0.02
+    assert out == "inconclusive" and "chance" in text
+    assert report.compare((0.2, 0.01), (0.5, 0.01), higher_is_better=False)[0] == "agree"
+    # a clear gain above chance is not swallowed by the chance rule
+    assert report.compare((0.6, 0.02), (0.1, 0.0), chance=0.1)[0] == "agree"
+
+
+def _arm_summary(std_norm: float, w1_norm: float, r2: float, acc: float) -> dict:
+    spread = {
+        "r2": {"conv": {"mean": r2, "std": 0.02, "models": 4}},
+        "std_ratio": {
+            "norm": {"mean": std_norm, "std": 0.05, "models": 4},
+            "bias": {"mean": std_norm, "std": 0.05, "models": 4},
+        },  # fmt: skip
+        "w1_over_std": {k: {"mean": w1_norm, "std": 0.02, "models": 4} for k in ("conv", "norm")},
+    }
+    return {
+        "loss_norm": "x",
+        "token_norm": False,
+        "r2_median": {"conv": r2, "norm": 0.1},
+        "std_ratio_median": {"conv": 0.8, "norm": std_norm},
+        "w1_median": {"conv": 0.1, "norm": w1_norm},
+        "spread": spread,
+        "val_r2": 0.5,
+        "generation": {"task": "digits10", "mean": acc, "std": 0.01},
+    }
+
+
+def test_mln_tables_and_verdicts_from_a_result() -> None:
+    modes = {
+        "none": _arm_summary(0.1, 0.9, 0.0, 0.10),
+        "token": _arm_summary(1.5, 2.0, 0.2, 0.10),
+        "layer": _arm_summary(0.7, 0.5, 0.44, 0.11),
+        "masked": _arm_summary(0.7, 0.3, 0.43, 0.10),
+    }
+    result = {
+        "modes": modes, "heldout": ["a", "b"], "zoo": "cnn/digits10", "models": 120,
+        "train_models": 80, "prompts": ["p1"], "chance": 0.102,
+        "config": {"backbone_preset": "ci", "steps": 600, "seed": 0, "target_arch": "zoo:cnn",
+                   "sample_n": 12, "sample_keep": 4},
+        "pca_reference": {"rank": 32, **_arm_summary(0.8, 0.2, 0.53, 0.0)},
+    }  # fmt: skip
+    md = abl.mln_markdown(result)
+    assert "| masked | 0.430 (0.020) |" in md and "PCA rank 32 (reference)" in md
+    assert "Median per-layer std ratio" in md and "| 0.102 |" in md
+    assert all(math.isfinite(v) for v in table_numbers(md))
+    lines = report.mln_verdicts(result)
+    text = "\n".join(lines)
+    assert "**agree**: Fig. 6: without normalization norm layers are squashed" in text
+    assert "**agree**: Fig. 6: normalizing with padding biases norm layers" in text
+    assert "**agree**: Fig. 6: MLN matches the norm distributions closest" in text
+    assert "**agree**: §4.1: MLN replaces LWLN with comparable conv" in text
+    assert "**inconclusive**: Table 1" in text and "both at chance" in text
+
+
+def test_probe_verdicts_follow_the_parity_claim() -> None:
+    def res(m, s, base=-0.02):
+        return {"cv_mean": m, "cv_std": s, "cv_baseline_mean": base, "cv_baseline_std": 0.01}
+
+    out = {"zoos": {"cnn/digits10": {"results": {
+        "embedding": {"test_accuracy": res(0.80, 0.05), "epoch": res(0.40, 0.05), "generalization_gap": res(0.0, 0.05)},
+        "s(W)": {"test_accuracy": res(0.85, 0.05), "epoch": res(0.90, 0.05), "generalization_gap": res(0.01, 0.05)},
+    }}}}  # fmt: skip
+    lines = report.probe_verdicts(out)
+    assert (
+        lines[0].startswith("- **agree**: cnn/digits10, test_accuracy") and "comparable" in lines[0]
+    )
+    assert (
+        lines[1].startswith("- **disagree**: cnn/digits10, epoch") and "s(W) is ahead" in lines[1]
+    )
+    assert lines[2].startswith("- **inconclusive**: cnn/digits10, generalization_gap")

@@ -192,3 +192,28 @@ def test_ci_pipeline_end_to_end(tmp_path: Path) -> None:
         p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("0[1-5]_*.ipynb")
     } == kept
     assert all(math.isfinite(v) for v in pl.report_numbers(report))
+
+
+def test_report_quotes_each_claim_and_states_verdicts(tmp_path: Path) -> None:
+    from core.atlas import write_json
+
+    run = tmp_path / "run"
+    results = run / "atlas" / "results"
+    results.mkdir(parents=True)
+    (run / "atlas" / "atlas.json").write_text("{}")
+    (results / "ablation_composition.md").write_text("| c | acc |\n|---|---|\n| diverse | 0.1 |\n")
+    gen = {"generation": {"mean": 0.101, "std": 0.004}}
+    write_json(
+        results / "ablation_composition.json",
+        {"chance": 0.103, "variants": {"diverse": gen, "single-family": {"generation": {"mean": 0.098, "std": 0.0}}}},
+    )  # fmt: skip
+    text = pl.write_report(run).read_text()
+    assert pl.VERDICT_RULE in text
+    for name, claim in pl.PAPER_CLAIMS.items():
+        assert claim in text, name
+    section = text.split("## Ablation: collection composition")[1]
+    assert "**Verdict against the paper:**" in section
+    assert "- **inconclusive**: diverse 0.101 ± 0.004 vs single-family 0.098 ± 0.000" in section
+    assert "both at chance" in section
+    # a section without its JSON has a table but no verdict
+    assert "**Verdict" not in text.split("## Ablation: collection composition")[0]

@@ -100,6 +100,7 @@ def layer_report(
                 "r2": float(1.0 - mse / var) if var > 0 else None,
                 "mse": mse,
                 "w1_over_std": wasserstein1(o, r) / std if std > 0 else None,
+                "std_ratio": float(r.std()) / std if std > 0 else None,
             }
         )
     return out

@@ -35,15 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
-from core.atlas import Atlas, append_jsonl, read_json, write_json
+from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, write_json
 from core.backbone.config import build_configs
+from core.backbone.model import load_config
 from core.backbone.train import train
 from core.config import build_config, register_presets, to_dict
-from core.embeddings.fidelity import layer_report
+from core.embeddings.fidelity import layer_report, wasserstein1
 from core.errors import WeightAtlasError
 from core.experiments.report import (
+    fmt,
     read_metrics,
     save_figure,
     token_stats,
@@ -55,10 +58,31 @@ from core.generation.sample import sample
 from core.generation.targets import resolve_arch
 from core.tokens.store import TokenStore, read_index
 from core.tokens.tokenize import tokenize
+from core.zoos.tasks import chance_accuracy
 
 ABLATIONS = ("mln", "tokenization", "composition")
-MODES = ("none", "token", "masked")
+
+
+MLN_ARMS: dict[str, dict[str, Any]] = {
+    "none": {"loss_norm": "none", "token_norm": False},  # plain MSE (SANE without LWLN)
+    "token": {"loss_norm": "token", "token_norm": False},  # per token, padding included
+    "layer": {"loss_norm": "layer", "token_norm": False},  # LWLN: per layer over the zoo
+    "masked": {"loss_norm": "masked", "token_norm": False},  # MLN (001 Eq. 1)
+    "token_norm+masked": {"loss_norm": "masked", "token_norm": True},  # our default
+}
+MODES = tuple(MLN_ARMS)
+
+
+def arm_name(mode: str) -> str:
+    """The backbone (and generated-models) directory name of an MLN arm: ``mln-ARM``, with
+    ``+`` spelled ``-`` (``mln-token_norm-masked``)."""
+    return "mln-" + mode.replace("+", "-")
+
+
 FIG6_KINDS = ("conv", "norm", "linear")
+
+
+REPORT_KINDS = ("conv", "linear", "norm", "bias")
 
 
 @dataclass
@@ -68,7 +92,11 @@ class AblationConfig:
     Attributes:
         backbone_preset: BACKBONE preset of every ablation backbone.
         steps: training steps of every ablation backbone (the equal budget).
-        modes: loss normalizations compared in the MLN ablation.
+        latent_dim: latent size per token of every ablation backbone (None: the preset's).
+        modes: arms of the MLN ablation (``MLN_ARMS`` names).
+        mln_zoo: ``FAMILY/TASK`` of a homogeneous zoo (its ``zoo`` label, or every model of
+            that family and task) to train the MLN arms on, as 001 Table 1 trains on one
+            ResNet-18 zoo; None: the whole atlas.
         heldout_models: test-split models reconstructed per MLN backbone.
         schemes: token schemes compared in the tokenization ablation.
         token_size: values per token in the tokenization ablation.
@@ -84,7 +112,9 @@ class AblationConfig:
 
     backbone_preset: str = "ci"
     steps: int = 150
+    latent_dim: int | None = None  # latent per token of every ablation backbone (None: preset's)
     modes: tuple[str, ...] = MODES
+    mln_zoo: str | None = None  # run the MLN ablation on this homogeneous zoo (FAMILY/TASK)
     heldout_models: int = 4
     schemes: tuple[str, ...] = ("dense", "sparse")
     token_size: int = 64
@@ -107,9 +137,15 @@ ABLATION_PRESETS: dict[str, dict[str, Any]] = {
         composition_prompts=1,
     ),
     # the small ci backbone keeps seven ablation backbones within minutes on a laptop CPU
+    # the ci backbone with a 2x bottleneck (latent 32 per token of 64, like 001's 230 -> 128):
+    # on the cnn/digits10 zoo (80 train models) the MLN arm's val conv R^2 is 0.44 at 600 steps
+    # and falls after (1,500 steps: 0.36, overfitting); a rank-32 PCA reaches 0.53 (the cap of
+    # a linear 2x squeeze of these near-noise weights). ~1.5 min per backbone on one busy core
     "demo": dict(
         backbone_preset="ci",
         steps=600,
+        latent_dim=32,
+        mln_zoo="cnn/digits10",
         heldout_models=8,
         sample_n=12,
         sample_keep=4,
@@ -171,11 +207,12 @@ def train_backbone(
         cfg: the ablation budget (preset, steps, seed).
         overrides: further training config fields (e.g. the loss normalization).
     """
-
     a = _atlas(atlas)
     parent = a.info().get("derived_from")
     out = backbone_path(parent if parent else a, name)
     full = {"steps": cfg.steps, "seed": cfg.seed, **(overrides or {})}
+    if cfg.latent_dim is not None:
+        full.setdefault("latent_dim", cfg.latent_dim)
     same = same_run(out, cfg.backbone_preset, full)
     if same and (out / "model.safetensors").exists() and trained_steps(out) >= cfg.steps:
         return out
@@ -239,8 +276,8 @@ def heldout_ids(atlas: str | Path | Atlas, n: int, seed: int = 0) -> list[str]:
 def layer_distances(
     atlas: str | Path | Atlas, model_ids: list[str], backbone_dir: str | Path
 ) -> list[dict[str, Any]]:
-    """Per layer of each model: kind (from the token index), W1/std, R² of the reconstruction."""
-
+    """Per layer of each model: kind (from the token index), W1/std, R² and std ratio of the
+    reconstruction."""
     a = _atlas(atlas)
     store = TokenStore(a.tokens_dir)
     out = []
@@ -255,20 +292,83 @@ def layer_distances(
                     "n_values": rec["n_values"],
                     "w1_over_std": rec["w1_over_std"],
                     "r2": rec["r2"],
+                    "std_ratio": rec.get("std_ratio"),
                 }
             )
     return out
 
 
-def by_kind(records: list[dict[str, Any]], key: str = "w1_over_std") -> dict[str, float]:
-    """Mean of ``key`` per layer kind over all records (layers with a defined value)."""
+def pca_reference(
+    atlas: str | Path | Atlas, model_ids: list[str], rank: int
+) -> list[dict[str, Any]]:
+    """``layer_distances`` of the best rank-``rank`` linear autoencoder of single tokens.
+
+    The principal directions of the atlas' training tokens (uncentred SVD of raw tokens,
+    padding zero) project each held-out token onto ``rank`` dimensions and back: what a
+    linear bottleneck of the ablation backbones' latent size can keep of each layer without
+    context. The MLN arms are read against it.
+    """
+    a = _atlas(atlas)
+    store = TokenStore(a.tokens_dir)
+    train = [r["id"] for r in a.accepted("train") if r["id"] in store]
+    x = np.concatenate([store.get(m).tokens.numpy() for m in train]).astype(np.float64)
+    _, _, vh = np.linalg.svd(x, full_matrices=False)
+    basis = vh[:rank]
+    out = []
+    for mid in model_ids:
+        tok = store.get(mid)
+        t, mask = tok.tokens.numpy().astype(np.float64), tok.mask.numpy()
+        rec = (t @ basis.T) @ basis
+        for e in store.layers(mid):
+            rows = slice(e.offset, e.offset + e.count)
+            o, r = t[rows][mask[rows]], rec[rows][mask[rows]]
+            std = float(o.std())
+            out.append(
+                {
+                    "model": mid,
+                    "layer": e.name,
+                    "kind": e.kind,
+                    "n_values": int(o.size),
+                    "w1_over_std": wasserstein1(o, r) / std if std > 0 else None,
+                    "r2": float(1 - np.mean((o - r) ** 2) / o.var()) if std > 0 else None,
+                    "std_ratio": float(r.std()) / std if std > 0 else None,
+                }
+            )
+    return out
+
+
+def by_kind(
+    records: list[dict[str, Any]], key: str = "w1_over_std", stat: str = "mean"
+) -> dict[str, float]:
+    """``stat`` (mean or median) of ``key`` per layer kind over all records with a defined
+    value, and over all of them as ``all``."""
     groups: dict[str, list[float]] = defaultdict(list)
     for r in records:
         v = r.get(key)
         if v is not None and math.isfinite(v):
             groups[r["kind"]].append(float(v))
             groups["all"].append(float(v))
-    return {k: statistics.fmean(v) for k, v in sorted(groups.items())}
+    agg = statistics.fmean if stat == "mean" else statistics.median
+    return {k: agg(v) for k, v in sorted(groups.items())}
+
+
+def per_model_spread(records: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    """Per layer kind: mean and std over models of each model's median ``key`` (the spread an
+    arm's figure has from one held-out model to the next)."""
+    per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        v = r.get(key)
+        if v is not None and math.isfinite(v):
+            per[r["kind"]][r["model"]].append(float(v))
+    out = {}
+    for kind, models in sorted(per.items()):
+        meds = [statistics.median(v) for v in models.values()]
+        out[kind] = {
+            "mean": statistics.fmean(meds),
+            "std": statistics.pstdev(meds) if len(meds) > 1 else 0.0,
+            "models": len(meds),
+        }
+    return out
 
 
 def generated_test_accuracy(model_dir: str | Path) -> tuple[float, str | None]:
@@ -328,49 +428,163 @@ def generation_accuracy(
     }
 
 
-# --------------------------------------------------------------------------------- MLN
+def zoo_rows(atlas: Atlas, zoo: str) -> list[dict[str, Any]]:
+    """Accepted models of the homogeneous zoo ``FAMILY/TASK``: those labelled ``zoo: zoo``,
+    else every model of that family and task."""
+    rows = atlas.accepted()
+    labelled = [r for r in rows if (r.get("labels") or {}).get("zoo") == zoo]
+    if labelled:
+        return labelled
+    family, _, task = zoo.partition("/")
+    same = [
+        r
+        for r in rows
+        if (r.get("labels") or {}).get("family", r.get("family")) == family
+        and (r.get("labels") or {}).get("task") == task
+    ]
+    if not same:
+        raise WeightAtlasError(f"{atlas.root}: no accepted model of the zoo {zoo!r}")
+    return same
+
+
+def heldout_prompts(
+    atlas: Atlas, cfg: AblationConfig, k: int
+) -> tuple[list[str] | None, tuple[int, int] | None]:
+    """Up to ``k`` validation/test models of the target family and task to prompt with (the
+    best of one size), so that no prompt is a model the backbone trained on; ``(None, None)``
+    when there is none (sample then picks its own)."""
+    task = cfg.target_task or default_task(cfg.target_arch)
+    rows = [r for r in atlas.accepted() if r.get("split") in ("val", "test")]
+    try:
+        prompts, size = composition_prompts(rows, _target_family(atlas, cfg), task, k)
+    except WeightAtlasError:
+        return None, None
+    return [r["id"] for r in prompts], size
 
 
 def run_mln(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str, Any]:
-    """Train one backbone per loss normalization; reconstruction distances and sampled accuracy.
+    """Train one backbone per MLN arm; per-layer reconstruction of held-out models, sampling.
 
-    Writes ``results/ablation_mln.md`` and ``results/ablation_mln.json``.
+    The arms (``MLN_ARMS``) take raw tokens and differ only in the loss normalization, plus our
+    default (token_norm + masked). With ``cfg.mln_zoo`` they train on one homogeneous zoo, as
+    001 Table 1 (a ResNet-18 zoo). For test-split models of it: per layer kind, the median
+    over layers of R², std ratio (reconstructed / original std) and W1/std, with the spread
+    over models; a rank-``latent_dim`` PCA of single tokens as the linear reference; and the
+    zero-shot test accuracy of models sampled from each arm, prompted by validation/test
+    models only. Writes ``results/ablation_mln.md`` and ``results/ablation_mln.json``.
     """
     a = _atlas(atlas)
-    held = heldout_ids(a, cfg.heldout_models, cfg.seed)
-    result: dict[str, Any] = {"heldout": held, "config": to_dict(cfg), "modes": {}}
+    base = a
+    if cfg.mln_zoo:
+        base = sibling_atlas(a, "mln-" + cfg.mln_zoo.replace("/", "-"), zoo_rows(a, cfg.mln_zoo))
+        if not (base.tokens_dir / "index.json").exists() or not base.info().get("token_size"):
+            index = read_index(a.tokens_dir)
+            tokenize(base.root, scheme=index["scheme"], token_size=index["token_size"],
+                     progress=False)  # fmt: skip
+    held = heldout_ids(base, cfg.heldout_models, cfg.seed)
+    prompts, size = heldout_prompts(base, cfg, cfg.sample_keep)
+    result: dict[str, Any] = {
+        "heldout": held,
+        "zoo": cfg.mln_zoo,
+        "models": len(base.accepted()),
+        "train_models": len(base.accepted("train")),
+        "config": to_dict(cfg),
+        "prompts": prompts,
+        "modes": {},
+    }
+    latent = None
     for mode in tqdm(cfg.modes, desc="MLN ablation", unit="backbone"):
-        bdir = train_backbone(a, f"mln-{mode}", cfg, {"loss_norm": mode})
-        layers = layer_distances(a, held, bdir)
+        if mode not in MLN_ARMS:
+            raise WeightAtlasError(f"unknown MLN arm {mode!r}; choose from {', '.join(MLN_ARMS)}")
+        bdir = train_backbone(base, arm_name(mode), cfg, MLN_ARMS[mode])
+        latent = load_config(bdir).latent_dim
+        layers = layer_distances(base, held, bdir)
+        gen = generation_accuracy(base, bdir, cfg, arm_name(mode), prompts, size)
         result["modes"][mode] = {
             "backbone": str(bdir),
-            "w1_over_std": by_kind(layers, "w1_over_std"),
-            "r2": by_kind(layers, "r2"),
+            **MLN_ARMS[mode],
+            **_layer_summary(layers),
             "val_r2": training_summary(bdir)["val_r2"],
-            "generation": generation_accuracy(a, bdir, cfg, f"mln-{mode}"),
+            "generation": gen,
             "layers": layers,
         }
+    ref = pca_reference(base, held, latent or 16)
+    result["pca_reference"] = {"rank": latent, **_layer_summary(ref)}
+    task = next(iter(result["modes"].values()))["generation"]["task"]
+    result["chance"] = chance_accuracy(task)
     write_json(a.results_dir / "ablation_mln.json", result)
-    kinds = sorted({k for m in result["modes"].values() for k in m["w1_over_std"]} - {"all"})
-    headers = ["normalization", *[f"W1/std {k}" for k in kinds], "W1/std all", "val R²"]
-    headers += ["sampled acc (mean)", "sampled acc (std)"]
-    rows = []
-    for mode, m in result["modes"].items():
-        w = m["w1_over_std"]
-        g = m["generation"]
-        rows.append(
-            [mode, *[w.get(k) for k in kinds], w.get("all"), m["val_r2"], g["mean"], g["std"]]
-        )
-    note = (
-        f"{len(held)} held-out models reconstructed by backbones trained {cfg.steps} steps "
-        f"(`{cfg.backbone_preset}`) with each loss normalization; W1/std = Wasserstein-1 "
-        "between original and reconstructed values of a layer divided by the layer's std, "
-        "averaged per layer kind (lower is better). Sampled acc: zero-shot test accuracy of "
-        f"`{cfg.target_arch}` models generated by each backbone"
-        + (f" for `{g['task']}`." if g.get("task") else ".")
-    )
-    write_table(a, "ablation_mln", headers, rows, note)
+    atomic_write_bytes(a.results_dir / "ablation_mln.md", mln_markdown(result).encode())
     return result
+
+
+def _layer_summary(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "r2_median": by_kind(layers, "r2", "median"),
+        "std_ratio_median": by_kind(layers, "std_ratio", "median"),
+        "w1_median": by_kind(layers, "w1_over_std", "median"),
+        "w1_over_std": by_kind(layers, "w1_over_std"),
+        "r2": by_kind(layers, "r2"),
+        "spread": {
+            key: per_model_spread(layers, key) for key in ("r2", "std_ratio", "w1_over_std")
+        },
+    }
+
+
+def _cell(summary: dict[str, Any], key: str, kind: str) -> str:
+    med = summary[f"{key}_median"].get(kind)
+    spread = summary["spread"][{"w1": "w1_over_std"}.get(key, key)].get(kind)
+    if med is None:
+        return "n/a"
+    return f"{fmt(med)} ({fmt(spread['std'])})" if spread else fmt(med)
+
+
+def mln_markdown(result: dict[str, Any]) -> str:
+    """The MLN ablation's tables: per layer kind median R², std ratio and W1/std, sampling."""
+    cfg = result["config"]
+    modes = result["modes"]
+    kinds = [k for k in REPORT_KINDS if any(k in m["r2_median"] for m in modes.values())]
+    ref = result.get("pca_reference")
+    where = f"the `{result['zoo']}` zoo" if result.get("zoo") else "the whole atlas"
+    lines = [
+        f"{len(modes)} backbones (`{cfg['backbone_preset']}`, latent {ref and ref['rank']} per "
+        f"token, {cfg['steps']} steps each, seed {cfg['seed']}) trained on {where} "
+        f"({result['train_models']} train models of {result['models']}); every arm but the "
+        "last takes raw tokens (`token_norm` off) and differs only in the loss normalization. "
+        f"Reconstructed: {len(result['heldout'])} test-split models. Per layer kind, the median "
+        "over their layers, and in brackets the std over models of each model's median. "
+        f"`PCA rank {ref and ref['rank']}`: the best linear bottleneck of that size on single "
+        "tokens (no training, no context), for reference.",
+        "",
+    ]
+    arms = [(name, m) for name, m in modes.items()]
+    if ref:
+        arms.append((f"PCA rank {ref['rank']} (reference)", ref))
+    for key, title in (
+        ("r2", "R² (higher is better)"),
+        ("std_ratio", "std ratio, reconstructed / original (1 is best; below 1: squashed)"),
+        ("w1", "W1 / layer std (lower is better)"),
+    ):
+        lines += [f"Median per-layer {title}:", ""]
+        lines += ["| arm | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        lines += [f"| {n} | " + " | ".join(_cell(m, key, k) for k in kinds) + " |" for n, m in arms]
+        lines.append("")
+    lines += [
+        f"Sampled models: `{cfg['target_arch']}` for "
+        f"`{next(iter(modes.values()))['generation']['task']}`, {cfg['sample_n']} drawn and the "
+        f"best {cfg['sample_keep']} by validation accuracy kept, zero-shot test accuracy; "
+        f"prompts: {', '.join(result['prompts'] or ['chosen by the sampler'])}. Chance (the "
+        f"most frequent test class): {fmt(result['chance'])}.",
+        "",
+        "| arm | loss | token_norm | val R² (pooled) | sampled acc (mean ± std) | chance |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in modes.items():
+        g = m["generation"]
+        lines.append(
+            f"| {name} | {m['loss_norm']} | {str(m['token_norm']).lower()} | {fmt(m['val_r2'])} "
+            f"| {fmt(g['mean'])} ± {fmt(g['std'])} | {fmt(result['chance'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _pick_layers(layers: list[Any], kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -383,6 +597,23 @@ def _pick_layers(layers: list[Any], kinds: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+ARM_COLORS = {
+    "none": "tab:orange",
+    "token": "tab:green",
+    "layer": "tab:purple",
+    "masked": "tab:red",
+    "token_norm+masked": "tab:brown",
+}
+
+
+def mln_base(atlas: str | Path | Atlas) -> Atlas:
+    """The atlas the MLN arms trained on: the zoo's sibling atlas, or the atlas itself."""
+    a = _atlas(atlas)
+    path = a.results_dir / "ablation_mln.json"
+    zoo = read_json(path).get("zoo") if path.exists() else None
+    return Atlas.open(a.root / "ablations" / ("mln-" + zoo.replace("/", "-"))) if zoo else a
+
+
 def mln_figure(
     atlas: str | Path | Atlas,
     figures_dir: str | Path,
@@ -392,50 +623,55 @@ def mln_figure(
 ) -> Path:
     """Fig. 6 of 001: original vs reconstructed value histograms of a conv, norm and linear layer.
 
-    One row per normalization mode (trained by ``run_mln``), one column per layer kind; each
-    panel overlays the original layer's histogram and the reconstruction's.
+    One row per MLN arm (trained by ``run_mln``), one column per layer kind, for one test-split
+    model; each panel overlays the original layer's histogram and the reconstruction's.
     """
     import matplotlib.pyplot as plt
 
     a = _atlas(atlas)
-    store = TokenStore(a.tokens_dir)
+    base = mln_base(a)
+    store = TokenStore(base.tokens_dir)
     if model_id is None:
-        cands = heldout_ids(a, 64)
+        cands = heldout_ids(base, 64)
         scored = [(len(_pick_layers(store.layers(m), FIG6_KINDS)), m) for m in cands]
         model_id = max(scored, key=lambda t: (t[0], t[1]))[1]
     picked = _pick_layers(store.layers(model_id), FIG6_KINDS)
     if not picked:
         raise WeightAtlasError(f"{model_id} has no conv, norm or linear layer to plot")
-    modes = tuple(m for m in modes if (backbone_path(a, f"mln-{m}") / "model.safetensors").exists())
+    modes = tuple(
+        m for m in modes if (backbone_path(a, arm_name(m)) / "model.safetensors").exists()
+    )
     if not modes:
         raise WeightAtlasError("no MLN ablation backbones trained yet; run run_mln first")
-    colors = {"none": "tab:orange", "token": "tab:green", "masked": "tab:red"}
     fig, axes = plt.subplots(
-        len(modes), len(picked), figsize=(3.6 * len(picked), 2.4 * len(modes)), squeeze=False
+        len(modes), len(picked), figsize=(3.6 * len(picked), 2.1 * len(modes)), squeeze=False
     )
     for i, mode in enumerate(modes):
         recs = {
-            r["name"]: r for r in layer_report(a.root, model_id, backbone_path(a, f"mln-{mode}"))
+            r["name"]: r
+            for r in layer_report(base.root, model_id, backbone_path(a, arm_name(mode)))
         }
         for j, (kind, entry) in enumerate(picked.items()):
             ax = axes[i][j]
             rec = recs[entry.name]
             lo = min(min(rec["original"]), min(rec["reconstructed"]))
             hi = max(max(rec["original"]), max(rec["reconstructed"]))
-            bins = 40 if hi > lo else 1
+            bins = 30 if hi > lo else 1
             ax.hist(rec["original"], bins=bins, range=(lo, hi), density=True, alpha=0.45,
                     color="tab:blue", label="original")  # fmt: skip
             ax.hist(rec["reconstructed"], bins=bins, range=(lo, hi), density=True, alpha=0.45,
-                    color=colors.get(mode, "tab:gray"), label=f"{mode}")  # fmt: skip
-            w1 = rec["w1_over_std"]
-            ax.set_title(
-                f"{kind}: {entry.name}\n{mode}, W1/std={w1:.2f}" if w1 is not None else kind,
-                fontsize=8,
-            )
-            ax.tick_params(labelsize=7)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"Original vs reconstructed weights of {model_id}", fontsize=9)
+                    color=ARM_COLORS.get(mode, "tab:gray"), label=mode)  # fmt: skip
+            r2 = "n/a" if rec["r2"] is None else f"{rec['r2']:.2f}"
+            sr = "n/a" if rec.get("std_ratio") is None else f"{rec['std_ratio']:.2f}"
+            ax.set_title(f"{mode} | {kind} {entry.name}\nR² {r2}, std ratio {sr}", fontsize=7)
+            ax.tick_params(labelsize=6)
+            if j == 0:
+                ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle(
+        f"001 Fig. 6 on our zoo: original (blue) vs reconstructed weights of {model_id} "
+        "(a test-split model)",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = save_figure(fig, figures_dir, name)
     plt.close(fig)
@@ -588,7 +824,6 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
     train the same steps on every selected model (train and val splits alike: the comparison
     is on generation). Writes ``results/ablation_composition.md`` and ``.json``.
     """
-
     a = _atlas(atlas)
     index = read_index(a.tokens_dir)
     if not index["models"]:
@@ -597,7 +832,11 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
     rows = [r for r in a.accepted() if r["id"] in n_tokens]
     family = _target_family(a, cfg)
     task = cfg.target_task or default_task(cfg.target_arch)
-    prompts, size = composition_prompts(rows, family, task, cfg.composition_prompts)
+    heldout_rows = [r for r in rows if r.get("split") in ("val", "test")]
+    try:  # prompts the backbones never train on, from validation/test models when there are any
+        prompts, size = composition_prompts(heldout_rows, family, task, cfg.composition_prompts)
+    except WeightAtlasError:
+        prompts, size = composition_prompts(rows, family, task, cfg.composition_prompts)
     prompt_ids = {r["id"] for r in prompts}
     pool = [r for r in rows if r["id"] not in prompt_ids and r.get("split") != "test"]
     single = [r for r in pool if r.get("family") == family]
@@ -635,9 +874,10 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
             "train_r2": training_summary(bdir)["train_r2"],
             "generation": gen,
         }
+    result["chance"] = chance_accuracy(task)
     write_json(a.results_dir / "ablation_composition.json", result)
     headers = ["collection", "models", "families", f"{family} models", "tokens", "train R²"]
-    headers += ["generated acc (mean)", "generated acc (std)"]
+    headers += ["generated acc (mean)", "generated acc (std)", "chance"]
     table = [
         [
             name,
@@ -648,6 +888,7 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
             v["train_r2"],
             v["generation"]["mean"],
             v["generation"]["std"],
+            result["chance"],
         ]
         for name, v in result["variants"].items()
     ]
@@ -655,8 +896,9 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
         f"Both backbones: `{cfg.backbone_preset}`, {cfg.steps} steps, at most {budget} training "
         f"tokens (all {family} models but the prompts; the diverse collection is subsampled "
         f"round-robin over families to that budget). Both generate `{cfg.target_arch}` for "
-        f"`{task}` from the same {len(prompts)} held-out prompt model(s); accuracy is the "
-        "zero-shot test accuracy of the kept samples."
+        f"`{task}` from the same {len(prompts)} held-out prompt model(s) (validation/test "
+        "models, in neither training set); accuracy is the zero-shot test accuracy of the kept "
+        "samples; chance: the most frequent test class."
     )
     write_table(a, "ablation_composition", headers, table, note)
     return result
@@ -699,27 +941,48 @@ def run_ablations(
 
 
 def mln_summary_figure(result: dict[str, Any]) -> Any:
-    """W1/std per layer kind (left) and sampled accuracy (right) for each loss normalization."""
+    """Median per-layer R² and std ratio per kind for each arm (PCA reference dashed), and the
+    sampled models' accuracy against chance."""
     import matplotlib.pyplot as plt
 
     modes = list(result["modes"])
-    kinds = sorted({k for m in result["modes"].values() for k in m["w1_over_std"]})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    kinds = [k for k in REPORT_KINDS if any(k in m["r2_median"] for m in result["modes"].values())]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2, 2, 1.3]})
     width = 0.8 / len(modes)
-    for j, mode in enumerate(modes):
-        w = result["modes"][mode]["w1_over_std"]
-        ax1.bar([i + j * width for i in range(len(kinds))], [w.get(k, 0.0) for k in kinds],
-                width=width, label=mode)  # fmt: skip
-    ax1.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(kinds))])
-    ax1.set_xticklabels(kinds)
-    ax1.set_ylabel("W1 / layer std (lower is better)")
-    ax1.set_title("Reconstruction of held-out models by layer kind")
-    ax1.legend(fontsize=8)
+    ref = result.get("pca_reference")
+    for ax, key, title in (
+        (axes[0], "r2_median", "median per-layer R² (held-out models)"),
+        (axes[1], "std_ratio_median", "median std ratio (1 = original spread)"),
+    ):
+        for j, mode in enumerate(modes):
+            vals = [result["modes"][mode][key].get(k, float("nan")) for k in kinds]
+            ax.bar([i + j * width for i in range(len(kinds))], vals, width=width, label=mode,
+                   color=ARM_COLORS.get(mode))  # fmt: skip
+        if ref:
+            for i, k in enumerate(kinds):
+                v = ref[key].get(k)
+                if v is not None:
+                    ax.hlines(v, i - width / 2, i + width * (len(modes) - 0.5), colors="black",
+                              linestyles="dashed", linewidth=1,
+                              label=f"PCA rank {ref['rank']}" if i == 0 else None)  # fmt: skip
+        ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(kinds))])
+        ax.set_xticklabels(kinds)
+        ax.set_title(title, fontsize=9)
+        if key == "r2_median":
+            ax.set_ylim(max(-1.0, ax.get_ylim()[0]), 1.0)
+        else:
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+    axes[0].legend(fontsize=7)
     gens = [result["modes"][m]["generation"] for m in modes]
-    ax2.bar(modes, [g["mean"] for g in gens], yerr=[g["std"] for g in gens], capsize=4,
-            color=["tab:orange", "tab:green", "tab:red"][: len(modes)])  # fmt: skip
-    ax2.set_ylabel("zero-shot test accuracy")
-    ax2.set_title(f"Sampled models ({gens[0].get('task')})")
+    axes[2].bar(range(len(modes)), [g["mean"] for g in gens], yerr=[g["std"] for g in gens],
+                capsize=4, color=[ARM_COLORS.get(m) for m in modes])  # fmt: skip
+    axes[2].axhline(result["chance"], color="black", linestyle="dashed", linewidth=1,
+                    label=f"chance {result['chance']:.2f}")  # fmt: skip
+    axes[2].set_xticks(range(len(modes)))
+    axes[2].set_xticklabels(modes, rotation=30, ha="right", fontsize=7)
+    axes[2].set_ylabel("zero-shot test accuracy")
+    axes[2].set_title(f"sampled models ({gens[0].get('task')})", fontsize=9)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -766,6 +1029,10 @@ def composition_figure(result: dict[str, Any]) -> Any:
         ax.scatter([i] * len(g["accuracies"]), g["accuracies"], color="black", s=12, zorder=3)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
+    if result.get("chance") is not None:
+        ax.axhline(result["chance"], color="black", linestyle="dashed", linewidth=1,
+                   label=f"chance {result['chance']:.2f}")  # fmt: skip
+        ax.legend(fontsize=7)
     ax.set_ylabel("zero-shot test accuracy")
     task = result["variants"][names[0]]["generation"].get("task")
     ax.set_title(f"Generated {result['config']['target_arch']} for {task}", fontsize=9)

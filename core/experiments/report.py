@@ -27,6 +27,7 @@ from typing import Any
 from core.atlas import Atlas, atomic_write_bytes, read_json, read_jsonl
 from core.catalog import map_table
 from core.errors import WeightAtlasError
+from core.zoos.tasks import chance_accuracy
 
 MISSING = "n/a"
 
@@ -409,34 +410,46 @@ def map_figure(atlas: str | Path | Atlas, kind: str = "pca", colour: str = "fami
 
 
 def probes_figure(atlas: str | Path | Atlas, name: str = "probes") -> Any:
-    """Probe scores of the backbone embedding vs the s(W) baseline per target."""
+    """Probe R² inside each homogeneous zoo (grouped K-fold mean ± std) per feature set, with
+    the mean predictor; the pooled probe when the atlas has no zoo."""
     plt = _plt()
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
     out = read_json(a.results_dir / f"{name}.json")
-    feature_sets = list(out["results"])
-    targets = list(out["results"][feature_sets[0]])
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.8 / len(feature_sets)
-    for j, fs in enumerate(feature_sets):
-        vals = [out["results"][fs][t].get("value") for t in targets]
-        ax.bar(
-            [i + j * width for i in range(len(targets))],
-            [v if v is not None else 0.0 for v in vals],
-            width=width,
-            label=fs,
-        )
-    ax.set_xticks([i + width * (len(feature_sets) - 1) / 2 for i in range(len(targets))])
-    ax.set_xticklabels(targets, fontsize=8)
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("R² (regression) / accuracy (classification)")
-    ax.set_title("Linear probes: backbone embedding vs s(W)")
-    ax.legend(fontsize=8)
+    panels = [(k, z["results"]) for k, z in (out.get("zoos") or {}).items()]
+    if not panels:
+        panels = [("pooled over the collection", out["results"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 3.8), squeeze=False)
+    for ax, (title, results) in zip(axes[0], panels):
+        sets = list(results)
+        targets = [t for t in results[sets[0]] if results[sets[0]][t].get("metric") == "r2"]
+        width = 0.8 / len(sets)
+        for j, fs in enumerate(sets):
+            m = [results[fs][t].get("cv_mean") for t in targets]
+            sd = [results[fs][t].get("cv_std") or 0.0 for t in targets]
+            ax.bar([i + j * width for i in range(len(targets))],
+                   [v if v is not None else 0.0 for v in m], yerr=sd, width=width, capsize=2,
+                   label=fs)  # fmt: skip
+        for i, t in enumerate(targets):
+            b = results[sets[0]][t].get("cv_baseline_mean")
+            if b is not None:
+                ax.hlines(b, i - width / 2, i + width * (len(sets) - 0.5), colors="black",
+                          linestyles="dashed", linewidth=1,
+                          label="mean predictor" if i == 0 else None)  # fmt: skip
+        ax.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(targets))])
+        ax.set_xticklabels(targets, fontsize=8)
+        ax.axhline(0, color="gray", lw=0.6)
+        ax.set_ylim(max(-1.0, ax.get_ylim()[0]), 1.05)
+        ax.set_ylabel("R², grouped K-fold by run")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Linear probes inside one zoo: embedding vs s(W) vs weights W", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def generation_figure(atlas: str | Path | Atlas, name: str = "generation") -> Any:
-    """Test accuracy against fine-tuning epochs: sampled vs random init, per setting."""
+    """Test accuracy against fine-tuning epochs: sampled vs random init, per setting, with the
+    task's chance level (most frequent test class) dashed."""
     plt = _plt()
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
     out = read_json(a.results_dir / f"{name}.json")
@@ -451,12 +464,48 @@ def generation_figure(atlas: str | Path | Atlas, name: str = "generation") -> An
             std = [row[f"epoch{e}_std"] for e in epochs]
             ax.errorbar(epochs, mean, yerr=std, marker="o", capsize=3, label=row["init"])
             task = row["task"]
+        chance = chance_accuracy(task)
+        ax.axhline(chance, color="black", linestyle="dashed", linewidth=1,
+                   label=f"chance {chance:.2f}")  # fmt: skip
         ax.set_xlabel("fine-tuning epochs")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{setting}: {out['arch']} on {task}", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+AT_CHANCE_MARGIN = 0.02  # an arm within max(its std, this) of chance is "at chance"
+
+
+def at_chance(mean: float, std: float, chance: float) -> bool:
+    """Whether an accuracy ``mean ± std`` cannot be told from chance."""
+    return mean - chance <= max(std, AT_CHANCE_MARGIN)
+
+
+def compare(
+    a: tuple[float, float],
+    b: tuple[float, float],
+    chance: float | None = None,
+    higher_is_better: bool = True,
+) -> tuple[str, str]:
+    """Verdict on the claim "a is better than b" from ``(mean, spread)`` of each arm.
+
+    ``inconclusive`` when both arms sit at chance or when the intervals mean ± spread overlap;
+    else ``agree`` (a better) or ``disagree`` (b better).
+
+    Returns:
+        ``(outcome, effect text)``, e.g. ``("agree", "+0.120 (spreads 0.030, 0.020)")``.
+    """
+    (ma, sa), (mb, sb) = a, b
+    effect = ma - mb
+    text = f"{effect:+.3f} (spreads {sa:.3f}, {sb:.3f})"
+    if chance is not None and at_chance(ma, sa, chance) and at_chance(mb, sb, chance):
+        return "inconclusive", text + f"; both at chance ({chance:.3f})"
+    if abs(effect) <= sa + sb:
+        return "inconclusive", text + "; spreads overlap"
+    better = effect > 0 if higher_is_better else effect < 0
+    return ("agree" if better else "disagree"), text
 
 
 def table_text(atlas: str | Path | Atlas, name: str) -> str:
@@ -466,3 +515,222 @@ def table_text(atlas: str | Path | Atlas, name: str) -> str:
     if not path.exists():
         raise WeightAtlasError(f"{path} does not exist; run the stage that writes it first")
     return path.read_text()
+
+
+def _line(outcome: str, what: str, text: str) -> str:
+    return f"- **{outcome}**: {what}: {text}"
+
+
+def probe_verdicts(out: dict[str, Any]) -> list[str]:
+    """003 Table 9: embeddings predict test accuracy, epoch and generalization gap about as well
+    as s(W) inside one zoo. Per zoo and target: embedding vs s(W) (grouped K-fold mean ± std).
+
+    The claim is one of parity, so both above the mean predictor with overlapping spreads is
+    agreement; the embedding below s(W) beyond the spreads is disagreement; both within the
+    spread of the mean predictor is inconclusive.
+    """
+    lines = []
+    for key, z in (out.get("zoos") or {}).items():
+        for target in ("test_accuracy", "epoch", "generalization_gap"):
+            e = z["results"].get("embedding", {}).get(target, {})
+            w = z["results"].get("s(W)", {}).get(target, {})
+            if e.get("cv_mean") is None or w.get("cv_mean") is None:
+                continue
+            base, bsd = e.get("cv_baseline_mean") or 0.0, e.get("cv_baseline_std") or 0.0
+            em, es, wm, ws = e["cv_mean"], e["cv_std"], w["cv_mean"], w["cv_std"]
+            effect = (
+                f"embedding {em:.3f} ± {es:.3f} vs s(W) {wm:.3f} ± {ws:.3f} (effect {em - wm:+.3f})"
+            )
+            if em - base <= es + bsd and wm - base <= ws + bsd:
+                outcome, why = (
+                    "inconclusive",
+                    f"both within the spread of the mean predictor ({base:.3f})",
+                )
+            elif em - base <= es + bsd:
+                outcome, why = (
+                    "disagree",
+                    f"the embedding has no signal (mean predictor {base:.3f})",
+                )
+            elif abs(em - wm) <= es + ws:
+                outcome, why = "agree", "comparable: spreads overlap, both above the mean predictor"
+            elif em > wm:
+                outcome, why = "agree", "the embedding is ahead of s(W)"
+            else:
+                outcome, why = (
+                    "disagree",
+                    "s(W) is ahead beyond the spreads (as 003 finds on CIFAR-10 and STL)",
+                )
+            lines.append(_line(outcome, f"{key}, {target}", f"{effect}; {why}"))
+    return lines
+
+
+def generation_verdicts(out: dict[str, Any]) -> list[str]:
+    """003 Tables 3-5 / 001 C.2: sampled models start above random init and stay ahead during
+    fine-tuning. Per setting and fine-tuning budget: sampled vs random init."""
+    lines = []
+    epochs = sorted(int(e) for e in out["config"]["epochs"])
+    for setting in ("in-distribution", "held-out"):
+        rows = {r["init"]: r for r in out["table"] if r["setting"] == setting}
+        if "sampled" not in rows or "random" not in rows:
+            continue
+        task = rows["sampled"]["task"]
+        chance = chance_accuracy(task)
+        for e in epochs:
+            s, r = rows["sampled"], rows["random"]
+            outcome, text = compare(
+                (s[f"epoch{e}_mean"], s[f"epoch{e}_std"]),
+                (r[f"epoch{e}_mean"], r[f"epoch{e}_std"]),
+                chance,
+            )
+            what = (
+                f"{setting} ({task}), epoch {e}: sampled {s[f'epoch{e}_mean']:.3f} ± "
+                f"{s[f'epoch{e}_std']:.3f} vs random init {r[f'epoch{e}_mean']:.3f} ± "
+                f"{r[f'epoch{e}_std']:.3f}, chance {chance:.3f}"
+            )
+            lines.append(_line(outcome, what, f"effect {text}"))
+    return lines
+
+
+def _arm(mln: dict[str, Any], arm: str, key: str, kind: str) -> tuple[float, float] | None:
+    s = (mln["modes"].get(arm) or {}).get("spread", {}).get(key, {}).get(kind)
+    return (s["mean"], s["std"]) if s else None
+
+
+def mln_verdicts(mln: dict[str, Any]) -> list[str]:
+    """001 Fig. 6 / D.4.1 and §4.1 / Table 1, from the per-model spreads of the MLN ablation.
+
+    Fig. 6 compares none, token and masked; LWLN is Table 1's baseline, which MLN is claimed to
+    replace with comparable results (a parity claim: overlapping spreads agree).
+    """
+    lines = []
+    modes = mln["modes"]
+
+    def fmt2(v: tuple[float, float]) -> str:
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+
+    kinds = ("conv", "linear", "norm", "bias")
+    for kind in kinds:  # narrow layers squashed to their mean without normalization?
+        none, masked = _arm(mln, "none", "std_ratio", kind), _arm(mln, "masked", "std_ratio", kind)
+        if none and masked:
+            outcome, text = compare(masked, none)
+            lines.append(_line(
+                outcome,
+                f"Fig. 6: without normalization {kind} layers are squashed (std ratio, 1 = "
+                f"original spread: none {fmt2(none)} vs masked {fmt2(masked)})",
+                f"effect masked - none {text}",
+            ))  # fmt: skip
+    tok, masked = (_arm(mln, a, "w1_over_std", "norm") for a in ("token", "masked"))
+    if tok and masked:
+        outcome, text = compare(masked, tok, higher_is_better=False)
+        lines.append(_line(
+            outcome,
+            f"Fig. 6: normalizing with padding biases norm layers (W1/std token {fmt2(tok)} vs "
+            f"masked {fmt2(masked)})",
+            f"effect masked - token {text}",
+        ))  # fmt: skip
+    for kind in kinds:
+        masked = _arm(mln, "masked", "w1_over_std", kind)
+        others = {a: _arm(mln, a, "w1_over_std", kind) for a in ("none", "token")}
+        others = {a: v for a, v in others.items() if v}
+        if masked and others:
+            best = min(others, key=lambda a: others[a][0])
+            outcome, text = compare(masked, others[best], higher_is_better=False)
+            lines.append(_line(
+                outcome,
+                f"Fig. 6: MLN matches the {kind} distributions closest (W1/std masked "
+                f"{fmt2(masked)} vs the better of none/token, {best}, {fmt2(others[best])})",
+                f"effect {text}",
+            ))  # fmt: skip
+    for kind in kinds:
+        masked, layer = (_arm(mln, a, "w1_over_std", kind) for a in ("masked", "layer"))
+        if masked and layer:
+            effect = masked[0] - layer[0]
+            if abs(effect) <= masked[1] + layer[1]:
+                outcome, why = "agree", "comparable: spreads overlap"
+            else:
+                outcome, why = (
+                    ("agree", "MLN closer") if effect < 0 else ("disagree", "LWLN closer")
+                )
+            lines.append(_line(
+                outcome,
+                f"§4.1: MLN replaces LWLN with comparable {kind} reconstructions (W1/std masked "
+                f"{fmt2(masked)} vs layer {fmt2(layer)})",
+                f"effect masked - layer {effect:+.3f}; {why}",
+            ))  # fmt: skip
+    g = {a: modes[a]["generation"] for a in ("masked", "layer") if a in modes}
+    if len(g) == 2:
+        outcome, text = compare(
+            (g["masked"]["mean"], g["masked"]["std"]),
+            (g["layer"]["mean"], g["layer"]["std"]),
+            mln.get("chance"),
+        )
+        lines.append(_line(
+            outcome,
+            f"Table 1: MLN generates better models than LWLN (001: 2 of 3 data sets) — sampled "
+            f"MLN {g['masked']['mean']:.3f} ± {g['masked']['std']:.3f} vs LWLN "
+            f"{g['layer']['mean']:.3f} ± {g['layer']['std']:.3f}, chance {mln.get('chance', 0):.3f}",
+            f"effect MLN - LWLN {text}",
+        ))  # fmt: skip
+    return lines
+
+
+def tokenization_verdicts(tok: dict[str, Any]) -> list[str]:
+    """001 D.4.2: dense has far less padding and ~20 % less disk; similar reconstruction R²."""
+    s = tok.get("schemes", {})
+    if "dense" not in s or "sparse" not in s:
+        return []
+    d, p = s["dense"], s["sparse"]
+    pad = "agree" if d["padding_fraction"] < p["padding_fraction"] else "disagree"
+    disk = 1 - d["disk_bytes"] / p["disk_bytes"]
+    return [
+        _line(
+            pad,
+            "dense has less padding",
+            f"{100 * d['padding_fraction']:.2f} % vs "
+            f"{100 * p['padding_fraction']:.2f} % (001: 0.01 % vs 20 %)",
+        ),  # fmt: skip
+        _line(
+            "agree" if disk > 0 else "disagree",
+            "dense uses less disk",
+            f"{100 * disk:.0f} % less (001: ~20 %)",
+        ),  # fmt: skip
+        _line(
+            "inconclusive",
+            "similar reconstruction R²",
+            f"val R² dense {fmt(d['best_val_r2'])} "
+            f"vs sparse {fmt(p['best_val_r2'])}: one backbone per scheme, no spread",
+        ),  # fmt: skip
+    ]
+
+
+def composition_verdicts(comp: dict[str, Any]) -> list[str]:
+    """001 Table 2 / 000: a diverse collection generates better target models than one family."""
+    v = comp.get("variants", {})
+    if "diverse" not in v or "single-family" not in v:
+        return []
+    d, s = v["diverse"]["generation"], v["single-family"]["generation"]
+    outcome, text = compare((d["mean"], d["std"]), (s["mean"], s["std"]), comp.get("chance"))
+    return [_line(
+        outcome,
+        f"diverse {d['mean']:.3f} ± {d['std']:.3f} vs single-family {s['mean']:.3f} ± "
+        f"{s['std']:.3f} (chance {fmt(comp.get('chance'))})",
+        f"effect {text}",
+    )]  # fmt: skip
+
+
+VERDICTS: dict[str, tuple[str, Any]] = {
+    "probes.md": ("probes.json", probe_verdicts),
+    "generation.md": ("generation.json", generation_verdicts),
+    "ablation_mln.md": ("ablation_mln.json", mln_verdicts),
+    "ablation_tokenization.md": ("ablation_tokenization.json", tokenization_verdicts),
+    "ablation_composition.md": ("ablation_composition.json", composition_verdicts),
+}
+
+
+def section_verdicts(results_dir: str | Path, table: str) -> list[str]:
+    """Verdict lines for the report section of ``table`` (empty when its JSON is missing)."""
+    if table not in VERDICTS:
+        return []
+    name, fn = VERDICTS[table]
+    path = Path(results_dir) / name
+    return fn(read_json(path)) if path.exists() else []

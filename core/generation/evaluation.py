@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ from core.generation.prompts import (
     Target,
     _common_size,
     default_task,
+    metric_of,
     resolve_target,
     runnable,
 )
 from core.generation.sample import sample
 from core.models.io import load_model_dir
-from core.zoos.tasks import train_epochs
+from core.zoos.tasks import chance_accuracy, train_epochs
 
 # ---------------------------------------------------------------------------------------------
 
@@ -45,6 +47,35 @@ def finetune_curve(
             done = e
         out[e] = score(model, target, "test")
     return out
+
+
+def heldout_prompts(
+    a: Atlas, arch: str, task: str, limit: int
+) -> tuple[list[str] | None, tuple[int, int] | None]:
+    """Up to ``limit`` validation/test models of a zoo family on ``task`` (best validation
+    accuracy first, all of the size most of them share), so that generation is never prompted
+    with a model the backbone trained on; ``(None, None)`` when the atlas has none."""
+    kind, _, rest = arch.partition(":")
+    if kind != "zoo" or not rest:
+        return None, None
+    cands = []
+    for r in a.accepted():
+        labels = r.get("labels") or {}
+        if (
+            r.get("split") in ("val", "test")
+            and labels.get("family", r.get("family")) == rest
+            and labels.get("task") == task
+            and isinstance(labels.get("width"), int)
+            and isinstance(labels.get("depth"), int)
+        ):
+            cands.append(r)
+    if not cands:
+        return None, None
+    sizes = Counter((r["labels"]["width"], r["labels"]["depth"]) for r in cands)
+    size = max(sizes, key=lambda k: (sizes[k], -k[0], -k[1]))
+    same = [r for r in cands if (r["labels"]["width"], r["labels"]["depth"]) == size]
+    same.sort(key=lambda r: (-metric_of(r), r["id"]))
+    return [r["id"] for r in same[:limit]], (int(size[0]), int(size[1]))
 
 
 def evaluate_generation(
@@ -82,7 +113,11 @@ def evaluate_generation(
     report = progress or (lambda f, m: None)
     rows = []
     settings = [("in-distribution", task), ("held-out", heldout)]
+    prompt_info: dict[str, Any] = {}
     for si, (setting, task_name) in enumerate(settings):
+        # prompts the backbone never trained on: validation/test models (issue 15); held out:
+        # the atlas has none, so sample trains fresh ones (003 §5)
+        prompt_ids, psize = heldout_prompts(a, arch, task_name, 5)
         for seed in gcfg.seeds:
             gen_dir = a.generated_dir / "evaluation"
             paths = sample(
@@ -94,11 +129,24 @@ def evaluate_generation(
                 task=task_name,
                 preset=sample_preset,
                 out_dir=gen_dir,
+                prompts=prompt_ids,
+                width=psize[0] if psize else None,
+                depth=psize[1] if psize else None,
             )
 
-            width, depth = _common_size(a, arch, task_name)
+            width, depth = psize or _common_size(a, arch, task_name)
             target = resolve_target(arch, scheme, size, task=task_name, width=width, depth=depth)
             card = read_card_block(paths[0])
+            prompt_info.setdefault(
+                setting,
+                {
+                    "task": task_name,
+                    "source": card.get("prompt_source"),
+                    "prompts": card.get("prompts"),
+                    "prompt_val_accuracy": card.get("prompt_scores"),
+                    "chance": chance_accuracy(task_name),
+                },
+            )
             for i, p in enumerate(paths):
                 model = load_model_dir(p).model
                 curve = finetune_curve(model, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
@@ -130,6 +178,7 @@ def evaluate_generation(
     out = {
         "arch": arch,
         "tasks": {"in-distribution": task, "held-out": heldout},
+        "prompts": prompt_info,
         "config": to_dict(gcfg),
         "rows": rows,
         "table": table,
@@ -172,16 +221,31 @@ def generation_markdown(out: dict[str, Any]) -> str:
     """The generation table: test accuracy (mean ± std) per epoch budget."""
     epochs = sorted(int(e) for e in out["config"]["epochs"])
     head = "| setting | task | init | models | " + " | ".join(f"epoch {e}" for e in epochs) + " |"
+    prompts = out.get("prompts") or {}
+    notes = []
+    for setting, p in prompts.items():
+        accs = ", ".join(f"{v:.3f}" for v in (p.get("prompt_val_accuracy") or []) if v is not None)
+        notes.append(
+            f"{setting} (`{p['task']}`): {len(p.get('prompts') or [])} {p.get('source')} prompt(s)"
+            + (" (validation/test models only)" if p.get("source") == "atlas" else "")
+            + (f", validation accuracy {accs}" if accs else "")
+            + f"; chance {p['chance']:.3f}."
+        )
     lines = [
         f"Architecture `{out['arch']}`; test accuracy (mean ± std over kept models and seeds) after "
-        f"fine-tuning with AdamW lr {out['config']['lr']}; random init uses the same budget and seeds.",
+        f"fine-tuning with AdamW lr {out['config']['lr']}; random init uses the same budget and seeds. "
+        "Chance: the most frequent test class. Prompts: " + " ".join(notes),
         "",
-        head,
-        "|" + "---|" * (4 + len(epochs)),
+        head + " chance |",
+        "|" + "---|" * (5 + len(epochs)),
     ]
     for e in out["table"]:
         cells = " | ".join(f"{e[f'epoch{x}_mean']:.3f} ± {e[f'epoch{x}_std']:.3f}" for x in epochs)
-        lines.append(f"| {e['setting']} | {e['task']} | {e['init']} | {e['n_models']} | {cells} |")
+        chance = (prompts.get(e["setting"]) or {}).get("chance")
+        ch = "n/a" if chance is None else f"{chance:.3f}"
+        lines.append(
+            f"| {e['setting']} | {e['task']} | {e['init']} | {e['n_models']} | {cells} | {ch} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -639,6 +639,13 @@ def evaluate(model: nn.Module, task: Task | str, split: str, batch_size: int = 1
     return Metrics(accuracy=correct / len(y), loss=loss / len(y))
 
 
+def chance_accuracy(task: Task | str, split: str = "test") -> float:
+    """The accuracy of always naming the most frequent class of ``split`` (the chance level
+    reports draw next to generated and sampled models)."""
+    _, y = _as_task(task).split(split)
+    return float(np.bincount(y.numpy()).max() / len(y))
+
+
 def evaluate_accuracy(model: nn.Module, task: Task | str, split: str = "test") -> float:
     """Fraction of correctly classified examples of one split."""
     return evaluate(model, task, split).accuracy
