@@ -51,6 +51,7 @@ from core.collection.facts import ModelFacts
 from core.collection.sources import cache_repos
 from core.config import build_config
 from core.errors import RejectedModel
+from core.generation.build import BF16_MIN_WIDTH
 from core.generation.evaluation import read_card_block
 from core.generation.prompts import resolve_target
 from core.generation.sample import sample
@@ -526,40 +527,54 @@ def _random_backbone_atlas(root: Path, preset: str, scheme: str = "dense") -> No
 
 
 def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
-    """Generated models per second for a zoo family, and seconds for a 5-draw timm:resnet18.
+    """Seconds of ``sample`` for a zoo family and a 5-draw ``timm:resnet18``, fp32 vs bf16.
 
-    Uses an untrained backbone of ``--preset`` (timing does not depend on its weights) and one
-    untrained fresh prompt; baseline: random init + save of the same architecture, same count.
+    Uses an untrained backbone of ``--preset`` (timing does not depend on its weights; use
+    ``demo`` for the demo atlas' size) and one untrained fresh prompt. Per architecture the
+    backbone precisions ``fp32`` and ``auto`` (bf16 where fast, ``SampleConfig.dtype``) are
+    timed interleaved, best of ``--repeat``; in-run baseline: random init + save of the same
+    architecture and count. Each run's own estimate (made before it) is reported next to it.
     """
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = args.preset or "ci"
     n = args.n or 10
     repeat = max(1, args.repeat)
-    out: dict[str, Any] = {"backbone_preset": preset, "device": args.device}
+    out: dict[str, Any] = {
+        "backbone_preset": preset,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "atlas"
         _random_backbone_atlas(root, preset)
+        width = load_config(find_backbone(root)).d_model
+        auto = compute_dtype("auto", torch.device(args.device))
+        if args.device == "cpu" and width < BF16_MIN_WIDTH:
+            auto = torch.float32  # as core.generation.build.backbone_precision decides
+        out["auto_dtype"] = str(auto)
         for name, arch, k in (("zoo_cnn", "zoo:cnn", n), ("timm_resnet18", "timm:resnet18", 5)):
-            overrides = {"n_prompts": 1, "prompt_epochs": 0, "device": args.device}
             target = resolve_target(
                 arch, "dense", load_config(find_backbone(root)).token_size
             )  # imports, untimed
-            best, best_base = float("inf"), float("inf")
-            phases: dict[str, float] = {}
+            best = {"fp32": float("inf"), "auto": float("inf")}
+            estimate: dict[str, Any] = {}
+            phases: dict[str, Any] = {}
+            best_base = float("inf")
             for r in range(repeat):
-                t0 = time.perf_counter()
-                paths = sample(
-                    root,
-                    arch,
-                    n=k,
-                    keep=k,
-                    seed=r,
-                    preset="ci",
-                    out_dir=Path(tmp) / f"gen{r}",
-                    overrides=overrides,
-                )
-                seconds = time.perf_counter() - t0
-                if seconds < best:
-                    best, phases = seconds, read_card_block(paths[0]).get("seconds", {})
+                for dtype in ("fp32", "auto"):
+                    overrides = {"n_prompts": 1, "prompt_epochs": 0, "device": args.device}
+                    t0 = time.perf_counter()
+                    paths = sample(
+                        root, arch, n=k, keep=k, seed=r, preset="ci",
+                        out_dir=Path(tmp) / f"gen{r}{dtype}", overrides={**overrides, "dtype": dtype},
+                    )  # fmt: skip
+                    seconds = time.perf_counter() - t0
+                    if seconds < best[dtype]:
+                        block = read_card_block(paths[0])
+                        best[dtype] = seconds
+                        phases[dtype] = block.get("seconds", {})
+                        estimate[dtype] = (block.get("estimated_seconds") or {}).get("total")
                 t0 = time.perf_counter()
                 for i in range(k):
                     target.arch.save(target.arch.build(i), Path(tmp) / f"base{r}" / str(i))
@@ -568,9 +583,13 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                 "arch": arch,
                 "n_models": k,
                 "n_tokens": int(len(target.positions)),
-                "seconds": best,
+                "seconds_fp32": best["fp32"],
+                "seconds_auto": best["auto"],
+                "speedup_auto_vs_fp32": best["fp32"] / best["auto"],
+                "estimated_seconds_fp32": estimate.get("fp32"),
+                "estimated_seconds_auto": estimate.get("auto"),
                 "phase_seconds": phases,
-                "models_per_s": k / best,
+                "models_per_s": k / best["auto"],
                 "baseline_random_init_save_seconds": best_base,
                 "baseline_models_per_s": k / best_base,
             }

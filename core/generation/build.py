@@ -21,17 +21,26 @@ from core.zoos.tasks import evaluate_accuracy, get_task
 # decode, load, condition, score
 
 
-def backbone_precision(cfg: SampleConfig) -> torch.autocast:
+# below this width CPU bf16 autocast does not pay (its casts cost what the matmuls save)
+BF16_MIN_WIDTH = 256
+
+
+def backbone_precision(cfg: SampleConfig, backbone: Any) -> torch.autocast:
     """The autocast context of every backbone call in sampling.
 
-    ``auto`` is bf16 where bf16 matmuls are fast (CUDA, CPUs with AVX-512 BF16 or AMX), else
-    fp32; weights stay fp32. On this project's 2-core CPU (AVX-512 BF16, no AMX), a
-    timm:resnet18 run with fresh prompts took 159 CPU-seconds instead of 331 (1 thread); decoded
-    tokens differ from fp32 by a relative MSE of about 2e-5, far below the backbone's own
-    reconstruction error.
+    ``auto`` is bf16 where bf16 matmuls are fast (CUDA; a CPU with AVX-512 BF16 or AMX when
+    the backbone is at least :data:`BF16_MIN_WIDTH` wide), else fp32; weights stay fp32.
+    Measured on this project's 2-core CPU (AVX-512 BF16, no AMX), 1 thread: a timm:resnet18
+    run with fresh prompts on the demo backbone (d_model 256) took 159 CPU-seconds in bf16
+    instead of 331 in fp32, decoded tokens differing by a relative MSE of ~2e-5 (far below the
+    backbone's reconstruction error); with the ci backbone (d_model 64), ``weightatlas bench
+    sample`` measured bf16 no faster (67.7 s vs 64.4 s), so there it stays fp32.
     """
     device = torch.device(cfg.device)
-    return autocast(device, compute_dtype(cfg.dtype, device))
+    dtype = cfg.dtype
+    if dtype == "auto" and device.type == "cpu" and backbone.cfg.d_model < BF16_MIN_WIDTH:
+        dtype = "fp32"
+    return autocast(device, compute_dtype(dtype, device))
 
 
 def decode_latents(
@@ -39,7 +48,7 @@ def decode_latents(
 ) -> torch.Tensor:
     """Haloed decode of ``draws (K, N, L)`` into tokens ``(K, N, D)``."""
     window, halo = resolve_window(embed_config(cfg), backbone)
-    with backbone_precision(cfg):
+    with backbone_precision(cfg, backbone):
         out = haloed_apply(backbone.decode, draws, target.positions, window, halo, cfg.batch_size)
     return out.float()
 
@@ -55,7 +64,7 @@ def encode_models(
     backbone: Any, tokens: list[torch.Tensor], target: Target, cfg: SampleConfig
 ) -> torch.Tensor:
     """Haloed latents ``(E, N, L)`` of prompt tokens."""
-    with backbone_precision(cfg):
+    with backbone_precision(cfg, backbone):
         return torch.stack(
             [encode_tokens(backbone, t, target.positions, embed_config(cfg)) for t in tokens]
         )

@@ -67,7 +67,7 @@ def backbone_seconds_per_token(backbone: Any, cfg: Any, windows: int = 16) -> di
     pos = torch.zeros(windows, window, 3, dtype=torch.long)
     pos[..., 2] = torch.arange(window)
     content = windows * (window - 2 * halo)
-    with torch.no_grad(), backbone_precision(cfg):
+    with torch.no_grad(), backbone_precision(cfg, backbone):
         z = backbone.encode(x, pos)
         enc = _timed(lambda: backbone.encode(x, pos))
         dec = _timed(lambda: backbone.decode(z, pos))
@@ -168,10 +168,10 @@ def estimate_sample(
         scoring_s = ((rounds * cfg.n + e + 1) * (bn + n_score) + cfg.keep * n_test) * per_example
     total = prompts_s + backbone_s + scoring_s
     seconds = {
-        "prompts": round(prompts_s, 1),
-        "backbone": round(backbone_s, 1),
-        "scoring": round(scoring_s, 1),
-        "total": round(total, 1),
+        "prompts": round(prompts_s, 3),
+        "backbone": round(backbone_s, 3),
+        "scoring": round(scoring_s, 3),
+        "total": round(total, 3),
     }
     out = {
         "arch": arch,

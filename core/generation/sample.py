@@ -544,7 +544,7 @@ def sample(
             **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
         }
         path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
-        with backbone_precision(cfg):
+        with backbone_precision(cfg, backbone):
             placed = generated_atlas_distance(a, path, backbone, backbone_dir, cfg)
         if placed:  # issue 16: how far the generated model is from the collected ones
             info.update(placed)
