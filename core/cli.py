@@ -693,12 +693,30 @@ def run_sample_cli(args: argparse.Namespace) -> int:
             )
             + _distance_text(c)
         )
+    if isinstance(first.get("chance_accuracy"), float):
+        lines.append("  against: " + _baselines_text(first))
     if first.get("note"):
         lines.append(f"note: {first['note']}")
     if paths:
         lines.append(f"written to {paths[0].parent}")
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _baselines_text(card: dict[str, Any]) -> str:
+    """Prompts (before / after an encode-decode), random init and chance, from a generated card."""
+
+    def fmt(values: Any) -> str:
+        vals = [v for v in values or [] if isinstance(v, int | float)]
+        return " / ".join(f"{v:.3f}" for v in vals) or "n/a"
+
+    rnd = card.get("random_init_val_accuracy")
+    return (
+        f"prompts {fmt(card.get('prompt_scores'))} (val), after encode-decode "
+        f"{fmt(card.get('round_trip_val_accuracy'))}; random init "
+        + (f"{rnd:.3f}" if isinstance(rnd, int | float) else "n/a")
+        + f" (val); chance {card['chance_accuracy']:.3f}; draws {card.get('mode', '?')}"
+    )
 
 
 def _distance_text(card: dict[str, Any]) -> str:

@@ -187,7 +187,7 @@ def test_sample_stage_with_atlas_prompts(cnn_atlas):
     assert vals == sorted(vals, reverse=True)
 
 
-def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path):
+def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys):
     from core.cli import main
 
     prog = tmp_path / "progress.json"
@@ -202,6 +202,8 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path):
     card = (Path(out) / "README.md").read_text()
     assert "prompt_source: fresh" in card and "task: digits-invert" in card
     assert "mode: joint" in card  # auto: fresh prompts (unrelated inits) are drawn jointly
+    out = capsys.readouterr().out  # the summary names what the kept model is compared with
+    assert "against: prompts " in out and "random init " in out and "draws joint" in out
     # bad input: one-line error, and the progress file says so
     assert main(["sample", str(cnn_atlas), "--arch", "zoo:nope", "--progress-file", str(prog)]) == 2
     state = json.loads(prog.read_text())
