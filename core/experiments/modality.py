@@ -41,6 +41,7 @@ from core.config import build_config, register_presets, to_dict
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.experiments.ablations import (
+    AblationConfig,
     composition_prompts,
     layer_distances,
     sibling_atlas,
@@ -334,7 +335,8 @@ def run_modality(
         manifest = [{**r, "split": "train"} for r in sel] + tests
         sib = sibling_atlas(a, f"modality-{name}", manifest)
         tokenize(sib.root, scheme=index["scheme"], token_size=index["token_size"], progress=False)
-        bdir = train_backbone(sib, f"modality-{name}", cfg)  # type: ignore[arg-type]
+        budget = AblationConfig(backbone_preset=cfg.backbone_preset, steps=cfg.steps, seed=cfg.seed)
+        bdir = train_backbone(sib, f"modality-{name}", budget)
         seq_models = sum(1 for r in sel if modality_of(r) == "sequence")
         result["arms"][name] = {
             "backbone": str(bdir),
