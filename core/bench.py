@@ -57,7 +57,7 @@ from core.generation.prompts import resolve_target
 from core.generation.sample import sample
 from core.tokens.plan import detokenize, tokenize_state_dict
 from core.tokens.schemes import DEFAULT_TOKEN_SIZE, SCHEMES, Tokenized, trainable_of
-from core.tokens.shards import _SHARD_DTYPES, shard_layout
+from core.tokens.shards import SHARD_TENSORS, shard_layout
 from core.tokens.store import TokenStore, WindowDataset
 
 # ------------------------------------------------------------ collect
@@ -314,7 +314,7 @@ def write_store(
     tokens_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(tokens_dir / shard) as tmp, open(tmp, "wb") as f:
         f.write(head)
-        for name in _SHARD_DTYPES:
+        for name in SHARD_TENSORS:
             for tk in models.values():
                 t = {"positions": tk.positions, "tokens": tk.tokens, "valid": tk.valid}[name]
                 f.write(t.contiguous().numpy().tobytes())

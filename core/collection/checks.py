@@ -9,7 +9,8 @@ from typing import Any
 
 from core.collection.config import PICKLE_SUFFIXES, CollectConfig
 from core.collection.facts import ModelFacts, card_tags, read_card, read_model_config, snapshot_root
-from core.collection.headers import ST_FLOAT, TensorInfo, read_safetensors_header
+from core.collection.headers import TensorInfo, read_safetensors_header
+from core.dtypes import FLOAT_CODES
 from core.errors import RejectedModel
 from core.models.io import load_model_dir, weight_files
 from core.models.registry import check_build_size, family_of, library_of, model_type_of
@@ -82,7 +83,7 @@ def inspect_model_dir(
     bad = sorted({t.dtype for t in tensors.values()} - set(cfg.supported_dtypes))
     if bad:
         raise RejectedModel("unsupported dtype", ", ".join(bad))
-    facts.params = sum(t.numel for t in tensors.values() if t.dtype in ST_FLOAT)
+    facts.params = sum(t.numel for t in tensors.values() if t.dtype in FLOAT_CODES)
     if facts.params > cfg.max_params:
         raise RejectedModel(
             "too large", f"{facts.params:,} float values > max_params {cfg.max_params:,}"
@@ -99,19 +100,6 @@ def _architecture(config: dict[str, Any]) -> str | None:
 
 
 _BUILD_LOCK = threading.Lock()
-
-_TORCH_DTYPES: dict[str, str] = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
 
 
 def check_model(facts: ModelFacts, cfg: CollectConfig) -> int:

@@ -8,36 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.dtypes import DTYPES
 from core.errors import RejectedModel
 
 # ------------------------------------------------------------------- safetensors headers
-
-# safetensors dtype -> bits per element (sub-byte float formats included so their sizes check)
-ST_DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-    "C64": 64,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-}
-ST_FLOAT = frozenset(
-    {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3", "F6_E3M2"}
-)
 
 
 @dataclass(frozen=True)
@@ -105,7 +79,7 @@ def read_safetensors_header(
         try:
             dtype, shape, (start, end) = e["dtype"], e["shape"], e["data_offsets"]
             ok = (
-                dtype in ST_DTYPE_BITS
+                dtype in DTYPES
                 and isinstance(shape, list)
                 and all(type(d) is int and d >= 0 for d in shape)
                 and type(start) is int
@@ -117,7 +91,7 @@ def read_safetensors_header(
         if not ok:
             raise RejectedModel("bad safetensors header", f"{path.name}: malformed entry {name!r}")
         info = TensorInfo(dtype, tuple(shape), start, end)
-        need = -(-info.numel * ST_DTYPE_BITS[dtype] // 8)
+        need = -(-info.numel * DTYPES[dtype].bits // 8)
         if end - start != need:
             raise RejectedModel(
                 "inconsistent offsets",

@@ -23,8 +23,9 @@ from core.atlas import Atlas, atomic_write_bytes
 from core.collection.checks import remote_code_tag
 from core.collection.config import PICKLE_SUFFIXES, CollectConfig
 from core.collection.facts import card_tags, read_card, read_model_config
-from core.collection.headers import ST_FLOAT, TensorInfo, read_safetensors_header
+from core.collection.headers import TensorInfo, read_safetensors_header
 from core.config import to_dict
+from core.dtypes import FLOAT_CODES
 from core.errors import RejectedModel, WeightAtlasError
 from core.models.registry import library_of
 from core.safety import (
@@ -605,7 +606,7 @@ class _Budget:
         self.floats = 0
 
     def header(self, tensors: dict[str, TensorInfo], name: str) -> None:
-        self.floats += sum(t.numel for t in tensors.values() if t.dtype in ST_FLOAT)
+        self.floats += sum(t.numel for t in tensors.values() if t.dtype in FLOAT_CODES)
         if self.floats > self.cfg.max_params:
             raise RejectedModel(
                 "too large",

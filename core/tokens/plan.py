@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.dtypes import _ST_DTYPES, dtype_from_name, dtype_name
+from core.dtypes import TORCH_DTYPES, dtype_from_name, dtype_name
 from core.errors import RejectedModel, WeightAtlasError
 from core.models.io import load_model_dir, read_config, weight_files
 from core.models.registry import empty_model
@@ -52,7 +52,7 @@ class _SafetensorsSource:
                         raise RejectedModel("duplicate tensor", f"{k} in more than one file")
                     s = h.get_slice(k)
                     self.where[k] = h
-                    self._metas[k] = _Meta(tuple(s.get_shape()), _ST_DTYPES.get(s.get_dtype()))
+                    self._metas[k] = _Meta(tuple(s.get_shape()), TORCH_DTYPES.get(s.get_dtype()))
         except RejectedModel:
             self.close()
             raise

@@ -12,18 +12,14 @@ import numpy as np
 import torch
 
 from core.atlas import atomic_path
+from core.dtypes import DTYPES
 from core.errors import WeightAtlasError
 from core.tokens.plan import ModelPlan, _Hasher, fill_tokens
 
-_NP = {"F32": np.float32, "I32": np.int32, "I64": np.int64}
-
-
-_EXPECTED = {"tokens": ("F32", 2), "valid": ("I32", 1), "positions": ("I64", 2)}
-
-
 # --------------------------------------------------------------------------- shard files
 
-_SHARD_DTYPES = {"positions": ("I64", 8), "tokens": ("F32", 4), "valid": ("I32", 4)}
+# the tensors of a shard, in file order: name -> (safetensors dtype code, ndim)
+SHARD_TENSORS = {"positions": ("I64", 2), "tokens": ("F32", 2), "valid": ("I32", 1)}
 
 
 def shard_layout(
@@ -33,8 +29,8 @@ def shard_layout(
     shapes = {"positions": [n, 3], "tokens": [n, d], "valid": [n]}
     table: dict[str, Any] = {}
     begin = 0
-    for name, (st_dtype, size) in _SHARD_DTYPES.items():
-        nbytes = int(np.prod(shapes[name])) * size
+    for name, (st_dtype, _) in SHARD_TENSORS.items():
+        nbytes = int(np.prod(shapes[name])) * DTYPES[st_dtype].bits // 8
         table[name] = {
             "dtype": st_dtype,
             "shape": shapes[name],
@@ -76,9 +72,9 @@ def write_shard(
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
         try:
             views = {}
-            for name, (st_dtype, _) in _SHARD_DTYPES.items():
+            for name, (st_dtype, _) in SHARD_TENSORS.items():
                 b, e = table[name]["data_offsets"]
-                np_dtype = {"I64": np.int64, "F32": np.float32, "I32": np.int32}[st_dtype]
+                np_dtype = DTYPES[st_dtype].numpy
                 arr = mm[len(head) + b : len(head) + e].view(np_dtype).reshape(table[name]["shape"])
                 views[name] = torch.from_numpy(arr)
             at = 0
@@ -121,13 +117,13 @@ def read_shard(path: str | Path) -> dict[str, np.ndarray]:
             header = json.loads(f.read(hlen))
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         out: dict[str, np.ndarray] = {}
-        for name, (st_dtype, ndim) in _EXPECTED.items():
+        for name, (st_dtype, ndim) in SHARD_TENSORS.items():
             h = header[name]
             b, e = h["data_offsets"]
             shape = tuple(int(s) for s in h["shape"])
             if h["dtype"] != st_dtype or len(shape) != ndim or not 0 <= b <= e <= size - 8 - hlen:
                 raise ValueError(f"unexpected tensor {name}: {h}")
-            arr = mm[8 + hlen + b : 8 + hlen + e].view(_NP[st_dtype])
+            arr = mm[8 + hlen + b : 8 + hlen + e].view(DTYPES[st_dtype].numpy)
             out[name] = arr.reshape(shape)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise WeightAtlasError(f"{path}: not a readable token shard ({e})") from e
