@@ -279,6 +279,8 @@ REPORT_TABLES: list[tuple[str, str]] = [
     ("Ablation: loss normalization (MLN)", "ablation_mln.md"),
     ("Ablation: tokenization", "ablation_tokenization.md"),
     ("Ablation: collection composition", "ablation_composition.md"),
+    # issue 17's experiment (core.experiments.modality.run_modality), when it ran on this atlas
+    ("Experiment: a second modality", "experiment_modality.md"),
 ]
 
 # What the papers report for each comparison, shown above our numbers (not a verdict).
@@ -308,6 +310,10 @@ PAPER_CLAIMS: dict[str, str] = {
     "ablation_tokenization.md": "Paper 001 D.4.2, Fig. 7: sparse tokenization adds 20 % "
     "padding per token, dense 0.01 %; both reach similar reconstruction R² on held-out models; "
     "dense uses 20 % less disk.",
+    "experiment_modality.md": "Paper 001 §4.4.1, Fig. 4 (qualitative, no table): a backbone "
+    "trained only on vision models generates GPT-2 (~125M) weights that converge faster on "
+    "OpenWebText than training from scratch (validation loss, perplexity, accuracy, F1), which "
+    "001 reads as generalization to a different modality.",
     "ablation_composition.md": "Paper 001 §4.2, Table 2 (generated ResNet-18s, CIFAR-10 / "
     "CIFAR-100 / Tiny-ImageNet): backbones trained on one family (ResNet 360 models: 10.68 / "
     "1.09 / 0.58 %; ConvNext 306: 21.66 / 14.95 / 9.12 %; ViT 2,000: 31.38 / 32.24 / 20.14 %) "
@@ -339,6 +345,9 @@ def _timings(run: Path) -> list[str]:
     return [*lines, ""]
 
 
+# sections shown only when their table exists (experiments the pipeline does not run itself)
+OPTIONAL_TABLES = {"experiment_modality.md"}
+
 # figures shown under each section (the rest go to the end)
 SECTION_FIGURES: dict[str, tuple[str, ...]] = {
     "collection.md": ("01_collection",),
@@ -367,6 +376,8 @@ def write_report(run: str | Path) -> Path:
     lines += [VERDICT_RULE, ""]
     figures = {f.stem: f for f in sorted((run / "results" / "figures").glob("*.png"))}
     for title, name in REPORT_TABLES:
+        if name in OPTIONAL_TABLES and not (results / name).exists():
+            continue
         lines += [f"## {title}", ""]
         if name in PAPER_CLAIMS:
             lines += [f"> {PAPER_CLAIMS[name]}", ""]
