@@ -344,6 +344,8 @@ def test_generate_page_says_how_long_a_run_takes_before_it_starts(monkeypatch, t
     more draws, more decode passes (and nothing is started or written)."""
     import re
 
+    from core.atlas import Atlas
+
     monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
     at = app_on(DEMO, timeout=180)
     at.switch_page("views/generate.py").run()
@@ -353,6 +355,13 @@ def test_generate_page_says_how_long_a_run_takes_before_it_starts(monkeypatch, t
         text = next(i.value for i in at.info if "Expected time about" in i.value)
         return int(re.search(r"(\d+) decode\s+passes", text.replace("\\", "")).group(1))
 
+    # the zoo family offered first is the atlas' most common one (its models are prompts)
+    fams = [
+        ("timm-" if r["library"] == "timm" else "") + r["family"]
+        for r in Atlas.open(DEMO).accepted()
+    ]
+    first = at.selectbox(key="gen_family").value
+    assert fams.count(first) == max(fams.count(f) for f in set(fams))
     before = decode_passes()
     k = at.number_input(key="gen_k")
     at.number_input(key="gen_k").set_value(k.value + 10).run()

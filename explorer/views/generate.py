@@ -74,6 +74,17 @@ def registry() -> dict[str, Any]:
     }
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_family_counts(root: str, stamp_: float) -> dict[str, int]:
+    """Accepted atlas models per zoo family name (timm's as ``timm-<family>``, as the registry)."""
+    counts: dict[str, int] = {}
+    for r in Atlas.open(root).accepted():
+        fam = str(r.get("family") or "")
+        name = f"timm-{fam}" if r.get("library") == "timm" else fam
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def cached_timm_fit(name: str, task: str) -> dict[str, Any]:
     """core.generation.targets.timm_fit: parameters and whether ``name`` runs on ``task`` (meta device)."""
@@ -188,8 +199,15 @@ def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int]
         )
         return spec, task, None, True
     c1, c2 = st.columns(2)
-    families = sorted(reg["families"])
-    fam = c1.selectbox("Zoo family", families, key="gen_family")
+    counts = cached_family_counts(str(root), stamp_)
+    families = sorted(reg["families"], key=lambda f: (-counts.get(f, 0), f))
+    fam = c1.selectbox(
+        "Zoo family",
+        families,
+        key="gen_family",
+        format_func=lambda f: f"{f} ({counts[f]} in the atlas)" if counts.get(f) else f,
+        help="The atlas' own families first (most models first): their models can be prompts.",
+    )
     tasks = reg["tasks"]
     default = reg["families"].get(fam)
     task = c2.selectbox(
