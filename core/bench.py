@@ -565,10 +565,8 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                 for dtype in ("fp32", "auto"):
                     overrides = {"n_prompts": 1, "prompt_epochs": 0, "device": args.device}
                     t0 = time.perf_counter()
-                    paths = sample(
-                        root, arch, n=k, keep=k, seed=r, preset="ci",
-                        out_dir=Path(tmp) / f"gen{r}{dtype}", overrides={**overrides, "dtype": dtype},
-                    )  # fmt: skip
+                    over = {**overrides, "dtype": dtype, "n": k, "keep": k, "seed": r}
+                    paths = sample(root, arch, "ci", over, out_dir=Path(tmp) / f"gen{r}{dtype}")
                     seconds = time.perf_counter() - t0
                     if seconds < best[dtype]:
                         block = read_card_block(paths[0])

@@ -651,12 +651,13 @@ def run_sample_cli(args: argparse.Namespace) -> int:
                     outputs=[str(Atlas(Path(args.atlas)).results_dir / "generation.json")],
                 )
             return 0
+        shorthands = ("n", "keep", "mode", "prior", "bootstrap_rounds", "seed", "task")
+        shorthands += ("width", "depth")
+        flags = {k: getattr(args, k) for k in shorthands if getattr(args, k) is not None}
         paths = sample(
-            args.atlas, args.arch, n=args.n, keep=args.keep,
+            args.atlas, args.arch, args.preset, {**flags, **config_overrides(args)},
             prompts=[p for p in args.prompts.split(",") if p] if args.prompts else None,
-            mode=args.mode, prior=args.prior, bootstrap_rounds=args.bootstrap_rounds, seed=args.seed,
-            task=args.task, progress=progress, preset=args.preset, width=args.width, depth=args.depth,
-            backbone_dir=args.backbone, out_dir=args.out, overrides=config_overrides(args),
+            progress=progress, backbone_dir=args.backbone, out_dir=args.out,
         )  # fmt: skip
     except BaseException as e:
         bar.close()

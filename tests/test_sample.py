@@ -167,7 +167,8 @@ def test_sample_stage_with_atlas_prompts(cnn_atlas):
     from core.models.io import load_model_dir
 
     seen = []
-    paths = sample(cnn_atlas, "zoo:cnn", n=3, keep=2, seed=1, progress=lambda f, m: seen.append(f))
+    over = {"n": 3, "keep": 2, "seed": 1}
+    paths = sample(cnn_atlas, "zoo:cnn", "ci", over, progress=lambda f, m: seen.append(f))
     assert len(paths) == 2 and all(p.parent == Atlas(cnn_atlas).generated_dir for p in paths)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     blocks = [metadata_load(p / "README.md")["weightatlas"] for p in paths]
@@ -213,17 +214,8 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys)
 def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
     from huggingface_hub import metadata_load
 
-    paths = sample(
-        cnn_atlas,
-        "zoo:cnn",
-        n=3,
-        keep=1,
-        mode="joint",
-        prior="gaussian",
-        bootstrap_rounds=1,
-        seed=4,
-        out_dir=tmp_path,
-    )
+    over = dict(n=3, keep=1, mode="joint", prior="gaussian", bootstrap_rounds=1, seed=4)
+    paths = sample(cnn_atlas, "zoo:cnn", "ci", over, out_dir=tmp_path)
     (p,) = paths
     block = metadata_load(p / "README.md")["weightatlas"]
     assert (
@@ -233,7 +225,7 @@ def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
     assert len(draws) == 6  # two rounds of three draws
     assert block["val_accuracy"] == max(draws)  # best over all rounds is kept
     with pytest.raises(Exception, match="keep"):
-        sample(cnn_atlas, "zoo:cnn", n=2, keep=3, out_dir=tmp_path)
+        sample(cnn_atlas, "zoo:cnn", "ci", {"n": 2, "keep": 3}, out_dir=tmp_path)
 
 
 # --------------------------------------------------------------------- estimate (issue 17)
@@ -262,7 +254,7 @@ def test_estimate_counts_the_backbone_passes_sample_makes(cnn_atlas, tmp_path, m
         assert ("does not hold" in est["text"]) is (source == "fresh")
         assert est["seconds"]["total"] > 0 and est["n_tokens"] > 0
         calls.update(encode=0, decode=0)
-        sample(cnn_atlas, arch, task=task, out_dir=tmp_path / source, overrides=over)
+        sample(cnn_atlas, arch, "ci", {**over, "task": task}, out_dir=tmp_path / source)
         p = est["passes"]  # this atlas has no embeddings: nothing is placed
         assert calls == {"encode": p["encode"] + p["place"], "decode": p["decode"]}, (calls, p)
 
@@ -282,8 +274,9 @@ def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_a
     """A generated mobilenetv3 is conditioned on 8x8 digits and its config says so (issue 17:
     fed 224 px images, such a model gives logits with std ~1e14); at that size it runs."""
     (path,) = sample(
-        cnn_atlas, "timm:mobilenetv3_small_075", task="digits10", n=1, keep=1, out_dir=tmp_path,
-        overrides={"n_prompts": 1, "prompt_epochs": 0},
+        cnn_atlas, "timm:mobilenetv3_small_075", "ci",
+        {"task": "digits10", "n": 1, "keep": 1, "n_prompts": 1, "prompt_epochs": 0},
+        out_dir=tmp_path,
     )  # fmt: skip
     cfg = read_config(path)
     assert cfg["pretrained_cfg"]["input_size"] == [1, 8, 8]

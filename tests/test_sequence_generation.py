@@ -102,7 +102,9 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
         for r in Atlas(seq_atlas).accepted()
         if r["id"] == "weightatlas-zoo/bert-seq-brackets-r0-e4"
     )
-    paths = sample(seq_atlas, f"hf:{snap}", n=3, keep=2, seed=0, out_dir=tmp_path / "gen")
+    paths = sample(
+        seq_atlas, f"hf:{snap}", "ci", {"n": 3, "keep": 2, "seed": 0}, out_dir=tmp_path / "gen"
+    )
     assert len(paths) == 2
     for p in paths:
         meta = metadata_load(p / "README.md")
@@ -152,7 +154,9 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
 
 def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tmp_path, capsys):
     src = _tiny_bert_dir(tmp_path / "bert-mlm")  # no card: no task
-    paths = sample(seq_atlas, f"hf:{src}", n=3, keep=2, seed=0, out_dir=tmp_path / "gen")
+    paths = sample(
+        seq_atlas, f"hf:{src}", "ci", {"n": 3, "keep": 2, "seed": 0}, out_dir=tmp_path / "gen"
+    )
     err = capsys.readouterr().err
     assert "note:" in err and "generated unscored" in err
     assert len(paths) == 2 and "unscored" in paths[0].name

@@ -404,19 +404,13 @@ def generation_accuracy(
     parent = a.info().get("derived_from")
     out_dir = (Path(parent) if parent else a.root) / "generated" / "ablations" / name
     task = cfg.target_task or default_task(cfg.target_arch)
+    over = {"n": cfg.sample_n, "keep": cfg.sample_keep, "seed": cfg.seed, "task": task}
+    if size:
+        over.update(width=size[0], depth=size[1])
     paths = sample(
-        a.root,
-        cfg.target_arch,
-        n=cfg.sample_n,
-        keep=cfg.sample_keep,
-        seed=cfg.seed,
-        task=task,
-        prompts=prompts,
-        width=size[0] if size else None,
-        depth=size[1] if size else None,
-        backbone_dir=backbone_dir,
+        a.root, cfg.target_arch, "ci", over, prompts=prompts, backbone_dir=backbone_dir,
         out_dir=out_dir,
-    )
+    )  # fmt: skip
     accs = [generated_test_accuracy(p)[0] for p in paths]
     return {
         "task": task,

@@ -215,19 +215,13 @@ def generation(
     """Sample ``cfg.target_arch`` from ``backbone_dir`` with the held-out ``prompts``."""
 
     parent = Path(sib.info().get("derived_from") or sib.root)
+    over = {"n": cfg.sample_n, "keep": cfg.sample_keep, "seed": cfg.seed, "task": cfg.target_task}
+    if size:
+        over.update(width=size[0], depth=size[1])
     paths = sample(
-        sib.root,
-        cfg.target_arch,
-        n=cfg.sample_n,
-        keep=cfg.sample_keep,
-        seed=cfg.seed,
-        task=cfg.target_task,
-        prompts=prompts,
-        width=size[0] if size else None,
-        depth=size[1] if size else None,
-        backbone_dir=backbone_dir,
+        sib.root, cfg.target_arch, "ci", over, prompts=prompts, backbone_dir=backbone_dir,
         out_dir=parent / "generated" / "experiments" / f"modality-{name}",
-    )
+    )  # fmt: skip
     cards = [read_card_block(p) for p in paths]
     first = cards[0]
     accs = [c.get("test_accuracy") for c in cards]

@@ -35,8 +35,11 @@ Progress = Callable[[float, str], None]
 class SampleConfig:
     """Sampling settings (003 Alg. 3, 001 C.2)."""
 
-    n: int = 10
-    keep: int = 3
+    n: int = 10  # draws per round (K)
+    keep: int = 3  # models kept by validation accuracy (M)
+    task: str | None = None  # target task (None: the family's own, else digits10)
+    width: int | None = None  # zoo family size (None: the atlas' most common, else smallest)
+    depth: int | None = None
     mode: Literal["auto", "independent", "joint"] = "auto"  # see draws.draw_mode
     prior: Literal["kde", "gaussian"] = "kde"
     bootstrap_rounds: int = 0

@@ -103,7 +103,8 @@ def estimate_sample(
     backbone: Any = None,
     prompts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """What ``sample(atlas, arch, task=task, preset=preset, overrides=overrides)`` will do.
+    """What ``sample(atlas, arch, preset, overrides)`` will do (``task``, ``width``, ``depth``:
+    as the ``SampleConfig`` fields of that name; given here they take precedence).
 
     Args:
         atlas: a tokenized atlas with a trained backbone.
@@ -124,6 +125,9 @@ def estimate_sample(
     t_start = time.perf_counter()
     a = Atlas.open(atlas)
     cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
+    task = task if task is not None else cfg.task
+    width = width if width is not None else cfg.width
+    depth = depth if depth is not None else cfg.depth
     if target is None:
         scheme, size = token_scheme(a)
         if width is None and depth is None:

@@ -120,19 +120,10 @@ def evaluate_generation(
         prompt_ids, psize = heldout_prompts(a, arch, task_name, 5)
         for seed in gcfg.seeds:
             gen_dir = a.generated_dir / "evaluation"
-            paths = sample(
-                a.root,
-                arch,
-                n=gcfg.n,
-                keep=gcfg.keep,
-                seed=seed,
-                task=task_name,
-                preset=sample_preset,
-                out_dir=gen_dir,
-                prompts=prompt_ids,
-                width=psize[0] if psize else None,
-                depth=psize[1] if psize else None,
-            )
+            over = {"n": gcfg.n, "keep": gcfg.keep, "seed": seed, "task": task_name}
+            if psize:
+                over.update(width=psize[0], depth=psize[1])
+            paths = sample(a.root, arch, sample_preset, over, out_dir=gen_dir, prompts=prompt_ids)
 
             width, depth = psize or _common_size(a, arch, task_name)
             target = resolve_target(arch, scheme, size, task=task_name, width=width, depth=depth)

@@ -109,8 +109,8 @@ from core.zoos.tasks import PIPELINE_TAGS, get_task
 
 
 @dataclass
-class Candidate:
-    """One decoded draw: its latents, model and validation score."""
+class Draw:
+    """One decoded draw: its latents, model and validation score (a candidate for keeping)."""
 
     z: torch.Tensor  # (N, L)
     model: nn.Module
@@ -127,7 +127,7 @@ def generate(
     progress: Progress | None = None,
     progress_span: tuple[float, float] = (0.1, 0.95),
     z: torch.Tensor | None = None,
-) -> tuple[list[Candidate], list[float], dict[str, float]]:
+) -> tuple[list[Draw], list[float], dict[str, float]]:
     """Embed prompts, draw, decode, condition, score; keep the best ``cfg.keep`` (all rounds).
 
     ``z``: the prompts' latents ``(E, N, L)`` if already encoded (see :func:`round_trip`).
@@ -142,7 +142,7 @@ def generate(
         z = encode_models(backbone, prompt_tokens, target, cfg)  # (E, N, L)
     secs["embed"] += time.perf_counter() - t0
     g = torch.Generator().manual_seed(cfg.seed)
-    pool: list[Candidate] = []
+    pool: list[Draw] = []
     scores: list[float] = []
     rounds = 1 + cfg.bootstrap_rounds
     total = rounds * cfg.n
@@ -174,7 +174,7 @@ def generate(
             val = score(model, target, cfg.score_split)
             secs["score"] += time.perf_counter() - t0
             scores.append(val)
-            round_pool.append(Candidate(draws[i], model, val, r, i))
+            round_pool.append(Draw(draws[i], model, val, r, i))
             done += 1
             if progress is not None:
                 progress(
@@ -191,7 +191,7 @@ def generate(
     return pool, scores, secs
 
 
-def _rank(c: Candidate) -> tuple[float, int, int]:
+def _rank(c: Draw) -> tuple[float, int, int]:
     """Best validation score first; unscored (NaN) draws keep their draw order."""
     return (-c.val if math.isfinite(c.val) else math.inf, c.round, c.draw)
 
@@ -205,7 +205,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
 
 
-def _card(target: Target, cand: Candidate, rank: int, info: dict[str, Any]) -> str:
+def _card(target: Target, cand: Draw, rank: int, info: dict[str, Any]) -> str:
 
     task = get_task(target.task).info if target.task is not None else None
     dataset = task.dataset if task is not None else None
@@ -389,59 +389,37 @@ def progress_file_writer(path: str | Path) -> Callable[..., None]:
 def sample(
     atlas: str | Path,
     arch: str,
-    n: int | None = None,
-    keep: int | None = None,
-    prompts: list[str] | None = None,
-    mode: str | None = None,
-    prior: str | None = None,
-    bootstrap_rounds: int | None = None,
-    seed: int | None = None,
-    task: str | None = None,
-    progress: Progress | None = None,
-    *,
     preset: str | None = "ci",
-    width: int | None = None,
-    depth: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    prompts: list[str] | None = None,
+    progress: Progress | None = None,
     backbone_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Generate ``keep`` models of architecture ``arch`` and write them under ``ATLAS/generated/``.
 
     Args:
         atlas: a tokenized atlas with a trained backbone.
         arch: ``zoo:<family>``, ``timm:<name>`` or ``hf:<dir or id>``.
-        n: draws per round (K).
-        keep: models kept by validation accuracy (M).
+        preset: a ``SAMPLE_PRESETS`` name.
+        overrides: ``SampleConfig`` fields: ``n`` (draws per round), ``keep``, ``task`` (default:
+            the family's own, else ``digits10``), ``width``/``depth`` (zoo family size; default
+            the atlas' most common), ``mode`` (see ``draws.draw_mode``), ``prior``,
+            ``bootstrap_rounds``, ``seed``, ...
         prompts: atlas model ids to use as prompt examples (default: best matching models,
             else freshly trained instances).
-        mode: ``auto``, ``independent`` or ``joint`` (see ``draws.draw_mode``).
-        prior: ``kde`` or ``gaussian``.
-        bootstrap_rounds: extra rounds re-fitting the prior on the kept latents.
-        seed: seed of prompts, draws and conditioning.
-        task: the target task (default: the family's own, else ``digits10``).
         progress: ``progress(fraction, message)`` callback.
-        preset: a ``SAMPLE_PRESETS`` name for the remaining settings.
-        width, depth: zoo family size (default: the size most common among atlas models of
-            that family and task, else the smallest).
         backbone_dir: another backbone directory.
         out_dir: where to write (default ``ATLAS/generated``).
-        overrides: other ``SampleConfig`` fields.
 
     Returns:
         The written model directories, best first.
     """
 
     a = Atlas.open(atlas)
-    given = dict(
-        n=n, keep=keep, mode=mode, prior=prior, bootstrap_rounds=bootstrap_rounds, seed=seed
-    )
-    cfg = build_config(
-        SampleConfig,
-        SAMPLE_PRESETS,
-        preset,
-        overrides={**(overrides or {}), **{k: v for k, v in given.items() if v is not None}},
-    )
+    cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
+    task, width, depth = cfg.task, cfg.width, cfg.depth
     if cfg.keep < 1 or cfg.n < cfg.keep:
         raise WeightAtlasError(f"need 1 <= keep <= n, got keep={cfg.keep}, n={cfg.n}")
     report = progress or (lambda f, m: None)
