@@ -32,7 +32,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     gamma: float = 0.05  # weight of the contrastive loss: (1 - gamma) * rec + gamma * con
     temperature: float = 0.1  # NT-Xent temperature
-    loss_norm: LossNorm = "masked"  # masked (MLN) | token | none
+    loss_norm: LossNorm = "masked"  # masked (MLN) | token | layer (LWLN) | none
     mln_eps: float = 1e-5  # variance floor of the per-token standardization
     noise: float = 0.05  # augmentation noise std, relative to each token's std
     mask_frac: float = 0.1  # augmentation: fraction of real values zeroed

@@ -13,7 +13,7 @@ from core.atlas import (
     append_jsonl,
 )
 from core.config import ConfigError
-from core.tokens.store import _mix
+from core.tokens.store import mix_seeds
 
 # --------------------------------------------------------------------------- data
 
@@ -80,7 +80,7 @@ class Stream:
             models = rng.permutation(np.repeat(perm, counts))
 
             span = np.maximum(self.n_tokens[models] - self.ds.ws + 1, 1)
-            mix = np.array([_mix(self.seed, epoch, j) for j in range(m_rows)], dtype=np.uint64)
+            mix = np.array([mix_seeds(self.seed, epoch, j) for j in range(m_rows)], dtype=np.uint64)
             starts = (mix % span.astype(np.uint64)).astype(np.int64)
             self._plan = {epoch: (models, starts)}
         return self._plan[epoch]
@@ -94,15 +94,21 @@ class Stream:
     def rows(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """Stack rows of the stream: tokens (b, T, D), mask (b, T, D), positions (b, T, 3)."""
         items = []
+        lstats = getattr(self.ds, "layer_stats", None)  # LWLN (loss_norm="layer"): H15
         for i in indices:
             if self.by_tokens:
                 m, start = self.window_of(i)
                 items.append(self.ds.store.window(self.ids[m], start, self.ds.ws))
+                if lstats is not None:
+                    mean, std = lstats.window(self.ds.store, self.ids[m], start, self.ds.ws)
+                    items[-1].update(layer_mean=mean, layer_std=std)
                 continue
             epoch, j = divmod(i, len(self.ds))
             self.ds.set_epoch(epoch)
             items.append(self.ds[int(self.order(epoch)[j])])
-        return {k: torch.stack([it[k] for it in items]) for k in ("tokens", "mask", "positions")}
+        keys = ["tokens", "mask", "positions"]
+        keys += ["layer_mean", "layer_std"] if lstats is not None else []
+        return {k: torch.stack([it[k] for it in items]) for k in keys}
 
     def _advance(self, n_rows: int) -> None:
         """Replay rows ``[covered, n_rows)`` into the coverage flags (all ranks' rows)."""
@@ -185,7 +191,7 @@ def size_band_sample(ids: list[str], n_tokens: list[int], n: int) -> list[str]:
     return out
 
 
-def _pin(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+def pin_memory_of(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return t.to(dev, non_blocking=True)
 
 

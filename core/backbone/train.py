@@ -43,9 +43,9 @@ from core.atlas import (
 )
 from core.backbone.checkpoints import load_checkpoint, save_checkpoint
 from core.backbone.config import LAYERS_FILE, SELECT_METRIC, STATE_DIR, TrainConfig, build_configs
-from core.backbone.data import Stream, _pin, size_band_sample
-from core.backbone.device import Dist, _autocast, compute_dtype, setup_dist
-from core.backbone.losses import augment, nt_xent, reconstruction_terms
+from core.backbone.data import Stream, pin_memory_of, size_band_sample
+from core.backbone.device import Dist, autocast, compute_dtype, setup_dist
+from core.backbone.losses import LayerStats, augment, nt_xent, reconstruction_terms
 from core.backbone.model import (
     Backbone,
     BackboneConfig,
@@ -139,6 +139,11 @@ def train(
             train_ids, [store.n_tokens(i) for i in train_ids], tcfg.train_eval_models
         )
         train_eval = Evaluator(store, scored, bcfg.window, kinds)
+    if tcfg.loss_norm == "layer":  # LWLN: per-layer statistics over the training models (H15)
+        dataset.layer_stats = LayerStats.from_store(store, train_ids, tcfg.mln_eps)
+        for ev in (val, train_eval):
+            if ev is not None:
+                ev.layer_stats = dataset.layer_stats
     return fit(bcfg, tcfg, config, dataset, val, train_eval, out, resume, d)
 
 
@@ -205,13 +210,22 @@ def fit(
             b = step * A + micro  # global micro-batch index
             rows = list(range(b * B, (b + 1) * B))
             batch = stream.rows(rows[d.rank :: d.world])
-            x, mask = _pin(batch["tokens"], d.device), _pin(batch["mask"], d.device)
-            pos = _pin(batch["positions"], d.device)
+            x, mask = (
+                pin_memory_of(batch["tokens"], d.device),
+                pin_memory_of(batch["mask"], d.device),
+            )
+            pos = pin_memory_of(batch["positions"], d.device)
             views = _views(x, mask, tcfg, b, rows, d)
-            with _autocast(d.device, cdtype):
+            with autocast(d.device, cdtype):
                 _, recon, proj = ddp(views, torch.cat([pos, pos]), factored=True)
+            ls = None  # LWLN: both views share the tokens' layer statistics
+            if "layer_std" in batch:
+                ls = tuple(
+                    torch.cat([pin_memory_of(batch[k], d.device)] * 2)
+                    for k in ("layer_mean", "layer_std")
+                )
             s, n = reconstruction_terms(
-                recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps
+                recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps, ls
             )
             n_global = d.all_sum(n).clamp_min(1.0)
             p1, p2 = proj.float().chunk(2)

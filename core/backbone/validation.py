@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from core.backbone.config import TrainConfig
-from core.backbone.data import SELECT_KINDS, _median, _pin, layer_table
-from core.backbone.device import Dist, _autocast, compute_dtype
+from core.backbone.data import SELECT_KINDS, _median, layer_table, pin_memory_of
+from core.backbone.device import Dist, autocast, compute_dtype
 from core.backbone.losses import R2Meter, reconstruction_terms
 from core.backbone.model import (
     Backbone,
@@ -28,6 +28,7 @@ class Evaluator:
     def __init__(self, store: Any, ids: list[str], window: int, kinds: list[str]):
         self.store, self.ids, self.window = store, ids, window
         self.kinds = kinds
+        self.layer_stats: Any = None  # core.backbone.losses.LayerStats for loss_norm="layer"
         self.layers: list[tuple[str, str, str]] = []  # (model id, layer name, kind)
         self._first: dict[str, int] = {}
         for m in ids:
@@ -90,14 +91,18 @@ class Evaluator:
         for b in range(0, len(mine), batch):
             part = mine[b : b + batch]
             ws = [self.store.window(m, s, self.window) for m, s in part]
-            x = _pin(torch.stack([w["tokens"] for w in ws]), d.device)
-            mask = _pin(torch.stack([w["mask"] for w in ws]), d.device)
-            pos = _pin(torch.stack([w["positions"] for w in ws]), d.device)
-            kid = _pin(torch.stack([self.kind_ids(m, s) for m, s in part]), d.device)
-            with _autocast(d.device, cdtype):
+            x = pin_memory_of(torch.stack([w["tokens"] for w in ws]), d.device)
+            mask = pin_memory_of(torch.stack([w["mask"] for w in ws]), d.device)
+            pos = pin_memory_of(torch.stack([w["positions"] for w in ws]), d.device)
+            kid = pin_memory_of(torch.stack([self.kind_ids(m, s) for m, s in part]), d.device)
+            with autocast(d.device, cdtype):
                 pred = model.decode(model.encode(x, pos), pos).float()
             meter.update(pred, x, mask, {k: kid == i for i, k in enumerate(self.kinds)})
-            s, n = reconstruction_terms(pred, x, mask, tcfg.loss_norm, tcfg.mln_eps)
+            ls = None
+            if self.layer_stats is not None:  # LWLN
+                pairs = [self.layer_stats.window(self.store, m, s, self.window) for m, s in part]
+                ls = tuple(pin_memory_of(torch.stack(t), d.device) for t in zip(*pairs))
+            s, n = reconstruction_terms(pred, x, mask, tcfg.loss_norm, tcfg.mln_eps, ls)
             rec += torch.stack([s.double().cpu(), n.double().cpu()])
             y, p, w = x.double().cpu(), pred.double().cpu(), mask.double().cpu()
             per_tok = torch.stack(
