@@ -11,6 +11,7 @@ small subset of models (one or more per family and task) for the Layers page. It
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -73,6 +74,23 @@ register_presets("demo", DemoConfig, DEMO_PRESETS)
 # What is copied from a full atlas: directories whole, and per-model weights for a subset.
 KEEP_DIRS = ("backbone", "backbones", "embeddings", "results")
 SKIP_IN_BACKBONE = ("train_state",)
+# ablation backbones shipped for the Layers page's comparison: the MLN arms (the tokenization,
+# composition and modality ones would push the demo over its size limit)
+DEMO_BACKBONES = ("mln-*",)
+
+
+def _ignore(root: Path) -> Any:
+    """``copytree`` ignore: train states everywhere, and ablation backbones not in
+    ``DEMO_BACKBONES`` at the top of ``backbones/``."""
+    skip = shutil.ignore_patterns(*SKIP_IN_BACKBONE)
+
+    def ignore(path: str, names: list[str]) -> set[str]:
+        out = set(skip(path, names))
+        if Path(path) == root / "backbones":
+            out |= {n for n in names if not any(fnmatch.fnmatch(n, p) for p in DEMO_BACKBONES)}
+        return out
+
+    return ignore
 
 
 def dir_bytes(path: Path) -> int:
@@ -142,9 +160,7 @@ def export_demo(
     try:
         for name in KEEP_DIRS:
             if (source.root / name).exists():
-                shutil.copytree(
-                    source.root / name, tmp / name, ignore=shutil.ignore_patterns(*SKIP_IN_BACKBONE)
-                )
+                shutil.copytree(source.root / name, tmp / name, ignore=_ignore(source.root))
         for f in [
             tmp / "backbone" / "model.safetensors",
             *tmp.glob("backbones/*/model.safetensors"),

@@ -588,6 +588,20 @@ def generation_verdicts(out: dict[str, Any]) -> list[str]:
                 f"{r[f'epoch{e}_std']:.3f}, chance {chance:.3f}"
             )
             lines.append(_line(outcome, what, f"effect {text}"))
+        prompts = (out.get("prompts") or {}).get(setting) or {}
+        accs = [v for v in prompts.get("prompt_val_accuracy") or [] if v is not None]
+        if setting == "held-out" and prompts.get("source") == "fresh" and accs:
+            s, e0 = rows["sampled"], epochs[0]
+            p = (statistics.fmean(accs), statistics.pstdev(accs) if len(accs) > 1 else 0.0)
+            outcome, text = compare((s[f"epoch{e0}_mean"], s[f"epoch{e0}_std"]), p, chance)
+            lines.append(_line(
+                outcome,
+                f"held-out ({task}), Table 5: sampled models beat their {len(accs)} prompt examples "
+                f"(trained briefly on the task) at epoch {e0}: sampled test {s[f'epoch{e0}_mean']:.3f}"
+                f" ± {s[f'epoch{e0}_std']:.3f} vs prompts' validation accuracy {p[0]:.3f} ± "
+                f"{p[1]:.3f}",
+                f"effect {text}",
+            ))  # fmt: skip
     return lines
 
 
