@@ -348,6 +348,12 @@ def _timings(run: Path) -> list[str]:
 # sections shown only when their table exists (experiments the pipeline does not run itself)
 OPTIONAL_TABLES = {"experiment_modality.md"}
 
+# a pointer under a section to a page of the repository's docs
+SECTION_NOTES: dict[str, str] = {
+    "training.md": "Why the demo backbone keeps 62 of 64 values per token, and what a 2x squeeze "
+    "(001's 230 -> 128) reaches on these weights: `docs/results/backbone.md` (issue 14).",
+}
+
 # figures shown under each section (the rest go to the end)
 SECTION_FIGURES: dict[str, tuple[str, ...]] = {
     "collection.md": ("01_collection",),
@@ -387,6 +393,8 @@ def write_report(run: str | Path) -> Path:
         verdicts = section_verdicts(results, name) if path.exists() else []
         if verdicts:
             lines += ["**Verdict against the paper:**", "", *verdicts, ""]
+        if name in SECTION_NOTES:
+            lines += [SECTION_NOTES[name], ""]
         for stem in SECTION_FIGURES.get(name, ()):
             if stem in figures:
                 lines += [f"![{stem}](figures/{figures.pop(stem).name})", ""]
