@@ -203,6 +203,12 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys)
     card = (Path(out) / "README.md").read_text()
     assert "prompt_source: fresh" in card and "task: digits-invert" in card
     assert "mode: joint" in card  # auto: fresh prompts (unrelated inits) are drawn jointly
+    # prompts are scored as the draws are (rebuilt from their tokens, batch norm re-estimated),
+    # and as trained
+    from huggingface_hub import metadata_load
+
+    block = metadata_load(Path(out) / "README.md")["weightatlas"]
+    assert len(block["prompt_scores"]) == len(block["prompt_scores_as_trained"]) == 1
     out = capsys.readouterr().out  # the summary names what the kept model is compared with
     assert "against: prompts " in out and "random init " in out and "draws joint" in out
     # bad input: one-line error, and the progress file says so

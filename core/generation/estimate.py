@@ -167,9 +167,12 @@ def estimate_sample(
         if not found:
             prompts_s = cfg.n_prompts * (epochs * n_train * TRAIN_COST + n_score) * per_example
         bn = cfg.bn_batches * cfg.bn_batch_size
-        # every draw, the prompts' round trip and the random-init baseline are conditioned and
-        # scored on the score split; the kept models are also scored on the test split
-        scoring_s = ((rounds * cfg.n + e + 1) * (bn + n_score) + cfg.keep * n_test) * per_example
+        # every draw, the prompts (rebuilt from their tokens and after their round trip) and the
+        # random-init baseline are conditioned and scored on the score split; the kept models
+        # are also scored on the test split
+        scoring_s = (
+            (rounds * cfg.n + 2 * e + 1) * (bn + n_score) + cfg.keep * n_test
+        ) * per_example
     total = prompts_s + backbone_s + scoring_s
     seconds = {
         "prompts": round(prompts_s, 3),
