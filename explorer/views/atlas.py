@@ -21,7 +21,7 @@ import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from core.atlas import AtlasError
+from core.atlas import Atlas, AtlasError
 from core.catalog import COLOUR_BY, MapTable
 from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
 from core.embeddings.table import embed_model_dir, load_embeddings, neighbours
@@ -264,7 +264,7 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
                     ),
                 },
             )
-    layers_path = root / "embeddings" / "layers.jsonl"
+    layers_path = Atlas.open(root).embeddings_dir / "layers.jsonl"
     rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
     with st.expander(f"Layers ({len(rows)}): tokens per layer", expanded=bool(rows)):
         if rows:
@@ -308,7 +308,7 @@ def page() -> None:
     except (AtlasError, *USER_ERRORS) as e:
         user_error(e)
         st.stop()
-    emb = root / "embeddings"
+    emb = Atlas.open(root).embeddings_dir
     stamp_ = stamp(emb / "models.jsonl", emb / "maps.json", root / "manifest.jsonl")
     choice = map_controls_ui(table)
     placed = st.session_state.get("placed")

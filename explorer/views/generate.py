@@ -114,8 +114,6 @@ def cached_hf_dirs(root: str, stamp_: float) -> dict[str, str]:
             continue
         d = Path(row["path"])
         d = d if d.is_absolute() else a.root / d
-        if not (d / "config.json").is_file():
-            continue
         try:
             if library_of(read_config(d)) == "transformers":
                 out[str(d)] = str(row["id"])

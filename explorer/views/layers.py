@@ -7,7 +7,6 @@ metrics (003 Fig. 3), and ablation backbones side by side when the atlas holds t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -277,14 +276,8 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
 
 
 def _norm_mode(backbone_dir: Path) -> str:
-    """The loss normalisation a backbone was trained with (``loss_norm`` in its config.json)."""
-
-    try:
-        cfg = json.loads((backbone_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return "?"
-    train = cfg.get("train") if isinstance(cfg, dict) else None
-    mode = train.get("loss_norm") if isinstance(train, dict) else None
+    """The loss normalisation a backbone was trained with (``core.catalog.backbone_budget``)."""
+    mode = backbone_budget(backbone_dir).get("loss_norm")
     return f"loss_norm={mode}" if mode else "?"
 
 
