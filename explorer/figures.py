@@ -317,6 +317,9 @@ def depth_axis(names: list[str], max_labels: int = 48) -> dict[str, Any]:
     )
 
 
+TITLE_CHARS = 30  # a histogram panel's title at font size 11 in a third of a 1280-pixel page
+
+
 def histogram_figure(
     report: list[dict[str, Any]], names: list[str], legend: bool = True
 ) -> go.Figure:
@@ -328,10 +331,12 @@ def histogram_figure(
     rows = [r for r in report if r["name"] in names]
     cols = 3 if len(rows) > 2 else max(1, len(rows))
     nrows = -(-len(rows) // cols)
+    # a name cut to fit a third of a 1280-pixel page, the R² on its own line: long names
+    # (bert.encoder.layer.0.attention.self.key.bias) ran into the neighbouring panel's title
     titles = [
-        f"{short_name(r['name'], 40)} · R² {r['r2']:.3f}"
+        f"{short_name(r['name'], TITLE_CHARS)}<br>R² {r['r2']:.3f}"
         if r.get("r2") is not None
-        else short_name(r["name"], 40)
+        else short_name(r["name"], TITLE_CHARS)
         for r in rows
     ]
     fig = make_subplots(
@@ -363,8 +368,8 @@ def histogram_figure(
             fig.update_yaxes(title_text="density", title_font_size=11, row=row, col=col)
     fig.update_layout(
         barmode="overlay",
-        height=270 * nrows + 40,
-        margin=dict(l=10, r=10, t=40, b=10),
+        height=280 * nrows + 50,
+        margin=dict(l=10, r=10, t=55, b=10),
         legend=dict(orientation="v", x=1.01, y=1, xanchor="left", yanchor="top"),
     )
     fig.update_annotations(font_size=11)

@@ -465,6 +465,9 @@ def test_layer_figures_are_labelled_on_one_depth_axis():
     assert layout.xaxis.title.text == "weight value" and layout.yaxis.title.text == "density"
     assert all(t.histnorm == "probability density" for t in hist.data)
     assert layout.legend.x > 1  # right of the plots, clear of the subplot titles
+    # panel titles: the name cut to fit its third of the page, the R² on its own line
+    first = hist.layout.annotations[0].text
+    assert len(first.split("<br>")[0]) <= 30 and first.split("<br>")[1].startswith("R² ")
     err = error_figure({"backbone": report, "mln-none": _report(names, 1)})
     assert err.layout.xaxis.matches == "x2" or err.layout.xaxis2.matches == "x"  # shared
     assert list(err.layout.xaxis2.tickvals) == list(range(len(names)))
