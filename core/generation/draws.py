@@ -17,10 +17,10 @@ def draw_mode(cfg: SampleConfig, source: str) -> str:
 
     Fresh prompts are independent random inits trained a few epochs: token by token they sit
     in unrelated bases, so drawing each token's kernel centre from another prompt assembles a
-    model of neither. Measured on the demo atlas (timm:resnet18 on digits10, 2 fresh prompts
-    at val 0.276 / 0.390, chance 0.103, at-chance threshold 0.151): their decoded latents give
-    0.156 / 0.226; their tokens mixed without noise 0.047 / 0.106 (chance); independent draws
-    0.064 / 0.064 (chance); joint draws 0.187 / 0.203 (above chance). Atlas prompts keep
+    model of neither. Measured through the latent-32 demo backbone (timm:resnet18 on digits10,
+    2 fresh prompts at val 0.955 / 0.942 with batch norm re-estimated, chance 0.103, at-chance
+    threshold 0.151): their decoded latents give 0.156 / 0.226; their tokens mixed without noise
+    0.047 / 0.106 (chance); independent draws 0.064 / 0.064 (chance); joint draws 0.187 / 0.203. Atlas prompts keep
     ``independent`` (003 Alg. 3), which was not re-measured here.
     """
     if cfg.mode != "auto":

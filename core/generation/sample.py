@@ -549,7 +549,7 @@ def prompt_reference(
 
     This is what the draws are compared with: a perfect backbone would reproduce it. A fresh
     prompt's own running statistics after 2 epochs can be far off (a timm:resnet18 prompt:
-    0.276 val as trained, 0.93 with batch norm re-estimated), which once made the encode-decode
+    0.276 val as trained, 0.955 with batch norm re-estimated), which once made the encode-decode
     look like a loss when the prompt's statistics were the problem.
     """
     out: list[float | None] = []
