@@ -228,10 +228,10 @@ def estimate_text(est: dict[str, Any], cfg: Any) -> str:
         )
     if est["atlas_max_tokens"] and est["n_tokens"] > est["atlas_max_tokens"]:
         where += (
-            f" Warning: its {est['n_tokens']:,} tokens are "
+            f" Note: its {est['n_tokens']:,} tokens are "
             f"{_times(est['n_tokens'] / est['atlas_max_tokens'])} the largest model in the atlas "
-            f"({est['atlas_max_tokens']:,}); the backbone never saw token positions that far, "
-            "so expect a poor reconstruction of the later layers and generated models near chance."
+            f"({est['atlas_max_tokens']:,}), so the backbone never saw token positions that far: "
+            "whether it copes shows in the fidelity line printed before the draws."
         )
     return (
         f"{where} Expected time about {_human(s['total'])} on this machine now: backbone "
