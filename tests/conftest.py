@@ -33,6 +33,7 @@ class AtlasSpec:
     tasks: tuple[str, ...]
     epochs: int = 2
     checkpoints: tuple[int, ...] = (1, 2)
+    token_size: int = 64
 
 
 TINY = AtlasSpec(("mlp", "cnn"), ("wine:3", "digits10:3"), epochs=3, checkpoints=(1, 3))
@@ -61,13 +62,14 @@ def _build(spec: AtlasSpec, root: Path) -> Path:
     )
     atlas = root / "atlas"
     collect(atlas, overrides={"source": str(z)}, progress=False)
-    tokenize(atlas, progress=False)
+    tokenize(atlas, token_size=spec.token_size, progress=False)
     return root
 
 
 @pytest.fixture(scope="session")
 def atlas_factory(tmp_path_factory) -> Callable[[AtlasSpec, Backbone | None], Path]:
-    """``make(spec, backbone)`` -> a fresh copy of the spec's tokenized atlas (built once)."""
+    """``make(spec, backbone)`` -> a fresh copy of the spec's tokenized atlas (built once); its
+    zoo is beside it, ``atlas.parent / "zoo"``."""
     built: dict[AtlasSpec, Path] = {}
 
     def make(spec: AtlasSpec, backbone: Backbone | None = None) -> Path:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import AtlasSpec
 from sklearn.metrics import r2_score
 
 from core.backbone.losses import (
@@ -13,6 +14,7 @@ from core.backbone.losses import (
     reconstruction_loss,
     token_stats,
 )
+from core.tokens.store import TokenStore
 
 
 def _batch(seed: int = 0, B: int = 3, T: int = 5, D: int = 8):
@@ -204,24 +206,11 @@ def test_factored_arm_by_hand() -> None:
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory):
+def small_store(atlas_factory):
     """A real token store: a zoo of 3 mlp runs on wine, collected and tokenized (dense, 16)."""
-    from core.collection.collect import collect
-    from core.tokens.store import TokenStore
-    from core.tokens.tokenize import tokenize
-    from core.zoos.zoo import zoo
-
-    root = tmp_path_factory.mktemp("lwln")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={"families": ("mlp",), "tasks": ("wine:3",), "epochs": 2, "checkpoints": (1, 2)},
-        progress=False,
-    )
-    collect(root / "atlas", overrides={"source": str(z)}, progress=False)
-    tokenize(root / "atlas", scheme="dense", token_size=16, progress=False)
-    store = TokenStore(root / "atlas" / "tokens")
-    return z, store
+    spec = AtlasSpec(("mlp",), ("wine:3",), token_size=16)
+    atlas = atlas_factory(spec)
+    return atlas.parent / "zoo", TokenStore(atlas / "tokens")
 
 
 def test_layer_arm_matches_per_layer_zoo_statistics_by_hand(small_store) -> None:

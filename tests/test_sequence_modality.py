@@ -10,32 +10,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import AtlasSpec
 
 from core.atlas import Atlas, read_json
-from core.collection.collect import collect
 from core.experiments.modality import ARMS, modality_of, run_modality
-from core.tokens.tokenize import tokenize
-from core.zoos.zoo import zoo
 
 
 @pytest.fixture(scope="module")
-def two_modality_atlas(tmp_path_factory):
-    root = tmp_path_factory.mktemp("modality")
-    z = zoo(
-        "ci",
-        root / "zoo",
-        overrides={
-            "families": ("cnn", "gpt2"),
-            "tasks": ("digits10:2", "seq-brackets:3"),
-            "epochs": 2,
-            "checkpoints": (1, 2),
-        },
-        progress=False,
-    )
-    atlas = root / "atlas"
-    collect(atlas, overrides={"source": str(z)}, progress=False)
-    tokenize(atlas, progress=False)
-    return atlas
+def two_modality_atlas(atlas_factory):
+    return atlas_factory(AtlasSpec(("cnn", "gpt2"), ("digits10:2", "seq-brackets:3")))
 
 
 def _run(model_id: str) -> str:
