@@ -214,7 +214,7 @@ def test_killed_build_resumes(mini, tmp_path):
     """SIGKILL a real `weightatlas zoo` process mid-build, then finish it in-process."""
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "core.cli", "zoo", "--out", str(out)] + [
-        f"{k}={v}" for k, v in MINI.items()
+        a for k, v in MINI.items() for a in ("--set", f"{k}={v}")
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
