@@ -102,6 +102,17 @@ def test_stage_names_are_callables_whatever_was_imported_first(first):
     assert out.stdout.strip() == "[]"
 
 
+def test_installed_commands_reach_the_app_from_any_folder(tmp_path):
+    """``weightatlas bench app`` imports ``explorer.bench``: the install must ship ``explorer``
+    too, or the console script fails outside the repository (it did: ModuleNotFoundError)."""
+    code = "import explorer.bench, explorer.jobs; print(explorer.bench.__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "explorer.bench"
+
+
 def test_stage_functions_resolve_to_their_modules():
     for name, module in core.STAGES.items():
         fn = getattr(core, name)
