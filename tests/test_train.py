@@ -405,6 +405,24 @@ def test_skip_backbone_scores_its_starting_linear_code_as_a_candidate(atlas, tmp
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r] == [0, 3, 6]
 
 
+def test_random_skip_init_learns_the_linear_path_from_the_linear_init(atlas, tmp_path):
+    """``skip_init="random"`` (the MLN ablation's arms): no PCA start and no step-0 candidate;
+    the skip maps start as the Linear init and training moves them."""
+    over = {**FAST, "steps": 6, "eval_every": 3, "ckpt_every": 3, "skip": True, "latent_dim": 8}
+    out = tmp_path / "bb"
+    summary = train(atlas.root, "ci", {**over, "skip_init": "random"}, out=out)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r] == [3, 6]
+    assert summary["best"]["step"] in (3, 6)
+    pca = tmp_path / "pca"
+    train(atlas.root, "ci", {**over, "steps": 3}, out=pca)
+    start = load_file(pca / "train_state" / "step-00000003" / "state.safetensors")
+    kept = load_file(out / "model.safetensors")
+    w = kept["encoder.skip.weight"]
+    assert not torch.allclose(w, start["model.encoder.skip.weight"], atol=1e-2)
+    # rows of the PCA code are orthonormal; a Linear init of std 1/sqrt(D) is not
+    assert not torch.allclose(w @ w.T, torch.eye(8), atol=0.05)
+
+
 def test_linear_code_bounds_grow_with_the_latent_and_are_exact_at_full_width(atlas, tmp_path):
     """The bounds behind docs/results/backbone.md, on real tokenized models: per-layer R^2 of
     each linear code rises with the latent width, the centred PCA of full width is exact, and

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,10 @@ class BackboneConfig:
     # through the bottleneck), added to the blocks' output; training starts it as the tokens'
     # PCA (init_skip_pca) and the blocks learn what context adds
     skip: bool = False
+    # how training starts the skip maps: "pca" (init_skip_pca, the tokens' linear code, scored
+    # as step 0) or "random" (the Linear init; the linear path is learned like the rest, as in
+    # the MLN ablation, whose arms would otherwise share one starting code)
+    skip_init: Literal["pca", "random"] = "pca"
 
 
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {

@@ -179,10 +179,11 @@ def fit(
         opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
     )
     metrics_path = out / "metrics.jsonl"
-    if bcfg.skip:  # the linear path starts as the training tokens' PCA (resume overwrites it)
+    pca = bcfg.skip and bcfg.skip_init == "pca"
+    if pca:  # the linear path starts as the training tokens' PCA (resume overwrites it)
         model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
     step, best = _restore(out, config, resume, model, opt, sched, d)
-    if step == 0 and bcfg.skip and val is not None:  # the linear code the run starts from
+    if step == 0 and pca and val is not None:  # the linear code the run starts from
         start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
         if start.get(SELECT_METRIC) is not None:  # is a candidate: training must beat it
             best = {"metric": SELECT_METRIC, "value": start[SELECT_METRIC], "step": 0}
