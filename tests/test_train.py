@@ -405,6 +405,23 @@ def test_skip_backbone_scores_its_starting_linear_code_as_a_candidate(atlas, tmp
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "val_r2" in r] == [0, 3, 6]
 
 
+def test_a_run_from_before_a_new_config_field_resumes(atlas, tmp_path):
+    """A checkpoint whose saved config lacks a field added since (here ``skip_init``) resumes
+    as the same run: the missing field counts at its default."""
+    out = tmp_path / "bb"
+    over = {**FAST, "steps": 4, "eval_every": 4, "ckpt_every": 4}
+    train(atlas.root, "ci", over, out=out)
+    state = (
+        out / "train_state" / json.loads((out / "train_state" / "latest.json").read_text())["dir"]
+    )
+    saved = json.loads((state / "state.json").read_text())
+    del saved["config"]["backbone"]["skip_init"]
+    (state / "state.json").write_text(json.dumps(saved))
+    assert train(atlas.root, "ci", over, out=out)["steps"] == 4
+    with pytest.raises(WeightAtlasError, match="different configuration"):
+        train(atlas.root, "ci", {**over, "skip_init": "random", "skip": True}, out=out)
+
+
 def test_random_skip_init_learns_the_linear_path_from_the_linear_init(atlas, tmp_path):
     """``skip_init="random"`` (the MLN ablation's arms): no PCA start and no step-0 candidate;
     the skip maps start as the Linear init and training moves them."""

@@ -418,6 +418,17 @@ def _stop_nonfinite(out: Path, step: int, acc: torch.Tensor, d: Dist) -> None:
     )
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with config fields added since it was written at their defaults (a
+    run from before a new field resumes as the same run)."""
+    parts = {"backbone": BackboneConfig(), "train": TrainConfig()}
+    out = dict(saved)
+    for key, default in parts.items():
+        if isinstance(saved.get(key), dict):  # in field order, as a fresh config is
+            out[key] = {**to_dict(default), **saved[key]}
+    return out
+
+
 def _restore(
     out: Path,
     config: dict[str, Any],
@@ -435,6 +446,7 @@ def _restore(
     metrics = out / "metrics.jsonl"
     if resume and latest.exists():
         saved = read_json(out / STATE_DIR / read_json(latest)["dir"] / "state.json")["config"]
+        saved = _with_defaults(saved)
         if dumps(saved) != dumps(config):
             diff = [k for k in set(saved) | set(config) if saved.get(k) != config.get(k)]
             raise WeightAtlasError(
