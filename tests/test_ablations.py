@@ -6,6 +6,7 @@ notebook and pipeline tests):
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -101,6 +102,38 @@ def test_ablation_config_rejects_unknown_keys_and_ablations(tmp_path: Path) -> N
         ablation_config("ci", {"stepz": 7})
     with pytest.raises(WeightAtlasError, match="unknown ablation"):
         run_ablations(tmp_path, "ci", only=("mln", "bogus"))
+
+
+def test_mln_arms_share_one_budget_and_differ_only_in_the_normalization() -> None:
+    from core.backbone.config import build_configs
+
+    cfg = ablation_config("demo", {})
+    assert abl.mln_budget(cfg) == {"latent_dim": 56, "skip": True, "skip_init": "random"}
+    built = {m: build_configs(cfg.backbone_preset, {**abl.mln_budget(cfg), **o})
+             for m, o in abl.MLN_ARMS.items()}  # fmt: skip
+    for b, _ in built.values():
+        assert (b.latent_dim, b.skip, b.skip_init) == (56, True, "random")
+    differ = {k for b, t in built.values() for k, v in {**vars(b), **vars(t)}.items()
+              if v != {**vars(built["none"][0]), **vars(built["none"][1])}[k]}  # fmt: skip
+    assert differ == {"loss_norm", "token_norm"}
+    plain = ablation_config("demo", {"mln_skip": False, "mln_latent_dim": None})
+    assert abl.mln_budget(plain) == {}
+
+
+def test_same_run_fills_backbone_fields_added_since(tmp_path: Path) -> None:
+    """A backbone trained before a BackboneConfig field existed is the same run when the new
+    field's default is asked for (ablation backbones are reused, not retrained)."""
+    from core.backbone.config import build_configs
+    from core.config import to_dict
+
+    over = {"steps": 5, "latent_dim": 8}
+    b, t = build_configs("ci", over)
+    saved = {k: v for k, v in to_dict(b).items() if k != "skip_init"}
+    (tmp_path / "config.json").write_text(
+        json.dumps({"preset": "ci", "backbone": saved, "train": to_dict(t)})
+    )
+    assert abl.same_run(tmp_path, "ci", over)
+    assert not abl.same_run(tmp_path, "ci", {**over, "skip": True, "skip_init": "random"})
 
 
 def test_tables_write_na_never_nan(tmp_path: Path) -> None:

@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, write_json
 from core.backbone.config import build_configs
-from core.backbone.model import load_config
+from core.backbone.model import BackboneConfig, load_config
 from core.backbone.train import train
-from core.config import build_config, register_presets, to_dict
+from core.config import build_config, merge, register_presets, to_dict
 from core.embeddings.fidelity import layer_report, wasserstein1
 from core.errors import WeightAtlasError
 from core.experiments.report import (
@@ -94,6 +94,10 @@ class AblationConfig:
         steps: training steps of every ablation backbone (the equal budget).
         latent_dim: latent size per token of every ablation backbone (None: the preset's).
         modes: arms of the MLN ablation (``MLN_ARMS`` names).
+        mln_latent_dim: latent size per token of the MLN arms (None: ``latent_dim``).
+        mln_skip: give the MLN arms the backbone's linear token -> latent -> token path
+            (``skip``) learned from a random init (``skip_init="random"``), so that each arm's
+            loss shapes it (with the PCA init every raw-token arm would start from one code).
         mln_zoo: ``FAMILY/TASK`` of a homogeneous zoo (its ``zoo`` label, or every model of
             that family and task) to train the MLN arms on, as 001 Table 1 trains on one
             ResNet-18 zoo; None: the whole atlas.
@@ -114,6 +118,8 @@ class AblationConfig:
     steps: int = 150
     latent_dim: int | None = None  # latent per token of every ablation backbone (None: preset's)
     modes: tuple[str, ...] = MODES
+    mln_latent_dim: int | None = None  # latent per token of the MLN arms (None: latent_dim)
+    mln_skip: bool = False  # MLN arms: + a linear path, randomly initialised (skip_init=random)
     mln_zoo: str | None = None  # run the MLN ablation on this homogeneous zoo (FAMILY/TASK)
     heldout_models: int = 4
     schemes: tuple[str, ...] = ("dense", "sparse")
@@ -131,20 +137,26 @@ ABLATION_PRESETS: dict[str, dict[str, Any]] = {
     "ci": dict(
         backbone_preset="ci",
         steps=200,
+        mln_skip=True,  # as demo (below), at the ci latent
         heldout_models=3,
         sample_n=4,
         sample_keep=2,
         composition_prompts=1,
     ),
     # the small ci backbone keeps seven ablation backbones within minutes on a laptop CPU
-    # the ci backbone with a 2x bottleneck (latent 32 per token of 64, like 001's 230 -> 128):
-    # on the cnn/digits10 zoo (80 train models) the MLN arm's val conv R^2 is 0.44 at 600 steps
-    # and falls after (1,500 steps: 0.36, overfitting); a rank-32 PCA reaches 0.53 (the cap of
-    # a linear 2x squeeze of these near-noise weights). ~1.5 min per backbone on one busy core
+    # tokenization / composition: the ci backbone with a 2x bottleneck (latent 32 per token of
+    # 64, like 001's 230 -> 128). MLN arms: the cnn/digits10 zoo's conv/linear tokens are white
+    # (any linear code of latent L keeps median per-layer R^2 ~= L / 64), so a 2x squeeze caps
+    # near 0.5 (trained arms reached 0.46 at best); latent 56 plus a linear path learned from a
+    # random init reaches 0.86-0.89 (val conv) in the best arms by 200-500 of 600 steps, while
+    # without the path the blocks alone reach 0.55-0.65 and overfit (80 train models).
+    # ~30-60 s per MLN backbone on one busy core
     "demo": dict(
         backbone_preset="ci",
         steps=600,
         latent_dim=32,
+        mln_latent_dim=56,
+        mln_skip=True,
         mln_zoo="cnn/digits10",
         heldout_models=8,
         sample_n=12,
@@ -179,8 +191,9 @@ def same_run(backbone_dir: str | Path, preset: str, overrides: dict[str, Any]) -
     saved = read_json(path)
     bcfg, tcfg = build_configs(preset, overrides)
 
-    def arch(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if k != "token_size"}  # set from the token store
+    def arch(d: dict[str, Any]) -> dict[str, Any]:  # fields added since: their defaults
+        full = to_dict(merge(BackboneConfig(), d, str(path)))
+        return {k: v for k, v in full.items() if k != "token_size"}  # set from the token store
 
     return (
         saved.get("preset") == preset
@@ -217,6 +230,16 @@ def train_backbone(
     if same and (out / "model.safetensors").exists() and trained_steps(out) >= cfg.steps:
         return out
     train(a.root, cfg.backbone_preset, overrides=full, out=out, resume=same)
+    return out
+
+
+def mln_budget(cfg: AblationConfig) -> dict[str, Any]:
+    """The training overrides every MLN arm shares (latent size, linear path)."""
+    out: dict[str, Any] = {}
+    if cfg.mln_latent_dim is not None:
+        out["latent_dim"] = cfg.mln_latent_dim
+    if cfg.mln_skip:
+        out.update(skip=True, skip_init="random")
     return out
 
 
@@ -490,7 +513,7 @@ def run_mln(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str, Any]:
     for mode in tqdm(cfg.modes, desc="MLN ablation", unit="backbone"):
         if mode not in MLN_ARMS:
             raise WeightAtlasError(f"unknown MLN arm {mode!r}; choose from {', '.join(MLN_ARMS)}")
-        bdir = train_backbone(base, arm_name(mode), cfg, MLN_ARMS[mode])
+        bdir = train_backbone(base, arm_name(mode), cfg, {**mln_budget(cfg), **MLN_ARMS[mode]})
         latent = load_config(bdir).latent_dim
         layers = layer_distances(base, held, bdir)
         gen = generation_accuracy(base, bdir, cfg, arm_name(mode), prompts, size)
@@ -539,9 +562,14 @@ def mln_markdown(result: dict[str, Any]) -> str:
     kinds = [k for k in REPORT_KINDS if any(k in m["r2_median"] for m in modes.values())]
     ref = result.get("pca_reference")
     where = f"the `{result['zoo']}` zoo" if result.get("zoo") else "the whole atlas"
+    skip = (
+        " plus a linear token -> latent -> token path learned from a random init"
+        if cfg.get("mln_skip")
+        else ""
+    )
     lines = [
         f"{len(modes)} backbones (`{cfg['backbone_preset']}`, latent {ref and ref['rank']} per "
-        f"token, {cfg['steps']} steps each, seed {cfg['seed']}) trained on {where} "
+        f"token{skip}, {cfg['steps']} steps each, seed {cfg['seed']}) trained on {where} "
         f"({result['train_models']} train models of {result['models']}); every arm but the "
         "last takes raw tokens (`token_norm` off) and differs only in the loss normalization. "
         f"Reconstructed: {len(result['heldout'])} test-split models. Per layer kind, the median "

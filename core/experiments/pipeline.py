@@ -352,6 +352,11 @@ OPTIONAL_TABLES = {"experiment_modality.md"}
 SECTION_NOTES: dict[str, str] = {
     "training.md": "Why the demo backbone keeps 62 of 64 values per token, and what a 2x squeeze "
     "(001's 230 -> 128) reaches on these weights: `docs/results/backbone.md` (issue 14).",
+    "ablation_mln.md": "Why the demo arms keep 56 of 64 values per token rather than 001's 2x: "
+    "these conv/linear weights are white per token, so a linear code of latent L keeps median "
+    "per-layer R² ~= L / 64 and a 2x squeeze caps near 0.5 (the arms reached 0.46 at best); "
+    "the linear path starts random, not as the shared PCA code, so each arm's loss shapes it "
+    "(`docs/results/README.md`, issue 15).",
 }
 
 # figures shown under each section (the rest go to the end)
