@@ -431,7 +431,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     paths = {"fp32": torch.float32}
     if default != torch.float32:
         paths["default"] = default
-    steps = {name: train_step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
+    from core.backbone.train import step_fn  # the training loop's optimizer and step
+
+    steps = {name: step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
     losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
     best = dict.fromkeys(paths, float("inf"))
     peak_mem = {}

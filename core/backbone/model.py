@@ -138,14 +138,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float)
     """softmax(q k^T / sqrt(d)) v over (B, H, T, d) heads, no mask.
 
     ``F.scaled_dot_product_attention`` (fused kernels) on accelerators and with dropout; on
-    CPU two batched matmuls around an fp32 softmax, which is 1.5x (fp32) to 4.7x (bf16
-    autocast) faster than the CPU's fused kernel for forward + backward at d 64 and T 64
-    (measured on an AVX-512 BF16 CPU; the fused bf16 backward is slower than fp32).
+    CPU two batched matmuls around a softmax, which is 1.5x (fp32) to 4.7x (bf16 autocast)
+    faster than the CPU's fused kernel for forward + backward at d 64 and T 64 (measured on an
+    AVX-512 BF16 CPU; the fused bf16 backward is slower than fp32). The softmax runs in the
+    scores' dtype: the CPU kernel computes a bf16 softmax in fp32 and rounds its output once,
+    as casting the scores to fp32 and the weights back did, without the two casts each way.
     """
     if q.device.type != "cpu" or dropout > 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
-    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return torch.softmax(scores, dim=-1) @ v
 
 
 class SelfAttention(nn.Module):
@@ -203,8 +205,14 @@ class Stack(nn.Module):
         self.outp = nn.Linear(cfg.d_model, d_out)
         self.skip = nn.Linear(d_in, d_out, bias=False) if cfg.skip else None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        pos = sinusoidal_3d(positions, self.cfg.d_model, self.cfg.pos_base)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``code``: the positions' ``sinusoidal_3d`` code when the caller has it already (both
+        sides share it: ``Backbone.forward`` computes it once per window batch)."""
+        pos = (
+            sinusoidal_3d(positions, self.cfg.d_model, self.cfg.pos_base) if code is None else code
+        )
         h = self.drop(self.inp(x) + pos.to(x.dtype))  # (B, T, C)
         for block in self.blocks:
             h = block(h)
@@ -280,7 +288,9 @@ class Backbone(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-token latents z (B, T, L) of tokens (B, T, D) at positions (B, T, 3)."""
         if tokens.shape[-1] != self.cfg.token_size:
             raise WeightAtlasError(
@@ -289,24 +299,28 @@ class Backbone(nn.Module):
             )
         if self.cfg.token_norm:
             tokens = standardize_tokens(tokens)
-        return self.encoder(tokens, positions)
+        return self.encoder(tokens, positions, code)
 
-    def decode_parts(self, z: torch.Tensor, positions: torch.Tensor) -> Factored:
+    def decode_parts(
+        self, z: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
+    ) -> Factored:
         """Standardized pattern (B, T, D), shift (B, T, 1) and log scale (B, T, 1) of each token.
 
         Only for ``token_norm`` backbones; ``decode`` composes them as pattern * scale + shift.
         """
         if not self.cfg.token_norm:
             raise WeightAtlasError("decode_parts needs a token_norm backbone")
-        out = self.decoder(z, positions)
+        out = self.decoder(z, positions, code)
         D = self.cfg.token_size
         return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :])
 
-    def decode(self, z: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
         if not self.cfg.token_norm:
-            return self.decoder(z, positions)
-        return self.decode_parts(z, positions).compose()
+            return self.decoder(z, positions, code)
+        return self.decode_parts(z, positions, code).compose()
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Contrastive projection (B, P) of the window's mean latent."""
@@ -320,10 +334,13 @@ class Backbone(nn.Module):
         With ``factored`` (token_norm backbones), the reconstruction is returned as its
         ``Factored`` parts, which the training loss scores separately (see core.backbone.losses).
         """
-        z = self.encode(tokens, positions)
+        # the position code once for both sides (float64 sines: ~8 ms per call at the demo's
+        # 4,096 tokens on 2 CPU threads)
+        code = sinusoidal_3d(positions, self.cfg.d_model, self.cfg.pos_base)
+        z = self.encode(tokens, positions, code)
         if factored and self.cfg.token_norm:
-            return z, self.decode_parts(z, positions), self.project(z)
-        return z, self.decode(z, positions), self.project(z)
+            return z, self.decode_parts(z, positions, code), self.project(z)
+        return z, self.decode(z, positions, code), self.project(z)
 
 
 def count_params(model: nn.Module) -> int:
