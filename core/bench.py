@@ -33,9 +33,8 @@ from core.atlas import (
     atomic_path,
     write_json,
 )
-from core.backbone.config import TrainConfig, build_configs
-from core.backbone.device import autocast, compute_dtype, cpu_bf16_flags
-from core.backbone.losses import nt_xent, reconstruction_terms
+from core.backbone.config import build_configs
+from core.backbone.device import compute_dtype, cpu_bf16_flags
 from core.backbone.model import (
     BACKBONE_PRESETS,
     Backbone,
@@ -364,40 +363,6 @@ def _matmul_flops(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def train_step_fn(
-    bcfg: BackboneConfig, tcfg: TrainConfig, device: torch.device, dtype: torch.dtype, B: int
-) -> Any:
-    """One training step (two views, MLN + NT-Xent, backward, AdamW) on fixed random windows,
-    as a closure for timing; the model is seeded, so every dtype starts from the same weights."""
-    T, D = bcfg.window, bcfg.token_size
-    torch.manual_seed(0)
-    model = Backbone(bcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    x = torch.randn(B, T, D, device=device) * 0.1
-    mask = torch.ones(B, T, D, dtype=torch.bool, device=device)
-    pos = (
-        torch.stack([torch.arange(T), torch.zeros(T, dtype=torch.long), torch.arange(T)], -1)
-        .expand(B, T, 3)
-        .to(device)
-    )
-    noise = 0.01 * torch.randn(B, T, D, device=device)
-
-    def step() -> float:
-        views = torch.cat([x, x + noise])
-        with autocast(device, dtype):
-            _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
-        s, n = reconstruction_terms(recon, torch.cat([x, x]), torch.cat([mask, mask]))
-        p1, p2 = proj.float().chunk(2)
-        loss = (1 - tcfg.gamma) * s / n + tcfg.gamma * nt_xent(p1, p2, tcfg.temperature)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
