@@ -1,7 +1,7 @@
 """weightatlas: learn one weight-space representation of many trained models, then explore it.
 
     weightatlas zoo --preset ci --out ZOO                 # (optional) train a small model zoo
-    weightatlas collect ATLAS --source ZOO                # or ~/.cache/huggingface, or hub
+    weightatlas collect ATLAS --source ZOO                # or hf-cache (your HF cache), or hub
     weightatlas tokenize ATLAS                            # weights -> tokens
     weightatlas train ATLAS --preset demo                 # the backbone autoencoder
     weightatlas embed ATLAS                               # embeddings and 2-D maps
@@ -179,7 +179,8 @@ def add_collect_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         default=None,
-        help="'hub' (default), an HF cache dir (models--org--name/...) or a dir of model folders",
+        help="'hub' (default), 'hf-cache' (your Hugging Face cache), an HF cache dir "
+        "(models--org--name/...) or a dir of model folders",
     )
     p.add_argument(
         "--tags", nargs="*", default=None, help="required tags, e.g. image-classification"

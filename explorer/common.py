@@ -118,7 +118,7 @@ learned from their weights: the manifest of models, their weight tokens, one bac
 the zoo's models; no pickles, no remote code, at most 350 M parameters):
 
 ```bash
-weightatlas collect ATLAS --source ~/.cache/huggingface
+weightatlas collect ATLAS --source hf-cache
 weightatlas tokenize ATLAS
 weightatlas train ATLAS --preset demo
 weightatlas embed ATLAS

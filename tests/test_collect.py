@@ -373,6 +373,20 @@ def test_collect_from_cache_records_every_bad_input_with_its_reason(mixed_cache,
     assert len(list(read_jsonl(atlas / "manifest.jsonl"))) == n_lines  # a re-run skips what is done
 
 
+def test_hf_cache_source_reads_the_cache_huggingface_hub_names(mixed_cache, tmp_path, monkeypatch):
+    """``--source hf-cache`` is this user's cache wherever ``huggingface_hub`` puts it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(mixed_cache["cache"]))
+    rows = collect(
+        tmp_path / "a",
+        overrides={"source": "hf-cache", "n_train": 1, "n_val": 0, "workers": 1},
+        progress=False,
+    )
+    assert rows and all(r["source"] == "hf-cache" for r in rows)
+    assert sum(r["status"] == "accepted" for r in rows) >= 1
+
+
 def test_quota_stops_early_and_plain_dirs_work(mixed_cache, tmp_path):
     plain = tmp_path / "plain"
     for snap in sorted(mixed_cache["cache"].glob("models--weightatlas-zoo--*/snapshots/*")):

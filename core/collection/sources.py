@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from huggingface_hub import constants as hf_constants
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes
@@ -790,9 +791,13 @@ def _announced_size(
 
 
 def make_source(spec: str, query: Query, cfg: CollectConfig, endpoint: str | None = None) -> Source:
-    """``hub``, an HF cache (folders ``models--*``, or a folder with ``hub/models--*``), or a plain dir."""
+    """``hub``; ``hf-cache``, this user's Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME``'s
+    ``hub/``, as ``huggingface_hub`` resolves it); an HF cache folder (``models--*``, or a folder
+    with ``hub/models--*``); or a plain dir of model folders."""
     if spec in SOURCES and spec not in ("hf-cache", "dir"):
         return SOURCES[spec](spec, query, cfg, endpoint)
+    if spec == "hf-cache":
+        spec = str(hf_constants.HF_HUB_CACHE)  # read now: tests and users may set it late
     root = Path(spec).expanduser()
     if not root.is_dir():
         raise WeightAtlasError(f"--source {spec}: not 'hub' and not a directory")

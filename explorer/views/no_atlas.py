@@ -48,7 +48,7 @@ weights of transformers or timm image classifiers, or the zoo's models; pickled 
 remote code are refused, each with a reason in the manifest):
 
 ```bash
-weightatlas collect ATLAS --source ~/.cache/huggingface   # or --source hub, or a folder
+weightatlas collect ATLAS --source hf-cache   # or --source hub, or a folder
 weightatlas tokenize ATLAS
 weightatlas train ATLAS --preset demo
 weightatlas embed ATLAS
