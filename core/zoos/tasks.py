@@ -287,20 +287,30 @@ def draw_shapes(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.
     return np.stack(images)[:, None], np.asarray(labels, dtype=np.int64)
 
 
-@register_task("shapes16")
-def _shapes16() -> Task:
-    X, y = draw_shapes(SHAPES_PER_CLASS, 16, SHAPES_SEED)
+def _procedural16(
+    name: str, X: np.ndarray, y: np.ndarray, n_classes: int, description: str
+) -> Task:
+    """A one-channel 16x16 task from procedurally drawn images, split stratified by its name."""
     info = TaskInfo(
-        name="shapes16",
+        name=name,
         kind="image",
         in_chans=1,
         img_size=16,
         n_features=16 * 16,
-        num_classes=len(SHAPES),
-        dataset="weightatlas/shapes16",
-        description=f"procedurally drawn shapes ({', '.join(SHAPES)}) with noise, 16x16",
+        num_classes=n_classes,
+        dataset=f"weightatlas/{name}",
+        description=description,
     )
-    return _to_task(info, X, y, stratified_split(y, "shapes16"))
+    return _to_task(info, X, y, stratified_split(y, name))
+
+
+@register_task("shapes16")
+def _shapes16() -> Task:
+    X, y = draw_shapes(SHAPES_PER_CLASS, 16, SHAPES_SEED)
+    return _procedural16(
+        "shapes16", X, y, len(SHAPES),
+        f"procedurally drawn shapes ({', '.join(SHAPES)}) with noise, 16x16",
+    )  # fmt: skip
 
 
 GRATING_ANGLES = (0, 30, 60, 90, 120, 150)  # degrees: one class each
@@ -344,18 +354,11 @@ def draw_gratings(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, n
 @register_task("gratings16")
 def _gratings16() -> Task:
     X, y = draw_gratings(GRATINGS_PER_CLASS, 16, GRATINGS_SEED)
-    info = TaskInfo(
-        name="gratings16",
-        kind="image",
-        in_chans=1,
-        img_size=16,
-        n_features=16 * 16,
-        num_classes=len(GRATING_ANGLES),
-        dataset="weightatlas/gratings16",
-        description="procedural oriented gratings (6 orientations, 30 degrees apart) in a soft "
-        "aperture with noise, 16x16; left out of every zoo preset (held-out task)",
-    )
-    return _to_task(info, X, y, stratified_split(y, "gratings16"))
+    return _procedural16(
+        "gratings16", X, y, len(GRATING_ANGLES),
+        "procedural oriented gratings (6 orientations, 30 degrees apart) in a soft aperture "
+        "with noise, 16x16; left out of every zoo preset (held-out task)",
+    )  # fmt: skip
 
 
 def _tabular_task(name: str, loader: Callable, dataset: str, description: str) -> Task:
