@@ -123,11 +123,17 @@ def test_every_notebook_declares_parameters_the_config_feeds() -> None:
         assert declared <= fields | paths | local, (stage, declared - fields - paths - local)
 
 
-def test_report_collects_tables_and_parses_numbers(tmp_path: Path) -> None:
+def _empty_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run folder whose atlas has only ``atlas.json``: ``(run, its results folder)``."""
     run = tmp_path / "run"
     results = run / "atlas" / "results"
     results.mkdir(parents=True)
     (run / "atlas" / "atlas.json").write_text("{}")
+    return run, results
+
+
+def test_report_collects_tables_and_parses_numbers(tmp_path: Path) -> None:
+    run, results = _empty_run(tmp_path)
     (results / "tokens.md").write_text("| a | b |\n|---|---|\n| dense | 0.25 |\n")
     (results / "generation.md").write_text("| init | acc |\n|---|---|\n| sampled | 0.5 ± 0.1 |\n")
     (results / "probes.md").write_text("| t | v |\n|---|---|\n| acc | nan |\n")
@@ -198,10 +204,7 @@ def test_ci_pipeline_end_to_end(tmp_path: Path) -> None:
 def test_report_quotes_each_claim_and_states_verdicts(tmp_path: Path) -> None:
     from core.atlas import write_json
 
-    run = tmp_path / "run"
-    results = run / "atlas" / "results"
-    results.mkdir(parents=True)
-    (run / "atlas" / "atlas.json").write_text("{}")
+    run, results = _empty_run(tmp_path)
     (results / "ablation_composition.md").write_text("| c | acc |\n|---|---|\n| diverse | 0.1 |\n")
     gen = {"generation": {"mean": 0.101, "std": 0.004}}
     write_json(
