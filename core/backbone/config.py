@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from core.backbone.losses import LossNorm
 from core.backbone.model import BACKBONE_PRESETS, BackboneConfig
-from core.config import ConfigError, build_config, register_presets
+from core.config import ConfigError, build_config, register_presets, to_dict
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -115,3 +115,14 @@ def build_configs(
     if tcfg.batch_size < 1 or tcfg.grad_accum < 1:
         raise ConfigError("batch_size and grad_accum must be >= 1")
     return bcfg, tcfg
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config (``{"backbone": ..., "train": ...}``) with the fields added to either
+    config since it was written at their defaults, so an older run still reads as the same run
+    (``fit``'s resume, the ablations' reuse)."""
+    out = dict(saved)
+    for key, default in (("backbone", BackboneConfig()), ("train", TrainConfig())):
+        if isinstance(saved.get(key), dict):  # in field order, as a fresh config is
+            out[key] = {**to_dict(default), **saved[key]}
+    return out

@@ -42,7 +42,14 @@ from core.atlas import (
     read_jsonl,
 )
 from core.backbone.checkpoints import load_checkpoint, save_checkpoint
-from core.backbone.config import LAYERS_FILE, SELECT_METRIC, STATE_DIR, TrainConfig, build_configs
+from core.backbone.config import (
+    LAYERS_FILE,
+    SELECT_METRIC,
+    STATE_DIR,
+    TrainConfig,
+    build_configs,
+    with_defaults,
+)
 from core.backbone.data import Stream, pin_memory_of, size_band_sample
 from core.backbone.device import Dist, autocast, compute_dtype, setup_dist
 from core.backbone.losses import LayerStats, augment, nt_xent, reconstruction_terms
@@ -469,17 +476,6 @@ def _stop_nonfinite(out: Path, step: int, acc: torch.Tensor, d: Dist) -> None:
     )
 
 
-def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved run config with config fields added since it was written at their defaults (a
-    run from before a new field resumes as the same run)."""
-    parts = {"backbone": BackboneConfig(), "train": TrainConfig()}
-    out = dict(saved)
-    for key, default in parts.items():
-        if isinstance(saved.get(key), dict):  # in field order, as a fresh config is
-            out[key] = {**to_dict(default), **saved[key]}
-    return out
-
-
 def _restore(
     out: Path,
     config: dict[str, Any],
@@ -497,7 +493,7 @@ def _restore(
     metrics = out / "metrics.jsonl"
     if resume and latest.exists():
         saved = read_json(out / STATE_DIR / read_json(latest)["dir"] / "state.json")["config"]
-        saved = _with_defaults(saved)
+        saved = with_defaults(saved)
         if dumps(saved) != dumps(config):
             diff = [k for k in set(saved) | set(config) if saved.get(k) != config.get(k)]
             raise WeightAtlasError(

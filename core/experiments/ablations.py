@@ -39,10 +39,10 @@ import numpy as np
 from tqdm import tqdm
 
 from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, write_json
-from core.backbone.config import build_configs
-from core.backbone.model import BackboneConfig, load_config
+from core.backbone.config import build_configs, with_defaults
+from core.backbone.model import load_config
 from core.backbone.train import train
-from core.config import build_config, merge, register_presets, to_dict
+from core.config import build_config, register_presets, to_dict
 from core.embeddings.fidelity import layer_report, wasserstein1
 from core.errors import WeightAtlasError
 from core.experiments.report import (
@@ -190,12 +190,11 @@ def same_run(backbone_dir: str | Path, preset: str, overrides: dict[str, Any]) -
     path = Path(backbone_dir) / "config.json"
     if not path.exists():
         return False
-    saved = read_json(path)
+    saved = with_defaults(read_json(path))  # fields added since: their defaults
     bcfg, tcfg = build_configs(preset, overrides)
 
-    def arch(d: dict[str, Any]) -> dict[str, Any]:  # fields added since: their defaults
-        full = to_dict(merge(BackboneConfig(), d, str(path)))
-        return {k: v for k, v in full.items() if k != "token_size"}  # set from the token store
+    def arch(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if k != "token_size"}  # set from the token store
 
     return (
         saved.get("preset") == preset
