@@ -224,19 +224,14 @@ def fit(
             )
             pos = pin_memory_of(batch["positions"], d.device)
             views = _views(x, mask, tcfg, b, rows, d)
-            with autocast(d.device, cdtype):
-                _, recon, proj = ddp(views, torch.cat([pos, pos]), factored=True)
             ls = None  # LWLN: both views share the tokens' layer statistics
             if "layer_std" in batch:
                 ls = tuple(
                     torch.cat([pin_memory_of(batch[k], d.device)] * 2)
                     for k in ("layer_mean", "layer_std")
                 )
-            s, n = reconstruction_terms(
-                recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps, ls
-            )
+            s, n, p1, p2 = forward_terms(ddp, views, pos, x, mask, tcfg, d.device, cdtype, ls)
             n_global = d.all_sum(n).clamp_min(1.0)
-            p1, p2 = proj.float().chunk(2)
             if d.world > 1:
                 p1, p2 = _gather(p1), _gather(p2)
             con = nt_xent(p1, p2, tcfg.temperature) if tcfg.gamma > 0 else s.new_zeros(())
@@ -333,6 +328,39 @@ def fit(
     return summary
 
 
+def forward_terms(
+    model: Any,
+    views: torch.Tensor,
+    pos: torch.Tensor,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    tcfg: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    layer_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward half of a training step, shared by ``fit`` and ``step_fn``.
+
+    Args:
+        model: the backbone (or its DDP wrapper).
+        views: (2B, T, D) two augmented views of the windows ``x`` (B, T, D), stacked.
+        pos: (B, T, 3) positions; mask: (B, T, D) real values of ``x``.
+        dtype: the autocast dtype (float32: none).
+        layer_stats: LWLN's per-token layer mean and std for both views.
+
+    Returns:
+        ``(sum of squared normalized errors, values counted, projections of view 1 and 2)``.
+    """
+    with autocast(device, dtype):
+        _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
+    s, n = reconstruction_terms(
+        recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps,
+        layer_stats,
+    )  # fmt: skip
+    p1, p2 = proj.float().chunk(2)
+    return s, n, p1, p2
+
+
 def make_optimizer(
     model: torch.nn.Module, tcfg: TrainConfig, device: torch.device
 ) -> torch.optim.AdamW:
@@ -369,10 +397,7 @@ def step_fn(
 
     def step() -> float:
         views = torch.cat([x, x + noise])
-        with autocast(device, dtype):
-            _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
-        s, cnt = reconstruction_terms(recon, torch.cat([x, x]), torch.cat([mask, mask]))
-        p1, p2 = proj.float().chunk(2)
+        s, cnt, p1, p2 = forward_terms(model, views, pos, x, mask, tcfg, device, dtype)
         loss = (1 - tcfg.gamma) * s / cnt + tcfg.gamma * nt_xent(p1, p2, tcfg.temperature)
         loss.backward()
         if tcfg.grad_clip > 0:
