@@ -211,3 +211,58 @@ def test_bf16_shipped_weights_load_into_fp32_and_decode_alike(tmp_path):
     with torch.no_grad():
         a, b = model.eval().encode(x, pos), loaded.encode(x, pos)
     assert float((a - b).norm() / a.norm()) < 0.02
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.float() - b.float()) ** 2).mean() / (b.float() ** 2).mean())
+
+
+@pytest.mark.parametrize("B,T", [(1, 64), (3, 64), (5, 40), (0, 64)])
+def test_packed_bf16_inference_matches_autocast_on_the_demo_backbone(B, T):
+    """core.backbone.inference: the trained demo backbone, packed bf16 with fused GELU, gives
+    what bf16 autocast gives, on real tokens of the demo atlas, for any batch and window
+    (including empty batches), and stays within bf16 rounding of fp32."""
+    from core.backbone.inference import PackedBackbone, packed_backbone
+    from core.tokens.store import TokenStore
+
+    backbone = load_backbone("assets/demo")
+    packed = packed_backbone(backbone)
+    if packed is None:
+        pytest.skip("this torch build has no oneDNN bf16 linear")
+    assert isinstance(packed, PackedBackbone) and packed_backbone(backbone) is packed
+    store = TokenStore("assets/demo/tokens")
+    tok = max((store.get(i) for i in store.ids[:40]), key=lambda t: len(t.tokens))
+    n = B * T
+    x = tok.tokens.masked_fill(~tok.mask, 0.0).float()[:n].reshape(B, T, tok.tokens.shape[-1])
+    pos = torch.as_tensor(tok.positions).long()[:n].reshape(B, T, 3)
+    with torch.inference_mode():
+        z32 = backbone.encode(x, pos)
+        rec32 = backbone.decode(z32, pos)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z_auto = backbone.encode(x, pos).float()
+            rec_auto = backbone.decode(z32, pos).float()
+        z, rec = packed.encode(x, pos), packed.decode(z32, pos)
+    assert z.shape == z32.shape and rec.shape == rec32.shape
+    if n == 0:
+        return
+    assert _rel(z, z_auto) < 1e-4 and _rel(rec, rec_auto) < 1e-4
+    assert _rel(z, z32) < 1e-3 and _rel(rec, rec32) < 1e-3
+
+
+def test_haloed_apply_with_a_shared_position_code_is_exact():
+    """Passing the sequence's position code once (every pass of a sampling run shares it)
+    gives bit-identical output to computing it per window."""
+    from core.embeddings.encode import haloed_apply, position_code
+
+    torch.manual_seed(0)
+    model = Backbone(_cfg(token_size=16)).eval()
+    N = 301
+    x = torch.randn(2, N, 16)
+    n = torch.arange(N)
+    pos = torch.stack([n, n // 50, n % 50], -1)
+    code = position_code(model, pos, chunk=64)
+    assert torch.equal(code, sinusoidal_3d(pos, model.cfg.d_model, model.cfg.pos_base))
+    with torch.no_grad():
+        a = haloed_apply(model.encode, x, pos, 32, 4, batch_size=5)
+        b = haloed_apply(model.encode, x, pos, 32, 4, batch_size=5, code=code)
+    assert torch.equal(a, b)

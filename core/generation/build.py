@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.backbone.device import autocast, compute_dtype
-from core.embeddings.encode import EmbedConfig, encode_tokens, haloed_apply, resolve_window
+from core.backbone.inference import packed_backbone
+from core.embeddings.encode import (
+    EmbedConfig,
+    encode_tokens,
+    haloed_apply,
+    position_code,
+    resolve_window,
+)
 from core.errors import WeightAtlasError
 from core.generation.config import SampleConfig
 from core.generation.prompts import Target, runnable
@@ -21,26 +30,40 @@ from core.zoos.tasks import evaluate_accuracy, get_task
 # decode, load, condition, score
 
 
-# below this width CPU bf16 autocast does not pay (its casts cost what the matmuls save)
+# below this width CPU bf16 does not pay (its casts cost what the matmuls save)
 BF16_MIN_WIDTH = 256
 
 
-def backbone_precision(cfg: SampleConfig, backbone: Any) -> torch.autocast:
-    """The autocast context of every backbone call in sampling.
+@contextmanager
+def backbone_precision(cfg: SampleConfig, backbone: Any) -> Iterator[Any]:
+    """The backbone every sampling pass runs through, in the precision of ``cfg.dtype``.
 
     ``auto`` is bf16 where bf16 matmuls are fast (CUDA; a CPU with AVX-512 BF16 or AMX when
-    the backbone is at least :data:`BF16_MIN_WIDTH` wide), else fp32; weights stay fp32.
-    Measured on this project's 2-core CPU (AVX-512 BF16, no AMX), 1 thread: a timm:resnet18
-    run with fresh prompts on the demo backbone (d_model 256) took 159 CPU-seconds in bf16
-    instead of 331 in fp32, decoded tokens differing by a relative MSE of ~2e-5 (far below the
-    backbone's reconstruction error); with the ci backbone (d_model 64), ``weightatlas bench
-    sample`` measured bf16 no faster (67.7 s vs 64.4 s), so there it stays fp32.
+    the backbone is at least :data:`BF16_MIN_WIDTH` wide), else fp32. On the CPU, bf16 runs
+    through the packed copy (``core.backbone.inference``: weights cast and packed once, GELU
+    fused), elsewhere under bf16 autocast with fp32 weights. Measured on this project's 2-core
+    CPU (AVX-512 BF16, no AMX): a timm:resnet18 run with fresh prompts on the demo backbone
+    (d_model 256) took 159 CPU-seconds in bf16 autocast instead of 331 in fp32, decoded tokens
+    differing by a relative MSE of ~2e-5 (far below the backbone's reconstruction error); with
+    the ci backbone (d_model 64), ``weightatlas bench sample`` measured bf16 no faster (67.7 s
+    vs 64.4 s), so there it stays fp32.
+
+    Yields:
+        An object with the backbone's ``cfg``, ``encode`` and ``decode``.
     """
     device = torch.device(cfg.device)
     dtype = cfg.dtype
     if dtype == "auto" and device.type == "cpu" and backbone.cfg.d_model < BF16_MIN_WIDTH:
         dtype = "fp32"
-    return autocast(device, compute_dtype(dtype, device))
+    cdtype = compute_dtype(dtype, device)
+    packed = (
+        packed_backbone(backbone) if cdtype == torch.bfloat16 and device.type == "cpu" else None
+    )
+    if packed is not None:
+        yield packed
+        return
+    with autocast(device, cdtype):
+        yield backbone
 
 
 def decode_latents(
@@ -48,8 +71,11 @@ def decode_latents(
 ) -> torch.Tensor:
     """Haloed decode of ``draws (K, N, L)`` into tokens ``(K, N, D)``."""
     window, halo = resolve_window(embed_config(cfg), backbone)
-    with backbone_precision(cfg, backbone):
-        out = haloed_apply(backbone.decode, draws, target.positions, window, halo, cfg.batch_size)
+    code = position_code(backbone, target.positions)
+    with backbone_precision(cfg, backbone) as bb:
+        out = haloed_apply(
+            bb.decode, draws, target.positions, window, halo, cfg.batch_size, code=code
+        )
     return out.float()
 
 
@@ -64,9 +90,10 @@ def encode_models(
     backbone: Any, tokens: list[torch.Tensor], target: Target, cfg: SampleConfig
 ) -> torch.Tensor:
     """Haloed latents ``(E, N, L)`` of prompt tokens."""
-    with backbone_precision(cfg, backbone):
+    code = position_code(backbone, target.positions)
+    with backbone_precision(cfg, backbone) as bb:
         return torch.stack(
-            [encode_tokens(backbone, t, target.positions, embed_config(cfg)) for t in tokens]
+            [encode_tokens(bb, t, target.positions, embed_config(cfg), code=code) for t in tokens]
         )
 
 

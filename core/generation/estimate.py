@@ -25,7 +25,7 @@ from core.config import build_config
 from core.embeddings.encode import embeddings_dir, open_backbone, resolve_window
 from core.embeddings.table import token_scheme
 from core.generation.build import backbone_precision, embed_config
-from core.generation.config import SAMPLE_PRESETS, SampleConfig
+from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS, SampleConfig
 from core.generation.prompts import (
     _common_size,
     atlas_prompts,
@@ -67,10 +67,10 @@ def backbone_seconds_per_token(backbone: Any, cfg: Any, windows: int = 16) -> di
     pos = torch.zeros(windows, window, 3, dtype=torch.long)
     pos[..., 2] = torch.arange(window)
     content = windows * (window - 2 * halo)
-    with torch.no_grad(), backbone_precision(cfg, backbone):
-        z = backbone.encode(x, pos)
-        enc = _timed(lambda: backbone.encode(x, pos))
-        dec = _timed(lambda: backbone.decode(z, pos))
+    with torch.no_grad(), backbone_precision(cfg, backbone) as bb:
+        z = bb.encode(x, pos)
+        enc = _timed(lambda: bb.encode(x, pos))
+        dec = _timed(lambda: bb.decode(z, pos))
     return {"encode": enc / content, "decode": dec / content}
 
 
@@ -94,7 +94,7 @@ def estimate_sample(
     arch: str,
     task: str | None = None,
     *,
-    preset: str | None = "ci",
+    preset: str | None = DEFAULT_SAMPLE_PRESET,
     overrides: dict[str, Any] | None = None,
     width: int | None = None,
     depth: int | None = None,

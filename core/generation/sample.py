@@ -82,7 +82,7 @@ from core.generation.build import (
     encode_models,
     score,
 )
-from core.generation.config import SAMPLE_PRESETS, Progress, SampleConfig
+from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS, Progress, SampleConfig
 from core.generation.draws import draw_latents, draw_mode
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import (
@@ -389,7 +389,7 @@ def progress_file_writer(path: str | Path) -> Callable[..., None]:
 def sample(
     atlas: str | Path,
     arch: str,
-    preset: str | None = "ci",
+    preset: str | None = DEFAULT_SAMPLE_PRESET,
     overrides: dict[str, Any] | None = None,
     *,
     prompts: list[str] | None = None,
@@ -526,8 +526,8 @@ def sample(
             **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
         }
         path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
-        with backbone_precision(cfg, backbone):
-            placed = generated_atlas_distance(a, path, backbone, backbone_dir, cfg)
+        with backbone_precision(cfg, backbone) as bb:
+            placed = generated_atlas_distance(a, path, bb, backbone_dir, cfg)
         if placed:  # issue 16: how far the generated model is from the collected ones
             info.update(placed)
             atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
