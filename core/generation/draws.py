@@ -28,6 +28,20 @@ def draw_mode(cfg: SampleConfig, source: str) -> str:
     return "joint" if source == "fresh" else "independent"
 
 
+def prompt_std(z: torch.Tensor) -> torch.Tensor:
+    """Unbiased std over the prompts ``z (E, N, L)`` per token and dim, ``(N, L)`` (zeros for
+    one prompt).
+
+    Written out as mean and squared deviations: ``z.std(0)`` with a handful of prompts takes
+    a slow reduction path on the CPU (1.1-1.5 s for ResNet-18's 2 x 174,616 x 62 latents,
+    against ~0.1 s this way).
+    """
+    e = z.shape[0]
+    if e < 2:
+        return torch.zeros_like(z[0])
+    return ((z - z.mean(0)) ** 2).sum(0).div_(e - 1).sqrt_()
+
+
 def scott_bandwidth(z: torch.Tensor, scale: float, floor: float) -> torch.Tensor:
     """Per-token, per-dim kernel bandwidth ``(N, L)`` from prompt latents ``z (E, N, L)``.
 
@@ -35,7 +49,7 @@ def scott_bandwidth(z: torch.Tensor, scale: float, floor: float) -> torch.Tensor
     per-dim std over all prompt tokens (so one prompt still gives a usable spread).
     """
     e, _, dim = z.shape
-    std = z.std(0, unbiased=True) if e > 1 else torch.zeros_like(z[0])
+    std = prompt_std(z)
     factor = scale * e ** (-1.0 / (dim + 4))
     global_std = z.reshape(-1, dim).std(0)  # (L,)
     return torch.maximum(factor * std, floor * global_std.expand_as(std))
@@ -94,7 +108,7 @@ def _gaussian(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     e, n, dim = z.shape
     mu = z.mean(0)
-    std = z.std(0, unbiased=True) if e > 1 else torch.zeros_like(mu)
+    std = prompt_std(z)
     std = torch.maximum(std, floor * z.reshape(-1, dim).std(0).expand_as(std))
     noise = torch.randn(k, n, dim, generator=g, dtype=z.dtype)
     return mu[None] + noise * std[None], torch.full((k, n), -1, dtype=torch.long)
