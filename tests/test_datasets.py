@@ -164,3 +164,17 @@ def test_heldout_gratings_are_in_no_zoo_preset_and_learnable():
     train_epochs(model, task, epochs=4, lr=3e-3, seed=0)
     after = evaluate(model, task, "test").accuracy
     assert before < 0.3 and after > 0.6  # orientation is learnable from the pixels
+
+
+def test_digits_read_without_sklearn_match_load_digits():
+    """The digits tasks read scikit-learn's shipped CSV directly (no sklearn import); they
+    hold exactly what ``sklearn.datasets.load_digits`` returns, scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    from core.zoos.tasks import _digits
+
+    X, y, _ = _digits()
+    d = load_digits()
+    assert X.dtype == np.float32 and X.shape == (1797, 1, 8, 8)
+    assert np.array_equal(X[:, 0] * 16.0, d.images.astype(np.float32))
+    assert np.array_equal(y, d.target)
