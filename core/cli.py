@@ -52,7 +52,7 @@ from core.embeddings.table import _model_path, embed_model_dir_full, neighbours
 from core.errors import USER_ERRORS, DiskFullError, WeightAtlasError
 from core.experiments.demo import demo, dir_bytes
 from core.experiments.pipeline import STAGES, pipeline
-from core.generation.config import GENERATION_PRESETS
+from core.generation.config import DEFAULT_SAMPLE_PRESET, GENERATION_PRESETS
 from core.generation.draws import PRIORS
 from core.generation.estimate import estimate_sample
 from core.generation.evaluation import evaluate_generation, generation_markdown
@@ -75,7 +75,11 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_flags(
-    p: argparse.ArgumentParser, component: str, default: str | None, what: str | None = None
+    p: argparse.ArgumentParser,
+    component: str,
+    default: str | None,
+    what: str | None = None,
+    default_text: str | None = None,
 ) -> None:
     """``--preset NAME``, ``--config FILE`` and ``--set KEY=VALUE``: the one way to configure a stage.
 
@@ -88,7 +92,7 @@ def add_config_flags(
         "--preset",
         default=default,
         choices=list(table),
-        help=f"{what} preset (default: {default or 'the dataclass defaults'})",
+        help=f"{what} preset (default: {default_text or default or 'the dataclass defaults'})",
     )
     p.add_argument(
         "--config",
@@ -586,7 +590,11 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--depth", type=int, default=None, help="zoo family depth (default: the atlas' most common)"
     )
-    add_config_flags(p, "sample", "ci", "SampleConfig (with --evaluate: GenerationConfig)")
+    add_config_flags(
+        p, "sample", None, "SampleConfig",
+        default_text=f"{DEFAULT_SAMPLE_PRESET}, 001 C.2's one anchor and five draws; with "
+        "--evaluate: ci, the sampling inside each evaluation run",
+    )  # fmt: skip
     p.add_argument("--backbone", default=None, help="another backbone directory")
     p.add_argument(
         "--out",
@@ -614,6 +622,8 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample_cli(args: argparse.Namespace) -> int:
+    if args.preset is None:
+        args.preset = "ci" if args.evaluate else DEFAULT_SAMPLE_PRESET
     if args.estimate:
         est = estimate_sample(
             args.atlas, args.arch, args.task, preset=args.preset, overrides=config_overrides(args),

@@ -29,6 +29,7 @@ from typing import Any
 
 from core.atlas import Atlas
 from core.errors import WeightAtlasError
+from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 
 LOG_TAIL = 2000
 
@@ -162,8 +163,8 @@ class SampleRequest:
     """
 
     arch: str
-    n: int = 6
-    keep: int = 2
+    n: int = SAMPLE_PRESETS[DEFAULT_SAMPLE_PRESET]["n"]
+    keep: int = SAMPLE_PRESETS[DEFAULT_SAMPLE_PRESET]["keep"]
     seed: int = 0
     task: str | None = None
     width: int | None = None

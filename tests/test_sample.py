@@ -254,7 +254,7 @@ def test_estimate_counts_the_backbone_passes_sample_makes(cnn_atlas, tmp_path, m
     monkeypatch.setattr(core.generation.build, "haloed_apply", counting)
     for arch, task, source in (("zoo:cnn", None, "atlas"), ("zoo:cnn", "digits-invert", "fresh")):
         over = {"n_prompts": 1, "prompt_epochs": 1, "n": 3, "keep": 2}
-        est = estimate_sample(cnn_atlas, arch, task, overrides=over)
+        est = estimate_sample(cnn_atlas, arch, task, preset="ci", overrides=over)
         assert est["prompt_source"] == source
         assert est["architecture_in_atlas"] is (source == "atlas")
         assert ("does not hold" in est["text"]) is (source == "fresh")
@@ -292,3 +292,20 @@ def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_a
     with torch.no_grad():
         out = logits(model, X[:64].reshape(-1, *cfg["pretrained_cfg"]["input_size"]))
     assert out.shape == (64, 10) and torch.isfinite(out).all()
+
+
+def test_sample_cli_defaults_to_one_anchor_and_five_draws(cnn_atlas, capsys):
+    """``weightatlas sample`` follows 001 C.2's timm protocol by default (one anchor sample,
+    five draws, the best kept): a target the atlas lacks costs one prompt's encode and decode
+    plus five decodes, where ``ci`` costs two prompts and six draws."""
+    import json
+
+    def passes(*extra: str) -> dict:
+        argv = ["sample", str(cnn_atlas), "--arch", "zoo:cnn", "--task", "digits-invert"]
+        assert main([*argv, "--estimate", "--json", *extra]) == 0
+        est = json.loads(capsys.readouterr().out)
+        assert est["prompt_source"] == "fresh"
+        return est["passes"]
+
+    assert passes() == {"encode": 1, "decode": 1 + 5, "place": 0}  # no embeddings: no placing
+    assert passes("--preset", "ci") == {"encode": 2, "decode": 2 + 6, "place": 0}

@@ -21,6 +21,7 @@ from core.atlas import Atlas
 from core.catalog import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
+from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import atlas_prompts, resolve_target
 from core.generation.targets import TIMM_SUGGESTED, timm_fit, timm_search
@@ -273,17 +274,18 @@ def estimate_ui(root: Path, stamp_: float, request: SampleRequest, size: Any) ->
 
 def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
     """Prompts, K, M and seed; returns them."""
+    preset = SAMPLE_PRESETS[DEFAULT_SAMPLE_PRESET]  # what `weightatlas sample` does by default
     prompts = st.multiselect(
         "Prompt examples",
         candidates,
-        default=candidates[:5],
+        default=candidates[: preset["max_prompts"]],
         key=f"gen_prompts_{spec}",
         help="Atlas models with exactly this layer table and task, best validation accuracy "
         "first. Empty: freshly trained instances are used.",
     )
     c1, c2, c3 = st.columns(3)
-    k = c1.number_input("K draws", 1, 200, 6, key="gen_k")
-    m = c2.number_input("M kept", 1, 50, 2, key="gen_m")
+    k = c1.number_input("K draws", 1, 200, preset["n"], key="gen_k")
+    m = c2.number_input("M kept", 1, 50, preset["keep"], key="gen_m")
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
     return {"prompts": prompts, "n": int(k), "keep": int(m), "seed": int(seed)}
 
