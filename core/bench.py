@@ -35,12 +35,14 @@ from core.atlas import (
 )
 from core.backbone.config import build_configs
 from core.backbone.device import compute_dtype, cpu_bf16_flags
+from core.backbone.inference import packed_backbone
 from core.backbone.model import (
     BACKBONE_PRESETS,
     Backbone,
     BackboneConfig,
     find_backbone,
     flops_per_token,
+    load_backbone,
     load_config,
     save_backbone,
 )
@@ -49,8 +51,10 @@ from core.collection.config import CollectConfig
 from core.collection.facts import ModelFacts
 from core.collection.sources import cache_repos
 from core.config import build_config
+from core.embeddings.encode import haloed_apply, position_code, resolve_window
 from core.errors import RejectedModel
-from core.generation.build import BF16_MIN_WIDTH
+from core.generation.build import BF16_MIN_WIDTH, embed_config
+from core.generation.config import SampleConfig
 from core.generation.evaluation import read_card_block
 from core.generation.prompts import resolve_target
 from core.generation.sample import sample
@@ -558,7 +562,58 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                 "baseline_random_init_save_seconds": best_base,
                 "baseline_models_per_s": k / best_base,
             }
+            if name == "timm_resnet18" and args.device == "cpu":
+                out["decode_pass"] = _pass_timings(load_backbone(root), target.positions, repeat)
     return out
+
+
+def _pass_timings(backbone: Any, positions: torch.Tensor, repeat: int) -> dict[str, Any]:
+    """Seconds of one haloed decode pass over ``positions`` (a target's whole sequence) in fp32,
+    under bf16 autocast (the baseline) and through the packed bf16 copy that sampling uses
+    (``core.backbone.inference``); interleaved, best of ``repeat``."""
+    cfg = SampleConfig()
+    window, halo = resolve_window(embed_config(cfg), backbone)
+    code = position_code(backbone, positions)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(len(positions), backbone.cfg.latent_dim, generator=g)
+    packed = packed_backbone(backbone)
+    variants: dict[str, Callable[[], Any]] = {
+        "fp32": lambda: haloed_apply(
+            backbone.decode, z, positions, window, halo, cfg.batch_size, code=code
+        ),
+        "bf16_autocast": lambda: _autocast_bf16(
+            lambda: haloed_apply(
+                backbone.decode, z, positions, window, halo, cfg.batch_size, code=code
+            )
+        ),
+    }
+    if packed is not None:
+        variants["bf16_packed"] = lambda: haloed_apply(
+            packed.decode, z, positions, window, halo, cfg.batch_size, code=code
+        )
+    best = dict.fromkeys(variants, float("inf"))
+    with torch.inference_mode():
+        for _ in range(repeat):
+            for key, fn in variants.items():
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t0)
+    res: dict[str, Any] = {
+        "n_tokens": len(positions),
+        "window": window,
+        "halo": halo,
+        "seconds": best,
+        "tokens_per_s": {k: len(positions) / v for k, v in best.items()},
+    }
+    if packed is not None:
+        res["speedup_packed_vs_autocast"] = best["bf16_autocast"] / best["bf16_packed"]
+        res["speedup_packed_vs_fp32"] = best["fp32"] / best["bf16_packed"]
+    return res
+
+
+def _autocast_bf16(fn: Callable[[], Any]) -> Any:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn()
 
 
 def bench_app(args: argparse.Namespace) -> dict[str, Any]:

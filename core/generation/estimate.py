@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.atlas import Atlas
@@ -41,16 +42,20 @@ from core.zoos.tasks import get_task
 TRAIN_COST = 3.0
 
 
-def _timed(fn: Any, repeat: int = 2) -> float:
-    """Mean wall time of ``fn()`` over ``repeat`` calls after one warm-up call.
+def _timed(fn: Any, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` calls after one warm-up call.
 
-    The mean, not the best: on a shared machine the run will see the average load.
+    The median, not the best: on a shared machine the run will see the typical load; and not
+    the mean, which one preempted call can double (the same ResNet-18 run was estimated at 40
+    and at 66 s with the mean of two calls; it took 42-45 s).
     """
     fn()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeat):
+        t0 = time.perf_counter()
         fn()
-    return (time.perf_counter() - t0) / repeat
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def backbone_seconds_per_token(backbone: Any, cfg: Any, windows: int = 16) -> dict[str, float]:
