@@ -266,3 +266,21 @@ def test_haloed_apply_with_a_shared_position_code_is_exact():
         a = haloed_apply(model.encode, x, pos, 32, 4, batch_size=5)
         b = haloed_apply(model.encode, x, pos, 32, 4, batch_size=5, code=code)
     assert torch.equal(a, b)
+
+
+def test_packed_copy_is_made_again_after_the_weights_change():
+    from core.backbone.inference import packed_backbone
+
+    torch.manual_seed(0)
+    model = Backbone(_cfg(token_size=16, d_model=64)).eval()
+    first = packed_backbone(model)
+    if first is None:
+        pytest.skip("this torch build has no oneDNN bf16 linear")
+    assert packed_backbone(model) is first
+    x, pos = torch.randn(2, 8, 16), _positions(2, 8)
+    before = first.encode(x, pos)
+    with torch.no_grad():
+        model.encoder.outp.bias.add_(1.0)
+    second = packed_backbone(model)
+    assert second is not first
+    assert torch.allclose(second.encode(x, pos).float(), before.float() + 1.0, atol=0.05)

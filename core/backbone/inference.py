@@ -44,7 +44,8 @@ class _Linear:
 
     def __init__(self, lin: nn.Linear, gelu: bool = False):
         ops = _mkldnn_ops()
-        assert ops is not None
+        if ops is None:
+            raise RuntimeError("this torch build has no oneDNN linear")
         self._op, reorder = ops
         w = lin.weight.detach().to(torch.bfloat16).contiguous()
         self.weight = reorder(w, PACK_ROWS)
@@ -134,19 +135,25 @@ class PackedBackbone:
         return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :]).compose()
 
 
-_PACKED: weakref.WeakKeyDictionary[Backbone, PackedBackbone | None] = weakref.WeakKeyDictionary()
+# backbone -> (its parameters' versions when packed, the copy or None)
+_PACKED: weakref.WeakKeyDictionary[Backbone, tuple[tuple[int, ...], PackedBackbone | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def packed_backbone(backbone: Backbone) -> PackedBackbone | None:
-    """The packed bf16 copy of a CPU backbone (made once per backbone object), or None where
-    this torch build has no oneDNN bf16 linear or the copy disagrees with autocast.
+    """The packed bf16 copy of a CPU backbone, or None where this torch build has no oneDNN
+    bf16 linear or the copy disagrees with autocast.
 
-    The copy is checked once against ``Backbone.encode`` / ``decode`` under bf16 autocast on
-    random windows: relative mean squared difference below 1e-3 (bf16 rounding is ~1e-5).
-    The copy does not follow later changes to the backbone's weights.
+    Made once per backbone object and made again after any in-place change to its weights
+    (tensor version counters). The copy is checked against ``Backbone.encode`` / ``decode``
+    under bf16 autocast on random windows: relative mean squared difference below 1e-3 (bf16
+    rounding is ~1e-5).
     """
-    if backbone in _PACKED:
-        return _PACKED[backbone]
+    versions = tuple(p._version for p in backbone.parameters())
+    cached = _PACKED.get(backbone)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
     packed: PackedBackbone | None = None
     if _mkldnn_ops() is not None and next(backbone.parameters()).device.type == "cpu":
         try:
@@ -155,7 +162,7 @@ def packed_backbone(backbone: Backbone) -> PackedBackbone | None:
                 packed = None
         except RuntimeError:  # no bf16 kernels for this CPU in this build
             packed = None
-    _PACKED[backbone] = packed
+    _PACKED[backbone] = (versions, packed)
     return packed
 
 
