@@ -68,7 +68,7 @@ SAMPLE_PRESETS: dict[str, dict[str, Any]] = {
     # best one kept; the default of `weightatlas sample` and the Generate page. Each prompt
     # costs an encode and a decode pass over every token of the target, each draw a decode,
     # each kept model an encode (its atlas distance): 8 passes here against 12 for `ci`, which
-    # on the 2-core CPU is ResNet-18 in 50-57 s instead of 72-79 s from a fresh start
+    # on the 2-core CPU is ResNet-18 in 50-57 s instead of 74-79 s from a fresh start
     "anchor": dict(n=5, keep=1, n_prompts=1, max_prompts=1, prompt_epochs=2, bn_batches=2),
     "ci": dict(n=6, keep=2, n_prompts=2, prompt_epochs=2, bn_batches=2),
     "demo": dict(n=20, keep=5, n_prompts=3, prompt_epochs=2),
