@@ -117,9 +117,10 @@ def _walk_read(root: Path) -> int:
 
 
 def _bench_seed_repos(tmp: Path) -> list[Path]:
-    """Snapshot folders to replicate: the ci zoo's, else two tiny transformers models made here."""
-    zoo = Path(os.environ.get("WEIGHTATLAS_ZOO", "/work/zoo-ci"))
-    if zoo.is_dir():
+    """Snapshot folders to replicate: those of the zoo ``$WEIGHTATLAS_ZOO`` names, else two tiny
+    transformers models made here."""
+    zoo = Path(os.environ["WEIGHTATLAS_ZOO"]) if os.environ.get("WEIGHTATLAS_ZOO") else None
+    if zoo is not None and zoo.is_dir():
         snaps = [snap for _id, _rev, snap in cache_repos(zoo)]
         if snaps:
             return snaps

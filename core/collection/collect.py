@@ -6,7 +6,7 @@ dropped, and continue until N train and M validation models are accepted.
 
     weightatlas collect ATLAS --source hub --tags image-classification --limit 2000
     weightatlas collect ATLAS --source hub --tags image-classification --n-train 2000 --n-val 200
-    weightatlas collect ATLAS --source /work/zoo-ci          # an HF cache (models--org--name/...)
+    weightatlas collect ATLAS --source zoo-ci                # an HF cache (models--org--name/...)
     weightatlas collect ATLAS --source hf-cache  # the user's Hugging Face cache
     weightatlas collect ATLAS --source ./my-models           # a plain directory of model folders
     weightatlas bench collect --n 1000

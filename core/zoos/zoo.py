@@ -17,9 +17,9 @@ The same preset and seed give bit-identical weights on CPU (threads fixed, every
 seeded); the revision is a hash of the content. A repo is written into a temp dir and renamed
 into place, so a killed build leaves only whole repos and a re-run continues where it stopped.
 
-    weightatlas zoo --preset ci --out /tmp/zoo-ci            # 39 checkpoints, ~1 minute
-    weightatlas zoo --preset demo --out /tmp/zoo-demo --seed 1 --set epochs=4
-    python -c "from core.zoos.zoo import zoo; zoo('ci', '/tmp/zoo-ci')"
+    weightatlas zoo --preset ci --out zoo-ci                 # 39 checkpoints, ~1 minute
+    weightatlas zoo --preset demo --out zoo-demo --seed 1 --set epochs=4
+    python -c "from core.zoos.zoo import zoo; zoo('ci', 'zoo-ci')"
 """
 
 from __future__ import annotations
