@@ -62,6 +62,7 @@ from core.backbone.validation import Evaluator
 from core.config import ConfigError, to_dict
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore, WindowDataset
+from core.zoos.tasks import adamw
 
 # --------------------------------------------------------------------------- training
 
@@ -178,7 +179,7 @@ def fit(
     np.random.seed(tcfg.seed)
     model = Backbone(bcfg).to(d.device)
     steps = _total_steps(tcfg, len(dataset))
-    opt = make_optimizer(model, tcfg, d.device)
+    opt = make_optimizer(model, tcfg)
     if steps < 3:
         raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
     warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
@@ -361,21 +362,9 @@ def forward_terms(
     return s, n, p1, p2
 
 
-def make_optimizer(
-    model: torch.nn.Module, tcfg: TrainConfig, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over the fp32 master weights, with its fused kernel on CPU and CUDA.
-
-    The fused kernel makes one pass over each weight, its gradient and both moments; the
-    default for-loop on CPU makes about eight (lerp, mul, addcmul, sqrt, div, add, addcdiv and
-    the decay), which cost the demo preset (4.8M weights, 2 threads) 67-116 ms per step against
-    10-12 ms fused. Same update rule and the same state (step, exp_avg, exp_avg_sq in fp32), so
-    checkpoints resume either way.
-    """
-    fused = True if device.type in ("cpu", "cuda") else None
-    return torch.optim.AdamW(
-        model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused
-    )
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the fp32 master weights (``core.zoos.tasks.adamw``: fused on CPU and CUDA)."""
+    return adamw(model.parameters(), tcfg.lr, tcfg.weight_decay)
 
 
 def step_fn(
@@ -388,7 +377,7 @@ def step_fn(
     T, D = bcfg.window, bcfg.token_size
     torch.manual_seed(0)
     model = Backbone(bcfg).to(device)
-    opt = make_optimizer(model, tcfg, device)
+    opt = make_optimizer(model, tcfg)
     x = torch.randn(B, T, D, device=device) * 0.1
     mask = torch.ones(B, T, D, dtype=torch.bool, device=device)
     n = torch.arange(T)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -575,6 +575,20 @@ def _as_task(task: Task | str) -> Task:
     return get_task(task) if isinstance(task, str) else task
 
 
+def adamw(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW with its fused kernel where the weights live on CPU or CUDA.
+
+    The fused kernel makes one pass over each weight, its gradient and both moments; the
+    default for-loop on CPU makes about eight (lerp, mul, addcmul, sqrt, div, add, addcdiv and
+    the decay): 67-116 ms against 10-12 ms per step for the demo backbone (4.8M weights, 2
+    threads), 58 against ~8 ms for ResNet-18's 62 tensors. Same update rule up to rounding and
+    the same state (step, exp_avg, exp_avg_sq), so checkpoints resume either way.
+    """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def train_epochs(
     model: nn.Module,
     task: Task | str,
@@ -608,10 +622,7 @@ def train_epochs(
     task = _as_task(task)
     X, y = task.split("train")
     params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel over all tensors instead of a Python loop over them (ResNet-18's 62
-    # tensors: 58 -> ~8 ms per step on 2 CPU threads); the same update up to rounding
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    opt = adamw(params, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
