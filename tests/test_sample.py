@@ -309,3 +309,20 @@ def test_sample_cli_defaults_to_one_anchor_and_five_draws(cnn_atlas, capsys):
 
     assert passes() == {"encode": 1, "decode": 1 + 5, "place": 0}  # no embeddings: no placing
     assert passes("--preset", "ci") == {"encode": 2, "decode": 2 + 6, "place": 0}
+
+
+def test_a_run_computes_the_target_position_code_once(cnn_atlas, tmp_path, monkeypatch):
+    """Every encode and decode pass of one ``sample`` shares the target's position code."""
+    import core.generation.prompts
+
+    calls = []
+    real = core.generation.prompts.position_code
+
+    def counting(backbone, positions, *args, **kwargs):
+        calls.append(len(positions))
+        return real(backbone, positions, *args, **kwargs)
+
+    monkeypatch.setattr(core.generation.prompts, "position_code", counting)
+    over = {"n_prompts": 1, "prompt_epochs": 1, "n": 3, "keep": 1, "task": "digits-invert"}
+    sample(cnn_atlas, "zoo:cnn", "ci", over, out_dir=tmp_path)
+    assert len(calls) == 1

@@ -16,7 +16,6 @@ from core.embeddings.encode import (
     EmbedConfig,
     encode_tokens,
     haloed_apply,
-    position_code,
     resolve_window,
 )
 from core.errors import WeightAtlasError
@@ -71,7 +70,7 @@ def decode_latents(
 ) -> torch.Tensor:
     """Haloed decode of ``draws (K, N, L)`` into tokens ``(K, N, D)``."""
     window, halo = resolve_window(embed_config(cfg), backbone)
-    code = position_code(backbone, target.positions)
+    code = target.position_code(backbone)
     with backbone_precision(cfg, backbone) as bb:
         out = haloed_apply(
             bb.decode, draws, target.positions, window, halo, cfg.batch_size, code=code
@@ -90,7 +89,7 @@ def encode_models(
     backbone: Any, tokens: list[torch.Tensor], target: Target, cfg: SampleConfig
 ) -> torch.Tensor:
     """Haloed latents ``(E, N, L)`` of prompt tokens."""
-    code = position_code(backbone, target.positions)
+    code = target.position_code(backbone)
     with backbone_precision(cfg, backbone) as bb:
         return torch.stack(
             [encode_tokens(bb, t, target.positions, embed_config(cfg), code=code) for t in tokens]

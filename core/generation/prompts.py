@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.atlas import Atlas
+from core.embeddings.encode import position_code
 from core.errors import WeightAtlasError
 from core.generation.config import Progress, SampleConfig
 from core.generation.targets import resolve_arch
@@ -40,12 +41,21 @@ class Target:
     note: str | None = None  # why the target is unscored, shown to the user and in cards
     _fresh: dict[int, nn.Module] = field(default_factory=dict, repr=False)
     _side: dict[str, int | None] = field(default_factory=dict, repr=False)  # see run_side
+    _code: dict[tuple[int, float], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def fresh(self, seed: int) -> nn.Module:
         """A copy of the freshly initialized instance for ``seed`` (initialized once, then copied)."""
         if seed not in self._fresh:
             self._fresh = {seed: self.arch.build(seed)}
         return copy.deepcopy(self._fresh[seed])
+
+    def position_code(self, backbone: Any) -> torch.Tensor:
+        """``(N, C)`` position code of the target's tokens for ``backbone`` (computed once: every
+        encode and decode pass of a run shares it; see ``core.embeddings.encode.position_code``)."""
+        key = (int(backbone.cfg.d_model), float(backbone.cfg.pos_base))
+        if key not in self._code:
+            self._code = {key: position_code(backbone, self.positions)}
+        return self._code[key]
 
     @property
     def layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:
