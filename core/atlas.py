@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ATLAS_VERSION = 1
+# how deep under the atlas root ``Atlas.check_links`` looks for symlinks: the tables at the top,
+# the stage folders' files, and one folder inside them (``results/figures``, ``backbones/NAME``)
+_LINK_CHECK_DEPTH = 2
 
 
 class AtlasError(ValueError):
@@ -39,6 +42,7 @@ class Atlas:
             raise AtlasError(f"{root} exists and is not a directory")
         root.mkdir(parents=True, exist_ok=True)
         atlas = cls(root)
+        atlas.check_links()
         if not atlas.info_path.exists():
             write_json(atlas.info_path, {"version": ATLAS_VERSION})
         return atlas
@@ -53,7 +57,46 @@ class Atlas:
             raise AtlasError(
                 f"{root} is not an atlas (no atlas.json); run `weightatlas collect` first"
             )
-        return cls(root)
+        atlas = cls(root)
+        atlas.check_links()
+        return atlas
+
+    def check_links(self) -> None:
+        """Refuse an atlas whose tables or stage folders are symlinks leading outside it.
+
+        A shared atlas must not make a stage write (or read) elsewhere: ``ln -s /victim
+        ATLAS/backbone`` would have ``train`` write into ``/victim``. Every top-level entry
+        (``atlas.json``, ``manifest.jsonl``, ``tokens/``, ``backbone/``, ...) and the entries of
+        the stage folders, two levels down, are checked; ``hub/`` is the collector's (its
+        snapshots hold links into ``../../blobs``, each resolved before use). Links that stay
+        inside the atlas are allowed. The cost is one ``lstat`` per entry checked.
+
+        Raises:
+            AtlasError: one line naming the link, where it leads, and the fix.
+        """
+        root_r = self.root.resolve()
+        try:
+            top = list(os.scandir(self.root))
+        except OSError as e:
+            raise AtlasError(f"{self.root}: cannot list the atlas ({e.strerror})") from None
+        stack = [(e, 0) for e in top]
+        while stack:
+            entry, depth = stack.pop()
+            if entry.is_symlink():
+                target = Path(entry.path).resolve()
+                if target != root_r and root_r not in target.parents:
+                    raise AtlasError(
+                        f"{entry.path} is a symlink to {os.readlink(entry.path)!s}, outside the"
+                        " atlas; refused (a stage would write there): remove the link or"
+                        " replace it with a copy"
+                    )
+                continue
+            if depth < _LINK_CHECK_DEPTH and not (depth == 0 and entry.name == "hub"):
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.extend((e, depth + 1) for e in os.scandir(entry.path))
+                except OSError:
+                    continue
 
     @property
     def info_path(self) -> Path:

@@ -633,9 +633,12 @@ def run_sample_cli(args: argparse.Namespace) -> int:
         emit(args, est, f"estimate for {args.arch}: {est['text']}")
         return 0
     writer = progress_file_writer(args.progress_file) if args.progress_file else None
-    bar = tqdm(total=100, desc="sample", unit="%")
+    bars: list[tqdm] = []  # drawn at the stage's first report, not before a bad atlas is refused
 
     def progress(fraction: float, message: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=100, desc="sample", unit="%"))
+        bar = bars[0]
         bar.n = int(100 * fraction)
         bar.set_postfix_str(message[:60])
         bar.refresh()
@@ -648,7 +651,8 @@ def run_sample_cli(args: argparse.Namespace) -> int:
                 args.atlas, args.arch, args.task, args.heldout_task, preset=args.eval_preset,
                 sample_preset=args.preset, overrides=config_overrides(args), progress=progress,
             )  # fmt: skip
-            bar.close()
+            for bar in bars:
+                bar.close()
 
             note = ""
             if args.eval_preset == "ci":
@@ -671,7 +675,8 @@ def run_sample_cli(args: argparse.Namespace) -> int:
             progress=progress, backbone_dir=args.backbone, out_dir=args.out,
         )  # fmt: skip
     except BaseException as e:
-        bar.close()
+        for bar in bars:
+            bar.close()
         if writer is not None:
             writer(
                 1.0,
@@ -680,7 +685,8 @@ def run_sample_cli(args: argparse.Namespace) -> int:
                 error=str(e).splitlines()[0] if str(e) else type(e).__name__,
             )
         raise
-    bar.close()
+    for bar in bars:
+        bar.close()
     if writer is not None:
         writer(1.0, "done", done=True, outputs=[str(p) for p in paths])
 

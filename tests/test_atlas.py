@@ -1,8 +1,11 @@
-"""Atlas I/O: atomic writes, torn-tail-safe JSONL, clear errors for non-atlas paths."""
+"""Atlas I/O: atomic writes, torn-tail-safe JSONL, clear errors for non-atlas paths, and no stage
+working through a symlink that leads outside the atlas."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +49,116 @@ def test_open_rejects_non_atlas_paths(tmp_path):
         Atlas.open(tmp_path)
     write_json(tmp_path / "atlas.json", {"version": 1})
     assert Atlas.open(tmp_path).info() == {"version": 1}
+
+
+# ------------------------------------------- a shared atlas whose folders lead elsewhere (issue 27)
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+
+@pytest.fixture
+def linked(tmp_path):
+    """``link(name) -> (atlas, outside)``: a copy of the demo atlas whose ``name`` (a table or a
+    stage folder) is moved to ``outside/`` and replaced by a symlink to it."""
+
+    def link(name: str) -> tuple[Path, Path]:
+        atlas, outside = tmp_path / "atlas", tmp_path / "outside"
+        shutil.copytree(DEMO, atlas, ignore=shutil.ignore_patterns("generated"))
+        outside.mkdir()
+        src = atlas / name
+        if src.exists():
+            shutil.move(src, outside / name)
+        else:
+            (outside / name).mkdir()
+        (atlas / name).symlink_to(outside / name)
+        return atlas, outside
+
+    return link
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, float]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime) for p in folder.rglob("*")}
+
+
+def _refused(args: list[str], outside: Path, capsys) -> None:
+    """The stage exits 2 with one line naming the link, and writes nothing outside the atlas."""
+    from core.cli import main
+
+    before = _snapshot(outside)
+    capsys.readouterr()
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and "is a symlink" in err[0] and "outside the atlas" in err[0], err
+    assert err[0].startswith(f"weightatlas {args[0]}: error:")
+    assert _snapshot(outside) == before
+
+
+def test_collect_refuses_a_symlinked_manifest(linked, tmp_path, capsys):
+    from core.generation.targets import resolve_arch
+    from core.models.families import build_from_config
+    from core.models.io import save_model_dir
+
+    atlas, outside = linked("manifest.jsonl")
+    arch = resolve_arch("mlp")
+    src = tmp_path / "models"
+    save_model_dir(build_from_config(arch.config, 0), src / "m0", arch.library, config=arch.config)
+    _refused(["collect", str(atlas), "--source", str(src), "--no-progress"], outside, capsys)
+
+
+def test_tokenize_refuses_a_symlinked_token_store(linked, capsys):
+    atlas, outside = linked("tokens")
+    _refused(["tokenize", str(atlas)], outside, capsys)
+
+
+def test_train_refuses_a_symlinked_backbone(linked, capsys):
+    atlas, outside = linked("backbone")
+    _refused(["train", str(atlas), "--preset", "ci", "--set", "steps=20"], outside, capsys)
+
+
+def test_embed_refuses_symlinked_embeddings(linked, capsys):
+    atlas, outside = linked("embeddings")
+    _refused(["embed", str(atlas)], outside, capsys)
+
+
+def test_evaluate_refuses_symlinked_results(linked, capsys):
+    atlas, outside = linked("results")
+    _refused(["evaluate", str(atlas)], outside, capsys)
+
+
+def test_sample_refuses_a_symlinked_atlas_json(linked, capsys):
+    atlas, outside = linked("atlas.json")
+    _refused(["sample", str(atlas), "--arch", "cnn"], outside, capsys)
+
+
+def test_a_link_inside_a_stage_folder_is_refused_and_links_inside_the_atlas_are_kept(linked):
+    atlas, outside = linked("generated")
+    (atlas / "generated").unlink()
+    (atlas / "generated").symlink_to(atlas / "backbones" / "mln-layer")  # inside: fine
+    assert Atlas.open(atlas).root == atlas
+    (atlas / "generated").unlink()
+    metrics = atlas / "backbone" / "metrics.jsonl"
+    shutil.move(metrics, outside / "metrics.jsonl")
+    metrics.symlink_to(outside / "metrics.jsonl")  # train appends to it
+    with pytest.raises(AtlasError, match="metrics.jsonl is a symlink"):
+        Atlas.open(atlas)
+    with pytest.raises(AtlasError, match="outside the atlas"):
+        Atlas.create(atlas)
+
+
+def test_app_refuses_an_atlas_with_a_symlinked_stage_folder(linked):
+    pytest.importorskip("streamlit")
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    atlas, _outside = linked("embeddings")
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    at = AppTest.from_file(str(repo / "explorer" / "app.py"), default_timeout=60)
+    at.session_state["atlas_path"] = str(atlas)
+    at.run()
+    assert not at.exception
+    errors = " ".join(str(e.value) for e in at.error)
+    assert "embeddings is a symlink" in errors and "outside the atlas" in errors, errors
