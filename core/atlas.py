@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.manifest import MANIFEST_FILE, ModelRow, latest_rows
+
 ATLAS_VERSION = 1
 # how deep under the atlas root ``Atlas.check_links`` looks for symlinks: the tables at the top,
 # the stage folders' files, and one folder inside them (``results/figures``, ``backbones/NAME``)
@@ -104,7 +106,7 @@ class Atlas:
 
     @property
     def manifest_path(self) -> Path:
-        return self.root / "manifest.jsonl"
+        return self.root / MANIFEST_FILE
 
     @property
     def hub_dir(self) -> Path:
@@ -149,14 +151,11 @@ class Atlas:
         write_json(self.info_path, info)
         return info
 
-    def manifest(self) -> list[dict[str, Any]]:
-        """All manifest rows; the last row per model id wins."""
-        rows: dict[str, dict[str, Any]] = {}
-        for row in read_jsonl(self.manifest_path):
-            rows[row["id"]] = row
-        return list(rows.values())
+    def manifest(self) -> list[ModelRow]:
+        """All manifest rows (``core.manifest.ModelRow``); the last row per model id wins."""
+        return latest_rows(read_jsonl(self.manifest_path))
 
-    def accepted(self, split: str | None = None) -> list[dict[str, Any]]:
+    def accepted(self, split: str | None = None) -> list[ModelRow]:
         """Accepted manifest rows, optionally of one split (train/val/test)."""
         return [
             r

@@ -20,6 +20,7 @@ import numpy as np
 
 from core.atlas import Atlas, AtlasError, read_json, read_jsonl
 from core.embeddings.encode import embeddings_dir
+from core.manifest import as_row
 from core.models.io import read_state_dict
 from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore
@@ -27,7 +28,6 @@ from core.tokens.store import TokenStore
 CATEGORICAL = ("family", "library", "task", "dataset", "split", "model_type")
 NUMERIC = ("accuracy", "params", "copies")  # copies: 1 + duplicates of the point (issue 16)
 COLOUR_BY = ("family", "library", "task", "dataset", "split", "accuracy", "params")
-ACCURACY_KEYS = ("test_accuracy", "accuracy", "eval_accuracy", "top1", "val_accuracy")
 
 
 @dataclass
@@ -143,12 +143,9 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _accuracy(row: dict[str, Any]) -> float:
-    for source in (row.get("metrics") or {}, row.get("labels") or {}):
-        for key in ACCURACY_KEYS:
-            value = source.get(key)
-            if isinstance(value, int | float) and np.isfinite(value):
-                return float(value)
-    return float("nan")
+    """The row's test accuracy (``core.manifest.ModelRow.accuracy``), NaN if it has none."""
+    value = as_row(row).accuracy
+    return float("nan") if value is None else value
 
 
 def model_meta(row: dict[str, Any]) -> dict[str, Any]:

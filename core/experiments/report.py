@@ -27,6 +27,7 @@ from typing import Any
 from core.atlas import Atlas, atomic_write_bytes, read_json, read_jsonl
 from core.catalog import map_table
 from core.errors import WeightAtlasError
+from core.manifest import as_row
 from core.zoos.tasks import chance_accuracy
 
 MISSING = "n/a"
@@ -81,15 +82,8 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def model_accuracy(row: dict[str, Any]) -> float | None:
-    """A manifest row's test accuracy (zoo label block first, then card metrics)."""
-    labels = row.get("labels") or {}
-    metrics = row.get("metrics") or {}
-    for src in (labels, metrics):
-        for key in ("test_accuracy", "accuracy", "eval_accuracy", "top1"):
-            v = src.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                return float(v)
-    return None
+    """A manifest row's test accuracy (``core.manifest.ModelRow.accuracy``)."""
+    return as_row(row).accuracy
 
 
 def model_task(row: dict[str, Any]) -> str | None:

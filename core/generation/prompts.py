@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from core.embeddings.encode import position_code
 from core.errors import WeightAtlasError
 from core.generation.config import Progress, SampleConfig
 from core.generation.targets import resolve_arch
+from core.manifest import as_row
 from core.models.families import FAMILIES
 from core.models.registry import logits
 from core.tokens.plan import tokenize_state_dict
@@ -263,13 +263,10 @@ def _runs_at(model: nn.Module, info: Any, side: int) -> bool:
 
 
 def metric_of(row: dict[str, Any]) -> float:
-    """The prompt ranking metric of an atlas model: validation accuracy, else test accuracy."""
-    for key in ("val_accuracy", "test_accuracy", "accuracy"):
-        for source in (row.get("labels") or {}, row.get("metrics") or {}):
-            v = source.get(key)
-            if isinstance(v, int | float) and math.isfinite(v):
-                return float(v)
-    return float("-inf")
+    """The prompt ranking metric of an atlas model (``ModelRow.selection_accuracy``: validation
+    accuracy, else test accuracy), -inf if it has neither."""
+    value = as_row(row).selection_accuracy
+    return float("-inf") if value is None else value
 
 
 def atlas_prompts(a: Atlas, target: Target, limit: int) -> list[str]:
