@@ -1,0 +1,118 @@
+"""Contrastive views: every permutation view preserves the model's function; tokens follow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.backbone.views import (
+    permute_state_dict,
+    permute_tokens,
+    unit_groups,
+)
+from core.models.families import FAMILIES, build_family
+from core.models.io import config_of
+from core.models.registry import library_of, logits
+from core.tokens.plan import tokenize_state_dict
+from core.zoos.tasks import get_task
+
+# family -> (zoo family to build, task, width, depth, unit groups at least)
+CASES = {
+    "mlp": ("mlp", "digits10", 16, 2, 2),
+    "cnn": ("cnn", "digits10", 8, 3, 3),
+    "bert": ("bert", "seq-brackets", 16, 2, 2 * 4),
+    "gpt2": ("gpt2", "seq-brackets", 16, 2, 2 * 4),
+    "vit": ("vit", "digits10", 16, 2, 2 * 4),
+    "timm-vit": ("timm-vit", "digits10", 16, 2, 2 * 4),
+    "swin": ("swin", "digits16", 8, 1, 2 + 2 + 3),
+    "convnext": ("convnext", "digits10", 8, 1, 2),
+    "timm-convnext": ("timm-convnext", "digits10", 8, 1, 4),
+    "resnet": ("resnet", "digits10", 8, 1, 2),
+    "timm-resnet": ("timm-resnet", "digits10", 8, 1, 4),
+}
+
+
+def _model(case: str) -> tuple[torch.nn.Module, dict, str, torch.Tensor]:
+    fam, task_name, width, depth, _ = CASES[case]
+    info = get_task(task_name).info
+    model = build_family(fam, info, width, depth, seed=1).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # trained-like weights: no zero biases, non-trivial norms and stats
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                else:
+                    t.add_(0.1 * torch.randn(t.shape, generator=g))
+    if info.kind == "sequence":
+        x = torch.randint(2, info.vocab_size, (4, info.seq_len), generator=g)
+    else:
+        x = torch.randn(4, *info.input_shape, generator=g)
+    library = library_of(config_of(model, FAMILIES[fam].library))
+    from core.models.registry import family_of
+
+    family = family_of(config_of(model, library))
+    return model, config_of(model, library), family, x
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_permutation_view_leaves_the_models_outputs_unchanged(case):
+    model, config, family, x = _model(case)
+    sd = model.state_dict()
+    groups = unit_groups(family, {k: tuple(v.shape) for k, v in sd.items()}, config)
+    assert len(groups) >= CASES[case][4], [g.units for g in groups]
+    with torch.no_grad():
+        ref = logits(model, x)
+        for seed in range(3):
+            perm = permute_state_dict(sd, groups, torch.Generator().manual_seed(seed))
+            assert any(not torch.equal(perm[k], sd[k]) for k in sd)  # a real permutation
+            model.load_state_dict(perm)
+            torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=1e-5)
+        # each group alone preserves the function too
+        for g in groups:
+            model.load_state_dict(permute_state_dict(sd, [g], torch.Generator().manual_seed(9)))
+            torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=1e-5)
+        model.load_state_dict(sd)
+
+
+def test_a_group_that_forgets_a_reader_changes_the_function():
+    """The test above can fail: dropping the head's columns from the last group breaks it."""
+    model, config, family, x = _model("mlp")
+    sd = model.state_dict()
+    groups = unit_groups(family, {k: tuple(v.shape) for k, v in sd.items()}, config)
+    last = groups[-1]
+    broken = type(last)(last.units, tuple(m for m in last.members if m.name != "head.weight"))
+    with torch.no_grad():
+        ref = logits(model, x)
+        model.load_state_dict(
+            permute_state_dict(sd, groups[:-1] + [broken], torch.Generator().manual_seed(0))
+        )
+        assert (logits(model, x) - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["dense", "sparse"])
+@pytest.mark.parametrize("case", ["cnn", "gpt2", "timm-vit"])
+def test_permuted_tokens_are_the_tokens_of_the_permuted_model(case, scheme):
+    model, config, family, _ = _model(case)
+    sd = model.state_dict()
+    tok = tokenize_state_dict(sd, scheme, 64, model=model)
+    shapes = {e.name: tuple(e.shape) for e in tok.layers}  # the store's view: no buffers
+    groups = unit_groups(family, shapes, config)
+    assert groups
+    perm_sd = permute_state_dict(sd, groups, torch.Generator().manual_seed(5))
+    want = tokenize_state_dict(perm_sd, scheme, 64, model=model)
+    got = permute_tokens(tok.tokens, tok.layers, groups, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, want.tokens, atol=0, rtol=0)
+    assert not torch.equal(got, tok.tokens)
+    # a span permutes only the tensors it overlaps
+    e = next(e for e in tok.layers if e.name in {m.name for g in groups for m in g.members})
+    part = permute_tokens(
+        tok.tokens, tok.layers, groups, torch.Generator().manual_seed(5), (e.offset, e.offset + 1)
+    )
+    inside = slice(e.offset, e.offset + e.count)
+    torch.testing.assert_close(part[inside], want.tokens[inside], atol=0, rtol=0)
+
+
+def test_unknown_family_has_no_groups():
+    assert unit_groups("regnet", {"a.weight": (4, 4)}, {}) == []
+    assert unit_groups(None, {}, None) == []
