@@ -311,3 +311,18 @@ def test_homogeneous_zoo_checkpoints_carry_the_zoo_label(tmp_path):
     for name, r in rows.items():
         assert r.get("zoo") == (None if "-r0-" in name else "mlp/wine")
     assert len({(rows[n]["width"], rows[n]["depth"]) for n in rows if "-r0-" not in n}) == 1
+
+
+def test_seeds_preset_is_a_sane_style_seed_zoo():
+    """003's zoos: one architecture, fixed hyper-parameters, many seeds, a large test set."""
+    from core.config import build_config
+    from core.zoos.tasks import accuracy_standard_error
+
+    runs = plan(build_config(ZooConfig, ZOO_PRESETS, "seeds"))
+    assert len(runs) >= 200 and {r.zoo for r in runs} == {"cnn/shapes16-probe"}
+    assert len({(r.family, r.task, r.width, r.depth) for r in runs}) == 1
+    assert len({(r.lr, r.weight_decay, r.epochs, r.checkpoints) for r in runs}) == 1
+    assert len({r.seed for r in runs}) == len(runs)  # only the seed differs
+    assert max(runs[0].checkpoints) >= 20 and len(runs[0].checkpoints) >= 5
+    _, y = get_task("shapes16-probe").split("test")
+    assert accuracy_standard_error(0.5, len(y)) <= 0.01

@@ -1,7 +1,8 @@
 """Small real data sets that ship inside packages, tasks derived from them, and the train/eval loop.
 
-Every task has fixed, seeded, stratified train/val/test splits (60/20/20), so a model trained
-anywhere is evaluated on the same examples. Image tasks give ``(B, C, H, W)`` float32 images in
+Every task has fixed, seeded, stratified train/val/test splits (60/20/20; ``shapes16-probe``
+draws each split apart, with a large test split), so a model trained anywhere is evaluated on
+the same examples. Image tasks give ``(B, C, H, W)`` float32 images in
 [0, 1] with one channel; tabular tasks give ``(B, F)`` float32 features standardized with the
 train split's mean and std; sequence tasks give ``(B, S)`` int64 token ids (id 0 is padding and
 never occurs, id 1 a ``[CLS]`` token opening every sequence, symbols from id 2). Labels are int64
@@ -17,6 +18,8 @@ Tasks (``TASKS``): ``digits10`` (scikit-learn digits, 8x8), ``digits-0to4`` / ``
 (class subsets), ``digits-parity`` (even vs odd), ``digits-rot90``, ``digits-invert``,
 ``digits16`` (bilinear 16x16 upsampling), ``shapes16`` (procedurally drawn shapes, 16x16),
 ``gratings16`` (procedural oriented gratings, 16x16; in no zoo preset: the held-out task),
+``shapes16-probe`` (shapes16's drawing with 900 / 300 / 6,000 train / val / test images, each
+split its own draw: the seed zoo's task, whose test accuracies have standard error <= 0.0065),
 ``wine`` and ``breast-cancer`` (tabular), ``seq-majority``, ``seq-sorted`` and ``seq-brackets``
 (procedural token sequences, see ``SEQUENCE_TASKS``). Derived digit tasks reuse the split of
 ``digits10`` so their test images are transforms of the same test digits.
@@ -370,6 +373,46 @@ def _gratings16() -> Task:
         "procedural oriented gratings (6 orientations, 30 degrees apart) in a soft aperture "
         "with noise, 16x16; left out of every zoo preset (held-out task)",
     )  # fmt: skip
+
+
+# the seed zoo's task (003's zoos test on 10k images): shapes drawn as for ``shapes16``, each
+# split an independent draw, so the test split can be as large as a probe needs. With 6,000 test
+# images a model's test accuracy p has standard error sqrt(p (1 - p) / 6000) <= 0.0065; digits
+# (360 test images) gives up to 0.026, larger than the whole spread of the generalization gap.
+# A small train split (150 per class) leaves the seeds apart in accuracy and gap.
+PROBE_SHAPES_PER_CLASS = {"train": 150, "val": 50, "test": 1000}
+PROBE_SHAPES_SEED = 31  # splits drawn with seeds 31, 32 and 33
+
+
+def accuracy_standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy measured on ``n`` examples."""
+    if n < 1:
+        raise ValueError("an accuracy needs at least one example")
+    p = min(max(float(accuracy), 0.0), 1.0)
+    return float(np.sqrt(p * (1.0 - p) / n))
+
+
+@register_task("shapes16-probe")
+def _shapes16_probe() -> Task:
+    parts = {
+        s: draw_shapes(PROBE_SHAPES_PER_CLASS[s], 16, PROBE_SHAPES_SEED + i)
+        for i, s in enumerate(SPLITS)
+    }
+    n = {s: len(y) for s, (_, y) in parts.items()}
+    info = TaskInfo(
+        name="shapes16-probe",
+        kind="image",
+        in_chans=1,
+        img_size=16,
+        n_features=16 * 16,
+        num_classes=len(SHAPES),
+        dataset="weightatlas/shapes16-probe",
+        description=f"shapes16's drawing ({', '.join(SHAPES)}), each split drawn apart: "
+        f"{n['train']} train, {n['val']} val, {n['test']} test images (the seed zoo's probes)",
+    )
+    return Task(
+        info, {s: (torch.from_numpy(X), torch.from_numpy(y)) for s, (X, y) in parts.items()}
+    )
 
 
 def _tabular_task(name: str, loader: Callable, dataset: str, description: str) -> Task:

@@ -19,6 +19,7 @@ into place, so a killed build leaves only whole repos and a re-run continues whe
 
     weightatlas zoo --preset ci --out zoo-ci                 # 39 checkpoints, ~1 minute
     weightatlas zoo --preset demo --out zoo-demo --seed 1 --set epochs=4
+    weightatlas zoo --preset seeds --out zoo-seeds           # 200 seeds x 7 checkpoints
     python -c "from core.zoos.zoo import zoo; zoo('ci', 'zoo-ci')"
 """
 
@@ -133,6 +134,19 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
         "lrs": (3e-4, 1e-3, 3e-3, 1e-2),
         "weight_decays": (0.0, 1e-4, 1e-3, 1e-2, 1e-1),
         "size_levels": 3,
+    },
+    # a SANE-style seed zoo (003 §5.1 / Table 9; its zoos hold ~1,000 seeds of one architecture
+    # at fixed hyper-parameters, tested on 10k images): 200 seeds of the cnn (w8 d2, 1,374
+    # weights) on shapes16-probe (6,000 test images), one lr, no weight decay, checkpoints up to
+    # epoch 20; only the seed (init and batch order) differs between runs
+    "seeds": {
+        "families": ("cnn",),
+        "tasks": (),
+        "zoos": ("cnn/shapes16-probe:200",),
+        "epochs": 20,
+        "checkpoints": (1, 2, 4, 8, 12, 16, 20),
+        "lrs": (1e-3,),
+        "weight_decays": (0.0,),
     },
 }
 register_presets("zoo", ZooConfig, ZOO_PRESETS)
@@ -474,7 +488,7 @@ def zoo(
     """Train (or finish) a zoo and write it under ``out``; returns ``out``.
 
     Args:
-        preset: ``ci``, ``demo`` or ``full`` (see ``ZOO_PRESETS``).
+        preset: ``ci``, ``demo``, ``full`` or ``seeds`` (see ``ZOO_PRESETS``).
         out: output directory (an HF cache directory afterwards).
         seed: zoo seed; every run's seed and hyper-parameters derive from it.
         overrides: ZooConfig fields that win over the preset (strings are coerced).
