@@ -648,6 +648,103 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
     assert torch.get_default_device().type == "cpu"
 
 
+_LAYERS_SCRIPT = r"""
+import json, resource, sys, time
+from pathlib import Path
+from core.cli import main
+from core.models.registry import implied_size
+
+tmp, demo = Path(sys.argv[1]), sys.argv[2]
+out = {}
+t = time.perf_counter()
+assert main(["collect", str(tmp / "a-normal"), "--source", str(tmp / "normal"), "--no-progress"]) == 0
+out["normal_s"] = time.perf_counter() - t
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for layers in (10**12, 100_000):
+    src = tmp / f"L{layers}"
+    runs = {
+        "collect": ["collect", str(tmp / f"a{layers}"), "--source", str(src), "--no-progress"],
+        "embed": ["embed", demo, "--model", str(src / "m")],
+        "sample": ["sample", demo, "--arch", f"hf:{src / 'm'}"],
+    }
+    for stage, args in runs.items():
+        t = time.perf_counter()
+        rc = main(args)
+        out[f"{stage}-{layers}"] = {"rc": rc, "seconds": time.perf_counter() - t}
+rows = [json.loads(x) for x in (tmp / "a100000" / "manifest.jsonl").read_text().splitlines()]
+rows += [json.loads(x) for x in (tmp / f"a{10**12}" / "manifest.jsonl").read_text().splitlines()]
+out["reasons"] = sorted({r["reason"] for r in rows})
+out["extra_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+print(json.dumps(out))
+"""
+
+
+def test_layer_counts_are_sized_from_the_config_not_built(bert_files, tmp_path):
+    """A config of a few hundred bytes asking for 10^12 (or 100,000) layers beside tiny valid
+    weights is refused in collect, ``embed --model`` and ``sample --arch hf:DIR`` within 5 s each
+    and with at most 100 MB more peak memory than collecting the same tiny model as it is (one
+    fresh process; before issue 27 each built every layer object on the meta device: 180 s and
+    5.8 GB at 100,000 layers, killed past 5.8 GB at 10^12)."""
+    import shutil
+    import subprocess
+    import sys
+
+    cfg = json.loads(bert_files["config.json"])
+    for name, layers in (("normal", 1), ("L1000000000000", 10**12), ("L100000", 100_000)):
+        d = tmp_path / name / "m"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": layers}))
+        (d / "model.safetensors").write_bytes(bert_files["model.safetensors"])
+    demo = tmp_path / "demo"
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "assets" / "demo", demo, ignore=shutil.ignore_patterns("generated"))
+    r = subprocess.run(
+        [sys.executable, "-c", _LAYERS_SCRIPT, str(tmp_path), str(demo)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for layers in (10**12, 100_000):
+        assert out[f"collect-{layers}"]["rc"] == 0, out  # collect records the rejection
+        for stage in ("embed", "sample"):
+            assert out[f"{stage}-{layers}"]["rc"] == 2, out  # one-line error
+        for stage in ("collect", "embed", "sample"):
+            assert out[f"{stage}-{layers}"]["seconds"] < 5, out
+    assert out["reasons"] == ["too large", "weights do not match config"], out
+    assert out["extra_rss_mb"] <= 100, out
+    for line in r.stderr.splitlines():
+        if line.startswith("weightatlas "):
+            assert "implies" in line, line
+    implied = [ln for ln in r.stderr.splitlines() if "implies 600,000,000,000,520 values" in ln]
+    assert implied, r.stderr[-2000:]  # the 10^12-layer size is the exact extrapolation
+
+
+def test_unrecognised_layer_counts_stop_at_the_module_limit(bert_files, monkeypatch):
+    """A count the size check does not recognise is still bounded: the meta build stops after
+    ``MAX_SIZING_MODULES`` modules (here a BERT stack, with the extrapolation switched off)."""
+    from core.models import registry
+
+    monkeypatch.setattr(registry, "SIZE_BUILD_LAYERS", 10**9)
+    monkeypatch.setattr(registry, "MAX_BUILD_LAYERS", 10**9)
+    monkeypatch.setattr(registry, "MAX_SIZING_MODULES", 2_000)
+    cfg = {**json.loads(bert_files["config.json"]), "num_hidden_layers": 5_000}
+    t = time.perf_counter()
+    with pytest.raises(RejectedModel, match="more than 2,000 modules"):
+        registry.implied_size(cfg)
+    assert time.perf_counter() - t < 30
+    monkeypatch.undo()
+    # and the extrapolation is exact for a stack of blocks: 70 layers built and extrapolated
+    cfg70 = {**cfg, "num_hidden_layers": 70}
+    sized = registry.implied_size(cfg70)
+    registry._IMPLIED_SIZES.clear()
+    monkeypatch.setattr(registry, "SIZE_BUILD_LAYERS", 10**9)
+    assert registry.implied_size(cfg70) == sized
+
+
 # ----------------------------------------------------------------------------- 5. disk full
 
 

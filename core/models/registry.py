@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from core.errors import RejectedModel, WeightAtlasError
 from core.models.native import NATIVE_MODELS
@@ -46,30 +48,138 @@ def implied_size(config: dict[str, Any]) -> tuple[int, int]:
     """``(parameters, buffer values)`` of the model a config describes, built on the meta device.
 
     No real memory is allocated (every tensor lives on ``torch.device("meta")``), so a config
-    asking for 10^14 values is sized in milliseconds.
+    asking for 10^14 values is sized in milliseconds. The cost follows the size of the config,
+    not the number of layers it asks for: layer, block and expert counts (``num_hidden_layers``,
+    ``depths``, ``num_local_experts``, ...) above ``SIZE_BUILD_LAYERS`` are built at 2 and at 4,
+    and each count's share is extrapolated linearly (exact for a stack of identical blocks, or
+    of pairs), so ``num_hidden_layers: 10**12`` costs two small builds. A build that registers more
+    than ``MAX_SIZING_MODULES`` modules anyway (a count under a name not recognised) stops there.
 
     Raises:
-        RejectedModel: the config's own build errors, or ``bad config`` if the library's
-            classes cannot be built on the meta device (the size cannot be known safely).
+        RejectedModel: the config's own build errors, ``too large`` for more layer counts or
+            modules than a model has, or ``bad config`` if the library's classes cannot be built
+            on the meta device (the size cannot be known safely).
     """
     key = json.dumps(config, sort_keys=True, default=repr)
     if key in _IMPLIED_SIZES:
         return _IMPLIED_SIZES[key]
+    counts = _layer_counts(config)
+    large = [(path, v) for path, v in counts if v > SIZE_BUILD_LAYERS]
+    if len(large) > MAX_LARGE_COUNTS:
+        raise RejectedModel(
+            "too large",
+            f"the config sets {len(large)} layer counts above {SIZE_BUILD_LAYERS} "
+            f"(at most {MAX_LARGE_COUNTS})",
+        )
+    built = sum(v for _p, v in counts if v <= SIZE_BUILD_LAYERS) + 4 * len(large)
+    if built > MAX_BUILD_LAYERS:
+        raise RejectedModel(
+            "too large",
+            f"the config asks for {built:,} layers in all (at most {MAX_BUILD_LAYERS:,})",
+        )
+    if not large:
+        params, buffers = _meta_size(config)
+    else:
+        base_config = config
+        for path, _v in large:
+            base_config = _with_value(base_config, path, 2)
+        params, buffers = base = _meta_size(base_config)
+        for path, v in large:  # two more blocks, so that alternating blocks (Swin) average out
+            more = _meta_size(_with_value(base_config, path, 4))
+            params += (v - 2) * (more[0] - base[0]) // 2
+            buffers += (v - 2) * (more[1] - base[1]) // 2
+        params, buffers = max(params, 0), max(buffers, 0)
+    if len(_IMPLIED_SIZES) >= 256:
+        _IMPLIED_SIZES.pop(next(iter(_IMPLIED_SIZES)))
+    _IMPLIED_SIZES[key] = (params, buffers)
+    return params, buffers
+
+
+# layer/block/expert counts up to this are built as they are; larger ones are extrapolated
+SIZE_BUILD_LAYERS = 64
+# a config with more counts above SIZE_BUILD_LAYERS than this is refused unsized
+MAX_LARGE_COUNTS = 16
+# at most this many layers (all counts, the large ones cut to 4) are built to size one
+MAX_BUILD_LAYERS = 4096
+# a sizing build that registers more modules than this is stopped (bert-base has ~230,
+# timm's vit_large ~300, a 126-layer Llama ~1,100)
+MAX_SIZING_MODULES = 20_000
+# names of counts of repeated layers, blocks, stages or experts (in any nested config):
+# num_hidden_layers, n_layer, encoder_layers, depth(s), layers (timm ResNet), num_blocks,
+# num_local_experts, n_routed_experts, block_config (DenseNet)
+_COUNT_KEY = re.compile(r"(?:^|_)(?:layers?|blocks?|experts?|depths?)$|^block_config$")
+
+
+def _layer_counts(config: Any) -> list[tuple[tuple[Any, ...], int]]:
+    """``(path, value)`` of every layer-like count in a config (ints, or ints in a list)."""
+    found: list[tuple[tuple[Any, ...], int]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), config)]
+    while stack:
+        path, obj = stack.pop()
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for k, v in items:
+            counted = isinstance(k, str) and _COUNT_KEY.search(k)
+            if counted and isinstance(v, int) and not isinstance(v, bool):
+                found.append(((*path, k), v))
+            elif counted and isinstance(v, list):
+                for i, x in enumerate(v):
+                    if isinstance(x, int) and not isinstance(x, bool):
+                        found.append(((*path, k, i), x))
+                    elif isinstance(x, dict | list):
+                        stack.append(((*path, k, i), x))
+            elif isinstance(v, dict | list):
+                stack.append(((*path, k), v))
+    return found
+
+
+def _with_value(obj: Any, path: tuple[Any, ...], value: int) -> Any:
+    """A copy of ``obj`` with ``value`` at ``path`` (only the containers on the path copied)."""
+    head, rest = path[0], path[1:]
+    out = dict(obj) if isinstance(obj, dict) else list(obj)
+    out[head] = _with_value(obj[head], rest, value) if rest else value
+    return out
+
+
+class _TooManyModules(BaseException):
+    """Raised by the sizing build's module hook; a BaseException so that the library
+    builders' ``except Exception`` (a malformed config) does not turn it into ``bad config``."""
+
+
+_SIZING = threading.local()
+
+
+def _count_module(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    left = getattr(_SIZING, "left", None)
+    if left is None:
+        return
+    if left <= 0:
+        raise _TooManyModules
+    _SIZING.left = left - 1
+
+
+def _meta_size(config: dict[str, Any]) -> tuple[int, int]:
+    """``(parameters, buffer values)`` of one build of ``config`` on the meta device."""
+    handle = register_module_module_registration_hook(_count_module)
+    _SIZING.left = MAX_SIZING_MODULES
     try:
         with torch.device("meta"):
             model, _library = empty_model(config)
     except RejectedModel:
         raise
+    except _TooManyModules:
+        raise RejectedModel(
+            "too large", f"the config builds more than {MAX_SIZING_MODULES:,} modules"
+        ) from None
     except Exception as e:  # noqa: BLE001 (any failure of an untrusted config)
         raise RejectedModel(
             "bad config",
             f"cannot be sized before allocation ({type(e).__name__}: {str(e)[:200]})",
         ) from None
+    finally:
+        _SIZING.left = None
+        handle.remove()
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
-    if len(_IMPLIED_SIZES) >= 256:
-        _IMPLIED_SIZES.pop(next(iter(_IMPLIED_SIZES)))
-    _IMPLIED_SIZES[key] = (params, buffers)
     return params, buffers
 
 
