@@ -583,7 +583,11 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
         help="extra rounds that re-fit the prior on the kept draws (default: preset's)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of prompts, draws and conditioning")
-    p.add_argument("--task", default=None, help="target task (default: the architecture's own)")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="target task (default: the architecture's own; none: an hf: model generated unscored)",
+    )
     p.add_argument(
         "--width", type=int, default=None, help="zoo family width (default: the atlas' most common)"
     )

@@ -521,3 +521,61 @@ def test_strip_machine_paths_for_shipped_files(tmp_path):
         "models": ["generated/m0", "weightatlas-zoo/cnn"],
         "note": "relative/path stays",
     }
+
+
+def _tiny_hf_cache(cache: Path) -> dict[str, Path]:
+    """A Hugging Face cache (``models--ORG--NAME/snapshots/REV``) of three tiny transformers
+    models built here: a ViT without head (3 channels, 32 px), a ViT classifier with 10 labels
+    (3 channels, 32 px) and a BERT without head."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification, ViTModel
+
+    vit = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    vit.update(image_size=32, patch_size=8, num_channels=3)
+    bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    bert.update({"intermediate_size": 64, "max_position_embeddings": 64})
+    models = {
+        "tiny/vit-features": ViTModel(ViTConfig(**vit)),
+        "tiny/vit-classifier": ViTForImageClassification(ViTConfig(**vit, num_labels=10)),
+        "tiny/bert-features": BertModel(bert),
+    }
+    out = {}
+    for repo, model in models.items():
+        torch.manual_seed(0)
+        rev = f"{abs(hash(repo)) % 16**12:012x}{'0' * 28}"
+        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
+        model.save_pretrained(snap)  # config.json + model.safetensors
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text(rev)
+        out[repo] = snap
+    return out
+
+
+@needs_demo
+def test_generate_page_takes_your_own_transformers_models(monkeypatch, tmp_path):
+    """Issue 27: a model folder of one's own (HF cache layout) gets the tasks it runs on (a
+    ViT built for 3-channel 32 px images on the 1-channel 8x8 digits, inputs adapted and said
+    so) or none (unscored, the default where it takes none); no red error, no CLI flags, and
+    the folder is named by its repo id, not its snapshot hash."""
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    snaps = _tiny_hf_cache(tmp_path / "hub")
+    at = app_on(DEMO, timeout=180)
+    at.switch_page("views/generate.py").run()
+    at.segmented_control(key="gen_kind").set_value("transformers config").run()
+    for repo, snap in snaps.items():
+        at.text_input(key="gen_hf_own").set_value(str(snap)).run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        task_box = next(s for s in at.selectbox if s.label == "Task")
+        shown = texts(at).replace("\\", "")
+        assert "--task" not in shown and snap.name not in shown, shown
+        assert f"`{repo}`" in shown, shown  # named by its repo id
+        if repo == "tiny/vit-classifier":
+            assert "digits10" in task_box.options and "seq-brackets" not in task_box.options
+            assert task_box.value == "none"  # no task in its card: unscored by default
+            task_box.set_value("digits10").run()
+            assert "grey copied to RGB, 8x8 resized to 32x32 px" in texts(at).replace("\\", "")
+            assert "task `digits10`" in texts(at)
+        else:  # no head: no task it can be scored on
+            assert task_box.options == ["none: generated unscored"], task_box.options
+            assert "no classification head" in shown and "no task (unscored)" in shown
+        assert at.button(key="gen_go").disabled is False

@@ -234,7 +234,7 @@ def test_transformers_tab_offers_working_entries_with_their_task(browser, server
     wait_idle(page)
     page.get_by_text("transformers config", exact=True).click()
     wait_idle(page)
-    label = "Model folder (the atlas' transformers models, or type a folder)"
+    label = "Model folder (the atlas' transformers models)"
     page.get_by_role("combobox", name=label).click()
     options = [o.inner_text() for o in page.get_by_role("option").all()]
     page.keyboard.press("Escape")

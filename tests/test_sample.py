@@ -326,3 +326,44 @@ def test_a_run_computes_the_target_position_code_once(cnn_atlas, tmp_path, monke
     over = {"n_prompts": 1, "prompt_epochs": 1, "n": 3, "keep": 1, "task": "digits-invert"}
     sample(cnn_atlas, "zoo:cnn", "ci", over, out_dir=tmp_path)
     assert len(calls) == 1
+
+
+def test_own_transformers_models_get_the_tasks_they_take_with_adapted_inputs(tmp_path):
+    """Issue 27: a ViT classifier built for 3-channel 32 px images runs on the 1-channel 8x8
+    digits (grey copied to RGB, resized), not on a sequence task; a model without a head takes
+    no task and is generated unscored (``task="none"``), even where its card names one; an HF
+    cache folder is named by its repo id."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    from core.generation.prompts import (
+        NO_TASK,
+        TargetError,
+        input_adaptation,
+        runnable,
+        task_fits,
+    )
+    from core.generation.targets import spec_label
+
+    cfg = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    cfg.update(image_size=32, patch_size=8, num_channels=3)
+    snap = tmp_path / "models--me--vit" / "snapshots" / ("a" * 40)
+    ViTForImageClassification(ViTConfig(**cfg, num_labels=10)).save_pretrained(snap)
+    ViTModel(ViTConfig(**cfg)).save_pretrained(tmp_path / "features")
+    (tmp_path / "features" / "README.md").write_text("---\nweightatlas:\n  task: digits10\n---\n")
+    assert spec_label(f"hf:{snap}") == "hf:me/vit"
+
+    fits = task_fits(f"hf:{snap}", "dense", 64, ["digits10", "digits16", "seq-brackets", "wine"])
+    assert fits["digits10"] is None and fits["digits16"] is None
+    assert fits["seq-brackets"] and fits["wine"] and "--task" not in fits["wine"]
+    target = resolve_target(f"hf:{snap}", "dense", 64, task="digits10")
+    model = target.arch.build(0)
+    assert input_adaptation(model, target) == "grey copied to RGB, 8x8 resized to 32x32 px"
+    x, _ = get_task("digits10").split("test")
+    assert logits(runnable(model, target), x[:3]).shape == (3, 10)
+
+    heads = task_fits(f"hf:{tmp_path / 'features'}", "dense", 64, ["digits10"])
+    assert "no classification head (ViTModel" in str(heads["digits10"])
+    unscored = resolve_target(f"hf:{tmp_path / 'features'}", "dense", 64, task=NO_TASK)
+    assert unscored.task is None and "no task chosen" in str(unscored.note)
+    with pytest.raises(TargetError, match="built for a task"):
+        resolve_target("zoo:mlp", "dense", 64, task=NO_TASK)

@@ -15,7 +15,7 @@ from core.atlas import Atlas
 from core.embeddings.encode import position_code
 from core.errors import WeightAtlasError
 from core.generation.config import Progress, SampleConfig
-from core.generation.targets import resolve_arch
+from core.generation.targets import resolve_arch, spec_label
 from core.manifest import as_row
 from core.models.families import FAMILIES
 from core.models.registry import logits
@@ -39,6 +39,7 @@ class Target:
     excluded: list[dict[str, Any]]
     image_size: int | None = None  # model's expected input side, if it differs from the task's
     note: str | None = None  # why the target is unscored, shown to the user and in cards
+    in_chans: int | None = None  # image channels the model takes (None: the task's own)
     _fresh: dict[int, nn.Module] = field(default_factory=dict, repr=False)
     _side: dict[str, int | None] = field(default_factory=dict, repr=False)  # see run_side
     _code: dict[tuple[int, float], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -81,6 +82,9 @@ class TargetError(WeightAtlasError):
     """An architecture target that cannot be built, or cannot run on its task (one line)."""
 
 
+NO_TASK = "none"  # an hf: target generated without a task even where its card names one
+
+
 def _one_line(e: BaseException, limit: int = 160) -> str:
     """``Type: first line of the message``, cut to ``limit`` characters."""
     lines = str(e).strip().splitlines()
@@ -106,10 +110,12 @@ def resolve_target(
 ) -> Target:
     """Resolve ``spec`` for ``task`` and tokenize a fresh instance to get its layer table.
 
-    ``hf:`` targets take ``task``, else the task named in their card; with neither (or a card
-    task the atlas does not know) the target has ``task=None`` and a ``note``: it is generated
-    unscored. A target with a task must run on it: a forward pass on two of the task's inputs
-    gives finite ``(2, num_classes)`` logits.
+    ``hf:`` targets take ``task``, else the task named in their card; with neither, with
+    ``task=NO_TASK`` (``"none"``), or with a card task the atlas does not know, the target has
+    ``task=None`` and a ``note``: it is generated unscored. A target with a task must run on it:
+    a forward pass on two of the task's inputs gives finite ``(2, num_classes)`` logits (images
+    are resized to the model's input side and grey <-> RGB converted where the model's config
+    asks for it, see :func:`runnable`).
 
     Raises:
         TargetError: the target cannot be built or does not fit its task (one line).
@@ -117,20 +123,25 @@ def resolve_target(
 
     note = None
     if spec.startswith("hf:"):
-        arch = resolve_arch(spec, task=task)
-        task_name = task or arch.task
-        if task_name is not None and task_name not in TASKS:
+        chosen_none = task == NO_TASK
+        arch = resolve_arch(spec, task=None if chosen_none else task)
+        task_name = None if chosen_none else task or arch.task
+        if chosen_none:
+            note = "no task chosen"
+        elif task_name is not None and task_name not in TASKS:
             note = f"its card names task {task_name!r}, which this atlas does not know"
             task_name = None
         elif task_name is None:
-            note = "no task given (--task) and none in its card"
+            note = "no task given and none in its card"
         if note is not None:
             note = (
-                f"{spec}: {note}; generated unscored (no accuracy, no batch-norm conditioning; "
+                f"{spec_label(spec)}: {note}; generated unscored (no accuracy, no batch-norm conditioning; "
                 "prompts: atlas models with its layer table, else untrained fresh instances; "
                 f"draws kept in draw order). Tasks it could take: {_tasks_by_kind()}"
             )
     else:  # zoo families and timm names are sized for the task (head, input channels)
+        if task == NO_TASK:
+            raise TargetError(f"{spec} is built for a task (its head and inputs); choose one")
         task_name = task or default_task(spec)
         arch = resolve_arch(spec, task=task_name, width=width, depth=depth)
     try:
@@ -138,10 +149,10 @@ def resolve_target(
     except WeightAtlasError:
         raise
     except Exception as e:  # a library refusing the config: one line, not a traceback
-        raise TargetError(f"{spec} cannot be built: {_one_line(e)}") from None
+        raise TargetError(f"{spec_label(spec)} cannot be built: {_one_line(e)}") from None
     tok = tokenize_state_dict(model.state_dict(), scheme, token_size, model=model)
     if tok.n_tokens == 0:
-        raise WeightAtlasError(f"{spec} has no trainable float tensors to generate")
+        raise WeightAtlasError(f"{spec_label(spec)} has no trainable float tensors to generate")
     target = Target(
         arch,
         task_name,
@@ -152,6 +163,7 @@ def resolve_target(
         tok.excluded,
         _input_side(arch.config),
         note=note,
+        in_chans=_input_chans(arch.config),
     )
     if task_name is not None:
         check_task_fit(model, target)
@@ -170,56 +182,138 @@ def check_task_fit(model: nn.Module, target: Target) -> None:
     info = task.info
     X, _ = task.split("train")
     shape = "x".join(map(str, info.input_shape))
-    hint = f"pass --task with a task it takes ({_tasks_by_kind()})"
+    hint = f"choose a task it takes ({_tasks_by_kind()}) or none (generated unscored)"
     was = model.training
     model.eval()
     try:
         out = logits(runnable(model, target), X[:2])
+    except WeightAtlasError as e:  # core.models.registry.logits: an output without logits
+        raise TargetError(
+            f"{spec_label(target.arch.spec)} has no classification head ({type(model).__name__} "
+            "returns features, not class logits), so it takes no task: generate it with none "
+            f"(unscored) [{_one_line(e)}]"
+        ) from None
     except Exception as e:
         raise TargetError(
-            f"{target.arch.spec} does not run on {target.task} ({info.kind}, {shape} "
+            f"{spec_label(target.arch.spec)} does not run on {target.task} ({info.kind}, {shape} "
             f"{'token ids' if info.kind == 'sequence' else 'inputs'}): {_one_line(e)}; {hint}"
         ) from None
     finally:
         model.train(was)
     if tuple(out.shape) != (2, info.num_classes):
         raise TargetError(
-            f"{target.arch.spec} gives outputs of shape {tuple(out.shape)[1:]} on {target.task}, "
+            f"{spec_label(target.arch.spec)} gives outputs of shape {tuple(out.shape)[1:]} on {target.task}, "
             f"not {info.num_classes} class logits (a different head?); {hint}"
         )
     if not torch.isfinite(out).all():
-        raise TargetError(f"{target.arch.spec} gives non-finite logits on {target.task}")
+        raise TargetError(
+            f"{spec_label(target.arch.spec)} gives non-finite logits on {target.task}"
+        )
 
 
 def _input_side(config: dict[str, Any]) -> int | None:
-    """The fixed input side a timm model was built for (``pretrained_cfg.input_size``)."""
-    pcfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
+    """The fixed input side a model was built for: timm's ``pretrained_cfg.input_size``, a
+    transformers vision config's ``image_size``."""
+    if not isinstance(config, dict):
+        return None
+    pcfg = config.get("pretrained_cfg")
     size = pcfg.get("input_size") if isinstance(pcfg, dict) else None
-    return int(size[-1]) if isinstance(size, list) and len(size) == 3 else None
+    if isinstance(size, list) and len(size) == 3:
+        return int(size[-1])
+    side = config.get("image_size")
+    if isinstance(side, list | tuple) and len(side) == 2 and side[0] == side[1]:
+        side = side[0]
+    return int(side) if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
 
 
-class _Resize(nn.Module):
-    """Feeds a model built for a fixed input size (timm ViT/Mixer at 224) the task's images.
+def _input_chans(config: dict[str, Any]) -> int | None:
+    """Image channels a transformers vision config takes (``num_channels``), else None."""
+    n = config.get("num_channels") if isinstance(config, dict) else None
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
-    Images are resized bilinearly; the wrapped model's parameters and buffers are its own, so
-    training or conditioning through the wrapper changes the model itself.
+
+# channel changes that keep an image's meaning: grey to RGB (copies), RGB to grey (mean)
+SOUND_CHANNEL_CHANGES = {(1, 3), (3, 1)}
+
+
+class _Adapt(nn.Module):
+    """Feeds a model the task's images at the side and channels it was built for.
+
+    Images are resized bilinearly to ``side`` (a timm ViT/Mixer at 224, a transformers ViT at its
+    ``image_size``); one grey channel is copied to three, or three are averaged to one
+    (``chans``). The wrapped model's parameters and buffers are its own, so training or
+    conditioning through the wrapper changes the model itself.
     """
 
-    def __init__(self, model: nn.Module, side: int):
+    def __init__(self, model: nn.Module, side: int | None, chans: int | None = None):
         super().__init__()
         self.model = model
         self.side = side
+        self.chans = chans
 
     def forward(self, x: torch.Tensor) -> Any:  # (B, C, H, W)
-        if x.dim() == 4 and x.shape[-1] != self.side:
+        if x.dim() == 4 and self.chans is not None and x.shape[1] != self.chans:
+            x = x.mean(1, keepdim=True) if self.chans == 1 else x.expand(-1, self.chans, -1, -1)
+        if x.dim() == 4 and self.side is not None and x.shape[-1] != self.side:
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False)
         return self.model(x)
 
 
+def run_chans(target: Target) -> int | None:
+    """The channels the task's images are converted to, None for the task's own.
+
+    Only grey <-> RGB (:data:`SOUND_CHANNEL_CHANGES`); a model taking other channel counts runs
+    on no image task of another count.
+    """
+    if target.task is None or target.in_chans is None:
+        return None
+    info = get_task(target.task).info
+    if info.kind != "image" or info.in_chans == target.in_chans:
+        return None
+    return target.in_chans if (info.in_chans, target.in_chans) in SOUND_CHANNEL_CHANGES else None
+
+
 def runnable(model: nn.Module, target: Target) -> nn.Module:
-    """``model`` itself, or wrapped so that the task's images are resized to ``run_side``."""
-    side = run_side(model, target)
-    return model if side is None else _Resize(model, side)
+    """``model`` itself, or wrapped so that the task's images are resized to ``run_side`` and
+    converted to ``run_chans`` channels."""
+    side, chans = run_side(model, target), run_chans(target)
+    return model if side is None and chans is None else _Adapt(model, side, chans)
+
+
+def input_adaptation(model: nn.Module, target: Target) -> str | None:
+    """How the task's inputs are changed for the model, in words (None: taken as they are)."""
+    if target.task is None:
+        return None
+    info = get_task(target.task).info
+    side, chans = run_side(model, target), run_chans(target)
+    parts = []
+    if chans is not None:
+        parts.append("grey copied to RGB" if chans == 3 else "RGB averaged to grey")
+    if side is not None:
+        parts.append(f"{info.img_size}x{info.img_size} resized to {side}x{side} px")
+    return ", ".join(parts) or None
+
+
+def task_fits(
+    spec: str, scheme: str, token_size: int, tasks: list[str] | None = None
+) -> dict[str, str | None]:
+    """Which tasks an ``hf:`` target runs on: task -> None if it does, else the one-line reason.
+
+    The model is built once; each task gets one forward pass on two of its inputs (adapted as
+    :func:`runnable` adapts them), as :func:`resolve_target` checks a chosen task.
+    """
+    base = resolve_target(spec, scheme, token_size, task=NO_TASK)
+    model = base.arch.build(0)
+    out: dict[str, str | None] = {}
+    for name in tasks if tasks is not None else list(TASKS):
+        target = copy.copy(base)
+        target.task, target.note, target._side = name, None, {}
+        try:
+            check_task_fit(model, target)
+            out[name] = None
+        except TargetError as e:
+            out[name] = str(e)
+    return out
 
 
 def run_side(model: nn.Module, target: Target) -> int | None:
@@ -242,14 +336,19 @@ def run_side(model: nn.Module, target: Target) -> int | None:
         while side < target.image_size:
             sides.append(side)
             side *= 2
-        chosen = next((s for s in sides if _runs_at(model, info, s)), int(target.image_size))
+        chosen = next(
+            (s for s in sides if _runs_at(model, info, s, target)), int(target.image_size)
+        )
         target._side["side"] = None if chosen == info.img_size else chosen
     return target._side["side"]
 
 
-def _runs_at(model: nn.Module, info: Any, side: int) -> bool:
+def _runs_at(model: nn.Module, info: Any, side: int, target: Target | None = None) -> bool:
     """Whether a forward pass on ``side`` x ``side`` images works."""
     x = torch.zeros(2, info.in_chans, side, side)
+    chans = run_chans(target) if target is not None else None
+    if chans is not None:
+        x = torch.zeros(2, chans, side, side)
     was = model.training
     model.eval()
     try:

@@ -97,6 +97,7 @@ from core.generation.prompts import (
     resolve_target,
     run_side,
 )
+from core.generation.targets import spec_label
 from core.models.io import render_card, save_model_dir
 from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore
@@ -496,7 +497,7 @@ def sample(
         )
     fp = backbone_fingerprint(bdir)
     root = Path(out_dir) if out_dir is not None else a.generated_dir
-    base = f"{_slug(arch)}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
+    base = f"{_slug(spec_label(arch))}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
     outputs = []
     for rank, cand in enumerate(kept):
         name = f"{base}--{rank:02d}"

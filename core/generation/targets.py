@@ -132,6 +132,30 @@ def resolve_arch(
     )
 
 
+def repo_id_of(path: str | Path) -> str | None:
+    """``org/name`` of a folder in Hugging Face cache layout (``models--org--name/snapshots/REV``),
+    else None."""
+    p = Path(path)
+    if p.parent.name != "snapshots" or not p.parent.parent.name.startswith("models--"):
+        return None
+    parts = p.parent.parent.name.removeprefix("models--").split("--")
+    return "/".join(parts) if all(parts) else None
+
+
+def spec_label(spec: str) -> str:
+    """How an architecture spec is named to people and in folder names: an ``hf:`` folder by its
+    repo id when it lies in a Hugging Face cache (not by its snapshot hash), else by its last
+    folder name; ``zoo:`` and ``timm:`` specs as they are."""
+    kind, _, rest = spec.partition(":")
+    if kind != "hf" or not rest:
+        return spec
+    path = Path(rest)
+    repo = repo_id_of(path)
+    if repo is not None:
+        return f"hf:{repo}"
+    return f"hf:{path.name}" if path.is_dir() else spec  # else a repo id, named as typed
+
+
 def _local_model_dir(ref: str, cache_dir: str | Path | None) -> Path:
     path = Path(ref)
     if path.is_dir():

@@ -23,8 +23,14 @@ from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 from core.generation.estimate import estimate_sample
-from core.generation.prompts import atlas_prompts, resolve_target
-from core.generation.targets import TIMM_SUGGESTED, timm_fit, timm_search
+from core.generation.prompts import (
+    NO_TASK,
+    atlas_prompts,
+    input_adaptation,
+    resolve_target,
+    task_fits,
+)
+from core.generation.targets import TIMM_SUGGESTED, spec_label, timm_fit, timm_search
 from core.models.families import FAMILIES
 from core.models.io import read_config, read_state_dict
 from core.models.registry import library_of
@@ -56,6 +62,9 @@ def cached_candidates(
     target = resolve_target(spec, scheme, token_size, task=task, width=width, depth=depth)
     return {
         "task": target.task,
+        "own_task": target.arch.task,
+        "label": spec_label(spec),
+        "adapted": input_adaptation(target.arch.build(0), target),
         "family": target.arch.family,
         "library": target.arch.library,
         "n_tokens": int(len(target.positions)),
@@ -123,6 +132,11 @@ def cached_hf_dirs(root: str, stamp_: float) -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
+def info_label(spec: str) -> str:
+    """An architecture spec as the page names it (an HF-cache folder by its repo id)."""
+    return spec_label(spec).removeprefix("hf:") if spec.startswith("hf:") else spec
+
+
 def size_text(params: int | None) -> str:
     """``11.2 M parameters`` / ``578 k parameters``."""
     if params is None:
@@ -130,6 +144,113 @@ def size_text(params: int | None) -> str:
     return (
         f"{params / 1e6:.1f} M parameters" if params >= 1e6 else f"{params / 1e3:.0f} k parameters"
     )
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_task_fits(root: str, stamp_: float, spec: str) -> dict[str, str | None]:
+    """core.generation.prompts.task_fits: task -> None where the model runs on it, else why not."""
+    scheme, token_size = token_scheme(Atlas.open(root))
+    return task_fits(spec, scheme, token_size)
+
+
+def task_label(task: str) -> str:
+    """A task as the Task box shows it (``none``: generated unscored)."""
+    return "none: generated unscored" if task == NO_TASK else task
+
+
+def hf_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int] | None, bool]:
+    """A transformers model folder and the task it is generated for (or none: unscored).
+
+    Only the tasks the model runs on are offered (inputs resized and grey <-> RGB converted
+    where its config asks for it); the model's own task first where it is one of them, else
+    none. The caption says which, and how the task's inputs are adapted.
+    """
+    c1, c2 = st.columns(2)
+    dirs = cached_hf_dirs(str(root), stamp_)
+    typed = c1.text_input(
+        "A model of your own: its folder, or a repo id in your Hugging Face cache",
+        key="gen_hf_own",
+        placeholder="e.g. ~/models/my-vit or org/name",
+        help="A Hub-format directory (config.json + safetensors weights); a repo id is looked "
+        "up in your local Hugging Face cache (no download). Empty: the atlas' models below.",
+    ).strip()
+    folder = c1.selectbox(
+        "Model folder (the atlas' transformers models)",
+        list(dirs),
+        format_func=lambda d: dirs.get(d) or display_path(d),
+        key="gen_hf_dir",
+        disabled=bool(typed),
+        help="Its config is built with random initialisation and filled with generated weights.",
+    )
+    if typed:
+        p = Path(typed).expanduser()
+        folder = str(p.resolve()) if p.is_dir() else typed
+    if not folder:
+        st.info("This atlas has no transformers model with weights; type a model folder.")
+        return "", None, None, False
+    spec = f"hf:{folder}"
+    name = dirs.get(folder) or spec_label(spec).removeprefix("hf:")
+    try:
+        with st.spinner(f"Trying {name} on the tasks…"):
+            fits = cached_task_fits(str(root), stamp_, spec)
+            own = cached_candidates(str(root), stamp_, spec, NO_TASK, None)["own_task"]
+    except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+        st.error(f"Cannot use the model {quote(name)}: {plain(e)}", icon=":material/error:")
+        return spec, None, None, False
+    takes = [t for t, why in fits.items() if why is None]
+    options = [NO_TASK, *takes]
+    task = c2.selectbox(
+        "Task",
+        options,
+        index=options.index(own) if own in takes else 0,
+        format_func=task_label,
+        key=f"gen_task_hf_{folder}",
+        help="The tasks this model runs on (a forward pass on two of each task's inputs), and "
+        "none: generated unscored, without accuracy or batch-norm conditioning."
+        + (f" Its own task is {own}." if own else ""),
+    )
+    if not takes:
+        st.caption(
+            f"{escape_md(name)} runs on none of the atlas' tasks, so it is generated unscored: "
+            + escape_md(why_no_task(fits))
+        )
+    elif task == NO_TASK:
+        st.caption(
+            f"Generated unscored: no accuracy, no batch-norm conditioning. It runs on "
+            f"{len(takes)} task(s): {escape_md(', '.join(takes))}."
+        )
+    else:
+        how = cached_candidates(str(root), stamp_, spec, task, None)["adapted"]
+        st.caption(
+            f"Generated for {escape_md(task)} and scored on its test split; the task's inputs "
+            + (f"adapted: {escape_md(how)}." if how else "are taken as they are.")
+        )
+    return spec, task, None, True
+
+
+def why_no_task(fits: dict[str, str | None]) -> str:
+    """One reason a model takes none of the tasks, in the app's words: no classification head,
+    else the first task's failure (without the advice meant for the command line)."""
+    reasons = [r for r in fits.values() if r]
+    head = next((r for r in reasons if "no classification head" in r), None)
+    if head is not None:
+        return (
+            "it has no classification head"
+            + head.split("no classification head", 1)[1].split(", so", 1)[0]
+        )
+    first = next(iter(fits.items()), ("", ""))
+    return f"on {first[0]}: {str(first[1]).split('): ', 1)[-1].split('; choose', 1)[0]}"
+
+
+def quote(text: Any) -> str:
+    """``text`` shown as typed inside a sentence (a code span; backticks in it dropped)."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def plain(e: BaseException) -> str:
+    """An error message in the app's words (escaped markdown; CLI flag advice removed)."""
+    text = str(e) or type(e).__name__
+    return escape_md(text.replace("pass --task with", "choose"))
 
 
 def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int] | None, bool]:
@@ -168,35 +289,7 @@ def arch_ui(root: Path, stamp_: float) -> tuple[str, str | None, tuple[int, int]
             st.error(f"`{name}` cannot be generated here: {fit['reason']}", icon=":material/block:")
         return f"timm:{name}", task, None, bool(fit["ok"])
     if kind == "transformers config":
-        c1, c2 = st.columns(2)
-        dirs = cached_hf_dirs(str(root), stamp_)
-        folder = c1.selectbox(
-            "Model folder (the atlas' transformers models, or type a folder)",
-            list(dirs),
-            format_func=lambda d: dirs.get(d) or display_path(d),
-            accept_new_options=True,
-            key="gen_hf_dir",
-            help="A Hub-format directory (config.json + weights): its config is built with "
-            "random initialisation and filled with generated weights.",
-        )
-        if not folder:
-            st.info("This atlas has no transformers model with weights; type a model folder.")
-            return "", None, None, False
-        spec = f"hf:{folder}"
-        try:
-            own = cached_candidates(str(root), stamp_, spec, None, None)["task"]
-        except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
-            st.error(f"Cannot build `{escape_md(folder)}`: {e}", icon=":material/error:")
-            return spec, None, None, False
-        tasks = reg["tasks"]
-        task = c2.selectbox(
-            "Task",
-            tasks,
-            index=tasks.index(own) if own in tasks else 0,
-            key=f"gen_task_hf_{folder}",
-            help=f"The model's own task is {own}." if own else None,
-        )
-        return spec, task, None, True
+        return hf_ui(root, stamp_)
     c1, c2 = st.columns(2)
     counts = cached_family_counts(str(root), stamp_)
     families = sorted(reg["families"], key=lambda f: (-counts.get(f, 0), f))
@@ -376,7 +469,7 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         st.warning("Generation cancelled.", icon=":material/cancel:")
         return
     if result.get("error"):
-        st.error(f"Generation failed: {result['error']}", icon=":material/error:")
+        st.error(f"Generation failed: {plain(result['error'])}", icon=":material/error:")
         return
     gen_root = Path(result.get("out") or generated_dir(root)).resolve()
     outputs = [
@@ -490,14 +583,15 @@ def page() -> None:
     if not ok:
         return
     try:
-        with st.spinner(f"Resolving {spec}…"):
+        with st.spinner(f"Resolving {info_label(spec)}…"):
             info = cached_candidates(str(root), stamp_, spec, task, size)
     except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
-        st.error(f"Cannot build `{escape_md(spec)}`: {e}", icon=":material/error:")
+        st.error(f"Cannot build {quote(info_label(spec))}: {plain(e)}", icon=":material/error:")
         return
     st.caption(
-        f"{info['library']} · family `{info['family']}` · task `{info['task']}` · "
-        f"{info['n_layers']} layers · {info['n_tokens']:,} tokens · "
+        f"{quote(info_label(spec))} · {info['library']} · family `{info['family']}` · "
+        + (f"task `{info['task']}` · " if info["task"] else "no task (unscored) · ")
+        + f"{info['n_layers']} layers · {info['n_tokens']:,} tokens · "
         f"{len(info['candidates'])} atlas model(s) with this layer table"
     )
     settings = settings_ui(info["candidates"], f"{spec}:{task}:{size}")
@@ -509,7 +603,7 @@ def page() -> None:
         n=settings["n"],
         keep=settings["keep"],
         seed=settings["seed"],
-        task=str(info["task"]) if info["task"] else None,
+        task=str(info["task"]) if info["task"] else (NO_TASK if task == NO_TASK else None),
         width=size[0] if size is not None else None,
         depth=size[1] if size is not None else None,
         prompts=tuple(settings["prompts"]),
