@@ -18,7 +18,11 @@ import streamlit as st  # noqa: E402
 
 from explorer.common import atlas_picker_ui, atlas_status, warm_imports  # noqa: E402
 
-st.set_page_config(page_title="Weight Atlas", page_icon=":material/scatter_plot:", layout="wide")
+# a local image: a ":material/...:" page icon makes the browser fetch the favicon from a font
+# CDN (fails offline)
+st.set_page_config(
+    page_title="Weight Atlas", page_icon=str(ROOT / "explorer" / "favicon.png"), layout="wide"
+)
 
 warm_imports()
 path = atlas_picker_ui()

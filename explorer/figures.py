@@ -19,7 +19,9 @@ from plotly.subplots import make_subplots
 
 from core.catalog import NUMERIC, MapTable
 
-PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2 + qualitative.Dark24
+# categorical colours, the first ten well apart (D3's: one pink only; plotly's own has two
+# pinks, #FF6692 and #FF97FF, that made resnet and vit look alike on the demo map)
+PALETTE = qualitative.D3 + qualitative.Dark2 + qualitative.Set1 + qualitative.Dark24
 # what a column means, where a user chooses or reads it
 LABELS = {
     "accuracy": "test accuracy",
@@ -143,7 +145,7 @@ def map_figure(
                     hovertemplate=hover,
                 )
             )
-        r = rows[known]
+        r = rows[known]  # named by the colour bar's title alone (not again in the legend)
         scale = np.log10(np.maximum(every, 1)) if colour == "params" else every
         finite = scale[np.isfinite(scale)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
@@ -152,7 +154,8 @@ def map_figure(
                 x=xy[r, 0],
                 y=xy[r, 1],
                 mode="markers",
-                name=f"{label(colour)} ({len(r)})",
+                name=f"{len(r)} models",
+                showlegend=False,
                 marker=dict(
                     size=size,
                     color=scale[r],
@@ -226,7 +229,11 @@ def map_figure(
         clickmode="event+select",
         uirevision=f"{kind}",
         showlegend=True,
-        legend=dict(itemsizing="constant", title=dict(text=label(colour))),
+        # a numeric colour is titled by its colour bar; the legend then holds only extras
+        # (unknown values, search hits, placed models), untitled
+        legend=dict(
+            itemsizing="constant", title=dict(text="" if colour in NUMERIC else label(colour))
+        ),
         xaxis=dict(title=axis_title(table, kind, 0), zeroline=False),
         yaxis=dict(title=axis_title(table, kind, 1), zeroline=False),
         hovermode="closest",
@@ -320,6 +327,26 @@ def depth_axis(names: list[str], max_labels: int = 48) -> dict[str, Any]:
 TITLE_CHARS = 30  # a histogram panel's title at font size 11 in a third of a 1280-pixel page
 
 
+CONSTANT_NOTE = "constant layer: R² undefined"
+
+
+def is_constant(row: dict[str, Any]) -> bool:
+    """Whether a layer report row's original values are all one number (R² is undefined)."""
+    values = row.get("original") or []
+    return row.get("r2") is None and len(values) > 0 and min(values) == max(values)
+
+
+def default_layers(report: list[dict[str, Any]], k: int = 6) -> list[str]:
+    """``k`` layers spread over depth for the first view: weight matrices and kernels (2+ dims),
+    not bias or norm vectors (a 2-value bias draws two bars), nor constant layers."""
+    matrices = [r for r in report if len(r.get("shape") or []) >= 2 and not is_constant(r)]
+    pool = matrices or [r for r in report if not is_constant(r)] or report
+    if not pool:
+        return []
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(k, len(pool))).round().astype(int))
+    return [pool[i]["name"] for i in picks]
+
+
 def histogram_figure(
     report: list[dict[str, Any]], names: list[str], legend: bool = True
 ) -> go.Figure:
@@ -336,6 +363,8 @@ def histogram_figure(
     titles = [
         f"{short_name(r['name'], TITLE_CHARS)}<br>R² {r['r2']:.3f}"
         if r.get("r2") is not None
+        else f"{short_name(r['name'], TITLE_CHARS)}<br>{CONSTANT_NOTE}"
+        if is_constant(r)
         else short_name(r["name"], TITLE_CHARS)
         for r in rows
     ]
@@ -389,8 +418,9 @@ def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
             "Wasserstein-1 distance / std of the original values (0 = same distribution)",
         ),
     )
-    for name, report in reports.items():
+    for j, (name, report) in enumerate(reports.items()):
         by_name = {r["name"]: r for r in report}
+        colour = PALETTE[j % len(PALETTE)]  # one colour per backbone, in both panels
         for row, key in ((1, "r2"), (2, "w1_over_std")):
             y = [np.nan if by_name.get(n, {}).get(key) is None else by_name[n][key] for n in names]
             fig.add_trace(
@@ -401,6 +431,8 @@ def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
                     name=name,
                     legendgroup=name,
                     showlegend=row == 1,
+                    line=dict(color=colour),
+                    marker=dict(color=colour),
                     customdata=names,
                     hovertemplate="%{customdata}<br>%{y:.4f}<extra>" + name + "</extra>",
                 ),
@@ -425,25 +457,31 @@ def error_figure(reports: dict[str, list[dict[str, Any]]]) -> go.Figure:
 
 
 def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | None) -> go.Figure:
-    """003 Fig. 3 over one depth axis: spectral metrics of each weight matrix (top) and the
-    embedding spread of each layer (bottom), both placed at the layer's name."""
+    """003 Fig. 3 over one depth axis: spectral metrics of each weight matrix (top, only when
+    computed) and the embedding spread of each layer (bottom), both placed at the layer's name.
+
+    The spread line joins layers of two or more tokens; a one-token layer has spread 0 by
+    definition (the std of one embedding), so it is drawn as an open marker off the line
+    ("one token: no spread") instead of pulling the line to 0 and back.
+    """
     names = [str(r.get("name", "")) for r in spread]
     for s_ in spectra or []:
         if s_["name"] not in names:
             names.append(s_["name"])
     pos = {n: i for i, n in enumerate(names)}
-    fig = make_subplots(
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.08,
-        subplot_titles=(
-            "Spectral metrics of each weight matrix (WeightWatcher-style)",
-            "Embedding spread of each layer (SANE: std of its token embeddings)",
-        ),
-        specs=[[{"secondary_y": True}], [{}]],
-    )
+    spread_title = "Embedding spread of each layer (SANE: std of its token embeddings)"
     if spectra:
+        fig = make_subplots(
+            rows=2,
+            cols=1,
+            shared_xaxes=True,
+            vertical_spacing=0.08,
+            subplot_titles=(
+                "Spectral metrics of each weight matrix (WeightWatcher-style)",
+                spread_title,
+            ),
+            specs=[[{"secondary_y": True}], [{}]],
+        )
         x = [pos[s_["name"]] for s_ in spectra]
         text = [s_["name"] for s_ in spectra]
         fig.add_trace(
@@ -476,24 +514,91 @@ def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | N
         )
         fig.update_yaxes(title_text="alpha", row=1, col=1, secondary_y=False)
         fig.update_yaxes(title_text="log10 spectral norm", row=1, col=1, secondary_y=True)
+        row = 2
+    else:
+        fig = make_subplots(rows=1, cols=1, subplot_titles=(spread_title,))
+        row = 1
+    many = [r for r in spread if int(r.get("n_tokens", 2) or 0) > 1]
+    one = [r for r in spread if int(r.get("n_tokens", 2) or 0) <= 1]
     fig.add_trace(
         go.Scatter(
-            x=[pos[n] for n in names[: len(spread)]],
-            y=[r.get("spread", np.nan) for r in spread],
+            x=[pos[str(r.get("name", ""))] for r in many],
+            y=[r.get("spread", np.nan) for r in many],
             name="embedding spread",
             mode="lines+markers",
-            customdata=names[: len(spread)],
+            customdata=[str(r.get("name", "")) for r in many],
             hovertemplate="%{customdata}<br>spread %{y:.4f}<extra></extra>",
         ),
-        row=2,
+        row=row,
         col=1,
     )
-    fig.update_yaxes(title_text="spread", row=2, col=1)
-    fig.update_xaxes(depth_axis(names), row=2, col=1)
-    fig.update_xaxes(title_text="layer (in depth order)", row=2, col=1)
+    if one:
+        fig.add_trace(
+            go.Scatter(
+                x=[pos[str(r.get("name", ""))] for r in one],
+                y=[r.get("spread", 0.0) for r in one],
+                name="one token: no spread",
+                mode="markers",
+                marker=dict(symbol="circle-open", size=8, color="grey"),
+                customdata=[str(r.get("name", "")) for r in one],
+                hovertemplate="%{customdata}<br>one token: spread undefined<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+    fig.update_yaxes(title_text="spread", row=row, col=1)
+    fig.update_xaxes(depth_axis(names), row=row, col=1)
+    fig.update_xaxes(title_text="layer (in depth order)", row=row, col=1)
     fig.update_layout(
-        height=600,
+        height=600 if spectra else 380,
         margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Generate page
+
+
+def generated_layer_figure(gen: dict[str, Any], prompts: dict[str, Any], layer: str) -> go.Figure:
+    """Overlaid histograms of one layer (Generate page): each generated model vs each prompt.
+
+    ``gen`` and ``prompts``: state dicts by name; x = weight value, y = probability density.
+    """
+    fig = go.Figure()
+    for name, sd in prompts.items():
+        if layer in sd:
+            fig.add_trace(
+                go.Histogram(
+                    x=sd[layer].float().numpy().ravel(),
+                    name=f"prompt {name.split('/')[-1]}",
+                    opacity=0.45,
+                    nbinsx=60,
+                    histnorm="probability density",
+                    marker_color="#1f77b4",
+                )
+            )
+    palette = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+    for j, (name, sd) in enumerate(gen.items()):
+        if layer in sd:
+            fig.add_trace(
+                go.Histogram(
+                    x=sd[layer].float().numpy().ravel(),
+                    name=f"generated {name}",
+                    opacity=0.55,
+                    nbinsx=60,
+                    histnorm="probability density",
+                    marker_color=palette[j % len(palette)],
+                )
+            )
+    fig.update_layout(
+        barmode="overlay",
+        height=360,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title=layer,
+        legend=dict(orientation="h", y=-0.25),
+        xaxis=dict(title="weight value"),
+        yaxis=dict(title="density"),
     )
     return fig

@@ -579,3 +579,102 @@ def test_generate_page_takes_your_own_transformers_models(monkeypatch, tmp_path)
             assert task_box.options == ["none: generated unscored"], task_box.options
             assert "no classification head" in shown and "no task (unscored)" in shown
         assert at.button(key="gen_go").disabled is False
+
+
+def test_layer_figures_fix_issue_27_defects():
+    """One-token layers stay off the spread line; no empty spectral panel; constant layers say
+    so; default histograms are matrices, not 2-value bias vectors; each ablation backbone has
+    one colour in both panels and in the legend, distinct from the others."""
+    from explorer.figures import (
+        CONSTANT_NOTE,
+        default_layers,
+        depth_figure,
+        error_figure,
+        histogram_figure,
+    )
+
+    names = ["emb.weight", "emb.bias", "l1.weight", "l1.bias", "norm.weight", "l2.weight"]
+    spread = [
+        {"name": n, "spread": 0.0 if n.endswith(("bias", "norm.weight")) else 0.5, "n_tokens": t}
+        for n, t in zip(names, [4, 1, 6, 1, 1, 3])
+    ]
+    dep = depth_figure(spread, None)
+    line = next(t for t in dep.data if t.name == "embedding spread")
+    assert list(line.y) == [0.5, 0.5, 0.5]  # no zig-zag down to the one-token layers' 0
+    assert next(t for t in dep.data if t.name == "one token: no spread").x == (1, 3, 4)
+    assert "yaxis2" not in dep.layout or dep.layout.yaxis2.title.text is None  # one panel
+    assert len(dep.layout.annotations) == 1
+
+    report = _report(names)
+    for r, shape in zip(report, [[8, 4], [2], [4, 4], [2], [4], [3, 4]]):
+        r["shape"] = shape
+    report[4].update(original=[1.0] * 50, reconstructed=[0.9] * 50, r2=None)  # a constant norm
+    assert default_layers(report) == ["emb.weight", "l1.weight", "l2.weight"]
+    hist = histogram_figure(report, ["l1.weight", "norm.weight"])
+    assert CONSTANT_NOTE in hist.layout.annotations[1].text
+
+    err = error_figure({"backbone": report, "mln-none": _report(names, 1), "tok-x": report})
+    by_name: dict[str, set] = {}
+    for t in err.data:
+        by_name.setdefault(t.name, set()).add(t.line.color)
+    assert all(len(c) == 1 for c in by_name.values())  # R² and W1 lines share the colour
+    assert len({c for cs in by_name.values() for c in cs}) == 3  # and no two backbones do
+    assert {t.name for t in err.data if t.showlegend} == set(by_name)
+
+
+def _rgb(colour: str) -> np.ndarray:
+    if colour.startswith("rgb"):
+        return np.array([float(v) for v in colour[colour.index("(") + 1 : -1].split(",")[:3]])
+    return np.array([int(colour.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)], dtype=float)
+
+
+def test_map_colours_and_titles(syn):
+    """Issue 27: the demo's nine families get colours well apart (resnet and vit were two
+    pinks); a numeric colour is titled once (the colour bar), not three times."""
+    from explorer.figures import PALETTE
+
+    first = [_rgb(c) for c in PALETTE[:10]]
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(first) for b in first[i + 1 :]]
+    assert min(gaps) > 60, min(gaps)
+    table = map_table(syn)
+    acc = map_figure(table, "umap", "accuracy", table.filter())
+    titles = [acc.layout.legend.title.text or ""] + [t.name or "" for t in acc.data if t.showlegend]
+    titles += [t.marker.colorbar.title.text or "" for t in acc.data if t.marker.showscale]
+    assert sum("test accuracy" in t for t in titles) == 1, titles
+
+
+def test_generated_layer_histogram_has_axis_labels():
+    from explorer.figures import generated_layer_figure
+
+    sd = {"w": torch.randn(8, 4)}
+    fig = generated_layer_figure({"m0": sd}, {"org/p": sd}, "w")
+    assert fig.layout.xaxis.title.text == "weight value"
+    assert fig.layout.yaxis.title.text == "density"
+
+
+@needs_demo
+def test_layers_page_says_when_the_atlas_choice_has_no_weights(monkeypatch):
+    """Issue 27: a model chosen on the Atlas page without stored weights is named, not silently
+    swapped; the histograms open on weight matrices; the spectral panel is drawn with the page
+    for a small model (not empty until a button is pressed)."""
+    from core.catalog import models_with_weights, tokenized_ids
+
+    monkeypatch.delenv("WEIGHTATLAS_ATLAS", raising=False)
+    stored = set(tokenized_ids(DEMO)) | set(models_with_weights(DEMO))
+    missing = next(m for m in map_table(DEMO).ids if m not in stored)
+    at = app_on(DEMO, timeout=180)
+    at.session_state["detail_id"] = missing
+    at.switch_page("views/layers.py").run()
+    assert not at.exception, at.exception
+    note = next(i.value for i in at.info if "chosen on the Atlas page" in i.value)
+    assert missing.replace("-", "\\-") in note or missing in note
+    assert f"only {len(stored)} of its" in note
+    assert at.selectbox(key="layers_model").value in stored
+    shown = at.multiselect(key=f"hist_layers_{at.selectbox(key='layers_model').value}").value
+    assert shown and not any(n.endswith(".bias") for n in shown), shown
+    assert not [b for b in at.button if b.key == "spectral_go"]  # computed with the page
+    import json
+
+    depth = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    names = {t.get("name") for d in depth for t in d["data"]}
+    assert "alpha (power-law exponent)" in names

@@ -43,6 +43,7 @@ from explorer.common import (
     user_error,
     wait_for_imports,
 )
+from explorer.figures import generated_layer_figure
 from explorer.jobs import WORKSPACE_ENV, Job, SampleRequest, generated_dir, start_sample
 
 JOB_KEY = "generate_job"
@@ -405,44 +406,6 @@ def progress_fragment() -> None:
             st.rerun()
 
 
-def layer_figure(gen: dict[str, Any], prompts: dict[str, Any], layer: str) -> go.Figure:
-    """Overlaid histograms of one layer: each generated model vs each prompt."""
-    fig = go.Figure()
-    for name, sd in prompts.items():
-        if layer in sd:
-            fig.add_trace(
-                go.Histogram(
-                    x=sd[layer].float().numpy().ravel(),
-                    name=f"prompt {name.split('/')[-1]}",
-                    opacity=0.45,
-                    nbinsx=60,
-                    histnorm="probability density",
-                    marker_color="#1f77b4",
-                )
-            )
-    palette = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
-    for j, (name, sd) in enumerate(gen.items()):
-        if layer in sd:
-            fig.add_trace(
-                go.Histogram(
-                    x=sd[layer].float().numpy().ravel(),
-                    name=f"generated {name}",
-                    opacity=0.55,
-                    nbinsx=60,
-                    histnorm="probability density",
-                    marker_color=palette[j % len(palette)],
-                )
-            )
-    fig.update_layout(
-        barmode="overlay",
-        height=360,
-        margin=dict(l=10, r=10, t=30, b=10),
-        title=layer,
-        legend=dict(orientation="h", y=-0.2),
-    )
-    return fig
-
-
 def accuracy_figure(rows: list[dict[str, Any]]) -> go.Figure:
     """Zero-shot accuracy of generated models next to their prompts."""
     fig = go.Figure(
@@ -547,7 +510,9 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         layers = [k for k, v in first.items() if v.is_floating_point() and v.numel() > 1]
         layer = st.selectbox("Layer", layers, key="gen_layer")
         if layer:
-            st.plotly_chart(layer_figure(gen_sd, prompt_sd, layer), key="gen_hist", width="stretch")
+            st.plotly_chart(
+                generated_layer_figure(gen_sd, prompt_sd, layer), key="gen_hist", width="stretch"
+            )
     st.markdown("**Download** (Hugging Face-format directories)")
     cols = st.columns(min(len(outputs), 4))
     for j, p in enumerate(outputs):

@@ -7,6 +7,7 @@ metrics (003 Fig. 3), and ablation backbones side by side when the atlas holds t
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,39 @@ from core.catalog import (
 from core.embeddings.fidelity import layer_report
 from core.embeddings.spectral import layer_spectra
 from core.errors import USER_ERRORS
-from explorer.common import current_atlas, display_path, stamp, user_error, wait_for_imports
-from explorer.figures import depth_figure, error_figure, histogram_figure
+from explorer.common import (
+    current_atlas,
+    display_path,
+    escape_md,
+    stamp,
+    user_error,
+    wait_for_imports,
+)
+from explorer.figures import (
+    PALETTE,
+    default_layers,
+    depth_figure,
+    error_figure,
+    histogram_figure,
+    is_constant,
+)
 
 MAX_HIST_LAYERS = 12
+AUTO_SPECTRA_VALUES = 2_000_000  # spectral metrics of smaller models are computed on page load
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_model_values(root: str, stamp_: float, model_id: str) -> int:
+    """Number of weight values of a model (from its stored tensors' shapes)."""
+    return int(sum(v.numel() for v in model_state_dict(root, model_id).values()))
+
+
+def model_values(root: Path, model_id: str) -> int:
+    """:func:`cached_model_values` (0 where the weights cannot be read: computed on demand)."""
+    try:
+        return cached_model_values(str(root), stamp(Atlas(root).manifest_path), model_id)
+    except (*USER_ERRORS, OSError, KeyError, ValueError):
+        return AUTO_SPECTRA_VALUES + 1
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -69,9 +99,23 @@ def model_picker_ui(root: Path) -> str | None:
             icon=":material/warning:",
         )
         return None
-    pre = st.session_state.get("detail_id")
+    pre = st.session_state.get("detail_id")  # the model chosen on the Atlas page
+    if pre and pre not in ids:
+        total = len(Atlas(root).accepted())
+        st.info(
+            f"{escape_md(pre)}, chosen on the Atlas page, has no stored weights or tokens in "
+            f"this atlas (only {len(ids)} of its {total} models have), so its layers cannot be "
+            "shown here. Choose one of those below.",
+            icon=":material/info:",
+        )
     index = ids.index(pre) if pre in ids else 0
-    return st.selectbox("Model", ids, index=index, key="layers_model")
+    return st.selectbox(
+        "Model",
+        ids,
+        index=index,
+        key="layers_model",
+        help=f"The {len(ids)} models of this atlas with stored weights or tokens.",
+    )
 
 
 def reconstruction_section(root: Path, stamp_: float, model_id: str) -> None:
@@ -102,7 +146,7 @@ def reconstruction_section(root: Path, stamp_: float, model_id: str) -> None:
     c2.metric("Median R²", f"{np.median(r2):.3f}" if r2 else "–")
     c3.metric("Values", f"{sum(r['n_values'] for r in report):,}")
     names = [r["name"] for r in report]
-    default = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, 6).round().astype(int))]
+    default = default_layers(report)
     chosen = st.multiselect(
         "Layers to compare",
         names,
@@ -112,6 +156,13 @@ def reconstruction_section(root: Path, stamp_: float, model_id: str) -> None:
     )
     if chosen:
         st.plotly_chart(histogram_figure(report, chosen), key="hist", width="stretch")
+    constant = [r["name"] for r in report if is_constant(r)]
+    if constant:
+        st.caption(
+            f"{len(constant)} constant layer(s) (every value the same, e.g. a freshly "
+            "initialised norm or bias): R² is undefined there, so they have no R² point below: "
+            + escape_md(", ".join(constant[:8]) + (" …" if len(constant) > 8 else ""))
+        )
     st.plotly_chart(error_figure({"backbone": report}), key="errors", width="stretch")
 
 
@@ -120,7 +171,16 @@ def depth_section(root: Path, stamp_: float, model_id: str) -> None:
     st.subheader("Along depth: embedding spread vs spectral metrics")
     spread = cached_layer_rows(str(root), stamp_, model_id, None)
     key = ("spectra", str(root), model_id)
-    if st.button("Compute spectral alpha", key="spectral_go", icon=":material/functions:"):
+    small = model_values(root, model_id) <= AUTO_SPECTRA_VALUES
+    if key not in st.session_state and small:  # a few SVDs: computed with the page
+        try:
+            with st.spinner("Fitting power laws to each layer's eigenvalues…"):
+                st.session_state[key] = cached_spectra(str(root), stamp_, model_id)
+        except (*USER_ERRORS, RuntimeError, ValueError) as e:
+            user_error(e)
+    if not small and st.button(
+        "Compute spectral alpha", key="spectral_go", icon=":material/functions:"
+    ):
         try:
             with st.spinner("Fitting power laws to each layer's eigenvalues…"):
                 st.session_state[key] = cached_spectra(str(root), stamp_, model_id)
@@ -132,7 +192,11 @@ def depth_section(root: Path, stamp_: float, model_id: str) -> None:
         return
     st.plotly_chart(depth_figure(spread, spectra), key="depth", width="stretch")
     if spectra is None:
-        st.caption("Spectral metrics are computed on demand (SVD of each weight matrix).")
+        st.caption(
+            "Spectral metrics are computed on demand for models above "
+            f"{AUTO_SPECTRA_VALUES / 1e6:.0f} M values (SVD of each weight matrix): press "
+            "Compute spectral alpha."
+        )
 
 
 def budget_text(budget: dict[str, Any]) -> str:
@@ -260,8 +324,14 @@ def ablation_section(root: Path, stamp_: float, model_id: str) -> None:
     for col, (name, report) in zip(cols, reports.items()):
         bdir = Atlas(root).backbone_dir if name == "backbone" else backbones[name]
         r2 = [r["r2"] for r in report if r.get("r2") is not None]
+        colour = PALETTE[list(reports).index(name) % len(PALETTE)]  # its line's colour below
+        col.markdown(  # a swatch of its colour in the R² plot below, then its full name
+            f"<span style='color:{colour}'>■</span> **{escape_md(html.escape(name))}**",
+            unsafe_allow_html=True,
+        )
+        col.caption(_norm_mode(bdir))
         col.metric(
-            f"{name} · {_norm_mode(bdir)}",
+            "median per-layer R²",
             f"{np.median(r2):.3f}" if r2 else "–",
             help=f"Median per-layer R² of this model. Trained with {budget_text(backbone_budget(bdir))}.",
         )
