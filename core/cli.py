@@ -46,7 +46,7 @@ from core.config import build_config, file_and_overrides, parse_overrides, prese
 from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
 from core.embeddings.embed import embed
 from core.embeddings.encode import EMBED_PRESETS, EmbedConfig
-from core.embeddings.fidelity import layer_report, reconstruction_accuracy
+from core.embeddings.fidelity import layer_report
 from core.embeddings.probes import evaluate, probes_markdown
 from core.embeddings.table import _model_path, embed_model_dir_full, neighbours
 from core.errors import USER_ERRORS, DiskFullError, WeightAtlasError
@@ -55,7 +55,11 @@ from core.experiments.pipeline import STAGES, pipeline
 from core.generation.config import DEFAULT_SAMPLE_PRESET, GENERATION_PRESETS
 from core.generation.draws import PRIORS
 from core.generation.estimate import estimate_sample
-from core.generation.evaluation import evaluate_generation, generation_markdown
+from core.generation.evaluation import (
+    evaluate_generation,
+    generation_markdown,
+    reconstruction_accuracy,
+)
 from core.generation.sample import progress_file_writer, sample
 from core.safety import (
     is_disk_full,

@@ -10,8 +10,8 @@ import timm
 import torch
 import transformers
 
+from core.collection.specs import ArchTarget, resolve_arch
 from core.errors import RejectedModel, WeightAtlasError
-from core.generation.targets import ArchTarget, resolve_arch
 from core.models.families import FAMILIES, build_family
 from core.models.io import load_model_dir
 from core.models.native import NATIVE_MODELS

@@ -95,7 +95,7 @@ def _refused(args: list[str], outside: Path, capsys) -> None:
 
 
 def test_collect_refuses_a_symlinked_manifest(linked, tmp_path, capsys):
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     from core.models.families import build_from_config
     from core.models.io import save_model_dir
 

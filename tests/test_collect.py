@@ -28,8 +28,8 @@ from core.bench import bench_collect
 from core.collection.collect import collect
 from core.collection.config import SPLITS
 from core.collection.facts import run_key, split_of
-from core.collection.headers import read_safetensors_header
 from core.errors import RejectedModel
+from core.models.formats import read_safetensors_header
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402

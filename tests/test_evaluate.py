@@ -270,7 +270,7 @@ def test_encode_decode_accuracy_exact_through_an_identity_backbone(probe_atlas, 
     """A skip backbone with room for every feature (latent 80 >= 64 + 2, a test device, not a
     preset), its skip set to the tokens' PCA, decodes every weight back (accuracy unchanged,
     R² 1); the atlas' random plain backbone does not (R² far below 1)."""
-    from core.embeddings.fidelity import reconstruction_accuracy
+    from core.generation.evaluation import reconstruction_accuracy
     from core.tokens.store import TokenStore
 
     cfg = build_config(

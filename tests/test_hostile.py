@@ -39,7 +39,7 @@ FAST = {"http_timeout_s": 2.0, "candidate_timeout_s": 3.0, "max_redirects": 3}
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory) -> dict[str, bytes]:
     """A real, tiny model (the zoo's MLP) as Hub files: config, safetensors, card."""
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     from core.models.families import build_from_config
     from core.models.io import save_model_dir
 
@@ -641,7 +641,7 @@ def test_configs_that_would_allocate_too_much_are_refused_before_building(bert_f
         bounded(lambda: empty_model(cases["timm-65536"][0]), 60)
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: load_model_dir(src / "h8000"), 60)
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
 
     with pytest.raises(RejectedModel, match="weights do not match config"):
         bounded(lambda: resolve_arch(f"hf:{src / 'h8000'}"), 60)
@@ -795,7 +795,7 @@ def _grow(mnt: Path, size: str) -> None:
 
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory) -> Path:
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     from core.models.families import build_from_config
     from core.models.io import save_model_dir
 
@@ -880,7 +880,7 @@ def test_disk_full_train_and_embed_say_so_and_resume(small_models, small_disk, t
 def test_later_stages_read_configs_and_cards_with_the_same_limits(good_files, tmp_path):
     """``load_model_dir`` (tokenize, embed, Embed a model) and ``resolve_arch('hf:...')``
     (Generate) go through the same bounded readers as collect."""
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     from core.models.io import load_model_dir
 
     src = tmp_path / "inputs"

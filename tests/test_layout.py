@@ -4,6 +4,8 @@
   named like a stage used to shadow the function once imported);
 - the top-level imports of ``core`` and ``explorer`` form no cycle, and ``core`` never imports
   ``explorer`` at module level;
+- every import goes down (or sideways) the layer order that docs/architecture.md lists (read
+  from the document itself, so the document and the check cannot drift apart);
 - every stage has one command with ``--preset``, ``--config`` and ``--set``.
 """
 
@@ -73,6 +75,59 @@ def test_no_import_cycle_and_core_does_not_import_the_app():
     assert _cycle(edges) is None, f"import cycle: {' -> '.join(_cycle(edges))}"
     up = {m: sorted(d for d in deps if d.startswith("explorer")) for m, deps in edges.items()}
     assert not {m: d for m, d in up.items() if m.startswith("core") and d}
+
+
+def _layers() -> tuple[list[set[str]], set[str]]:
+    """The ``layers:`` and ``floor:`` lines of docs/architecture.md: groups bottom up, floor names."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if sep and key in ("layers", "floor"):
+            found[key] = value
+    assert set(found) == {"layers", "floor"}, "docs/architecture.md lost its layers:/floor: lines"
+    groups = [{n.strip() for n in g.split(",")} for g in found["layers"].split("<")]
+    return groups, {n.strip() for n in found["floor"].split(",")}
+
+
+def _layer_of(module: str, groups: list[set[str]], floor: set[str]) -> int:
+    """Index of ``module``'s layer: ``explorer.*`` by its package, ``core.X...`` by ``X``."""
+    parts = module.split(".")
+    name = parts[0] if parts[0] != "core" else ("floor" if len(parts) == 1 else parts[1])
+    if name in floor:
+        name = "floor"
+    for i, group in enumerate(groups):
+        if name in group:
+            return i
+    raise AssertionError(f"{module} has no layer in docs/architecture.md (add {name!r} there)")
+
+
+def _upward(edges: dict[str, set[str]], groups: list[set[str]], floor: set[str]) -> list[str]:
+    """Every edge ``a -> b`` where ``b`` sits in a higher layer than ``a``."""
+    return [
+        f"{a} -> {b}"
+        for a, deps in sorted(edges.items())
+        for b in sorted(deps)
+        if _layer_of(b, groups, floor) > _layer_of(a, groups, floor)
+    ]
+
+
+def test_imports_follow_the_documented_layer_order():
+    groups, floor = _layers()
+    assert groups[0] == {"floor"} and len(groups) >= 10
+    edges = _top_level_edges(_modules())
+    assert _upward(edges, groups, floor) == []
+
+
+def test_layer_check_fails_on_a_planted_upward_import():
+    groups, floor = _layers()
+    edges = _top_level_edges(_modules())
+    edges["core.models.io"] = edges["core.models.io"] | {"core.generation.sample"}
+    edges["core.atlas"] = edges["core.atlas"] | {"core.tokens.store"}
+    assert _upward(edges, groups, floor) == [
+        "core.atlas -> core.tokens.store",
+        "core.models.io -> core.generation.sample",
+    ]
 
 
 def test_cycle_finder_finds_a_cycle():

@@ -335,6 +335,7 @@ def test_own_transformers_models_get_the_tasks_they_take_with_adapted_inputs(tmp
     cache folder is named by its repo id."""
     from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
+    from core.collection.specs import spec_label
     from core.generation.prompts import (
         NO_TASK,
         TargetError,
@@ -342,7 +343,6 @@ def test_own_transformers_models_get_the_tasks_they_take_with_adapted_inputs(tmp
         runnable,
         task_fits,
     )
-    from core.generation.targets import spec_label
 
     cfg = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     cfg.update(image_size=32, patch_size=8, num_channels=3)

@@ -80,7 +80,7 @@ def test_text_target_unbuildable_on_an_image_task_is_one_error():
     """The issue's crash: a BERT target given digits10 died inside modeling_bert."""
     zoo_bert = FAMILIES["bert"].config(get_task("seq-brackets").info, 16, 1)
     with pytest.raises(TargetError, match=r"does not run on digits10 \(image, 1x8x8"):
-        from core.generation.targets import ArchTarget
+        from core.collection.specs import ArchTarget
 
         target = resolve_target("zoo:cnn", "dense", 64)  # an image target, to reuse its class
         target.arch = ArchTarget("hf:bert", "transformers", "bert", zoo_bert, task="digits10")

@@ -18,8 +18,8 @@ from torch import nn
 
 from core.atlas import Atlas, append_jsonl, read_json
 from core.cli import add_tokenize_cli, run_tokenize_cli
+from core.collection.specs import resolve_arch
 from core.errors import WeightAtlasError
-from core.generation.targets import resolve_arch
 from core.models.families import FAMILIES
 from core.models.registry import trainable_names
 from core.tokens.plan import (

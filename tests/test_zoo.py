@@ -247,7 +247,7 @@ def test_ci_preset_budget_and_accuracy(tmp_path):
 
 
 def test_resolve_arch_finds_zoo_repos_in_the_cache(mini, tmp_path):
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
 
     target = resolve_arch("hf:weightatlas-zoo/mlp-wine-r0-e3", cache_dir=mini)
     assert target.task == "wine" and target.library == "weightatlas" and target.family == "mlp"

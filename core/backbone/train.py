@@ -61,8 +61,8 @@ from core.backbone.model import (
 from core.backbone.validation import Evaluator
 from core.config import ConfigError, to_dict
 from core.errors import WeightAtlasError
+from core.models.optim import adamw
 from core.tokens.store import TokenStore, WindowDataset
-from core.zoos.tasks import adamw
 
 # --------------------------------------------------------------------------- training
 
@@ -363,7 +363,7 @@ def forward_terms(
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the fp32 master weights (``core.zoos.tasks.adamw``: fused on CPU and CUDA)."""
+    """AdamW over the fp32 master weights (``core.models.optim.adamw``: fused on CPU and CUDA)."""
     return adamw(model.parameters(), tcfg.lr, tcfg.weight_decay)
 
 

@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from core.collection.config import PICKLE_SUFFIXES, CollectConfig
-from core.collection.facts import ModelFacts, card_tags, read_card, read_model_config, snapshot_root
-from core.collection.headers import TensorInfo, read_safetensors_header
+from core.collection.facts import ModelFacts, card_tags
 from core.dtypes import FLOAT_CODES
 from core.errors import RejectedModel
+from core.models.formats import (
+    TensorInfo,
+    read_card,
+    read_model_config,
+    read_safetensors_header,
+    snapshot_root,
+)
 from core.models.io import load_model_dir, weight_files
 from core.models.registry import check_build_size, family_of, library_of, model_type_of
 from core.safety import is_regular_inside, load_json_bytes, read_regular

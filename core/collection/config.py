@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import register_presets
+from core.models.formats import MAX_CARD_BYTES, MAX_CONFIG_BYTES
 
 # ---------------------------------------------------------------------------------- config
 
@@ -85,8 +86,8 @@ class CollectConfig:
     max_listing_pages: int = 1000
     listing_page_margin: int = 10
     max_listing_page_bytes: int = 64 * 2**20
-    max_config_bytes: int = 4 * 2**20
-    max_card_bytes: int = 2 * 2**20
+    max_config_bytes: int = MAX_CONFIG_BYTES
+    max_card_bytes: int = MAX_CARD_BYTES
     max_index_bytes: int = 16 * 2**20
 
 

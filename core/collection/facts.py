@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.collection.config import SPLITS, CollectConfig
-from core.collection.headers import TensorInfo
-from core.errors import RejectedModel, WeightAtlasError
-from core.safety import (
-    HostileInput,
-    load_json_bytes,
-    load_yaml_text,
-    read_regular,
-)
+from core.collection.config import SPLITS
+from core.errors import WeightAtlasError
+from core.models.formats import TensorInfo
 
 # --------------------------------------------------------------------------- model facts
 
@@ -40,75 +33,6 @@ class ModelFacts:
     params: int | None = None
     files: list[Path] = field(default_factory=list)
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
-
-
-def snapshot_root(path: Path) -> Path:
-    """The folder a model's files may link within: the repo of an HF cache snapshot
-    (``models--x/snapshots/REV`` links into ``models--x/blobs``), else the folder itself."""
-    path = Path(path)
-    return path.parent.parent if path.parent.name == "snapshots" else path
-
-
-def read_card(
-    path: Path, root: Path | None = None, max_bytes: int = CollectConfig.max_card_bytes
-) -> dict[str, Any]:
-    """YAML front matter of ``README.md``; {} if absent or plain malformed YAML.
-
-    Same block as ``huggingface_hub.metadata_load`` (its ``REGEX_YAML_BLOCK``). The card is read
-    as a regular file inside ``root`` (default: ``snapshot_root(path)``) with a byte limit, and
-    parsed with libyaml's safe loader without aliases (``core.safety.load_yaml_text``).
-
-    Raises:
-        RejectedModel: ``bad card``: not a regular file, over the limit, YAML aliases (a
-            billion laughs), or nested too deeply.
-    """
-    from huggingface_hub.repocard import REGEX_YAML_BLOCK
-
-    readme = Path(path) / "README.md"
-    if not os.path.lexists(readme):
-        return {}
-    try:
-        raw = read_regular(readme, max_bytes, snapshot_root(path) if root is None else root)
-    except RejectedModel as e:
-        raise RejectedModel("bad card", e.detail) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return {}
-    match = REGEX_YAML_BLOCK.search(text)
-    if not match:
-        return {}
-    try:
-        meta = load_yaml_text(match.group(2), "README.md front matter")
-    except HostileInput as e:
-        raise RejectedModel("bad card", str(e)) from None
-    except ValueError:  # malformed YAML in an untrusted card: no metadata, not a rejection
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def read_model_config(
-    path: Path, root: Path | None = None, max_bytes: int = CollectConfig.max_config_bytes
-) -> dict[str, Any]:
-    """``config.json`` as a regular file (byte limit) parsed with a JSON depth limit.
-
-    Raises:
-        RejectedModel: ``no config`` or ``bad config`` (not a regular file, over the limit, not
-            JSON, nested too deeply, not an object).
-    """
-    cfg_path = Path(path) / "config.json"
-    if not os.path.lexists(cfg_path):
-        raise RejectedModel("no config", f"{path} has no config.json")
-    try:
-        raw = read_regular(cfg_path, max_bytes, snapshot_root(path) if root is None else root)
-        config = load_json_bytes(raw, "config.json")
-    except RejectedModel as e:
-        raise RejectedModel("bad config", e.detail) from None
-    except ValueError as e:
-        raise RejectedModel("bad config", str(e)) from None
-    if not isinstance(config, dict):
-        raise RejectedModel("bad config", "config.json is not a JSON object")
-    return config
 
 
 def _as_list(v: Any) -> list[Any]:

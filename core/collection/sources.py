@@ -23,11 +23,11 @@ from tqdm import tqdm
 from core.atlas import Atlas, atomic_write_bytes
 from core.collection.checks import remote_code_tag
 from core.collection.config import PICKLE_SUFFIXES, CollectConfig
-from core.collection.facts import card_tags, read_card, read_model_config
-from core.collection.headers import TensorInfo, read_safetensors_header
+from core.collection.facts import card_tags
 from core.config import to_dict
 from core.dtypes import FLOAT_CODES
 from core.errors import RejectedModel, WeightAtlasError
+from core.models.formats import TensorInfo, read_card, read_model_config, read_safetensors_header
 from core.models.registry import library_of
 from core.safety import (
     check_commit,

@@ -10,9 +10,10 @@ import torch
 from safetensors import safe_open
 
 from core.atlas import Atlas, read_json, read_jsonl
-from core.collection.facts import read_model_config, run_key, snapshot_root
+from core.collection.facts import run_key
 from core.embeddings.encode import EmbedConfig, embeddings_dir
 from core.errors import WeightAtlasError
+from core.models.formats import read_model_config, snapshot_root
 from core.models.registry import library_of, model_type_of
 
 

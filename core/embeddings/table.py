@@ -13,6 +13,7 @@ from core.atlas import Atlas, read_jsonl
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
+from core.collection.specs import resolve_arch
 from core.config import build_config
 from core.embeddings.distances import cosine_distances, read_tensors
 from core.embeddings.encode import (
@@ -25,7 +26,6 @@ from core.embeddings.encode import (
     summarize,
 )
 from core.errors import WeightAtlasError
-from core.generation.targets import resolve_arch
 from core.tokens.plan import tokenize_model_dir
 from core.tokens.store import read_index
 

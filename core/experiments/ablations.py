@@ -42,6 +42,7 @@ from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, write
 from core.backbone.config import build_configs, with_defaults
 from core.backbone.model import load_config
 from core.backbone.train import train
+from core.collection.specs import resolve_arch
 from core.config import build_config, register_presets, to_dict
 from core.embeddings.fidelity import layer_report, wasserstein1
 from core.errors import WeightAtlasError
@@ -55,7 +56,6 @@ from core.experiments.report import (
 )
 from core.generation.prompts import default_task, metric_of
 from core.generation.sample import sample
-from core.generation.targets import resolve_arch
 from core.tokens.store import TokenStore, read_index
 from core.tokens.tokenize import tokenize
 from core.zoos.tasks import chance_accuracy

@@ -1,19 +1,25 @@
-"""Evaluation of generated models against prompts, random init and chance (001 C.2 protocol)."""
+"""Evaluation of generated models against prompts, random init and chance (001 C.2 protocol),
+and the accuracy of atlas models after an encode-decode through the backbone."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
+from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
 from core.config import build_config, to_dict
+from core.embeddings.encode import _masked_tokens, open_backbone
+from core.embeddings.fidelity import reconstruct_tokens
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
-from core.generation.build import score
+from core.generation.build import condition_batchnorm, score
 from core.generation.config import GENERATION_PRESETS, GenerationConfig, Progress
 from core.generation.prompts import (
     Target,
@@ -24,8 +30,10 @@ from core.generation.prompts import (
     runnable,
 )
 from core.generation.sample import sample
-from core.models.io import load_model_dir
-from core.zoos.tasks import chance_accuracy, train_epochs
+from core.models.io import load_model_dir, load_weights_strict
+from core.tokens.plan import detokenize
+from core.tokens.store import TokenStore
+from core.zoos.tasks import chance_accuracy, evaluate_accuracy, train_epochs
 
 # ---------------------------------------------------------------------------------------------
 
@@ -241,3 +249,79 @@ def generation_markdown(out: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# encode-decode accuracy of atlas models
+
+
+def reconstruction_accuracy(
+    atlas: str | Path,
+    family: str = "cnn",
+    task: str = "digits10",
+    splits: tuple[str, ...] = ("val", "test"),
+    backbone_dir: str | Path | None = None,
+    eval_split: str = "test",
+) -> list[dict[str, Any]]:
+    """Accuracy of models before and after an encode-decode through the backbone.
+
+    Each accepted model of ``family`` trained on ``task`` in one of ``splits`` (by default
+    only models the backbone never trained on) is loaded from its directory, its stored tokens
+    are encoded and decoded (haloed windows, as the embed stage does), and the decoded tensors
+    replace its trainable weights; buffers (batch-norm running statistics) stay the original's.
+    Both models are scored on ``eval_split`` of the task, and the decoded one once more after
+    re-estimating its batch-norm statistics on train data (as sampling does,
+    ``core.generation.build.condition_batchnorm``).
+
+    Returns:
+        One row per model: ``id, split, epoch, accuracy_original, accuracy_decoded,
+        accuracy_decoded_bn, r2`` (R² of all decoded values).
+    """
+
+    a = Atlas.open(atlas)
+    store = TokenStore(a.tokens_dir)
+    backbone = open_backbone(a, backbone_dir, "cpu")
+    rows = [
+        r
+        for r in a.accepted()
+        if r.get("split") in splits
+        and (r.get("labels") or {}).get("family", r.get("family")) == family
+        and (r.get("labels") or {}).get("task") == task
+        and r["id"] in store
+        and r.get("path")
+    ]
+    if not rows:
+        raise WeightAtlasError(
+            f"{a.root}: no accepted {family}/{task} model in splits {', '.join(splits)}"
+        )
+    out = []
+    for r in tqdm(sorted(rows, key=lambda r: r["id"]), desc="encode-decode", unit="model"):
+        path = Path(r["path"])
+        model = load_model_dir(path if path.is_absolute() else a.root / path).model.float()
+        tok = store.get(r["id"])
+        tokens, positions = _masked_tokens(tok)
+        recon = reconstruct_tokens(backbone, tokens, positions)
+        decoded = copy.deepcopy(model)
+        state = dict(decoded.state_dict())
+        state.update(detokenize(recon, store.layers(r["id"])))
+        load_weights_strict(decoded, state)
+        decoded.eval()
+        mask = torch.as_tensor(tok.mask, dtype=torch.bool)
+        y, p = tokens[mask].double(), recon[mask].double()
+        labels = r.get("labels") or {}
+        row = {
+            "id": r["id"],
+            "split": r["split"],
+            "epoch": labels.get("epoch"),
+            "accuracy_original": evaluate_accuracy(model, task, eval_split),
+            "accuracy_decoded": evaluate_accuracy(decoded, task, eval_split),
+            "r2": float(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()),
+        }
+        target = resolve_target(
+            f"zoo:{family}", store.scheme, store.token_size, task,
+            labels.get("width"), labels.get("depth"),
+        )  # fmt: skip
+        if condition_batchnorm(decoded, target, batches=8, batch_size=64, seed=0):
+            row["accuracy_decoded_bn"] = evaluate_accuracy(decoded, task, eval_split)
+        out.append(row)
+    return out

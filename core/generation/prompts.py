@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.atlas import Atlas
+from core.collection.specs import resolve_arch, spec_label
 from core.embeddings.encode import position_code
 from core.errors import WeightAtlasError
 from core.generation.config import Progress, SampleConfig
-from core.generation.targets import resolve_arch, spec_label
 from core.manifest import as_row
 from core.models.families import FAMILIES
 from core.models.registry import logits
@@ -30,7 +30,7 @@ from core.zoos.tasks import TASKS, get_task, train_epochs
 class Target:
     """A resolved architecture with its task and tokenized layer table."""
 
-    arch: Any  # core.generation.targets.ArchTarget
+    arch: Any  # core.collection.specs.ArchTarget
     task: str | None  # None: no task the atlas knows; generated unscored (see ``note``)
     scheme: str
     token_size: int

@@ -7,7 +7,7 @@
 
 Algorithm 3 of paper 003 (§2), with the sampling settings of paper 001 C.2:
 
-1. Layer table of the target: a fresh instance of ``--arch`` (``core.generation.targets.resolve_arch``)
+1. Layer table of the target: a fresh instance of ``--arch`` (``core.collection.specs.resolve_arch``)
    is tokenized with the atlas' scheme; generated tokens are detokenized into exactly this
    layout, and everything the tokenizer leaves out (batch-norm statistics, integer buffers)
    comes from the fresh instance.
@@ -63,6 +63,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.collection.specs import spec_label
 from core.config import build_config, to_dict
 from core.embeddings.distances import atlas_distance, model_architecture
 from core.embeddings.encode import (
@@ -97,7 +98,6 @@ from core.generation.prompts import (
     resolve_target,
     run_side,
 )
-from core.generation.targets import spec_label
 from core.models.io import render_card, save_model_dir
 from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore

@@ -13,7 +13,7 @@ from core.errors import WeightAtlasError
 from core.models.io import config_of, timm_export_config
 from core.models.native import CNN, MLP
 from core.models.registry import _timm_model, empty_model
-from core.zoos.tasks import CLS_ID, PAD_ID, TaskInfo
+from core.models.taskinfo import CLS_ID, PAD_ID, TaskInfo
 
 # zoo families
 

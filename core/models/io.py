@@ -13,9 +13,8 @@ import yaml
 from torch import nn
 
 from core.atlas import atomic_path, atomic_write_bytes
-from core.collection.facts import read_model_config
-from core.collection.headers import read_safetensors_header
 from core.errors import RejectedModel, WeightAtlasError
+from core.models.formats import read_model_config, read_safetensors_header
 from core.models.registry import (
     LIBRARIES,
     PICKLE_WEIGHTS,

@@ -16,7 +16,7 @@ features; each takes a ``width`` and a ``depth``.
 
     from core.models.io import load_model_dir
     from core.models.registry import logits
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     loaded = load_model_dir("ZOO/models--weightatlas-zoo--vit-digits10-r0-e8/snapshots/REV")
     logits(loaded.model, x)                    # (B, num_classes) whatever the library
     target = resolve_arch("zoo:resnet")        # or "timm:resnet18", "hf:<dir or id>"

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import WeightAtlasError
+from core.models.optim import adamw
 from core.models.registry import logits
+from core.models.taskinfo import CLS_ID, FIRST_SYMBOL, TaskInfo
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -53,40 +54,6 @@ PIPELINE_TAGS = {
     "tabular": "tabular-classification",
     "sequence": "text-classification",
 }
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a model needs to know about a task's inputs and outputs.
-
-    ``n_features`` is the flattened input size (``C * H * W`` for images, the sequence length
-    for sequences); ``in_chans`` and ``img_size`` are 0 for tabular and sequence tasks.
-    ``vocab_size`` and ``seq_len`` are set for sequence tasks only (token ids lie in
-    ``[0, vocab_size)``, ``PAD_ID`` never occurs). ``dataset`` is a Hub-style dataset name for cards.
-    """
-
-    name: str
-    kind: Literal["image", "tabular", "sequence"]
-    in_chans: int
-    img_size: int
-    n_features: int
-    num_classes: int
-    dataset: str
-    description: str
-    vocab_size: int = 0
-    seq_len: int = 0
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example: ``(C, H, W)`` for images, ``(F,)`` tabular, ``(S,)`` sequences."""
-        if self.kind == "image":
-            return (self.in_chans, self.img_size, self.img_size)
-        return (self.n_features,)
-
-    @property
-    def input_dtype(self) -> torch.dtype:
-        """``torch.int64`` token ids for sequence tasks, else ``torch.float32``."""
-        return torch.int64 if self.kind == "sequence" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -460,9 +427,6 @@ def _breast_cancer() -> Task:
 # ---------------------------------------------------------------------------------------------
 # sequence tasks (procedural, fixed seeds): token ids for BERT- and GPT-2-style classifiers
 
-PAD_ID = 0  # reserved: never occurs in an input (the models' pad_token_id)
-CLS_ID = 1  # opens every sequence (BERT pools its first position; GPT-2 reads the last)
-FIRST_SYMBOL = 2
 SEQUENCE_PER_CLASS = 600
 SEQUENCE_SEED = 11
 SEQUENCE_TASKS = ("seq-majority", "seq-sorted", "seq-brackets")
@@ -616,20 +580,6 @@ class Metrics:
 
 def _as_task(task: Task | str) -> Task:
     return get_task(task) if isinstance(task, str) else task
-
-
-def adamw(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW with its fused kernel where the weights live on CPU or CUDA.
-
-    The fused kernel makes one pass over each weight, its gradient and both moments; the
-    default for-loop on CPU makes about eight (lerp, mul, addcmul, sqrt, div, add, addcdiv and
-    the decay): 67-116 ms against 10-12 ms per step for the demo backbone (4.8M weights, 2
-    threads), 58 against ~8 ms for ResNet-18's 62 tensors. Same update rule up to rounding and
-    the same state (step, exp_avg, exp_avg_sq), so checkpoints resume either way.
-    """
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def train_epochs(

@@ -19,6 +19,7 @@ import streamlit as st
 
 from core.atlas import Atlas
 from core.catalog import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
+from core.collection.specs import spec_label
 from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
@@ -30,7 +31,7 @@ from core.generation.prompts import (
     resolve_target,
     task_fits,
 )
-from core.generation.targets import TIMM_SUGGESTED, spec_label, timm_fit, timm_search
+from core.generation.targets import TIMM_SUGGESTED, timm_fit, timm_search
 from core.models.families import FAMILIES
 from core.models.io import read_config, read_state_dict
 from core.models.registry import library_of

@@ -1,4 +1,10 @@
-"""Safetensors headers, read and checked before any tensor data is touched."""
+"""Bounded readers of a Hub-format model folder's files, used before anything is loaded.
+
+Safetensors headers (read and checked before any tensor data is touched), ``config.json`` and
+the ``README.md`` card's YAML front matter, each read as a regular file inside the model's
+folder with a byte limit. ``collect`` passes its configured limits; other callers get the
+defaults below (the same as ``CollectConfig``'s).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.dtypes import DTYPES
 from core.errors import RejectedModel
+from core.safety import HostileInput, load_json_bytes, load_yaml_text, read_regular
+
+MAX_CONFIG_BYTES = 4 * 2**20  # largest config.json read (CollectConfig.max_config_bytes)
+MAX_CARD_BYTES = 2 * 2**20  # largest README.md read (CollectConfig.max_card_bytes)
 
 # ------------------------------------------------------------------- safetensors headers
 
@@ -118,3 +129,75 @@ def read_safetensors_header(
             "inconsistent offsets", f"{path.name}: {data_len - pos} bytes after the last tensor"
         )
     return tensors
+
+
+# ------------------------------------------------------------------- config and card
+
+
+def snapshot_root(path: Path) -> Path:
+    """The folder a model's files may link within: the repo of an HF cache snapshot
+    (``models--x/snapshots/REV`` links into ``models--x/blobs``), else the folder itself."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "snapshots" else path
+
+
+def read_card(
+    path: Path, root: Path | None = None, max_bytes: int = MAX_CARD_BYTES
+) -> dict[str, Any]:
+    """YAML front matter of ``README.md``; {} if absent or plain malformed YAML.
+
+    Same block as ``huggingface_hub.metadata_load`` (its ``REGEX_YAML_BLOCK``). The card is read
+    as a regular file inside ``root`` (default: ``snapshot_root(path)``) with a byte limit, and
+    parsed with libyaml's safe loader without aliases (``core.safety.load_yaml_text``).
+
+    Raises:
+        RejectedModel: ``bad card``: not a regular file, over the limit, YAML aliases (a
+            billion laughs), or nested too deeply.
+    """
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    readme = Path(path) / "README.md"
+    if not os.path.lexists(readme):
+        return {}
+    try:
+        raw = read_regular(readme, max_bytes, snapshot_root(path) if root is None else root)
+    except RejectedModel as e:
+        raise RejectedModel("bad card", e.detail) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return {}
+    match = REGEX_YAML_BLOCK.search(text)
+    if not match:
+        return {}
+    try:
+        meta = load_yaml_text(match.group(2), "README.md front matter")
+    except HostileInput as e:
+        raise RejectedModel("bad card", str(e)) from None
+    except ValueError:  # malformed YAML in an untrusted card: no metadata, not a rejection
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_model_config(
+    path: Path, root: Path | None = None, max_bytes: int = MAX_CONFIG_BYTES
+) -> dict[str, Any]:
+    """``config.json`` as a regular file (byte limit) parsed with a JSON depth limit.
+
+    Raises:
+        RejectedModel: ``no config`` or ``bad config`` (not a regular file, over the limit, not
+            JSON, nested too deeply, not an object).
+    """
+    cfg_path = Path(path) / "config.json"
+    if not os.path.lexists(cfg_path):
+        raise RejectedModel("no config", f"{path} has no config.json")
+    try:
+        raw = read_regular(cfg_path, max_bytes, snapshot_root(path) if root is None else root)
+        config = load_json_bytes(raw, "config.json")
+    except RejectedModel as e:
+        raise RejectedModel("bad config", e.detail) from None
+    except ValueError as e:
+        raise RejectedModel("bad config", str(e)) from None
+    if not isinstance(config, dict):
+        raise RejectedModel("bad config", "config.json is not a JSON object")
+    return config
