@@ -14,8 +14,18 @@ from core.atlas import Atlas, read_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.config import build_config
 from core.embeddings.distances import place_on_map
-from core.embeddings.encode import EmbedConfig, encode_tokens, halo_windows, haloed_apply, summarize
+from core.embeddings.encode import (
+    POOLINGS,
+    EmbedConfig,
+    encode_tokens,
+    halo_windows,
+    haloed_apply,
+    pool_model,
+    pooled_dim,
+    summarize,
+)
 from core.embeddings.table import load_embeddings, neighbours
+from core.errors import WeightAtlasError
 
 
 def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
@@ -104,6 +114,36 @@ def test_summarize_layer_means_and_spreads():
     assert s["layer_tokens"].tolist() == [2, 2, 1]
 
 
+def test_pooling_is_order_invariant_within_a_layer_and_sees_spread():
+    g = torch.Generator().manual_seed(0)
+    # 3 layers of 7, 1 and 12 tokens; scales differ per layer
+    layer = torch.tensor([0] * 7 + [1] + [2] * 12)
+    z = torch.randn(len(layer), 4, generator=g) * (1 + layer[:, None].float())
+    pos = torch.stack([torch.arange(len(layer)), layer, torch.zeros_like(layer)], 1)
+    perm = torch.cat(
+        [torch.randperm(7, generator=g), torch.tensor([7]), 8 + torch.randperm(12, generator=g)]
+    )
+    for pooling in POOLINGS:
+        a, b = pool_model(z, pos, pooling), pool_model(z[perm], pos[perm], pooling)
+        assert a.shape == (pooled_dim(4, pooling),), pooling
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # mean: the old embedding; the spread poolings see a change of scale that keeps the mean
+    torch.testing.assert_close(pool_model(z, pos, "mean"), z.mean(0))
+    centred = z - z.mean(0)
+    for pooling in ("std", "mean+std", "layer-mean+std", "depth-std", "depth-mean+std"):
+        far = pool_model(centred * 3, pos, pooling) - pool_model(centred, pos, pooling)
+        assert far.abs().max() > 0.1, pooling
+    torch.testing.assert_close(
+        pool_model(centred * 3, pos, "mean"), pool_model(centred, pos, "mean"), atol=1e-6, rtol=0
+    )
+    # depth: the per-layer statistics of the first and last layers sit in different bins
+    d = pool_model(z, pos, "depth-mean+std").reshape(5, 8)
+    torch.testing.assert_close(d[0, 4:].double(), z[:7].double().std(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d[3, :4].double(), z[8:].double().mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightAtlasError, match="unknown pooling"):
+        pool_model(z, pos, "median")
+
+
 def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
     from core.embeddings.embed import embed
 
@@ -118,7 +158,10 @@ def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
     emb = load_embeddings(small_atlas)
     ids = [r["id"] for r in a.accepted()]
     assert sorted(emb.ids) == sorted(ids)
-    assert emb.z.shape == (len(ids), make_backbone().cfg.latent_dim)
+    latent = make_backbone().cfg.latent_dim
+    assert emb.z.shape == (len(ids), pooled_dim(latent, EmbedConfig().pooling))
+    assert read_json(out / "info.json")["config"]["pooling"] == EmbedConfig().pooling
+    assert emb.s_w is not None and emb.s_w.shape == (len(ids), 35)
     assert np.isfinite(emb.z).all()
     # per-layer rows line up with the layer table of each model
     from core.tokens.store import TokenStore
@@ -219,7 +262,8 @@ def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tm
     assert report and all(len(r["original"]) == len(r["reconstructed"]) for r in report)
     weights = next(r for r in demo.manifest() if r["id"] == kept[0])["path"]
     assert not Path(weights).is_absolute() and (out / weights / "model.safetensors").exists()
-    assert embed_model_dir_full(out / weights, out)["z"].shape == (make_backbone().cfg.latent_dim,)
+    want = (pooled_dim(make_backbone().cfg.latent_dim, EmbedConfig().pooling),)
+    assert embed_model_dir_full(out / weights, out)["z"].shape == want
     with pytest.raises(WeightAtlasError, match="MB"):
         export_demo(src, tmp_path / "too-big", max_mb=0.001)
     assert not (tmp_path / "too-big").exists()

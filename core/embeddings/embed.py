@@ -9,12 +9,16 @@ tokens; each chunk is encoded inside a window of ``window`` tokens with ``halo``
 context before and after (shifted inward at the ends of the sequence), and the context is
 dropped after encoding. A model that fits in one window is encoded in one pass.
 
-Per-model embedding = mean over its tokens (003 §2). Per-layer embedding = mean over the
-layer's tokens, and the layer's spread ẑ_l = std over its tokens (003 §4, eq. 8), averaged over
-latent dimensions to one scalar per layer.
+Per-model embedding: ``EmbedConfig.pooling`` of its token embeddings
+(``core.embeddings.encode.pool_model``; 003 §2 takes the mean over tokens, which drops the
+second-order information the latent carries, so the default keeps per-channel means and
+spreads). Per-layer embedding = mean over the layer's tokens, and the layer's spread ẑ_l = std
+over its tokens (003 §4, eq. 8), averaged over latent dimensions to one scalar per layer. Beside
+them, each model's s(W) (``core.embeddings.statistics``), the baseline its map quality and probes
+are judged against, read from the same tokens.
 
 Outputs (``ATLAS/embeddings/``): ``models.safetensors`` (``z (M, L)``, ``layer_z (S, L)``,
-``layer_spread (S,)`` with S = total layers), ``models.jsonl`` (row i describes ``z[i]``),
+``layer_spread (S,)`` with S = total layers, ``s_w (M, 35)``), ``models.jsonl`` (row i describes ``z[i]``),
 ``layers.jsonl`` (row j describes ``layer_z[j]``), ``maps.json`` (PCA and UMAP 2-D coordinates
 per id), ``reducers/pca.safetensors`` (mean and components) and ``reducers/umap.safetensors``
 (the embedding table and its fitted 2-D coordinates). New points are placed on the UMAP map
@@ -53,10 +57,12 @@ from core.embeddings.encode import (
     embeddings_dir,
     encode_tokens,
     open_backbone,
+    pooled_dim,
     resolve_window,
     summarize,
 )
 from core.embeddings.maps import fit_maps
+from core.embeddings.statistics import weight_statistics
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
 from core.tokens.tokenize import copies_of
@@ -111,7 +117,8 @@ def embed(
         raise WeightAtlasError(f"{a.root}: the token store holds no models")
     chunks = [ids[i : i + cfg.chunk_models] for i in range(0, len(ids), cfg.chunk_models)]
     window_, halo_ = resolve_window(cfg, backbone)
-    plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n" + "\n".join(ids)
+    pooled_dim(int(backbone.cfg.latent_dim), cfg.pooling)  # an unknown pooling fails here
+    plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n{cfg.pooling}\n" + "\n".join(ids)
     parts = out / "parts" / hashlib.sha256(plan.encode()).hexdigest()[:16]  # stale parts never mix
     mine = [c for c in range(len(chunks)) if c % w == r]
     for c in tqdm(mine, desc=f"embed rank {r}/{w}", unit="chunk"):
@@ -119,10 +126,18 @@ def embed(
         if path.exists():
             continue
         tensors: dict[str, torch.Tensor] = {}
-        zs, lz, ls, lidx, ltok, ntok = [], [], [], [], [], []
+        zs, lz, ls, lidx, ltok, ntok, sw = [], [], [], [], [], [], []
         for mid in chunks[c]:
-            tokens, positions = _masked_tokens(store.get(mid))
-            summ = summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
+            tok = store.get(mid)
+            tokens, positions = _masked_tokens(tok)
+            summ = summarize(
+                encode_tokens(backbone, tokens, positions, cfg), positions, cfg.pooling
+            )
+            sw.append(
+                torch.from_numpy(
+                    weight_statistics(tokens, torch.as_tensor(tok.mask), positions)
+                ).float()
+            )
             zs.append(summ["z"])
             lz.append(summ["layer_z"])
             ls.append(summ["layer_spread"])
@@ -130,6 +145,7 @@ def embed(
             ltok.append(summ["layer_tokens"])
             ntok.append(len(tokens))
         tensors["z"] = torch.stack(zs)
+        tensors["s_w"] = torch.stack(sw)
         tensors["layer_z"] = torch.cat(lz)
         tensors["layer_spread"] = torch.cat(ls)
         tensors["layer_index"] = torch.cat(lidx).long()
@@ -158,7 +174,7 @@ def _merge(
 
     manifest = {row["id"]: row for row in a.manifest()}
     copies = copies_of(manifest.values())
-    z, layer_z, layer_spread, model_rows, layer_rows = [], [], [], [], []
+    z, layer_z, layer_spread, s_w, model_rows, layer_rows = [], [], [], [], [], []
     n_layer_rows = 0
     for c, ids in enumerate(chunks):
         with safe_open(str(parts / f"part-{c:05d}.safetensors"), "pt") as f:
@@ -166,6 +182,7 @@ def _merge(
         z.append(t["z"])
         layer_z.append(t["layer_z"])
         layer_spread.append(t["layer_spread"])
+        s_w.append(t["s_w"])
         off = 0
         for i, mid in enumerate(ids):
             cnt = int(t["layer_count"][i])
@@ -207,6 +224,7 @@ def _merge(
         "z": torch.cat(z).contiguous(),
         "layer_z": torch.cat(layer_z).contiguous(),
         "layer_spread": torch.cat(layer_spread).contiguous(),
+        "s_w": torch.cat(s_w).contiguous(),
     }
     zm = tensors["z"].double().numpy()
     groups = reference_groups(a, [r["id"] for r in model_rows])

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from core.atlas import Atlas
 from core.backbone.model import load_backbone, sinusoidal_3d
 from core.config import register_presets
+from core.embeddings.statistics import DEPTH_BINS, depth_pooled
 from core.errors import WeightAtlasError
 
 
@@ -54,6 +55,9 @@ class EmbedConfig:
     distance_metric: str = "zscore"
     seed: int = 0
     device: str = "cpu"
+    # the model embedding from token embeddings (``POOLINGS``); "mean" is what atlases embedded
+    # before this field existed hold
+    pooling: str = "depth-mean+std"
 
 
 EMBED_PRESETS: dict[str, dict[str, Any]] = {
@@ -198,34 +202,107 @@ def encode_tokens(
     return z.float().cpu()
 
 
-def summarize(z: torch.Tensor, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Model mean, per-layer means and spreads from token embeddings.
+POOLINGS = ("mean", "std", "mean+std", "layer-mean+std", "depth-std", "depth-mean+std")
+POOLING_MEANING = {
+    "mean": "mean of the token embeddings over all tokens (L dims; 003 §2)",
+    "std": "per-channel std of the token embeddings over all tokens (L dims)",
+    "mean+std": "per-channel mean and std over all tokens (2L dims)",
+    "layer-mean+std": "per-layer per-channel mean and std of the token embeddings, averaged over "
+    "layers with equal weight (2L dims)",
+    "depth-std": f"per-layer per-channel std, averaged over each of {DEPTH_BINS} bins of relative "
+    f"depth and over all layers ({DEPTH_BINS + 1}L dims)",
+    "depth-mean+std": f"per-layer per-channel mean and std, averaged over each of {DEPTH_BINS} "
+    f"bins of relative depth and over all layers ({2 * (DEPTH_BINS + 1)}L dims)",
+}
+
+
+def layer_moments(
+    z: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer first and second moments of token embeddings.
 
     Args:
         z: ``(N, L)`` token embeddings.
         positions: ``(N, 3)`` ``[n, l, k]``; tokens with equal ``l`` belong to one layer.
 
     Returns:
-        ``z (L,)``, ``layer_index (S,)`` (the ``l`` values in order), ``layer_z (S, L)``,
-        ``layer_spread (S,)`` (std over the layer's tokens, mean over latent dims; 0 for a
-        one-token layer), ``layer_tokens (S,)``.
+        ``(layer_ids (S,), counts (S,), means (S, L), stds (S, L))`` in float64; ``stds`` is
+        the unbiased per-channel std over the layer's tokens (0 for a one-token layer). Sums
+        over a layer's tokens: invariant to the order of tokens within a layer.
     """
     layer_ids, inverse, counts = torch.unique(
         positions[:, 1], return_inverse=True, return_counts=True
     )
     s, dim = len(layer_ids), z.shape[1]
-    sums = torch.zeros(s, dim, dtype=torch.float64).index_add_(0, inverse, z.double())
-    means = sums / counts[:, None]
-    sq = torch.zeros(s, dim, dtype=torch.float64).index_add_(
-        0, inverse, (z.double() - means[inverse]) ** 2
-    )
+    zd = z.double()
+    means = torch.zeros(s, dim, dtype=torch.float64).index_add_(0, inverse, zd) / counts[:, None]
+    sq = torch.zeros(s, dim, dtype=torch.float64).index_add_(0, inverse, (zd - means[inverse]) ** 2)
     denom = (counts - 1).clamp(min=1)[:, None]
-    spread = torch.where(counts[:, None] > 1, (sq / denom).sqrt(), torch.zeros_like(sq)).mean(1)
+    stds = torch.where(counts[:, None] > 1, (sq / denom).sqrt(), torch.zeros_like(sq))
+    return layer_ids, counts, means, stds
+
+
+def pool_model(z: torch.Tensor, positions: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The model embedding of one model's token embeddings (the public pooling function).
+
+    Args:
+        z: ``(N, L)`` token embeddings (``encode_tokens``).
+        positions: ``(N, 3)`` the tokens' ``[n, l, k]`` positions (``l``: layer).
+        pooling: one of ``POOLINGS`` (see ``POOLING_MEANING``).
+
+    Returns:
+        ``(pooled_dim(L, pooling),)`` float32; invariant to the order of tokens within each
+        layer (the depth poolings keep the order of layers, by relative depth).
+    """
+    _check_pooling(pooling)
+    zd = z.double()
+    if pooling in ("mean", "std", "mean+std"):
+        mean = zd.mean(0)
+        std = zd.std(0, correction=1) if len(zd) > 1 else torch.zeros_like(mean)
+        out = {"mean": mean, "std": std, "mean+std": torch.cat([mean, std])}[pooling]
+        return out.float()
+    _, _, means, stds = layer_moments(z, positions)  # layers in depth order
+    per_layer = stds if pooling == "depth-std" else torch.cat([means, stds], 1)
+    if pooling == "layer-mean+std":
+        return per_layer.mean(0).float()
+    pooled = depth_pooled(per_layer.numpy(), per_layer.mean(0).numpy())
+    return torch.from_numpy(pooled).float()
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise WeightAtlasError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+
+
+def pooled_dim(latent_dim: int, pooling: str) -> int:
+    """Length of the model embedding for a backbone latent of ``latent_dim``."""
+    _check_pooling(pooling)
+    per = {"mean": 1, "std": 1, "mean+std": 2, "layer-mean+std": 2}
+    per |= {"depth-std": DEPTH_BINS + 1, "depth-mean+std": 2 * (DEPTH_BINS + 1)}
+    return per[pooling] * latent_dim
+
+
+def summarize(
+    z: torch.Tensor, positions: torch.Tensor, pooling: str = "mean"
+) -> dict[str, torch.Tensor]:
+    """Model embedding, per-layer means and spreads from token embeddings.
+
+    Args:
+        z: ``(N, L)`` token embeddings.
+        positions: ``(N, 3)`` ``[n, l, k]``; tokens with equal ``l`` belong to one layer.
+        pooling: how the model embedding ``z`` is pooled (``pool_model``).
+
+    Returns:
+        ``z`` (``pool_model``), ``layer_index (S,)`` (the ``l`` values in order), ``layer_z
+        (S, L)``, ``layer_spread (S,)`` (std over the layer's tokens, mean over latent dims; 0
+        for a one-token layer), ``layer_tokens (S,)``.
+    """
+    layer_ids, counts, means, stds = layer_moments(z, positions)
     return {
-        "z": z.double().mean(0).float(),
+        "z": pool_model(z, positions, pooling),
         "layer_index": layer_ids,
         "layer_z": means.float(),
-        "layer_spread": spread.float(),
+        "layer_spread": stds.mean(1).float(),
         "layer_tokens": counts,
     }
 

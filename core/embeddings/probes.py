@@ -8,7 +8,8 @@ inside one zoo (one architecture, one data set), so the headline probes run insi
 homogeneous zoo (``zoo_key``: a zoo preset's ``zoo`` label, else family/task/size with at least
 ``zoo_min_runs`` runs) on four feature sets, against the mean predictor:
 
-- ``embedding``: the backbone's per-model embedding (mean over haloed token embeddings).
+- ``embedding``: the backbone's per-model embedding (``EmbedConfig.pooling`` of the haloed token
+  embeddings, ``core.embeddings.encode.pool_model``).
 - ``embedding+depth``: its per-layer embeddings pooled over depth bins like s(W).
 - ``s(W)``: per-layer mean, std and quintiles (min, 25 %, median, 75 %, max) of the trainable
   weights, pooled over ``DEPTH_BINS`` equal bins of relative depth, plus the same seven
@@ -42,7 +43,7 @@ from core.atlas import Atlas, atomic_write_bytes, write_json
 from core.collection.facts import run_of
 from core.config import build_config, register_presets, to_dict
 from core.embeddings.statistics import DEPTH_BINS, depth_pooled, weight_statistics
-from core.embeddings.table import load_embeddings
+from core.embeddings.table import embedded_pooling, load_embeddings
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
 
@@ -363,7 +364,7 @@ def cross_validated(
 def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
     """``{"embedding": (M, L), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
 
-    ``embedding`` is the model's mean token embedding; ``embedding+depth`` pools its per-layer
+    ``embedding`` is the model embedding (its pooled token embeddings); ``embedding+depth`` pools its per-layer
     embeddings over the same depth bins as s(W), so both feature sets see depth alike. ``emb``
     is the ``core.embeddings.table.Embeddings`` the ids come from.
     """
@@ -576,6 +577,7 @@ def evaluate(
         "zoos": zoos,
         "config": to_dict(cfg),
         "backbone": str(backbone_dir) if backbone_dir is not None else "backbone",
+        "pooling": embedded_pooling(a, backbone_dir) or "mean",
     }
     a.results_dir.mkdir(parents=True, exist_ok=True)
     write_json(a.results_dir / f"{out_name}.json", out)
@@ -672,7 +674,8 @@ def probes_markdown(out: dict[str, Any]) -> str:
     dims = out["features"]
     lines.append("")
     lines.append(
-        f"Features: embedding {dims['embedding']} dims (mean token embedding); embedding+depth "
+        f"Features: embedding {dims['embedding']} dims ({out.get('pooling', 'mean')} pooling of "
+        "the token embeddings); embedding+depth "
         f"{dims.get('embedding+depth', 'n/a')} dims (per-layer embeddings pooled over "
         f"{DEPTH_BINS} depth bins + the mean); s(W) {dims['s(W)']} dims (mean, std, quintiles "
         f"per layer pooled over {DEPTH_BINS} depth bins + whole model)."

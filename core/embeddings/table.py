@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.atlas import Atlas, read_jsonl
+from core.atlas import Atlas, read_json, read_jsonl
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
@@ -83,6 +83,7 @@ class Embeddings:
     layer_spread: np.ndarray  # (S,)
     models: list[dict[str, Any]]
     layers: list[dict[str, Any]]
+    s_w: np.ndarray | None = None  # (M, 35) the weights' statistics, when `embed` stored them
 
     @property
     def ids(self) -> list[str]:
@@ -107,6 +108,7 @@ def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -
         layer_spread=t["layer_spread"],
         models=list(read_jsonl(out / "models.jsonl")),
         layers=list(read_jsonl(out / "layers.jsonl")),
+        s_w=t.get("s_w"),
     )
 
 
@@ -121,6 +123,19 @@ def token_scheme(a: Atlas) -> tuple[str, int]:
             "check `weightatlas collect`'s summary, then run `weightatlas tokenize` again"
         )
     return idx["scheme"], int(idx["token_size"])
+
+
+def embedded_pooling(
+    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
+) -> str | None:
+    """The pooling the atlas' embeddings were written with (``EmbedConfig.pooling`` in
+    ``embeddings/info.json``; ``"mean"`` for embeddings written before the field existed), or
+    None when the atlas has no embeddings for this backbone yet."""
+    a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
+    info = embeddings_dir(a, backbone_dir) / "info.json"
+    if not info.exists():
+        return None
+    return str((read_json(info).get("config") or {}).get("pooling", "mean"))
 
 
 def embed_model_dir(
@@ -146,10 +161,14 @@ def embed_model_dir_full(
     cfg: EmbedConfig | None = None,
     check: bool = True,
     backbone: Any = None,
+    backbone_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads.
 
-    ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept model).
+    ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept
+    model); ``backbone_dir``: whose embeddings the vector is compared with. The model embedding
+    is pooled as the atlas' embeddings were (:func:`embedded_pooling`), whatever ``cfg.pooling``
+    says, so that it is comparable with them; ``cfg.pooling`` applies to an atlas not embedded yet.
     """
 
     a = Atlas.open(atlas)
@@ -162,9 +181,10 @@ def embed_model_dir_full(
     scheme, size = token_scheme(a)
     tok = tokenize_model_dir(path, scheme, size)
     if backbone is None:
-        backbone = open_backbone(a, None, cfg.device)
+        backbone = open_backbone(a, backbone_dir, cfg.device)
     tokens, positions = _masked_tokens(tok)
-    return summarize(encode_tokens(backbone, tokens, positions, cfg), positions)
+    pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
+    return summarize(encode_tokens(backbone, tokens, positions, cfg), positions, pooling)
 
 
 def neighbours(

@@ -295,7 +295,9 @@ def generated_atlas_distance(
     if not (embeddings_dir(a, backbone_dir) / "models.safetensors").exists():
         return {}
     ecfg = build_config(EmbedConfig, EMBED_PRESETS, "ci", overrides={"device": cfg.device})
-    v = embed_model_dir_full(path, a.root, cfg=ecfg, check=False, backbone=backbone)["z"]
+    v = embed_model_dir_full(
+        path, a.root, cfg=ecfg, check=False, backbone=backbone, backbone_dir=backbone_dir
+    )["z"]
     ad = atlas_distance(a.root, v.numpy(), backbone_dir, architecture=model_architecture(path))
     return {
         "atlas_distance": ad["distance"],
