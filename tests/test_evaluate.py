@@ -14,6 +14,7 @@ from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save
 from core.collection.facts import run_of
 from core.config import build_config
 from core.embeddings.embed import embed
+from core.embeddings.encode import EmbedConfig, pooled_dim
 from core.embeddings.fidelity import wasserstein1
 from core.embeddings.probes import ProbeConfig, probe_split
 from core.embeddings.statistics import DEPTH_BINS, STAT_NAMES, weight_statistics
@@ -105,7 +106,9 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
     res = read_json(Atlas(probe_atlas).results_dir / "probes.json")
     assert res["split"]["shared_runs"] == [] and out["split"]["shared_runs"] == []
     assert res["split"]["n_train"] + res["split"]["n_test"] == len(Atlas(probe_atlas).accepted())
-    assert res["features"]["embedding+depth"] == 5 * res["features"]["embedding"]
+    latent = ci_backbone().cfg.latent_dim
+    assert res["features"]["embedding+depth"] == 5 * latent
+    assert res["features"]["embedding"] == pooled_dim(latent, EmbedConfig().pooling)
     for fs in ("embedding", "embedding+depth", "s(W)"):
         for target in ("test_accuracy", "epoch", "generalization_gap"):
             v = res["results"][fs][target]

@@ -362,11 +362,12 @@ def cross_validated(
 
 
 def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
-    """``{"embedding": (M, L), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
+    """``{"embedding": (M, P), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
 
-    ``embedding`` is the model embedding (its pooled token embeddings); ``embedding+depth`` pools its per-layer
-    embeddings over the same depth bins as s(W), so both feature sets see depth alike. ``emb``
-    is the ``core.embeddings.table.Embeddings`` the ids come from.
+    ``embedding`` is the model embedding (its pooled token embeddings, ``EmbedConfig.pooling``);
+    ``embedding+depth`` pools its per-layer mean embeddings over the same depth bins as s(W)
+    (and over all layers), so both feature sets see depth alike. ``emb`` is the
+    ``core.embeddings.table.Embeddings`` the ids come from.
     """
 
     z = np.stack([emb.vector(i) for i in ids]).astype(np.float64)
@@ -375,22 +376,40 @@ def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
         rows_of.setdefault(r["id"], []).append((int(r["layer"]), int(r["row"])))
     zd = np.stack(
         [
-            depth_pooled(emb.layer_z[[row for _, row in sorted(rows_of.get(i, []))]], z[k])
-            for k, i in enumerate(ids)
+            depth_pooled(layers, layers.mean(0))
+            for layers in (emb.layer_z[[row for _, row in sorted(rows_of.get(i, []))]] for i in ids)
         ]
     )
+    sw = sw_features(atlas, ids, emb)
+    if sw is None:
+        raise WeightAtlasError(f"{atlas.root}: s(W) needs every embedded model's tokens")
+    return {"embedding": z, "embedding+depth": zd, "s(W)": sw}
+
+
+def sw_features(atlas: Atlas, ids: list[str], emb: Any = None) -> np.ndarray | None:
+    """``(M, 35)`` s(W) of ``ids``: stored by ``embed`` beside the embeddings (``emb.s_w``),
+    else computed from the token store; None when some model has neither (the shipped demo
+    atlas keeps the tokens of a few models only)."""
+    if emb is not None and getattr(emb, "s_w", None) is not None:
+        rows = {r["id"]: r["row"] for r in emb.models}
+        return emb.s_w[[rows[i] for i in ids]].astype(np.float64)
+    if not (atlas.tokens_dir / "index.json").exists():
+        return None
     store = TokenStore(atlas.tokens_dir)
-    sw = []
-    for mid in tqdm(ids, desc="s(W)", unit="model"):
+    have = set(store.ids)
+    if any(i not in have for i in ids):
+        return None
+    out = []
+    for mid in tqdm(ids, desc="s(W)", unit="model", leave=False):
         tok = store.get(mid)
-        sw.append(
+        out.append(
             weight_statistics(
                 torch.as_tensor(tok.tokens),
                 torch.as_tensor(tok.mask),
                 torch.as_tensor(tok.positions),
             )
         )
-    return {"embedding": z, "embedding+depth": zd, "s(W)": np.stack(sw)}
+    return np.stack(out)
 
 
 def zoo_key(row: dict[str, Any]) -> str | None:
@@ -676,8 +695,8 @@ def probes_markdown(out: dict[str, Any]) -> str:
     lines.append(
         f"Features: embedding {dims['embedding']} dims ({out.get('pooling', 'mean')} pooling of "
         "the token embeddings); embedding+depth "
-        f"{dims.get('embedding+depth', 'n/a')} dims (per-layer embeddings pooled over "
-        f"{DEPTH_BINS} depth bins + the mean); s(W) {dims['s(W)']} dims (mean, std, quintiles "
+        f"{dims.get('embedding+depth', 'n/a')} dims (per-layer mean embeddings pooled over "
+        f"{DEPTH_BINS} depth bins + all layers); s(W) {dims['s(W)']} dims (mean, std, quintiles "
         f"per layer pooled over {DEPTH_BINS} depth bins + whole model)."
     )
     return "\n".join(lines) + "\n"
