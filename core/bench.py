@@ -60,7 +60,7 @@ from core.generation.prompts import resolve_target
 from core.generation.sample import sample
 from core.tokens.plan import detokenize, tokenize_state_dict
 from core.tokens.schemes import DEFAULT_TOKEN_SIZE, SCHEMES, Tokenized, trainable_of
-from core.tokens.shards import SHARD_TENSORS, shard_layout
+from core.tokens.shards import SHARD_TENSORS, model_checksum, shard_layout
 from core.tokens.store import TokenStore, WindowDataset
 
 # ------------------------------------------------------------ collect
@@ -235,7 +235,8 @@ def _memcpy(sd: dict[str, torch.Tensor]) -> None:
 def bench_tokenize(args: argparse.Namespace) -> dict[str, Any]:
     """GB/s of dense/sparse tokenization and detokenization vs a memcpy of the same bytes.
 
-    Also: windows/s read from a token store (``--n`` windows of 256 tokens, default 20000).
+    Also: windows/s read from a token store (``--n`` windows of 256 tokens, default 20000), and
+    whole-model reads (four ResNet-18s) with their checksums checked against unchecked reads.
     """
 
     import timm
@@ -295,12 +296,24 @@ def bench_tokenize(args: argparse.Namespace) -> dict[str, Any]:
                 torch.from_numpy(src[s : s + ws].copy())
 
         t_base = _best(copy_windows, repeat)
+
+        def read_models(verify: bool) -> None:  # each model whole, as embed reads them
+            s = TokenStore(atlas.tokens_dir, verify=verify)
+            for mid in s.ids:
+                s.get(mid)
+
+        t_checked = _best(lambda: read_models(True), repeat)
+        t_unchecked = _best(lambda: read_models(False), repeat)
         out["store"] = {
             "window_tokens": ws,
             "windows": n,
             "windows_per_s": n / t_win,
             "baseline_in_memory_slice_windows_per_s": n / t_base,
             "seconds": t_win,
+            "whole_model_reads": len(store.ids),
+            "whole_model_reads_checked_seconds": t_checked,
+            "baseline_whole_model_reads_unchecked_seconds": t_unchecked,
+            "checksum_overhead_fraction": t_checked / t_unchecked - 1,
         }
     return out
 
@@ -337,6 +350,11 @@ def write_store(
                 "split": None,
                 "layers": [e.to_dict() for e in tk.layers],
                 "excluded": tk.excluded,
+                "checksum": model_checksum(
+                    {"tokens": tk.tokens, "valid": tk.valid, "positions": tk.positions},
+                    0,
+                    tk.n_tokens,
+                ),
             }
         )
         at += tk.n_tokens

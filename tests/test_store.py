@@ -145,3 +145,77 @@ def test_errors(store_and_tokens, tmp_path):
     bad.write_bytes(b"\xff" * 8 + b"{}")
     with pytest.raises(WeightAtlasError, match="not a readable token shard"):
         read_shard(bad)
+
+
+# ------------------------------------------------------------- damaged shards (issue 27)
+
+
+def _mlp_atlas(root) -> Atlas:
+    """Eight tiny zoo MLPs, collected and tokenized by the real stages."""
+    from core.collection.collect import collect
+    from core.generation.targets import resolve_arch
+    from core.models.families import build_from_config
+    from core.models.io import save_model_dir
+    from core.tokens.tokenize import tokenize
+
+    for i in range(8):
+        arch = resolve_arch("mlp", width=(16, 32)[i % 2])
+        model = build_from_config(arch.config, i)
+        save_model_dir(model, root / "models" / f"m{i}", arch.library, config=arch.config)
+    collect(root / "atlas", overrides={"source": str(root / "models")}, progress=False)
+    tokenize(root / "atlas", progress=False)
+    return Atlas.open(root / "atlas")
+
+
+def test_a_damaged_shard_is_one_line_naming_it_and_the_fix(tmp_path, capsys):
+    import numpy as np
+    from conftest import ci_backbone
+
+    from core.backbone.model import save_backbone
+    from core.cli import main
+    from core.tokens.store import read_index
+
+    atlas = _mlp_atlas(tmp_path)
+    index = read_index(atlas.tokens_dir)
+    assert all(m["checksum"].startswith("bsum64:") for m in index["models"].values())
+    save_backbone(ci_backbone(), atlas.backbone_dir)
+    (shard,) = {m["shard"] for m in index["models"].values()}
+    path = atlas.tokens_dir / shard
+    good = path.read_bytes()
+    mid = len(good) // 2
+    block = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    assert block != good[mid : mid + 4096]
+    path.write_bytes(good[:mid] + block + good[mid + 4096 :])  # 4 KB overwritten mid-file
+
+    store = TokenStore(atlas.tokens_dir)
+    hit = []
+    for m in store.ids:
+        try:
+            store.get(m)
+        except WeightAtlasError as e:
+            hit.append(str(e))
+    assert hit and all(shard in h and "weightatlas tokenize" in h for h in hit), hit
+    capsys.readouterr()
+    assert main(["embed", str(atlas.root)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("weightatlas")]  # after the bar
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("weightatlas embed: error:") and f"{shard} is damaged" in lines[0]
+    assert "delete that shard" in lines[0]
+    # the fix the line gives: delete the shard, re-run tokenize; embed then runs
+    path.unlink()
+    assert main(["tokenize", str(atlas.root)]) == 0
+    assert path.read_bytes() == good
+    assert len(TokenStore(atlas.tokens_dir).ids) == 8
+    assert main(["embed", str(atlas.root)]) == 0, capsys.readouterr().err
+
+
+def test_a_store_without_checksums_still_reads():
+    """Atlases tokenized before checksums (the embedded demo atlas) open and read as before."""
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo" / "tokens"
+    store = TokenStore(demo)
+    assert store.ids and all("checksum" not in store.entry(m) for m in store.ids[:5])
+    got = store.get(store.ids[0])
+    assert got.tokens.shape == (store.n_tokens(store.ids[0]), store.token_size)

@@ -1,9 +1,16 @@
-"""The token shard format: one safetensors file per group of models, written and read here only."""
+"""The token shard format: one safetensors file per group of models, written and read here only.
+
+Each model's rows (its ``tokens``, ``valid`` and ``positions``) have a checksum (``checksum``),
+computed when the shard is written and recorded in the token index; ``TokenStore`` checks it the
+first time it reads the model, so a damaged shard is one line naming it, not a NaN deep inside
+training or an SVD that does not converge. Indexes written before checksums existed still read.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,16 +52,44 @@ def shard_layout(
     return len(raw).to_bytes(8, "little") + raw, table
 
 
+CHECKSUM_PREFIX = "bsum64:"
+_CHECKSUM_BLOCK = 8192  # bytes summed per uint64 block sum
+
+
+def model_checksum(arrays: dict[str, Any], offset: int, n: int) -> str:
+    """``bsum64:XXXXXXXX``: a checksum of rows ``[offset, offset + n)`` of a shard's tensors.
+
+    ``arrays`` maps ``tokens``, ``valid`` and ``positions`` to numpy arrays or CPU tensors (the
+    shard's memory map). The bytes are read in place as 8 KiB blocks of uint64 words; each
+    block's wrapping sum, and the bytes past the last whole block, go through CRC-32. A damaged
+    block changes its sum (a swap of two words inside one block would not); the cost is one
+    vectorised pass over the bytes, several times faster than the copy a read makes (CRC-32 of
+    all bytes ran at half the copy's speed).
+    """
+    crc = 0
+    for name in SHARD_TENSORS:
+        a = arrays[name][offset : offset + n]
+        a = a.numpy() if isinstance(a, torch.Tensor) else a
+        b = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        whole = len(b) // _CHECKSUM_BLOCK * _CHECKSUM_BLOCK
+        sums = b[:whole].view(np.uint64).reshape(-1, _CHECKSUM_BLOCK // 8).sum(axis=1)
+        crc = zlib.crc32(np.ascontiguousarray(sums, dtype="<u8").tobytes(), crc)
+        crc = zlib.crc32(b[whole:].tobytes(), crc)
+    return f"{CHECKSUM_PREFIX}{crc:08x}"
+
+
 def write_shard(
     path: Path,
     plans: list[tuple[str, ModelPlan, Callable[[], Any]]],
     d: int,
     metadata: dict[str, str],
     digests: dict[str, str] | None = None,
+    checksums: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Write the planned models into one shard file atomically; return id -> token offset.
 
-    ``digests`` (if given) receives id -> duplicate hash of every model written.
+    ``digests`` (if given) receives id -> duplicate hash of every model written, ``checksums``
+    id -> ``model_checksum`` of its rows as written.
     """
     n = sum(p.n_tokens for _, p, _ in plans)
     head, table = shard_layout(n, d, metadata)
@@ -92,6 +127,8 @@ def write_shard(
                     )
                     if digests is not None:
                         digests[mid] = h.hexdigest()
+                    if checksums is not None:
+                        checksums[mid] = model_checksum(views, at, plan.n_tokens)
                 finally:
                     src.close()
                 offsets[mid] = at

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from core.atlas import read_json, read_jsonl
 from core.errors import WeightAtlasError
 from core.tokens.schemes import LayerEntry, Tokenized
-from core.tokens.shards import read_shard
+from core.tokens.shards import model_checksum, read_shard
 
 
 def read_index(tokens_dir: str | Path) -> dict[str, Any]:
@@ -68,8 +68,11 @@ class TokenStore:
         token_size: D.
     """
 
-    def __init__(self, tokens_dir: str | Path):
+    def __init__(self, tokens_dir: str | Path, verify: bool = True):
+        """Open the store; with ``verify`` (the default) each model's rows are checked against
+        their recorded checksum the first time they are read (``bench tokenize`` measures it)."""
         self.dir = Path(tokens_dir)
+        self.verify = verify
         if not self.dir.is_dir():
             raise WeightAtlasError(
                 f"{self.dir} has no token store; run `weightatlas tokenize` first"
@@ -81,6 +84,7 @@ class TokenStore:
         self._models: dict[str, dict[str, Any]] = dict(sorted(index["models"].items()))
         self.ids: list[str] = list(self._models)
         self._shards: dict[str, dict[str, np.ndarray]] = {}
+        self._verified: set[str] = set()  # models whose rows matched their checksum
         self._arange = torch.arange(self.token_size)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,7 +124,25 @@ class TokenStore:
         off, n = int(e["offset"]), int(e["n_tokens"])
         if off + n > arrays["tokens"].shape[0]:
             raise WeightAtlasError(f"{shard} is shorter than the index says for {model_id}")
+        if self.verify and model_id not in self._verified:
+            self._verify(model_id, arrays, off, n)
         return arrays, off, n
+
+    def _verify(self, model_id: str, arrays: dict[str, np.ndarray], off: int, n: int) -> None:
+        """Check a model's rows against the checksum tokenize recorded (once per store).
+
+        Raises:
+            WeightAtlasError: one line naming the shard, the model and the fix.
+        """
+        want = self._models[model_id].get("checksum")
+        if want is not None and model_checksum(arrays, off, n) != want:
+            shard = self.dir / self._models[model_id]["shard"]
+            raise WeightAtlasError(
+                f"{shard} is damaged: the tokens of {model_id!r} do not match the checksum "
+                f"tokenize recorded; delete that shard and re-run `weightatlas tokenize "
+                f"{self.dir.parent}` to tokenize its models again"
+            )
+        self._verified.add(model_id)
 
     def window(self, model_id: str, start: int, ws: int) -> dict[str, torch.Tensor]:
         """Tokens ``[start, start + ws)`` of a model, padded with masked-out tokens past its end.

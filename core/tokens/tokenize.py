@@ -42,7 +42,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from core.atlas import Atlas, append_jsonl, write_json
+from core.atlas import Atlas, append_jsonl, atomic_write_bytes, dumps, read_jsonl, write_json
 from core.config import build_config, register_presets
 from core.errors import RejectedModel, WeightAtlasError
 from core.tokens.plan import ModelPlan, apply_plan, open_source, plan_dir, safetensors_files
@@ -166,7 +166,7 @@ def tokenize(
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
     rank, world = _rank_world(rank, world_size)
     tokens_dir = atlas.tokens_dir
-    index = read_index(tokens_dir)
+    index = _forget_missing_shards(tokens_dir, read_index(tokens_dir))
     if preset is not None or overrides:
         base = build_config(TokenizeConfig, TOKENIZE_PRESETS, preset, overrides=overrides)
         scheme = base.scheme if scheme is None else scheme
@@ -210,6 +210,28 @@ def tokenize(
     if {r["id"] for r in rows} <= set(index["models"]) | set(index["failed"]):
         stats["duplicates"] = len(mark_duplicates(atlas, index))  # the last rank to finish
     return stats
+
+
+def _forget_missing_shards(tokens_dir: Path, index: dict[str, Any]) -> dict[str, Any]:
+    """Drop index rows whose shard file is gone, so that their models are tokenized again.
+
+    A shard found damaged (``TokenStore``'s checksum) is repaired by deleting it and re-running
+    the stage: its rows leave ``index.json`` and ``parts/*.jsonl`` (rewritten atomically).
+    """
+    gone = {
+        mid for mid, m in index["models"].items() if not (tokens_dir / str(m["shard"])).is_file()
+    }
+    if not gone:
+        return index
+    for part in sorted((tokens_dir / "parts").glob("*.jsonl")):
+        rows = list(read_jsonl(part))
+        keep = [r for r in rows if not (r.get("status") == "ok" and r.get("id") in gone)]
+        if len(keep) != len(rows):
+            atomic_write_bytes(part, "".join(dumps(r) + "\n" for r in keep).encode())
+    index["models"] = {k: v for k, v in index["models"].items() if k not in gone}
+    if (tokens_dir / "index.json").exists():
+        write_json(tokens_dir / "index.json", index)
+    return read_index(tokens_dir)
 
 
 def find_duplicates(index: dict[str, Any], order: list[str] | None = None) -> dict[str, str]:
@@ -295,8 +317,11 @@ def _tokenize_group(
             (r["id"], p, (lambda path=path, p=p: open_source(path, p))) for r, p, path in planned
         ]
         digests: dict[str, str] = {}
+        checksums: dict[str, str] = {}
         try:
-            offsets = write_shard(atlas.tokens_dir / shard, jobs, token_size, meta, digests)
+            offsets = write_shard(
+                atlas.tokens_dir / shard, jobs, token_size, meta, digests, checksums
+            )
             break
         except Exception as e:  # drop the model that failed mid-stream and rewrite the shard
             bad = _failing_model(jobs)
@@ -322,6 +347,7 @@ def _tokenize_group(
                 "family": row.get("family"),
                 "split": row.get("split"),
                 "digest": digests[row["id"]],
+                "checksum": checksums[row["id"]],
                 "layout": plan.layout,
                 "layers": [e.to_dict() for e in plan.layers],
                 "excluded": plan.excluded,
