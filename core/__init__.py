@@ -7,7 +7,7 @@ The pipeline, one subpackage per concept (``docs/architecture.md`` has the map):
 The stage functions are re-exported here under their stage names, and no module of ``core`` has
 one of these names, so ``core.tokens`` is the function whatever was imported before:
 
-    zoo, collect, tokenize, train, embed, evaluate, sample, pipeline, demo
+    zoo, collect, tokenize, train, embed, evaluate, sample, pipeline, demo, lineage
 
 They are imported on first use so that ``import core`` stays cheap.
 """
@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "sample": "core.generation.sample",
     "pipeline": "core.experiments.pipeline",
     "demo": "core.experiments.demo",
+    "lineage": "core.trees.lineage",
 }
 
 __all__ = list(STAGES)

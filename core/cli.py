@@ -6,6 +6,7 @@
     weightatlas train ATLAS --preset demo                 # the backbone autoencoder
     weightatlas embed ATLAS                               # embeddings and 2-D maps
     weightatlas evaluate ATLAS ; weightatlas sample ATLAS --arch SPEC
+    weightatlas lineage ATLAS                             # model trees from the weights
     streamlit run explorer/app.py                         # explore (type ATLAS in the sidebar)
 
 Every stage reads and writes one atlas directory and can be re-run alone (it resumes).
@@ -809,6 +810,48 @@ def run_demo_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------ lineage
+def add_lineage_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument("atlas", help="atlas directory (after collect; the weights must be in reach)")
+    add_config_flags(p, "lineage", "default")
+    p.add_argument(
+        "--zoo",
+        default=None,
+        help="a zoo directory with model trees: also score the result against its ground truth",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(p)
+
+
+def run_lineage_cli(args: argparse.Namespace) -> int:
+    from core.trees.lineage import lineage
+    from core.trees.score import score_atlas
+
+    info = lineage(args.atlas, args.preset, config_overrides(args), progress=not args.no_progress)
+    data = dict(info)
+    st = info["status"]
+    text = (
+        f"lineage: {info['models']} models, {info['trees']} trees, {info['edges']} parent edges "
+        f"({info['fingerprint_seconds'] + info['recover_seconds']:.1f} s)\n"
+        f"declared vs weights: {st['agrees']} agree, {st['missing']} missing declarations, "
+        f"{st['contradicts']} contradictions, {st['differs']} differ inside their tree, "
+        f"{st['unverifiable']} unverifiable\n"
+        f"table: {args.atlas}/lineage/lineage.jsonl"
+    )
+    if args.zoo:
+        s = score_atlas(args.atlas, args.zoo)
+        data["score"] = s
+        ours, mother = s["ours"], s.get("mother") or {}
+        text += (
+            f"\nvs the zoo's truth: tree ARI {ours['ari']:.3f} (MoTHer {mother.get('ari')}), "
+            f"parent edges {ours['edge_accuracy']:.3f} (MoTHer {mother.get('edge_accuracy')}), "
+            f"planted declarations found {s['planted_found']}/{s['planted']}, "
+            f"false alarms {len(s['false_alarms'])}"
+        )
+    emit(args, data, text)
+    return 0
+
+
 # ------------------------------------------------------------ bench
 def add_bench_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
@@ -863,6 +906,11 @@ COMMANDS: dict[
         "run the stage notebooks in order and write a report",
     ),
     "demo": (add_demo_cli, run_demo_cli, "build the small embedded demo atlas the app opens on"),
+    "lineage": (
+        add_lineage_cli,
+        run_lineage_cli,
+        "recover model trees from the weights and check the declared base models",
+    ),
     "bench": (add_bench_cli, run_bench_cli, "speed benchmarks with an in-run baseline (JSON)"),
 }
 

@@ -190,6 +190,7 @@ COMPONENTS: dict[str, str] = {
     "modality": "core.experiments.modality",
     "pipeline": "core.experiments.pipeline",
     "demo": "core.experiments.demo",
+    "lineage": "core.trees.lineage",
 }
 
 # component name -> (config dataclass, its preset table); filled by each component's module

@@ -20,6 +20,7 @@ into place, so a killed build leaves only whole repos and a re-run continues whe
     weightatlas zoo --preset ci --out zoo-ci                 # 39 checkpoints, ~1 minute
     weightatlas zoo --preset demo --out zoo-demo --seed 1 --set epochs=4
     weightatlas zoo --preset seeds --out zoo-seeds           # 200 seeds x 7 checkpoints
+    weightatlas zoo --preset trees --out zoo-trees           # model trees (core.zoos.trees), ~4 minutes
     python -c "from core.zoos.zoo import zoo; zoo('ci', 'zoo-ci')"
 """
 
@@ -48,6 +49,7 @@ from core.errors import WeightAtlasError
 from core.models.families import FAMILIES, build_family
 from core.models.io import config_of, render_card, save_model_dir
 from core.zoos.tasks import PIPELINE_TAGS, evaluate, get_task, train_epochs
+from core.zoos.trees import TreeNode, grow, node_run, plan_trees, read_weights, stored_model
 
 ZOO_ORG = "weightatlas-zoo"
 ZOO_INDEX = "zoo.jsonl"
@@ -82,6 +84,28 @@ class ZooConfig:
     seed: int = 0
     threads: int = 1
     license: str = "mit"
+    # model trees (issue 26, ``core.zoos.trees``): "FAMILY/TASK:ROOTS" entries; each root is
+    # trained from scratch on TASK (the family's first width and depth, ``epochs`` epochs) and
+    # grows one fine-tune per fitting ``tree_tasks`` entry (lr from ``tree_lrs``, epochs from
+    # ``tree_epochs``), ``tree_grandchildren`` fine-tunes of those, ``tree_merges`` sibling
+    # averages and ``tree_precision_copies`` copies cast to ``tree_dtypes``; ``tree_wrong`` /
+    # ``tree_undeclared`` fine-tunes (over the whole zoo) declare a wrong parent / none
+    trees: tuple[str, ...] = ()
+    tree_tasks: tuple[str, ...] = (
+        "digits10",
+        "digits-rot90",
+        "digits-invert",
+        "digits-0to4",
+        "digits-parity",
+    )
+    tree_lrs: tuple[float, ...] = (1e-3, 3e-3)
+    tree_epochs: tuple[int, ...] = (4, 8)
+    tree_grandchildren: int = 2
+    tree_merges: int = 1
+    tree_precision_copies: int = 1
+    tree_dtypes: tuple[str, ...] = ("float16", "bfloat16")
+    tree_wrong: int = 0
+    tree_undeclared: int = 0
 
 
 ZOO_PRESETS: dict[str, dict[str, Any]] = {
@@ -148,6 +172,18 @@ ZOO_PRESETS: dict[str, dict[str, Any]] = {
         "lrs": (1e-3,),
         "weight_decays": (0.0,),
     },
+}
+ZOO_PRESETS["trees"] = {
+    # issue 26: 3 trees per family (cnn, mlp, transformers ViT), each a root, 5 fine-tunes,
+    # 2 grandchildren, 1 merge, 1 precision copy (10 models); 3 wrong and 3 missing
+    # declarations planted; beside them 2 independent runs per family (one checkpoint each)
+    "families": ("cnn", "mlp", "vit"),
+    "tasks": ("digits10:1", "digits-rot90:1"),
+    "epochs": 8,
+    "checkpoints": (8,),
+    "trees": ("cnn/digits10:3", "mlp/digits10:3", "vit/digits10:3"),
+    "tree_wrong": 3,
+    "tree_undeclared": 3,
 }
 register_presets("zoo", ZooConfig, ZOO_PRESETS)
 
@@ -302,9 +338,16 @@ def snapshot_dir(repo: Path) -> Path | None:
 
 
 def _card(
-    run: Run, epoch: int, labels: dict[str, Any], library: str, dataset: str, kind: str, lic: str
+    run: Run,
+    epoch: int,
+    labels: dict[str, Any],
+    library: str,
+    dataset: str,
+    kind: str,
+    lic: str,
+    node: TreeNode | None = None,
 ) -> str:
-    repo_id = f"{ZOO_ORG}/{run.name(epoch)}"
+    repo_id = f"{ZOO_ORG}/{node.name if node is not None else run.name(epoch)}"
     pipeline = PIPELINE_TAGS[kind]
     metrics = [
         {"type": "accuracy", "value": labels["test_accuracy"], "name": "test accuracy"},
@@ -331,6 +374,12 @@ def _card(
         ],
         "weightatlas": labels,
     }
+    if node is not None and node.declared:
+        bases = [f"{ZOO_ORG}/{p}" for p in node.declared]
+        meta["base_model"] = bases[0] if len(bases) == 1 else bases
+        meta["base_model_relation"] = node.relation
+    if node is not None:
+        return render_card(meta, repo_id, _tree_body(run, node, labels, library, dataset))
     body = (
         f"A `{run.family}` model ({library}) trained by the Weight Atlas zoo factory on `{run.task}` "
         f"({dataset}), checkpoint after epoch {epoch} of {run.epochs}.\n\n"
@@ -342,6 +391,23 @@ def _card(
         f"depth {run.depth}, batch size {labels['batch_size']}, seed {run.seed}."
     )
     return render_card(meta, repo_id, body)
+
+
+def _tree_body(run: Run, node: TreeNode, labels: dict[str, Any], library: str, dataset: str) -> str:
+    """Card text of a tree node: what was done, never which model it came from."""
+    what = {
+        "root": f"trained from scratch for {run.epochs} epochs",
+        "finetune": f"fine-tuned for {run.epochs} epochs",
+        "merge": "a weight average of fine-tuned models",
+        "quantized": f"stored in {node.dtype}",
+    }[node.kind]
+    return (
+        f"A `{run.family}` model ({library}) on `{run.task}` ({dataset}), {what}.\n\n"
+        f"| split | accuracy | loss |\n|---|---|---|\n"
+        f"| train | {labels['train_accuracy']:.4f} | {labels['train_loss']:.4f} |\n"
+        f"| val | {labels['val_accuracy']:.4f} | {labels['val_loss']:.4f} |\n"
+        f"| test | {labels['test_accuracy']:.4f} | {labels['test_loss']:.4f} |\n"
+    )
 
 
 def _labels(
@@ -445,6 +511,39 @@ def train_run(
     return written
 
 
+def train_tree_node(
+    node: TreeNode,
+    cfg: ZooConfig,
+    out: Path,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Grow one tree node from its (already written) parents and write its repo.
+
+    Returns:
+        Its zoo.jsonl row.
+    """
+    run = node_run(node)
+    info = get_task(node.task).info
+    library = FAMILIES[node.family].library
+
+    def parent_weights(name: str) -> dict[str, torch.Tensor]:
+        snap = snapshot_dir(repo_dir(out, name))
+        if snap is None:
+            raise WeightAtlasError(f"tree node {node.name}: parent {name} is not written yet")
+        return read_weights(snap)
+
+    model = grow(node, parent_weights)
+    labels = _labels(run, node.epochs, model, cfg, info.dataset)
+    card = _card(run, node.epochs, labels, library, info.dataset, info.kind, cfg.license, node)
+    files = _checkpoint_files(
+        stored_model(model, node), library, card, out / f".tmp-files-{os.getpid()}"
+    )
+    row = _row(out, _write_cache_repo(out, node.name, files))
+    if on_checkpoint is not None:
+        on_checkpoint(row)
+    return row
+
+
 def _worker(run: Run, cfg: ZooConfig, out: Path) -> list[dict[str, Any]]:
     """One run in a worker process (``workers > 1``), with the config's thread count."""
     with _Threads(cfg.threads):
@@ -503,6 +602,7 @@ def zoo(
         ZooConfig, ZOO_PRESETS, preset, config_file, {"seed": seed, **(overrides or {})}
     )
     runs = plan(cfg)
+    nodes = plan_trees(cfg)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise WeightAtlasError(f"{out} exists and is not a directory")
@@ -519,8 +619,9 @@ def zoo(
         info_path, {"preset": preset, "config": cfg_dict, "complete": False, "build_seconds": spent}
     )
 
-    total = sum(len(r.checkpoints) for r in runs)
-    done = {r.name(e) for r, e in iter_checkpoints(runs) if snapshot_dir(repo_dir(out, r.name(e)))}
+    total = sum(len(r.checkpoints) for r in runs) + len(nodes)
+    names = [r.name(e) for r, e in iter_checkpoints(runs)] + [n.name for n in nodes]
+    done = {n for n in names if snapshot_dir(repo_dir(out, n))}
     todo = [r for r in runs if any(r.name(e) not in done for e in r.checkpoints)]
     budget = [limit] if limit is not None else None
     start = time.time()
@@ -548,6 +649,15 @@ def zoo(
                         train_run(run, cfg, out, record, budget)
                     except _StopBuild:
                         break
+        for node in nodes:  # in order: every parent is written before its children
+            if node.name in done:
+                continue
+            if budget is not None:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            with _Threads(cfg.threads):
+                train_tree_node(node, cfg, out, record)
     finally:
         bar.close()
         spent += time.time() - start
@@ -560,9 +670,9 @@ def zoo(
                 "build_seconds": round(spent, 2),
             },
         )
-    if not all(snapshot_dir(repo_dir(out, r.name(e))) for r, e in iter_checkpoints(runs)):
+    if not all(snapshot_dir(repo_dir(out, n)) for n in names):
         return out  # stopped by ``limit``
-    rows = [_row(out, snapshot_dir(repo_dir(out, r.name(e)))) for r, e in iter_checkpoints(runs)]
+    rows = [_row(out, snapshot_dir(repo_dir(out, n))) for n in names]
     atomic_write_bytes(out / ZOO_INDEX, "".join(dumps(r) + "\n" for r in rows).encode())
     (out / PROGRESS).unlink(missing_ok=True)
     write_json(
@@ -576,6 +686,7 @@ def zoo(
             "families": sorted({r.family for r in runs}),
             "tasks": sorted({r.task for r in runs}),
             "build_seconds": round(spent, 2),
+            **({"trees": [n.truth() for n in nodes]} if nodes else {}),
         },
     )
     return out
