@@ -326,3 +326,79 @@ def test_seeds_preset_is_a_sane_style_seed_zoo():
     assert max(runs[0].checkpoints) >= 20 and len(runs[0].checkpoints) >= 5
     _, y = get_task("shapes16-probe").split("test")
     assert accuracy_standard_error(0.5, len(y)) <= 0.01
+
+
+# model trees (issue 26): 2 MLP roots, 3 fine-tunes each (one with a new 5-class head), one
+# grandchild, one merge and one fp16 copy per root; one wrong and one missing declaration
+TREES = {
+    "families": "mlp",
+    "tasks": "digits10:1",
+    "epochs": "3",
+    "checkpoints": "3",
+    "trees": "mlp/digits10:2",
+    "tree_tasks": "digits10,digits-rot90,digits-0to4",
+    "tree_epochs": "2",
+    "tree_grandchildren": "1",
+    "tree_wrong": "1",
+    "tree_undeclared": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def tree_zoo(tmp_path_factory) -> Path:
+    return zoo("ci", tmp_path_factory.mktemp("zoo") / "trees", overrides=TREES, progress=False)
+
+
+def test_tree_zoo_cards_declare_lineage_and_zoo_json_keeps_the_truth(tree_zoo):
+    info = json.loads((tree_zoo / "zoo.json").read_text())
+    truth = {t["id"]: t for t in info["trees"]}
+    assert len(truth) == 2 * (1 + 3 + 1 + 1 + 1)
+    rows = {r["id"]: r for r in read_zoo(tree_zoo)}
+    assert set(truth) < set(rows) and len(rows) == len(truth) + 1  # + the independent run
+    kinds = [t["kind"] for t in truth.values()]
+    assert kinds.count("root") == 2 and kinds.count("merge") == 2 and kinds.count("quantized") == 2
+    assert sorted(t["planted"] for t in truth.values() if t["planted"]) == ["undeclared", "wrong"]
+    for model_id, t in truth.items():
+        card = metadata_load(snapshot_dir(repo_dir(tree_zoo, model_id.split("/")[1])) / "README.md")
+        assert "planted" not in json.dumps(card) and "tree" not in card["weightatlas"]
+        declared = card.get("base_model")
+        declared = [declared] if isinstance(declared, str) else declared
+        assert declared == t["declared"]
+        if t["declared"]:
+            assert card["base_model_relation"] == t["relation"]
+        if t["planted"] == "wrong":
+            assert not set(t["declared"]) & set(t["parents"])
+
+
+def test_tree_nodes_start_from_their_parents(tree_zoo):
+    truth = json.loads((tree_zoo / "zoo.json").read_text())["trees"]
+
+    def weights(model_id: str) -> dict[str, torch.Tensor]:
+        snap = snapshot_dir(repo_dir(tree_zoo, model_id.split("/")[1]))
+        return safetensors.torch.load_file(snap / "model.safetensors")
+
+    for t in truth:
+        w = weights(t["id"])
+        if t["kind"] == "quantized":
+            src = weights(t["parents"][0])
+            assert all(v.dtype == torch.float16 or v.dtype == torch.bfloat16 for v in w.values())
+            assert all(torch.equal(w[k], src[k].to(w[k].dtype)) for k in w)
+        elif t["kind"] == "merge":
+            a, b = (weights(p) for p in t["parents"])
+            assert all(torch.allclose(w[k], (a[k] + b[k]) / 2, atol=1e-6) for k in w)
+        elif t["kind"] == "finetune":
+            parent = weights(t["parents"][0])
+            head_kept = w["head.weight"].shape == parent["head.weight"].shape
+            assert head_kept == (t["task"] != "digits-0to4" or parent["head.weight"].shape[0] == 5)
+            # fine-tuned, not retrained: nearer its parent than the parent is to another root
+            d = (w["layers.0.weight"] - parent["layers.0.weight"]).norm()
+            assert 0 < d < parent["layers.0.weight"].norm()
+    model = load_model_dir(snapshot_dir(repo_dir(tree_zoo, truth[0]["id"].split("/")[1])))
+    assert evaluate(model.model, get_task("digits10"), "test").accuracy > 0.5
+
+
+def test_bad_trees_entries_are_one_line_errors(tmp_path):
+    with pytest.raises(WeightAtlasError, match="FAMILY/TASK:ROOTS"):
+        zoo("ci", tmp_path / "z", overrides={"trees": "mlp:3"}, progress=False)
+    with pytest.raises(WeightAtlasError, match="cannot train"):
+        zoo("ci", tmp_path / "z2", overrides={"trees": "cnn/wine:2"}, progress=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,26 +136,8 @@ def plan_trees(cfg: ZooConfig) -> list[TreeNode]:
         width, depth = fam.widths[0], fam.depths[0]
         fam_nodes: list[TreeNode] = []
 
-        def node(kind: str, task: str, tree: int, parents: list[str], epochs: int) -> TreeNode:
-            lrs = cfg.lrs if kind == "root" else cfg.tree_lrs
-            n = TreeNode(
-                name="",
-                family=family,
-                task=task,
-                kind=kind,
-                tree=tree,
-                parents=parents,
-                run=0,
-                seed=int(rng.integers(0, 2**31 - 1)),
-                lr=float(rng.choice(lrs)) * fam.lr_scale,
-                weight_decay=float(rng.choice(cfg.weight_decays)),
-                epochs=epochs * fam.epoch_scale,
-                width=width,
-                depth=depth,
-            )
-            fam_nodes.append(n)
-            return n
-
+        # node(kind, task, tree, parents, epochs), drawing from this family's generator
+        node = partial(_new_node, fam_nodes, rng, cfg, family, (width, depth))
         for t in range(n_roots):
             root = node("root", root_task, t, [], cfg.epochs)
             children = [
@@ -199,6 +182,41 @@ def plan_trees(cfg: ZooConfig) -> list[TreeNode]:
             by_name[p].children.append(n.name)
     _plant(cfg, nodes)
     return nodes
+
+
+def _new_node(
+    into: list[TreeNode],
+    rng: np.random.Generator,
+    cfg: ZooConfig,
+    family: str,
+    size: tuple[int, int],
+    kind: str,
+    task: str,
+    tree: int,
+    parents: list[int],
+    epochs: int,
+) -> TreeNode:
+    """A node with its seeded hyper-parameters (parents as ``id()`` until named), appended to
+    ``into``."""
+    fam = FAMILIES[family]
+    lrs = cfg.lrs if kind == "root" else cfg.tree_lrs
+    n = TreeNode(
+        name="",
+        family=family,
+        task=task,
+        kind=kind,
+        tree=tree,
+        parents=parents,
+        run=0,
+        seed=int(rng.integers(0, 2**31 - 1)),
+        lr=float(rng.choice(lrs)) * fam.lr_scale,
+        weight_decay=float(rng.choice(cfg.weight_decays)),
+        epochs=epochs * fam.epoch_scale,
+        width=size[0],
+        depth=size[1],
+    )
+    into.append(n)
+    return n
 
 
 def _plant(cfg: ZooConfig, nodes: list[TreeNode]) -> None:
