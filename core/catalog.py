@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from core.atlas import Atlas, AtlasError, read_json, read_jsonl
-from core.embeddings.encode import embeddings_dir
 from core.manifest import as_row
-from core.models.io import read_state_dict
-from core.tokens.plan import detokenize
-from core.tokens.store import TokenStore
+
+# torch-backed readers (core.embeddings.encode, core.models.io, core.tokens) are imported where
+# they are used: the app's Atlas page reads this module before its first paint, and importing
+# torch there cost it 3-5 s (issue 27)
 
 CATEGORICAL = ("family", "library", "task", "dataset", "split", "model_type")
 NUMERIC = ("accuracy", "params", "copies")  # copies: 1 + duplicates of the point (issue 16)
@@ -303,6 +303,8 @@ def layer_rows_by_model(
     std of the layer's token embeddings (003 eq. 8), written by ``weightatlas embed``.
     """
 
+    from core.embeddings.encode import embeddings_dir
+
     atlas = Atlas.open(root)
     out: dict[str, list[dict[str, Any]]] = {}
     for r in read_jsonl(embeddings_dir(atlas, backbone_dir) / "layers.jsonl"):
@@ -354,6 +356,10 @@ def model_state_dict(root: str | Path, model_id: str) -> dict[str, Any]:
     Raises:
         AtlasError: the atlas holds neither the model's weights nor its tokens.
     """
+    from core.models.io import read_state_dict
+    from core.tokens.plan import detokenize
+    from core.tokens.store import TokenStore
+
     atlas = Atlas.open(root)
     wdir = weights_dir(atlas.root, model_id)
     if wdir is not None:

@@ -23,8 +23,6 @@ from streamlit.errors import StreamlitAPIException
 
 from core.atlas import Atlas, AtlasError
 from core.catalog import COLOUR_BY, MapTable
-from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
-from core.embeddings.table import embed_model_dir, load_embeddings, neighbours
 from core.errors import USER_ERRORS
 from explorer.common import (
     cached_layer_rows,
@@ -75,6 +73,7 @@ def cached_figure(
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_embeddings(root: str, stamp_: float):
     """The atlas' embeddings (core.embeddings.table.load_embeddings), read once per atlas version."""
+    from core.embeddings.table import load_embeddings  # torch: not before the map's first paint
 
     return load_embeddings(root)
 
@@ -82,6 +81,7 @@ def cached_embeddings(root: str, stamp_: float):
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[tuple[str, float]]:
     """k nearest collected models of ``model_id`` (core.embeddings.table.neighbours)."""
+    from core.embeddings.table import neighbours
 
     return neighbours(root, model_id, k, embeddings=cached_embeddings(root, stamp_))
 
@@ -90,6 +90,8 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
 def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
     """Embed a local model folder with the atlas' backbone: map position, neighbours and its
     atlas distance (issue 16: a stranger is marked outside the atlas)."""
+    from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
+    from core.embeddings.table import embed_model_dir, neighbours
 
     v = embed_model_dir(folder, root)
     return {
