@@ -153,7 +153,7 @@ def test_errors(store_and_tokens, tmp_path):
 def _mlp_atlas(root) -> Atlas:
     """Eight tiny zoo MLPs, collected and tokenized by the real stages."""
     from core.collection.collect import collect
-    from core.generation.targets import resolve_arch
+    from core.collection.specs import resolve_arch
     from core.models.families import build_from_config
     from core.models.io import save_model_dir
     from core.tokens.tokenize import tokenize
