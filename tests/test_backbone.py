@@ -284,3 +284,19 @@ def test_packed_copy_is_made_again_after_the_weights_change():
     second = packed_backbone(model)
     assert second is not first
     assert torch.allclose(second.encode(x, pos).float(), before.float() + 1.0, atol=0.05)
+
+
+def test_window_head_sees_every_token_of_the_window():
+    torch.manual_seed(0)
+    cfg = _cfg(token_size=16, head="window")
+    model = Backbone(cfg).eval()
+    z = torch.randn(3, cfg.window, cfg.latent_dim)
+    p = model.project(z)
+    assert p.shape == (3, cfg.proj_dim)
+    swapped = z.clone()
+    swapped[:, [0, 1]] = z[:, [1, 0]]  # a mean-pooling head could not tell these apart
+    assert not torch.allclose(model.project(swapped), p)
+    mean_head = Backbone(_cfg(token_size=16)).eval()
+    torch.testing.assert_close(mean_head.project(swapped), mean_head.project(z))
+    with pytest.raises(WeightAtlasError, match="window head"):
+        model.project(z[:, :-1])

@@ -266,3 +266,15 @@ def test_layer_arm_matches_per_layer_zoo_statistics_by_hand(small_store) -> None
     assert float(s2[e.offset]) == pytest.approx(
         float((own.var(unbiased=False) + eps).sqrt()), rel=1e-6
     )
+
+
+def test_multiplicative_noise_scales_each_value_and_keeps_padding():
+    _, target, mask = _batch(4, B=2, T=16, D=32)
+    g = torch.Generator().manual_seed(1)
+    normal, uniform = torch.randn(target.shape, generator=g), torch.rand(target.shape, generator=g)
+    view = augment(target, mask, 0.1, 0.0, normal, uniform, multiplicative=True)
+    assert (view[~mask] == 0).all()
+    torch.testing.assert_close(view[mask], (target * (1 + 0.1 * normal))[mask])
+    zero = target.clone()
+    zero[mask] = 0.0  # a value of zero stays zero: the noise is relative to the value
+    assert (augment(zero, mask, 0.1, 0.0, normal, uniform, multiplicative=True) == 0).all()

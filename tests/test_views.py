@@ -116,3 +116,32 @@ def test_permuted_tokens_are_the_tokens_of_the_permuted_model(case, scheme):
 def test_unknown_family_has_no_groups():
     assert unit_groups("regnet", {"a.weight": (4, 4)}, {}) == []
     assert unit_groups(None, {}, None) == []
+
+
+def test_view_maker_permutes_the_second_window_reproducibly(atlas_factory):
+    from conftest import TINY
+
+    from core.atlas import Atlas
+    from core.backbone.views import ViewMaker, store_groups
+    from core.tokens.store import TokenStore
+
+    a = Atlas.open(atlas_factory(TINY))
+    store = TokenStore(a.tokens_dir)
+    ids = [i for i in store.ids if "cnn" in i][:2] + [i for i in store.ids if "mlp" in i][:1]
+    groups = store_groups(a, store, ids)
+    assert all(groups[i] for i in ids)  # cnn and mlp have unit groups
+    ws = 16
+    same = ViewMaker(store, groups, ws, seed=0, positive="same", permute=True)
+    for mid in ids:
+        first = store.window(mid, 0, ws)
+        w = same.window(7, mid, 0)
+        assert int(w["start"]) == 0 and torch.equal(w["positions"], first["positions"])
+        assert torch.equal(w["mask"], first["mask"])
+        assert not torch.equal(w["tokens"], first["tokens"])  # permuted
+        assert torch.equal(w["tokens"], same.window(7, mid, 0)["tokens"])  # row 7: the same
+    plain = ViewMaker(store, {}, ws, seed=0, positive="same", permute=True)
+    assert torch.equal(plain.window(3, ids[0], 0)["tokens"], store.window(ids[0], 0, ws)["tokens"])
+    anywhere = ViewMaker(store, groups, ws, seed=0, positive="any", permute=False)
+    big = max(ids, key=store.n_tokens)
+    starts = {int(anywhere.window(r, big, 0)["start"]) for r in range(20)}
+    assert len(starts) > 1 and max(starts) <= store.n_tokens(big) - ws

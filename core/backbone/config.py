@@ -51,6 +51,19 @@ class TrainConfig:
     dtype: Precision = "auto"
     # stop after this many evaluations without a better selection score (0: never stop early)
     patience: int = 0
+    # additive: noise std relative to each token's std; multiplicative: values * (1 + noise N)
+    noise_mode: Literal["additive", "multiplicative"] = "additive"
+    # the second view is a function-preserving permutation of the model's hidden units
+    # (core.backbone.views; families without unit groups get noise and masking only)
+    permute: bool = False
+    # the second view's window: "same" as the first, or "any" window of the same model
+    positive: Literal["same", "any"] = "same"
+    # checkpoint selection: "rec" (median per-layer val R^2 of conv + linear layers) or
+    # "rec+knn" (that plus select_weight x the validation models' leave-one-run-out k-NN
+    # family and task accuracy of their pooled embeddings; core.backbone.selection)
+    select: Literal["rec", "rec+knn"] = "rec"
+    select_weight: float = 1.0
+    select_k: int = 5  # neighbours of the selection's k-NN
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -114,6 +127,18 @@ def build_configs(
         raise ConfigError("set steps > 0 or epochs > 0")
     if tcfg.batch_size < 1 or tcfg.grad_accum < 1:
         raise ConfigError("batch_size and grad_accum must be >= 1")
+    choices = (
+        ("noise_mode", ("additive", "multiplicative")),
+        ("positive", ("same", "any")),
+        ("select", ("rec", "rec+knn")),
+    )
+    for key, allowed in choices:
+        if getattr(tcfg, key) not in allowed:
+            raise ConfigError(
+                f"{key} must be one of {', '.join(allowed)}, got {getattr(tcfg, key)!r}"
+            )
+    if bcfg.head not in ("mean", "window"):
+        raise ConfigError(f"head must be mean or window, got {bcfg.head!r}")
     return bcfg, tcfg
 
 

@@ -110,6 +110,23 @@ class Stream:
         keys += ["layer_mean", "layer_std"] if lstats is not None else []
         return {k: torch.stack([it[k] for it in items]) for k in keys}
 
+    def second_rows(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The second contrastive view of each row (``dataset.views``, a
+        ``core.backbone.views.ViewMaker``): clean tokens, mask and positions as ``rows``."""
+        views = self.ds.views
+        lstats = getattr(self.ds, "layer_stats", None)
+        items = []
+        for i in indices:
+            m, start = self.window_of(i)
+            w = views.window(i, self.ids[m], start)
+            if lstats is not None:
+                mean, std = lstats.window(self.ds.store, self.ids[m], int(w["start"]), self.ds.ws)
+                w.update(layer_mean=mean, layer_std=std)
+            items.append(w)
+        keys = ["tokens", "mask", "positions"]
+        keys += ["layer_mean", "layer_std"] if lstats is not None else []
+        return {k: torch.stack([it[k] for it in items]) for k in keys}
+
     def _advance(self, n_rows: int) -> None:
         """Replay rows ``[covered, n_rows)`` into the coverage flags (all ranks' rows)."""
         if n_rows < self._covered_upto:  # a restart: count again from the beginning

@@ -255,13 +255,16 @@ def augment(
     mask_frac: float,
     normal: torch.Tensor,
     uniform: torch.Tensor,
+    multiplicative: bool = False,
 ) -> torch.Tensor:
-    """One augmented view: additive Gaussian noise and random masking of real values.
+    """One augmented view: Gaussian noise and random masking of real values.
 
-    Noise is scaled by each token's own std (of its real values), so that layers of any
-    magnitude are perturbed alike; masking zeroes a random ``mask_frac`` of the real values.
-    Padding stays zero. Permutation is not used (001 B.2.1: unknown architectures). The random
-    draws are passed in, so that the caller decides what they depend on.
+    Additive noise is scaled by each token's own std (of its real values), so that layers of
+    any magnitude are perturbed alike; multiplicative noise scales every value by
+    ``1 + noise * N(0, 1)`` (003's noise: relative to the value itself). Masking zeroes a
+    random ``mask_frac`` of the real values. Padding stays zero. Function-preserving
+    permutations are the other view's business (``core.backbone.views``). The random draws are
+    passed in, so that the caller decides what they depend on.
 
     Args:
         tokens: (B, T, D) clean tokens.
@@ -270,9 +273,13 @@ def augment(
         mask_frac: fraction of real values set to zero.
         normal: (B, T, D) standard normal draws.
         uniform: (B, T, D) uniform [0, 1) draws.
+        multiplicative: multiplicative noise instead of additive.
     """
-    _, std = token_stats(tokens.float(), mask, eps=0.0)
     keep = (uniform >= mask_frac) & mask
+    if multiplicative:
+        view = tokens * (1.0 + noise * normal.to(tokens.dtype))
+        return view * keep.to(tokens.dtype)
+    _, std = token_stats(tokens.float(), mask, eps=0.0)
     view = tokens + noise * std.to(tokens.dtype) * normal.to(tokens.dtype)
     return view * keep.to(tokens.dtype)
 

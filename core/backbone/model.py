@@ -58,6 +58,9 @@ class BackboneConfig:
     # as step 0) or "random" (the Linear init; the linear path is learned like the rest, as in
     # the MLN ablation, whose arms would otherwise share one starting code)
     skip_init: Literal["pca", "random"] = "pca"
+    # what the contrastive projection head sees: "mean" (the window's mean latent) or "window"
+    # (the whole window's latents, flattened: 003's head sees the window, not a pooled vector)
+    head: Literal["mean", "window"] = "mean"
 
 
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
@@ -229,8 +232,11 @@ class Backbone(nn.Module):
         extra = 2 if cfg.token_norm else 0  # (mean, log10 std) in; (shift, log scale) out
         self.encoder = Stack(cfg, cfg.token_size + extra, cfg.latent_dim)
         self.decoder = Stack(cfg, cfg.latent_dim, cfg.token_size + extra)
+        if cfg.head not in ("mean", "window"):
+            raise ConfigError(f"head must be 'mean' or 'window', got {cfg.head!r}")
+        head_in = cfg.latent_dim * (cfg.window if cfg.head == "window" else 1)
         self.head = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.d_model),
+            nn.Linear(head_in, cfg.d_model),
             nn.GELU(),
             nn.Linear(cfg.d_model, cfg.proj_dim),
         )
@@ -323,7 +329,14 @@ class Backbone(nn.Module):
         return self.decode_parts(z, positions, code).compose()
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """Contrastive projection (B, P) of the window's mean latent."""
+        """Contrastive projection (B, P) of the window's latents (B, T, L): of their mean
+        (``head="mean"``) or of the whole window flattened (``head="window"``, T = ``window``)."""
+        if self.cfg.head == "window":
+            if z.shape[1] != self.cfg.window:
+                raise WeightAtlasError(
+                    f"the window head projects windows of {self.cfg.window} tokens, got {z.shape[1]}"
+                )
+            return self.head(z.flatten(1))
         return self.head(z.mean(dim=1))
 
     def forward(
@@ -354,7 +367,8 @@ def matmul_params(cfg: BackboneConfig) -> int:
     per_block = 3 * C * C + C * C + 2 * C * hidden
     sides = 2 * cfg.n_layers * per_block
     io = 2 * (cfg.token_size * C + cfg.latent_dim * C)  # input and output maps of both sides
-    head = cfg.latent_dim * C + C * cfg.proj_dim  # applied once per window, counted per token
+    # applied once per window, counted per token (the window head's T * L inputs: L per token)
+    head = cfg.latent_dim * C + C * cfg.proj_dim
     extra = 2 if cfg.token_norm else 0
     skip = 2 * (cfg.token_size + extra) * cfg.latent_dim if cfg.skip else 0
     return sides + io + head + skip

@@ -44,7 +44,6 @@ from core.atlas import (
 from core.backbone.checkpoints import load_checkpoint, save_checkpoint
 from core.backbone.config import (
     LAYERS_FILE,
-    SELECT_METRIC,
     STATE_DIR,
     TrainConfig,
     build_configs,
@@ -58,7 +57,9 @@ from core.backbone.model import (
     BackboneConfig,
     save_backbone,
 )
+from core.backbone.selection import knn_labels, selection_metric
 from core.backbone.validation import Evaluator
+from core.backbone.views import ViewMaker, store_groups
 from core.config import ConfigError, to_dict
 from core.errors import WeightAtlasError
 from core.models.optim import adamw
@@ -152,6 +153,13 @@ def train(
         for ev in (val, train_eval):
             if ev is not None:
                 ev.layer_stats = dataset.layer_stats
+    if tcfg.permute or tcfg.positive != "same":  # the second view: core.backbone.views
+        groups = store_groups(atlas, store, train_ids) if tcfg.permute else {}
+        dataset.views = ViewMaker(
+            store, groups, bcfg.window, tcfg.seed, tcfg.positive, tcfg.permute
+        )
+    if tcfg.select == "rec+knn" and val is not None:  # the embedding's use, on val models only
+        val.knn_labels = knn_labels(atlas, val_ids)
     return fit(bcfg, tcfg, config, dataset, val, train_eval, out, resume, d)
 
 
@@ -191,10 +199,11 @@ def fit(
     if pca:  # the linear path starts as the training tokens' PCA (resume overwrites it)
         model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
     step, best = _restore(out, config, resume, model, opt, sched, d)
+    metric = selection_metric(tcfg)
     if step == 0 and pca and val is not None:  # the linear code the run starts from
         start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
-        if start.get(SELECT_METRIC) is not None:  # is a candidate: training must beat it
-            best = {"metric": SELECT_METRIC, "value": start[SELECT_METRIC], "step": 0}
+        if start.get(metric) is not None:  # is a candidate: training must beat it
+            best = {"metric": metric, "value": start[metric], "step": 0}
             best["bad_evals"] = 0
             if d.main:
                 _save_best(out, model, config, best, layers)
@@ -218,19 +227,19 @@ def fit(
         for micro in range(A):
             b = step * A + micro  # global micro-batch index
             rows = list(range(b * B, (b + 1) * B))
-            batch = stream.rows(rows[d.rank :: d.world])
+            mine = rows[d.rank :: d.world]
+            batch = stream.rows(mine)
+            second = stream.second_rows(mine) if hasattr(dataset, "views") else batch
+            pair = {k: torch.cat([batch[k], second[k]]) for k in batch}  # view 1, then view 2
             x, mask = (
-                pin_memory_of(batch["tokens"], d.device),
-                pin_memory_of(batch["mask"], d.device),
+                pin_memory_of(pair["tokens"], d.device),
+                pin_memory_of(pair["mask"], d.device),
             )
-            pos = pin_memory_of(batch["positions"], d.device)
+            pos = pin_memory_of(pair["positions"], d.device)
             views = _views(x, mask, tcfg, b, rows, d)
-            ls = None  # LWLN: both views share the tokens' layer statistics
-            if "layer_std" in batch:
-                ls = tuple(
-                    torch.cat([pin_memory_of(batch[k], d.device)] * 2)
-                    for k in ("layer_mean", "layer_std")
-                )
+            ls = None  # LWLN: each view's tokens' layer statistics
+            if "layer_std" in pair:
+                ls = tuple(pin_memory_of(pair[k], d.device) for k in ("layer_mean", "layer_std"))
             s, n, p1, p2 = forward_terms(ddp, views, pos, x, mask, tcfg, d.device, cdtype, ls)
             n_global = d.all_sum(n).clamp_min(1.0)
             if d.world > 1:
@@ -290,10 +299,10 @@ def fit(
                 append_jsonl(metrics_path, [{"step": step, **cov}])
                 stream.write_coverage(out / "coverage.jsonl", step * A * B, step)
             last_val = {**last_val, **cov}
-            score = last_val.get(SELECT_METRIC)
+            score = last_val.get(metric)
             if score is not None:
                 if best is None or score > best["value"]:
-                    best = {"metric": SELECT_METRIC, "value": score, "step": step, "bad_evals": 0}
+                    best = {"metric": metric, "value": score, "step": step, "bad_evals": 0}
                     if d.main:
                         _save_best(out, model, config, best, layers)
                 else:
@@ -344,20 +353,18 @@ def forward_terms(
 
     Args:
         model: the backbone (or its DDP wrapper).
-        views: (2B, T, D) two augmented views of the windows ``x`` (B, T, D), stacked.
-        pos: (B, T, 3) positions; mask: (B, T, D) real values of ``x``.
+        views: (2B, T, D) the augmented views: view 1 of every window, then view 2.
+        pos: (2B, T, 3) their positions; x: (2B, T, D) their clean tokens (each view
+            reconstructs its own clean window); mask: (2B, T, D) real values of ``x``.
         dtype: the autocast dtype (float32: none).
-        layer_stats: LWLN's per-token layer mean and std for both views.
+        layer_stats: LWLN's per-token layer mean and std of both views, (2B, T, 1) each.
 
     Returns:
         ``(sum of squared normalized errors, values counted, projections of view 1 and 2)``.
     """
     with autocast(device, dtype):
-        _, recon, proj = model(views, torch.cat([pos, pos]), factored=True)
-    s, n = reconstruction_terms(
-        recon, torch.cat([x, x]), torch.cat([mask, mask]), tcfg.loss_norm, tcfg.mln_eps,
-        layer_stats,
-    )  # fmt: skip
+        _, recon, proj = model(views, pos, factored=True)
+    s, n = reconstruction_terms(recon, x, mask, tcfg.loss_norm, tcfg.mln_eps, layer_stats)
     p1, p2 = proj.float().chunk(2)
     return s, n, p1, p2
 
@@ -384,9 +391,11 @@ def step_fn(
     pos = torch.stack([n, torch.zeros_like(n), n], -1).expand(B, T, 3).to(device)
     noise = 0.01 * torch.randn(B, T, D, device=device)
 
+    x2, pos2, mask2 = torch.cat([x, x]), torch.cat([pos, pos]), torch.cat([mask, mask])
+
     def step() -> float:
         views = torch.cat([x, x + noise])
-        s, cnt, p1, p2 = forward_terms(model, views, pos, x, mask, tcfg, device, dtype)
+        s, cnt, p1, p2 = forward_terms(model, views, pos2, x2, mask2, tcfg, device, dtype)
         loss = (1 - tcfg.gamma) * s / cnt + tcfg.gamma * nt_xent(p1, p2, tcfg.temperature)
         loss.backward()
         if tcfg.grad_clip > 0:
@@ -435,13 +444,17 @@ def _save_best(
 def _views(
     x: torch.Tensor, mask: torch.Tensor, tcfg: TrainConfig, b: int, rows: list[int], d: Dist
 ) -> torch.Tensor:
-    """Two augmented views (2b, T, D) of this rank's rows; draws depend on (seed, b) only."""
+    """The augmented views (2b, T, D) of this rank's clean views ``x`` (2b, T, D: view 1 of
+    every row, then view 2); noise and masking draws depend on (seed, b) only."""
     g = torch.Generator(device=d.device).manual_seed(tcfg.seed * 7_919 + b * 104_729 + 1)
     shape = (2, len(rows), *x.shape[1:])  # draws for the whole global batch, both views
     eps = torch.randn(shape, generator=g, device=d.device)[:, d.rank :: d.world]
     u = torch.rand(shape, generator=g, device=d.device)[:, d.rank :: d.world]
-    v1 = augment(x, mask, tcfg.noise, tcfg.mask_frac, eps[0], u[0])
-    v2 = augment(x, mask, tcfg.noise, tcfg.mask_frac, eps[1], u[1])
+    mult = tcfg.noise_mode == "multiplicative"
+    x1, x2 = x.chunk(2)
+    m1, m2 = mask.chunk(2)
+    v1 = augment(x1, m1, tcfg.noise, tcfg.mask_frac, eps[0], u[0], mult)
+    v2 = augment(x2, m2, tcfg.noise, tcfg.mask_frac, eps[1], u[1], mult)
     return torch.cat([v1, v2])
 
 

@@ -29,6 +29,8 @@ class Evaluator:
         self.store, self.ids, self.window = store, ids, window
         self.kinds = kinds
         self.layer_stats: Any = None  # core.backbone.losses.LayerStats for loss_norm="layer"
+        # core.backbone.selection.knn_labels of ``ids``: also score the pooled embeddings
+        self.knn_labels: dict[str, list[Any]] | None = None
         self.layers: list[tuple[str, str, str]] = []  # (model id, layer name, kind)
         self._first: dict[str, int] = {}
         for m in ids:
@@ -74,6 +76,16 @@ class Evaluator:
             out[f"models_band_1e{b}"] = sum(1 for v in band.values() if v == b)
         return out
 
+    def _knn(self, zsums: torch.Tensor, d: Dist, tcfg: TrainConfig) -> dict[str, Any]:
+        """The selection's k-NN figures of the pooled embeddings (``core.backbone.selection``)."""
+        from core.backbone.selection import knn_figures, pooled_from_sums
+
+        assert self.knn_labels is not None
+        zsums = d.all_sum(zsums)
+        owner = torch.tensor([self.ids.index(m) for m, _, _ in self.layers], dtype=torch.long)
+        vectors = pooled_from_sums(zsums[:-1], owner, len(self.ids))
+        return knn_figures(vectors, self.knn_labels, tcfg.select_k)
+
     @torch.no_grad()
     def run(
         self,
@@ -87,6 +99,8 @@ class Evaluator:
         meter, rec = R2Meter(), torch.zeros(2, dtype=torch.float64)
         lstats = torch.zeros(len(self.layers) + 1, 6, dtype=torch.float64)  # last row: padding
         cdtype = compute_dtype(tcfg.dtype, d.device)
+        # per layer: tokens, sum z, sum z^2 (the k-NN selection's pooled embeddings)
+        zsums = torch.zeros(len(self.layers) + 1, 1 + 2 * model.cfg.latent_dim, dtype=torch.float64)
         mine = self.chunks[d.rank :: d.world]
         for b in range(0, len(mine), batch):
             part = mine[b : b + batch]
@@ -96,7 +110,8 @@ class Evaluator:
             pos = pin_memory_of(torch.stack([w["positions"] for w in ws]), d.device)
             kid = pin_memory_of(torch.stack([self.kind_ids(m, s) for m, s in part]), d.device)
             with autocast(d.device, cdtype):
-                pred = model.decode(model.encode(x, pos), pos).float()
+                z = model.encode(x, pos)
+                pred = model.decode(z, pos).float()
             meter.update(pred, x, mask, {k: kid == i for i, k in enumerate(self.kinds)})
             ls = None
             if self.layer_stats is not None:  # LWLN
@@ -111,6 +126,10 @@ class Evaluator:
             lid = torch.stack([self.layer_ids(m, s) for m, s in part])
             lid = torch.where(lid < 0, len(self.layers), lid)
             lstats.index_add_(0, lid.flatten(), per_tok.flatten(0, 1))
+            if self.knn_labels is not None:
+                zd = z.detach().double().cpu().flatten(0, 1)  # (b T, L)
+                feats = torch.cat([torch.ones(len(zd), 1, dtype=torch.float64), zd, zd * zd], 1)
+                zsums.index_add_(0, lid.flatten(), feats)
         names = ["all", *self.kinds]
         sums = torch.stack([meter.sums.get(k, torch.zeros(4, dtype=torch.float64)) for k in names])
         sums, rec, lstats = d.all_sum(sums), d.all_sum(rec), d.all_sum(lstats)
@@ -137,6 +156,11 @@ class Evaluator:
             "tokens": sum(self.store.n_tokens(m) for m in self.ids),
             **self._by_band(lstats[:-1].cpu()),
         }
+        if self.knn_labels is not None:
+            out.update(self._knn(zsums, d, tcfg))
+            if out.get("knn") is not None and out["layer_r2_median_conv_linear"] is not None:
+                rec_score = out["layer_r2_median_conv_linear"]
+                out["select_score"] = rec_score + tcfg.select_weight * out["knn"]
         if with_layers:
             out["layers"] = [
                 {

@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -346,3 +347,91 @@ def unit_groups(
     """
     fn = PERMUTATIONS.get(family or "")
     return fn(shapes, config or {}) if fn is not None else []
+
+
+# ------------------------------------------------------------------------------ training views
+
+
+def store_groups(atlas: Any, store: Any, ids: list[str]) -> dict[str, list[UnitGroup]]:
+    """``unit_groups`` of each model of a token store, from its manifest family, its layer table
+    and its ``config.json`` (models of families without groups map to ``[]``)."""
+    from core.atlas import read_json
+
+    rows = {r["id"]: r for r in atlas.manifest()}
+    out: dict[str, list[UnitGroup]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for mid in ids:
+        row = rows.get(mid) or {}
+        family = row.get("family")
+        if family not in PERMUTATIONS:
+            out[mid] = []
+            continue
+        path = row.get("path")
+        config: dict[str, Any] = {}
+        if path:
+            cfg_path = Path(path) if Path(path).is_absolute() else atlas.root / path
+            cfg_path = cfg_path / "config.json"
+            key = str(cfg_path)
+            if key not in configs:
+                configs[key] = read_json(cfg_path) if cfg_path.exists() else {}
+            config = configs[key]
+        shapes = {e.name: tuple(e.shape) for e in store.layers(mid)}
+        out[mid] = unit_groups(family, shapes, config)
+    return out
+
+
+class ViewMaker:
+    """The second view of a training window: the same model, at the same window or another
+    one of the same model (``positive``), permuted when its family has unit groups (``permute``).
+
+    Row ``i``'s draws (its window start and permutations) depend only on ``(seed, i)``, so data
+    parallel ranks and resumed runs see the same views.
+
+        views = ViewMaker(store, groups, window=64, seed=0, positive="any", permute=True)
+        w = views.window(row, model_id, start)   # {"tokens", "mask", "positions", "valid"}
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        groups: dict[str, list[UnitGroup]],
+        window: int,
+        seed: int,
+        positive: str = "same",
+        permute: bool = True,
+    ):
+        if positive not in POSITIVES:
+            raise ValueError(f"positive must be one of {POSITIVES}, got {positive!r}")
+        self.store, self.groups, self.window_size = store, groups, window
+        self.seed, self.positive, self.permute = seed, positive, permute
+        self._cache: dict[str, Any] = {}
+
+    def _tokens(self, model_id: str) -> Any:
+        if model_id not in self._cache:
+            if len(self._cache) > 512:
+                self._cache.clear()
+            self._cache[model_id] = self.store.get(model_id)
+        return self._cache[model_id]
+
+    def window(self, row: int, model_id: str, start: int) -> dict[str, torch.Tensor]:
+        """The second view's clean window (before noise and masking) of stream row ``row``,
+        with its ``start``."""
+        from core.tokens.store import mix_seeds
+
+        g = torch.Generator().manual_seed(mix_seeds(self.seed, row, 31) & 0x7FFF_FFFF_FFFF)
+        n, ws = self.store.n_tokens(model_id), self.window_size
+        if self.positive == "any" and n > ws:
+            start = int(torch.randint(0, n - ws + 1, (1,), generator=g))
+        w = self.store.window(model_id, start, ws)
+        w["start"] = torch.tensor(start)
+        groups = self.groups.get(model_id) or []
+        if self.permute and groups:
+            tok = self._tokens(model_id)
+            perm = permute_tokens(tok.tokens, tok.layers, groups, g, (start, start + ws))
+            k = min(ws, n - start)
+            w["tokens"] = w["tokens"].clone()
+            w["tokens"][:k] = perm[start : start + k]
+        return w
+
+
+POSITIVES = ("same", "any")

@@ -1,0 +1,108 @@
+"""Permutation invariance of the model embedding: do function-preserving copies stay put?
+
+A permuted copy of a model (``core.backbone.views``: its hidden units reordered, the same
+function) is the same model; its embedding should land next to the original's. For every
+validation and test model of a family with permutation views, ``permutation_ratios`` embeds
+``copies`` permuted copies and reports, per family, the median over models of
+
+    ratio = distance(embedding(copy), embedding(original)) / median inter-model distance,
+
+the median taken over all pairs of distinct validation and test models (every family), in the
+atlas distance (Euclidean on embedding dims standardized over those models: ``zscore``).
+Token embeddings come from ``encode_tokens`` (haloed, as ``weightatlas embed`` computes them)
+and are pooled by the embedding's pooling.
+
+    rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "all": {...}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.atlas import Atlas
+from core.backbone.model import load_backbone
+from core.backbone.views import permute_tokens, store_groups
+from core.embeddings.encode import EmbedConfig, _masked_tokens, encode_tokens, position_code
+from core.errors import WeightAtlasError
+from core.tokens.store import TokenStore
+
+
+def pooled(z: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
+    """The model embedding of token embeddings ``z`` (N, L): per-channel mean and std over all
+    tokens (the atlas embedding's ``mean+std`` pooling)."""
+    zd = z.double()
+    std = zd.std(0, correction=1) if len(zd) > 1 else torch.zeros(zd.shape[1], dtype=zd.dtype)
+    return torch.cat([zd.mean(0), std]).numpy()
+
+
+def permutation_ratios(
+    atlas: str | Path,
+    backbone_dir: str | Path | None = None,
+    splits: tuple[str, ...] = ("val", "test"),
+    copies: int = 1,
+    seed: int = 0,
+    cfg: EmbedConfig | None = None,
+) -> dict[str, Any]:
+    """Per family: median, max and count of the permuted copies' distance ratios (see module doc).
+
+    Args:
+        atlas: a tokenized atlas.
+        backbone_dir: the backbone (default: the atlas' own).
+        splits: the models measured (and whose pairwise distances set the scale).
+        copies: permuted copies per model.
+        seed: the permutations' seed.
+        cfg: embedding settings (default ``EmbedConfig()``).
+
+    Returns:
+        ``{family: {"median_ratio", "max_ratio", "models"}, ..., "median_distance": float,
+        "models": int}``.
+    """
+    a = Atlas.open(atlas)
+    cfg = cfg or EmbedConfig()
+    backbone = load_backbone(backbone_dir if backbone_dir is not None else a.backbone_dir)
+    store = TokenStore(a.tokens_dir)
+    rows = [
+        r for s in splits for r in a.accepted(s) if r["id"] in store and not r.get("duplicate_of")
+    ]
+    if len(rows) < 3:
+        raise WeightAtlasError(f"{a.root}: fewer than 3 tokenized models in {', '.join(splits)}")
+    ids = [r["id"] for r in rows]
+    groups = store_groups(a, store, ids)
+
+    def embed(tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor) -> np.ndarray:
+        return pooled(encode_tokens(backbone, tokens, positions, cfg, code), positions)
+
+    base, perm, fam = [], [], []
+    for r in tqdm(rows, desc="permutation ratios", unit="model"):
+        tok = store.get(r["id"])
+        tokens, positions = _masked_tokens(tok)
+        code = position_code(backbone, positions)
+        base.append(embed(tokens, positions, code))
+        if groups.get(r["id"]):
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(copies):
+                ptok = permute_tokens(tokens, tok.layers, groups[r["id"]], g)
+                perm.append((len(base) - 1, embed(ptok, positions, code)))
+                fam.append(r.get("family"))
+    z = np.stack(base)
+    mu, sd = z.mean(0), z.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    zs = (z - mu) / sd
+    d = np.sqrt(((zs[:, None] - zs[None]) ** 2).sum(-1))
+    scale = float(np.median(d[np.triu_indices(len(z), 1)]))
+    out: dict[str, Any] = {"median_distance": scale, "models": len(z)}
+    ratios: dict[str, list[float]] = {}
+    for (i, v), f in zip(perm, fam, strict=True):
+        ratios.setdefault(f or "?", []).append(float(np.linalg.norm((v - mu) / sd - zs[i]) / scale))
+    for f, vals in sorted(ratios.items()):
+        out[f] = {
+            "median_ratio": float(np.median(vals)),
+            "max_ratio": float(np.max(vals)),
+            "models": len(vals),
+        }
+    return out
