@@ -48,6 +48,7 @@ from core.embeddings.distances import atlas_distance, model_architecture, place_
 from core.embeddings.embed import embed
 from core.embeddings.encode import EMBED_PRESETS, EmbedConfig
 from core.embeddings.fidelity import layer_report
+from core.embeddings.map_quality import map_quality_markdown
 from core.embeddings.probes import evaluate, probes_markdown
 from core.embeddings.table import _model_path, embed_model_dir_full, neighbours
 from core.errors import USER_ERRORS, DiskFullError, WeightAtlasError
@@ -536,7 +537,10 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
             "a smoke test as well: its embeddings say little about the method."
         )
     text = probes_markdown(out).rstrip("\n")
-    text += f"\n\nwritten: {a.results_dir / 'probes.json'} and probes.md"
+    text += "\n\n**Map quality** (nearest neighbours)\n\n" + map_quality_markdown(
+        out["map_quality"]
+    )
+    text += f"\nwritten: {a.results_dir / 'probes.json'}, probes.md, map_quality.json and .md"
     text += "".join(f"\nnote: {n}" for n in notes)
     emit(args, out, text)
     return 0

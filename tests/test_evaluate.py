@@ -127,6 +127,11 @@ def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
     md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
     assert "| test_accuracy | R² |" in md and "| family | accuracy |" in md
     assert "fold cross-validation" in md and " ± " in md and "| baseline |" in md
+    # the map quality is written beside the probes and returned with them
+    mq = read_json(Atlas(probe_atlas).results_dir / "map_quality.json")
+    assert mq["spaces"]["embedding"]["family_accuracy"] == out["map_quality"]["spaces"][
+        "embedding"]["family_accuracy"]  # fmt: skip
+    assert "2-D UMAP" in (Atlas(probe_atlas).results_dir / "map_quality.md").read_text()
 
 
 def test_evaluate_probes_inside_each_homogeneous_zoo(probe_atlas):

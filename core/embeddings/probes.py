@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
 from core.collection.facts import run_of
 from core.config import build_config, register_presets, to_dict
-from core.embeddings.statistics import DEPTH_BINS, depth_pooled, weight_statistics
+from core.embeddings.map_quality import map_quality, write_map_quality
+from core.embeddings.statistics import DEPTH_BINS, depth_pooled, sw_features
 from core.embeddings.table import embedded_pooling, load_embeddings
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
@@ -386,32 +386,6 @@ def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
     return {"embedding": z, "embedding+depth": zd, "s(W)": sw}
 
 
-def sw_features(atlas: Atlas, ids: list[str], emb: Any = None) -> np.ndarray | None:
-    """``(M, 35)`` s(W) of ``ids``: stored by ``embed`` beside the embeddings (``emb.s_w``),
-    else computed from the token store; None when some model has neither (the shipped demo
-    atlas keeps the tokens of a few models only)."""
-    if emb is not None and getattr(emb, "s_w", None) is not None:
-        rows = {r["id"]: r["row"] for r in emb.models}
-        return emb.s_w[[rows[i] for i in ids]].astype(np.float64)
-    if not (atlas.tokens_dir / "index.json").exists():
-        return None
-    store = TokenStore(atlas.tokens_dir)
-    have = set(store.ids)
-    if any(i not in have for i in ids):
-        return None
-    out = []
-    for mid in tqdm(ids, desc="s(W)", unit="model", leave=False):
-        tok = store.get(mid)
-        out.append(
-            weight_statistics(
-                torch.as_tensor(tok.tokens),
-                torch.as_tensor(tok.mask),
-                torch.as_tensor(tok.positions),
-            )
-        )
-    return np.stack(out)
-
-
 def zoo_key(row: dict[str, Any]) -> str | None:
     """The homogeneous zoo a model belongs to: its ``zoo`` label (zoo presets' ``zoos``), else
     ``family/task/wWdD`` (one architecture, one data set), else None."""
@@ -530,7 +504,8 @@ def evaluate(
     out_name: str = "probes",
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Probe embeddings and s(W) for zoo labels; write ``ATLAS/results/{out_name}.json/.md``.
+    """Probe embeddings and s(W) for zoo labels; write ``ATLAS/results/{out_name}.json/.md``,
+    and the map quality (``core.embeddings.map_quality``) to ``results/map_quality.json/.md``.
 
     The headline probes run inside each homogeneous zoo (one family, one task, one size, at
     least ``zoo_min_runs`` runs; 003 Tables 1 and 9): test accuracy, epoch and generalization
@@ -546,7 +521,7 @@ def evaluate(
         overrides: other ``ProbeConfig`` fields.
 
     Returns:
-        The result dict written to ``probes.json``.
+        The result dict written to ``probes.json`` (``map_quality``: the map-quality result).
     """
     a = Atlas.open(atlas)
     cfg = build_config(ProbeConfig, PROBE_PRESETS, preset, overrides=overrides)
@@ -598,10 +573,19 @@ def evaluate(
         "backbone": str(backbone_dir) if backbone_dir is not None else "backbone",
         "pooling": embedded_pooling(a, backbone_dir) or "mean",
     }
+    mq = map_quality(a.root, backbone_dir)
+    out["map_quality"] = mq
     a.results_dir.mkdir(parents=True, exist_ok=True)
+    write_map_quality(a.root, mq, map_quality_name(out_name))
     write_json(a.results_dir / f"{out_name}.json", out)
     atomic_write_bytes(a.results_dir / f"{out_name}.md", probes_markdown(out).encode())
     return out
+
+
+def map_quality_name(out_name: str) -> str:
+    """The map-quality result written beside ``{out_name}.json``: ``map_quality`` for the
+    atlas' probes, ``{out_name}_map_quality`` for another backbone's."""
+    return "map_quality" if out_name == "probes" else f"{out_name}_map_quality"
 
 
 def _cell(r: dict[str, Any], cv: bool) -> str:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from core.atlas import Atlas
+from core.tokens.store import TokenStore
 
 DEPTH_BINS = 4
 
@@ -61,6 +67,32 @@ def weight_statistics(
         rows = layer == lid
         per_layer.append(layer_stats(t[rows][m[rows]]))
     return depth_pooled(np.stack(per_layer), layer_stats(t[m]))  # (n_layers, 7), (7,)
+
+
+def sw_features(atlas: Atlas, ids: list[str], emb: Any = None) -> np.ndarray | None:
+    """``(M, 35)`` s(W) of ``ids``: stored by ``embed`` beside the embeddings (``emb.s_w``),
+    else computed from the token store; None when some model has neither (the shipped demo
+    atlas keeps the tokens of a few models only)."""
+    if emb is not None and getattr(emb, "s_w", None) is not None:
+        rows = {r["id"]: r["row"] for r in emb.models}
+        return emb.s_w[[rows[i] for i in ids]].astype(np.float64)
+    if not (atlas.tokens_dir / "index.json").exists():
+        return None
+    store = TokenStore(atlas.tokens_dir)
+    have = set(store.ids)
+    if any(i not in have for i in ids):
+        return None
+    out = []
+    for mid in tqdm(ids, desc="s(W)", unit="model", leave=False):
+        tok = store.get(mid)
+        out.append(
+            weight_statistics(
+                torch.as_tensor(tok.tokens),
+                torch.as_tensor(tok.mask),
+                torch.as_tensor(tok.positions),
+            )
+        )
+    return np.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------
