@@ -20,11 +20,10 @@ from core.zoos.zoo import repo_dir, snapshot_dir, zoo
 TREES = {
     "families": "mlp,cnn",
     "tasks": "digits10:1",
-    "epochs": "4",
-    "checkpoints": "4",
+    "epochs": "8",
+    "checkpoints": "8",
     "trees": "mlp/digits10:2,cnn/digits10:2",
     "tree_tasks": "digits10,digits-rot90,digits-0to4,digits-parity",
-    "tree_epochs": "3",
     "tree_grandchildren": "1",
     "tree_wrong": "1",
     "tree_undeclared": "1",

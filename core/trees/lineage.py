@@ -21,8 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from core.atlas import Atlas, AtlasError
-from core.catalog import _as_list, _weights_path
-from core.collection.facts import run_of
+from core.collection.facts import _as_list, run_of
 from core.config import build_config, register_presets, to_dict
 from core.trees.fingerprints import Fingerprint, fingerprint
 from core.trees.recover import Recovered, recover
@@ -44,7 +43,7 @@ class LineageConfig:
     threshold: float = 0.7
     quant_tol: float = 0.02
     merge_tol: float = 0.05
-    tie_band: float = 0.25
+    tie_band: float = 0.15
     mother: bool = True  # also run the MoTHer baseline (mother_* columns)
 
 
@@ -53,6 +52,17 @@ LINEAGE_PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"per_tensor": 256, "mother": False},
 }
 register_presets("lineage", LineageConfig, LINEAGE_PRESETS)
+
+
+def weights_dir(atlas: Atlas, row: dict[str, Any]) -> Path | None:
+    """A manifest row's model folder if it holds safetensors weights (relative paths are
+    inside the atlas)."""
+    path = row.get("path")
+    if not path:
+        return None
+    p = Path(path)
+    p = p if p.is_absolute() else atlas.root / p
+    return p if p.is_dir() and any(p.glob("*.safetensors")) else None
 
 
 def fingerprints(
@@ -160,11 +170,11 @@ def lineage(
     """
     cfg = build_config(LineageConfig, LINEAGE_PRESETS, preset, config_file, overrides)
     a = Atlas.open(atlas)
-    rows = [r for r in a.accepted() if _weights_path(a, r) is not None]
+    rows = [r for r in a.accepted() if weights_dir(a, r) is not None]
     if not rows:
         raise AtlasError(f"{a.root} has no accepted model with its weights in reach")
     start = time.perf_counter()
-    fps = fingerprints([_weights_path(a, r) for r in rows], cfg.per_tensor, progress)
+    fps = fingerprints([weights_dir(a, r) for r in rows], cfg.per_tensor, progress)
     t_fp = time.perf_counter() - start
     kw = dict(threshold=cfg.threshold, quant_tol=cfg.quant_tol, merge_tol=cfg.merge_tol)
     t0 = time.perf_counter()

@@ -11,12 +11,17 @@ are nearly orthogonal), 0 for identical tensors, whatever the tensor's scale.
 
 **Ours** (``method="deltas"``): the distance of a pair is the median ``r_t`` over the tensors
 they share (a re-learned head or one heavily changed layer does not decide it); models closer
-than ``threshold`` are linked and a tree is a connected group. Inside a tree, precision copies
+than ``threshold`` are linked and a tree is a connected group. Inside a tree (parents chosen by
+the global distance below), precision copies
 (distance ~0, stored below 32 bits beside a 32-bit twin) and merges (a model on the segment
 between two others, to ``merge_tol`` of their distance) are found first and attached to their
-sources; the rest gets the undirected minimum spanning tree of the distances, rooted where the
-most edges point the way weight norms grow: a fine-tune adds a delta nearly orthogonal to its
-parent's weights, so its per-tensor norms grow (``|p + d|^2 = |p|^2 + |d|^2`` for ``d ⟂ p``).
+sources. The rest are ordered by age: a fine-tune adds a delta nearly orthogonal to its
+parent's weights, so its per-tensor norms grow (``|p + d|^2 = |p|^2 + |d|^2`` for ``d ⟂ p``),
+and a model's age is the share of (model, tensor) comparisons in which its norm is the larger.
+The root is the younger of the two most central models (least summed distance); every other
+model takes as parent its nearest younger model, where a younger model within ``tie_band``
+of that distance wins the tie (siblings share their training direction, so a barely moved
+sibling can look nearer than the true parent).
 
 **MoTHer** (Horwitz et al., ICLR 2025; ``method="mother"``), as we read the paper: the L2
 distance over all shared weights (one global ratio), the same linking threshold, and inside a
@@ -216,7 +221,9 @@ def _own_tree(
 ) -> dict[int, tuple[list[int], str | None, float, float]]:
     """Lineage inside one tree by our method: local index -> (parents, relation, distance,
     confidence), local indices referring to ``pairs.members``."""
-    d = pairs.own[np.ix_(local, local)]
+    # membership by the robust per-tensor median; parents by the global distance, which weighs
+    # every sampled value alike (chosen on the seed-0 trees zoo: docs/lineage.md)
+    d = pairs.glob[np.ix_(local, local)]
     grow = pairs.grow[np.ix_(local, local)]
     fp = [fps[pairs.members[i]] for i in local]
     n = len(local)
@@ -305,7 +312,7 @@ def recover(
     threshold: float = 0.7,
     quant_tol: float = 0.02,
     merge_tol: float = 0.05,
-    tie_band: float = 0.25,
+    tie_band: float = 0.15,
 ) -> Recovered:
     """Trees, parents, relations and confidences of ``fps`` by ``method`` (``deltas`` or
     ``mother``); see the module docstring."""

@@ -18,7 +18,7 @@ from typing import Any
 from sklearn.metrics import adjusted_rand_score
 
 from core.atlas import read_json
-from core.catalog import _as_list
+from core.collection.facts import _as_list
 from core.errors import WeightAtlasError
 from core.trees.table import FLAGS, LineageTable
 
