@@ -221,3 +221,34 @@ def test_report_quotes_each_claim_and_states_verdicts(tmp_path: Path) -> None:
     assert "both at chance" in section
     # a section without its JSON has a table but no verdict
     assert "**Verdict" not in text.split("## Ablation: collection composition")[0]
+
+
+def test_report_has_a_map_quality_section_with_verdicts(tmp_path: Path) -> None:
+    from core.atlas import write_json
+    from core.embeddings.map_quality import map_quality_markdown
+
+    run, results = _empty_run(tmp_path)
+    fig = {"family_accuracy": 0.93, "task_accuracy": 0.5, "test_accuracy_r2": 0.2}
+    out = {
+        "k": 5, "n_models": 10, "n_runs": 5, "metric": "zscore", "pooling": "depth-mean+std",
+        "spaces": {
+            "embedding": fig,
+            "umap": {**fig, "family_accuracy": 0.5},
+            "pca": None,
+            "s(W)": {"family_accuracy": 0.96, "task_accuracy": 0.4, "test_accuracy_r2": 0.5},
+        },
+        "reference": {"family_accuracy": 0.3, "task_accuracy": 0.6, "test_accuracy_r2": -0.01},
+    }  # fmt: skip
+    write_json(results / "map_quality.json", out)
+    (results / "map_quality.md").write_text(map_quality_markdown(out))
+    text = pl.write_report(run).read_text()
+    section = text.split("## Map quality: nearest neighbours vs s(W)")[1].split("\n## ")[0]
+    assert "| family of the neighbours = the model's family (accuracy) | 0.930 | 0.500 |" in section
+    assert "issue 25" in section.lower() or "Issue 25" in section
+    # within 0.05 of s(W): agree; behind by more: disagree; at or below the reference: disagree
+    assert "- **agree**: family accuracy, embedding: 0.930 vs s(W) 0.960" in section
+    assert "- **disagree**: family accuracy, 2-D UMAP: 0.500 vs s(W) 0.960" in section
+    assert "- **disagree**: task accuracy, embedding: 0.500 vs s(W) 0.400" in section
+    assert "no better than the predictor that ignores the weights" in section
+    assert "test accuracy r2, embedding: 0.200 vs s(W) 0.500" in section
+    assert "2-D PCA" not in section.split("**Verdict")[1]  # no map, no verdict

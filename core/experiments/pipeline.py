@@ -274,6 +274,7 @@ REPORT_TABLES: list[tuple[str, str]] = [
     ("Collection", "collection.md"),
     ("Token store", "tokens.md"),
     ("Backbone training", "training.md"),
+    ("Map quality: nearest neighbours vs s(W)", "map_quality.md"),
     ("Property probes vs s(W)", "probes.md"),
     ("Generation vs random init", "generation.md"),
     ("Ablation: loss normalization (MLN)", "ablation_mln.md"),
@@ -350,6 +351,11 @@ OPTIONAL_TABLES = {"experiment_modality.md"}
 
 # a pointer under a section to a page of the repository's docs
 SECTION_NOTES: dict[str, str] = {
+    "map_quality.md": "What the map is for (DESIGN): nearby models share family, task and "
+    "quality. Issue 25's targets on the demo atlas: family >= 0.90 in the embedding and >= 0.85 "
+    "in the 2-D UMAP, within-family task >= majority + 0.25, kNN test-accuracy R² >= 0.5, and "
+    "the embedding no worse than s(W) by more than 0.05 on any figure "
+    "(`core.embeddings.map_quality`; `weightatlas evaluate` prints the table).",
     "training.md": "Why the demo backbone keeps 62 of 64 values per token, and what a 2x squeeze "
     "(001's 230 -> 128) reaches on these weights: `docs/results/backbone.md` (issue 14).",
     "ablation_mln.md": "Why the demo arms keep 56 of 64 values per token rather than 001's 2x: "

@@ -558,6 +558,40 @@ def probe_verdicts(out: dict[str, Any]) -> list[str]:
     return lines
 
 
+MAP_QUALITY_MARGIN = 0.05  # issue 25: the embedding no worse than s(W) by more than this
+
+
+def map_quality_verdicts(out: dict[str, Any]) -> list[str]:
+    """The map's purpose (DESIGN, issue 25): nearby models share family, task and quality, no
+    worse than the weights' plain statistics s(W). Per figure and space (embedding, UMAP, PCA):
+    **agree** when it is within ``MAP_QUALITY_MARGIN`` of s(W) or ahead, and above the
+    feature-free reference (majority / mean predictor); **disagree** otherwise. Single numbers
+    (one leave-one-run-out pass, no spread), so the margin is the only tolerance."""
+    from core.embeddings.map_quality import FIGURES, REFERENCE_TITLES
+
+    lines = []
+    sw = out["spaces"].get("s(W)") or {}
+    names = {"embedding": "embedding", "umap": "2-D UMAP", "pca": "2-D PCA"}
+    for fig in FIGURES:
+        ref = out["reference"].get(fig)
+        for space, name in names.items():
+            v = (out["spaces"].get(space) or {}).get(fig)
+            w = sw.get(fig)
+            if v is None or w is None or ref is None:
+                continue
+            text = (
+                f"{v:.3f} vs s(W) {w:.3f} (effect {v - w:+.3f}), {REFERENCE_TITLES[fig]} {ref:.3f}"
+            )
+            if v <= ref:
+                outcome, why = "disagree", "no better than the predictor that ignores the weights"
+            elif v < w - MAP_QUALITY_MARGIN:
+                outcome, why = "disagree", f"behind s(W) by more than {MAP_QUALITY_MARGIN}"
+            else:
+                outcome, why = "agree", f"within {MAP_QUALITY_MARGIN} of s(W) or ahead"
+            lines.append(_line(outcome, f"{fig.replace('_', ' ')}, {name}", f"{text}; {why}"))
+    return lines
+
+
 def generation_verdicts(out: dict[str, Any]) -> list[str]:
     """003 Tables 3-5 / 001 C.2: sampled models start above random init and stay ahead during
     fine-tuning. Per setting and fine-tuning budget: sampled vs random init."""
@@ -727,6 +761,7 @@ def composition_verdicts(comp: dict[str, Any]) -> list[str]:
 
 
 VERDICTS: dict[str, tuple[str, Any]] = {
+    "map_quality.md": ("map_quality.json", map_quality_verdicts),
     "probes.md": ("probes.json", probe_verdicts),
     "generation.md": ("generation.json", generation_verdicts),
     "ablation_mln.md": ("ablation_mln.json", mln_verdicts),
