@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,19 +290,35 @@ def _drop_torn_tail(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
+class CorruptLineWarning(UserWarning):
+    """A complete line of a JSONL table that is not a JSON object (skipped, with its number)."""
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield rows of a JSONL table; a torn last line left by a killed writer is skipped."""
+    """Yield rows of a JSONL table; a torn last line left by a killed writer is skipped.
+
+    A complete line that is not a JSON object (a damaged or hand-edited table) is skipped with a
+    ``CorruptLineWarning`` naming the file and the line number; the CLI prints it as one line.
+    """
     path = Path(path)
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break  # torn final line
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                row = None
+            if isinstance(row, dict):
+                yield row
+            else:
+                warnings.warn(
+                    f"{path} line {n} is not a JSON object; skipped (its row is ignored)",
+                    CorruptLineWarning,
+                    stacklevel=2,
+                )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from core.atlas import (
     Atlas,
+    CorruptLineWarning,
     atomic_write_bytes,
     dumps,
     read_json,
@@ -63,9 +65,7 @@ from core.generation.evaluation import (
     reconstruction_accuracy,
 )
 from core.generation.sample import progress_file_writer, sample
-from core.safety import (
-    is_disk_full,
-)
+from core.safety import is_disk_full, printable
 from core.tokens.schemes import DEFAULT_TOKEN_SIZE, SCHEMES
 from core.tokens.tokenize import tokenize
 from core.zoos.zoo import ZOO_INDEX, zoo
@@ -124,9 +124,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def emit(args: argparse.Namespace, data: object, summary: str) -> None:
     """Print ``summary`` (a few human lines), or ``data`` as JSON with ``--json``."""
     if getattr(args, "json", False):
-        print(dumps(data, indent=2))
+        print(dumps(data, indent=2))  # JSON escapes control characters itself
     else:
-        print(summary)
+        print(printable(summary, newlines=True))
     sys.stdout.flush()
 
 
@@ -653,7 +653,7 @@ def run_sample_cli(args: argparse.Namespace) -> int:
             bars.append(tqdm(total=100, desc="sample", unit="%"))
         bar = bars[0]
         bar.n = int(100 * fraction)
-        bar.set_postfix_str(message[:60])
+        bar.set_postfix_str(printable(message[:60]))
         bar.refresh()
         if writer is not None:
             writer(fraction, message)
@@ -938,16 +938,34 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``weightatlas`` console script (and of ``python -m core.cli``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", CorruptLineWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+            if issubclass(category, CorruptLineWarning):  # one line, above any progress bar
+                tqdm.write(f"weightatlas {args.command}: warning: {printable(message)}", sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; expected errors become one line on stderr and exit code 2."""
     try:
         return int(args._run(args) or 0)
     except DiskFullError as e:
-        print(f"weightatlas {args.command}: {e}", file=sys.stderr)
+        print(f"weightatlas {args.command}: {printable(e)}", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
         if not is_disk_full(e):
-            print(f"weightatlas {args.command}: error: {e}", file=sys.stderr)
+            print(f"weightatlas {args.command}: error: {printable(e)}", file=sys.stderr)
             return 2
-        print(f"weightatlas {args.command}: {disk_full_message(e, args)}", file=sys.stderr)
+        print(
+            f"weightatlas {args.command}: {printable(disk_full_message(e, args))}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(f"weightatlas {args.command}: interrupted; re-run to resume", file=sys.stderr)
@@ -955,7 +973,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a full disk surfaces as OSError, RuntimeError, SafetensorError...
         if not is_disk_full(e):
             raise
-        print(f"weightatlas {args.command}: {disk_full_message(e, args)}", file=sys.stderr)
+        print(
+            f"weightatlas {args.command}: {printable(disk_full_message(e, args))}", file=sys.stderr
+        )
         return 2
 
 

@@ -11,7 +11,9 @@ through one of these before it touches a path, a parser or an allocation:
   opened non-blocking and read up to a byte limit;
 - ``load_json_bytes`` (depth limit), ``load_yaml_text`` (no aliases: no billion laughs);
 - ``check_build_size``: the parameter count a config implies, from a build on the meta device
-  (no real allocation), against the stored values and a limit, before any real build.
+  (no real allocation), against the stored values and a limit, before any real build;
+- ``printable``: a user's or a model's string made safe for a terminal (control characters,
+  escape sequences and bidi overrides shown escaped, as ``repr`` shows them).
 
 Each failure is a ``RejectedModel`` (recorded with its reason) or a ``WeightAtlasError`` (one line).
 """
@@ -223,6 +225,29 @@ def load_yaml_text(text: str, what: str = "YAML") -> Any:
     if json_depth(obj) > MAX_JSON_DEPTH:
         raise HostileInput(f"{what} is nested deeper than {MAX_JSON_DEPTH}")
     return obj
+
+
+# ------------------------------------------------------------------------------ terminals
+
+# C0 and C1 controls, DEL, and the bidi embeddings/overrides/isolates that reorder what is shown
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_KEEP_NL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    c = m.group(0)
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def printable(text: Any, newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\u202e``), safe to print.
+
+    Model ids, paths, architecture specs and messages that quote them reach the terminal in
+    progress bars, summaries and error lines; an ESC in one would colour, move or clear the
+    terminal. With ``newlines`` a ``\\n`` is kept (multi-line summaries); tabs never are.
+    """
+    text = str(text)
+    return (_UNPRINTABLE_KEEP_NL if newlines else _UNPRINTABLE).sub(_escaped, text)
 
 
 # ------------------------------------------------------------------------------ disk full

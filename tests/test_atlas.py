@@ -162,3 +162,29 @@ def test_app_refuses_an_atlas_with_a_symlinked_stage_folder(linked):
     assert not at.exception
     errors = " ".join(str(e.value) for e in at.error)
     assert "embeddings is a symlink" in errors and "outside the atlas" in errors, errors
+
+
+def test_a_corrupt_manifest_line_warns_with_its_number(tmp_path, capsys):
+    """Issue 27: a damaged line in the middle of a table is skipped with a warning naming the
+    file and the line (the CLI prints it as one line), not silently."""
+    from core.atlas import CorruptLineWarning
+    from core.cli import main
+
+    atlas = Atlas.create(tmp_path / "A")
+    rows = [{"id": f"m{i}", "status": "accepted", "split": "train"} for i in range(5)]
+    append_jsonl(atlas.manifest_path, rows)
+    lines = atlas.manifest_path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:10] + "\x1b[2J\n"  # damaged mid-file, with an escape sequence in it
+    atlas.manifest_path.write_text("".join(lines))
+    with pytest.warns(CorruptLineWarning, match=r"manifest.jsonl line 3 is not a JSON object"):
+        ids = [r["id"] for r in atlas.manifest()]
+    assert ids == ["m0", "m1", "m3", "m4"]
+    capsys.readouterr()
+    assert main(["tokenize", str(atlas.root)]) == 0  # rows without weights: nothing to cut
+    err = capsys.readouterr().err
+    warned = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(warned) == 1 and "\x1b" not in err, err
+    assert warned[0] == (
+        f"weightatlas tokenize: warning: {atlas.manifest_path} line 3 is not a JSON object; "
+        "skipped (its row is ignored)"
+    )

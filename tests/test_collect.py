@@ -534,3 +534,29 @@ def test_bench_collect_scans_headers_faster_than_it_needs_to(tmp_path, monkeypat
     assert out["n_repos"] == 40 and out["scan_ok"] == 40 and out["seed_repos"] == 2
     assert out["scan_models_per_s"] > 0 and out["baseline_models_per_s"] > 0
     assert out["bytes_read_per_repo"] > 100
+
+
+def test_rerunning_collect_after_a_kill_adds_no_duplicate_rows(atlas_factory, tmp_path, capsys):
+    """Issue 27: collect of an HF cache re-run on a complete atlas appends nothing, and re-run
+    after a kill (its on-disk state: the first rows, then a torn line) appends only the rest."""
+    from conftest import TINY
+
+    from core.cli import main
+
+    zoo = atlas_factory(TINY).parent / "zoo"
+    atlas = tmp_path / "atlas"
+    args = ["collect", str(atlas), "--source", str(zoo), "--no-progress"]
+    assert main(args) == 0
+    manifest = atlas / "manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    assert len(lines) == len({json.loads(x)["id"] for x in lines}) > 4
+    assert main(args) == 0
+    assert manifest.read_text().splitlines(keepends=True) == lines  # nothing appended
+    manifest.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # killed mid-line
+    assert main(args) == 0
+    again = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert len(again) == len(lines) and {r["id"] for r in again} == {
+        json.loads(x)["id"] for x in lines
+    }
+    assert again[:4] == [json.loads(x) for x in lines[:4]]  # the rows before the kill kept
+    capsys.readouterr()

@@ -1068,3 +1068,32 @@ def test_cdn_redirect_keeps_the_hubs_own_etag(good_files, jail):
     assert [(r["id"], r["status"]) for r in rows] == [("h/cdn", "accepted")]
     assert any("do not match the sha256" in w for w in last_run(atlas)["retry_later"])
     assert files_outside(root, atlas) == []
+
+
+def test_terminal_output_carries_no_control_characters(good_files, tmp_path, capsys):
+    """Issue 27: user and model strings (an architecture spec, model folder names) reach the
+    terminal escaped, in progress bars, summaries, notes and error lines alike."""
+    import shutil
+
+    from core.cli import main
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo"
+    atlas = tmp_path / "atlas"
+    shutil.copytree(demo, atlas, ignore=shutil.ignore_patterns("generated"))
+    capsys.readouterr()
+    assert main(["sample", str(atlas), "--arch", "zoo:\x1b[31mred\x07"]) == 2
+    out = capsys.readouterr()
+    assert "\\x1b[31mred" in out.err and "\x1b" not in out.err + out.out, out.err
+    assert "\x07" not in out.err + out.out
+    src = tmp_path / "models"
+    for name in ("ok", "m\x1b[2J\u202eevil", "bad\x1b]0;title\x07"):
+        d = src / name
+        d.mkdir(parents=True)
+        for fname, data in good_files.items():
+            (d / fname).write_bytes(data if name != "bad\x1b]0;title\x07" else b"{")
+    assert main(["collect", str(tmp_path / "a2"), "--source", str(src)]) == 0  # with its bar
+    out = capsys.readouterr()
+    text = out.err + out.out
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text, text
+    rows = {r["id"] for r in Atlas.open(tmp_path / "a2").manifest()}
+    assert "m\x1b[2J\u202eevil" in rows  # the id itself is kept as the source named it

@@ -76,9 +76,7 @@ from core.collection.facts import (
 from core.collection.sources import Candidate, Query, Source, _Transient, make_source
 from core.config import build_config, to_dict
 from core.errors import DiskFullError, RejectedModel, WeightAtlasError
-from core.safety import (
-    is_disk_full,
-)
+from core.safety import is_disk_full, printable
 
 # ------------------------------------------------------------------------------ collect
 
@@ -336,7 +334,7 @@ def collect(
                 except _Transient as e:
                     stats["network errors (retry later)"] += 1
                     retry.append(str(e)[:300])
-                    tqdm.write(f"collect: {e}; will retry on the next run")
+                    tqdm.write(printable(f"collect: {e}; will retry on the next run"))
             append_jsonl(atlas.manifest_path, rows)
             for row in rows:
                 stats[row["status"]] += 1

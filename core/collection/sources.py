@@ -35,6 +35,7 @@ from core.safety import (
     check_repo_id,
     load_json_bytes,
     parse_etag,
+    printable,
     read_regular,
     resolve_inside,
 )
@@ -486,7 +487,7 @@ class HubSource(Source):
                     try:
                         cand = _candidate_from_entry(entry)
                     except WeightAtlasError as e:
-                        tqdm.write(f"collect: skipped a listing entry: {e}")
+                        tqdm.write(printable(f"collect: skipped a listing entry: {e}"))
                         continue
                     if cand.id in seen_ids:
                         continue
@@ -573,7 +574,9 @@ class HubSource(Source):
                 except RejectedModel as e:
                     if name != "README.md" or e.reason != "unreadable file":
                         raise
-                    tqdm.write(f"collect: {e.detail}; the listing's card data is used instead")
+                    tqdm.write(
+                        printable(f"collect: {e.detail}; the listing's card data is used instead")
+                    )
             _write_ref(repo_dir, sha)
         return snap
 

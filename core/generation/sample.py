@@ -99,6 +99,7 @@ from core.generation.prompts import (
     run_side,
 )
 from core.models.io import render_card, save_model_dir
+from core.safety import printable
 from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore
 from core.zoos.tasks import PIPELINE_TAGS, get_task
@@ -432,7 +433,7 @@ def sample(
         width, depth = _common_size(a, arch, task)
     target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
     if target.note:
-        tqdm.write(f"note: {target.note}", file=sys.stderr)  # above any progress bar
+        tqdm.write(printable(f"note: {target.note}"), file=sys.stderr)  # above any progress bar
         report(0.0, "no task: generating unscored")
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     backbone = open_backbone(a, bdir, cfg.device)
@@ -446,7 +447,7 @@ def sample(
         a.root, arch, task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
         target=target, backbone=backbone, prompts=prompts,
     )  # fmt: skip
-    tqdm.write(f"estimate: {est['text']}", file=sys.stderr)
+    tqdm.write(printable(f"estimate: {est['text']}"), file=sys.stderr)
     report(0.0, f"expected about {est['seconds']['total']:.0f} s")
     if prompts:
         unknown = [p for p in prompts if p not in store]
@@ -484,7 +485,7 @@ def sample(
     baseline = chance_baseline(target, cfg)
     summary = fidelity_summary(target, fidelity, prompt_scores, baseline, source)
     fidelity.update({k: v for k, v in summary.items() if k != "text"})
-    tqdm.write(summary["text"], file=sys.stderr)
+    tqdm.write(printable(summary["text"], newlines=True), file=sys.stderr)
     fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
     kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report, z=z)
     at_chance = [baseline is not None and c.val <= baseline["chance_threshold"] for c in kept]

@@ -48,6 +48,7 @@ from core.config import build_config, register_presets, to_dict
 from core.errors import WeightAtlasError
 from core.models.families import FAMILIES, build_family
 from core.models.io import config_of, render_card, save_model_dir
+from core.safety import printable
 from core.zoos.tasks import PIPELINE_TAGS, evaluate, get_task, train_epochs
 from core.zoos.trees import TreeNode, grow, node_run, plan_trees, read_weights, stored_model
 
@@ -632,7 +633,7 @@ def zoo(
     def record(row: dict[str, Any]) -> None:
         append_jsonl(out / PROGRESS, [row])
         bar.update(1)
-        bar.set_postfix_str(f"{row['id'].split('/')[-1]} acc={row['test_accuracy']:.3f}")
+        bar.set_postfix_str(printable(f"{row['id'].split('/')[-1]} acc={row['test_accuracy']:.3f}"))
 
     try:
         if workers > 1 and limit is None:
