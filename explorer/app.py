@@ -24,7 +24,6 @@ st.set_page_config(
     page_title="Weight Atlas", page_icon=str(ROOT / "explorer" / "favicon.png"), layout="wide"
 )
 
-warm_imports()
 path = atlas_picker_ui()
 problem = atlas_status(path)
 views = Path("views")
@@ -37,3 +36,7 @@ if problem is None:
 else:
     pages = [st.Page(views / "no_atlas.py", title="No atlas", icon=":material/help:")]
 st.navigation(pages).run()
+# torch-backed modules load in the background after the page has been sent: started before
+# it, their import held the interpreter while the first map was built (a cold first paint of
+# 13-16 s against 4 s for a trivial page on a loaded 2-core machine; issue 27)
+warm_imports()

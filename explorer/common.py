@@ -40,13 +40,23 @@ def warm_imports() -> threading.Thread:
     import PIL.Image  # noqa: F401
 
     thread = threading.Thread(
-        target=_import_and_freeze, args=("core.embeddings.embed",), daemon=True
+        target=_import_and_freeze,
+        args=("core.embeddings.embed", WARM_IMPORT_DELAY_S),
+        daemon=True,
     )
     thread.start()
     return thread
 
 
-def _import_and_freeze(module: str) -> None:
+# app.py calls warm_imports after the first page has been sent; the browser then downloads and
+# runs plotly.js (about 4.6 MB) from this server, which a torch import holding the interpreter
+# slowed down; a page that needs torch earlier waits for it (wait_for_imports) without the delay
+WARM_IMPORT_DELAY_S = 3.0
+_NOW = threading.Event()
+
+
+def _import_and_freeze(module: str, delay: float = 0.0) -> None:
+    _NOW.wait(delay)
     importlib.import_module(module)
     gc.freeze()  # see freeze_loaded
 
@@ -65,8 +75,11 @@ def freeze_loaded() -> None:
 
 
 def wait_for_imports() -> None:
-    """Block until the background import of the torch-backed modules has finished."""
-    warm_imports().join()
+    """Block until the background import of the torch-backed modules has finished (started
+    now if it was waiting out its delay)."""
+    thread = warm_imports()
+    _NOW.set()
+    thread.join()
 
 
 def resolve_atlas(text: str) -> Path:

@@ -678,3 +678,27 @@ def test_layers_page_says_when_the_atlas_choice_has_no_weights(monkeypatch):
     depth = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     names = {t.get("name") for d in depth for t in d["data"]}
     assert "alpha (power-law exponent)" in names
+
+
+@needs_demo
+def test_atlas_page_first_run_does_not_import_torch():
+    """Issue 27: the Atlas page paints without torch (3-5 s of import on a cold first load);
+    the torch-backed modules load in the background after the page was sent."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "import explorer.common as c\n"
+        "c._import_and_freeze = lambda *a: None  # the background import, not the page's\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "at = AppTest.from_file('explorer/app.py', default_timeout=120).run()\n"
+        "assert not at.exception, at.exception\n"
+        "assert at.title[0].value == 'Atlas' and len(at.get('plotly_chart')) == 1\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**__import__("os").environ, "WEIGHTATLAS_ATLAS": str(DEMO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
