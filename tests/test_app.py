@@ -115,6 +115,27 @@ def test_atlas_page_colour_filter_search_and_neighbours(syn):
     assert (df["family"] == own.columns["family"][i]).sum() >= 3
 
 
+def test_atlas_page_shows_map_quality(syn):
+    """The Atlas page's map-quality table: core's leave-one-run-out figures, per space."""
+    from core.embeddings.map_quality import map_quality
+
+    at = app_on(syn)
+    assert not at.exception
+    assert any(e.label.startswith("Map quality") for e in at.expander)
+    df = at.dataframe[-1].value
+    assert list(df.columns) == [
+        "figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", "without the weights"
+    ]  # fmt: skip
+    want = map_quality(syn)
+    fam = df.iloc[0]
+    assert fam["figure"].startswith("family of the neighbours")
+    assert fam["embedding"] == pytest.approx(want["spaces"]["embedding"]["family_accuracy"])
+    assert fam["2-D UMAP"] == pytest.approx(want["spaces"]["umap"]["family_accuracy"])
+    assert fam["without the weights"].startswith("majority family")
+    assert fam["s(W)"] is None or np.isnan(fam["s(W)"])  # the synthetic atlas has no tokens
+    assert "Leave-one-run-out" in texts(at)
+
+
 def test_lineage_toggle_and_bad_embed_folder(syn, tmp_path):
     at = app_on(syn)
     at.toggle(key="map_lineage").set_value(True).run()

@@ -142,3 +142,19 @@ def test_map_quality_of_an_embedded_atlas(embedded, tmp_path):
     assert embeddings_stamp(Atlas(copy)) != out["stamp"]
     fresh = cached_map_quality(copy)
     assert "marker" not in fresh and fresh["stamp"] == embeddings_stamp(Atlas(copy))
+
+
+def test_blocks_of_rows_give_the_whole_matrix_figures(monkeypatch):
+    import core.embeddings.map_quality as mq
+
+    rng = np.random.default_rng(1)
+    n = 23
+    x = rng.normal(size=(n, 3))
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    groups = [f"r{i // 2}" for i in range(n)]
+    family = [("a", "b", "c")[i % 3] for i in range(n)]
+    task = [("x", "y")[(i // 3) % 2] for i in range(n)]
+    acc = list(rng.uniform(size=n))
+    whole = knn_figures(d, groups, family, task, acc, k=3)
+    monkeypatch.setattr(mq, "BLOCK_ROWS", 5)
+    assert knn_figures(lambda lo, hi: d[lo:hi], groups, family, task, acc, k=3) == whole

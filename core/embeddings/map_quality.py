@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +49,18 @@ def _vote(labels: list[Any]) -> Any:
     return next(v for v in labels if counts[v] == top)
 
 
-def _neighbours(d: np.ndarray, allowed: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per row, the indices of its ``k`` nearest allowed columns, nearest first."""
-    d = np.where(allowed, d, np.inf)
+def _nearest(d: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row of ``d`` (inf = not allowed), the indices of its ``k`` nearest finite columns,
+    nearest first."""
     out = []
-    for i in range(len(d)):
-        n = int(np.isfinite(d[i]).sum())
+    for row in d:
+        n = int(np.isfinite(row).sum())
         if n == 0:
             out.append(np.zeros(0, dtype=int))
             continue
         kk = min(k, n)
-        idx = np.argpartition(d[i], kk - 1)[:kk]
-        out.append(idx[np.argsort(d[i, idx], kind="stable")])
+        idx = np.argpartition(row, kk - 1)[:kk]
+        out.append(idx[np.argsort(row[idx], kind="stable")])
     return out
 
 
@@ -70,18 +71,23 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float | None:
     return float(1.0 - ((y - pred) ** 2).sum() / ss)
 
 
+Distances = np.ndarray | Callable[[int, int], np.ndarray]
+BLOCK_ROWS = 1024  # rows of the distance matrix at a time: memory BLOCK_ROWS x M, not M x M
+
+
 def knn_figures(
-    d: np.ndarray,
+    d: Distances,
     groups: list[str],
     family: list[str | None],
     task: list[str | None],
     accuracy: list[float | None],
     k: int = MAP_QUALITY_K,
 ) -> dict[str, Any]:
-    """The three leave-one-run-out k-NN figures from a distance matrix.
+    """The three leave-one-run-out k-NN figures.
 
     Args:
-        d: ``(M, M)`` distances between the models.
+        d: ``(M, M)`` distances between the models, or ``d(lo, hi) -> (hi - lo, M)`` giving
+            rows ``lo:hi`` of it (computed a block at a time).
         groups: the leave-out group (training run) of each model.
         family, task, accuracy: each model's label (None where unknown).
         k: neighbours per model.
@@ -92,37 +98,49 @@ def knn_figures(
     """
     m = len(groups)
     g = np.unique(np.asarray(groups, dtype=object), return_inverse=True)[1]
-    other_run = g[:, None] != g[None, :]
     fam = np.array([f if f is not None else "" for f in family], dtype=object)
-    has_fam = fam != ""
-    out: dict[str, Any] = {}
-
-    nn = _neighbours(d, other_run & has_fam[None, :], k)
-    hits = [_vote(list(fam[nn[i]])) == fam[i] for i in range(m) if has_fam[i] and len(nn[i])]
-    out["family_accuracy"] = float(np.mean(hits)) if hits else None
-    out["n_family"] = len(hits)
-
     tsk = np.array([t if t is not None else "" for t in task], dtype=object)
+    acc = np.array([a if a is not None else np.nan for a in accuracy], dtype=np.float64)
+    has_fam, has_acc = fam != "", np.isfinite(acc)
     pairs = set(zip(fam[tsk != ""], tsk[tsk != ""], strict=True))
     tasks_per_family = Counter(f for f, _ in pairs)
     multi = np.array(
         [bool(has_fam[i] and tsk[i] != "" and tasks_per_family[fam[i]] >= 2) for i in range(m)],
         dtype=bool,
     )
-    same_fam = fam[:, None] == fam[None, :]
-    nn = _neighbours(d, other_run & same_fam & multi[None, :], k)
-    hits = [_vote(list(tsk[nn[i]])) == tsk[i] for i in range(m) if multi[i] and len(nn[i])]
-    out["task_accuracy"] = float(np.mean(hits)) if hits else None
-    out["n_task"] = len(hits)
+    fam_hits: list[bool] = []
+    task_hits: list[bool] = []
+    keep: list[int] = []
+    pred: list[float] = []
+    for lo in range(0, m, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, m)
+        block = np.array(d[lo:hi] if isinstance(d, np.ndarray) else d(lo, hi), dtype=np.float64)
+        block = np.where(g[lo:hi, None] != g[None, :], block, np.inf)  # other runs only
+        for r, nn in enumerate(_nearest(np.where(has_fam[None, :], block, np.inf), k)):
+            if has_fam[lo + r] and len(nn):
+                fam_hits.append(_vote(list(fam[nn])) == fam[lo + r])
+        same = (fam[lo:hi, None] == fam[None, :]) & multi[None, :]
+        for r, nn in enumerate(_nearest(np.where(same, block, np.inf), k)):
+            if multi[lo + r] and len(nn):
+                task_hits.append(_vote(list(tsk[nn])) == tsk[lo + r])
+        for r, nn in enumerate(_nearest(np.where(has_acc[None, :], block, np.inf), k)):
+            if has_acc[lo + r] and len(nn):
+                keep.append(lo + r)
+                pred.append(float(acc[nn].mean()))
+    return {
+        "family_accuracy": float(np.mean(fam_hits)) if fam_hits else None,
+        "task_accuracy": float(np.mean(task_hits)) if task_hits else None,
+        "test_accuracy_r2": _r2(acc[keep], np.array(pred)) if keep else None,
+        "n_family": len(fam_hits),
+        "n_task": len(task_hits),
+        "n_accuracy": len(keep),
+    }
 
-    acc = np.array([a if a is not None else np.nan for a in accuracy], dtype=np.float64)
-    has_acc = np.isfinite(acc)
-    nn = _neighbours(d, other_run & has_acc[None, :], k)
-    keep = [i for i in range(m) if has_acc[i] and len(nn[i])]
-    pred = np.array([acc[nn[i]].mean() for i in keep])
-    out["test_accuracy_r2"] = _r2(acc[keep], pred) if keep else None
-    out["n_accuracy"] = len(keep)
-    return out
+
+def _majority(counts: Counter) -> str | None:
+    """The most frequent label (ties: the first in sorted order), None if there is none."""
+    live = {v: c for v, c in counts.items() if c > 0}
+    return max(sorted(live), key=lambda v: live[v]) if live else None
 
 
 def reference_figures(
@@ -134,34 +152,42 @@ def reference_figures(
     """The same figures for the predictors that ignore the features, also leave-one-run-out:
     the other runs' majority family, the majority task of the family's other runs, and the mean
     test accuracy of the other runs."""
-    m = len(groups)
     fam = [f or "" for f in family]
     tsk = [t or "" for t in task]
     per_family: dict[str, set[str]] = {}
     for f, t in zip(fam, tsk, strict=True):
         if f and t:
             per_family.setdefault(f, set()).add(t)
-
-    def majority(values: list[str]) -> str | None:
-        counts = Counter(values)
-        return max(sorted(counts), key=lambda v: counts[v]) if counts else None
-
-    fam_hits, task_hits, acc_true, acc_pred = [], [], [], []
-    for i in range(m):
-        others = [j for j in range(m) if groups[j] != groups[i]]
+    fam_all = Counter(f for f in fam if f)
+    task_all = Counter((f, t) for f, t in zip(fam, tsk, strict=True) if f and t)
+    acc_sum, acc_n = 0.0, 0
+    by_group: dict[str, dict[str, Any]] = {}
+    for i, key in enumerate(groups):
+        b = by_group.setdefault(key, {"fam": Counter(), "task": Counter(), "sum": 0.0, "n": 0})
         if fam[i]:
-            pick = majority([fam[j] for j in others if fam[j]])
+            b["fam"][fam[i]] += 1
+            if tsk[i]:
+                b["task"][(fam[i], tsk[i])] += 1
+        if accuracy[i] is not None:
+            b["sum"] += float(accuracy[i])  # type: ignore[arg-type]
+            b["n"] += 1
+            acc_sum += float(accuracy[i])  # type: ignore[arg-type]
+            acc_n += 1
+    fam_hits, task_hits, acc_true, acc_pred = [], [], [], []
+    for i, key in enumerate(groups):
+        b = by_group[key]
+        if fam[i]:
+            pick = _majority(fam_all - b["fam"])
             if pick is not None:
                 fam_hits.append(pick == fam[i])
         if fam[i] and tsk[i] and len(per_family.get(fam[i], ())) >= 2:
-            pick = majority([tsk[j] for j in others if fam[j] == fam[i] and tsk[j]])
+            rest = Counter({t: c for (f, t), c in (task_all - b["task"]).items() if f == fam[i]})
+            pick = _majority(rest)
             if pick is not None:
                 task_hits.append(pick == tsk[i])
-        if accuracy[i] is not None:
-            vals = [accuracy[j] for j in others if accuracy[j] is not None]
-            if vals:
-                acc_true.append(float(accuracy[i]))  # type: ignore[arg-type]
-                acc_pred.append(float(np.mean(vals)))  # type: ignore[arg-type]
+        if accuracy[i] is not None and acc_n > b["n"]:
+            acc_true.append(float(accuracy[i]))  # type: ignore[arg-type]
+            acc_pred.append((acc_sum - b["sum"]) / (acc_n - b["n"]))
     return {
         "family_accuracy": float(np.mean(fam_hits)) if fam_hits else None,
         "task_accuracy": float(np.mean(task_hits)) if task_hits else None,
@@ -226,8 +252,13 @@ def map_quality(
 
     def figures(x: np.ndarray, how: str) -> dict[str, Any]:
         x = np.asarray(x, dtype=np.float64)
-        d = pairwise_distances(x, x, how, x)
-        return {**knn_figures(d, groups, family, task, accuracy, k), "dims": int(x.shape[1])}
+
+        def rows(lo: int, hi: int) -> np.ndarray:
+            if how == "euclidean":  # the 2-D maps
+                return np.sqrt(((x[lo:hi, None, :] - x[None, :, :]) ** 2).sum(-1))
+            return pairwise_distances(x[lo:hi], x, how, x)
+
+        return {**knn_figures(rows, groups, family, task, accuracy, k), "dims": int(x.shape[1])}
 
     spaces: dict[str, Any] = {"embedding": figures(emb.z, metric)}
     maps = read_json(out / "maps.json") if (out / "maps.json").exists() else {}
@@ -235,8 +266,7 @@ def map_quality(
         coords = maps.get(name) or {}
         if all(i in coords for i in ids):
             xy = np.array([coords[i] for i in ids], dtype=np.float64)
-            d = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
-            spaces[name] = {**knn_figures(d, groups, family, task, accuracy, k), "dims": 2}
+            spaces[name] = figures(xy, "euclidean")
         else:
             spaces[name] = None
     sw = sw_features(a, ids, emb)
@@ -253,22 +283,32 @@ def map_quality(
     }
 
 
+def stored_map_quality(atlas: str | Path) -> dict[str, Any] | None:
+    """``ATLAS/results/map_quality.json`` if it was computed from the atlas' current embeddings
+    (same ``embeddings_stamp``) with ``MAP_QUALITY_K``, else None."""
+    a = Atlas.open(atlas)
+    path = a.results_dir / f"{RESULT_NAME}.json"
+    if not path.exists():
+        return None
+    try:
+        stored = read_json(path)
+    except (OSError, ValueError):
+        return None
+    ok = stored.get("stamp") == embeddings_stamp(a) and stored.get("k") == MAP_QUALITY_K
+    return stored if ok else None
+
+
 def cached_map_quality(
     atlas: str | Path, backbone_dir: str | Path | None = None, k: int = MAP_QUALITY_K
 ) -> dict[str, Any]:
     """``ATLAS/results/map_quality.json`` when it was computed from these very embeddings (same
     ``embeddings_stamp``, same ``k``), else :func:`map_quality` computed now (not written: the
     atlas may be read-only, as the shipped demo is)."""
-    a = Atlas.open(atlas)
-    path = a.results_dir / f"{RESULT_NAME}.json"
-    if backbone_dir is None and path.exists():
-        try:
-            stored = read_json(path)
-        except (OSError, ValueError):
-            stored = {}
-        if stored.get("stamp") == embeddings_stamp(a) and stored.get("k") == k:
+    if backbone_dir is None and k == MAP_QUALITY_K:
+        stored = stored_map_quality(atlas)
+        if stored is not None:
             return stored
-    return map_quality(a.root, backbone_dir, k)
+    return map_quality(atlas, backbone_dir, k)
 
 
 def write_map_quality(atlas: str | Path, result: dict[str, Any], name: str = RESULT_NAME) -> Path:

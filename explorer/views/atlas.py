@@ -101,6 +101,70 @@ def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[s
     }
 
 
+MAP_QUALITY_LIVE_MAX = 5000  # above this many models the page reads evaluate's result only
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_map_quality(root: str, stamp_: float) -> dict[str, Any] | None:
+    """The atlas' map quality (core.embeddings.map_quality): ``weightatlas evaluate``'s result
+    while it matches the embeddings, else computed here for atlases up to
+    ``MAP_QUALITY_LIVE_MAX`` models; None above that."""
+    from core.embeddings.map_quality import map_quality, stored_map_quality
+
+    stored = stored_map_quality(root)
+    if stored is not None:
+        return stored
+    with open(Atlas.open(root).embeddings_dir / "models.jsonl", encoding="utf-8") as f:
+        n = sum(1 for _ in f)
+    return map_quality(root) if n <= MAP_QUALITY_LIVE_MAX else None
+
+
+def map_quality_ui(root: Path, stamp_: float) -> None:
+    """How well the map groups models: leave-one-run-out k-NN figures beside s(W) and the
+    predictors that ignore the weights (issue 25)."""
+    with st.expander("Map quality: do neighbours share family, task and accuracy?",
+                     icon=":material/insights:"):  # fmt: skip
+        wait_for_imports()
+        from core.embeddings.map_quality import SPACES, map_quality_rows
+
+        try:
+            mq = cached_map_quality(str(root), stamp_)
+        except (*USER_ERRORS, OSError, ValueError) as e:
+            user_error(e)
+            return
+        if mq is None:
+            st.info(
+                f"More than {MAP_QUALITY_LIVE_MAX:,} models: run `weightatlas evaluate ATLAS` "
+                "to compute the map quality; the page then shows it."
+            )
+            return
+        heads = {"embedding": "embedding", "umap": "2-D UMAP", "pca": "2-D PCA", "s(W)": "s(W)"}
+        st.dataframe(
+            [
+                {
+                    "figure": cells[0],
+                    **{heads[s]: cells[1 + j] for j, s in enumerate(SPACES)},
+                    "without the weights": cells[-1],
+                }
+                for cells in map_quality_rows(mq)
+            ],
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "figure": st.column_config.TextColumn(width="large"),
+                **{h: st.column_config.NumberColumn(format="%.3f") for h in heads.values()},
+            },
+        )
+        st.caption(
+            f"Leave-one-run-out: each model's {mq['k']} nearest models of other training runs "
+            f"({mq['n_models']:,} models, {mq['n_runs']:,} runs). Embedding: "
+            f"{mq.get('pooling', 'mean')} pooling, {mq['metric']} distance; maps: distance on "
+            "the 2-D coordinates; s(W): the weights' plain statistics (mean, std, quantiles "
+            "per layer). Empty: not available for this atlas (s(W) needs every model's tokens "
+            "or `weightatlas embed` of this version)."
+        )
+
+
 DETAILS = "atlas_details"  # key of the fragment below the map
 
 
@@ -389,6 +453,7 @@ def page() -> None:
                     st.warning(escape_md(ad["architecture_note"]), icon=":material/explore_off:")
     st.session_state.map_selected = selected_ids(event)
     details(root, table, stamp_)
+    map_quality_ui(root, stamp_)
 
 
 @st.fragment(key=DETAILS)
