@@ -229,7 +229,7 @@ def test_probe_verdicts_follow_the_parity_claim() -> None:
     def res(m, s, base=-0.02):
         return {"cv_mean": m, "cv_std": s, "cv_baseline_mean": base, "cv_baseline_std": 0.01}
 
-    out = {"zoos": {"cnn/digits10": {"results": {
+    out = {"backbone_step": 1200, "zoos": {"cnn/digits10": {"results": {
         "embedding": {"test_accuracy": res(0.80, 0.05), "epoch": res(0.40, 0.05), "generalization_gap": res(0.0, 0.05)},
         "s(W)": {"test_accuracy": res(0.85, 0.05), "epoch": res(0.90, 0.05), "generalization_gap": res(0.01, 0.05)},
     }}}}  # fmt: skip

@@ -146,15 +146,24 @@ def test_evaluate_probes_inside_each_homogeneous_zoo(probe_atlas):
                    and (r.get("labels") or {}).get("task") == z["task"]]  # fmt: skip
         assert z["n_models"] == len(members) and z["n_runs"] == 3
         assert z["split"]["shared_runs"] == []
-        assert set(z["results"]) == {"embedding", "embedding+depth", "s(W)", "W"}
+        assert set(z["results"]) == {"embedding", "embedding+depth", "s(W)", "embedding+s(W)", "W"}
+        assert z["features"]["embedding+s(W)"] == z["features"]["embedding"] + z["features"]["s(W)"]
+        # digits10's 360 test images: a test accuracy's standard error of up to 0.026
+        noise = z["noise"]
+        if z["task"] == "digits10":
+            assert noise["n_test_examples"] == 360 and 0.0 < noise["test_accuracy_se"] <= 0.027
         # W: every trainable value of the model (the zoo's params label counts them)
         assert z["features"]["W"] == members[0]["labels"]["params"]
         for res in z["results"].values():
             assert set(res) == {"test_accuracy", "epoch", "generalization_gap"}
             for r in res.values():
                 assert r["cv_folds"] == 3 and "cv_baseline_mean" in r and "no_signal" in r
+    # the backbone the embedding came from says whether it was trained (its kept step)
+    kept = read_json(Atlas(probe_atlas).backbone_dir / "config.json").get("step")
+    assert out["backbone_step"] == kept
     md = (Atlas(probe_atlas).results_dir / "probes.md").read_text()
     assert "**Within one zoo**" in md and "*cnn/digits10/w8d2*" in md
+    assert "standard error" in md and "360 test examples" in md
     assert md.index("**Within one zoo**") < md.index("**Pooled over the whole collection**")
     assert run_of(next(iter(rows.values())))
 
@@ -306,3 +315,16 @@ def test_encode_decode_accuracy_exact_through_an_identity_backbone(probe_atlas, 
         assert 0.0 <= r["accuracy_decoded_bn"] <= 1.0  # the CNNs have batch norm
     random = reconstruction_accuracy(probe_atlas, "cnn", "digits10", splits)
     assert all(r["r2"] < 0.5 for r in random)
+
+
+def test_backbone_step_reads_the_kept_step(tmp_path):
+    from core.atlas import write_json
+    from core.embeddings.probes import backbone_step
+
+    assert backbone_step(tmp_path) is None  # no config.json
+    write_json(tmp_path / "config.json", {"preset": "demo"})
+    assert backbone_step(tmp_path) is None  # does not say
+    write_json(tmp_path / "config.json", {"preset": "demo", "step": 0})
+    assert backbone_step(tmp_path) == 0  # the untrained initial code
+    write_json(tmp_path / "config.json", {"step": 1800, "selected": {"step": 1800}})
+    assert backbone_step(tmp_path) == 1800

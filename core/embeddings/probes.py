@@ -51,7 +51,7 @@ from core.tokens.store import TokenStore
 
 REGRESSION_TARGETS = ("test_accuracy", "epoch", "generalization_gap")
 CLASSIFICATION_TARGETS = ("family", "task")
-FEATURE_SETS = ("embedding", "embedding+depth", "s(W)")
+FEATURE_SETS = ("embedding", "embedding+depth", "s(W)", "embedding+s(W)")
 
 
 @dataclass
@@ -362,7 +362,8 @@ def cross_validated(
 
 
 def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
-    """``{"embedding": (M, P), "embedding+depth": (M, 5L), "s(W)": (M, 35)}`` for ``ids``.
+    """``{"embedding": (M, P), "embedding+depth": (M, 5L), "s(W)": (M, 35),
+    "embedding+s(W)": (M, P + 35)}`` for ``ids``.
 
     ``embedding`` is the model embedding (its pooled token embeddings, ``EmbedConfig.pooling``);
     ``embedding+depth`` pools its per-layer mean embeddings over the same depth bins as s(W)
@@ -383,7 +384,12 @@ def features(atlas: Atlas, ids: list[str], emb: Any) -> dict[str, np.ndarray]:
     sw = sw_features(atlas, ids, emb)
     if sw is None:
         raise WeightAtlasError(f"{atlas.root}: s(W) needs every embedded model's tokens")
-    return {"embedding": z, "embedding+depth": zd, "s(W)": sw}
+    return {
+        "embedding": z,
+        "embedding+depth": zd,
+        "s(W)": sw,
+        "embedding+s(W)": np.hstack([z, sw]),  # does the embedding add to s(W)? (issue 25)
+    }
 
 
 def zoo_key(row: dict[str, Any]) -> str | None:
@@ -427,6 +433,56 @@ def task_pairs(rows: list[dict[str, Any]], min_runs: int) -> np.ndarray:
         pair.append(key)
         runs.setdefault(key, set()).add(run_of(r))
     return np.array([k[1] is not None and len(runs[k]) >= min_runs for k in pair], dtype=bool)
+
+
+def target_noise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much of a zoo's targets is measurement noise: the binomial standard error of a
+    model's test accuracy on its task's test split, beside the spread of test accuracy and
+    generalization gap over the zoo's models.
+
+    The gap is train minus test accuracy; its noise is the test accuracy's (the train accuracy
+    is exact for the train set). ``gap_reliability`` = ``1 - se² / var(gap)`` (floored at 0)
+    is the R² a perfect predictor of the true gap could reach on these noisy labels.
+    ``test_accuracy_se`` is the median over models; None where the task is not one of
+    ``core.zoos.tasks.TASKS`` (its test size is unknown).
+    """
+    from core.zoos.tasks import TASKS, accuracy_standard_error, get_task
+
+    acc = np.array([float(v) for r in rows if (v := label_value(r, "test_accuracy")) is not None])
+    gap = np.array(
+        [float(v) for r in rows if (v := label_value(r, "generalization_gap")) is not None]
+    )
+    tasks = {label_value(r, "task") for r in rows}
+    task = tasks.pop() if len(tasks) == 1 else None
+    n_test = len(get_task(task).split("test")[1]) if task in TASKS else None
+    se = (
+        float(np.median([accuracy_standard_error(a, n_test) for a in acc]))
+        if n_test and len(acc)
+        else None
+    )
+    gap_std = float(np.std(gap)) if len(gap) > 1 else None
+    reliability = max(0.0, 1.0 - se**2 / gap_std**2) if se is not None and gap_std else None
+    return {
+        "task": task,
+        "n_test_examples": n_test,
+        "test_accuracy_se": se,
+        "test_accuracy_std": float(np.std(acc)) if len(acc) > 1 else None,
+        "generalization_gap_std": gap_std,
+        "gap_reliability": reliability,
+        "n_models": len(rows),
+    }
+
+
+def backbone_step(backbone_dir: Path) -> int | None:
+    """The training step of the weights a backbone keeps (``config.json`` ``step``; 0: the
+    initial code, never improved on by training), or None when it does not say."""
+    path = Path(backbone_dir) / "config.json"
+    if not path.is_file():
+        return None
+    from core.atlas import read_json
+
+    step = read_json(path).get("step")
+    return int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None
 
 
 def weight_vectors(atlas: Atlas, ids: list[str]) -> np.ndarray | None:
@@ -559,6 +615,7 @@ def evaluate(
             "split": zsplit,
             "features": {fs: int(x.shape[1]) for fs, x in zfeats.items()},
             "results": zres,
+            "noise": target_noise(sub),
         }
     out = {
         "split": split,
@@ -572,6 +629,10 @@ def evaluate(
         "config": to_dict(cfg),
         "backbone": str(backbone_dir) if backbone_dir is not None else "backbone",
         "pooling": embedded_pooling(a, backbone_dir) or "mean",
+        # the kept step says whether the embedding comes from a trained backbone (0: untrained)
+        "backbone_step": backbone_step(
+            Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
+        ),
     }
     mq = map_quality(a.root, backbone_dir)
     out["map_quality"] = mq
@@ -586,6 +647,20 @@ def map_quality_name(out_name: str) -> str:
     """The map-quality result written beside ``{out_name}.json``: ``map_quality`` for the
     atlas' probes, ``{out_name}_map_quality`` for another backbone's."""
     return "map_quality" if out_name == "probes" else f"{out_name}_map_quality"
+
+
+def _noise_text(noise: dict[str, Any] | None) -> str:
+    """`` Test accuracy's standard error ...`` for a zoo's line ('' when unknown)."""
+    if not noise or noise.get("test_accuracy_se") is None:
+        return ""
+    gap = noise.get("generalization_gap_std")
+    rel = noise.get("gap_reliability")
+    return (
+        f" A test accuracy's standard error: {noise['test_accuracy_se']:.4f} (median over "
+        f"models, {noise['n_test_examples']} test examples); the generalization gap's std over "
+        f"models: {'n/a' if gap is None else f'{gap:.4f}'} (at most "
+        f"{'n/a' if rel is None else f'{rel:.2f}'} of its variance is not test-set noise)."
+    )
 
 
 def _cell(r: dict[str, Any], cv: bool) -> str:
@@ -647,7 +722,7 @@ def probes_markdown(out: dict[str, Any]) -> str:
             lines += [
                 f"*{key}*: {z['n_models']} models, {z['n_runs']} runs (width {z['width']}, depth "
                 f"{z['depth']}); held-out split ({s['how']}): {s['n_test']} models / "
-                f"{s['test_runs']} runs.",
+                f"{s['test_runs']} runs.{_noise_text(z.get('noise'))}",
                 "",
                 *_probe_table(z["results"], REGRESSION_TARGETS, cv=True),
                 "",
@@ -681,7 +756,9 @@ def probes_markdown(out: dict[str, Any]) -> str:
         "the token embeddings); embedding+depth "
         f"{dims.get('embedding+depth', 'n/a')} dims (per-layer mean embeddings pooled over "
         f"{DEPTH_BINS} depth bins + all layers); s(W) {dims['s(W)']} dims (mean, std, quintiles "
-        f"per layer pooled over {DEPTH_BINS} depth bins + whole model)."
+        f"per layer pooled over {DEPTH_BINS} depth bins + whole model); embedding+s(W) "
+        f"{dims.get('embedding+s(W)', 'n/a')} dims (both side by side: does the embedding add "
+        "to s(W)?)."
     )
     return "\n".join(lines) + "\n"
 

@@ -327,7 +327,13 @@ VERDICT_RULE = (
     "spreads (std over folds, models or seeds, as each table says); **inconclusive** when both "
     "arms sit at chance (within max(std, 0.02) of the most frequent test class) or their "
     "spreads overlap. The probe claim is one of parity: overlapping spreads with both above "
-    "the mean predictor agree with it."
+    "the mean predictor and both R² >= 0.5 agree with it. **not testable** when the setup "
+    "cannot answer the claim, and the line says why: an untrained backbone (kept step 0), a "
+    "target whose spread is within its measurement noise (the generalization gap against the "
+    "test accuracy's standard error), arms whose batch-norm statistics were estimated "
+    "differently, or a training set below the paper's own floor (001 Table 12: ~45 M tokens). "
+    "Paired comparisons (the same held-out layers in two arms) use medians and an exact sign "
+    "test (p < 0.05)."
 )
 
 

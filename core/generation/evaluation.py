@@ -143,6 +143,12 @@ def evaluate_generation(
                     "source": card.get("prompt_source"),
                     "prompts": card.get("prompts"),
                     "prompt_val_accuracy": card.get("prompt_scores"),
+                    # cards that keep the as-trained scores score prompts as the draws are:
+                    # rebuilt from their tokens with batch norm re-estimated (like for like)
+                    "prompt_val_accuracy_as_trained": card.get("prompt_scores_as_trained"),
+                    "prompt_batchnorm": "re-estimated"
+                    if card.get("prompt_scores_as_trained") is not None
+                    else "as trained",
                     "chance": chance_accuracy(task_name),
                 },
             )
