@@ -5,6 +5,11 @@
 Writes are atomic (temp file + fsync + rename), JSONL tables are append-only with one fsync'd
 line per record, and a torn last line (a killed writer) is ignored on read, so every stage can
 be killed and resumed without losing what it had finished.
+
+The stage folders are typed tables (``TokenTable``, ``BackboneFiles``, ``EmbeddingTables``, at
+the end of this module; the manifest is ``core.manifest``): they alone spell their file names,
+``Atlas.tokens`` / ``.backbone`` / ``.embeddings`` give them for an atlas, each with
+``exists()`` and a ``stamp()`` for cache keys.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from core.manifest import MANIFEST_FILE, ModelRow, latest_rows
 
 ATLAS_VERSION = 1
+INFO_FILE = "atlas.json"
 # how deep under the atlas root ``Atlas.check_links`` looks for symlinks: the tables at the top,
 # the stage folders' files, and one folder inside them (``results/figures``, ``backbones/NAME``)
 _LINK_CHECK_DEPTH = 2
@@ -56,7 +62,7 @@ class Atlas:
         root = Path(root)
         if not root.is_dir():
             raise AtlasError(f"{root} is not a directory")
-        if not (root / "atlas.json").exists():
+        if not (root / INFO_FILE).exists():
             raise AtlasError(
                 f"{root} is not an atlas (no atlas.json); run `weightatlas collect` first"
             )
@@ -103,7 +109,7 @@ class Atlas:
 
     @property
     def info_path(self) -> Path:
-        return self.root / "atlas.json"
+        return self.root / INFO_FILE
 
     @property
     def manifest_path(self) -> Path:
@@ -116,6 +122,21 @@ class Atlas:
     @property
     def tokens_dir(self) -> Path:
         return self.root / "tokens"
+
+    @property
+    def tokens(self) -> TokenTable:
+        """``tokens/`` as a table (index path, ``exists()``, ``stamp()``)."""
+        return TokenTable(self.tokens_dir)
+
+    @property
+    def backbone(self) -> BackboneFiles:
+        """``backbone/`` (the atlas' own backbone) as a table."""
+        return BackboneFiles(self.backbone_dir)
+
+    @property
+    def embeddings(self) -> EmbeddingTables:
+        """``embeddings/`` (the atlas' own backbone's embeddings) as tables."""
+        return EmbeddingTables(self.embeddings_dir)
 
     @property
     def backbone_dir(self) -> Path:
@@ -322,3 +343,138 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                     CorruptLineWarning,
                     stacklevel=2,
                 )
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage folders as typed tables: the only code that knows their file names
+
+
+def stamp(*paths: Path) -> float:
+    """Sum of modification times of ``paths`` (0 for missing ones): a cache key for file contents."""
+    return float(sum(p.stat().st_mtime for p in paths if p.exists()))
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """``tokens/``: ``index.json`` (scheme, token size, models), shards and per-rank parts."""
+
+    dir: Path
+    INDEX = "index.json"
+    STATS = "stats.json"
+    PARTS = "parts"  # per-rank rows not yet merged into the index
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.dir / self.PARTS
+
+    @property
+    def index_path(self) -> Path:
+        return self.dir / self.INDEX
+
+    @property
+    def stats_path(self) -> Path:
+        return self.dir / self.STATS
+
+    def exists(self) -> bool:
+        """True once ``tokenize`` has merged an index."""
+        return self.index_path.exists()
+
+    def stamp(self) -> float:
+        """Cache key of the merged index."""
+        return stamp(self.index_path)
+
+
+@dataclass(frozen=True)
+class BackboneFiles:
+    """A backbone folder: ``model.safetensors`` and ``config.json`` (its run configuration)."""
+
+    dir: Path
+    WEIGHTS = "model.safetensors"
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"  # one row per validation during training
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / self.METRICS
+
+    @property
+    def weights_path(self) -> Path:
+        return self.dir / self.WEIGHTS
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / self.CONFIG
+
+    def exists(self) -> bool:
+        """True when the folder holds trained weights and their configuration."""
+        return self.weights_path.exists() and self.config_path.exists()
+
+    def config(self) -> dict[str, Any]:
+        """``config.json`` as a dict (``{}`` when absent)."""
+        return read_json(self.config_path) if self.config_path.exists() else {}
+
+    def stamp(self) -> float:
+        """Cache key of the weights and configuration."""
+        return stamp(self.weights_path, self.config_path)
+
+
+@dataclass(frozen=True)
+class EmbeddingTables:
+    """An embeddings folder: per-model and per-layer rows, 2-D maps and run info."""
+
+    dir: Path
+    MODELS = "models.jsonl"
+    LAYERS = "layers.jsonl"
+    MAPS = "maps.json"
+    INFO = "info.json"
+    TENSORS = "models.safetensors"  # z, layer_z, layer_spread (the merged tensors)
+    REDUCERS = "reducers"  # fitted PCA/UMAP reducers, one safetensors file each
+    PARTS = "parts"  # per-rank parts before the merge
+
+    @property
+    def tensors_path(self) -> Path:
+        return self.dir / self.TENSORS
+
+    @property
+    def reducers_dir(self) -> Path:
+        return self.dir / self.REDUCERS
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.dir / self.PARTS
+
+    @property
+    def models_path(self) -> Path:
+        return self.dir / self.MODELS
+
+    @property
+    def layers_path(self) -> Path:
+        return self.dir / self.LAYERS
+
+    @property
+    def maps_path(self) -> Path:
+        return self.dir / self.MAPS
+
+    @property
+    def info_path(self) -> Path:
+        return self.dir / self.INFO
+
+    def exists(self) -> bool:
+        """True when ``embed`` has written the model rows and the maps."""
+        return self.models_path.exists() and self.maps_path.exists()
+
+    def models(self) -> list[dict[str, Any]]:
+        """Per-model rows (``models.jsonl``), in file order."""
+        return list(read_jsonl(self.models_path))
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Per-layer rows (``layers.jsonl``), in file order."""
+        return list(read_jsonl(self.layers_path))
+
+    def info(self) -> dict[str, Any]:
+        """``info.json`` as a dict (``{}`` when absent)."""
+        return read_json(self.info_path) if self.info_path.exists() else {}
+
+    def stamp(self) -> float:
+        """Cache key of the model rows and maps."""
+        return stamp(self.models_path, self.maps_path)

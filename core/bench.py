@@ -30,6 +30,7 @@ import torch
 
 from core.atlas import (
     Atlas,
+    TokenTable,
     append_jsonl,
     atomic_path,
     write_json,
@@ -359,7 +360,7 @@ def write_store(
             }
         )
         at += tk.n_tokens
-    append_jsonl(tokens_dir / "parts" / "rank-00000.jsonl", rows)
+    append_jsonl(TokenTable(tokens_dir).parts_dir / "rank-00000.jsonl", rows)
 
 
 # ------------------------------------------------------------ train
@@ -512,9 +513,7 @@ def _random_backbone_atlas(root: Path, preset: str, scheme: str = "dense") -> No
     cfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset)
     torch.manual_seed(0)
     save_backbone(Backbone(cfg), a.backbone_dir)
-    write_json(
-        a.tokens_dir / "index.json", {"scheme": scheme, "token_size": cfg.token_size, "models": {}}
-    )
+    write_json(a.tokens.index_path, {"scheme": scheme, "token_size": cfg.token_size, "models": {}})
 
 
 def bench_sample(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, AtlasError, read_json, read_jsonl
+from core.atlas import Atlas, AtlasError, BackboneFiles, EmbeddingTables, read_json, read_jsonl
 from core.manifest import as_row
 
 # torch-backed readers (core.embeddings.encode, core.models.io, core.tokens) are imported where
@@ -211,17 +211,17 @@ def map_table(root: str | Path) -> MapTable:
             command that makes them).
     """
     atlas = Atlas.open(root)
-    emb = atlas.embeddings_dir
+    emb = atlas.embeddings
     step = next_stage(atlas.root)
     if step is not None:
         stage, command = step
         raise AtlasError(f"{atlas.root} has no map yet: the next stage is {stage}, `{command}`")
-    rows = list(read_jsonl(emb / "models.jsonl"))
+    rows = emb.models()
     ids = [str(r["id"]) for r in rows if "id" in r]
     manifest = {r["id"]: r for r in atlas.manifest()}
-    coords = _read_maps(emb / "maps.json", ids)
+    coords = _read_maps(emb.maps_path, ids)
     if not coords:
-        raise AtlasError(f"{emb / 'maps.json'} holds no 2-D map for the embedded models")
+        raise AtlasError(f"{emb.maps_path} holds no 2-D map for the embedded models")
     columns: dict[str, list[Any]] = {c: [] for c in (*CATEGORICAL, *NUMERIC)}
     tags, parents, records = [], [], []
     for r in rows:
@@ -237,7 +237,7 @@ def map_table(root: str | Path) -> MapTable:
     table = MapTable(
         ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents, records=records
     )
-    info = read_json(emb / "info.json") if (emb / "info.json").exists() else {}
+    info = emb.info()
     ratio = info.get("pca_explained_variance_ratio") if isinstance(info, dict) else None
     if isinstance(ratio, list) and all(isinstance(v, int | float) for v in ratio):
         table.explained["pca"] = [float(v) for v in ratio]
@@ -253,13 +253,12 @@ def next_stage(root: str | Path) -> tuple[str, str] | None:
     """
     atlas = Atlas.open(root)
     where = atlas.root
-    emb = atlas.embeddings_dir
-    if not (emb / "models.jsonl").exists() or not (emb / "maps.json").exists():
+    if not atlas.embeddings.exists():
         if not atlas.manifest_path.exists() or not atlas.accepted():
             return "collect", f"weightatlas collect {where} --source SOURCE"
-        if not (atlas.tokens_dir / "index.json").exists():
+        if not atlas.tokens.exists():
             return "tokenize", f"weightatlas tokenize {where}"
-        if not (atlas.backbone_dir / "model.safetensors").exists():
+        if not atlas.backbone.weights_path.exists():
             return "train", f"weightatlas train {where} --preset ci"
         return "embed", f"weightatlas embed {where}"
     return None
@@ -307,7 +306,7 @@ def layer_rows_by_model(
 
     atlas = Atlas.open(root)
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in read_jsonl(embeddings_dir(atlas, backbone_dir) / "layers.jsonl"):
+    for r in EmbeddingTables(embeddings_dir(atlas, backbone_dir)).layers():
         if "id" in r:
             out.setdefault(str(r["id"]), []).append(r)
     for rows in out.values():
@@ -344,7 +343,7 @@ def zoo_sizes(root: str | Path, family: str, task: str | None) -> list[tuple[int
 
 def tokenized_ids(root: str | Path) -> list[str]:
     """Models present in the atlas' token store (their reconstructions can be shown)."""
-    path = Atlas.open(root).tokens_dir / "index.json"
+    path = Atlas.open(root).tokens.index_path
     if not path.exists():
         return []
     return sorted((read_json(path).get("models") or {}).keys())
@@ -375,11 +374,7 @@ def ablation_backbones(root: str | Path) -> dict[str, Path]:
     base = Atlas.open(root).root / "backbones"
     if not base.is_dir():
         return {}
-    return {
-        d.name: d
-        for d in sorted(base.iterdir())
-        if d.is_dir() and (d / "model.safetensors").exists() and (d / "config.json").exists()
-    }
+    return {d.name: d for d in sorted(base.iterdir()) if d.is_dir() and BackboneFiles(d).exists()}
 
 
 def zip_dir(path: str | Path) -> bytes:
@@ -424,7 +419,7 @@ def backbone_validation(backbone_dir: str | Path) -> dict[str, Any]:
     Scalars (``val_r2``, ``val_models``, ...) and per-kind tables (``val_r2_by_kind`` and any
     other ``val_*_by_kind``) as the training stage wrote them.
     """
-    path = Path(backbone_dir) / "metrics.jsonl"
+    path = BackboneFiles(Path(backbone_dir)).metrics_path
     if not path.exists():
         return {}
     last: dict[str, Any] = {}
@@ -437,7 +432,7 @@ def backbone_validation(backbone_dir: str | Path) -> dict[str, Any]:
 def backbone_budget(backbone_dir: str | Path) -> dict[str, Any]:
     """What a backbone was trained with, from its ``config.json``: preset, steps, model width,
     latent size, loss normalisation and the number of training models (missing keys omitted)."""
-    path = Path(backbone_dir) / "config.json"
+    path = BackboneFiles(Path(backbone_dir)).config_path
     try:
         cfg = read_json(path)
     except (OSError, ValueError):

@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 from core.atlas import (
     Atlas,
+    BackboneFiles,
     CorruptLineWarning,
+    EmbeddingTables,
     atomic_write_bytes,
     dumps,
-    read_json,
     read_jsonl,
 )
 from core.backbone.train import train
@@ -309,7 +310,7 @@ def run_tokenize_cli(args: argparse.Namespace) -> int:
 def train_summary_text(summary: dict[str, Any], atlas: str | Path, preset: str) -> str:
     """A few lines on a finished training run: steps, time, models, validation R², where."""
     out = Path(str(summary.get("out", "")))
-    cfg = read_json(out / "config.json") if (out / "config.json").exists() else {}
+    cfg = BackboneFiles(out).config()
     n_train, n_val = cfg.get("n_train_models"), cfg.get("n_val_models")
     lines = [
         f"train: {summary.get('steps', '?')} steps in {summary.get('seconds', 0):.0f} s "
@@ -405,12 +406,12 @@ def run_embed_cli(args: argparse.Namespace) -> int:
             backbone_dir=args.backbone,
         )
 
-        done = (out / "models.safetensors").exists()
+        done = EmbeddingTables(out).tensors_path.exists()
         if not done:
             emit(args, {"out": str(out), "done": False}, f"embed: this rank's part written to {out}; "
                  "the maps are built when every rank has finished")  # fmt: skip
             return 0
-        info = read_json(out / "info.json") if (out / "info.json").exists() else {}
+        info = EmbeddingTables(out).info()
         ratio = info.get("pca_explained_variance_ratio") or []
         pca = f" (PCA axes explain {100 * sum(ratio[:2]):.0f}% of the variance)" if ratio else ""
         emit(

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas, read_json, read_jsonl, write_json
+from core.atlas import Atlas, BackboneFiles, read_json, read_jsonl, write_json
 from core.backbone.model import standardize_tokens
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
@@ -160,10 +160,10 @@ def trained_point(run_dir: str | Path) -> dict[str, Any]:
     """A trained run as a point of the figure: its latent/token ratio and the last validated
     median per-layer conv + linear R^2 (``metrics.jsonl``), with its label."""
     run_dir = Path(run_dir)
-    cfg = read_json(run_dir / "config.json")
+    cfg = read_json(BackboneFiles(run_dir).config_path)
     rows = [
         r
-        for r in read_jsonl(run_dir / "metrics.jsonl")
+        for r in read_jsonl(BackboneFiles(run_dir).metrics_path)
         if r.get("val_layer_r2_median_conv_linear") is not None
     ]
     if not rows:

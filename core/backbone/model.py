@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.atlas import atomic_path, read_json, write_json
+from core.atlas import Atlas, BackboneFiles, atomic_path, read_json, write_json
 from core.backbone.losses import Factored
 from core.config import ConfigError, merge, register_presets, to_dict
 from core.errors import WeightAtlasError
@@ -388,10 +388,10 @@ def flops_per_token(cfg: BackboneConfig, window: int | None = None) -> float:
 def find_backbone(path: str | Path) -> Path:
     """The backbone directory of an atlas root, or ``path`` itself if it is one."""
     path = Path(path)
-    if (path / "model.safetensors").exists() and (path / "config.json").exists():
+    if BackboneFiles(path).exists():
         return path
-    if (path / "backbone" / "model.safetensors").exists():
-        return path / "backbone"
+    if Atlas(path).backbone.weights_path.exists():
+        return Atlas(path).backbone_dir
     raise WeightAtlasError(
         f"{path} holds no trained backbone (config.json + model.safetensors); "
         "run `weightatlas train` first"
@@ -409,15 +409,16 @@ def save_backbone(model: Backbone, out: str | Path, config: dict[str, Any] | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
+    files = BackboneFiles(out)
+    with atomic_path(files.weights_path) as tmp:
         save_file(weights, str(tmp))
-    write_json(out / "config.json", config or {"backbone": to_dict(model.cfg)})
+    write_json(files.config_path, config or {"backbone": to_dict(model.cfg)})
     return out
 
 
 def load_config(path: str | Path) -> BackboneConfig:
     """The BackboneConfig saved in a backbone directory's config.json."""
-    cfg = read_json(Path(path) / "config.json")
+    cfg = read_json(BackboneFiles(Path(path)).config_path)
     if "backbone" not in cfg:
         raise WeightAtlasError(f"{path}/config.json has no 'backbone' section")
     return merge(BackboneConfig(), cfg["backbone"], f"{path}/config.json")
@@ -429,7 +430,7 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
 
     d = find_backbone(path)
     model = Backbone(load_config(d))
-    state = load_file(d / "model.safetensors", device="cpu")
+    state = load_file(BackboneFiles(d).weights_path, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightAtlasError(

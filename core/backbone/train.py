@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from core.atlas import (
     Atlas,
+    BackboneFiles,
     append_jsonl,
     atomic_write_bytes,
     dumps,
@@ -194,7 +195,7 @@ def fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
     )
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = BackboneFiles(out).metrics_path
     pca = bcfg.skip and bcfg.skip_init == "pca"
     if pca:  # the linear path starts as the training tokens' PCA (resume overwrites it)
         model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
@@ -517,7 +518,7 @@ def _restore(
     Returns the step to continue from and the best selection so far (None: none yet).
     """
     latest = out / STATE_DIR / "latest.json"
-    metrics = out / "metrics.jsonl"
+    metrics = BackboneFiles(out).metrics_path
     if resume and latest.exists():
         saved = read_json(out / STATE_DIR / read_json(latest)["dir"] / "state.json")["config"]
         saved = with_defaults(saved)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from core.atlas import Atlas, read_json, read_jsonl
+from core.atlas import Atlas, EmbeddingTables
 from core.collection.facts import run_key
 from core.embeddings.encode import EmbedConfig, embeddings_dir
 from core.errors import WeightAtlasError
@@ -195,17 +195,17 @@ def atlas_distance(
         ``architecture*`` keys when ``architecture`` is given.
     """
     a = Atlas.open(atlas)
-    out = embeddings_dir(a, backbone_dir)
-    z = read_tensors(out / "models.safetensors")["z"].astype(np.float64)
+    out = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    z = read_tensors(out.tensors_path)["z"].astype(np.float64)
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     if v.shape[0] != z.shape[1]:
         raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {z.shape[1]}")
-    info = read_json(out / "info.json") if (out / "info.json").exists() else {}
+    info = out.info()
     if k is None:
         k = int(info.get("config", {}).get("distance_k", EmbedConfig.distance_k))
     if metric is None:
         metric = str(info.get("config", {}).get("distance_metric", EmbedConfig.distance_metric))
-    rows = list(read_jsonl(out / "models.jsonl"))
+    rows = out.models()
     stored = info.get("atlas_distance", {})
     if (
         stored.get("k") == k
@@ -246,7 +246,7 @@ def place_on_map(
     of the map positions of the nearest collected models (cosine distance in embedding space).
     """
     a = Atlas.open(atlas)
-    rdir = embeddings_dir(a, backbone_dir) / "reducers"
+    rdir = EmbeddingTables(embeddings_dir(a, backbone_dir)).reducers_dir
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     pca = read_tensors(rdir / "pca.safetensors")
     if v.shape[0] != pca["mean"].shape[0]:

@@ -46,7 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from core.atlas import Atlas, append_jsonl, atomic_path, write_json
+from core.atlas import Atlas, EmbeddingTables, append_jsonl, atomic_path, write_json
 from core.config import build_config, to_dict
 from core.embeddings.distances import distance_percentile, loo_knn_distances, reference_groups
 from core.embeddings.encode import (
@@ -108,7 +108,7 @@ def embed(
     out = embeddings_dir(a, backbone_dir)
     backbone = open_backbone(a, bdir, cfg.device)
     fp = backbone_fingerprint(bdir)
-    if not (a.tokens_dir / "index.json").exists():
+    if not a.tokens.exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
     store = TokenStore(a.tokens_dir)
     dups = {r["id"] for r in a.manifest() if r.get("duplicate_of")}
@@ -119,7 +119,9 @@ def embed(
     window_, halo_ = resolve_window(cfg, backbone)
     pooled_dim(int(backbone.cfg.latent_dim), cfg.pooling)  # an unknown pooling fails here
     plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n{cfg.pooling}\n" + "\n".join(ids)
-    parts = out / "parts" / hashlib.sha256(plan.encode()).hexdigest()[:16]  # stale parts never mix
+    parts = (
+        EmbeddingTables(out).parts_dir / hashlib.sha256(plan.encode()).hexdigest()[:16]
+    )  # stale parts never mix
     mine = [c for c in range(len(chunks)) if c % w == r]
     for c in tqdm(mine, desc=f"embed rank {r}/{w}", unit="chunk"):
         path = parts / f"part-{c:05d}.safetensors"
@@ -157,7 +159,7 @@ def embed(
     if all((parts / f"part-{c:05d}.safetensors").exists() for c in range(len(chunks))):
         _merge(a, out, parts, chunks, store, cfg, fp)
         if w == 1:  # alone: nobody else may still read the parts
-            shutil.rmtree(out / "parts", ignore_errors=True)
+            shutil.rmtree(EmbeddingTables(out).parts_dir, ignore_errors=True)
     return out
 
 
@@ -233,22 +235,23 @@ def _merge(
         r["atlas_distance"] = float(dist)
         r["atlas_percentile"] = distance_percentile(loo, float(dist))
     maps, reducers = fit_maps(zm, cfg)
-    rdir = out / "reducers"
+    files = EmbeddingTables(out)
+    rdir = files.reducers_dir
     for name, arrays in reducers.items():
         with atomic_path(rdir / f"{name}.safetensors") as tmp:
             save_file(
                 {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp)
             )
     ids = [r["id"] for r in model_rows]
-    with atomic_path(out / "models.safetensors") as tmp:
+    with atomic_path(files.tensors_path) as tmp:
         save_file(tensors, str(tmp), metadata={"backbone": fp})
-    for name, rows in (("models.jsonl", model_rows), ("layers.jsonl", layer_rows)):
-        tmp_path = out / f".{name}.new"
+    for path, rows in ((files.models_path, model_rows), (files.layers_path, layer_rows)):
+        tmp_path = path.with_name(f".{path.name}.new")
         tmp_path.unlink(missing_ok=True)
         append_jsonl(tmp_path, rows)
-        os.replace(tmp_path, out / name)
+        os.replace(tmp_path, path)
     write_json(
-        out / "maps.json",
+        files.maps_path,
         {
             "ids": ids,
             "pca": {i: maps["pca"][k].tolist() for k, i in enumerate(ids)},
@@ -256,7 +259,7 @@ def _merge(
         },
     )
     write_json(
-        out / "info.json",
+        files.info_path,
         {
             "backbone": fp,
             "n_models": len(ids),

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas
+from core.atlas import Atlas, BackboneFiles
 from core.backbone.model import load_backbone, sinusoidal_3d
 from core.config import register_presets
 from core.embeddings.statistics import DEPTH_BINS, depth_pooled
@@ -310,7 +310,7 @@ def summarize(
 def backbone_fingerprint(backbone_dir: Path) -> str:
     """Short sha256 of the backbone weights, so stale parts are never merged."""
     h = hashlib.sha256()
-    with open(backbone_dir / "model.safetensors", "rb") as f:
+    with open(BackboneFiles(backbone_dir).weights_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
@@ -319,7 +319,7 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
 def open_backbone(atlas: Atlas, backbone_dir: str | Path | None, device: str) -> Any:
 
     src = Path(backbone_dir) if backbone_dir is not None else atlas.backbone_dir
-    if not (src / "model.safetensors").exists():
+    if not BackboneFiles(src).weights_path.exists():
         raise WeightAtlasError(f"no trained backbone in {src}; run `weightatlas train` first")
     return load_backbone(src).to(device).eval()
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.atlas import Atlas, read_json, read_jsonl
+from core.atlas import Atlas, EmbeddingTables
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
@@ -100,21 +100,21 @@ class Embeddings:
 def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -> Embeddings:
     """Read ``ATLAS/embeddings/`` (or another backbone's embeddings)."""
     a = Atlas.open(atlas)
-    out = embeddings_dir(a, backbone_dir)
-    t = read_tensors(out / "models.safetensors")
+    out = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    t = read_tensors(out.tensors_path)
     return Embeddings(
         z=t["z"],
         layer_z=t["layer_z"],
         layer_spread=t["layer_spread"],
-        models=list(read_jsonl(out / "models.jsonl")),
-        layers=list(read_jsonl(out / "layers.jsonl")),
+        models=out.models(),
+        layers=out.layers(),
         s_w=t.get("s_w"),
     )
 
 
 def token_scheme(a: Atlas) -> tuple[str, int]:
     """The atlas' token scheme and token size (from the token store index)."""
-    if not (a.tokens_dir / "index.json").exists():
+    if not a.tokens.exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
     idx = read_index(a.tokens_dir)
     if not isinstance(idx.get("scheme"), str) or not isinstance(idx.get("token_size"), int):
@@ -132,10 +132,10 @@ def embedded_pooling(
     ``embeddings/info.json``; ``"mean"`` for embeddings written before the field existed), or
     None when the atlas has no embeddings for this backbone yet."""
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
-    info = embeddings_dir(a, backbone_dir) / "info.json"
-    if not info.exists():
+    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    if not tables.info_path.exists():
         return None
-    return str((read_json(info).get("config") or {}).get("pooling", "mean"))
+    return str((tables.info().get("config") or {}).get("pooling", "mean"))
 
 
 def embed_model_dir(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, write_json
+from core.atlas import Atlas, BackboneFiles, append_jsonl, atomic_write_bytes, read_json, write_json
 from core.backbone.config import build_configs, with_defaults
 from core.backbone.model import load_config
 from core.backbone.train import train
@@ -187,7 +187,7 @@ def trained_steps(backbone_dir: str | Path) -> int:
 def same_run(backbone_dir: str | Path, preset: str, overrides: dict[str, Any]) -> bool:
     """Whether ``backbone_dir`` holds a run of exactly this preset and these overrides."""
 
-    path = Path(backbone_dir) / "config.json"
+    path = BackboneFiles(Path(backbone_dir)).config_path
     if not path.exists():
         return False
     saved = with_defaults(read_json(path))  # fields added since: their defaults
@@ -228,7 +228,7 @@ def train_backbone(
     if cfg.latent_dim is not None:
         full.setdefault("latent_dim", cfg.latent_dim)
     same = same_run(out, cfg.backbone_preset, full)
-    if same and (out / "model.safetensors").exists() and trained_steps(out) >= cfg.steps:
+    if same and BackboneFiles(out).weights_path.exists() and trained_steps(out) >= cfg.steps:
         return out
     train(a.root, cfg.backbone_preset, overrides=full, out=out, resume=same)
     return out
@@ -495,7 +495,7 @@ def run_mln(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str, Any]:
     base = a
     if cfg.mln_zoo:
         base = sibling_atlas(a, "mln-" + cfg.mln_zoo.replace("/", "-"), zoo_rows(a, cfg.mln_zoo))
-        if not (base.tokens_dir / "index.json").exists() or not base.info().get("token_size"):
+        if not base.tokens.exists() or not base.info().get("token_size"):
             index = read_index(a.tokens_dir)
             tokenize(base.root, scheme=index["scheme"], token_size=index["token_size"],
                      progress=False)  # fmt: skip
@@ -662,7 +662,7 @@ def mln_figure(
     if not picked:
         raise WeightAtlasError(f"{model_id} has no conv, norm or linear layer to plot")
     modes = tuple(
-        m for m in modes if (backbone_path(a, arm_name(m)) / "model.safetensors").exists()
+        m for m in modes if BackboneFiles(backbone_path(a, arm_name(m))).weights_path.exists()
     )
     if not modes:
         raise WeightAtlasError("no MLN ablation backbones trained yet; run run_mln first")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas, append_jsonl, atomic_path, read_json, write_json
+from core.atlas import Atlas, BackboneFiles, append_jsonl, atomic_path, read_json, write_json
 from core.backbone.train import train
 from core.collection.collect import collect
 from core.config import build_config, register_presets
@@ -161,9 +161,10 @@ def export_demo(
         for name in KEEP_DIRS:
             if (source.root / name).exists():
                 shutil.copytree(source.root / name, tmp / name, ignore=_ignore(source.root))
+        shipped = Atlas(tmp)
         for f in [
-            tmp / "backbone" / "model.safetensors",
-            *tmp.glob("backbones/*/model.safetensors"),
+            shipped.backbone.weights_path,
+            *tmp.glob(f"backbones/*/{BackboneFiles.WEIGHTS}"),
         ]:
             if f.exists():
                 shrink_weights(f, backbone_dtype)
@@ -183,14 +184,14 @@ def export_demo(
             else:
                 row["path"] = None  # weights not shipped with the demo
             rows.append(row)
-        append_jsonl(tmp / "manifest.jsonl", rows)
+        append_jsonl(shipped.manifest_path, rows)
         info = strip_machine_paths(source.info(), source.root)
         info["demo"] = {
             "source": str(Path(src).resolve().name),
             "weights_kept": sorted(kept),
             "backbone_weights_dtype": backbone_dtype,
         }
-        write_json(tmp / "atlas.json", info)
+        write_json(shipped.info_path, info)
         # a token store of the kept models, in the source's scheme: the Layers page reconstructs
         # them and "Embed a model" tokenizes new folders alike
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas, atomic_write_bytes, read_json, read_jsonl
+from core.atlas import Atlas, BackboneFiles, atomic_write_bytes, read_json, read_jsonl
 from core.catalog import map_table
 from core.errors import WeightAtlasError
 from core.manifest import as_row
@@ -148,7 +148,7 @@ def collection_table(atlas: str | Path | Atlas) -> Path:
 def token_stats(atlas: str | Path | Atlas) -> dict[str, Any]:
     """``tokens/stats.json`` plus ``disk_bytes`` (size of the shard files on disk)."""
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
-    path = a.tokens_dir / "stats.json"
+    path = a.tokens.stats_path
     if not path.exists():
         raise WeightAtlasError(f"{a.root} has no token statistics; run `weightatlas tokenize`")
     stats = read_json(path)
@@ -174,7 +174,7 @@ def tokens_table(atlas: str | Path | Atlas) -> Path:
 
 def read_metrics(backbone_dir: str | Path) -> list[dict[str, Any]]:
     """Rows of a backbone's ``metrics.jsonl`` (empty if it was never trained)."""
-    return list(read_jsonl(Path(backbone_dir) / "metrics.jsonl"))
+    return list(read_jsonl(BackboneFiles(Path(backbone_dir)).metrics_path))
 
 
 def _last(rows: list[dict[str, Any]], *keys: str) -> int | float | None:
@@ -214,8 +214,7 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     s = training_summary(bdir)
-    cfg_path = bdir / "config.json"
-    cfg = read_json(cfg_path) if cfg_path.exists() else {}
+    cfg = BackboneFiles(bdir).config()
     rows = [
         ["steps", s["steps"]],
         ["train loss (first log)", s["first_loss"]],

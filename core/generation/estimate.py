@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.atlas import Atlas
+from core.atlas import Atlas, EmbeddingTables
 from core.config import build_config
 from core.embeddings.encode import embeddings_dir, open_backbone, resolve_window
 from core.embeddings.table import token_scheme
@@ -147,7 +147,7 @@ def estimate_sample(
     found = list(prompts) if prompts else atlas_prompts(a, target, cfg.max_prompts)
     e = len(found) if found else cfg.n_prompts
     rounds = 1 + cfg.bootstrap_rounds
-    placed = (embeddings_dir(a, backbone_dir) / "models.safetensors").exists()
+    placed = EmbeddingTables(embeddings_dir(a, backbone_dir)).tensors_path.exists()
     passes = {
         "encode": e,  # the prompts (their latents are reused for the draws)
         "decode": e + rounds * cfg.n,  # the round trip of the prompts, then every draw

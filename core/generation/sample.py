@@ -62,7 +62,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.atlas import Atlas, EmbeddingTables, atomic_write_bytes, write_json
 from core.collection.specs import spec_label
 from core.config import build_config, to_dict
 from core.embeddings.distances import atlas_distance, model_architecture
@@ -293,7 +293,7 @@ def generated_atlas_distance(
         embeddings for this backbone (``weightatlas embed`` not run).
     """
 
-    if not (embeddings_dir(a, backbone_dir) / "models.safetensors").exists():
+    if not EmbeddingTables(embeddings_dir(a, backbone_dir)).tensors_path.exists():
         return {}
     ecfg = build_config(EmbedConfig, EMBED_PRESETS, "ci", overrides={"device": cfg.device})
     v = embed_model_dir_full(

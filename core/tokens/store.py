@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.atlas import read_json, read_jsonl
+from core.atlas import TokenTable, read_json, read_jsonl
 from core.errors import WeightAtlasError
 from core.tokens.schemes import LayerEntry, Tokenized
 from core.tokens.shards import model_checksum, read_shard
@@ -35,10 +35,11 @@ def read_index(tokens_dir: str | Path) -> dict[str, Any]:
     """
     tokens_dir = Path(tokens_dir)
     index: dict[str, Any] = {"scheme": None, "token_size": None, "models": {}, "failed": {}}
-    if (tokens_dir / "index.json").exists():
-        index.update(read_json(tokens_dir / "index.json"))
+    table = TokenTable(tokens_dir)
+    if table.exists():
+        index.update(read_json(table.index_path))
     rows = []
-    for part in sorted((tokens_dir / "parts").glob("*.jsonl")):
+    for part in sorted(table.parts_dir.glob("*.jsonl")):
         rows.extend(read_jsonl(part))
     rows.sort(key=lambda r: (r.get("status") != "ok", r.get("shard", ""), r["id"]))
     for r in rows:

@@ -42,7 +42,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from core.atlas import Atlas, append_jsonl, atomic_write_bytes, dumps, read_jsonl, write_json
+from core.atlas import (
+    Atlas,
+    TokenTable,
+    append_jsonl,
+    atomic_write_bytes,
+    dumps,
+    read_jsonl,
+    write_json,
+)
 from core.config import build_config, register_presets
 from core.errors import RejectedModel, WeightAtlasError
 from core.tokens.plan import ModelPlan, apply_plan, open_source, plan_dir, safetensors_files
@@ -189,7 +197,7 @@ def tokenize(
     rows = sorted((r for r in atlas.accepted() if r.get("path")), key=lambda r: r["id"])
     groups = [g for i, g in enumerate(_groups(rows, atlas, cfg.shard_bytes)) if i % world == rank]
     mine = [todo for g in groups if (todo := [r for r in g if r["id"] not in done])]
-    part = tokens_dir / "parts" / f"rank-{rank:05d}.jsonl"
+    part = TokenTable(tokens_dir).parts_dir / f"rank-{rank:05d}.jsonl"
     meta = {"format": "pt", "scheme": scheme, "token_size": str(token_size)}
     bar = tqdm(
         total=sum(len(g) for g in mine),
@@ -223,14 +231,15 @@ def _forget_missing_shards(tokens_dir: Path, index: dict[str, Any]) -> dict[str,
     }
     if not gone:
         return index
-    for part in sorted((tokens_dir / "parts").glob("*.jsonl")):
+    table = TokenTable(tokens_dir)
+    for part in sorted(table.parts_dir.glob("*.jsonl")):
         rows = list(read_jsonl(part))
         keep = [r for r in rows if not (r.get("status") == "ok" and r.get("id") in gone)]
         if len(keep) != len(rows):
             atomic_write_bytes(part, "".join(dumps(r) + "\n" for r in keep).encode())
     index["models"] = {k: v for k, v in index["models"].items() if k not in gone}
-    if (tokens_dir / "index.json").exists():
-        write_json(tokens_dir / "index.json", index)
+    if table.exists():
+        write_json(table.index_path, index)
     return read_index(tokens_dir)
 
 
@@ -400,9 +409,9 @@ def merge_index(atlas: str | Path | Atlas) -> dict[str, Any]:
         index = read_index(atlas.tokens_dir)
         index["models"] = dict(sorted(index["models"].items()))
         index["failed"] = dict(sorted(index["failed"].items()))
-        write_json(atlas.tokens_dir / "index.json", index)
+        write_json(atlas.tokens.index_path, index)
         stats = index_stats(index)
-        write_json(atlas.tokens_dir / "stats.json", stats)
+        write_json(atlas.tokens.stats_path, stats)
         again = read_index(atlas.tokens_dir)
         if again["models"].keys() == index["models"].keys() and again["failed"] == index["failed"]:
             break
