@@ -76,7 +76,7 @@ def sw_features(atlas: Atlas, ids: list[str], emb: Any = None) -> np.ndarray | N
     if emb is not None and getattr(emb, "s_w", None) is not None:
         rows = {r["id"]: r["row"] for r in emb.models}
         return emb.s_w[[rows[i] for i in ids]].astype(np.float64)
-    if not (atlas.tokens_dir / "index.json").exists():
+    if not atlas.tokens.exists():
         return None
     store = TokenStore(atlas.tokens_dir)
     have = set(store.ids)
