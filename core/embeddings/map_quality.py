@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, atomic_write_bytes, read_json, write_json
+from core.atlas import Atlas, EmbeddingTables, atomic_write_bytes, read_json, write_json
 from core.embeddings.distances import pairwise_distances, reference_groups
 from core.embeddings.encode import embeddings_dir
 from core.embeddings.statistics import sw_features
 from core.embeddings.table import load_embeddings
 from core.errors import WeightAtlasError
+from core.manifest import as_row
 
 # Shapes: M models, F features.
 
@@ -198,21 +199,12 @@ def reference_figures(
     }
 
 
-def _test_accuracy(row: dict[str, Any]) -> float | None:
-    labels = row.get("labels") or {}
-    for v in (labels.get("test_accuracy"), (row.get("metrics") or {}).get("test_accuracy")):
-        if isinstance(v, int | float) and np.isfinite(v):
-            return float(v)
-    return None
-
-
 def embeddings_stamp(atlas: Atlas, backbone_dir: str | Path | None = None) -> str:
     """Short sha256 of the embeddings table and maps: a cached map quality is reused only for
     the very embeddings it was computed from."""
-    out = embeddings_dir(atlas, backbone_dir)
+    out = EmbeddingTables(embeddings_dir(atlas, backbone_dir))
     h = hashlib.sha256()
-    for name in ("models.safetensors", "maps.json", "models.jsonl"):
-        path = out / name
+    for path in (out.tensors_path, out.maps_path, out.models_path):
         if path.exists():
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -246,8 +238,8 @@ def map_quality(
     groups = reference_groups(a, ids)
     family = [r.get("family") or (r.get("labels") or {}).get("family") for r in rows]
     task = [(r.get("labels") or {}).get("task") for r in rows]
-    accuracy = [_test_accuracy(r) for r in rows]
-    info = read_json(out / "info.json") if (out / "info.json").exists() else {}
+    accuracy = [as_row(r).accuracy for r in rows]
+    info = EmbeddingTables(out).info()
     metric = str(info.get("config", {}).get("distance_metric", "zscore"))
 
     def figures(x: np.ndarray, how: str) -> dict[str, Any]:
@@ -261,7 +253,8 @@ def map_quality(
         return {**knn_figures(rows, groups, family, task, accuracy, k), "dims": int(x.shape[1])}
 
     spaces: dict[str, Any] = {"embedding": figures(emb.z, metric)}
-    maps = read_json(out / "maps.json") if (out / "maps.json").exists() else {}
+    maps_path = EmbeddingTables(out).maps_path
+    maps = read_json(maps_path) if maps_path.exists() else {}
     for name in ("umap", "pca"):
         coords = maps.get(name) or {}
         if all(i in coords for i in ids):
