@@ -19,9 +19,8 @@ from core.atlas import Atlas
 from core.models.families import FAMILIES
 from core.models.io import load_model_dir
 from core.models.registry import logits
+from core.models.taskinfo import CLS_ID, PAD_ID
 from core.zoos.tasks import (
-    CLS_ID,
-    PAD_ID,
     SEQUENCE_TASKS,
     bracket_sequences,
     evaluate,
