@@ -186,6 +186,66 @@ class Atlas:
         ]
 
 
+WORKSPACE_ENV = "WEIGHTATLAS_WORKSPACE"
+
+
+def workspace_root() -> Path:
+    """The user's workspace: ``$WEIGHTATLAS_WORKSPACE``, else ``~/.cache/weightatlas/workspace``
+    (``$XDG_CACHE_HOME`` honoured). The app's generated models and the list of known atlases
+    live there, never inside an atlas."""
+    env = os.environ.get(WORKSPACE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return (Path(cache).expanduser() / "weightatlas" / "workspace").resolve()
+
+
+class KnownAtlases:
+    """The atlases this user's pipeline stages ran on: ``WORKSPACE/atlases.json``, most recent
+    first, at most :attr:`LIMIT` absolute paths. The app resolves a typed relative name
+    (``my-atlas``) against it, so the name works whichever folder the app was started from."""
+
+    FILE = "atlases.json"
+    LIMIT = 50
+
+    def __init__(self, root: str | Path | None = None):
+        self.path = Path(root if root is not None else workspace_root()) / self.FILE
+
+    def paths(self) -> list[Path]:
+        """Known atlas directories, most recent first (unreadable file: none)."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        items = data.get("atlases") if isinstance(data, dict) else None
+        return [Path(p) for p in items or [] if isinstance(p, str) and Path(p).is_absolute()]
+
+    def add(self, root: str | Path) -> None:
+        """Record ``root`` (an atlas directory) as the most recent; silent where the workspace
+        cannot be written (a read-only home must not fail a stage)."""
+        path = Path(root).expanduser().resolve()
+        if not (path / "atlas.json").is_file():
+            return
+        known = [path, *[p for p in self.paths() if p != path]][: self.LIMIT]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, {"atlases": [str(p) for p in known]})
+        except OSError:
+            pass
+
+    def find(self, text: str) -> list[Path]:
+        """Known atlases whose path ends with the relative path ``text`` and that still are
+        atlases, most recent first."""
+        parts = Path(text).parts
+        if not parts or Path(text).is_absolute():
+            return []
+        return [
+            p
+            for p in self.paths()
+            if p.parts[-len(parts) :] == parts and (p / "atlas.json").is_file()
+        ]
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -38,6 +38,7 @@ from core.atlas import (
     BackboneFiles,
     CorruptLineWarning,
     EmbeddingTables,
+    KnownAtlases,
     atomic_write_bytes,
     dumps,
     read_jsonl,
@@ -79,6 +80,12 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the result as JSON (for scripts) instead of the short summary",
     )
+
+
+# the one default preset of the stages that build an atlas of your models (collect, train,
+# embed, evaluate): ``ci`` is the explicit smoke test (``--preset ci``); ``zoo`` and
+# ``pipeline`` keep ``ci``, their own smoke-test runs
+USER_PRESET = "demo"
 
 
 def add_config_flags(
@@ -212,7 +219,7 @@ def add_collect_cli(p: argparse.ArgumentParser) -> None:
         "--n-val", type=int, default=None, help="stop once this many val models are accepted"
     )
     p.add_argument("--workers", type=int, default=None, help="concurrent candidates")
-    add_config_flags(p, "collect", "demo")
+    add_config_flags(p, "collect", USER_PRESET)
     p.add_argument(
         "--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)"
     )
@@ -331,7 +338,9 @@ def train_summary_text(summary: dict[str, Any], atlas: str | Path, preset: str) 
     if preset == "ci":
         lines.append("note: preset ci is a smoke test; use --preset demo or larger for a map")
     lines.append(f"backbone written to {out}")
-    lines.append(f"next: weightatlas embed {atlas}")
+    default_out = Atlas(Path(atlas)).backbone_dir
+    own = str(out) and out.resolve() != default_out.resolve()
+    lines.append(f"next: weightatlas embed {atlas}" + (f" --backbone {out}" if own else ""))
     return "\n".join(lines)
 
 
@@ -339,7 +348,7 @@ def add_train_cli(p: argparse.ArgumentParser) -> None:
     """Flags of ``weightatlas train``."""
 
     p.add_argument("atlas", help="atlas directory (collected and tokenized)")
-    add_config_flags(p, "train", "ci", "BackboneConfig/TrainConfig")
+    add_config_flags(p, "train", USER_PRESET, "BackboneConfig/TrainConfig")
     p.add_argument("--out", default=None, help="output dir (default ATLAS/backbone)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     add_json_flag(p)
@@ -370,7 +379,7 @@ def add_embed_cli(p: argparse.ArgumentParser) -> None:
 
     add_json_flag(p)
     p.add_argument("atlas", help="atlas directory (tokenized, with a trained backbone)")
-    add_config_flags(p, "embed", "ci")
+    add_config_flags(p, "embed", USER_PRESET)
     p.add_argument("--model", default=None, help="embed one model directory or Hub id instead")
     p.add_argument("--k", type=int, default=5, help="neighbours to list with --model")
     p.add_argument("--window", type=int, default=None, help="tokens per encoder pass")
@@ -469,7 +478,7 @@ def run_embed_cli(args: argparse.Namespace) -> int:
 def add_evaluate_cli(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("atlas", help="an embedded atlas directory")
-    add_config_flags(p, "probe", "ci")
+    add_config_flags(p, "probe", USER_PRESET)
     p.add_argument("--backbone", default=None, help="probe another backbone's embeddings")
     p.add_argument(
         "--layers",
@@ -956,7 +965,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; expected errors become one line on stderr and exit code 2."""
     try:
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        if rc == 0 and isinstance(getattr(args, "atlas", None), str | Path):
+            KnownAtlases().add(args.atlas)  # the app finds it by name from any folder
+        return rc
     except DiskFullError as e:
         print(f"weightatlas {args.command}: {printable(e)}", file=sys.stderr)
         return 2

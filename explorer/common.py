@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.atlas import Atlas, AtlasError
+from core.atlas import Atlas, AtlasError, KnownAtlases
 from core.catalog import MapTable, layer_rows_by_model, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,12 +83,22 @@ def wait_for_imports() -> None:
 
 
 def resolve_atlas(text: str) -> Path:
-    """The directory a typed atlas path means (``~`` expanded; a relative path that is not in
-    the working directory is taken relative to the repository, so ``assets/demo`` works from
-    anywhere)."""
+    """The directory a typed atlas path means, whichever folder the app was started from.
+
+    ``~`` is expanded and an absolute path taken as it is. A relative one is looked up, in
+    order: in the app's working directory; among the atlases this user's pipeline stages ran
+    on (``core.atlas.KnownAtlases``, most recent first: ``weightatlas collect my-atlas`` run in
+    any folder makes ``my-atlas`` work here); in the repository (``assets/demo``). Not found:
+    the working directory's path (the page then says it is not an atlas).
+    """
     p = Path(text.strip()).expanduser()
-    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
-        p = ROOT / p
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    known = KnownAtlases().find(str(p))
+    if known:
+        return known[0]
+    if (ROOT / p).exists():
+        return (ROOT / p).resolve()
     return p.resolve()
 
 
@@ -160,8 +170,14 @@ def atlas_picker_ui() -> str:
             key=key,
             on_change=_take_atlas_input,
             args=(key,),
-            help="Any directory written by the pipeline (`weightatlas collect` ... `embed`).",
+            help="Any directory written by the pipeline (`weightatlas collect` ... `embed`). "
+            "A relative name is looked up in the folder the app was started from, then among "
+            "the atlases your `weightatlas` commands ran on (from any folder), then in the "
+            "repository.",
         )
+        typed = str(st.session_state.atlas_path).strip()
+        if typed and not Path(typed).expanduser().is_absolute():
+            st.caption(f"Opens `{display_path(resolve_atlas(typed))}`")
         if resolve_atlas(st.session_state.atlas_path) != resolve_atlas(DEFAULT_ATLAS):
             st.button(
                 "Back to the demo atlas"

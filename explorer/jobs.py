@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas
+from core.atlas import WORKSPACE_ENV, Atlas, workspace_root  # noqa: F401 (re-exported)
 from core.errors import WeightAtlasError
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 
@@ -108,18 +108,6 @@ class Job:
             self.proc.wait()
         except ProcessLookupError:
             pass
-
-
-WORKSPACE_ENV = "WEIGHTATLAS_WORKSPACE"
-
-
-def workspace_root() -> Path:
-    """The user's workspace: ``$WEIGHTATLAS_WORKSPACE``, else ``~/.cache/weightatlas/workspace``."""
-    env = os.environ.get(WORKSPACE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser().resolve()
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
-    return (Path(cache).expanduser() / "weightatlas" / "workspace").resolve()
 
 
 def atlas_workspace(atlas: str | Path) -> Path:

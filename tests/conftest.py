@@ -25,6 +25,20 @@ from core.tokens.tokenize import tokenize
 from core.zoos.zoo import zoo
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The user's workspace (``~/.cache/weightatlas/workspace``: the app's generated models and
+    the list of known atlases) is a temporary folder for the whole run, subprocesses included:
+    the tests left an empty workspace folder in the user's cache (issue 27)."""
+    import os
+    import tempfile
+
+    if not os.environ.get("WEIGHTATLAS_TEST_WORKSPACE"):
+        tmp = tempfile.mkdtemp(prefix="weightatlas-test-workspace-")
+        os.environ["WEIGHTATLAS_TEST_WORKSPACE"] = tmp
+        os.environ["WEIGHTATLAS_WORKSPACE"] = tmp
+        config.add_cleanup(lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
 @dataclass(frozen=True)
 class AtlasSpec:
     """What a tiny zoo trains: families x ``task:runs``, epochs, kept checkpoints."""

@@ -188,3 +188,40 @@ def test_a_corrupt_manifest_line_warns_with_its_number(tmp_path, capsys):
         f"weightatlas tokenize: warning: {atlas.manifest_path} line 3 is not a JSON object; "
         "skipped (its row is ignored)"
     )
+
+
+def test_known_atlases_find_a_name_from_any_folder(tmp_path, monkeypatch):
+    """Issue 27: a stage run on ``my-atlas`` in one folder records it; the app's sidebar then
+    resolves ``my-atlas`` started from any other folder (its working directory first)."""
+    from core.atlas import KnownAtlases
+    from core.cli import main
+    from explorer.common import resolve_atlas
+
+    monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    zoo_dir = tmp_path / "empty-source"
+    zoo_dir.mkdir()
+    assert main(["collect", "my-atlas", "--source", str(zoo_dir), "--no-progress"]) == 0
+    assert KnownAtlases().paths() == [(work / "my-atlas").resolve()]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve_atlas("my-atlas") == (work / "my-atlas").resolve()
+    (elsewhere / "my-atlas").mkdir()  # the working directory's own folder comes first
+    assert resolve_atlas("my-atlas") == (elsewhere / "my-atlas").resolve()
+    assert resolve_atlas("assets/demo").parts[-2:] == ("assets", "demo")
+    assert KnownAtlases().find("nope") == []
+
+
+def test_the_suite_keeps_out_of_the_users_workspace():
+    """conftest points the workspace at a temporary folder for the whole run (subprocesses
+    included), so no test leaves a folder in ``~/.cache/weightatlas``."""
+    import os
+
+    from core.atlas import workspace_root
+
+    tmp = os.environ["WEIGHTATLAS_TEST_WORKSPACE"]
+    assert workspace_root() == Path(tmp).resolve()
+    assert not workspace_root().is_relative_to(Path.home() / ".cache")

@@ -367,3 +367,13 @@ def test_own_transformers_models_get_the_tasks_they_take_with_adapted_inputs(tmp
     assert unscored.task is None and "no task chosen" in str(unscored.note)
     with pytest.raises(TargetError, match="built for a task"):
         resolve_target("zoo:mlp", "dense", 64, task=NO_TASK)
+
+
+@pytest.mark.parametrize("extra", [[], ["--evaluate"]])
+def test_sample_refuses_a_missing_atlas_before_any_progress_bar(tmp_path, capfd, extra):
+    """Issue 27: one error line, no progress bar drawn first."""
+    assert main(["sample", str(tmp_path / "nowhere"), "--arch", "zoo:mlp", *extra]) == 2
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [
+        f"weightatlas sample: error: {tmp_path / 'nowhere'} is not a directory"
+    ]

@@ -121,7 +121,8 @@ def test_exact_resume_after_sigkill(atlas, tmp_path, dtype):
 
     out = tmp_path / "killed"
     args = [a for k, v in over.items() for a in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "core.cli", "train", str(atlas.root), "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "core.cli", "train", str(atlas.root), "--out", str(out)]
+    cmd += ["--preset", "ci", *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "train_state" / "latest.json"
     deadline = time.time() + 120
@@ -178,7 +179,7 @@ def test_torchrun_two_processes_match_one_process(atlas, tmp_path, dtype, rtol):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "core.cli", "train", str(atlas.root), "--out", str(ddp),
+        "-m", "core.cli", "train", str(atlas.root), "--out", str(ddp), "--preset", "ci",
         *[a for k, v in over.items() for a in ("--set", f"{k}={v}")],
     ]  # fmt: skip
     env = {**_env(), "OMP_NUM_THREADS": "1"}
@@ -473,3 +474,26 @@ def test_linear_code_bounds_grow_with_the_latent_and_are_exact_at_full_width(atl
     assert fig.stat().st_size > 10_000 and fig.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(AtlasError, match="not a directory"):
         linear_code_bounds(tmp_path / "nowhere")
+
+
+def test_train_summary_next_command_uses_the_out_folder(tmp_path):
+    """Issue 27: after ``train --out X`` the next command embeds with X, not ATLAS/backbone."""
+    from core.atlas import Atlas
+    from core.cli import train_summary_text
+
+    atlas = Atlas.create(tmp_path / "atlas")
+    other = tmp_path / "runs" / "bb"
+    text = train_summary_text({"out": str(other), "steps": 1}, atlas.root, "demo")
+    assert text.splitlines()[-1] == f"next: weightatlas embed {atlas.root} --backbone {other}"
+    text = train_summary_text({"out": str(atlas.backbone_dir), "steps": 1}, atlas.root, "demo")
+    assert text.splitlines()[-1] == f"next: weightatlas embed {atlas.root}"
+
+
+def test_stages_of_your_own_atlas_share_one_default_preset():
+    """Issue 27: collect, train, embed and evaluate default to the same preset (demo)."""
+    from core.cli import USER_PRESET, build_parser
+
+    parser = build_parser()
+    for stage in ("collect", "train", "embed", "evaluate"):
+        args = parser.parse_args([stage, "ATLAS"])
+        assert args.preset == USER_PRESET == "demo", stage
