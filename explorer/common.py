@@ -137,17 +137,18 @@ An **atlas** is one directory holding a collection of trained models and what We
 learned from their weights: the manifest of models, their weight tokens, one backbone
 (an autoencoder over weights) and every model's embedding with 2-D maps. The app only reads it.
 
-**Your own models** (safetensors weights only; transformers or timm image classifiers and
-the zoo's models; no pickles, no remote code, at most 350 M parameters):
+**Your own models** (safetensors weights only; transformers or timm models, vision and text,
+and the zoo's models; no pickles, no remote code, at most 350 M parameters):
 
 ```bash
 weightatlas collect ATLAS --source hf-cache
 weightatlas tokenize ATLAS
-weightatlas train ATLAS --preset demo
+weightatlas train ATLAS
 weightatlas embed ATLAS
 ```
 
-then type `ATLAS` above. Details: """
+then type `ATLAS` above (from any folder: the atlases your commands ran on are remembered).
+Details: """
             + README_SECTION
             + " and docs/collect.md."
         )

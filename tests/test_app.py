@@ -58,6 +58,7 @@ def test_not_an_atlas_shows_how_to_build_one(tmp_path):
     assert at.title[0].value == "No atlas to show yet"
     assert str(tmp_path / "nowhere") in at.error[0].value
     assert "weightatlas collect ATLAS --source hf-cache" in texts(at)
+    assert "image classifiers" not in texts(at) and "vision and text" in texts(at)  # as README
     # the demo exists: a way back to it, in the page and in the sidebar
     assert at.button(key="no_atlas_back").label.startswith("Open the demo atlas")
     at.button(key="no_atlas_back").click().run()

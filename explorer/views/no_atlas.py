@@ -44,19 +44,19 @@ weightatlas demo --out assets/demo
 st.markdown(
     f"""
 **Make an atlas of your own models**: models already in your Hugging Face cache (safetensors
-weights of transformers or timm image classifiers, or the zoo's models; pickled weights and
+weights of transformers or timm models, vision and text, or the zoo's models; pickled weights and
 remote code are refused, each with a reason in the manifest):
 
 ```bash
 weightatlas collect ATLAS --source hf-cache   # or --source hub, or a folder
 weightatlas tokenize ATLAS
-weightatlas train ATLAS --preset demo
+weightatlas train ATLAS
 weightatlas embed ATLAS
 ```
 
 or a small zoo trained here (`weightatlas zoo --preset ci --out ZOO`, then
 `weightatlas collect ATLAS --source ZOO` and the same three stages). Then type `ATLAS` into the
-sidebar, or start the app with `WEIGHTATLAS_ATLAS=ATLAS`. More: {README_SECTION}.
+sidebar (from any folder: the atlases your commands ran on are remembered), or start the app with `WEIGHTATLAS_ATLAS=ATLAS`. More: {README_SECTION}.
 """
 )
 if DEMO_ATLAS.exists():
