@@ -9,6 +9,7 @@ embed, evaluate and app tests share: mlp and cnn on wine and digits10, three run
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,3 +98,30 @@ def atlas_factory(tmp_path_factory) -> Callable[[AtlasSpec, Backbone | None], Pa
         return atlas
 
     return make
+
+
+def tiny_hf_cache(cache: Path) -> dict[str, Path]:
+    """A Hugging Face cache (``models--ORG--NAME/snapshots/REV``) of three tiny transformers
+    models built here: a ViT without head (3 channels, 32 px), a ViT classifier with 10 labels
+    (3 channels, 32 px) and a BERT without head."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification, ViTModel
+
+    vit = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    vit.update(image_size=32, patch_size=8, num_channels=3)
+    bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    bert.update({"intermediate_size": 64, "max_position_embeddings": 64})
+    models = {
+        "tiny/vit-features": ViTModel(ViTConfig(**vit)),
+        "tiny/vit-classifier": ViTForImageClassification(ViTConfig(**vit, num_labels=10)),
+        "tiny/bert-features": BertModel(bert),
+    }
+    out = {}
+    for repo, model in models.items():
+        torch.manual_seed(0)
+        rev = hashlib.sha1(repo.encode()).hexdigest()  # a commit-hash-like folder name
+        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
+        model.save_pretrained(snap)  # config.json + model.safetensors
+        (snap.parent.parent / "refs").mkdir()
+        (snap.parent.parent / "refs" / "main").write_text(rev)
+        out[repo] = snap
+    return out

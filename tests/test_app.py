@@ -20,6 +20,7 @@ pytest.importorskip("streamlit")
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the explorer package lives beside core, outside the wheel
+from conftest import tiny_hf_cache  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from core.catalog import map_table, next_stage, zip_dir, zoo_sizes  # noqa: E402
@@ -545,33 +546,6 @@ def test_strip_machine_paths_for_shipped_files(tmp_path):
     }
 
 
-def _tiny_hf_cache(cache: Path) -> dict[str, Path]:
-    """A Hugging Face cache (``models--ORG--NAME/snapshots/REV``) of three tiny transformers
-    models built here: a ViT without head (3 channels, 32 px), a ViT classifier with 10 labels
-    (3 channels, 32 px) and a BERT without head."""
-    from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification, ViTModel
-
-    vit = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    vit.update(image_size=32, patch_size=8, num_channels=3)
-    bert = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
-    bert.update({"intermediate_size": 64, "max_position_embeddings": 64})
-    models = {
-        "tiny/vit-features": ViTModel(ViTConfig(**vit)),
-        "tiny/vit-classifier": ViTForImageClassification(ViTConfig(**vit, num_labels=10)),
-        "tiny/bert-features": BertModel(bert),
-    }
-    out = {}
-    for repo, model in models.items():
-        torch.manual_seed(0)
-        rev = f"{abs(hash(repo)) % 16**12:012x}{'0' * 28}"
-        snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
-        model.save_pretrained(snap)  # config.json + model.safetensors
-        (snap.parent.parent / "refs").mkdir()
-        (snap.parent.parent / "refs" / "main").write_text(rev)
-        out[repo] = snap
-    return out
-
-
 @needs_demo
 def test_generate_page_takes_your_own_transformers_models(monkeypatch, tmp_path):
     """Issue 27: a model folder of one's own (HF cache layout) gets the tasks it runs on (a
@@ -579,7 +553,7 @@ def test_generate_page_takes_your_own_transformers_models(monkeypatch, tmp_path)
     so) or none (unscored, the default where it takes none); no red error, no CLI flags, and
     the folder is named by its repo id, not its snapshot hash."""
     monkeypatch.setenv("WEIGHTATLAS_WORKSPACE", str(tmp_path / "ws"))
-    snaps = _tiny_hf_cache(tmp_path / "hub")
+    snaps = tiny_hf_cache(tmp_path / "hub")
     at = app_on(DEMO, timeout=180)
     at.switch_page("views/generate.py").run()
     at.segmented_control(key="gen_kind").set_value("transformers config").run()

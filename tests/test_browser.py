@@ -332,3 +332,73 @@ def test_not_an_atlas_page_offers_the_way_back(browser, tmp_path):
             page.get_by_role("heading", name="Atlas").first.wait_for()
         assert not errors, errors
         page.close()
+
+
+@pytest.fixture(scope="module")
+def own_atlas(tmp_path_factory) -> Path:
+    """An atlas of one's own HF cache: three tiny transformers models built here (no download),
+    collected from the cache folder, tokenized, with an untrained ci backbone."""
+    from conftest import ci_backbone, tiny_hf_cache
+
+    from core.atlas import Atlas
+    from core.backbone.model import save_backbone
+    from core.collection.collect import collect
+    from core.tokens.tokenize import tokenize
+
+    root = tmp_path_factory.mktemp("own")
+    tiny_hf_cache(root / "hub")
+    atlas = root / "atlas"
+    collect(atlas, overrides={"source": str(root / "hub")}, progress=False)
+    tokenize(atlas, token_size=64, progress=False)
+    save_backbone(ci_backbone(64), Atlas(atlas).backbone_dir)
+    return atlas
+
+
+def test_generation_from_your_own_transformers_model(browser, own_atlas, tmp_path):
+    """Issue 27: the Generate page generates from a transformers model collected from an HF
+    cache: a ViT classifier built for 3-channel 32 px images, on digits10 (grey copied to RGB,
+    resized; said so), named by its repo id; and a BERT without head, unscored. Nothing is
+    fetched from outside this server (the favicon included)."""
+    outside: list[str] = []
+    with AppServer(APP, own_atlas, env={"WEIGHTATLAS_WORKSPACE": str(tmp_path / "ws")}) as s:
+        s.wait_ready()
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "request",
+            lambda r: (
+                None if r.url.startswith((s.url, "data:", "blob:")) else outside.append(r.url)
+            ),
+        )
+        page.goto(s.url)
+        page.get_by_role("link", name="Generate").click()
+        page.get_by_role("heading", name="Generate").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_text("transformers config", exact=True).click()
+        wait_idle(page)
+        label = "Model folder (the atlas' transformers models)"
+        choose(page, label, "tiny/vit-classifier")
+        page.get_by_label("Task").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        choose(page, "Task", "digits10")
+        page.get_by_text("grey copied to RGB, 8x8 resized to 32x32 px").first.wait_for(
+            timeout=120_000
+        )
+        generate_small(page, k=2, m=1, timeout_ms=600_000)
+        page.get_by_role("button", name=".zip").first.wait_for()
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        written = list((tmp_path / "ws").glob("*/generated/*/model.safetensors"))
+        assert len(written) == 1 and "tiny-vit-classifier--digits10" in str(written[0])
+
+        choose(page, label, "tiny/bert-features")
+        page.get_by_text("no classification head").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        generate_small(page, k=2, m=1, timeout_ms=600_000)
+        page.get_by_text("generated unscored").first.wait_for(timeout=60_000)
+        no_exception(page)
+        page.screenshot(path=str(tmp_path / "own.png"), full_page=True)
+        assert not errors, errors
+        page.close()
+    assert not outside, outside

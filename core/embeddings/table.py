@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
 from core.collection.specs import resolve_arch
 from core.config import build_config
-from core.embeddings.distances import cosine_distances, read_tensors
+from core.embeddings.distances import read_tensors
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
@@ -85,16 +86,28 @@ class Embeddings:
     layers: list[dict[str, Any]]
     s_w: np.ndarray | None = None  # (M, 35) the weights' statistics, when `embed` stored them
 
-    @property
+    @functools.cached_property
     def ids(self) -> list[str]:
+        """Model ids in row order (built once: the app asks per query, 100,000 at a time)."""
         return [r["id"] for r in self.models]
+
+    @functools.cached_property
+    def rows(self) -> dict[str, int]:
+        """Row of ``z`` of each model id."""
+        return {r["id"]: int(r["row"]) for r in self.models}
+
+    @functools.cached_property
+    def unit_z(self) -> np.ndarray:
+        """``z`` in float64 with unit rows (cosine distances are one matrix-vector product)."""
+        z = self.z.astype(np.float64)
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
     def vector(self, model_id: str) -> np.ndarray:
         """The embedding of one collected model."""
-        for r in self.models:
-            if r["id"] == model_id:
-                return self.z[r["row"]]
-        raise WeightAtlasError(f"{model_id!r} is not in the atlas' embeddings")
+        row = self.rows.get(model_id)
+        if row is None:
+            raise WeightAtlasError(f"{model_id!r} is not in the atlas' embeddings")
+        return self.z[row]
 
 
 def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -> Embeddings:
@@ -210,7 +223,7 @@ def neighbours(
     skip: str | None = None
     if isinstance(model, np.ndarray | torch.Tensor):
         v = np.asarray(model, dtype=np.float64).reshape(-1)
-    elif isinstance(model, str) and model in set(emb.ids):
+    elif isinstance(model, str) and model in emb.rows:
         v, skip = emb.vector(model).astype(np.float64), model
     elif Path(model).is_dir():
         v = embed_model_dir(model, atlas).astype(np.float64)
@@ -218,8 +231,15 @@ def neighbours(
         raise WeightAtlasError(f"{model!r} is neither a collected model id nor a model directory")
     if v.shape[0] != emb.z.shape[1]:
         raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {emb.z.shape[1]}")
-    d = cosine_distances(emb.z.astype(np.float64), v)
-    order = np.argsort(d, kind="stable")
+    d = 1.0 - emb.unit_z @ (v / max(float(np.linalg.norm(v)), 1e-12))  # cosine_distances
+    # the k + 1 smallest (one may be the model itself), ties as a stable full sort orders them:
+    # every distance up to the (k+1)-th smallest, then a stable sort of those few
+    m = min(k + 1, len(d))
+    if m == 0:
+        return []
+    cut = np.partition(d, m - 1)[m - 1]
+    near = np.flatnonzero(d <= cut)
+    order = near[np.argsort(d[near], kind="stable")]
     ids = emb.ids
     out = [(ids[i], float(d[i])) for i in order if ids[i] != skip]
     return out[:k]
