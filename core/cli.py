@@ -245,7 +245,7 @@ def run_collect_cli(args: argparse.Namespace) -> int:
         "splits": dict(Counter(r["split"] for r in rows if r.get("status") == "accepted")),
         "reasons": dict(reasons_table(rows)),
     }
-    text = summary(rows) + f"\nmanifest: {Path(args.atlas) / 'manifest.jsonl'}"
+    text = summary(rows) + f"\nmanifest: {Atlas(Path(args.atlas)).manifest_path}"
     if data["accepted"]:
         text += f"\nnext: weightatlas tokenize {args.atlas}"
     emit(args, data, text)

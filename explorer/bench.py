@@ -101,12 +101,12 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
             {"id": mid, "row": i, "family": fam, "params": params, "labels": row["labels"]}
         )
     append_jsonl(atlas.manifest_path, manifest)
-    emb = atlas.embeddings_dir
+    emb = atlas.embeddings
     mean = z.mean(0)
     _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
     pca = (z - mean) @ vt[:2].T
     umap_like = pca + rng.normal(0, 0.3, size=pca.shape)
-    with atomic_path(emb / "models.safetensors") as tmp:
+    with atomic_path(emb.tensors_path) as tmp:
         save_file(
             {
                 "z": torch.from_numpy(z),
@@ -115,9 +115,9 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
             },
             str(tmp),
         )
-    append_jsonl(emb / "models.jsonl", models)
-    (emb / "layers.jsonl").write_text("")
-    with atomic_path(emb / "reducers" / "pca.safetensors") as tmp:
+    append_jsonl(emb.models_path, models)
+    emb.layers_path.write_text("")
+    with atomic_path(emb.reducers_dir / "pca.safetensors") as tmp:
         save_file(
             {
                 "mean": torch.from_numpy(mean.astype(np.float64)),
@@ -126,7 +126,7 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
             str(tmp),
         )
     write_json(
-        emb / "maps.json",
+        emb.maps_path,
         {
             "ids": ids,
             "pca": {m: pca[i].tolist() for i, m in enumerate(ids)},
@@ -135,7 +135,7 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
     )
     total = float(((z - mean) ** 2).sum())
     ratio = [float(((pca[:, j] ** 2).sum()) / total) for j in range(2)]
-    write_json(emb / "info.json", {"n_models": n, "pca_explained_variance_ratio": ratio})
+    write_json(emb.info_path, {"n_models": n, "pca_explained_variance_ratio": ratio})
     atlas.update_info(synthetic={"n": n, "latent": latent, "seed": seed})
     return atlas.root
 
@@ -482,7 +482,7 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
                 result["baseline_trivial_page_seconds"] = min(base)
                 base = [time_to_map(one_plot, None, browser) for _ in range(repeat)]
                 result["baseline_one_plotly_chart_seconds"] = min(base)
-                if (demo / "atlas.json").exists():
+                if Atlas(demo).info_path.exists():
                     runs = [time_to_map(app, demo, browser) for _ in range(repeat)]
                     result["demo_start_to_map_seconds"] = min(runs)
                 else:
@@ -491,7 +491,7 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
                 runs = [time_to_map(app, syn, browser) for _ in range(repeat)]
                 result["synthetic_start_to_map_seconds"] = min(runs)
                 targets = [("synthetic", syn)]
-                if (demo / "atlas.json").exists():
+                if Atlas(demo).info_path.exists():
                     targets.insert(0, ("demo", demo))
                 for name, atlas in targets:
                     best = _best_interactions(app, atlas, browser, repeat)

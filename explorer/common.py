@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.atlas import Atlas, AtlasError, KnownAtlases
+from core.atlas import Atlas, AtlasError, KnownAtlases, stamp
 from core.catalog import MapTable, layer_rows_by_model, map_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,11 +208,6 @@ def current_atlas() -> Path:
     return resolve_atlas(str(st.session_state.get("atlas_path") or DEFAULT_ATLAS))
 
 
-def stamp(*paths: Path) -> float:
-    """Sum of modification times of ``paths`` (0 for missing ones): a cache key for file contents."""
-    return float(sum(p.stat().st_mtime for p in paths if p.exists()))
-
-
 @st.cache_resource(show_spinner=False, max_entries=8)
 def cached_map_table(root: str, stamp_: float) -> MapTable:
     """The atlas' map table (read once per atlas version, shared read-only, never copied)."""
@@ -221,8 +216,8 @@ def cached_map_table(root: str, stamp_: float) -> MapTable:
 
 def load_map_table(root: Path) -> MapTable:
     """Cached map table of ``root``; raises AtlasError with the command that builds the maps."""
-    emb = Atlas(root).embeddings_dir
-    stamp_ = stamp(emb / "models.jsonl", emb / "maps.json", Atlas(root).manifest_path)
+    a = Atlas(root)
+    stamp_ = a.embeddings.stamp() + stamp(a.manifest_path)
     table = cached_map_table(str(root), stamp_)
     _freeze_once(str(root), stamp_)
     return table

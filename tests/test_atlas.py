@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from core.atlas import Atlas, AtlasError, append_jsonl, atomic_path, read_jsonl, write_json
+from core.atlas import (
+    Atlas,
+    AtlasError,
+    BackboneFiles,
+    EmbeddingTables,
+    TokenTable,
+    append_jsonl,
+    atomic_path,
+    read_jsonl,
+    write_json,
+)
 
 
 def test_jsonl_survives_a_torn_tail_and_appends_stay_aligned(tmp_path):
@@ -225,3 +235,59 @@ def test_the_suite_keeps_out_of_the_users_workspace():
     tmp = os.environ["WEIGHTATLAS_TEST_WORKSPACE"]
     assert workspace_root() == Path(tmp).resolve()
     assert not workspace_root().is_relative_to(Path.home() / ".cache")
+
+
+# ------------------------------------------------------------------ one owner per table
+
+TABLE_FILES = {
+    *(v for c in (TokenTable, BackboneFiles, EmbeddingTables) for k, v in vars(c).items()
+      if k.isupper() and v.endswith((".json", ".jsonl", ".safetensors"))),
+    "atlas.json",
+    "manifest.jsonl",
+}  # fmt: skip
+# Hub-format model folders (core.models) share two names with a backbone folder
+HUB_FORMAT = {BackboneFiles.WEIGHTS, BackboneFiles.CONFIG}
+OWNERS = {"core/atlas.py", "core/manifest.py"}
+
+
+def _spelled_table_names(root: Path) -> list[str]:
+    """``path:line name`` for every string constant in core/ and explorer/ that is a table's
+    file name (or ends in ``/name``), outside the owners."""
+    import ast
+
+    hits = []
+    for pkg in ("core", "explorer"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in OWNERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    for name in TABLE_FILES - HUB_FORMAT:
+                        if node.value == name or node.value.endswith("/" + name):
+                            hits.append(f"{rel}:{node.lineno} {name}")
+    return hits
+
+
+def test_table_file_names_are_spelled_only_by_their_owners():
+    root = Path(__file__).resolve().parent.parent
+    assert {"index.json", "maps.json", "models.jsonl", "info.json"} <= TABLE_FILES
+    assert _spelled_table_names(root) == []
+
+
+def test_table_name_check_finds_a_planted_spelling(tmp_path):
+    (tmp_path / "core").mkdir()
+    (tmp_path / "explorer").mkdir()
+    (tmp_path / "core" / "x.py").write_text('p = "maps.json"\nq = "embeddings/models.jsonl"\n')
+    assert _spelled_table_names(tmp_path) == [
+        "core/x.py:1 maps.json",
+        "core/x.py:2 models.jsonl",
+    ]
+
+
+def test_old_atlases_open_through_the_tables():
+    demo = Path(__file__).resolve().parent.parent / "assets" / "demo"
+    a = Atlas.open(demo)
+    assert a.tokens.exists() and a.backbone.exists() and a.embeddings.exists()
+    assert len(a.embeddings.models()) == len(a.manifest()) > 0
+    assert a.embeddings.stamp() > 0 and a.tokens.stamp() > 0

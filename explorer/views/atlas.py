@@ -114,7 +114,7 @@ def cached_map_quality(root: str, stamp_: float) -> dict[str, Any] | None:
     stored = stored_map_quality(root)
     if stored is not None:
         return stored
-    with open(Atlas.open(root).embeddings_dir / "models.jsonl", encoding="utf-8") as f:
+    with open(Atlas.open(root).embeddings.models_path, encoding="utf-8") as f:
         n = sum(1 for _ in f)
     return map_quality(root) if n <= MAP_QUALITY_LIVE_MAX else None
 
@@ -330,7 +330,7 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
                     ),
                 },
             )
-    layers_path = Atlas.open(root).embeddings_dir / "layers.jsonl"
+    layers_path = Atlas.open(root).embeddings.layers_path
     rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
     with st.expander(f"Layers ({len(rows)}): tokens per layer", expanded=bool(rows)):
         if rows:
@@ -374,8 +374,8 @@ def page() -> None:
     except (AtlasError, *USER_ERRORS) as e:
         user_error(e)
         st.stop()
-    emb = Atlas.open(root).embeddings_dir
-    stamp_ = stamp(emb / "models.jsonl", emb / "maps.json", root / "manifest.jsonl")
+    a = Atlas.open(root)
+    stamp_ = a.embeddings.stamp() + stamp(a.manifest_path)
     choice = map_controls_ui(table)
     placed = st.session_state.get("placed")
     kind = choice["kind"]

@@ -533,10 +533,7 @@ def page() -> None:
     wait_for_imports()
     a = Atlas(root)
     st.title("Generate", help="Sample new weights for an architecture from the latent space.")
-    if (
-        not (a.tokens_dir / "index.json").exists()
-        or not (a.backbone_dir / "model.safetensors").exists()
-    ):
+    if not a.tokens.exists() or not a.backbone.weights_path.exists():
         where = display_path(root)
         st.warning(
             f"Generation needs a token store and a trained backbone in `{where}` "
@@ -544,7 +541,7 @@ def page() -> None:
             icon=":material/warning:",
         )
         return
-    stamp_ = stamp(a.tokens_dir / "index.json", a.manifest_path)
+    stamp_ = a.tokens.stamp() + stamp(a.manifest_path)
     spec, task, size, ok = arch_ui(root, stamp_)
     if not ok:
         return

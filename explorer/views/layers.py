@@ -91,7 +91,7 @@ def cached_layer_models(root: str, stamp_: float) -> list[str]:
 def model_picker_ui(root: Path) -> str | None:
     """Select a model that has tokens or weights in the atlas; returns its id."""
     a = Atlas(root)
-    ids = cached_layer_models(str(root), stamp(a.tokens_dir / "index.json", a.manifest_path))
+    ids = cached_layer_models(str(root), a.tokens.stamp() + stamp(a.manifest_path))
     if not ids:
         st.warning(
             "This atlas holds neither token store nor weights for any model; "
@@ -128,7 +128,7 @@ def reconstruction_section(root: Path, stamp_: float, model_id: str) -> None:
             icon=":material/info:",
         )
         return
-    if not (Atlas(root).backbone_dir / "model.safetensors").exists():
+    if not Atlas(root).backbone.weights_path.exists():
         st.info(
             f"No trained backbone yet: `weightatlas train {display_path(root)}`.",
             icon=":material/info:",
@@ -360,11 +360,7 @@ def page() -> None:
     if model_id is None:
         return
     a = Atlas(root)
-    stamp_ = stamp(
-        a.tokens_dir / "index.json",
-        a.backbone_dir / "model.safetensors",
-        a.embeddings_dir / "layers.jsonl",
-    )
+    stamp_ = stamp(a.tokens.index_path, a.backbone.weights_path, a.embeddings.layers_path)
     reconstruction_section(root, stamp_, model_id)
     validation_section(root)
     depth_section(root, stamp_, model_id)

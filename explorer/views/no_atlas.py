@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.atlas import Atlas
 from explorer.common import (
     DEFAULT_ATLAS,
     DEMO_ATLAS,
@@ -31,7 +32,7 @@ if default_ok and resolve_atlas(typed) != resolve_atlas(DEFAULT_ATLAS):
         key="no_atlas_back",
         on_click=back_to_demo,
     )
-if not (DEMO_ATLAS / "atlas.json").exists():
+if not Atlas(DEMO_ATLAS).info_path.exists():
     st.markdown(
         """
 **Build the demo atlas** (a few minutes on a laptop CPU, no network), from the repository root:
