@@ -223,6 +223,14 @@ def test_neighbours_by_id_vector_and_directory(small_atlas):
     assert neighbours(small_atlas, path, k=1)[0][0] == mid
 
 
+def test_embed_cli_unknown_pooling_is_one_line(small_atlas, capsys):
+    from core.cli import main
+
+    assert main(["embed", str(small_atlas), "--set", "pooling=median"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown pooling 'median'" in err[0] and "depth-mean+std" in err[0]
+
+
 def test_embed_cli_single_model_rejects_pickles(small_atlas, tmp_path, capsys):
     from core.cli import main
 
