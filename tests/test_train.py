@@ -276,7 +276,7 @@ def test_bf16_training_matches_fp32_training(atlas, tmp_path):
 def test_preset_shapes_feed_the_matrix_units(preset):
     """Widths are multiples of 64, head sizes and windows of 16, and a step carries >= 4,096
     tokens (two views), the shapes where bf16 autocast pays on CPU. The latent width is set by
-    the reconstruction (demo: 62 of 64); its matmuls are under 2 % of a step's FLOPs."""
+    the bottleneck (demo: 32 of 64); its matmuls are under 2 % of a step's FLOPs."""
     b, t = build_configs(preset)
     assert b.d_model % 64 == 0 and (b.d_model // b.n_heads) % 16 == 0, b
     assert int(b.mlp_ratio * b.d_model) % 64 == 0

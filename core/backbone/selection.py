@@ -11,7 +11,8 @@
   models of other runs have its task. The embedding pools each model's token latents by
   per-channel mean and std over all its tokens (the atlas embedding's ``mean+std``), computed
   from per-layer sums so that data-parallel ranks can add them; distances are Euclidean on
-  dims standardized over the validation models (the atlas distance's ``zscore``).
+  dims standardized over the validation models (the atlas distance's ``zscore``). Where no
+  validation model has the labels a figure needs, ``knn`` counts as 0 (reconstruction alone).
 
 Only the validation models' tokens are encoded (``Evaluator`` of the val split), and only their
 manifest rows are read (``knn_labels``).

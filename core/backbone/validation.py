@@ -158,9 +158,9 @@ class Evaluator:
         }
         if self.knn_labels is not None:
             out.update(self._knn(zsums, d, tcfg))
-            if out.get("knn") is not None and out["layer_r2_median_conv_linear"] is not None:
-                rec_score = out["layer_r2_median_conv_linear"]
-                out["select_score"] = rec_score + tcfg.select_weight * out["knn"]
+            rec_score = out["layer_r2_median_conv_linear"]
+            if rec_score is not None:  # models without family/task labels: reconstruction only
+                out["select_score"] = rec_score + tcfg.select_weight * (out.get("knn") or 0.0)
         if with_layers:
             out["layers"] = [
                 {
