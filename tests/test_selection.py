@@ -111,3 +111,20 @@ def test_training_with_permutation_views_other_windows_and_the_window_head(zoo_a
     }  # fmt: skip
     summary = train(zoo_atlas, "ci", over, out=tmp_path / "bb")
     assert summary["steps"] == 6 and np.isfinite(summary["loss"]) and summary["con"] > 0
+
+
+def test_selection_pools_as_the_embeddings_mean_and_std_pooling():
+    """The selection's sums-based pooling is ``pool_model(..., "mean+std")`` of each model."""
+    from core.embeddings.encode import pool_model
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    layer = torch.tensor([0] * 10 + [1] * 25 + [2] * 5)
+    positions = torch.stack([torch.arange(40), layer, torch.zeros(40, dtype=torch.long)], 1)
+    sums = torch.stack(
+        [torch.cat([torch.tensor([float((layer == j).sum())]), z[layer == j].sum(0),
+                    (z[layer == j] ** 2).sum(0)]) for j in range(3)]
+    )  # fmt: skip
+    got = pooled_from_sums(sums, torch.zeros(3, dtype=torch.long), 1)[0]
+    want = pool_model(z.float(), positions, "mean+std").double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ validation and test model of a family with permutation views, ``permutation_rati
 the median taken over all pairs of distinct validation and test models (every family), in the
 atlas distance (Euclidean on embedding dims standardized over those models: ``zscore``).
 Token embeddings come from ``encode_tokens`` (haloed, as ``weightatlas embed`` computes them)
-and are pooled by the embedding's pooling.
+and are pooled by ``pool_model`` with the embedding config's pooling (the atlas embedding).
 
     rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "all": {...}}
 """
@@ -27,17 +27,15 @@ from tqdm import tqdm
 from core.atlas import Atlas
 from core.backbone.model import load_backbone
 from core.backbone.views import permute_tokens, store_groups
-from core.embeddings.encode import EmbedConfig, _masked_tokens, encode_tokens, position_code
+from core.embeddings.encode import (
+    EmbedConfig,
+    _masked_tokens,
+    encode_tokens,
+    pool_model,
+    position_code,
+)
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
-
-
-def pooled(z: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
-    """The model embedding of token embeddings ``z`` (N, L): per-channel mean and std over all
-    tokens (the atlas embedding's ``mean+std`` pooling)."""
-    zd = z.double()
-    std = zd.std(0, correction=1) if len(zd) > 1 else torch.zeros(zd.shape[1], dtype=zd.dtype)
-    return torch.cat([zd.mean(0), std]).numpy()
 
 
 def permutation_ratios(
@@ -56,7 +54,7 @@ def permutation_ratios(
         splits: the models measured (and whose pairwise distances set the scale).
         copies: permuted copies per model.
         seed: the permutations' seed.
-        cfg: embedding settings (default ``EmbedConfig()``).
+        cfg: embedding settings, pooling included (default ``EmbedConfig()``).
 
     Returns:
         ``{family: {"median_ratio", "max_ratio", "models"}, ..., "median_distance": float,
@@ -75,7 +73,8 @@ def permutation_ratios(
     groups = store_groups(a, store, ids)
 
     def embed(tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor) -> np.ndarray:
-        return pooled(encode_tokens(backbone, tokens, positions, cfg, code), positions)
+        z = encode_tokens(backbone, tokens, positions, cfg, code)
+        return pool_model(z, positions, cfg.pooling).double().numpy()
 
     base, perm, fam = [], [], []
     for r in tqdm(rows, desc="permutation ratios", unit="model"):

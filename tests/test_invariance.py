@@ -1,0 +1,24 @@
+"""Permutation ratios: permuted copies measured against the median inter-model distance."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY, ci_backbone
+
+import core.embeddings.invariance as inv
+
+
+@pytest.fixture(scope="module")
+def tiny(atlas_factory):
+    return atlas_factory(TINY, ci_backbone())
+
+
+def test_ratios_per_family_and_zero_for_an_unchanged_copy(tiny, monkeypatch):
+    out = inv.permutation_ratios(tiny, copies=2)
+    assert out["median_distance"] > 0 and out["models"] >= 3
+    for fam in ("mlp", "cnn"):  # the tiny atlas' families, both with permutation views
+        assert out[fam]["models"] >= 2 and 0 < out[fam]["median_ratio"] <= out[fam]["max_ratio"]
+    # the measurement, not the permutation, is under test here: an unchanged copy is at 0
+    monkeypatch.setattr(inv, "permute_tokens", lambda tokens, *a, **k: tokens)
+    same = inv.permutation_ratios(tiny)
+    assert all(same[f]["max_ratio"] == pytest.approx(0.0, abs=1e-6) for f in ("mlp", "cnn"))
