@@ -124,6 +124,9 @@ def test_atlas_page_shows_map_quality(syn):
     at = app_on(syn)
     assert not at.exception
     assert any(e.label.startswith("Map quality") for e in at.expander)
+    assert "has not written the map quality" in texts(at)  # no result: computed on request
+    at.button(key="map_quality_compute").click().run()
+    assert not at.exception
     df = at.dataframe[-1].value
     assert list(df.columns) == [
         "figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", "without the weights"
@@ -698,3 +701,19 @@ def test_atlas_page_first_run_does_not_import_torch():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@needs_demo
+def test_demo_atlas_page_shows_its_stored_map_quality():
+    """assets/demo ships evaluate's map quality: the table is there on the first run."""
+    from core.embeddings.map_quality import stored_map_quality
+
+    stored = stored_map_quality(DEMO)
+    assert stored is not None
+    at = app_on(DEMO)
+    assert not at.exception
+    df = at.dataframe[-1].value
+    assert df.iloc[0]["embedding"] == pytest.approx(
+        stored["spaces"]["embedding"]["family_accuracy"]
+    )
+    assert not [b for b in at.button if b.key == "map_quality_compute"]

@@ -10,6 +10,9 @@ siblings never vouch for it. Three figures per space:
   task of its ``k`` nearest same-family neighbours is its task;
 - ``test_accuracy_r2``: R² of the neighbours' mean test accuracy as a prediction of its own.
 
+The module imports no torch at the top, so that the app can show a stored result at once;
+:func:`map_quality` imports the embedding readers where it computes.
+
 Spaces: the full model embedding (the atlas' distance metric, ``zscore`` by default), each stored
 2-D map (``umap``, ``pca``; Euclidean), and the weights' plain statistics s(W)
 (``core.embeddings.statistics``, standardized Euclidean). ``reference`` holds the same figures
@@ -28,10 +31,6 @@ from typing import Any
 import numpy as np
 
 from core.atlas import Atlas, EmbeddingTables, atomic_write_bytes, read_json, write_json
-from core.embeddings.distances import pairwise_distances, reference_groups
-from core.embeddings.encode import embeddings_dir
-from core.embeddings.statistics import sw_features
-from core.embeddings.table import load_embeddings
 from core.errors import WeightAtlasError
 from core.manifest import as_row
 
@@ -202,7 +201,12 @@ def reference_figures(
 def embeddings_stamp(atlas: Atlas, backbone_dir: str | Path | None = None) -> str:
     """Short sha256 of the embeddings table and maps: a cached map quality is reused only for
     the very embeddings it was computed from."""
-    out = EmbeddingTables(embeddings_dir(atlas, backbone_dir))
+    if backbone_dir is None:
+        out = EmbeddingTables(atlas.embeddings_dir)
+    else:
+        from core.embeddings.encode import embeddings_dir  # torch: only for another backbone
+
+        out = EmbeddingTables(embeddings_dir(atlas, backbone_dir))
     h = hashlib.sha256()
     for path in (out.tensors_path, out.maps_path, out.models_path):
         if path.exists():
@@ -227,6 +231,13 @@ def map_quality(
         reference}``, each space a ``knn_figures`` dict (``s(W)`` is None when the atlas holds
         neither stored s(W) nor every model's tokens).
     """
+    # torch-backed readers imported here: the Atlas page reads a stored result (and this
+    # module's tables) before torch is loaded (issue 27)
+    from core.embeddings.distances import pairwise_distances, reference_groups
+    from core.embeddings.encode import embeddings_dir
+    from core.embeddings.statistics import sw_features
+    from core.embeddings.table import load_embeddings
+
     a = Atlas.open(atlas)
     out = embeddings_dir(a, backbone_dir)
     emb = load_embeddings(a.root, backbone_dir)

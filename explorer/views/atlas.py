@@ -105,38 +105,52 @@ MAP_QUALITY_LIVE_MAX = 5000  # above this many models the page reads evaluate's 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def cached_map_quality(root: str, stamp_: float) -> dict[str, Any] | None:
-    """The atlas' map quality (core.embeddings.map_quality): ``weightatlas evaluate``'s result
-    while it matches the embeddings, else computed here for atlases up to
-    ``MAP_QUALITY_LIVE_MAX`` models; None above that."""
-    from core.embeddings.map_quality import map_quality, stored_map_quality
+def cached_stored_map_quality(root: str, stamp_: float) -> dict[str, Any] | None:
+    """``weightatlas evaluate``'s map quality while it matches the embeddings (no torch)."""
+    from core.embeddings.map_quality import stored_map_quality
 
-    stored = stored_map_quality(root)
-    if stored is not None:
-        return stored
-    with open(Atlas.open(root).embeddings.models_path, encoding="utf-8") as f:
-        n = sum(1 for _ in f)
-    return map_quality(root) if n <= MAP_QUALITY_LIVE_MAX else None
+    return stored_map_quality(root)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_map_quality(root: str, stamp_: float) -> dict[str, Any]:
+    """The map quality computed here (core.embeddings.map_quality.map_quality)."""
+    from core.embeddings.map_quality import map_quality
+
+    return map_quality(root)
 
 
 def map_quality_ui(root: Path, stamp_: float) -> None:
     """How well the map groups models: leave-one-run-out k-NN figures beside s(W) and the
-    predictors that ignore the weights (issue 25)."""
-    with st.expander("Map quality: do neighbours share family, task and accuracy?",
-                     icon=":material/insights:"):  # fmt: skip
-        wait_for_imports()
-        from core.embeddings.map_quality import SPACES, map_quality_rows
+    predictors that ignore the weights (issue 25). Shown from ``weightatlas evaluate``'s
+    result; computed here on request when the atlas has none for its current embeddings."""
+    from core.embeddings.map_quality import SPACES, map_quality_rows
 
+    with st.expander("Map quality: do neighbours share family, task and accuracy?",
+                     icon=":material/insights:", expanded=True):  # fmt: skip
         try:
-            mq = cached_map_quality(str(root), stamp_)
+            mq = cached_stored_map_quality(str(root), stamp_)
+            if mq is None:
+                n = len(load_map_table(root))
+                if n > MAP_QUALITY_LIVE_MAX:
+                    st.info(
+                        f"{n:,} models: run `weightatlas evaluate ATLAS` to compute the map "
+                        "quality; the page then shows it."
+                    )
+                    return
+                st.caption(
+                    "`weightatlas evaluate` has not written the map quality of these "
+                    "embeddings; compute it here (a few seconds)."
+                )
+                if st.button("Compute the map quality", key="map_quality_compute"):
+                    st.session_state.map_quality_for = str(root)
+                if st.session_state.get("map_quality_for") != str(root):
+                    return
+                wait_for_imports()
+                with st.spinner("Leave-one-run-out nearest neighbours…"):
+                    mq = cached_map_quality(str(root), stamp_)
         except (*USER_ERRORS, OSError, ValueError) as e:
             user_error(e)
-            return
-        if mq is None:
-            st.info(
-                f"More than {MAP_QUALITY_LIVE_MAX:,} models: run `weightatlas evaluate ATLAS` "
-                "to compute the map quality; the page then shows it."
-            )
             return
         heads = {"embedding": "embedding", "umap": "2-D UMAP", "pca": "2-D PCA", "s(W)": "s(W)"}
         st.dataframe(
