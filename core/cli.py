@@ -41,6 +41,7 @@ from core.atlas import (
     KnownAtlases,
     atomic_write_bytes,
     dumps,
+    read_json,
     read_jsonl,
 )
 from core.backbone.train import train
@@ -631,6 +632,12 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
         help="print what the run would do (prompts from the atlas or fresh, backbone passes) and "
         "its expected time on this machine now, then exit without generating",
     )
+    p.add_argument(
+        "--estimate-file",
+        default=None,
+        help="JSON of an estimate already shown for this run (the Generate page writes it): "
+        "reported instead of timing the machine again",
+    )
     p.add_argument("--evaluate", action="store_true", help="run the generation evaluation instead")
     p.add_argument(
         "--heldout-task", default=None, help="with --evaluate: a task absent from the atlas"
@@ -642,6 +649,18 @@ def add_sample_cli(p: argparse.ArgumentParser) -> None:
         help="with --evaluate: GenerationConfig preset (ci is a smoke test; default: ci)",
     )
     add_json_flag(p)
+
+
+def read_estimate(path: str | Path) -> dict[str, Any]:
+    """An ``estimate_sample`` result from ``--estimate-file`` (checked for its two fields)."""
+    est = read_json(path)
+    if (
+        not isinstance(est, dict)
+        or not isinstance(est.get("text"), str)
+        or not isinstance((est.get("seconds") or {}).get("total"), int | float)
+    ):
+        raise WeightAtlasError(f"{path} is not an estimate (needs 'text' and 'seconds.total')")
+    return est
 
 
 def run_sample_cli(args: argparse.Namespace) -> int:
@@ -696,6 +715,7 @@ def run_sample_cli(args: argparse.Namespace) -> int:
             args.atlas, args.arch, args.preset, {**flags, **config_overrides(args)},
             prompts=[p for p in args.prompts.split(",") if p] if args.prompts else None,
             progress=progress, backbone_dir=args.backbone, out_dir=args.out,
+            estimate=read_estimate(args.estimate_file) if args.estimate_file else None,
         )  # fmt: skip
     except BaseException as e:
         for bar in bars:

@@ -174,8 +174,16 @@ class SampleRequest:
         return args
 
 
-def start_sample(atlas: str | Path, request: SampleRequest, out: str | Path | None = None) -> Job:
+def start_sample(
+    atlas: str | Path,
+    request: SampleRequest,
+    out: str | Path | None = None,
+    estimate: dict[str, Any] | None = None,
+) -> Job:
     """Start ``request`` in the background; models go to ``out`` (default :func:`generated_dir`).
+
+    ``estimate``: the ``estimate_sample`` result the page showed; the run reports it instead of
+    timing the machine again (one estimate on the page and in the job).
 
     Raises:
         ValueError: ``keep`` exceeds ``n`` or either is below 1.
@@ -183,9 +191,59 @@ def start_sample(atlas: str | Path, request: SampleRequest, out: str | Path | No
     if request.n < 1 or request.keep < 1 or request.keep > request.n:
         raise ValueError(f"need 1 <= keep ({request.keep}) <= n ({request.n})")
     out_dir = Path(out) if out is not None else generated_dir(atlas)
-    return start_stage(
-        atlas, "sample", [*request.argv(), "--out", str(out_dir)], jobs_dir=out_dir / ".jobs"
+    args = [*request.argv(), "--out", str(out_dir)]
+    if estimate is not None:
+        jobs = out_dir / ".jobs"
+        jobs.mkdir(parents=True, exist_ok=True)
+        path = jobs / f"estimate-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(estimate))
+        args += ["--estimate-file", str(path)]
+    return start_stage(atlas, "sample", args, jobs_dir=out_dir / ".jobs")
+
+
+STARTUP_PROBE = """
+import sys, time
+t0 = time.perf_counter()
+import core.cli
+t1 = time.perf_counter()
+from core.zoos.tasks import get_task
+if sys.argv[1:]:
+    get_task(sys.argv[1]).split("train")
+t2 = time.perf_counter()
+import torch
+from core.models.optim import adamw
+adamw([torch.nn.Parameter(torch.zeros(1))], 1e-3)
+print(t1 - t0, t2 - t1, time.perf_counter() - t2)
+"""
+
+
+def startup_seconds(task: str | None = None) -> dict[str, float]:
+    """Measured seconds a fresh ``weightatlas`` process pays before its work (one probe process
+    timed now): ``import`` (the CLI and its libraries), ``task`` (loading ``task``'s data: the
+    tabular ones import scikit-learn), ``optimizer`` (the first AdamW imports torch's compiler
+    stack: 8-13 s on a loaded 2-core machine; only runs that train fresh prompts pay it) and
+    ``process`` (interpreter start: the rest of the wall time)."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p
+    )}  # fmt: skip
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP_PROBE, *([task] if task else [])],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
+    wall = time.perf_counter() - t0
+    try:
+        imp, data, opt = (float(v) for v in out.stdout.split()[-3:])
+    except ValueError:
+        return {"import": wall, "task": 0.0, "optimizer": 0.0, "process": 0.0}
+    rest = max(wall - imp - data - opt, 0.0)
+    return {"import": imp, "task": data, "optimizer": opt, "process": rest}
 
 
 def start_stage(

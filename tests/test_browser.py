@@ -379,7 +379,8 @@ def test_generation_from_your_own_transformers_model(browser, own_atlas, tmp_pat
         wait_idle(page)
         label = "Model folder (the atlas' transformers models)"
         choose(page, label, "tiny/vit-classifier")
-        page.get_by_label("Task").first.wait_for(timeout=120_000)
+        # its own caption (the first entry, a BERT, had a Task box too): runs on image tasks
+        page.get_by_text("Generated unscored: no accuracy").first.wait_for(timeout=120_000)
         wait_idle(page)
         choose(page, "Task", "digits10")
         page.get_by_text("grey copied to RGB, 8x8 resized to 32x32 px").first.wait_for(

@@ -34,6 +34,7 @@ from core.generation.prompts import (
     resolve_target,
     runnable,
 )
+from core.models.optim import adamw
 from core.models.registry import logits
 from core.tokens.store import read_index
 from core.zoos.tasks import get_task
@@ -107,6 +108,8 @@ def estimate_sample(
     target: Any = None,
     backbone: Any = None,
     prompts: list[str] | None = None,
+    in_run: bool = False,
+    startup_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """What ``sample(atlas, arch, preset, overrides)`` will do (``task``, ``width``, ``depth``:
     as the ``SampleConfig`` fields of that name; given here they take precedence).
@@ -116,6 +119,14 @@ def estimate_sample(
         arch, task, preset, overrides, width, depth, backbone_dir: as for ``sample``.
         target, backbone: already resolved/loaded ones (``sample`` passes its own).
         prompts: explicit atlas prompt ids (as ``sample``'s ``prompts``).
+        in_run: made inside the run (``sample``): the probes' own seconds are part of the
+            run's time and counted (on a small target they are most of it: 5-18 s of probes
+            against 0.02 s of backbone work for the demo's MLP).
+        startup_seconds: what a fresh process pays before the run's work (the Generate
+            page's job; ``explorer.jobs.startup_seconds`` measures it): ``import``, ``task``
+            and ``process`` always, ``optimizer`` (the first AdamW imports torch's compiler stack)
+            when fresh prompts are trained. In a run (``in_run``) the first AdamW is built
+            inside the probes instead, so its cost is counted there.
 
     Returns:
         ``{"arch", "task", "scored", "note", "n_tokens", "n_params", "architecture_in_atlas",
@@ -157,6 +168,11 @@ def estimate_sample(
         (int(m["n_tokens"]) for m in read_index(a.tokens_dir)["models"].values()), default=0
     )
     rate = backbone_seconds_per_token(backbone, cfg)
+    place_s = 0.0
+    if placed:  # the atlas distance reads the embedding tables once (timed: one read)
+        t0 = time.perf_counter()
+        EmbeddingTables(embeddings_dir(a, backbone_dir)).tensors_path.read_bytes()
+        place_s = time.perf_counter() - t0
     backbone_s = n_tokens * (
         (passes["encode"] + passes["place"]) * rate["encode"] + passes["decode"] * rate["decode"]
     )
@@ -178,11 +194,21 @@ def estimate_sample(
         scoring_s = (
             (rounds * cfg.n + 2 * e + 1) * (bn + n_score) + cfg.keep * n_test
         ) * per_example
-    total = prompts_s + backbone_s + scoring_s
+    trains = not found and target.task is not None and prompt_recipe(target, cfg)[0] > 0
+    if in_run and trains:  # the first AdamW (torch's compiler stack: seconds) paid here
+        adamw([torch.nn.Parameter(torch.zeros(1))], 1e-3)
+    start = startup_seconds or {}
+    startup_s = sum(float(start.get(k, 0.0)) for k in ("import", "task", "process"))
+    startup_s += float(start.get("optimizer", 0.0)) if trains else 0.0
+    probe_s = time.perf_counter() - t_start if in_run else 0.0
+    total = startup_s + probe_s + prompts_s + backbone_s + scoring_s + place_s
     seconds = {
+        "startup": round(startup_s, 3),
+        "probe": round(probe_s, 3),
         "prompts": round(prompts_s, 3),
         "backbone": round(backbone_s, 3),
         "scoring": round(scoring_s, 3),
+        "placing": round(place_s, 3),
         "total": round(total, 3),
     }
     out = {
@@ -238,8 +264,10 @@ def estimate_text(est: dict[str, Any], cfg: Any) -> str:
             f"({est['atlas_max_tokens']:,}), so the backbone never saw token positions that far: "
             "whether it copes shows in the fidelity line printed before the draws."
         )
+    fixed = s.get("startup", 0.0) + s.get("probe", 0.0) + s.get("placing", 0.0)
     return (
-        f"{where} Expected time about {_human(s['total'])} on this machine now: backbone "
+        f"{where} Expected time about {_human(s['total'])} on this machine now: start-up and "
+        f"timing probes {_human(fixed)}, backbone "
         f"{_human(s['backbone'])} ({p['encode'] + p['place']} encode and {p['decode']} decode "
         f"passes over {est['n_tokens']:,} tokens, {est['n_params'] / 1e6:.1f} M parameters), "
         f"prompt training {_human(s['prompts'])}, conditioning and scoring "

@@ -203,6 +203,17 @@ def _finite(v: float | None) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): a run's whole
+    time, imports included, as the Generate page's job takes it."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
 
@@ -400,6 +411,7 @@ def sample(
     progress: Progress | None = None,
     backbone_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Generate ``keep`` models of architecture ``arch`` and write them under ``ATLAS/generated/``.
 
@@ -416,6 +428,8 @@ def sample(
         progress: ``progress(fraction, message)`` callback.
         backbone_dir: another backbone directory.
         out_dir: where to write (default ``ATLAS/generated``).
+        estimate: an ``estimate_sample`` result the caller already showed for this run (the
+            Generate page's): reported and recorded instead of timing the machine again.
 
     Returns:
         The written model directories, best first.
@@ -443,10 +457,13 @@ def sample(
         )
     store = TokenStore(a.tokens_dir)
     t_start = time.perf_counter()
-    est = estimate_sample(
-        a.root, arch, task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
-        target=target, backbone=backbone, prompts=prompts,
-    )  # fmt: skip
+    if estimate is None:
+        est = estimate_sample(
+            a.root, arch, task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
+            target=target, backbone=backbone, prompts=prompts, in_run=True,
+        )  # fmt: skip
+    else:  # the caller's (the Generate page's): one estimate shown on the page and by the run
+        est = estimate
     tqdm.write(printable(f"estimate: {est['text']}"), file=sys.stderr)
     report(0.0, f"expected about {est['seconds']['total']:.0f} s")
     if prompts:
@@ -537,8 +554,11 @@ def sample(
             atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
         outputs.append(path)
     seconds = time.perf_counter() - t_start
+    process = process_seconds()
     tqdm.write(
-        f"time: {seconds:.1f} s (estimated {est['seconds']['total']:.0f} s before the run)",
+        f"time: {seconds:.1f} s"
+        + (f" ({process:.1f} s since the process started)" if process is not None else "")
+        + f"; estimated {est['seconds']['total']:.0f} s before the run",
         file=sys.stderr,
     )
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")

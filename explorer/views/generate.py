@@ -45,7 +45,14 @@ from explorer.common import (
     wait_for_imports,
 )
 from explorer.figures import generated_layer_figure
-from explorer.jobs import WORKSPACE_ENV, Job, SampleRequest, generated_dir, start_sample
+from explorer.jobs import (
+    WORKSPACE_ENV,
+    Job,
+    SampleRequest,
+    generated_dir,
+    start_sample,
+    startup_seconds,
+)
 
 JOB_KEY = "generate_job"
 RESULT_KEY = "generate_result"
@@ -342,12 +349,23 @@ def cached_estimate(
         width=width,
         depth=depth,
         prompts=list(prompts) or None,
+        startup_seconds=cached_startup_seconds(task if task != NO_TASK else None),
     )
-    return {"text": est["text"], "seconds": dict(est["seconds"])}
+    return {k: v for k, v in est.items() if k != "rates"}  # JSON-safe: passed to the job
 
 
-def estimate_ui(root: Path, stamp_: float, request: SampleRequest, size: Any) -> None:
-    """The expected time of ``request`` before it runs (a warning line if it cannot be told)."""
+@st.cache_resource(show_spinner=False, ttl=1800)
+def cached_startup_seconds(task: str | None) -> dict[str, float]:
+    """explorer.jobs.startup_seconds, measured once per task and half hour: the job's
+    start-up."""
+    return startup_seconds(task)
+
+
+def estimate_ui(
+    root: Path, stamp_: float, request: SampleRequest, size: Any
+) -> dict[str, Any] | None:
+    """The expected time of ``request`` before it runs (a warning line if it cannot be told);
+    returns the estimate, which the run then reports as its own."""
     try:
         with st.spinner("Estimating the run time on this machine…"):
             est = cached_estimate(
@@ -363,8 +381,9 @@ def estimate_ui(root: Path, stamp_: float, request: SampleRequest, size: Any) ->
             )
     except (*USER_ERRORS, RuntimeError, ValueError, KeyError, TypeError) as e:
         st.caption(f"No time estimate: {escape_md(e)}")
-        return
+        return None
     st.info(escape_md(est["text"]), icon=":material/timer:")
+    return est
 
 
 def settings_ui(candidates: list[str], spec: str) -> dict[str, Any]:
@@ -571,8 +590,9 @@ def page() -> None:
         depth=size[1] if size is not None else None,
         prompts=tuple(settings["prompts"]),
     )
+    est = None
     if settings["keep"] <= settings["n"] and not running:
-        estimate_ui(root, stamp_, request, size)
+        est = estimate_ui(root, stamp_, request, size)
     out = generated_dir(root)
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     go_ = c1.button(
@@ -589,7 +609,7 @@ def page() -> None:
     if go_ and not running:
         st.session_state.pop(RESULT_KEY, None)
         try:
-            st.session_state[JOB_KEY] = start_sample(root, request, out)
+            st.session_state[JOB_KEY] = start_sample(root, request, out, estimate=est)
             st.session_state[JOB_KEY + "_out"] = str(out)
         except (*USER_ERRORS, OSError, ValueError) as e:
             user_error(e)
