@@ -20,6 +20,8 @@ import numpy as np
 
 from core.atlas import Atlas, AtlasError, BackboneFiles, EmbeddingTables, read_json, read_jsonl
 from core.manifest import as_row
+from core.trees.table import FLAGS as LINEAGE_FLAGS
+from core.trees.table import LineageTable
 
 # torch-backed readers (core.embeddings.encode, core.models.io, core.tokens) are imported where
 # they are used: the app's Atlas page reads this module before its first paint, and importing
@@ -44,6 +46,8 @@ class MapTable:
         explained: map kind -> explained variance ratio of its two axes (PCA; from
             ``embeddings/info.json``), where the atlas records it.
         records: per model, its manifest row (empty if the manifest lacks it).
+        lineage: the atlas' recovered lineage rows by id (``core.trees.table``; empty when
+            ``weightatlas lineage`` has not run); with it the table has a ``tree`` column.
     """
 
     ids: list[str]
@@ -54,6 +58,7 @@ class MapTable:
     hover: np.ndarray | None = None
     explained: dict[str, list[float]] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
+    lineage: dict[str, dict[str, Any]] = field(default_factory=dict)  # ATLAS/lineage rows by id
 
     def hover_data(self) -> np.ndarray:
         """Per model ``[id, family, task, accuracy, params, split]`` as display strings ``(M, 6)``."""
@@ -119,6 +124,22 @@ class MapTable:
             s = search.lower()
             keep &= np.array([s in i.lower() for i in self.ids], dtype=bool)
         return keep
+
+    def recovered_edges(self) -> list[tuple[int, int, bool]]:
+        """(parent row, child row, flagged) of the lineage recovered from the weights, where
+        both ends are on the map; ``flagged``: the child's declaration is missing or
+        contradicts the weights."""
+        if self.__dict__.get("_recovered") is not None:
+            return self._recovered
+        index = self.index()
+        self._recovered = [
+            (index[p], index[m], r.get("status") in LINEAGE_FLAGS)
+            for m, r in self.lineage.items()
+            if m in index
+            for p in _as_list(r.get("parent"))
+            if p in index and index[p] != index[m]
+        ]
+        return self._recovered
 
     def lineage_edges(self) -> list[tuple[int, int]]:
         """(parent row, child row) pairs where both ends are on the map (computed once)."""
@@ -237,6 +258,15 @@ def map_table(root: str | Path) -> MapTable:
     table = MapTable(
         ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents, records=records
     )
+    lineage = LineageTable(atlas.root)
+    if lineage.exists():
+        table.lineage = lineage.by_id()
+        table.columns["tree"] = [
+            (r["tree"] if r.get("tree_size", 1) > 1 else "none")
+            if (r := table.lineage.get(m))
+            else "unknown"
+            for m in ids
+        ]
     info = emb.info()
     ratio = info.get("pca_explained_variance_ratio") if isinstance(info, dict) else None
     if isinstance(ratio, list) and all(isinstance(v, int | float) for v in ratio):

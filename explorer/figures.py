@@ -32,6 +32,7 @@ LABELS = {
     "task": "task",
     "dataset": "dataset",
     "model_type": "model type",
+    "tree": "model tree (from weights)",
 }
 HOVER = (
     "<b>%{customdata[0]}</b><br>family %{customdata[1]} · task %{customdata[2]}"
@@ -81,6 +82,40 @@ def _customdata(table: MapTable, rows: np.ndarray, lean: bool = False) -> np.nda
     return np.column_stack([data[rows], np.array(extra, dtype=object).reshape(-1, 1)])
 
 
+def _segments(xy: np.ndarray, edges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of line segments parent -> child, NaN-separated (one trace draws them all)."""
+    ex = np.full(3 * len(edges), np.nan)
+    ey = np.full(3 * len(edges), np.nan)
+    for j, (a, b) in enumerate(edges):
+        ex[3 * j : 3 * j + 2] = xy[[a, b], 0]
+        ey[3 * j : 3 * j + 2] = xy[[a, b], 1]
+    return ex, ey
+
+
+def recovered_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> list[go.Scattergl]:
+    """Line traces of the recovered lineage: agreeing edges, then flagged ones in red."""
+    edges = [(a, b, f) for a, b, f in table.recovered_edges() if keep[a] and keep[b]]
+    out = []
+    for flagged, name, colour, width in (
+        (False, "lineage (from weights)", "rgba(40,70,160,0.6)", 1.2),
+        (True, "lineage flags (declaration missing or contradicted)", "rgba(214,39,40,0.9)", 2),
+    ):
+        part = [(a, b) for a, b, f in edges if f == flagged]
+        if part:
+            ex, ey = _segments(xy, part)
+            out.append(
+                go.Scattergl(
+                    x=ex,
+                    y=ey,
+                    mode="lines",
+                    line=dict(color=colour, width=width),
+                    hoverinfo="skip",
+                    name=f"{name} ({len(part)})",
+                )
+            )
+    return out
+
+
 def map_figure(
     table: MapTable,
     kind: str,
@@ -88,6 +123,7 @@ def map_figure(
     keep: np.ndarray,
     lineage: bool = False,
     highlight: Sequence[str] = (),
+    recovered: bool = False,
     placed: dict[str, tuple[float, ...]] | None = None,
     height: int = 640,
 ) -> go.Figure:
@@ -99,6 +135,8 @@ def map_figure(
         colour: a column of ``table`` (categorical: one trace per value; numeric: colour scale).
         keep: boolean mask of shown models.
         lineage: draw ``base_model`` -> model edges.
+        recovered: draw the lineage recovered from the weights (``weightatlas lineage``),
+            edges whose child declares no parent or a contradicting one in red.
         highlight: ids to ring (search hits).
         placed: extra points (name -> (x, y) or (x, y, outside)), e.g. a newly embedded
             model; ``outside`` (atlas distance above the 99th percentile) draws a black x.
@@ -125,6 +163,9 @@ def map_figure(
                     name="lineage (base_model)",
                 )
             )
+    if recovered:
+        for trace in recovered_edge_traces(table, xy, keep):
+            fig.add_trace(trace)
     size = 7 if len(rows) < 2000 else 4
     lean = len(rows) > LEAN_ABOVE
     hover = HOVER_LEAN if lean else HOVER

@@ -403,3 +403,96 @@ def test_generation_from_your_own_transformers_model(browser, own_atlas, tmp_pat
         assert not errors, errors
         page.close()
     assert not outside, outside
+
+
+# ------------------------------------------------------------ model trees (issue 26)
+
+
+@pytest.fixture(scope="module")
+def trees_server(tmp_path_factory, workspace):
+    """A real embedded atlas of zoo model trees (mlp and cnn, 2 roots each) with its lineage
+    table: zoo -> collect -> tokenize -> (untrained ci backbone) embed -> lineage (~80 s)."""
+    import torch
+
+    from core.atlas import Atlas
+    from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
+    from core.collection.collect import collect
+    from core.config import build_config
+    from core.embeddings.embed import embed
+    from core.tokens.tokenize import tokenize
+    from core.trees.lineage import lineage
+    from core.zoos.zoo import zoo
+
+    root = tmp_path_factory.mktemp("trees")
+    z = zoo(
+        "ci",
+        root / "zoo",
+        overrides={
+            "families": "mlp,cnn",
+            "tasks": "digits10:1",
+            "epochs": "8",
+            "checkpoints": "8",
+            "trees": "mlp/digits10:2,cnn/digits10:2",
+            "tree_tasks": "digits10,digits-rot90,digits-0to4,digits-parity",
+            "tree_grandchildren": "1",
+            "tree_wrong": "1",
+            "tree_undeclared": "1",
+        },
+        progress=False,
+    )
+    atlas = root / "atlas"
+    collect(atlas, "demo", {"source": str(z)}, progress=False)
+    tokenize(atlas, token_size=64, progress=False)
+    cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"token_size": 64})
+    torch.manual_seed(0)
+    save_backbone(Backbone(cfg).eval(), Atlas(atlas).backbone_dir)
+    embed(atlas, "ci")
+    lineage(atlas, progress=False)
+    with AppServer(APP, atlas, env={"WEIGHTATLAS_WORKSPACE": str(workspace)}) as s:
+        s.wait_ready()
+        yield s, atlas
+
+
+def test_lineage_toggle_draws_edges_and_a_child_shows_its_family(browser, trees_server):
+    from core.trees.lineage import family
+    from core.trees.table import LineageTable
+
+    server, atlas = trees_server
+    rows = LineageTable(atlas).by_id()
+    # a child the weights place under its declared parent, with siblings
+    child = next(
+        m
+        for m, r in sorted(rows.items())
+        if r["status"] == "agrees" and r["relation"] == "finetune" and family(rows, m)["siblings"]
+    )
+    fam = family(rows, child)
+    page, errors = open_page(browser, server)
+    wait_for_map(page)
+    wait_idle(page)
+    lines = """() => (document.querySelector('.stPlotlyChart .js-plotly-plot')?._fullData || [])
+                 .filter(t => t.mode === 'lines' && t.name.startsWith('lineage'))
+                 .map(t => ({name: t.name, n: t.x.length / 3}))"""
+    assert page.evaluate(lines) == []
+    page.get_by_role("button", name="Filter and options").click()
+    page.get_by_text("Lineage edges from the weights").click()
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"() => ({lines})().length > 0", timeout=60_000)
+    wait_idle(page)
+    drawn = {t["name"].rsplit(" (", 1)[0]: t["n"] for t in page.evaluate(lines)}
+    edges = sum(
+        len(r["parent"]) if isinstance(r["parent"], list) else r["parent"] is not None
+        for r in rows.values()
+    )
+    assert sum(drawn.values()) == edges  # every recovered parent edge, flagged ones in red
+    assert drawn.get("lineage flags (declaration missing or contradicted)", 0) >= 1
+    page.get_by_role("textbox", name="Search model id").fill(child)
+    page.keyboard.press("Enter")
+    page.get_by_text("Family tree").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    page.locator('[data-testid="stTable"]').nth(1).wait_for(state="attached", timeout=60_000)
+    text = " ".join(t or "" for t in page.locator('[data-testid="stTable"]').all_text_contents())
+    no_exception(page)
+    assert not errors, errors
+    page.close()
+    assert fam["parents"][0] in text and "sibling" in text
+    assert all(s in text for s in fam["siblings"][:3]), (fam["siblings"], text[:2000])

@@ -35,6 +35,7 @@ from explorer.common import (
     wait_for_imports,
 )
 from explorer.figures import label, layer_bars, map_figure, selected_ids
+from explorer.lineage import family_panel_ui
 
 MAX_DETAIL_OPTIONS = 500
 MAX_RINGED = 200
@@ -54,6 +55,7 @@ def cached_figure(
     lineage: bool,
     ringed: tuple[str, ...],
     placed: tuple[str, float, float, bool] | None,
+    recovered: bool = False,
 ):
     """The map figure for these choices, built once and shared (the same object each rerun)."""
     keep = _table.filter(list(family), list(task), list(tag), "")
@@ -67,6 +69,7 @@ def cached_figure(
         highlight=ringed,
         placed=pts,
         height=MAP_HEIGHT,
+        recovered=recovered,
     )
 
 
@@ -216,7 +219,7 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
     kind = c1.selectbox("Map", kinds, format_func=str.upper, key="map_kind")
     colour = c2.selectbox(
         "Colour by",
-        COLOUR_BY,
+        COLOUR_BY + (("tree",) if "tree" in table.columns else ()),
         key="map_colour",
         format_func=label,
         help="test accuracy: the accuracy on the model's test data as its card reports it; "
@@ -239,6 +242,14 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
             disabled=not table.lineage_edges(),
             help="Hub lineage from model cards, where the manifest knows it.",
         )
+        recovered = st.toggle(
+            "Lineage edges from the weights",
+            key="map_lineage_recovered",
+            disabled=not table.lineage,
+            help="Model trees recovered from the weights (`weightatlas lineage`); red edges: "
+            "the child declares no base model, or one the weights contradict. Colour by "
+            "'model tree' to see the trees.",
+        )
         ring = st.toggle(
             "Ring search hits on the map",
             value=False,
@@ -254,6 +265,7 @@ def map_controls_ui(table: MapTable) -> dict[str, Any]:
         task=tuple(task),
         tag=tuple(tag),
         lineage=bool(lineage),
+        recovered=bool(recovered),
         ring=bool(ring),
     )
 
@@ -344,6 +356,7 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
                     ),
                 },
             )
+    family_panel_ui(table, model_id)
     layers_path = Atlas.open(root).embeddings.layers_path
     rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
     with st.expander(f"Layers ({len(rows)}): tokens per layer", expanded=bool(rows)):
@@ -415,6 +428,7 @@ def page() -> None:
         choice["lineage"],
         tuple(hits[:MAX_RINGED]) if choice["ring"] else (),
         pin,
+        choice["recovered"],
     )
     shown = int(table.filter(choice["family"], choice["task"], choice["tag"]).sum())
     st.caption(
