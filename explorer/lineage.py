@@ -13,8 +13,7 @@ from typing import Any
 import streamlit as st
 
 from core.catalog import MapTable
-from core.trees.lineage import family
-from core.trees.table import STATUSES
+from core.trees.table import STATUSES, family
 from explorer.common import escape_md
 
 

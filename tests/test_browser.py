@@ -454,8 +454,7 @@ def trees_server(tmp_path_factory, workspace):
 
 
 def test_lineage_toggle_draws_edges_and_a_child_shows_its_family(browser, trees_server):
-    from core.trees.lineage import family
-    from core.trees.table import LineageTable
+    from core.trees.table import LineageTable, family
 
     server, atlas = trees_server
     rows = LineageTable(atlas).by_id()

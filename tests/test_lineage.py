@@ -12,9 +12,9 @@ from core.atlas import AtlasError
 from core.cli import main as cli_main
 from core.collection.collect import collect
 from core.trees.fingerprints import fingerprint, sample_positions
-from core.trees.lineage import family, lineage
+from core.trees.lineage import lineage
 from core.trees.score import score_atlas, zoo_truth
-from core.trees.table import LineageTable
+from core.trees.table import LineageTable, family
 from core.zoos.zoo import repo_dir, snapshot_dir, zoo
 
 TREES = {

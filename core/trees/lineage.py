@@ -208,28 +208,3 @@ def lineage(
     }
     LineageTable(a.root).write(out, info)
     return info
-
-
-def family(rows: dict[str, dict[str, Any]], model_id: str) -> dict[str, Any]:
-    """The family of one model from the lineage rows: parent(s), children, siblings, its tree.
-
-    Args:
-        rows: lineage rows keyed by id (``LineageTable.by_id``).
-        model_id: the model.
-    """
-    row = rows[model_id]
-    parents = _as_list(row.get("parent"))
-    children = [m for m, r in rows.items() if model_id in _as_list(r.get("parent"))]
-    siblings = sorted(
-        m
-        for m, r in rows.items()
-        if m != model_id and parents and set(_as_list(r.get("parent"))) & set(parents)
-    )
-    tree = sorted(m for m, r in rows.items() if r["tree"] == row["tree"])
-    return {
-        "row": row,
-        "parents": parents,
-        "children": sorted(children),
-        "siblings": siblings,
-        "tree": tree,
-    }

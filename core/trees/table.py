@@ -77,6 +77,38 @@ class LineageTable:
         return {r["id"]: r for r in self.rows()}
 
 
+def _parents(value: Any) -> list[str]:
+    """A row's ``parent`` as a list (none, one id, or the two of a merge)."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
 def lineage_table(root: str | Path) -> LineageTable:
     """The lineage table of the atlas at ``root`` (the atlas must exist)."""
     return LineageTable(Atlas.open(root).root)
+
+
+def family(rows: dict[str, dict[str, Any]], model_id: str) -> dict[str, Any]:
+    """The family of one model from the lineage rows: parent(s), children, siblings, its tree.
+
+    Args:
+        rows: lineage rows keyed by id (``LineageTable.by_id``).
+        model_id: the model.
+    """
+    row = rows[model_id]
+    parents = _parents(row.get("parent"))
+    children = [m for m, r in rows.items() if model_id in _parents(r.get("parent"))]
+    siblings = sorted(
+        m
+        for m, r in rows.items()
+        if m != model_id and parents and set(_parents(r.get("parent"))) & set(parents)
+    )
+    tree = sorted(m for m, r in rows.items() if r["tree"] == row["tree"])
+    return {
+        "row": row,
+        "parents": parents,
+        "children": sorted(children),
+        "siblings": siblings,
+        "tree": tree,
+    }
