@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,6 +70,55 @@ class ArchTarget:
         return save_model_dir(model, out_dir, self.library, card=card, config=self.config)
 
 
+SPEC_KINDS = ("zoo", "timm", "hf")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: ``kind`` (``zoo``, ``timm`` or ``hf``) and ``ref`` (a zoo family, a
+    timm model name, or a model folder / repo id)."""
+
+    kind: Literal["zoo", "timm", "hf"]
+    ref: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+def parse_model_spec(spec: str, want: Literal["arch", "weights"] = "arch") -> ModelSpec:
+    """The one parser of model specs (``sample --arch``, ``embed --model``, ``resolve_arch``).
+
+    ``zoo:<family>``, ``timm:<name>`` and ``hf:<folder or repo id>`` are taken as written. A bare
+    spec is a folder (``hf``) when one exists at that path; else, when an architecture is wanted
+    (``want="arch"``), a zoo family (``zoo``) if it names one; else a repo id (``hf``: the local
+    HF cache, or the Hub where the caller fetches). A caller that wants weights
+    (``want="weights"``, ``embed --model``) reads ``gpt2`` as the Hub's, not the zoo family.
+
+    Raises:
+        WeightAtlasError: an empty spec, an unknown prefix, or a bare name that is both a folder
+            and a zoo family (one line naming the two ways to write it).
+    """
+    text = spec.strip()
+    kind, sep, rest = text.partition(":")
+    if sep and kind in SPEC_KINDS:
+        if not rest.strip():
+            raise WeightAtlasError(f"empty model spec {spec!r}: write {kind}:<name>")
+        return ModelSpec(kind, rest.strip())  # type: ignore[arg-type]
+    if not text or (sep and not Path(text).expanduser().exists()):
+        raise WeightAtlasError(
+            f"bad architecture spec {spec!r}; use zoo:<family>, timm:<name> or hf:<dir or repo id>"
+        )
+    folder = Path(text).expanduser().is_dir()
+    if folder and text in FAMILIES and want == "arch":
+        raise WeightAtlasError(
+            f"{text!r} is both a folder here and a zoo family: write hf:./{text} for the folder "
+            f"or zoo:{text} for the family"
+        )
+    if folder or text not in FAMILIES or want == "weights":
+        return ModelSpec("hf", text)
+    return ModelSpec("zoo", text)
+
+
 def resolve_arch(
     spec: str,
     *,
@@ -88,9 +137,8 @@ def resolve_arch(
         width, depth: zoo family sizes (default: the family's smallest).
     """
 
-    kind, _, rest = spec.partition(":")
-    if not rest:
-        kind, rest = "zoo", spec
+    parsed = parse_model_spec(spec)
+    kind, rest = parsed.kind, parsed.ref
     if kind == "zoo":
         if rest not in FAMILIES:
             raise WeightAtlasError(

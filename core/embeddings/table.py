@@ -14,7 +14,7 @@ from core.atlas import Atlas, EmbeddingTables
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
-from core.collection.specs import resolve_arch
+from core.collection.specs import parse_model_spec, resolve_arch
 from core.config import build_config
 from core.embeddings.distances import read_tensors
 from core.embeddings.encode import (
@@ -48,7 +48,14 @@ def _model_path(spec: str, atlas: str | Path) -> Path:
     Hub downloads go through the collector's source (safetensors and config files only) into
     ``ATLAS/hub/``; nothing pickled is ever fetched.
     """
-    p = Path(spec)
+    parsed = parse_model_spec(spec, want="weights")
+    if parsed.kind != "hf":
+        raise WeightAtlasError(
+            f"{spec} is an architecture ({parsed}), not a model with weights: give a model "
+            "folder, a repo id, or hf:<folder or repo id>"
+        )
+    spec = parsed.ref
+    p = Path(spec).expanduser()
     if p.is_dir():
         return p
 

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.collection.specs import parse_model_spec
 from core.config import build_config, to_dict
 from core.embeddings.encode import _masked_tokens, open_backbone
 from core.embeddings.fidelity import reconstruct_tokens
@@ -63,9 +64,10 @@ def heldout_prompts(
     """Up to ``limit`` validation/test models of a zoo family on ``task`` (best validation
     accuracy first, all of the size most of them share), so that generation is never prompted
     with a model the backbone trained on; ``(None, None)`` when the atlas has none."""
-    kind, _, rest = arch.partition(":")
-    if kind != "zoo" or not rest:
+    parsed = parse_model_spec(arch)
+    if parsed.kind != "zoo":
         return None, None
+    rest = parsed.ref
     cands = []
     for r in a.accepted():
         labels = r.get("labels") or {}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.atlas import Atlas
-from core.collection.specs import resolve_arch, spec_label
+from core.collection.specs import parse_model_spec, resolve_arch, spec_label
 from core.embeddings.encode import position_code
 from core.errors import WeightAtlasError
 from core.generation.config import Progress, SampleConfig
@@ -71,10 +71,12 @@ def layout_of(layers: list[Any]) -> list[tuple[str, tuple[int, ...], int, int]]:
 def default_task(spec: str) -> str:
     """The task a spec is sampled for when none is given: a zoo family's own, else digits10."""
 
-    kind, _, rest = spec.partition(":")
-    name = rest if rest else kind
-    if (kind == "zoo" or not rest) and name in FAMILIES:
-        return FAMILIES[name].default_task
+    try:
+        parsed = parse_model_spec(spec)
+    except WeightAtlasError:
+        return "digits10"  # resolving the spec names the problem
+    if parsed.kind == "zoo" and parsed.ref in FAMILIES:
+        return FAMILIES[parsed.ref].default_task
     return "digits10"
 
 
@@ -122,7 +124,7 @@ def resolve_target(
     """
 
     note = None
-    if spec.startswith("hf:"):
+    if parse_model_spec(spec).kind == "hf":
         chosen_none = task == NO_TASK
         arch = resolve_arch(spec, task=None if chosen_none else task)
         task_name = None if chosen_none else task or arch.task
@@ -425,10 +427,10 @@ def fresh_prompts(
 def _common_size(a: Atlas, arch: str, task: str | None) -> tuple[int | None, int | None]:
     """For a zoo family: the (width, depth) most common among the atlas' models of that family/task."""
 
-    kind, _, rest = arch.partition(":")
-    name = rest if rest else kind
-    if rest and kind != "zoo":
+    parsed = parse_model_spec(arch)
+    if parsed.kind != "zoo":
         return None, None
+    name = parsed.ref
     task = task or default_task(arch)
     sizes: Counter[tuple[int, int]] = Counter()
     for row in a.accepted():
