@@ -717,3 +717,18 @@ def test_demo_atlas_page_shows_its_stored_map_quality():
         stored["spaces"]["embedding"]["family_accuracy"]
     )
     assert not [b for b in at.button if b.key == "map_quality_compute"]
+
+
+@needs_demo
+def test_embedding_a_cache_snapshot_names_it_by_its_repo_id(monkeypatch, tmp_path):
+    """Issue 27: a model from the HF cache placed on the map is labelled by its repo id, not
+    by its snapshot's commit hash."""
+    monkeypatch.delenv("WEIGHTATLAS_ATLAS", raising=False)
+    snap = tiny_hf_cache(tmp_path / "hub")["tiny/vit-classifier"]
+    at = app_on(DEMO, timeout=300)
+    at.text_input(key="embed_folder").input(str(snap)).run()
+    at.button(key="embed_go").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["placed"]["name"] == "tiny/vit-classifier"
+    placed = next(s.value for s in at.success if "lands at" in s.value)
+    assert "tiny/vit\\-classifier" in placed and snap.name not in placed

@@ -452,7 +452,11 @@ def page() -> None:
                 p = Path(folder).expanduser()
                 files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
                 result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
-            st.session_state.placed = {"name": p.name or str(p), **result}
+            from core.collection.specs import repo_id_of  # torch: after the first paint
+
+            # a Hugging Face cache snapshot is named by its repo id, not its commit hash
+            name = repo_id_of(p.resolve()) or p.name or str(p)
+            st.session_state.placed = {"name": name, **result}
             st.rerun()
         except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             st.session_state.pop("placed", None)
