@@ -858,10 +858,15 @@ def add_lineage_cli(p: argparse.ArgumentParser) -> None:
 
 
 def run_lineage_cli(args: argparse.Namespace) -> int:
+    from core.experiments.report import lineage_table
     from core.trees.lineage import lineage
     from core.trees.score import score_atlas
+    from core.trees.table import LineageTable
 
     info = lineage(args.atlas, args.preset, config_overrides(args), progress=not args.no_progress)
+    if args.zoo:  # scored before the report section is written, so it shows the figures
+        LineageTable(args.atlas).update_info(score=score_atlas(args.atlas, args.zoo))
+    report = lineage_table(args.atlas)
     data = dict(info)
     st = info["status"]
     text = (
@@ -870,10 +875,10 @@ def run_lineage_cli(args: argparse.Namespace) -> int:
         f"declared vs weights: {st['agrees']} agree, {st['missing']} missing declarations, "
         f"{st['contradicts']} contradictions, {st['differs']} differ inside their tree, "
         f"{st['unverifiable']} unverifiable\n"
-        f"table: {args.atlas}/lineage/lineage.jsonl"
+        f"table: {args.atlas}/lineage/lineage.jsonl; report section: {report}"
     )
     if args.zoo:
-        s = score_atlas(args.atlas, args.zoo)
+        s = LineageTable(args.atlas).info()["score"]
         data["score"] = s
         ours, mother = s["ours"], s.get("mother") or {}
         text += (

@@ -105,6 +105,13 @@ def test_cli_summary_score_and_errors(trees, tmp_path, capsys):
     assert cli_main(["lineage", str(atlas), "--zoo", str(z), "--no-progress", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["score"]["planted_found"] == 2 and data["mother_seconds"] is not None
+    # the report section: declared vs recovered, ours beside MoTHer, the tree probes
+    section = (atlas / "results" / "lineage.md").read_text()
+    assert "| contradicts | 1 |" in section and "| missing | 1 |" in section
+    assert "MoTHer" in section and "within trees" in section and "delta s(W)" in section
+    probes = LineageTable(atlas).info()["probes"]["pooled"]
+    assert set(probes) >= {"within/majority", "across/s(W)", "across/delta s(W)"}
+    assert all(0.0 <= v <= 1.0 for v in probes.values())
     assert cli_main(["lineage", str(tmp_path), "--no-progress"]) == 2
     assert "not an atlas" in capsys.readouterr().err
     assert cli_main(["lineage", str(atlas), "--set", "nope=1"]) == 2

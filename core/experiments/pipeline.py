@@ -282,6 +282,8 @@ REPORT_TABLES: list[tuple[str, str]] = [
     ("Ablation: collection composition", "ablation_composition.md"),
     # issue 17's experiment (core.experiments.modality.run_modality), when it ran on this atlas
     ("Experiment: a second modality", "experiment_modality.md"),
+    # issue 26: `weightatlas lineage` (core.trees), when it ran on this atlas
+    ("Model trees: lineage from the weights", "lineage.md"),
 ]
 
 # What the papers report for each comparison, shown above our numbers (not a verdict).
@@ -353,7 +355,7 @@ def _timings(run: Path) -> list[str]:
 
 
 # sections shown only when their table exists (experiments the pipeline does not run itself)
-OPTIONAL_TABLES = {"experiment_modality.md"}
+OPTIONAL_TABLES = {"experiment_modality.md", "lineage.md"}
 
 # a pointer under a section to a page of the repository's docs
 SECTION_NOTES: dict[str, str] = {

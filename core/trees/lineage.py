@@ -45,11 +45,12 @@ class LineageConfig:
     merge_tol: float = 0.05
     tie_band: float = 0.15
     mother: bool = True  # also run the MoTHer baseline (mother_* columns)
+    probes: bool = True  # task probes within and across trees (core.trees.probes)
 
 
 LINEAGE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "fast": {"per_tensor": 256, "mother": False},
+    "fast": {"per_tensor": 256, "mother": False, "probes": False},
 }
 register_presets("lineage", LineageConfig, LINEAGE_PRESETS)
 
@@ -207,4 +208,9 @@ def lineage(
         "mother_seconds": round(t_mother, 3) if cfg.mother else None,
     }
     LineageTable(a.root).write(out, info)
+    if cfg.probes:
+        from core.trees.probes import tree_probes
+
+        info["probes"] = tree_probes(a.root, dict(zip(ids, fps)))
+        LineageTable(a.root).write(out, info)
     return info

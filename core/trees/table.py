@@ -58,6 +58,10 @@ class LineageTable:
         atomic_write_bytes(self.rows_path, "".join(dumps(r) + "\n" for r in rows).encode())
         write_json(self.info_path, {"version": LINEAGE_VERSION, **info})
 
+    def update_info(self, **fields: Any) -> None:
+        """Add fields to the summary of a finished table (e.g. a score against a zoo's truth)."""
+        write_json(self.info_path, {**self.info(), **fields})
+
     def rows(self) -> list[dict[str, Any]]:
         """All rows; AtlasError with the command to run if there is no table."""
         if not self.exists():
