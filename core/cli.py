@@ -44,7 +44,7 @@ from core.atlas import (
     read_json,
     read_jsonl,
 )
-from core.backbone.train import train
+from core.backbone.train import split_warning, train
 from core.bench import BENCHES
 from core.catalog import backbone_budget, generated_card
 from core.collection.collect import collect, reasons_table, summary
@@ -325,9 +325,20 @@ def train_summary_text(summary: dict[str, Any], atlas: str | Path, preset: str) 
         f"(preset {preset}) on {n_train if n_train is not None else '?'} training models"
         + (" (stopped early)" if summary.get("stopped_early") else "")
     ]
+    best = summary.get("best")
+    if isinstance(best, dict) and isinstance(best.get("value"), int | float):
+        start = " (the starting point: training did not beat it)" if best.get("step") == 0 else ""
+        lines.append(
+            f"kept: the checkpoint of step {best.get('step')}, {best.get('metric')} "
+            f"{best['value']:.3f}{start}"
+        )
+    else:
+        lines.append(f"kept: the last step ({summary.get('steps', '?')}); no validation score")
+    for fam, n in (summary.get("families_not_trained") or {}).items():
+        lines.append(printable(split_warning(fam, n)))
     if isinstance(summary.get("val_r2"), int | float):
         lines.append(
-            f"validation R² {summary['val_r2']:.3f} on {summary.get('val_models', n_val)} "
+            f"last validation R² {summary['val_r2']:.3f} on {summary.get('val_models', n_val)} "
             "held-out models"
             + (
                 f"; training R² {summary['train_r2']:.3f} on a sample of "
@@ -436,7 +447,7 @@ def run_embed_cli(args: argparse.Namespace) -> int:
         return 0
     cfg = build_config(EmbedConfig, EMBED_PRESETS, args.preset, overrides=overrides)
     path = _model_path(args.model, args.atlas)
-    summ = embed_model_dir_full(path, args.atlas, cfg=cfg)
+    summ = embed_model_dir_full(path, args.atlas, cfg=cfg, progress=True)
     v = summ["z"].numpy()
     result = {
         "model": args.model,

@@ -310,3 +310,34 @@ def test_neighbours_top_k_equals_a_full_stable_sort():
         got = neighbours("unused", mid, k, embeddings=emb)
         assert [m for m, _ in got] == [m for m, _ in full[:k]]
         assert np.allclose([x for _, x in got], [x for _, x in full[:k]], atol=1e-12)
+
+
+def test_streamed_summary_equals_summarize_of_all_token_embeddings():
+    """Issue 27: ``embed --model`` streams (per-batch position code, per-layer float64 sums);
+    every pooling, layer mean, spread and count equals summarize() over the full z, for
+    models whose tokens span several batches and windows."""
+    import io
+
+    from tqdm import tqdm
+
+    from core.embeddings.encode import encode_summary
+    from core.tokens.plan import tokenize_state_dict
+
+    bb = make_backbone(window=16).eval()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 7))
+    tk = tokenize_state_dict(model.state_dict(), "dense", 64, model=model)
+    tokens, positions = tk.tokens.masked_fill(~tk.mask, 0.0), tk.positions
+    assert tk.n_tokens > 3 * 16  # several windows, and with batch_size 2 several batches
+    cfg = EmbedConfig(batch_size=2)
+    z = encode_tokens(bb, tokens, positions, cfg)
+    bar = tqdm(file=io.StringIO())  # a real bar, drawn into a buffer
+    for pooling in POOLINGS:
+        ref = summarize(z, positions, pooling)
+        got = encode_summary(bb, tk.tokens, positions, cfg, pooling, progress=bar, valid=tk.valid)
+        assert bar.n == len(halo_windows(tk.n_tokens, 16, 2))
+        for k, v in ref.items():
+            if v.dtype.is_floating_point:
+                torch.testing.assert_close(got[k].double(), v.double(), rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(got[k], v), (pooling, k)

@@ -497,3 +497,56 @@ def test_stages_of_your_own_atlas_share_one_default_preset():
     for stage in ("collect", "train", "embed", "evaluate"):
         args = parser.parse_args([stage, "ATLAS"])
         assert args.preset == USER_PRESET == "demo", stage
+
+
+def test_train_says_what_it_kept_warns_on_a_family_left_out_and_shows_progress_early(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 27: the summary names the kept checkpoint (step and score), a family the split put
+    only in val/test is warned about (at the start and in the summary), and the stage reports on
+    stderr within 10 s of being called (before its preparation: optimizer, PCA, step-0 scores)."""
+    from core.cli import train_summary_text
+
+    atlas = make_atlas(tmp_path / "atlas")
+    rows = [  # families: the CNNs (even ids) all in val, the MLPs (odd) train as before
+        {
+            "id": f"test/model-{i}",
+            "status": "accepted",
+            "family": "cnn" if i % 2 == 0 else "mlp",
+            "split": "val" if i % 2 == 0 else ("train" if i < 6 else "val"),
+        }
+        for i in range(8)
+    ]
+    append_jsonl(atlas.manifest_path, rows)
+    first: list[float] = []
+
+    class Stamped:  # records when the first line reaches stderr
+        def __init__(self, inner):
+            self.inner = inner
+
+        def write(self, s: str) -> int:
+            if s.strip() and not first:
+                first.append(time.perf_counter())
+            return self.inner.write(s)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stderr", Stamped(sys.stderr))
+    t0 = time.perf_counter()
+    summary = train(atlas.root, "ci", dict(FAST), out=tmp_path / "bb")
+    assert first and first[0] - t0 < 10, (first, t0)
+    text = train_summary_text(summary, atlas.root, "ci")
+    err = capsys.readouterr().err
+    warning = "warning: family 'cnn' is not in the train split (4 model(s) in val/test only)"
+    assert warning in err and warning in text, (text, err)
+    assert err.index(warning) < err.index("train:   0%")  # before the run, not after it
+    assert summary["families_not_trained"] == {"cnn": 4} and "'mlp'" not in text
+    best = json.loads((tmp_path / "bb" / "config.json").read_text()).get("selected")
+    kept = [ln for ln in text.splitlines() if ln.startswith("kept: ")]
+    assert len(kept) == 1, text
+    if best:  # the summary names the step and score that config.json's selection records
+        assert f"step {best['step']}, {best['metric']} {best['value']:.3f}" in kept[0], text
+    else:
+        assert kept[0].startswith("kept: the last step (12)"), text

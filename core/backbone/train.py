@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from core.backbone.views import ViewMaker, store_groups
 from core.config import ConfigError, to_dict
 from core.errors import WeightAtlasError
 from core.models.optim import adamw
+from core.safety import printable
 from core.tokens.store import TokenStore, WindowDataset
 
 # --------------------------------------------------------------------------- training
@@ -137,6 +139,14 @@ def train(
         raise WeightAtlasError(f"{atlas.root}: no tokenized model in the train split")
     out = Path(out) if out is not None else atlas.backbone_dir
     d = setup_dist(tcfg.device)
+    untrained = families_left_out(atlas, store, set(train_ids))
+    if d.main:  # within seconds of the start, before the run's preparation (PCA, step-0 scores)
+        tqdm.write(
+            f"train: {len(train_ids)} training and {len(val_ids)} validation models; preparing",
+            file=sys.stderr,
+        )
+        for fam, n in untrained.items():
+            tqdm.write(printable(split_warning(fam, n)), file=sys.stderr)
     if tcfg.batch_size < d.world:
         raise ConfigError(f"batch_size={tcfg.batch_size} is smaller than the {d.world} ranks")
     config = _run_config(bcfg, tcfg, preset, store, len(train_ids), len(val_ids))
@@ -161,7 +171,37 @@ def train(
         )
     if tcfg.select == "rec+knn" and val is not None:  # the embedding's use, on val models only
         val.knn_labels = knn_labels(atlas, val_ids)
-    return fit(bcfg, tcfg, config, dataset, val, train_eval, out, resume, d)
+    summary = fit(bcfg, tcfg, config, dataset, val, train_eval, out, resume, d)
+    summary["families_not_trained"] = untrained
+    return summary
+
+
+def families_left_out(atlas: Atlas, store: TokenStore, train_ids: set[str]) -> dict[str, int]:
+    """Families with tokenized accepted models of which none is in the train split.
+
+    Returns:
+        family -> how many of its models the split put in val/test (the backbone never sees
+        that family's weights while training: a 70/15/15 split of a few models can do that).
+    """
+    trained: set[str] = set()
+    other: dict[str, int] = {}
+    for r in atlas.accepted():
+        if r["id"] not in store or r.get("duplicate_of"):
+            continue
+        fam = str(r.get("family") or "unknown")
+        if r["id"] in train_ids:
+            trained.add(fam)
+        else:
+            other[fam] = other.get(fam, 0) + 1
+    return {f: n for f, n in sorted(other.items()) if f not in trained}
+
+
+def split_warning(family: str, n: int) -> str:
+    """The one-line warning for a family that the split left out of training."""
+    return (
+        f"warning: family {family!r} is not in the train split ({n} model(s) in val/test only); "
+        "the backbone does not train on it: collect more of it or change split_fractions"
+    )
 
 
 def fit(
@@ -188,9 +228,12 @@ def fit(
     np.random.seed(tcfg.seed)
     model = Backbone(bcfg).to(d.device)
     steps = _total_steps(tcfg, len(dataset))
-    opt = make_optimizer(model, tcfg)
     if steps < 3:
         raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
+    # the bar is up before the preparation (optimizer, PCA, step-0 scores), saying what runs
+    bar = tqdm(total=steps, disable=not d.main, desc="train", unit="step")
+    bar.set_postfix_str("setting up the optimizer")
+    opt = make_optimizer(model, tcfg)
     warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
@@ -198,10 +241,13 @@ def fit(
     metrics_path = BackboneFiles(out).metrics_path
     pca = bcfg.skip and bcfg.skip_init == "pca"
     if pca:  # the linear path starts as the training tokens' PCA (resume overwrites it)
+        bar.set_postfix_str("PCA of the training tokens")
         model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
     step, best = _restore(out, config, resume, model, opt, sched, d)
+    bar.n = step
     metric = selection_metric(tcfg)
     if step == 0 and pca and val is not None:  # the linear code the run starts from
+        bar.set_postfix_str("scoring the starting point (step 0)")
         start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
         if start.get(metric) is not None:  # is a candidate: training must beat it
             best = {"metric": metric, "value": start[metric], "step": 0}
@@ -220,7 +266,8 @@ def fit(
     T = bcfg.window
     last_val: dict[str, Any] = {}
     t0, seen_tokens, window_t0, window_steps = time.time(), 0, time.time(), 0
-    bar = tqdm(total=steps, initial=step, disable=not d.main, desc="train", unit="step")
+    bar.set_postfix_str("")
+    bar.refresh()
     logged: dict[str, float] = {}
     while step < steps:
         model.train()

@@ -262,6 +262,26 @@ def pool_model(z: torch.Tensor, positions: torch.Tensor, pooling: str) -> torch.
         out = {"mean": mean, "std": std, "mean+std": torch.cat([mean, std])}[pooling]
         return out.float()
     _, _, means, stds = layer_moments(z, positions)  # layers in depth order
+    return pool_moments(means, stds, pooling)
+
+
+def pool_moments(
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    pooling: str,
+    overall: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The model embedding from per-layer moments ``(S, L)`` (``layer_moments``, depth order).
+
+    ``overall``: ``(mean, std)`` over all tokens, needed by the ``mean``/``std``/``mean+std``
+    poolings (which do not look at layers).
+    """
+    _check_pooling(pooling)
+    if pooling in ("mean", "std", "mean+std"):
+        if overall is None:
+            raise ValueError(f"pooling {pooling!r} needs the moments over all tokens")
+        mean, std = overall
+        return {"mean": mean, "std": std, "mean+std": torch.cat([mean, std])}[pooling].float()
     per_layer = stds if pooling == "depth-std" else torch.cat([means, stds], 1)
     if pooling == "layer-mean+std":
         return per_layer.mean(0).float()
@@ -304,6 +324,82 @@ def summarize(
         "layer_z": means.float(),
         "layer_spread": stds.mean(1).float(),
         "layer_tokens": counts,
+    }
+
+
+@torch.no_grad()
+def encode_summary(
+    backbone: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    cfg: EmbedConfig,
+    pooling: str,
+    progress: Any = None,
+    valid: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``summarize(encode_tokens(...))`` of one model, streamed: what a big model costs.
+
+    The haloed windows go through the backbone ``cfg.batch_size`` at a time; each batch's
+    position code covers only its own tokens and its token embeddings are folded into per-layer
+    float64 sums (count, sum, sum of squares) and dropped, so neither ``z (N, L)`` nor the
+    ``(N, d_model)`` position code is ever held (bert-base: 1.7 M tokens, 1.75 GB of code).
+    Results equal :func:`summarize`'s up to float64 rounding.
+
+    Args:
+        progress: a tqdm-like bar (``total`` set to the number of windows here, ``update``
+            called per batch), or None.
+        valid: ``(N,)`` real values per token: padding is zeroed per batch (no masked copy
+            of all tokens); None if ``tokens`` are masked already.
+    """
+    window, halo = resolve_window(cfg, backbone)
+    n = len(tokens)
+    wins = halo_windows(n, window, halo)
+    t = min(window, n)
+    dev = torch.device(cfg.device)
+    layers = positions[:, 1]
+    n_layers = int(layers.max()) + 1 if n else 0
+    latent = int(backbone.cfg.latent_dim)
+    count = torch.zeros(n_layers, dtype=torch.float64)
+    s1 = torch.zeros(n_layers, latent, dtype=torch.float64)
+    s2 = torch.zeros(n_layers, latent, dtype=torch.float64)
+    if progress is not None:
+        progress.reset(total=len(wins))
+    for b in range(0, len(wins), cfg.batch_size):
+        chunk = wins[b : b + cfg.batch_size]
+        lo, hi = chunk[0][0], chunk[-1][0] + t
+        pos = positions[lo:hi].to(dev)
+        code = position_code(backbone, pos)
+        xb = torch.stack([tokens[ws : ws + t] for ws, _, _ in chunk]).float()
+        if valid is not None:
+            vb = torch.stack([valid[ws : ws + t] for ws, _, _ in chunk])
+            xb.masked_fill_(torch.arange(xb.shape[-1]) >= vb[..., None], 0.0)
+        xb = xb.to(dev)
+        pb = torch.stack([pos[ws - lo : ws - lo + t] for ws, _, _ in chunk])
+        cb = torch.stack([code[ws - lo : ws - lo + t] for ws, _, _ in chunk])
+        yb = backbone.encode(xb, pb, cb).float().cpu()
+        zc = torch.cat([yb[j, s - ws : e - ws] for j, (ws, s, e) in enumerate(chunk)]).double()
+        lc = layers[chunk[0][1] : chunk[-1][2]]
+        count.index_add_(0, lc, torch.ones(len(lc), dtype=torch.float64))
+        s1.index_add_(0, lc, zc)
+        s2.index_add_(0, lc, zc * zc)
+        if progress is not None:
+            progress.update(len(chunk))
+    present = count > 0
+    layer_ids = torch.nonzero(present).reshape(-1)
+    c, s1, s2 = count[present], s1[present], s2[present]
+    means = s1 / c[:, None]
+    var = ((s2 - c[:, None] * means**2) / (c - 1).clamp(min=1)[:, None]).clamp(min=0)
+    stds = torch.where(c[:, None] > 1, var.sqrt(), torch.zeros_like(var))
+    total = c.sum()
+    mean = s1.sum(0) / total
+    var_all = ((s2.sum(0) - total * mean**2) / (total - 1).clamp(min=1)).clamp(min=0)
+    std = var_all.sqrt() if total > 1 else torch.zeros_like(mean)
+    return {
+        "z": pool_moments(means, stds, pooling, (mean, std)),
+        "layer_index": layer_ids,
+        "layer_z": means.float(),
+        "layer_spread": stds.mean(1).float(),
+        "layer_tokens": c.long(),
     }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.atlas import Atlas, EmbeddingTables
 from core.collection.checks import check_model, inspect_model_dir
@@ -20,13 +21,12 @@ from core.embeddings.distances import read_tensors
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
-    _masked_tokens,
     embeddings_dir,
-    encode_tokens,
+    encode_summary,
     open_backbone,
-    summarize,
 )
 from core.errors import WeightAtlasError
+from core.safety import printable
 from core.tokens.plan import tokenize_model_dir
 from core.tokens.store import read_index
 
@@ -182,8 +182,13 @@ def embed_model_dir_full(
     check: bool = True,
     backbone: Any = None,
     backbone_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads.
+
+    The encoder pass is streamed (:func:`encode_summary`), so a bert-base-sized model costs its
+    tokens and one batch of activations, not its token embeddings; ``progress`` shows a bar
+    over the windows.
 
     ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept
     model); ``backbone_dir``: whose embeddings the vector is compared with. The model embedding
@@ -202,9 +207,14 @@ def embed_model_dir_full(
     tok = tokenize_model_dir(path, scheme, size)
     if backbone is None:
         backbone = open_backbone(a, backbone_dir, cfg.device)
-    tokens, positions = _masked_tokens(tok)
     pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
-    return summarize(encode_tokens(backbone, tokens, positions, cfg), positions, pooling)
+    positions = torch.as_tensor(tok.positions, dtype=torch.long)
+    with tqdm(
+        desc=f"embed {printable(path.name)[:40]}", unit="window", disable=not progress
+    ) as bar:
+        return encode_summary(
+            backbone, tok.tokens, positions, cfg, pooling, progress=bar, valid=tok.valid
+        )
 
 
 def neighbours(
