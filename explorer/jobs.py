@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,15 @@ def generated_dir(atlas: str | Path) -> Path:
             f"the workspace {workspace_root()} lies inside the atlas {root}; "
             f"set {WORKSPACE_ENV} to a folder outside it"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # created, and written to once: a read-only mount, a file on the way or /proc fail here
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WeightAtlasError(
+            f"the workspace {workspace_root()} is not usable ({e.strerror or type(e).__name__})"
+        ) from None
     return out
 
 

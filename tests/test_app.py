@@ -732,3 +732,58 @@ def test_embedding_a_cache_snapshot_names_it_by_its_repo_id(monkeypatch, tmp_pat
     assert at.session_state["placed"]["name"] == "tiny/vit-classifier"
     placed = next(s.value for s in at.success if "lands at" in s.value)
     assert "tiny/vit\\-classifier" in placed and snap.name not in placed
+
+
+def _read_only_dir(tmp_path: Path) -> Path | None:
+    """A read-only folder: a read-only tmpfs as root (root ignores permission bits), else a
+    folder without write permission; None where neither can be made."""
+    import os
+    import shutil
+    import subprocess
+
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        return d
+    if shutil.which("mount") is None:
+        return None
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)])
+    return d if r.returncode == 0 else None
+
+
+@needs_demo
+def test_generate_page_says_the_workspace_is_unusable_and_takes_another(monkeypatch, tmp_path):
+    """Issue 27: a workspace on a read-only mount, under a file or under /proc is one line on the
+    Generate page (no OSError box), with a field that takes another folder."""
+    import os
+    import subprocess
+
+    from core.atlas import WORKSPACE_ENV
+
+    (tmp_path / "a-file").write_text("x")
+    cases = {"under a file": tmp_path / "a-file" / "ws", "under /proc": Path("/proc/wa-ws")}
+    ro = _read_only_dir(tmp_path)
+    if ro is not None:
+        cases["read-only"] = ro / "ws"
+    try:
+        for what, ws in cases.items():
+            monkeypatch.setenv(WORKSPACE_ENV, str(ws))
+            at = app_on(DEMO, timeout=120)
+            at.switch_page("views/generate.py").run()
+            assert not at.exception, (what, at.exception)
+            errors = [str(e.value) for e in at.error]
+            assert len(errors) == 1 and "\n" not in errors[0], (what, errors)
+            assert errors[0].startswith("Generated models cannot be written: the workspace")
+            assert "is not usable" in errors[0] and "OSError" not in errors[0], errors
+            assert not [b for b in at.button if b.key == "gen_go"]
+        good = tmp_path / "good-ws"
+        at.text_input(key="gen_workspace").input(str(good)).run()
+        at.button(key="gen_workspace_use").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert os.environ[WORKSPACE_ENV] == str(good)
+        assert [b for b in at.button if b.key == "gen_go"]  # generation can start
+        assert (good / atlas_workspace(DEMO).name / "generated").is_dir()
+    finally:
+        if ro is not None and os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(ro)])

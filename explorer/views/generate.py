@@ -10,6 +10,7 @@ workspace (``explorer.jobs.generated_dir``; ``$WEIGHTATLAS_WORKSPACE`` overrides
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -546,6 +547,40 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         )
 
 
+def workspace_ui(root: Path) -> Path | None:
+    """The folder generated models go to, or None after one line saying why the workspace
+    cannot be used (read-only, under a file, under /proc) and a field to choose another.
+
+    The folder chosen there becomes ``$WEIGHTATLAS_WORKSPACE`` of this app process (and of the
+    jobs it starts), as if the app had been started with it.
+    """
+    try:
+        return generated_dir(root)
+    except (*USER_ERRORS, OSError) as e:
+        st.error(f"Generated models cannot be written: {plain(e)}.", icon=":material/error:")
+    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+    folder = c1.text_input(
+        "Another workspace folder",
+        key="gen_workspace",
+        placeholder="/path/to/a/writable/folder",
+        help=f"Used instead of `{WORKSPACE_ENV}` while the app runs.",
+    )
+    if c2.button("Use it", key="gen_workspace_use", disabled=not folder.strip()):
+        previous = os.environ.get(WORKSPACE_ENV)
+        os.environ[WORKSPACE_ENV] = folder.strip()
+        try:
+            generated_dir(root)
+        except (*USER_ERRORS, OSError) as e:
+            if previous is None:
+                os.environ.pop(WORKSPACE_ENV, None)
+            else:
+                os.environ[WORKSPACE_ENV] = previous
+            st.error(f"`{folder.strip()}` cannot be used either: {plain(e)}.")
+            return None
+        st.rerun()
+    return None
+
+
 def page() -> None:
     """Render the Generate page."""
     root = current_atlas()
@@ -593,7 +628,9 @@ def page() -> None:
     est = None
     if settings["keep"] <= settings["n"] and not running:
         est = estimate_ui(root, stamp_, request, size)
-    out = generated_dir(root)
+    out = workspace_ui(root)
+    if out is None:
+        return
     c1, c2 = st.columns([1, 4], vertical_alignment="center")
     go_ = c1.button(
         "Generate",
