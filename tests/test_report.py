@@ -67,6 +67,9 @@ def test_probe_verdict_lines_name_the_step_the_combined_set_and_the_noise() -> N
     assert acc.startswith("- **agree**: cnn/digits10, test_accuracy") and "kept step 1500" in acc
     assert "embedding+s(W) 0.950 ± 0.010" in acc
     assert gap.startswith(f"- **{NOT_TESTABLE}**") and "SE 0.0210 (360 test examples)" in gap
+    out["backbone_step"] = 0  # both reasons named
+    gap = report.probe_verdicts(out)[1]
+    assert "untrained" in gap and "noise at this test size" in gap
 
 
 def test_target_noise_reads_the_task_test_size() -> None:

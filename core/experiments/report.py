@@ -556,22 +556,25 @@ def probe_verdict(
     em, es = emb["cv_mean"], emb["cv_std"]
     wm, ws = sw["cv_mean"], sw["cv_std"]
     base, bsd = emb.get("cv_baseline_mean") or 0.0, emb.get("cv_baseline_std") or 0.0
+    untestable = []
     if step is None:
-        return NOT_TESTABLE, "the probes do not record which backbone step made the embedding"
-    if step == 0:
-        return NOT_TESTABLE, (
+        untestable.append("the probes do not record which backbone step made the embedding")
+    elif step == 0:
+        untestable.append(
             "the kept backbone is step 0, an untrained code: this tests no learned "
             "representation, so it says nothing about SANE"
         )
-    trained = f"backbone trained, kept step {step}"
     if target == "generalization_gap" and noise:
         se, sd = noise.get("test_accuracy_se"), noise.get("generalization_gap_std")
         if se is not None and sd is not None and sd <= se:
-            return NOT_TESTABLE, (
+            untestable.append(
                 f"the gap's spread over models ({sd:.4f}) is at most the test accuracy's "
                 f"standard error ({se:.4f} on {noise.get('n_test_examples')} test examples): "
                 "the target is noise at this test size"
             )
+    if untestable:
+        return NOT_TESTABLE, "; ".join(untestable)
+    trained = f"backbone trained, kept step {step}"
     if em - base <= es + bsd and wm - base <= ws + bsd:
         return (
             "inconclusive",
