@@ -206,15 +206,16 @@ def test_layers_page(browser, server, atlas, tmp_path):
         page.get_by_label("Model").first.wait_for(timeout=120_000)  # count() would not wait
         page.locator(".stPlotlyChart").first.wait_for(timeout=120_000)
         page.get_by_text("density").first.wait_for(timeout=60_000)  # histogram y axis
-        if page.get_by_role("button", name="Compute spectral alpha").count():
+        if page.get_by_role("button", name="Compute spectral alpha").count():  # large models
             page.get_by_role("button", name="Compute spectral alpha").click()
             page.get_by_text("Spectral metrics are computed on demand").wait_for(
                 state="detached", timeout=120_000
             )
             wait_idle(page)
-            page.get_by_text("Along depth").first.scroll_into_view_if_needed(timeout=60_000)
-            page.get_by_text("log10 spectral norm").first.wait_for(timeout=60_000)
-            page.get_by_text("layer (in depth order)").first.wait_for(timeout=60_000)
+        # small models: drawn with the page (issue 27: the panel was empty until pressed)
+        page.get_by_text("Along depth").first.scroll_into_view_if_needed(timeout=60_000)
+        page.get_by_text("log10 spectral norm").first.wait_for(timeout=60_000)
+        page.get_by_text("layer (in depth order)").first.wait_for(timeout=60_000)
     else:
         page.get_by_text("weightatlas tokenize").first.wait_for()
     no_exception(page)

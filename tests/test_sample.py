@@ -418,3 +418,19 @@ def test_a_run_reports_the_estimate_its_caller_showed(tmp_path, capfd):
     path.write_text("{}")
     assert main([*args, str(path)]) == 2
     assert "is not an estimate" in capfd.readouterr().err
+
+
+def test_task_fits_probes_each_task_on_a_fresh_copy(tmp_path):
+    """A transformers Swin shrinks its window for a smaller input and keeps it: probed on
+    digits10 (8 px) first, the same instance then failed its own digits16; every task (and
+    every probed side) now gets its own copy."""
+    from core.generation.prompts import task_fits
+    from core.models.families import FAMILIES
+    from core.models.io import save_model_dir
+    from core.models.registry import empty_model
+
+    cfg = FAMILIES["swin"].config(get_task("digits16").info, 8, 1)
+    model, _ = empty_model(cfg)
+    save_model_dir(model, tmp_path / "swin", "transformers", card=None, config=cfg)
+    fits = task_fits(f"hf:{tmp_path / 'swin'}", "dense", 64, ["digits10", "digits16"])
+    assert fits["digits16"] is None, fits["digits16"]

@@ -310,8 +310,8 @@ def task_fits(
     for name in tasks if tasks is not None else list(TASKS):
         target = copy.copy(base)
         target.task, target.note, target._side = name, None, {}
-        try:
-            check_task_fit(model, target)
+        try:  # a fresh copy per task: a Swin keeps the window it shrank for a smaller input
+            check_task_fit(copy.deepcopy(model), target)
             out[name] = None
         except TargetError as e:
             out[name] = str(e)
@@ -346,7 +346,9 @@ def run_side(model: nn.Module, target: Target) -> int | None:
 
 
 def _runs_at(model: nn.Module, info: Any, side: int, target: Target | None = None) -> bool:
-    """Whether a forward pass on ``side`` x ``side`` images works."""
+    """Whether a forward pass on ``side`` x ``side`` images works (on a copy: a transformers
+    Swin shrinks its window for small inputs and keeps it, breaking later passes)."""
+    model = copy.deepcopy(model)
     x = torch.zeros(2, info.in_chans, side, side)
     chans = run_chans(target) if target is not None else None
     if chans is not None:
