@@ -1,7 +1,7 @@
 """Score recovered lineage against a zoo's ground truth (``zoo.json``'s ``trees``).
 
 Tree membership: adjusted Rand index of the recovered trees against the true ones (a model of
-no tree is its own). Parent edges: a model with a true parent counts as right when its
+no tree is its own, or one with the other checkpoints of its zoo run). Parent edges: a model with a true parent counts as right when its
 recovered parent is one of its true parents (the direction is part of it: a reversed edge is
 wrong). Declarations: every planted wrong declaration (another tree's model) must be flagged
 ``contradicts`` and every planted missing one ``missing``; either flag on another model is a
@@ -17,8 +17,8 @@ from typing import Any
 
 from sklearn.metrics import adjusted_rand_score
 
-from core.atlas import read_json
-from core.collection.facts import _as_list
+from core.atlas import Atlas, read_json
+from core.collection.facts import _as_list, run_of
 from core.errors import WeightAtlasError
 from core.trees.table import FLAGS, LineageTable
 
@@ -36,10 +36,19 @@ def score(
     truth: dict[str, dict[str, Any]],
     tree_key: str = "tree",
     parent_key: str = "parent",
+    runs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Tree ARI and parent-edge accuracy of one method's columns of the lineage rows."""
+    """Tree ARI and parent-edge accuracy of one method's columns of the lineage rows.
+
+    A model outside the truth is a tree of its own, or, given ``runs`` (id -> training run
+    key), one tree with the other checkpoints of its run (they share an init: real lineage).
+    """
     ids = [r["id"] for r in rows]
-    true_tree = [truth[i]["tree"] if i in truth else f"solo:{i}" for i in ids]
+    runs = runs or {}
+    true_tree = [
+        truth[i]["tree"] if i in truth else f"run:{runs[i]}" if i in runs else f"solo:{i}"
+        for i in ids
+    ]
     got_tree = [r[tree_key] for r in rows]
     right = total = roots_right = roots = 0
     wrong: list[str] = []
@@ -69,6 +78,7 @@ def score_atlas(atlas: str | Path, zoo_dir: str | Path) -> dict[str, Any]:
     """Both methods against the zoo's truth, and the declaration checks, for one atlas."""
     truth = zoo_truth(zoo_dir)
     rows = LineageTable(atlas).rows()
+    runs = {r["id"]: run_of(r) for r in Atlas.open(atlas).accepted()}
     planted = {i: t["planted"] for i, t in truth.items() if t.get("planted")}
     found, alarms = [], []
     for r in rows:
@@ -84,7 +94,7 @@ def score_atlas(atlas: str | Path, zoo_dir: str | Path) -> dict[str, Any]:
     out = {
         "models": len(rows),
         "tree_models": sum(r["id"] in truth for r in rows),
-        "ours": score(rows, truth),
+        "ours": score(rows, truth, runs=runs),
         "planted": len(planted),
         "planted_found": len(found),
         "missed": sorted(set(planted) - set(found)),
@@ -92,5 +102,5 @@ def score_atlas(atlas: str | Path, zoo_dir: str | Path) -> dict[str, Any]:
         "differs": sorted(r["id"] for r in rows if r["status"] == "differs"),
     }
     if rows and "mother_tree" in rows[0]:
-        out["mother"] = score(rows, truth, "mother_tree", "mother_parent")
+        out["mother"] = score(rows, truth, "mother_tree", "mother_parent", runs)
     return out
