@@ -46,6 +46,7 @@ from core.trees.fingerprints import Fingerprint
 
 Key = tuple[str, tuple[int, ...]]
 COARSE_VALUES = 64  # values per tensor in the candidate pass
+MIN_SHARED = 0.5  # share of the smaller model's sampled values a compared pair must share
 
 
 @dataclass
@@ -109,17 +110,21 @@ def candidates(fps: Sequence[Fingerprint], threshold: float) -> tuple[np.ndarray
     n = len(fps)
     total = np.zeros((n, n), dtype=np.float32)
     count = np.zeros((n, n), dtype=np.float32)
+    values = np.zeros((n, n), dtype=np.float32)
+    own_values = np.array([sum(v.size for v in f.samples.values()) for f in fps], dtype=float)
     for key, idx in _keys(fps).items():
         if len(idx) < 2:
             continue
         x = np.stack([fps[i].samples[key] for i in idx])
+        values[np.ix_(idx, idx)] += x.shape[1]
         x = x[:, :: max(1, x.shape[1] // COARSE_VALUES)]
         d2, s2 = _rel(x)
         r = np.sqrt(d2 / np.maximum(s2, 1e-30)).astype(np.float32)
         ix = np.ix_(idx, idx)
         total[ix] += r
         count[ix] += 1
-    link = (count > 0) & (total < threshold * count)
+    enough = values >= MIN_SHARED * np.minimum(own_values[:, None], own_values[None, :])
+    link = (count > 0) & enough & (total < threshold * count)
     np.fill_diagonal(link, False)
     pairs = int(((count > 0).sum() - n) // 2)
     _, labels = connected_components(csr_matrix(link), directed=False)
@@ -137,6 +142,8 @@ def pairwise(fps: Sequence[Fingerprint], members: list[int]) -> Pairs:
     grow_sum = np.zeros((m, m))
     kurt_sum = np.zeros((m, m))
     shared = np.zeros((m, m))
+    values = np.zeros((m, m))  # sampled values the pair shares
+    own_values = np.array([sum(v.size for v in f.samples.values()) for f in local], dtype=float)
     for key, idx in holders.items():
         if len(idx) < 2:
             continue
@@ -153,6 +160,11 @@ def pairwise(fps: Sequence[Fingerprint], members: list[int]) -> Pairs:
         grow_sum[ix] += norms[None, :] > norms[:, None]
         kurt_sum[ix] += kurt[None, :] - kurt[:, None]
         shared[ix] += 1
+        values[ix] += x.shape[1]
+    # a pair compares only when what it shares is most of the smaller model: two models of
+    # different sizes may share nothing but a few tiny tables
+    enough = values >= MIN_SHARED * np.minimum(own_values[:, None], own_values[None, :])
+    shared[~enough] = 0
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pairs sharing no tensor: all NaN
         own = np.nanmedian(np.stack(per_tensor), axis=0) if per_tensor else np.full((m, m), np.nan)
@@ -330,7 +342,9 @@ def recover(
             rec.tree[members[0]] = tree
             tree += 1
             continue
-        dist = pairs.own if method == "deltas" else pairs.glob
+        # ours links on both distances: the median alone is fooled by tensors that start from
+        # zeros in every model (a Swin position-bias table) and drift alike on similar tasks
+        dist = np.maximum(pairs.own, pairs.glob) if method == "deltas" else pairs.glob
         for local in _components(dist, threshold):
             for i in local:
                 rec.tree[members[i]] = tree

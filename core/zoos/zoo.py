@@ -179,7 +179,9 @@ ZOO_PRESETS["trees"] = {
     # 2 grandchildren, 1 merge, 1 precision copy (10 models); 3 wrong and 3 missing
     # declarations planted; beside them 2 independent runs per family (one checkpoint each)
     "families": ("cnn", "mlp", "vit"),
-    "tasks": ("digits10:1", "digits-rot90:1"),
+    # tasks no other preset trains, so the independent runs' ids never collide with the demo
+    # zoo's when both are collected into one atlas
+    "tasks": ("digits-5to9:1", "digits-parity:1"),
     "epochs": 8,
     "checkpoints": (8,),
     "trees": ("cnn/digits10:3", "mlp/digits10:3", "vit/digits10:3"),
