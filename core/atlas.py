@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.manifest import MANIFEST_FILE, ModelRow, latest_rows
+from core.manifest import MANIFEST_FILE, ModelRow, in_id_order, latest_rows
 
 ATLAS_VERSION = 1
 INFO_FILE = "atlas.json"
@@ -176,6 +176,22 @@ class Atlas:
     def manifest(self) -> list[ModelRow]:
         """All manifest rows (``core.manifest.ModelRow``); the last row per model id wins."""
         return latest_rows(read_jsonl(self.manifest_path))
+
+    def order_manifest(self) -> bool:
+        """Store the manifest's rows in model-id order (``core.manifest.in_id_order``), atomically.
+
+        Collect appends rows as its workers finish them (a killed run keeps every finished
+        row) and calls this at the end, so the stored order depends only on the rows.
+
+        Returns:
+            True when the file was rewritten (it was not already in order).
+        """
+        rows = list(read_jsonl(self.manifest_path))
+        ordered = in_id_order(rows)
+        if ordered == rows:
+            return False
+        atomic_write_bytes(self.manifest_path, "".join(dumps(r) + "\n" for r in ordered).encode())
+        return True
 
     def accepted(self, split: str | None = None) -> list[ModelRow]:
         """Accepted manifest rows, optionally of one split (train/val/test)."""

@@ -93,6 +93,15 @@ def as_row(row: dict[str, Any]) -> ModelRow:
     return row if isinstance(row, ModelRow) else ModelRow(row)
 
 
+def in_id_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows sorted by model id, rows of one id kept in their written order (stable).
+
+    The order the manifest is stored in: it depends only on the rows, not on which worker
+    finished first, so runs that train in manifest order are reproducible given the seed.
+    """
+    return sorted(rows, key=lambda row: str(row["id"]))
+
+
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[ModelRow]:
     """Rows as ModelRows, the last row per model id winning (the manifest is append-only)."""
     by_id: dict[str, ModelRow] = {}

@@ -559,4 +559,27 @@ def test_rerunning_collect_after_a_kill_adds_no_duplicate_rows(atlas_factory, tm
         json.loads(x)["id"] for x in lines
     }
     assert again[:4] == [json.loads(x) for x in lines[:4]]  # the rows before the kill kept
+    assert manifest.read_text().splitlines(keepends=True) == lines  # and the same file again
     capsys.readouterr()
+
+
+def test_two_collects_of_one_source_write_byte_identical_manifests(atlas_factory, tmp_path):
+    """The stored order is the rows' id order, not the order the workers finished in: two
+    collects of one source (four workers) give the same bytes, and a manifest whose rows were
+    appended out of order is stored in id order by the next collect, rows kept."""
+    from conftest import TINY
+
+    zoo = atlas_factory(TINY).parent / "zoo"
+    kw = {"source": str(zoo), "workers": 4}
+    collect(tmp_path / "a", overrides=kw, progress=False)
+    collect(tmp_path / "b", overrides=kw, progress=False)
+    a = (tmp_path / "a" / "manifest.jsonl").read_bytes()
+    assert a == (tmp_path / "b" / "manifest.jsonl").read_bytes()
+    ids = [row["id"] for row in read_jsonl(tmp_path / "a" / "manifest.jsonl")]
+    assert len(ids) > 4 and ids == sorted(ids)
+
+    manifest = tmp_path / "b" / "manifest.jsonl"
+    manifest.write_text("".join(reversed(manifest.read_text().splitlines(keepends=True))))
+    assert manifest.read_bytes() != a
+    collect(tmp_path / "b", overrides=kw, progress=False)
+    assert manifest.read_bytes() == a

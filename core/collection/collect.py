@@ -32,9 +32,11 @@ resumable; docs/safety.md); ``hf-cache`` and ``dir`` read local folders in place
 Hub candidates are also pre-checked from the listing (``custom_code`` tag, pickle-only file
 list, ``safetensors.total`` over the limit) so that such repos are never downloaded.
 
-The manifest (``ATLAS/manifest.jsonl``, docs/interfaces.md) is append-only, one fsync'd row per
-candidate written by one thread; a re-run skips ids already there, and a killed run resumes
-losing nothing: files already in ``ATLAS/hub/`` are not fetched again (a file appears there
+The manifest (``ATLAS/manifest.jsonl``, docs/interfaces.md) is appended to, one fsync'd row per
+candidate written by one thread as workers finish; a run that completes then stores all rows in
+model-id order (``Atlas.order_manifest``, one atomic rewrite), so the stored order does not
+depend on worker timing and the stages that follow manifest order are reproducible. A re-run
+skips ids already there, and a killed run resumes losing nothing: files already in ``ATLAS/hub/`` are not fetched again (a file appears there
 only once verified). Network failures and protocol lies (timeouts, the per-candidate deadline,
 redirect loops, short bodies, bad shas, ETag mismatches) are not recorded as rejections: those
 candidates are retried on the next run. The split is a hash of the *run
@@ -350,6 +352,7 @@ def collect(
         raise
     ex.shutdown(wait=True)
     bar.close()
+    atlas.order_manifest()  # rows were appended as workers finished; store them in id order
     _record_source(atlas, src, cfg, stats, retry)
     return atlas.manifest()
 
