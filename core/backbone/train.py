@@ -86,10 +86,14 @@ def _run_config(
 
 
 def _total_steps(tcfg: TrainConfig, n_items: int) -> int:
-    if tcfg.steps > 0:
-        return tcfg.steps
-    per_step = tcfg.batch_size * tcfg.grad_accum
-    return max(1, -(-tcfg.epochs * n_items // per_step))
+    """Optimizer steps to train: ``steps``, else ``epochs`` over ``n_items`` (at least 3)."""
+    steps = tcfg.steps
+    if steps <= 0:
+        per_step = tcfg.batch_size * tcfg.grad_accum
+        steps = max(1, -(-tcfg.epochs * n_items // per_step))
+    if steps < 3:
+        raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
+    return steps
 
 
 def _kinds(store: Any, ids: list[str]) -> list[str]:
@@ -223,145 +227,53 @@ def fit(
     A ``skip`` backbone starts as the tokens' linear code (``init_skip_pca``): a fresh run
     validates it at step 0, and it stays the kept checkpoint unless training beats it.
     """
-    torch.manual_seed(tcfg.seed)
-    random.seed(tcfg.seed)
-    np.random.seed(tcfg.seed)
+    _seed_everything(tcfg.seed)
     model = Backbone(bcfg).to(d.device)
     steps = _total_steps(tcfg, len(dataset))
-    if steps < 3:
-        raise ConfigError(f"train for at least 3 steps (OneCycleLR), got {steps}")
     # the bar is up before the preparation (optimizer, PCA, step-0 scores), saying what runs
     bar = tqdm(total=steps, disable=not d.main, desc="train", unit="step")
     bar.set_postfix_str("setting up the optimizer")
-    opt = make_optimizer(model, tcfg)
-    warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
-    )
+    opt, sched = _optimizer_and_schedule(model, tcfg, steps)
     metrics_path = BackboneFiles(out).metrics_path
-    pca = bcfg.skip and bcfg.skip_init == "pca"
-    if pca:  # the linear path starts as the training tokens' PCA (resume overwrites it)
-        bar.set_postfix_str("PCA of the training tokens")
-        model.init_skip_pca(_sample_tokens(dataset, tcfg.seed))
+    pca = _init_skip_pca(model, bcfg, dataset, tcfg.seed, bar)
     step, best = _restore(out, config, resume, model, opt, sched, d)
     bar.n = step
     metric = selection_metric(tcfg)
     if step == 0 and pca and val is not None:  # the linear code the run starts from
         bar.set_postfix_str("scoring the starting point (step 0)")
-        start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
-        if start.get(metric) is not None:  # is a candidate: training must beat it
-            best = {"metric": metric, "value": start[metric], "step": 0}
-            best["bad_evals"] = 0
-            if d.main:
-                _save_best(out, model, config, best, layers)
+        best = _score_start(model, val, train_eval, d, tcfg, metrics_path, out, config, best)
     cdtype = compute_dtype(tcfg.dtype, d.device)
     stopped_early = False
-    ddp = model
-    if d.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
-        )
+    ddp = _distributed(model, d)
     stream = Stream(dataset, tcfg.seed, tcfg.sample_alpha)
     B, A = tcfg.batch_size, tcfg.grad_accum
-    T = bcfg.window
+    clock = _Clock(tokens_per_step=2 * B * A * bcfg.window)
     last_val: dict[str, Any] = {}
-    t0, seen_tokens, window_t0, window_steps = time.time(), 0, time.time(), 0
     bar.set_postfix_str("")
     bar.refresh()
     logged: dict[str, float] = {}
     while step < steps:
         model.train()
-        acc = torch.zeros(3, dtype=torch.float64)  # rec, con, loss (global, summed over micro)
-        for micro in range(A):
-            b = step * A + micro  # global micro-batch index
-            rows = list(range(b * B, (b + 1) * B))
-            mine = rows[d.rank :: d.world]
-            batch = stream.rows(mine)
-            second = stream.second_rows(mine) if hasattr(dataset, "views") else batch
-            pair = {k: torch.cat([batch[k], second[k]]) for k in batch}  # view 1, then view 2
-            x, mask = (
-                pin_memory_of(pair["tokens"], d.device),
-                pin_memory_of(pair["mask"], d.device),
-            )
-            pos = pin_memory_of(pair["positions"], d.device)
-            views = _views(x, mask, tcfg, b, rows, d)
-            ls = None  # LWLN: each view's tokens' layer statistics
-            if "layer_std" in pair:
-                ls = tuple(pin_memory_of(pair[k], d.device) for k in ("layer_mean", "layer_std"))
-            s, n, p1, p2 = forward_terms(ddp, views, pos, x, mask, tcfg, d.device, cdtype, ls)
-            n_global = d.all_sum(n).clamp_min(1.0)
-            if d.world > 1:
-                p1, p2 = _gather(p1), _gather(p2)
-            con = nt_xent(p1, p2, tcfg.temperature) if tcfg.gamma > 0 else s.new_zeros(())
-            rec = s * d.world / n_global  # DDP averages gradients: sum over ranks / N
-            loss = (1 - tcfg.gamma) * rec + tcfg.gamma * con
-            sync = micro == A - 1 or d.world == 1
-            if sync:
-                (loss / A).backward()
-            else:
-                with ddp.no_sync():
-                    (loss / A).backward()
-            rec_g = d.all_sum(s.detach()) / n_global
-            acc += torch.stack(
-                [
-                    rec_g.double().cpu(),
-                    con.detach().double().cpu(),
-                    torch.zeros((), dtype=torch.float64),
-                ]
-            )
-        acc /= A
-        acc[2] = (1 - tcfg.gamma) * acc[0] + tcfg.gamma * acc[1]
+        acc = _accumulate_step(ddp, stream, hasattr(dataset, "views"), tcfg, d, cdtype, step)
         if not torch.isfinite(acc).all():
             _stop_nonfinite(out, step, acc, d)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            if tcfg.grad_clip > 0
-            else torch.zeros(())
-        )
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        grad_norm = _optimizer_step(model, opt, sched, tcfg)
         step += 1
-        seen_tokens += 2 * B * A * T
-        window_steps += 1
+        clock.tick()
         bar.update(1)
         logged = {"loss": float(acc[2]), "rec": float(acc[0]), "con": float(acc[1])}
         if d.main and (step % tcfg.log_every == 0 or step == steps):
-            dt = time.time() - window_t0
-            row = {
-                "step": step,
-                "epoch": step * A * B / len(dataset),
-                **logged,
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": 2 * B * A * T * window_steps / max(dt, 1e-9),
-                "seconds": time.time() - t0,
-            }
-            append_jsonl(metrics_path, [row])
+            row = {"step": step, "epoch": step * A * B / len(dataset), **logged}
+            _log_step(metrics_path, row, sched.get_last_lr()[0], float(grad_norm), clock)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            window_t0, window_steps = time.time(), 0
         if step % tcfg.eval_every == 0 or step == steps:
-            last_val, layers = _evaluate(model, val, train_eval, d, tcfg, step, metrics_path)
-            cov = stream.coverage_summary(step * A * B)  # H16: fraction of tokens seen
-            if d.main and cov:
-                append_jsonl(metrics_path, [{"step": step, **cov}])
-                stream.write_coverage(out / "coverage.jsonl", step * A * B, step)
-            last_val = {**last_val, **cov}
-            score = last_val.get(metric)
-            if score is not None:
-                if best is None or score > best["value"]:
-                    best = {"metric": metric, "value": score, "step": step, "bad_evals": 0}
-                    if d.main:
-                        _save_best(out, model, config, best, layers)
-                else:
-                    best = {**best, "bad_evals": best["bad_evals"] + 1}
-                    stopped_early = 0 < tcfg.patience <= best["bad_evals"]
-                if d.main:
-                    bar.set_postfix(
-                        loss=f"{logged['loss']:.4f}",
-                        sel=f"{score:.3f}",
-                        best=f"{best['value']:.3f}",
-                    )
+            evals = (val, train_eval, stream)
+            last_val, best, stopped_early = _validate(
+                model, evals, d, tcfg, step, out, config, best
+            )
+            if d.main and last_val.get(metric) is not None:
+                scores = {"sel": f"{last_val[metric]:.3f}", "best": f"{best['value']:.3f}"}
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", **scores)
         if step % tcfg.ckpt_every == 0 or step == steps or stopped_early:
             if d.main:
                 save_checkpoint(out, model, opt, sched, step, config, d.device, best)
@@ -369,21 +281,251 @@ def fit(
         if stopped_early:
             break
     bar.close()
-    summary = {
-        "out": str(out),
-        "steps": step,
-        **logged,
-        **last_val,
-        "seconds": time.time() - t0,
-        "tokens_seen": seen_tokens,
-        "dtype": str(cdtype).removeprefix("torch."),
-        "best": best,
-        "stopped_early": stopped_early,
-    }
+    summary = {"out": str(out), "steps": step, **logged, **last_val, "seconds": clock.seconds()}
+    summary.update(tokens_seen=clock.seen_tokens, dtype=str(cdtype).removeprefix("torch."))
+    summary.update(best=best, stopped_early=stopped_early)
     if d.main and not last_val:
-        rows = [r for r in read_jsonl(metrics_path) if "val_r2" in r or "train_r2" in r]
-        summary.update({k: v for k, v in (rows[-1] if rows else {}).items() if k != "step"})
+        summary.update(_last_scores(metrics_path))
     return summary
+
+
+@dataclasses.dataclass
+class _Clock:
+    """Wall time and tokens seen since training started, and steps since the last logged row."""
+
+    tokens_per_step: int
+    t0: float = dataclasses.field(default_factory=time.time)
+    window_t0: float = dataclasses.field(default_factory=time.time)
+    window_steps: int = 0
+    seen_tokens: int = 0
+
+    def tick(self) -> None:
+        """Count one optimizer step."""
+        self.seen_tokens += self.tokens_per_step
+        self.window_steps += 1
+
+    def seconds(self) -> float:
+        """Seconds since training started."""
+        return time.time() - self.t0
+
+    def window_rate(self) -> float:
+        """Tokens per second since the last call (or the start); starts a new window."""
+        rate = self.tokens_per_step * self.window_steps / max(time.time() - self.window_t0, 1e-9)
+        self.window_t0, self.window_steps = time.time(), 0
+        return rate
+
+
+def _optimizer_and_schedule(
+    model: torch.nn.Module, tcfg: TrainConfig, steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW and its one-cycle schedule over ``steps`` (at least 2 warm-up steps)."""
+    opt = make_optimizer(model, tcfg)
+    warmup = max(tcfg.pct_start, 2 / steps)  # >= 2 warm-up steps: OneCycleLR divides by it
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tcfg.lr, total_steps=steps, pct_start=warmup
+    )
+    return opt, sched
+
+
+def _score_start(
+    model: Backbone,
+    val: Evaluator,
+    train_eval: Evaluator | None,
+    d: Dist,
+    tcfg: TrainConfig,
+    metrics_path: Path,
+    out: Path,
+    config: dict[str, Any],
+    best: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Validate the starting point (step 0); when scored, it is the best that training must beat."""
+    metric = selection_metric(tcfg)
+    start, layers = _evaluate(model, val, train_eval, d, tcfg, 0, metrics_path)
+    if start.get(metric) is None:
+        return best
+    best = {"metric": metric, "value": start[metric], "step": 0}
+    best["bad_evals"] = 0
+    if d.main:
+        _save_best(out, model, config, best, layers)
+    return best
+
+
+def _distributed(model: Backbone, d: Dist) -> Any:
+    """``model`` wrapped in DistributedDataParallel when more than one rank trains."""
+    if d.world <= 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+    )
+
+
+def _accumulate_step(
+    ddp: Any,
+    stream: Stream,
+    two_views: bool,
+    tcfg: TrainConfig,
+    d: Dist,
+    cdtype: torch.dtype,
+    step: int,
+) -> torch.Tensor:
+    """Forward and backward over the step's ``grad_accum`` micro-batches.
+
+    Returns:
+        float64 (rec, con, loss) of the step, averaged over micro-batches (global over ranks).
+    """
+    B, A = tcfg.batch_size, tcfg.grad_accum
+    acc = torch.zeros(3, dtype=torch.float64)  # rec, con, loss (global, summed over micro)
+    for micro in range(A):
+        b = step * A + micro  # global micro-batch index
+        rows = list(range(b * B, (b + 1) * B))
+        mine = rows[d.rank :: d.world]
+        batch = stream.rows(mine)
+        second = stream.second_rows(mine) if two_views else batch
+        pair = {k: torch.cat([batch[k], second[k]]) for k in batch}  # view 1, then view 2
+        x, mask = (
+            pin_memory_of(pair["tokens"], d.device),
+            pin_memory_of(pair["mask"], d.device),
+        )
+        pos = pin_memory_of(pair["positions"], d.device)
+        views = _views(x, mask, tcfg, b, rows, d)
+        ls = None  # LWLN: each view's tokens' layer statistics
+        if "layer_std" in pair:
+            ls = tuple(pin_memory_of(pair[k], d.device) for k in ("layer_mean", "layer_std"))
+        s, n, p1, p2 = forward_terms(ddp, views, pos, x, mask, tcfg, d.device, cdtype, ls)
+        n_global = d.all_sum(n).clamp_min(1.0)
+        if d.world > 1:
+            p1, p2 = _gather(p1), _gather(p2)
+        con = nt_xent(p1, p2, tcfg.temperature) if tcfg.gamma > 0 else s.new_zeros(())
+        rec = s * d.world / n_global  # DDP averages gradients: sum over ranks / N
+        loss = (1 - tcfg.gamma) * rec + tcfg.gamma * con
+        if micro == A - 1 or d.world == 1:
+            (loss / A).backward()
+        else:
+            with ddp.no_sync():
+                (loss / A).backward()
+        rec_g = d.all_sum(s.detach()) / n_global
+        zero = torch.zeros((), dtype=torch.float64)
+        acc += torch.stack([rec_g.double().cpu(), con.detach().double().cpu(), zero])
+    acc /= A
+    acc[2] = (1 - tcfg.gamma) * acc[0] + tcfg.gamma * acc[1]
+    return acc
+
+
+def _optimizer_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    tcfg: TrainConfig,
+) -> torch.Tensor:
+    """Clip the gradients (``grad_clip`` > 0), step the optimizer and the schedule.
+
+    Returns:
+        the gradient norm before clipping (0 without clipping).
+    """
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        if tcfg.grad_clip > 0
+        else torch.zeros(())
+    )
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    return grad_norm
+
+
+def _init_skip_pca(
+    model: Backbone, bcfg: BackboneConfig, dataset: Any, seed: int, bar: tqdm
+) -> bool:
+    """Start the linear path as the training tokens' PCA (``skip_init`` "pca"; resume
+    overwrites it).
+
+    Returns:
+        True when it did (the run then scores its starting point).
+    """
+    if not (bcfg.skip and bcfg.skip_init == "pca"):
+        return False
+    bar.set_postfix_str("PCA of the training tokens")
+    model.init_skip_pca(_sample_tokens(dataset, seed))
+    return True
+
+
+def _log_step(
+    metrics_path: Path, row: dict[str, Any], lr: float, grad_norm: float, clock: _Clock
+) -> None:
+    """Append the step's row (step, epoch, losses) with lr, gradient norm and throughput."""
+    row = {**row, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": clock.window_rate()}
+    append_jsonl(metrics_path, [{**row, "seconds": clock.seconds()}])
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed torch, ``random`` and numpy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _validate(
+    model: Backbone,
+    evals: tuple[Evaluator | None, Evaluator | None, Stream],
+    d: Dist,
+    tcfg: TrainConfig,
+    step: int,
+    out: Path,
+    config: dict[str, Any],
+    best: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """Score the model at ``step`` (val, train-eval, token coverage) and keep it when it is best.
+
+    Args:
+        evals: the val and train-eval evaluators (None: not scored) and the training stream.
+
+    Returns:
+        (the scores, the best so far, whether patience ran out).
+    """
+    val, train_eval, stream = evals
+    metrics_path = BackboneFiles(out).metrics_path
+    scores, layers = _evaluate(model, val, train_eval, d, tcfg, step, metrics_path)
+    n_windows = step * tcfg.grad_accum * tcfg.batch_size
+    scores = {**scores, **_coverage(stream, out, metrics_path, n_windows, step, d)}
+    metric = selection_metric(tcfg)
+    if scores.get(metric) is None:
+        return scores, best, False
+    best, improved, stop = _select(best, metric, scores[metric], step, tcfg.patience)
+    if d.main and improved:
+        _save_best(out, model, config, best, layers)
+    return scores, best, stop
+
+
+def _coverage(
+    stream: Stream, out: Path, metrics_path: Path, n_windows: int, step: int, d: Dist
+) -> dict[str, Any]:
+    """H16: the fraction of tokens seen after ``n_windows``, logged and written by rank 0."""
+    cov = stream.coverage_summary(n_windows)
+    if d.main and cov:
+        append_jsonl(metrics_path, [{"step": step, **cov}])
+        stream.write_coverage(out / "coverage.jsonl", n_windows, step)
+    return cov
+
+
+def _select(
+    best: dict[str, Any] | None, metric: str, score: float, step: int, patience: int
+) -> tuple[dict[str, Any], bool, bool]:
+    """The best so far after a validation scoring ``score``.
+
+    Returns:
+        (best, improved: this step is the new best (the caller saves it), stop: without a new
+        best, ``bad_evals`` reached ``patience`` (> 0)).
+    """
+    if best is None or score > best["value"]:
+        return {"metric": metric, "value": score, "step": step, "bad_evals": 0}, True, False
+    best = {**best, "bad_evals": best["bad_evals"] + 1}
+    return best, False, 0 < patience <= best["bad_evals"]
+
+
+def _last_scores(metrics_path: Path) -> dict[str, Any]:
+    """The last validation row of ``metrics.jsonl`` without its step (``{}`` if none)."""
+    rows = [r for r in read_jsonl(metrics_path) if "val_r2" in r or "train_r2" in r]
+    return {k: v for k, v in (rows[-1] if rows else {}).items() if k != "step"}
 
 
 def forward_terms(
