@@ -10,6 +10,7 @@ recolours a family.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -146,121 +147,123 @@ def map_figure(
     rows = np.flatnonzero(keep & np.isfinite(xy).all(axis=1))
     fig = go.Figure()
     if lineage:
-        edges = [(a, b) for a, b in table.lineage_edges() if keep[a] and keep[b]]
-        if edges:
-            ex = np.full(3 * len(edges), np.nan)
-            ey = np.full(3 * len(edges), np.nan)
-            for j, (a, b) in enumerate(edges):
-                ex[3 * j : 3 * j + 2] = xy[[a, b], 0]
-                ey[3 * j : 3 * j + 2] = xy[[a, b], 1]
-            fig.add_trace(
-                go.Scattergl(
-                    x=ex,
-                    y=ey,
-                    mode="lines",
-                    line=dict(color="rgba(120,120,120,0.5)", width=1),
-                    hoverinfo="skip",
-                    name="lineage (base_model)",
-                )
-            )
+        fig.add_traces(declared_edge_traces(table, xy, keep))
     if recovered:
-        for trace in recovered_edge_traces(table, xy, keep):
-            fig.add_trace(trace)
-    size = 7 if len(rows) < 2000 else 4
-    lean = len(rows) > LEAN_ABOVE
-    hover = HOVER_LEAN if lean else HOVER
+        fig.add_traces(recovered_edge_traces(table, xy, keep))
+    points = _Points(table, xy, size=7 if len(rows) < 2000 else 4, lean=len(rows) > LEAN_ABOVE)
     if colour in NUMERIC:
-        every = np.asarray(table.columns[colour], dtype=float)
-        values = every[rows]
-        known = np.isfinite(values)
-        if (~known).any():
-            r = rows[~known]
-            fig.add_trace(
-                go.Scattergl(
-                    x=xy[r, 0],
-                    y=xy[r, 1],
-                    mode="markers",
-                    name=f"{label(colour)} unknown ({len(r)})",
-                    marker=dict(size=size, color="lightgrey"),
-                    customdata=_customdata(table, r, lean),
-                    hovertemplate=hover,
-                )
-            )
-        r = rows[known]  # named by the colour bar's title alone (not again in the legend)
-        scale = np.log10(np.maximum(every, 1)) if colour == "params" else every
-        finite = scale[np.isfinite(scale)]
-        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
-        fig.add_trace(
-            go.Scattergl(
-                x=xy[r, 0],
-                y=xy[r, 1],
-                mode="markers",
-                name=f"{len(r)} models",
-                showlegend=False,
-                marker=dict(
-                    size=size,
-                    color=scale[r],
-                    colorscale="Viridis",
-                    cmin=lo,
-                    cmax=hi if hi > lo else lo + 1,  # fixed over the atlas, not the filter
-                    showscale=True,
-                    colorbar=dict(title="log10 params" if colour == "params" else label(colour)),
-                ),
-                customdata=_customdata(table, r, lean),
-                hovertemplate=hover,
-            )
-        )
+        fig.add_traces(_numeric_traces(points, colour, rows))
     else:
-        values = np.asarray([str(v) for v in table.columns[colour]], dtype=object)
-        colours = colour_map(table, colour)
-        for value in sorted(set(values[rows].tolist())):
-            r = rows[values[rows] == value]
-            fig.add_trace(
-                go.Scattergl(
-                    x=xy[r, 0],
-                    y=xy[r, 1],
-                    mode="markers",
-                    name=f"{value} ({len(r)})",
-                    marker=dict(size=size, color=colours[value]),
-                    customdata=_customdata(table, r, lean),
-                    hovertemplate=hover,
-                )
-            )
+        fig.add_traces(_categorical_traces(points, colour, rows))
     if highlight:
         index = table.index()
         r = np.array([index[m] for m in highlight if m in index], dtype=int)
         if len(r):
-            fig.add_trace(
-                go.Scattergl(
-                    x=xy[r, 0],
-                    y=xy[r, 1],
-                    mode="markers",
-                    name="search hits",
-                    marker=dict(size=size + 8, color="rgba(0,0,0,0)", line=dict(width=2)),
-                    customdata=_customdata(table, r, lean),
-                    hovertemplate=hover,
-                )
-            )
+            ring = dict(size=points.size + 8, color="rgba(0,0,0,0)", line=dict(width=2))
+            fig.add_trace(points.trace(r, name="search hits", marker=ring))
     for name, (x, y, *flag) in (placed or {}).items():
-        outside = bool(flag and flag[0])  # beyond the atlas' 99th percentile (issue 16)
-        fig.add_trace(
-            go.Scattergl(
-                x=[x],
-                y=[y],
-                mode="markers+text",
-                text=[f"{name} (outside the atlas)" if outside else name],
-                textposition="top center",
-                name=f"outside the atlas: {name}" if outside else f"embedded: {name}",
-                marker=dict(
-                    size=18,
-                    symbol="x" if outside else "star",
-                    color="black" if outside else "crimson",
-                    line=dict(width=2 if outside else 1),
-                ),
-                customdata=[[name, "new", "", "–", "–", "", ""]],
-                hovertemplate=HOVER,
-            )
+        fig.add_trace(_placed_trace(name, x, y, outside=bool(flag and flag[0])))
+    _map_layout(fig, table, kind, colour, height)
+    return fig
+
+
+def declared_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> list[go.Scattergl]:
+    """The line trace of the declared lineage (``base_model`` -> model), or none."""
+    edges = [(a, b) for a, b in table.lineage_edges() if keep[a] and keep[b]]
+    if not edges:
+        return []
+    ex, ey = _segments(xy, edges)
+    line = dict(color="rgba(120,120,120,0.5)", width=1)
+    return [
+        go.Scattergl(
+            x=ex, y=ey, mode="lines", line=line, hoverinfo="skip", name="lineage (base_model)"
         )
+    ]
+
+
+@dataclass(frozen=True)
+class _Points:
+    """What every model-point trace of one map shares: the table, coordinates, marker size and
+    whether hover is lean (large atlases)."""
+
+    table: MapTable
+    xy: np.ndarray
+    size: int
+    lean: bool
+
+    def trace(self, rows: np.ndarray, **kw: Any) -> go.Scattergl:
+        """A marker trace of ``rows`` with the map's hover; ``kw`` as ``go.Scattergl``."""
+        return go.Scattergl(
+            x=self.xy[rows, 0],
+            y=self.xy[rows, 1],
+            mode="markers",
+            customdata=_customdata(self.table, rows, self.lean),
+            hovertemplate=HOVER_LEAN if self.lean else HOVER,
+            **kw,
+        )
+
+
+def _numeric_traces(points: _Points, colour: str, rows: np.ndarray) -> list[go.Scattergl]:
+    """Models with no value of ``colour`` in grey, then the rest on a colour scale fixed over
+    the atlas (not the filter); ``params`` on a log10 scale."""
+    every = np.asarray(points.table.columns[colour], dtype=float)
+    known = np.isfinite(every[rows])
+    out = []
+    if (~known).any():
+        r = rows[~known]
+        grey = dict(size=points.size, color="lightgrey")
+        out.append(points.trace(r, name=f"{label(colour)} unknown ({len(r)})", marker=grey))
+    r = rows[known]  # named by the colour bar's title alone (not again in the legend)
+    scale = np.log10(np.maximum(every, 1)) if colour == "params" else every
+    finite = scale[np.isfinite(scale)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    marker = dict(
+        size=points.size,
+        color=scale[r],
+        colorscale="Viridis",
+        cmin=lo,
+        cmax=hi if hi > lo else lo + 1,  # fixed over the atlas, not the filter
+        showscale=True,
+        colorbar=dict(title="log10 params" if colour == "params" else label(colour)),
+    )
+    out.append(points.trace(r, name=f"{len(r)} models", showlegend=False, marker=marker))
+    return out
+
+
+def _categorical_traces(points: _Points, colour: str, rows: np.ndarray) -> list[go.Scattergl]:
+    """One trace per value of ``colour``, in sorted order, each in its fixed colour."""
+    values = np.asarray([str(v) for v in points.table.columns[colour]], dtype=object)
+    colours = colour_map(points.table, colour)
+    out = []
+    for value in sorted(set(values[rows].tolist())):
+        r = rows[values[rows] == value]
+        marker = dict(size=points.size, color=colours[value])
+        out.append(points.trace(r, name=f"{value} ({len(r)})", marker=marker))
+    return out
+
+
+def _placed_trace(name: str, x: float, y: float, outside: bool) -> go.Scattergl:
+    """A placed model: a crimson star, or a black x when outside the atlas (issue 16)."""
+    return go.Scattergl(
+        x=[x],
+        y=[y],
+        mode="markers+text",
+        text=[f"{name} (outside the atlas)" if outside else name],
+        textposition="top center",
+        name=f"outside the atlas: {name}" if outside else f"embedded: {name}",
+        marker=dict(
+            size=18,
+            symbol="x" if outside else "star",
+            color="black" if outside else "crimson",
+            line=dict(width=2 if outside else 1),
+        ),
+        customdata=[[name, "new", "", "–", "–", "", ""]],
+        hovertemplate=HOVER,
+    )
+
+
+def _map_layout(fig: go.Figure, table: MapTable, kind: str, colour: str, height: int) -> None:
+    """The map's layout: size, click-to-select with pan dragging, legend, axis titles."""
     fig.update_layout(
         height=height,
         margin=dict(l=10, r=10, t=10, b=10),
@@ -279,7 +282,6 @@ def map_figure(
         yaxis=dict(title=axis_title(table, kind, 1), zeroline=False),
         hovermode="closest",
     )
-    return fig
 
 
 def selected_ids(event: object) -> list[str]:
