@@ -83,7 +83,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         log_every=10, gamma=GAMMA, noise_mode="multiplicative", permute=True, positive="any",
         select="rec+knn", patience=3,
     ),
-    # the same, for longer (the exported demo backbone: ~35 min on 2 busy CPU cores)
+    # the same, for longer. The exported demo backbone ran this preset with steps=100,
+    # batch_size=16, eval_every=25, ckpt_every=25 (1,525 s on 2 CPU cores shared with ~12 other
+    # processes: 11-13 s per step); the 400 steps here are what an idle machine affords
     "demo-long": dict(
         steps=400, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=50, ckpt_every=50,
         log_every=10, gamma=GAMMA, noise_mode="multiplicative", permute=True, positive="any",
