@@ -10,8 +10,10 @@ Per tensor ``t`` the relative distance of models ``a`` and ``b`` is
 are nearly orthogonal), 0 for identical tensors, whatever the tensor's scale.
 
 **Ours** (``method="deltas"``): the distance of a pair is the median ``r_t`` over the tensors
-they share (a re-learned head or one heavily changed layer does not decide it); models closer
-than ``threshold`` are linked and a tree is a connected group. Inside a tree (parents chosen by
+they share (a re-learned head or one heavily changed layer does not decide it); models are
+linked when it and the global distance are both below ``threshold``, and a tree is a connected
+group. A pair is compared only when its shared tensors hold ``MIN_SHARED`` of the smaller
+model's sampled values. Inside a tree (parents chosen by
 the global distance below), precision copies
 (distance ~0, stored below 32 bits beside a 32-bit twin) and merges (a model on the segment
 between two others, to ``merge_tol`` of their distance) are found first and attached to their
