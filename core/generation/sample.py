@@ -437,35 +437,119 @@ def sample(
 
     a = Atlas.open(atlas)
     cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
-    task, width, depth = cfg.task, cfg.width, cfg.depth
     if cfg.keep < 1 or cfg.n < cfg.keep:
         raise WeightAtlasError(f"need 1 <= keep <= n, got keep={cfg.keep}, n={cfg.n}")
     report = progress or (lambda f, m: None)
-    report(0.0, f"resolving {arch}")
-    scheme, size = token_scheme(a)
-    if width is None and depth is None:
-        width, depth = _common_size(a, arch, task)
-    target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
-    if target.note:
-        tqdm.write(printable(f"note: {target.note}"), file=sys.stderr)  # above any progress bar
-        report(0.0, "no task: generating unscored")
+    target, size = _sample_target(a, arch, cfg, report)
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
-    backbone = open_backbone(a, bdir, cfg.device)
+    backbone = _open_backbone_for(a, bdir, cfg.device, size)
+    store = TokenStore(a.tokens_dir)
+    t_start = time.perf_counter()
+    # the caller's estimate (the Generate page's): one estimate shown on the page and by the run
+    est = estimate if estimate is not None else estimate_sample(
+        a.root, arch, cfg.task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
+        target=target, backbone=backbone, prompts=prompts, in_run=True,
+    )  # fmt: skip
+    tqdm.write(printable(f"estimate: {est['text']}"), file=sys.stderr)
+    report(0.0, f"expected about {est['seconds']['total']:.0f} s")
+    chosen = _sample_prompts(a, store, arch, target, prompts, cfg, report)
+    cfg = dataclasses.replace(cfg, mode=draw_mode(cfg, chosen.source))
+    report(0.1, f"{len(chosen.ids)} {chosen.source} prompt(s); drawing {cfg.n} ({cfg.mode})")
+    z, fidelity, baseline = _round_trip_scored(backbone, target, chosen, cfg)
+    kept, scores, secs = generate(backbone, target, chosen.tokens, cfg, report, z=z)
+    at_chance = _chance_check(target, kept, baseline, chosen.scores)
+    root = Path(out_dir) if out_dir is not None else a.generated_dir
+    base = f"{_slug(spec_label(arch))}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
+    head = {"backbone": backbone_fingerprint(bdir), "backbone_dir": str(bdir)}
+    head.update(_prompt_info(chosen, cfg, scores))
+    timing = {"seconds": {k: round(v, 3) for k, v in secs.items()}}
+    timing.update(estimated_seconds=est["seconds"], n_tokens=est["n_tokens"])
+    outputs = []
+    for rank, cand in enumerate(kept):
+        name = f"{base}--{rank:02d}"
+        info = _kept_info(name, cand, target, head, timing, baseline, at_chance[rank], fidelity)
+        path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
+        with backbone_precision(cfg, backbone) as bb:
+            placed = generated_atlas_distance(a, path, bb, backbone_dir, cfg)
+        if placed:  # issue 16: how far the generated model is from the collected ones
+            info.update(placed)
+            atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
+        outputs.append(path)
+    seconds = _report_time(t_start, est)
+    report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
+    return outputs
+
+
+@dataclass
+class _Prompts:
+    """The prompts a run encodes: ids, where they came from, tokens and scores.
+
+    ``scores`` is what a perfect backbone would reach (each prompt rebuilt from its tokens,
+    batch norm re-estimated; ``prompt_reference``) where the target has a task, else the
+    scores as trained (``as_trained``).
+    """
+
+    ids: list[str]
+    source: str
+    tokens: list[torch.Tensor]
+    as_trained: list[float | None]
+    scores: list[float | None]
+
+
+def _open_backbone_for(a: Atlas, bdir: Path, device: str, size: int) -> Any:
+    """The backbone in ``bdir``, refused in one line when its token size is not ``size``."""
+    backbone = open_backbone(a, bdir, device)
     if backbone.cfg.token_size != size:
         raise WeightAtlasError(
             f"backbone token size {backbone.cfg.token_size} != token store's {size}"
         )
-    store = TokenStore(a.tokens_dir)
-    t_start = time.perf_counter()
-    if estimate is None:
-        est = estimate_sample(
-            a.root, arch, task, preset=preset, overrides=to_dict(cfg), backbone_dir=backbone_dir,
-            target=target, backbone=backbone, prompts=prompts, in_run=True,
-        )  # fmt: skip
-    else:  # the caller's (the Generate page's): one estimate shown on the page and by the run
-        est = estimate
-    tqdm.write(printable(f"estimate: {est['text']}"), file=sys.stderr)
-    report(0.0, f"expected about {est['seconds']['total']:.0f} s")
+    return backbone
+
+
+def _round_trip_scored(
+    backbone: Any, target: Target, chosen: _Prompts, cfg: SampleConfig
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any] | None]:
+    """Encode and decode the prompts (``round_trip``), summarised against the chance baseline
+    (printed); returns the codes, the fidelity fields and the baseline."""
+    t0 = time.perf_counter()
+    z, fidelity = round_trip(backbone, target, chosen.tokens, cfg)
+    baseline = chance_baseline(target, cfg)
+    summary = fidelity_summary(target, fidelity, chosen.scores, baseline, chosen.source)
+    fidelity.update({k: v for k, v in summary.items() if k != "text"})
+    tqdm.write(printable(summary["text"], newlines=True), file=sys.stderr)
+    fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
+    return z, fidelity, baseline
+
+
+def _sample_target(a: Atlas, arch: str, cfg: SampleConfig, report: Progress) -> tuple[Target, int]:
+    """The target of ``arch`` on the atlas' token scheme, and the token size.
+
+    Without a width or depth, the atlas' most common size for ``arch`` is taken; a target
+    without a task is noted (it is generated unscored).
+    """
+    report(0.0, f"resolving {arch}")
+    scheme, size = token_scheme(a)
+    width, depth = cfg.width, cfg.depth
+    if width is None and depth is None:
+        width, depth = _common_size(a, arch, cfg.task)
+    target = resolve_target(arch, scheme, size, task=cfg.task, width=width, depth=depth)
+    if target.note:
+        tqdm.write(printable(f"note: {target.note}"), file=sys.stderr)  # above any progress bar
+        report(0.0, "no task: generating unscored")
+    return target, size
+
+
+def _sample_prompts(
+    a: Atlas,
+    store: TokenStore,
+    arch: str,
+    target: Target,
+    prompts: list[str] | None,
+    cfg: SampleConfig,
+    report: Progress,
+) -> _Prompts:
+    """The given prompts (checked: in the store, the target's layer table), else the atlas'
+    best matching models, else freshly trained instances of the target."""
     if prompts:
         unknown = [p for p in prompts if p not in store]
         if unknown:
@@ -475,36 +559,36 @@ def sample(
             raise WeightAtlasError(
                 f"prompt {bad[0]!r} does not have the layer table of {arch} for {target.task}"
             )
-        prompt_ids, source = list(prompts), "atlas"
+        ids, source = list(prompts), "atlas"
     else:
-        prompt_ids, source = atlas_prompts(a, target, cfg.max_prompts), "atlas"
-    if prompt_ids:
-        prompt_tokens = [_store_tokens(store, p) for p in prompt_ids]
+        ids, source = atlas_prompts(a, target, cfg.max_prompts), "atlas"
+    if ids:
+        tokens = [_store_tokens(store, p) for p in ids]
         manifest = {r["id"]: r for r in a.manifest()}
-        prompt_scores = [metric_of(manifest.get(p, {})) for p in prompt_ids]
+        as_trained = [metric_of(manifest.get(p, {})) for p in ids]
     else:
         source = "fresh"
         models = fresh_prompts(target, cfg, report)
-        prompt_tokens = [model_tokens(m, target) for m in models]
-        prompt_scores = [_finite(score(m, target, cfg.score_split)) for m in models]
-        prompt_ids = [
+        tokens = [model_tokens(m, target) for m in models]
+        as_trained = [_finite(score(m, target, cfg.score_split)) for m in models]
+        ids = [
             f"fresh:{arch}:seed{cfg.seed * 1000 + 500 + i}:"
             f"{prompt_recipe(target, cfg)[0] if target.task is not None else 0}ep"
             for i in range(len(models))
         ]
-    as_trained = prompt_scores
+    scores = as_trained
     if target.task is not None:  # the reference a perfect backbone would reach
-        prompt_scores = prompt_reference(prompt_tokens, target, cfg)
-    cfg = dataclasses.replace(cfg, mode=draw_mode(cfg, source))
-    report(0.1, f"{len(prompt_ids)} {source} prompt(s); drawing {cfg.n} ({cfg.mode})")
-    t0 = time.perf_counter()
-    z, fidelity = round_trip(backbone, target, prompt_tokens, cfg)
-    baseline = chance_baseline(target, cfg)
-    summary = fidelity_summary(target, fidelity, prompt_scores, baseline, source)
-    fidelity.update({k: v for k, v in summary.items() if k != "text"})
-    tqdm.write(printable(summary["text"], newlines=True), file=sys.stderr)
-    fidelity["round_trip_seconds"] = round(time.perf_counter() - t0, 3)
-    kept, scores, secs = generate(backbone, target, prompt_tokens, cfg, report, z=z)
+        scores = prompt_reference(tokens, target, cfg)
+    return _Prompts(ids, source, tokens, as_trained, scores)
+
+
+def _chance_check(
+    target: Target,
+    kept: list[Any],
+    baseline: dict[str, Any] | None,
+    prompt_scores: list[float | None],
+) -> list[bool]:
+    """Whether each kept model is at chance level; a warning when every one is."""
     at_chance = [baseline is not None and c.val <= baseline["chance_threshold"] for c in kept]
     if baseline is not None and kept and all(at_chance):
         prompt_text = ", ".join(f"{v:.3f}" for v in prompt_scores if v is not None) or "n/a"
@@ -515,44 +599,51 @@ def sample(
             "the backbone does not generate this architecture usefully here",
             file=sys.stderr,
         )
-    fp = backbone_fingerprint(bdir)
-    root = Path(out_dir) if out_dir is not None else a.generated_dir
-    base = f"{_slug(spec_label(arch))}--{_slug(target.task or 'unscored')}--seed{cfg.seed}"
-    outputs = []
-    for rank, cand in enumerate(kept):
-        name = f"{base}--{rank:02d}"
-        info = {
-            "name": name,
-            "backbone": fp,
-            "backbone_dir": str(bdir),
-            "prompts": prompt_ids,
-            "prompt_source": source,
-            "prompt_scores": prompt_scores,  # rebuilt from their tokens, BN as for the draws
-            "prompt_scores_as_trained": [_finite(v) for v in as_trained],
-            "seed": cfg.seed,
-            "mode": cfg.mode,  # resolved by draw_mode
-            "prior": cfg.prior,
-            "n": cfg.n,
-            "keep": cfg.keep,
-            "bootstrap_rounds": cfg.bootstrap_rounds,
-            "draw_val_accuracies": [_finite(v) for v in scores],
-            "input_side": run_side(cand.model, target),  # None: the task's own inputs
-            "input_size": input_size(cand.model, target),  # what BN statistics were estimated on
-            "seconds": {k: round(v, 3) for k, v in secs.items()},
-            "estimated_seconds": est["seconds"],
-            "n_tokens": est["n_tokens"],
-            "test_accuracy": score(cand.model, target, "test"),
-            **(baseline or {}),
-            "at_chance": at_chance[rank] if baseline is not None else None,
-            **{k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"},
-        }
-        path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
-        with backbone_precision(cfg, backbone) as bb:
-            placed = generated_atlas_distance(a, path, bb, backbone_dir, cfg)
-        if placed:  # issue 16: how far the generated model is from the collected ones
-            info.update(placed)
-            atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
-        outputs.append(path)
+    return at_chance
+
+
+def _prompt_info(chosen: _Prompts, cfg: SampleConfig, scores: list[float]) -> dict[str, Any]:
+    """The card fields every kept model of a run shares: its prompts and how it drew."""
+    return {
+        "prompts": chosen.ids,
+        "prompt_source": chosen.source,
+        "prompt_scores": chosen.scores,  # rebuilt from their tokens, BN as for the draws
+        "prompt_scores_as_trained": [_finite(v) for v in chosen.as_trained],
+        "seed": cfg.seed,
+        "mode": cfg.mode,  # resolved by draw_mode
+        "prior": cfg.prior,
+        "n": cfg.n,
+        "keep": cfg.keep,
+        "bootstrap_rounds": cfg.bootstrap_rounds,
+        "draw_val_accuracies": [_finite(v) for v in scores],
+    }
+
+
+def _kept_info(
+    name: str,
+    cand: Draw,
+    target: Target,
+    head: dict[str, Any],
+    timing: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    at_chance: bool,
+    fidelity: dict[str, Any],
+) -> dict[str, Any]:
+    """A kept model's card fields: the run's (``head``, ``timing``, the chance baseline, the
+    round trip's fidelity) around the model's own (input side and size, test accuracy)."""
+    info = {"name": name, **head}
+    info["input_side"] = run_side(cand.model, target)  # None: the task's own inputs
+    info["input_size"] = input_size(cand.model, target)  # what BN statistics were estimated on
+    info.update(timing)
+    info["test_accuracy"] = score(cand.model, target, "test")
+    info.update(baseline or {})
+    info["at_chance"] = at_chance if baseline is not None else None
+    info.update({k: v for k, v in fidelity.items() if k != "round_trip_layer_r2"})
+    return info
+
+
+def _report_time(t_start: float, est: dict[str, Any]) -> float:
+    """Write the run's time (and the process's, and the estimate) to stderr; return seconds."""
     seconds = time.perf_counter() - t_start
     process = process_seconds()
     tqdm.write(
@@ -561,8 +652,7 @@ def sample(
         + f"; estimated {est['seconds']['total']:.0f} s before the run",
         file=sys.stderr,
     )
-    report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
-    return outputs
+    return seconds
 
 
 def prompt_reference(
