@@ -141,14 +141,8 @@ def estimate_sample(
     t_start = time.perf_counter()
     a = Atlas.open(atlas)
     cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
-    task = task if task is not None else cfg.task
-    width = width if width is not None else cfg.width
-    depth = depth if depth is not None else cfg.depth
     if target is None:
-        scheme, size = token_scheme(a)
-        if width is None and depth is None:
-            width, depth = _common_size(a, arch, task)
-        target = resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
+        target = _estimate_target(a, arch, cfg, task, width, depth)
     bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
     if backbone is None:
         backbone = open_backbone(a, bdir, cfg.device)
@@ -157,84 +151,116 @@ def estimate_sample(
     n_params = int(sum(p.numel() for p in model.parameters()))
     found = list(prompts) if prompts else atlas_prompts(a, target, cfg.max_prompts)
     e = len(found) if found else cfg.n_prompts
-    rounds = 1 + cfg.bootstrap_rounds
-    placed = EmbeddingTables(embeddings_dir(a, backbone_dir)).tensors_path.exists()
-    passes = {
-        "encode": e,  # the prompts (their latents are reused for the draws)
-        "decode": e + rounds * cfg.n,  # the round trip of the prompts, then every draw
-        "place": cfg.keep if placed else 0,  # each written model embedded for its atlas distance
-    }
+    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    passes = _passes(e, cfg, tables.tensors_path.exists())
     atlas_max = max(
         (int(m["n_tokens"]) for m in read_index(a.tokens_dir)["models"].values()), default=0
     )
     rate = backbone_seconds_per_token(backbone, cfg)
-    place_s = 0.0
-    if placed:  # the atlas distance reads the embedding tables once (timed: one read)
-        t0 = time.perf_counter()
-        EmbeddingTables(embeddings_dir(a, backbone_dir)).tensors_path.read_bytes()
-        place_s = time.perf_counter() - t0
+    place_s = _timed_read(tables.tensors_path) if passes["place"] else 0.0
     backbone_s = n_tokens * (
         (passes["encode"] + passes["place"]) * rate["encode"] + passes["decode"] * rate["decode"]
     )
-    prompts_s = scoring_s = 0.0
-    per_example = None
-    if target.task is not None:
-        per_example = model_seconds_per_example(model, target)
-        t = get_task(target.task)
-        n_train = len(t.split("train")[1])
-        n_score = len(t.split(cfg.score_split)[1])
-        n_test = len(t.split("test")[1])
-        epochs = prompt_recipe(target, cfg)[0]
-        if not found:
-            prompts_s = cfg.n_prompts * (epochs * n_train * TRAIN_COST + n_score) * per_example
-        bn = cfg.bn_batches * cfg.bn_batch_size
-        # every draw, the prompts (rebuilt from their tokens and after their round trip) and the
-        # random-init baseline are conditioned and scored on the score split; the kept models
-        # are also scored on the test split
-        scoring_s = (
-            (rounds * cfg.n + 2 * e + 1) * (bn + n_score) + cfg.keep * n_test
-        ) * per_example
+    prompts_s, scoring_s, per_example = _model_seconds(model, target, cfg, bool(found), e)
     trains = not found and target.task is not None and prompt_recipe(target, cfg)[0] > 0
     if in_run and trains:  # the first AdamW (torch's compiler stack: seconds) paid here
         adamw([torch.nn.Parameter(torch.zeros(1))], 1e-3)
-    start = startup_seconds or {}
-    startup_s = sum(float(start.get(k, 0.0)) for k in ("import", "task", "process"))
-    startup_s += float(start.get("optimizer", 0.0)) if trains else 0.0
+    startup_s = _startup(startup_seconds or {}, trains)
     probe_s = time.perf_counter() - t_start if in_run else 0.0
     total = startup_s + probe_s + prompts_s + backbone_s + scoring_s + place_s
-    seconds = {
-        "startup": round(startup_s, 3),
-        "probe": round(probe_s, 3),
-        "prompts": round(prompts_s, 3),
-        "backbone": round(backbone_s, 3),
-        "scoring": round(scoring_s, 3),
-        "placing": round(place_s, 3),
-        "total": round(total, 3),
-    }
-    out = {
-        "arch": arch,
-        "task": target.task,
-        "scored": target.task is not None,
-        "note": target.note,
-        "n_tokens": n_tokens,
-        "n_params": n_params,
-        "architecture_in_atlas": bool(found),
-        "atlas_prompts": len(found),
-        "prompt_source": "atlas" if found else "fresh",
-        "prompt_epochs": prompt_recipe(target, cfg)[0],
-        "atlas_max_tokens": atlas_max,
-        "passes": passes,
-        "seconds": seconds,
-        "rates": {
-            "backbone_encode_tokens_per_s": 1.0 / rate["encode"],
-            "backbone_decode_tokens_per_s": 1.0 / rate["decode"],
-            "model_examples_per_s": (1.0 / per_example) if per_example else None,
-            "threads": torch.get_num_threads(),
-        },
-        "probe_seconds": round(time.perf_counter() - t_start, 2),
-    }
+    seconds = {"startup": startup_s, "probe": probe_s, "prompts": prompts_s}
+    seconds.update(backbone=backbone_s, scoring=scoring_s, placing=place_s, total=total)
+    seconds = {k: round(v, 3) for k, v in seconds.items()}
+    out: dict[str, Any] = {"arch": arch, "task": target.task, "scored": target.task is not None}
+    out.update(note=target.note, n_tokens=n_tokens, n_params=n_params)
+    out.update(architecture_in_atlas=bool(found), atlas_prompts=len(found))
+    out.update(prompt_source="atlas" if found else "fresh")
+    out.update(prompt_epochs=prompt_recipe(target, cfg)[0], atlas_max_tokens=atlas_max)
+    out.update(passes=passes, seconds=seconds, rates=_rates(rate, per_example))
+    out["probe_seconds"] = round(time.perf_counter() - t_start, 2)
     out["text"] = estimate_text(out, cfg)
     return out
+
+
+def _estimate_target(
+    a: Atlas,
+    arch: str,
+    cfg: SampleConfig,
+    task: str | None,
+    width: int | None,
+    depth: int | None,
+) -> Any:
+    """The target ``sample`` would resolve: ``task``/``width``/``depth`` given here take
+    precedence over ``cfg``'s; without a size, the atlas' most common one."""
+    task = task if task is not None else cfg.task
+    width = width if width is not None else cfg.width
+    depth = depth if depth is not None else cfg.depth
+    scheme, size = token_scheme(a)
+    if width is None and depth is None:
+        width, depth = _common_size(a, arch, task)
+    return resolve_target(arch, scheme, size, task=task, width=width, depth=depth)
+
+
+def _passes(e: int, cfg: SampleConfig, placed: bool) -> dict[str, int]:
+    """Backbone passes of a run with ``e`` prompts (``placed``: the atlas has embeddings)."""
+    rounds = 1 + cfg.bootstrap_rounds
+    return {
+        "encode": e,  # the prompts (their latents are reused for the draws)
+        "decode": e + rounds * cfg.n,  # the round trip of the prompts, then every draw
+        "place": cfg.keep if placed else 0,  # each written model embedded for its atlas distance
+    }
+
+
+def _timed_read(path: Path) -> float:
+    """Seconds to read ``path`` once (the atlas distance reads the embedding tables once)."""
+    t0 = time.perf_counter()
+    path.read_bytes()
+    return time.perf_counter() - t0
+
+
+def _model_seconds(
+    model: torch.nn.Module, target: Any, cfg: SampleConfig, found: bool, e: int
+) -> tuple[float, float, float | None]:
+    """Seconds the target's own model work takes: training fresh prompts (none when the atlas
+    has ``found`` prompts) and scoring; 0 without a task.
+
+    Returns:
+        (prompts seconds, scoring seconds, the model's seconds per example or None).
+    """
+    if target.task is None:
+        return 0.0, 0.0, None
+    per_example = model_seconds_per_example(model, target)
+    t = get_task(target.task)
+    n_train = len(t.split("train")[1])
+    n_score = len(t.split(cfg.score_split)[1])
+    n_test = len(t.split("test")[1])
+    epochs = prompt_recipe(target, cfg)[0]
+    prompts_s = 0.0
+    if not found:
+        prompts_s = cfg.n_prompts * (epochs * n_train * TRAIN_COST + n_score) * per_example
+    bn = cfg.bn_batches * cfg.bn_batch_size
+    rounds = 1 + cfg.bootstrap_rounds
+    # every draw, the prompts (rebuilt from their tokens and after their round trip) and the
+    # random-init baseline are conditioned and scored on the score split; the kept models
+    # are also scored on the test split
+    scoring_s = ((rounds * cfg.n + 2 * e + 1) * (bn + n_score) + cfg.keep * n_test) * per_example
+    return prompts_s, scoring_s, per_example
+
+
+def _startup(start: dict[str, float], trains: bool) -> float:
+    """A fresh process's start-up seconds (``estimate_sample``'s ``startup_seconds``)."""
+    startup_s = sum(float(start.get(k, 0.0)) for k in ("import", "task", "process"))
+    return startup_s + (float(start.get("optimizer", 0.0)) if trains else 0.0)
+
+
+def _rates(rate: dict[str, float], per_example: float | None) -> dict[str, Any]:
+    """The measured rates an estimate reports (backbone tokens/s, model examples/s)."""
+    return {
+        "backbone_encode_tokens_per_s": 1.0 / rate["encode"],
+        "backbone_decode_tokens_per_s": 1.0 / rate["decode"],
+        "model_examples_per_s": (1.0 / per_example) if per_example else None,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def estimate_text(est: dict[str, Any], cfg: Any) -> str:
