@@ -138,48 +138,8 @@ def evaluate_generation(
             width, depth = psize or _common_size(a, arch, task_name)
             target = resolve_target(arch, scheme, size, task=task_name, width=width, depth=depth)
             card = read_card_block(paths[0])
-            prompt_info.setdefault(
-                setting,
-                {
-                    "task": task_name,
-                    "source": card.get("prompt_source"),
-                    "prompts": card.get("prompts"),
-                    "prompt_val_accuracy": card.get("prompt_scores"),
-                    # cards that keep the as-trained scores score prompts as the draws are:
-                    # rebuilt from their tokens with batch norm re-estimated (like for like)
-                    "prompt_val_accuracy_as_trained": card.get("prompt_scores_as_trained"),
-                    "prompt_batchnorm": "re-estimated"
-                    if card.get("prompt_scores_as_trained") is not None
-                    else "as trained",
-                    "chance": chance_accuracy(task_name),
-                },
-            )
-            for i, p in enumerate(paths):
-                model = load_model_dir(p).model
-                curve = finetune_curve(model, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
-                rows.append(
-                    {
-                        "setting": setting,
-                        "task": task_name,
-                        "seed": seed,
-                        "init": "sampled",
-                        "model": i,
-                        "curve": curve,
-                        "prompt_source": card.get("prompt_source"),
-                    }
-                )
-                rnd = target.arch.build(seed * 100 + i)
-                curve = finetune_curve(rnd, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
-                rows.append(
-                    {
-                        "setting": setting,
-                        "task": task_name,
-                        "seed": seed,
-                        "init": "random",
-                        "model": i,
-                        "curve": curve,
-                    }
-                )
+            prompt_info.setdefault(setting, _prompt_summary(card, task_name))
+            rows += _finetune_rows(paths, target, gcfg, setting, task_name, seed, card)
             report((si + 1) / len(settings), f"{setting}: seed {seed} done")
     table = _aggregate(rows, gcfg.epochs)
     out = {
@@ -193,6 +153,46 @@ def evaluate_generation(
     write_json(a.results_dir / "generation.json", out)
     atomic_write_bytes(a.results_dir / "generation.md", generation_markdown(out).encode())
     return out
+
+
+def _prompt_summary(card: dict[str, Any], task: str) -> dict[str, Any]:
+    """What a setting's prompts were, read from its first generated model's card."""
+    as_trained = card.get("prompt_scores_as_trained")
+    return {
+        "task": task,
+        "source": card.get("prompt_source"),
+        "prompts": card.get("prompts"),
+        "prompt_val_accuracy": card.get("prompt_scores"),
+        # cards that keep the as-trained scores score prompts as the draws are:
+        # rebuilt from their tokens with batch norm re-estimated (like for like)
+        "prompt_val_accuracy_as_trained": as_trained,
+        "prompt_batchnorm": "re-estimated" if as_trained is not None else "as trained",
+        "chance": chance_accuracy(task),
+    }
+
+
+def _finetune_rows(
+    paths: list[Path],
+    target: Target,
+    gcfg: GenerationConfig,
+    setting: str,
+    task: str,
+    seed: int,
+    card: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Fine-tuning curves of each generated model and of a random init of the same architecture
+    (init seed ``seed*100 + i``, the same epochs, learning rate and shuffling seed), in turn."""
+    rows = []
+    for i, p in enumerate(paths):
+        model = load_model_dir(p).model
+        curve = finetune_curve(model, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
+        common = {"setting": setting, "task": task, "seed": seed}
+        rows.append({**common, "init": "sampled", "model": i, "curve": curve})
+        rows[-1]["prompt_source"] = card.get("prompt_source")
+        rnd = target.arch.build(seed * 100 + i)
+        curve = finetune_curve(rnd, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
+        rows.append({**common, "init": "random", "model": i, "curve": curve})
+    return rows
 
 
 def read_card_block(path: Path) -> dict[str, Any]:
