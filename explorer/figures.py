@@ -525,42 +525,54 @@ def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | N
             ),
             specs=[[{"secondary_y": True}], [{}]],
         )
-        x = [pos[s_["name"]] for s_ in spectra]
-        text = [s_["name"] for s_ in spectra]
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[np.nan if s_["alpha"] is None else s_["alpha"] for s_ in spectra],
-                name="alpha (power-law exponent)",
-                mode="lines+markers",
-                customdata=text,
-                hovertemplate="%{customdata}<br>alpha %{y:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[
-                    np.nan if s_["log_spectral_norm"] is None else s_["log_spectral_norm"]
-                    for s_ in spectra
-                ],
-                name="log10 spectral norm",
-                mode="lines+markers",
-                customdata=text,
-                hovertemplate="%{customdata}<br>log10 λmax %{y:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=1,
-            secondary_y=True,
-        )
-        fig.update_yaxes(title_text="alpha", row=1, col=1, secondary_y=False)
-        fig.update_yaxes(title_text="log10 spectral norm", row=1, col=1, secondary_y=True)
+        _add_spectral_traces(fig, spectra, pos)
         row = 2
     else:
         fig = make_subplots(rows=1, cols=1, subplot_titles=(spread_title,))
         row = 1
+    _add_spread_traces(fig, spread, pos, row)
+    fig.update_yaxes(title_text="spread", row=row, col=1)
+    fig.update_xaxes(depth_axis(names), row=row, col=1)
+    fig.update_xaxes(title_text="layer (in depth order)", row=row, col=1)
+    fig.update_layout(
+        height=600 if spectra else 380,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
+    )
+    return fig
+
+
+def _add_spectral_traces(
+    fig: go.Figure, spectra: list[dict[str, Any]], pos: dict[str, int]
+) -> None:
+    """The top panel: alpha (left axis) and log10 spectral norm (right axis) per matrix."""
+    x = [pos[s_["name"]] for s_ in spectra]
+    text = [s_["name"] for s_ in spectra]
+    for key, name, hover, secondary in (
+        ("alpha", "alpha (power-law exponent)", "alpha", False),
+        ("log_spectral_norm", "log10 spectral norm", "log10 λmax", True),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[np.nan if s_[key] is None else s_[key] for s_ in spectra],
+                name=name,
+                mode="lines+markers",
+                customdata=text,
+                hovertemplate=f"%{{customdata}}<br>{hover} %{{y:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+            **({"secondary_y": True} if secondary else {}),
+        )
+    fig.update_yaxes(title_text="alpha", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="log10 spectral norm", row=1, col=1, secondary_y=True)
+
+
+def _add_spread_traces(
+    fig: go.Figure, spread: list[dict[str, Any]], pos: dict[str, int], row: int
+) -> None:
+    """The spread panel: a line over layers of two or more tokens, open markers for the rest."""
     many = [r for r in spread if int(r.get("n_tokens", 2) or 0) > 1]
     one = [r for r in spread if int(r.get("n_tokens", 2) or 0) <= 1]
     fig.add_trace(
@@ -589,19 +601,6 @@ def depth_figure(spread: list[dict[str, Any]], spectra: list[dict[str, Any]] | N
             row=row,
             col=1,
         )
-    fig.update_yaxes(title_text="spread", row=row, col=1)
-    fig.update_xaxes(depth_axis(names), row=row, col=1)
-    fig.update_xaxes(title_text="layer (in depth order)", row=row, col=1)
-    fig.update_layout(
-        height=600 if spectra else 380,
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
-    )
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Generate page
 
 
 def generated_layer_figure(gen: dict[str, Any], prompts: dict[str, Any], layer: str) -> go.Figure:
