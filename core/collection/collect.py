@@ -281,31 +281,14 @@ def collect(
         All manifest rows of the atlas after this run (last row per id).
     """
     cfg = build_config(CollectConfig, COLLECT_PRESETS, preset, overrides=overrides)
-    split_of("", cfg.split_fractions)  # validate early
-    for name, v in (
-        ("limit", cfg.limit),
-        ("n_train", cfg.n_train),
-        ("n_val", cfg.n_val),
-        ("max_params", cfg.max_params),
-    ):
-        if v is not None and v < 0:
-            raise WeightAtlasError(f"{name} must be >= 0, got {v}")
-    if min(cfg.workers, cfg.check_workers) < 1:
-        raise WeightAtlasError(
-            f"workers and check_workers must be >= 1, got {cfg.workers}, {cfg.check_workers}"
-        )
+    _check_config(cfg)
     check_slots = threading.BoundedSemaphore(cfg.check_workers)
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.create(atlas)
     query = Query(cfg.tags, cfg.pipeline_tag, cfg.library, cfg.sort, cfg.limit)
     src = make_source(cfg.source, query, cfg, cfg.endpoint)
     _record_source(atlas, src, cfg)
 
-    done: set[str] = set()
-    quota = _Quota({s: n for s, n in (("train", cfg.n_train), ("val", cfg.n_val)) if n is not None})
-    for row in read_jsonl(atlas.manifest_path):
-        done.add(row["id"])
-        if row.get("status") == "accepted":
-            quota.have[row.get("split")] += 1
+    done, quota = _resume_state(atlas, cfg)
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # one bar for the whole collection, not one per file
@@ -355,6 +338,34 @@ def collect(
     atlas.order_manifest()  # rows were appended as workers finished; store them in id order
     _record_source(atlas, src, cfg, stats, retry)
     return atlas.manifest()
+
+
+def _check_config(cfg: CollectConfig) -> None:
+    """Refuse, in one line, split fractions, limits and worker counts that cannot work."""
+    split_of("", cfg.split_fractions)  # validate early
+    for name, v in (
+        ("limit", cfg.limit),
+        ("n_train", cfg.n_train),
+        ("n_val", cfg.n_val),
+        ("max_params", cfg.max_params),
+    ):
+        if v is not None and v < 0:
+            raise WeightAtlasError(f"{name} must be >= 0, got {v}")
+    if min(cfg.workers, cfg.check_workers) < 1:
+        raise WeightAtlasError(
+            f"workers and check_workers must be >= 1, got {cfg.workers}, {cfg.check_workers}"
+        )
+
+
+def _resume_state(atlas: Atlas, cfg: CollectConfig) -> tuple[set[str], _Quota]:
+    """Ids already in the manifest (skipped) and the quotas with its accepted rows counted."""
+    done: set[str] = set()
+    quota = _Quota({s: n for s, n in (("train", cfg.n_train), ("val", cfg.n_val)) if n is not None})
+    for row in read_jsonl(atlas.manifest_path):
+        done.add(row["id"])
+        if row.get("status") == "accepted":
+            quota.have[row.get("split")] += 1
+    return done, quota
 
 
 def _record_source(
