@@ -736,33 +736,8 @@ def fidelity_summary(
     layer_r2 = fidelity.get("round_trip_layer_r2") or {}
     main = {e.name for e in target.layers if e.kind in ("conv", "linear")} & set(layer_r2)
     worst = sorted(main or layer_r2, key=lambda k: layer_r2[k])[:3]
-    retained = None
-    if baseline is not None:
-        c = baseline["chance_accuracy"]
-        gains = [
-            (q - c) / (p - c)
-            for p, q in zip(prompt_scores, trips)
-            if p is not None and q is not None and p > baseline["chance_threshold"]
-        ]
-        retained = float(np.mean(gains)) if gains else None
-    reasons = []
-    if r2 is None or r2 < 0.5:
-        reasons.append(
-            "the backbone reconstructs its weight matrices poorly (median per-layer R² "
-            + (f"{r2:.3f}" if r2 is not None else "n/a")
-            + ", 1 = exact)"
-        )
-    if (
-        baseline is not None
-        and trips
-        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
-    ):
-        reasons.append("the prompts score at chance after one encode-decode")
-    elif retained is not None and retained < 0.5:
-        reasons.append(
-            f"the prompts keep only {100 * max(retained, 0.0):.0f} % of their accuracy above "
-            "chance after one encode-decode"
-        )
+    retained = _retained(prompt_scores, trips, baseline)
+    reasons = _low_fidelity_reasons(r2, trips, retained, baseline)
     pairs = " and ".join(
         f"{p:.3f} -> {q:.3f}"
         for p, q in zip(prompt_scores, trips)
@@ -796,6 +771,52 @@ def fidelity_summary(
         "round_trip_worst_layers": {k: layer_r2[k] for k in worst},
         "text": text,
     }
+
+
+def _retained(
+    prompt_scores: list[float | None],
+    trips: list[float | None],
+    baseline: dict[str, float] | None,
+) -> float | None:
+    """Mean over prompts above chance of ``(after - chance) / (before - chance)`` (None
+    without a task or without such prompts)."""
+    if baseline is None:
+        return None
+    c = baseline["chance_accuracy"]
+    gains = [
+        (q - c) / (p - c)
+        for p, q in zip(prompt_scores, trips)
+        if p is not None and q is not None and p > baseline["chance_threshold"]
+    ]
+    return float(np.mean(gains)) if gains else None
+
+
+def _low_fidelity_reasons(
+    r2: float | None,
+    trips: list[float | None],
+    retained: float | None,
+    baseline: dict[str, float] | None,
+) -> list[str]:
+    """Why the round trip predicts generated models near chance (empty: it does not)."""
+    reasons = []
+    if r2 is None or r2 < 0.5:
+        reasons.append(
+            "the backbone reconstructs its weight matrices poorly (median per-layer R² "
+            + (f"{r2:.3f}" if r2 is not None else "n/a")
+            + ", 1 = exact)"
+        )
+    if (
+        baseline is not None
+        and trips
+        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
+    ):
+        reasons.append("the prompts score at chance after one encode-decode")
+    elif retained is not None and retained < 0.5:
+        reasons.append(
+            f"the prompts keep only {100 * max(retained, 0.0):.0f} % of their accuracy above "
+            "chance after one encode-decode"
+        )
+    return reasons
 
 
 def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | None:
