@@ -27,6 +27,7 @@ from core.embeddings.probes import evaluate
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.tokens.tokenize import tokenize
+from core.trees.table import LineageTable
 from core.zoos.zoo import zoo
 
 
@@ -72,7 +73,7 @@ DEMO_PRESETS: dict[str, dict[str, Any]] = {
 register_presets("demo", DemoConfig, DEMO_PRESETS)
 
 # What is copied from a full atlas: directories whole, and per-model weights for a subset.
-KEEP_DIRS = ("backbone", "backbones", "embeddings", "results")
+KEEP_DIRS = ("backbone", "backbones", "embeddings", "results", LineageTable.DIR)
 SKIP_IN_BACKBONE = ("train_state",)
 # ablation backbones shipped for the Layers page's comparison: the MLN arms (the tokenization,
 # composition and modality ones would push the demo over its size limit)

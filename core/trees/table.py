@@ -42,8 +42,10 @@ FLAGS = ("missing", "contradicts")  # what the app and the summary flag
 class LineageTable:
     """Reader and writer of ``ATLAS/lineage/``."""
 
+    DIR = "lineage"
+
     def __init__(self, root: str | Path):
-        self.dir = Path(root) / "lineage"
+        self.dir = Path(root) / self.DIR
         self.rows_path = self.dir / "lineage.jsonl"
         self.info_path = self.dir / "lineage.json"
 
