@@ -143,9 +143,8 @@ def estimate_sample(
     cfg = build_config(SampleConfig, SAMPLE_PRESETS, preset, overrides=overrides)
     if target is None:
         target = _estimate_target(a, arch, cfg, task, width, depth)
-    bdir = Path(backbone_dir) if backbone_dir is not None else a.backbone_dir
-    if backbone is None:
-        backbone = open_backbone(a, bdir, cfg.device)
+    if backbone is None:  # ATLAS/backbone without a backbone_dir
+        backbone = open_backbone(a, backbone_dir, cfg.device)
     n_tokens = int(len(target.positions))
     model = target.fresh(cfg.seed)
     n_params = int(sum(p.numel() for p in model.parameters()))
@@ -153,14 +152,10 @@ def estimate_sample(
     e = len(found) if found else cfg.n_prompts
     tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
     passes = _passes(e, cfg, tables.tensors_path.exists())
-    atlas_max = max(
-        (int(m["n_tokens"]) for m in read_index(a.tokens_dir)["models"].values()), default=0
-    )
+    atlas_max = _atlas_max_tokens(a)
     rate = backbone_seconds_per_token(backbone, cfg)
     place_s = _timed_read(tables.tensors_path) if passes["place"] else 0.0
-    backbone_s = n_tokens * (
-        (passes["encode"] + passes["place"]) * rate["encode"] + passes["decode"] * rate["decode"]
-    )
+    backbone_s = _backbone_seconds(n_tokens, passes, rate)
     prompts_s, scoring_s, per_example = _model_seconds(model, target, cfg, bool(found), e)
     trains = not found and target.task is not None and prompt_recipe(target, cfg)[0] > 0
     if in_run and trains:  # the first AdamW (torch's compiler stack: seconds) paid here
@@ -209,6 +204,18 @@ def _passes(e: int, cfg: SampleConfig, placed: bool) -> dict[str, int]:
         "decode": e + rounds * cfg.n,  # the round trip of the prompts, then every draw
         "place": cfg.keep if placed else 0,  # each written model embedded for its atlas distance
     }
+
+
+def _atlas_max_tokens(a: Atlas) -> int:
+    """The most tokens of one model in the atlas' token store (0 if none)."""
+    models = read_index(a.tokens_dir)["models"].values()
+    return max((int(m["n_tokens"]) for m in models), default=0)
+
+
+def _backbone_seconds(n_tokens: int, passes: dict[str, int], rate: dict[str, float]) -> float:
+    """Backbone seconds of the run's passes over a target of ``n_tokens`` tokens."""
+    encodes = passes["encode"] + passes["place"]
+    return n_tokens * (encodes * rate["encode"] + passes["decode"] * rate["decode"])
 
 
 def _timed_read(path: Path) -> float:
