@@ -92,7 +92,40 @@ def linear_code_bounds(
         patterns kept by L - 2 directions), and per code ``{code}_r2_conv_linear`` plus
         ``{code}_r2_{kind}`` (medians over the val models' layers).
     """
-    a = Atlas.open(atlas)
+    fit, val = _train_val_layers(Atlas.open(atlas))
+    rows = []
+    for D in token_sizes:
+        cut = [_cut(f, D) for _, f in fit]
+        X = torch.cat([x for x, _ in cut])
+        if len(X) > max_fit_tokens:
+            g = torch.Generator().manual_seed(seed)
+            X = X[torch.randperm(len(X), generator=g)[:max_fit_tokens]]
+        F = _features(X)
+        _, s_pat, v_pat = torch.linalg.svd(F[:, :D], full_matrices=False)
+        _, _, v_feat = torch.linalg.svd(F, full_matrices=False)
+        mu = X.mean(0)
+        _, _, v_raw = torch.linalg.svd(X - mu, full_matrices=False)
+        vals = [(kind, *_cut(f, D)) for kind, f in val]
+        for L in sorted({max(3, round(r * D)) for r in ratios}):
+            row: dict[str, Any] = {"token": D, "latent": L, "ratio": L / D}
+            row["energy_pattern"] = float((s_pat[: L - 2] ** 2).sum() / (s_pat**2).sum())
+            per: dict[str, dict[str, list[float]]] = {c: {} for c in CODES}
+            P, Fv, R = v_pat[: L - 2], v_feat[:L], v_raw[:L]
+            for kind, x, m in vals:
+                preds = _code_predictions(x, D, mu, P, Fv, R)
+                y = x[m]
+                for c, p in preds.items():
+                    per[c].setdefault(kind, []).append(_r2(y, p[m]))
+            row.update(_median_r2(per))
+            rows.append(row)
+    return rows
+
+
+def _train_val_layers(
+    a: Atlas,
+) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+    """The flattened layers (kind, values) of the tokenized train and val models (dense
+    tokens; duplicates left out), refused in one line when either split has none."""
     store = TokenStore(a.tokens_dir)
     if store.scheme != "dense":
         raise WeightAtlasError(f"{a.tokens_dir}: bounds need dense tokens, not {store.scheme!r}")
@@ -113,47 +146,43 @@ def linear_code_bounds(
     val = [
         la for m in tqdm(val_ids, desc="read val", unit="model") for la in _flat_layers(store, m)
     ]
-    rows = []
-    for D in token_sizes:
-        cut = [_cut(f, D) for _, f in fit]
-        X = torch.cat([x for x, _ in cut])
-        if len(X) > max_fit_tokens:
-            g = torch.Generator().manual_seed(seed)
-            X = X[torch.randperm(len(X), generator=g)[:max_fit_tokens]]
-        F = _features(X)
-        _, s_pat, v_pat = torch.linalg.svd(F[:, :D], full_matrices=False)
-        _, _, v_feat = torch.linalg.svd(F, full_matrices=False)
-        mu = X.mean(0)
-        _, _, v_raw = torch.linalg.svd(X - mu, full_matrices=False)
-        vals = [(kind, *_cut(f, D)) for kind, f in val]
-        for L in sorted({max(3, round(r * D)) for r in ratios}):
-            row: dict[str, Any] = {"token": D, "latent": L, "ratio": L / D}
-            row["energy_pattern"] = float((s_pat[: L - 2] ** 2).sum() / (s_pat**2).sum())
-            per: dict[str, dict[str, list[float]]] = {c: {} for c in CODES}
-            P, Fv, R = v_pat[: L - 2], v_feat[:L], v_raw[:L]
-            for kind, x, m in vals:
-                f = _features(x)
-                pat = f[:, :D] @ P.T @ P
-                preds = {
-                    "stats": pat * 10 ** f[:, D + 1 :] + f[:, D : D + 1],
-                    "raw": (x - mu) @ R.T @ R + mu,
-                }
-                g = f @ Fv.T @ Fv
-                preds["features"] = (
-                    g[:, :D] * torch.exp(g[:, D + 1 :].clamp(-20, 10) * math.log(10))
-                    + g[:, D : D + 1]
-                )
-                y = x[m]
-                for c, p in preds.items():
-                    per[c].setdefault(kind, []).append(_r2(y, p[m]))
-            for c, by_kind in per.items():
-                sel = [v for k in ("conv", "linear") for v in by_kind.get(k, []) if v == v]
-                row[f"{c}_r2_conv_linear"] = float(np.median(sel)) if sel else None
-                for k, v in sorted(by_kind.items()):
-                    v = [x for x in v if x == x]
-                    row[f"{c}_r2_{k}"] = float(np.median(v)) if v else None
-            rows.append(row)
-    return rows
+    return fit, val
+
+
+def _code_predictions(
+    x: torch.Tensor,
+    D: int,
+    mu: torch.Tensor,
+    P: torch.Tensor,
+    Fv: torch.Tensor,
+    R: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Each code's reconstruction of the tokens ``x``: ``stats`` (standardized patterns kept by
+    ``P``, the token's own statistics exact), ``raw`` (PCA ``R`` of the centred tokens) and
+    ``features`` (``Fv`` over patterns and statistics together)."""
+    f = _features(x)
+    pat = f[:, :D] @ P.T @ P
+    preds = {
+        "stats": pat * 10 ** f[:, D + 1 :] + f[:, D : D + 1],
+        "raw": (x - mu) @ R.T @ R + mu,
+    }
+    g = f @ Fv.T @ Fv
+    preds["features"] = (
+        g[:, :D] * torch.exp(g[:, D + 1 :].clamp(-20, 10) * math.log(10)) + g[:, D : D + 1]
+    )
+    return preds
+
+
+def _median_r2(per: dict[str, dict[str, list[float]]]) -> dict[str, float | None]:
+    """Per code, the median R² over conv and linear layers, then per layer kind (NaN dropped)."""
+    out: dict[str, float | None] = {}
+    for c, by_kind in per.items():
+        sel = [v for k in ("conv", "linear") for v in by_kind.get(k, []) if v == v]
+        out[f"{c}_r2_conv_linear"] = float(np.median(sel)) if sel else None
+        for k, v in sorted(by_kind.items()):
+            v = [x for x in v if x == x]
+            out[f"{c}_r2_{k}"] = float(np.median(v)) if v else None
+    return out
 
 
 def trained_point(run_dir: str | Path) -> dict[str, Any]:
