@@ -453,9 +453,7 @@ def run_embed_cli(args: argparse.Namespace) -> int:
         "model": args.model,
         "path": str(path),
         "map": place_on_map(args.atlas, v),
-        "neighbours": [
-            {"id": i, "cosine_distance": d} for i, d in neighbours(args.atlas, v, args.k)
-        ],
+        "neighbours": [{"id": i, "distance": d} for i, d in neighbours(args.atlas, v, args.k)],
         "atlas_distance": atlas_distance(
             args.atlas, v, architecture=model_architecture(path)
         ),  # issue 16, strangers
@@ -463,7 +461,7 @@ def run_embed_cli(args: argparse.Namespace) -> int:
     }
 
     ad = result["atlas_distance"]
-    near = ", ".join(f"{n['id']} ({n['cosine_distance']:.3f})" for n in result["neighbours"][:3])
+    near = ", ".join(f"{n['id']} ({n['distance']:.3f})" for n in result["neighbours"][:3])
     emit(
         args,
         result,

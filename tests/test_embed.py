@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from core.atlas import Atlas, read_json
+from core.atlas import Atlas, read_json, write_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.config import build_config
 from core.embeddings.distances import place_on_map
@@ -223,6 +223,52 @@ def test_neighbours_by_id_vector_and_directory(small_atlas):
     assert neighbours(small_atlas, path, k=1)[0][0] == mid
 
 
+def test_one_metric_for_distance_neighbours_and_map(small_atlas, tmp_path):
+    """``EmbedConfig.neighbour_metric`` governs the neighbours and the UMAP map (fit and
+    placement), ``distance_metric`` the atlas distance; embeddings written before the field
+    keep cosine neighbours."""
+    import shutil
+
+    from core.embeddings.distances import atlas_distance, map_metric, pairwise_distances
+    from core.embeddings.embed import embed
+
+    atlas = tmp_path / "atlas"
+    shutil.copytree(small_atlas, atlas, ignore=shutil.ignore_patterns("embeddings"))
+    for metric in ("zscore", "euclidean", "cosine"):
+        out = embed(atlas, overrides={"neighbour_metric": metric, "distance_metric": metric})
+        info = read_json(out / "info.json")
+        assert info["map_metric"] == info["atlas_distance"]["metric"] == metric
+        emb = load_embeddings(atlas)
+        assert emb.metric == metric
+        z = emb.z.astype(np.float64)
+        mid, v = emb.ids[2], z[2]
+        d = pairwise_distances(z, v[None], metric, z)[:, 0]
+        nn_ = neighbours(atlas, mid, k=3)
+        want = [emb.ids[i] for i in np.argsort(d, kind="stable") if emb.ids[i] != mid][:3]
+        assert [i for i, _ in nn_] == want
+        assert atlas_distance(atlas, v)["metric"] == metric
+        placed = place_on_map(atlas, v)  # its own vector: its own UMAP position
+        np.testing.assert_allclose(
+            placed["umap"], read_json(out / "maps.json")["umap"][mid], atol=1e-3
+        )
+    # embeddings written before the field governed the neighbours: cosine, as they were
+    assert map_metric({}) == "cosine"
+    info = read_json(out / "info.json")
+    del info["map_metric"]
+    info["config"]["distance_metric"] = "zscore"
+    write_json(out / "info.json", info)
+    assert load_embeddings(atlas).metric == "cosine"
+    assert atlas_distance(atlas, load_embeddings(atlas).z[0])["metric"] == "zscore"
+
+
+def test_embed_cli_unknown_metric_is_one_line(small_atlas, capsys):
+    from core.cli import main
+
+    assert main(["embed", str(small_atlas), "--set", "neighbour_metric=manhattan"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown distance metric 'manhattan'" in err[0], err
+
+
 def test_embed_cli_unknown_pooling_is_one_line(small_atlas, capsys):
     from core.cli import main
 
@@ -293,23 +339,29 @@ def test_empty_token_store_gives_one_line_error(tmp_path, capsys):
     assert last.startswith("weightatlas sample: error:") and "holds no tokenized model" in last
 
 
-def test_neighbours_top_k_equals_a_full_stable_sort():
+@pytest.mark.parametrize("metric", ["cosine", "zscore", "euclidean"])
+def test_neighbours_top_k_equals_a_full_stable_sort(metric):
     """neighbours keeps only the k + 1 nearest (100,000-model atlases answer in ~20 ms, not
-    0.5 s): the same ids, distances and tie order as sorting every distance."""
-    from core.embeddings.distances import cosine_distances
+    0.5 s): the same ids, distances and tie order as sorting every distance of the atlas'
+    metric (``pairwise_distances`` with the atlas as reference)."""
+    from core.embeddings.distances import pairwise_distances
     from core.embeddings.table import Embeddings
 
     rng = np.random.default_rng(0)
     z = rng.normal(size=(3000, 8)).astype(np.float32)
+    z[:, 0] *= 50.0  # one wide dim: the metrics disagree
     z[10:20] = z[5]  # ties, across the cut too
     models = [{"id": f"m{i}", "row": i} for i in range(len(z))]
-    emb = Embeddings(z=z, layer_z=z[:0], layer_spread=np.zeros(0), models=models, layers=[])
+    emb = Embeddings(
+        z=z, layer_z=z[:0], layer_spread=np.zeros(0), models=models, layers=[], metric=metric
+    )
+    z64 = z.astype(np.float64)
     for mid, k in (("m5", 3), ("m5", 12), ("m0", 8), ("m2999", 1)):
-        d = cosine_distances(z.astype(np.float64), emb.vector(mid).astype(np.float64))
+        d = pairwise_distances(z64, emb.vector(mid).astype(np.float64)[None], metric, z64)[:, 0]
         full = [(f"m{i}", float(d[i])) for i in np.argsort(d, kind="stable") if f"m{i}" != mid]
         got = neighbours("unused", mid, k, embeddings=emb)
         assert [m for m, _ in got] == [m for m, _ in full[:k]]
-        assert np.allclose([x for _, x in got], [x for _, x in full[:k]], atol=1e-12)
+        assert np.allclose([x for _, x in got], [x for _, x in full[:k]], atol=1e-9)
 
 
 def test_streamed_summary_equals_summarize_of_all_token_embeddings():

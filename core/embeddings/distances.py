@@ -39,25 +39,45 @@ OUTSIDE_MEANING = (
 )
 
 
-DISTANCE_METRICS = ("zscore", "cosine")
+DISTANCE_METRICS = ("cosine", "zscore", "euclidean")
+# the neighbours' and the UMAP map's metric of atlases embedded before
+# ``EmbedConfig.neighbour_metric`` existed
+LEGACY_MAP_METRIC = "cosine"
+
+
+def check_metric(metric: str) -> None:
+    """Raise a one-line error for a metric outside ``DISTANCE_METRICS``."""
+    if metric not in DISTANCE_METRICS:
+        raise WeightAtlasError(
+            f"unknown distance metric {metric!r}; choose from {', '.join(DISTANCE_METRICS)}"
+        )
+
+
+def map_metric(info: dict[str, Any]) -> str:
+    """The metric of an atlas' neighbours and UMAP map, from its ``embeddings/info.json``:
+    ``map_metric`` (``EmbedConfig.neighbour_metric``, written by ``embed``), else
+    ``LEGACY_MAP_METRIC`` (embeddings written before the field existed)."""
+    metric = str(info.get("map_metric", LEGACY_MAP_METRIC))
+    check_metric(metric)
+    return metric
 
 
 def pairwise_distances(z: np.ndarray, v: np.ndarray, metric: str, ref: np.ndarray) -> np.ndarray:
     """Distances ``(M, K)`` between rows of ``z (M, L)`` and ``v (K, L)``.
 
-    ``zscore``: Euclidean after standardizing every latent dimension by the mean and std of
-    ``ref`` (the atlas); ``cosine``: ``1 - cos``.
+    ``cosine``: ``1 - cos``; ``zscore``: Euclidean after standardizing every latent dimension
+    by the mean and std of ``ref`` (the atlas); ``euclidean``: plain Euclidean.
     """
+    check_metric(metric)
     if metric == "cosine":
         zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return 1.0 - zn @ vn.T
-    if metric != "zscore":
-        raise WeightAtlasError(
-            f"unknown distance metric {metric!r}; choose from {DISTANCE_METRICS}"
-        )
-    mu, sd = ref.mean(0), np.maximum(ref.std(0), 1e-12)
-    a, b = (z - mu) / sd, (v - mu) / sd
+    if metric == "zscore":
+        mu, sd = ref.mean(0), np.maximum(ref.std(0), 1e-12)
+        a, b = (z - mu) / sd, (v - mu) / sd
+    else:
+        a, b = z, v
     sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.sqrt(np.maximum(sq, 0.0))
 
@@ -243,10 +263,12 @@ def place_on_map(
     """Place an embedding ``(L,)`` on the atlas' existing PCA and UMAP maps without refitting.
 
     PCA applies the stored mean and components. UMAP takes the inverse-distance weighted mean
-    of the map positions of the nearest collected models (cosine distance in embedding space).
+    of the map positions of the nearest collected models (the atlas' ``map_metric`` in
+    embedding space, the metric the map was fitted with).
     """
     a = Atlas.open(atlas)
-    rdir = EmbeddingTables(embeddings_dir(a, backbone_dir)).reducers_dir
+    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    rdir = tables.reducers_dir
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     pca = read_tensors(rdir / "pca.safetensors")
     if v.shape[0] != pca["mean"].shape[0]:
@@ -255,7 +277,8 @@ def place_on_map(
         )
     xy_pca = (v - pca["mean"]) @ pca["components"].T
     um = read_tensors(rdir / "umap.safetensors")
-    d = cosine_distances(um["train_z"], v)
+    train_z = um["train_z"].astype(np.float64)
+    d = pairwise_distances(train_z, v[None], map_metric(tables.info()), train_z)[:, 0]
     k = int(min(int(um["n_neighbors"][0]), len(d)))
     nn_idx = np.argsort(d, kind="stable")[:k]
     wts = 1.0 / np.maximum(d[nn_idx], 1e-9)

@@ -48,7 +48,12 @@ from tqdm import tqdm
 
 from core.atlas import Atlas, EmbeddingTables, append_jsonl, atomic_path, write_json
 from core.config import build_config, to_dict
-from core.embeddings.distances import distance_percentile, loo_knn_distances, reference_groups
+from core.embeddings.distances import (
+    check_metric,
+    distance_percentile,
+    loo_knn_distances,
+    reference_groups,
+)
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
@@ -118,6 +123,8 @@ def embed(
     chunks = [ids[i : i + cfg.chunk_models] for i in range(0, len(ids), cfg.chunk_models)]
     window_, halo_ = resolve_window(cfg, backbone)
     pooled_dim(int(backbone.cfg.latent_dim), cfg.pooling)  # an unknown pooling fails here
+    check_metric(cfg.distance_metric)  # and an unknown metric, before any encoding
+    check_metric(cfg.neighbour_metric)
     plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n{cfg.pooling}\n" + "\n".join(ids)
     parts = (
         EmbeddingTables(out).parts_dir / hashlib.sha256(plan.encode()).hexdigest()[:16]
@@ -266,6 +273,7 @@ def _merge(
             "latent_dim": int(tensors["z"].shape[1]),
             "pca_explained_variance_ratio": reducers["pca"]["explained_variance_ratio"].tolist(),
             "umap_placement": "inverse-distance weighted mean of the n_neighbors nearest maps",
+            "map_metric": cfg.neighbour_metric,  # neighbours, UMAP fit and placement
             "atlas_distance": {
                 "k": cfg.distance_k,
                 "metric": cfg.distance_metric,

@@ -50,9 +50,16 @@ class EmbedConfig:
     umap_min_dist: float = 0.1
     map_neighbors: int = 5
     distance_k: int = 5  # atlas distance: mean distance to this many nearest atlas models
-    # atlas distance metric: "zscore" (Euclidean on embeddings standardized per latent dim by
-    # the atlas' mean and std) or "cosine" (the neighbour lists' metric; ignores norms)
+    # atlas distance metric (core.embeddings.distances.DISTANCE_METRICS): "zscore" (Euclidean on
+    # embeddings standardized per dim by the atlas' mean and std), "cosine" (1 - cos; ignores
+    # norms) or "euclidean". zscore: the only one that put the MiniLM stranger outside with both
+    # the step-0 and the re-trained demo backbone (docs/results/map_distance.md)
     distance_metric: str = "zscore"
+    # the neighbours' metric: neighbour lists, the UMAP map (fit and placement) and map quality's
+    # embedding figure. cosine: better leave-one-run-out family (and, re-trained, kNN R²) than
+    # zscore with both demo backbones (docs/results/map_distance.md); what atlases embedded
+    # before this field used for their neighbours and maps
+    neighbour_metric: str = "cosine"
     seed: int = 0
     device: str = "cpu"
     # the model embedding from token embeddings (``POOLINGS``); "mean" is what atlases embedded

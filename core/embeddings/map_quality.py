@@ -13,7 +13,8 @@ siblings never vouch for it. Three figures per space:
 The module imports no torch at the top, so that the app can show a stored result at once;
 :func:`map_quality` imports the embedding readers where it computes.
 
-Spaces: the full model embedding (the atlas' distance metric, ``zscore`` by default), each stored
+Spaces: the full model embedding (the neighbour lists' metric, ``EmbedConfig.neighbour_metric``,
+cosine by default and for atlases embedded before it), each stored
 2-D map (``umap``, ``pca``; Euclidean), and the weights' plain statistics s(W)
 (``core.embeddings.statistics``, standardized Euclidean). ``reference`` holds the same figures
 for the predictors that ignore the features: the majority family / task and the mean test
@@ -233,7 +234,7 @@ def map_quality(
     """
     # torch-backed readers imported here: the Atlas page reads a stored result (and this
     # module's tables) before torch is loaded (issue 27)
-    from core.embeddings.distances import pairwise_distances, reference_groups
+    from core.embeddings.distances import map_metric, pairwise_distances, reference_groups
     from core.embeddings.encode import embeddings_dir
     from core.embeddings.statistics import sw_features
     from core.embeddings.table import load_embeddings
@@ -251,7 +252,7 @@ def map_quality(
     task = [(r.get("labels") or {}).get("task") for r in rows]
     accuracy = [as_row(r).accuracy for r in rows]
     info = EmbeddingTables(out).info()
-    metric = str(info.get("config", {}).get("distance_metric", "zscore"))
+    metric = map_metric(info)  # the neighbour lists' metric
 
     def figures(x: np.ndarray, how: str) -> dict[str, Any]:
         x = np.asarray(x, dtype=np.float64)

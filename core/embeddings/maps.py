@@ -29,7 +29,11 @@ def fit_pca(z: np.ndarray, n_components: int = 2) -> dict[str, np.ndarray]:
 
 
 def fit_umap(z: np.ndarray, cfg: EmbedConfig) -> np.ndarray:
-    """UMAP 2-D coordinates with a fixed seed; PCA coordinates when there are too few models."""
+    """UMAP 2-D coordinates with a fixed seed; PCA coordinates when there are too few models.
+
+    The neighbourhood graph uses ``cfg.neighbour_metric`` (``zscore``: Euclidean on the
+    standardized embeddings), the metric of the neighbour lists.
+    """
     m = len(z)
     if m < 4:
         return fit_pca(z)["components"].dot((z - z.mean(0)).T).T
@@ -37,11 +41,13 @@ def fit_umap(z: np.ndarray, cfg: EmbedConfig) -> np.ndarray:
     with _UMAP_LOCK:
         import umap
 
+        if cfg.neighbour_metric == "zscore":
+            z = (z - z.mean(0)) / np.maximum(z.std(0), 1e-12)
         reducer = umap.UMAP(
             n_components=2,
             n_neighbors=min(cfg.umap_neighbors, m - 1),
             min_dist=cfg.umap_min_dist,
-            metric="cosine",
+            metric="cosine" if cfg.neighbour_metric == "cosine" else "euclidean",
             random_state=cfg.seed,
             init="spectral" if m > 10 else "random",
             n_jobs=1,

@@ -17,7 +17,7 @@ from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
 from core.collection.specs import parse_model_spec, resolve_arch
 from core.config import build_config
-from core.embeddings.distances import read_tensors
+from core.embeddings.distances import LEGACY_MAP_METRIC, map_metric, read_tensors
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
@@ -92,6 +92,8 @@ class Embeddings:
     models: list[dict[str, Any]]
     layers: list[dict[str, Any]]
     s_w: np.ndarray | None = None  # (M, 35) the weights' statistics, when `embed` stored them
+    # the neighbours' metric (``core.embeddings.distances.map_metric`` of the atlas)
+    metric: str = LEGACY_MAP_METRIC
 
     @functools.cached_property
     def ids(self) -> list[str]:
@@ -108,6 +110,31 @@ class Embeddings:
         """``z`` in float64 with unit rows (cosine distances are one matrix-vector product)."""
         z = self.z.astype(np.float64)
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    @functools.cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        z = self.z.astype(np.float64)
+        return z.mean(0), np.maximum(z.std(0), 1e-12)
+
+    @functools.cached_property
+    def _scaled_z(self) -> np.ndarray:
+        """``z`` as ``metric`` compares it: standardized for ``zscore``, float64 otherwise."""
+        z = self.z.astype(np.float64)
+        if self.metric == "zscore":
+            mu, sd = self._moments
+            return (z - mu) / sd
+        return z
+
+    def distances(self, v: np.ndarray) -> np.ndarray:
+        """``(M,)`` distances of every row to ``v (L,)`` under ``metric`` (as
+        ``core.embeddings.distances.pairwise_distances`` with the atlas as reference)."""
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        if self.metric == "cosine":
+            return 1.0 - self.unit_z @ (v / max(float(np.linalg.norm(v)), 1e-12))
+        if self.metric == "zscore":
+            mu, sd = self._moments
+            v = (v - mu) / sd
+        return np.sqrt(np.maximum(((self._scaled_z - v) ** 2).sum(1), 0.0))
 
     def vector(self, model_id: str) -> np.ndarray:
         """The embedding of one collected model."""
@@ -129,6 +156,7 @@ def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -
         models=out.models(),
         layers=out.layers(),
         s_w=t.get("s_w"),
+        metric=map_metric(out.info()),
     )
 
 
@@ -223,7 +251,9 @@ def neighbours(
     k: int = 5,
     embeddings: Embeddings | None = None,
 ) -> list[tuple[str, float]]:
-    """The ``k`` collected models nearest to ``model`` by cosine distance of embeddings.
+    """The ``k`` collected models nearest to ``model`` in the atlas' neighbour metric
+    (``Embeddings.metric``: ``EmbedConfig.neighbour_metric``, cosine by default and for
+    embeddings written before the field existed).
 
     Args:
         atlas: an embedded atlas.
@@ -233,7 +263,7 @@ def neighbours(
         embeddings: the atlas' embeddings if already loaded (the app keeps them in memory).
 
     Returns:
-        ``[(id, cosine_distance), ...]`` nearest first; a collected model is not its own
+        ``[(id, distance), ...]`` nearest first; a collected model is not its own
         neighbour.
     """
     emb = embeddings if embeddings is not None else load_embeddings(atlas)
@@ -248,7 +278,7 @@ def neighbours(
         raise WeightAtlasError(f"{model!r} is neither a collected model id nor a model directory")
     if v.shape[0] != emb.z.shape[1]:
         raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {emb.z.shape[1]}")
-    d = 1.0 - emb.unit_z @ (v / max(float(np.linalg.norm(v)), 1e-12))  # cosine_distances
+    d = emb.distances(v)
     # the k + 1 smallest (one may be the model itself), ties as a stable full sort orders them:
     # every distance up to the (k+1)-th smallest, then a stable sort of those few
     m = min(k + 1, len(d))

@@ -321,7 +321,10 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
             with st.popover("All labels and metrics"):
                 st.json(extra)
     with nn:
-        st.markdown("**Nearest neighbours** (cosine distance of embeddings)")
+        st.markdown(
+            f"**Nearest neighbours** ({cached_embeddings(str(root), stamp_).metric} distance "
+            "of embeddings)"
+        )
         k = st.slider("k", 1, 25, 8, key="nn_k")
         try:
             pairs = cached_neighbours(str(root), stamp_, model_id, int(k))
