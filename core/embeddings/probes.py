@@ -552,6 +552,37 @@ def run_probes(
     return split, results
 
 
+def _zoo_probe(
+    a: Atlas,
+    ids: list[str],
+    rows: list[dict[str, Any]],
+    feats: dict[str, np.ndarray],
+    idx: list[int],
+    cfg: ProbeConfig,
+) -> dict[str, Any]:
+    """The regression probes inside one homogeneous zoo (rows ``idx``), with the flattened
+    weights W as a feature set where the zoo's models have them."""
+    sub = [rows[i] for i in idx]
+    zfeats = {fs: x[idx] for fs, x in feats.items()}
+    w = weight_vectors(a, [ids[i] for i in idx])
+    if w is not None:
+        zfeats["W"] = w
+    zsplit, zres = run_probes(zfeats, sub, REGRESSION_TARGETS, cfg)
+    labels = sub[0].get("labels") or {}
+    return {
+        "family": labels.get("family") or sub[0].get("family"),
+        "task": labels.get("task"),
+        "width": labels.get("width"),
+        "depth": labels.get("depth"),
+        "n_models": len(idx),
+        "n_runs": len({run_of(r) for r in sub}),
+        "split": zsplit,
+        "features": {fs: int(x.shape[1]) for fs, x in zfeats.items()},
+        "results": zres,
+        "noise": target_noise(sub),
+    }
+
+
 def evaluate(
     atlas: str | Path,
     *,
@@ -598,25 +629,7 @@ def evaluate(
     for key, idx in tqdm(
         homogeneous_zoos(rows, cfg.zoo_min_runs).items(), desc="zoo probes", unit="zoo"
     ):
-        sub = [rows[i] for i in idx]
-        zfeats = {fs: x[idx] for fs, x in feats.items()}
-        w = weight_vectors(a, [ids[i] for i in idx])
-        if w is not None:
-            zfeats["W"] = w
-        zsplit, zres = run_probes(zfeats, sub, REGRESSION_TARGETS, cfg)
-        labels = sub[0].get("labels") or {}
-        zoos[key] = {
-            "family": labels.get("family") or sub[0].get("family"),
-            "task": labels.get("task"),
-            "width": labels.get("width"),
-            "depth": labels.get("depth"),
-            "n_models": len(idx),
-            "n_runs": len({run_of(r) for r in sub}),
-            "split": zsplit,
-            "features": {fs: int(x.shape[1]) for fs, x in zfeats.items()},
-            "results": zres,
-            "noise": target_noise(sub),
-        }
+        zoos[key] = _zoo_probe(a, ids, rows, feats, idx, cfg)
     out = {
         "split": split,
         "features": {fs: int(feats[fs].shape[1]) for fs in FEATURE_SETS},
