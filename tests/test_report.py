@@ -211,3 +211,15 @@ def test_the_second_modality_gets_verdicts() -> None:
     assert acc.startswith("- **inconclusive**") and "by test accuracy" in acc
     assert own.startswith("- **disagree**") and "not 001's" in own
     assert "experiment_modality.md" in report.VERDICTS
+
+
+def test_training_table_names_every_selection_metric_the_trainer_can_record():
+    """The training table labels the kept step by what the trainer selected on (a backbone
+    selected on rec+knn must not be labelled as selected on reconstruction)."""
+    from core.backbone.config import SELECT_METRIC
+    from core.backbone.selection import SCORE_METRIC
+    from core.experiments.report import SELECTION_METRICS
+
+    assert set(SELECTION_METRICS) == {SELECT_METRIC, SCORE_METRIC}
+    assert "k-NN" in SELECTION_METRICS[SCORE_METRIC]
+    assert "k-NN" not in SELECTION_METRICS[SELECT_METRIC]

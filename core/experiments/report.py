@@ -216,6 +216,16 @@ def training_summary(backbone_dir: str | Path) -> dict[str, int | float | None]:
     }
 
 
+# what a backbone's ``selected.metric`` (config.json) names, for the training table
+SELECTION_METRICS = {
+    "val_layer_r2_median_conv_linear": "median per-layer val R², conv + linear",
+    "val_select_score": (
+        "selection score: median per-layer val R², conv + linear, plus the val models' "
+        "leave-one-run-out k-NN family and task accuracy"
+    ),
+}
+
+
 def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = None) -> Path:
     """``results/training.md``: the main backbone's loss and reconstruction R² over training."""
     a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
@@ -236,9 +246,10 @@ def training_table(atlas: str | Path | Atlas, backbone_dir: str | Path | None = 
     vals = [r for r in read_metrics(bdir) if r.get("val_r2_by_kind")]
     selected = cfg.get("selected") if isinstance(cfg, dict) else None
     if selected:
+        what = SELECTION_METRICS.get(selected.get("metric"), selected.get("metric", "score"))
         rows += [
-            ["selected step (best median per-layer val R², conv + linear)", selected["step"]],
-            ["median per-layer val R², conv + linear (selected)", selected["value"]],
+            [f"selected step (best {what})", selected["step"]],
+            [f"{what} (selected)", selected["value"]],
         ]
     sel = next((r for r in vals if selected and r["step"] == selected["step"]), None)
     sel = sel or (vals[-1] if vals else {})
