@@ -606,21 +606,10 @@ def zoo(
     )
     runs = plan(cfg)
     nodes = plan_trees(cfg)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise WeightAtlasError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".tmp-*"):  # left by a killed build; never a finished repo
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    out = _zoo_dir(out)
     info_path = out / ZOO_INFO
     cfg_dict = to_dict(cfg)
-    old = read_json(info_path) if info_path.exists() else {}
-    if old.get("config") not in (None, cfg_dict):
-        raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
-    spent = float(old.get("build_seconds", 0.0))  # over all sessions of an interrupted build
-    write_json(
-        info_path, {"preset": preset, "config": cfg_dict, "complete": False, "build_seconds": spent}
-    )
+    spent = _resume_info(out, preset, cfg_dict)  # over all sessions of an interrupted build
 
     total = sum(len(r.checkpoints) for r in runs) + len(nodes)
     names = [r.name(e) for r, e in iter_checkpoints(runs)] + [n.name for n in nodes]
@@ -638,29 +627,8 @@ def zoo(
         bar.set_postfix_str(printable(f"{row['id'].split('/')[-1]} acc={row['test_accuracy']:.3f}"))
 
     try:
-        if workers > 1 and limit is None:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_worker, run, cfg, out) for run in todo]
-                for fut in as_completed(futures):
-                    for row in fut.result():
-                        record(row)
-        else:
-            with _Threads(cfg.threads):
-                for run in todo:
-                    try:
-                        train_run(run, cfg, out, record, budget)
-                    except _StopBuild:
-                        break
-        for node in nodes:  # in order: every parent is written before its children
-            if node.name in done:
-                continue
-            if budget is not None:
-                if budget[0] <= 0:
-                    break
-                budget[0] -= 1
-            with _Threads(cfg.threads):
-                train_tree_node(node, cfg, out, record)
+        _train_runs(todo, cfg, out, record, budget, workers)
+        _train_nodes(nodes, done, cfg, out, record, budget)
     finally:
         bar.close()
         spent += time.time() - start
@@ -678,21 +646,86 @@ def zoo(
     rows = [_row(out, snapshot_dir(repo_dir(out, n))) for n in names]
     atomic_write_bytes(out / ZOO_INDEX, "".join(dumps(r) + "\n" for r in rows).encode())
     (out / PROGRESS).unlink(missing_ok=True)
-    write_json(
-        info_path,
-        {
-            "preset": preset,
-            "config": cfg_dict,
-            "complete": True,
-            "checkpoints": len(rows),
-            "runs": len(runs),
-            "families": sorted({r.family for r in runs}),
-            "tasks": sorted({r.task for r in runs}),
-            "build_seconds": round(spent, 2),
-            **({"trees": [n.truth() for n in nodes]} if nodes else {}),
-        },
-    )
+    info = {"preset": preset, "config": cfg_dict, "complete": True, "checkpoints": len(rows)}
+    info.update(runs=len(runs), families=sorted({r.family for r in runs}))
+    info.update(tasks=sorted({r.task for r in runs}), build_seconds=round(spent, 2))
+    write_json(info_path, {**info, **({"trees": [n.truth() for n in nodes]} if nodes else {})})
     return out
+
+
+def _zoo_dir(out: str | Path) -> Path:
+    """``out`` as a zoo directory (created), without temporary files of a killed build."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WeightAtlasError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):  # left by a killed build; never a finished repo
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return out
+
+
+def _resume_info(out: Path, preset: str, cfg_dict: dict[str, Any]) -> float:
+    """Mark the zoo's info incomplete for this build; return the seconds earlier sessions spent.
+
+    Raises:
+        WeightAtlasError: ``out`` holds a zoo built with another config.
+    """
+    info_path = out / ZOO_INFO
+    old = read_json(info_path) if info_path.exists() else {}
+    if old.get("config") not in (None, cfg_dict):
+        raise WeightAtlasError(f"{out} holds a zoo built with another config; use a new --out")
+    spent = float(old.get("build_seconds", 0.0))
+    write_json(
+        info_path, {"preset": preset, "config": cfg_dict, "complete": False, "build_seconds": spent}
+    )
+    return spent
+
+
+def _train_runs(
+    todo: list[Run],
+    cfg: ZooConfig,
+    out: Path,
+    record: Callable[[dict[str, Any]], None],
+    budget: list[int] | None,
+    workers: int,
+) -> None:
+    """Train the runs left to do: in ``workers`` spawned processes (without a checkpoint
+    budget), else in turn until the budget is spent."""
+    if workers > 1 and budget is None:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker, run, cfg, out) for run in todo]
+            for fut in as_completed(futures):
+                for row in fut.result():
+                    record(row)
+        return
+    with _Threads(cfg.threads):
+        for run in todo:
+            try:
+                train_run(run, cfg, out, record, budget)
+            except _StopBuild:
+                break
+
+
+def _train_nodes(
+    nodes: list[TreeNode],
+    done: set[str],
+    cfg: ZooConfig,
+    out: Path,
+    record: Callable[[dict[str, Any]], None],
+    budget: list[int] | None,
+) -> None:
+    """Train the tree nodes not yet written, in order (every parent before its children),
+    each counting against the checkpoint budget."""
+    for node in nodes:
+        if node.name in done:
+            continue
+        if budget is not None:
+            if budget[0] <= 0:
+                break
+            budget[0] -= 1
+        with _Threads(cfg.threads):
+            train_tree_node(node, cfg, out, record)
 
 
 def read_zoo(out: str | Path) -> list[dict[str, Any]]:
