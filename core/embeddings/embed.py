@@ -170,6 +170,58 @@ def embed(
     return out
 
 
+def _part_rows(
+    ids: list[str],
+    t: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    copies: dict[str, list[str]],
+    store: Any,
+    first_model: int,
+    first_layer: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``models.jsonl`` and ``layers.jsonl`` rows of one part's models (``t``: the part's
+    tensors), numbered on from ``first_model`` and ``first_layer``."""
+    model_rows: list[dict[str, Any]] = []
+    layer_rows: list[dict[str, Any]] = []
+    off = 0
+    for i, mid in enumerate(ids):
+        cnt = int(t["layer_count"][i])
+        first = first_layer + off
+        row = manifest.get(mid, {})
+        model_rows.append(
+            {
+                "id": mid,
+                "row": first_model + len(model_rows),
+                "family": row.get("family"),
+                "architecture": row.get("architecture"),
+                "library": row.get("library"),
+                "split": row.get("split"),
+                "params": row.get("params"),
+                "labels": row.get("labels") or {},
+                "metrics": row.get("metrics") or {},
+                "n_tokens": int(t["n_tokens"][i]),
+                "layer_rows": [first, first + cnt],
+                "copies": 1 + len(copies.get(mid, [])),
+                "duplicates": copies.get(mid, []),
+            }
+        )
+        names = {e.layer: e.name for e in store.layers(mid)}
+        for j in range(cnt):
+            lid = int(t["layer_index"][off + j])
+            layer_rows.append(
+                {
+                    "id": mid,
+                    "row": first + j,
+                    "layer": lid,
+                    "name": names.get(lid, str(lid)),
+                    "n_tokens": int(t["layer_tokens"][off + j]),
+                    "spread": float(t["layer_spread"][off + j]),
+                }
+            )
+        off += cnt
+    return model_rows, layer_rows
+
+
 def _merge(
     a: Atlas,
     out: Path,
@@ -192,43 +244,10 @@ def _merge(
         layer_z.append(t["layer_z"])
         layer_spread.append(t["layer_spread"])
         s_w.append(t["s_w"])
-        off = 0
-        for i, mid in enumerate(ids):
-            cnt = int(t["layer_count"][i])
-            first = n_layer_rows + off
-            row = manifest.get(mid, {})
-            model_rows.append(
-                {
-                    "id": mid,
-                    "row": len(model_rows),
-                    "family": row.get("family"),
-                    "architecture": row.get("architecture"),
-                    "library": row.get("library"),
-                    "split": row.get("split"),
-                    "params": row.get("params"),
-                    "labels": row.get("labels") or {},
-                    "metrics": row.get("metrics") or {},
-                    "n_tokens": int(t["n_tokens"][i]),
-                    "layer_rows": [first, first + cnt],
-                    "copies": 1 + len(copies.get(mid, [])),
-                    "duplicates": copies.get(mid, []),
-                }
-            )
-            names = {e.layer: e.name for e in store.layers(mid)}
-            for j in range(cnt):
-                lid = int(t["layer_index"][off + j])
-                layer_rows.append(
-                    {
-                        "id": mid,
-                        "row": first + j,
-                        "layer": lid,
-                        "name": names.get(lid, str(lid)),
-                        "n_tokens": int(t["layer_tokens"][off + j]),
-                        "spread": float(t["layer_spread"][off + j]),
-                    }
-                )
-            off += cnt
-        n_layer_rows += off
+        models, layers = _part_rows(ids, t, manifest, copies, store, len(model_rows), n_layer_rows)
+        model_rows += models
+        layer_rows += layers
+        n_layer_rows += len(layers)
     tensors = {
         "z": torch.cat(z).contiguous(),
         "layer_z": torch.cat(layer_z).contiguous(),
