@@ -134,33 +134,7 @@ def embed(
         path = parts / f"part-{c:05d}.safetensors"
         if path.exists():
             continue
-        tensors: dict[str, torch.Tensor] = {}
-        zs, lz, ls, lidx, ltok, ntok, sw = [], [], [], [], [], [], []
-        for mid in chunks[c]:
-            tok = store.get(mid)
-            tokens, positions = _masked_tokens(tok)
-            summ = summarize(
-                encode_tokens(backbone, tokens, positions, cfg), positions, cfg.pooling
-            )
-            sw.append(
-                torch.from_numpy(
-                    weight_statistics(tokens, torch.as_tensor(tok.mask), positions)
-                ).float()
-            )
-            zs.append(summ["z"])
-            lz.append(summ["layer_z"])
-            ls.append(summ["layer_spread"])
-            lidx.append(summ["layer_index"])
-            ltok.append(summ["layer_tokens"])
-            ntok.append(len(tokens))
-        tensors["z"] = torch.stack(zs)
-        tensors["s_w"] = torch.stack(sw)
-        tensors["layer_z"] = torch.cat(lz)
-        tensors["layer_spread"] = torch.cat(ls)
-        tensors["layer_index"] = torch.cat(lidx).long()
-        tensors["layer_tokens"] = torch.cat(ltok).long()
-        tensors["layer_count"] = torch.tensor([len(x) for x in lidx], dtype=torch.long)
-        tensors["n_tokens"] = torch.tensor(ntok, dtype=torch.long)
+        tensors = _embed_chunk(chunks[c], store, backbone, cfg)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"ids": "\n".join(chunks[c]), "backbone": fp})
     if all((parts / f"part-{c:05d}.safetensors").exists() for c in range(len(chunks))):
@@ -168,6 +142,39 @@ def embed(
         if w == 1:  # alone: nobody else may still read the parts
             shutil.rmtree(EmbeddingTables(out).parts_dir, ignore_errors=True)
     return out
+
+
+def _embed_chunk(
+    ids: list[str], store: Any, backbone: Any, cfg: EmbedConfig
+) -> dict[str, torch.Tensor]:
+    """One part's tensors: each model's pooled code ``z`` and s(W), and its layers' codes,
+    spreads, indices and token counts (concatenated over the models, ``layer_count`` each)."""
+    tensors: dict[str, torch.Tensor] = {}
+    zs, lz, ls, lidx, ltok, ntok, sw = [], [], [], [], [], [], []
+    for mid in ids:
+        tok = store.get(mid)
+        tokens, positions = _masked_tokens(tok)
+        summ = summarize(encode_tokens(backbone, tokens, positions, cfg), positions, cfg.pooling)
+        sw.append(
+            torch.from_numpy(
+                weight_statistics(tokens, torch.as_tensor(tok.mask), positions)
+            ).float()
+        )
+        zs.append(summ["z"])
+        lz.append(summ["layer_z"])
+        ls.append(summ["layer_spread"])
+        lidx.append(summ["layer_index"])
+        ltok.append(summ["layer_tokens"])
+        ntok.append(len(tokens))
+    tensors["z"] = torch.stack(zs)
+    tensors["s_w"] = torch.stack(sw)
+    tensors["layer_z"] = torch.cat(lz)
+    tensors["layer_spread"] = torch.cat(ls)
+    tensors["layer_index"] = torch.cat(lidx).long()
+    tensors["layer_tokens"] = torch.cat(ltok).long()
+    tensors["layer_count"] = torch.tensor([len(x) for x in lidx], dtype=torch.long)
+    tensors["n_tokens"] = torch.tensor(ntok, dtype=torch.long)
+    return tensors
 
 
 def _part_rows(
