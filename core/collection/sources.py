@@ -252,6 +252,20 @@ class _Deadline:
         return max(0.05, min(self.per_call, left))
 
 
+def _listing_params(q: Query) -> list[tuple[str, Any]]:
+    """The first ``/api/models`` page's query parameters (later pages follow the Link header)."""
+    params: list[tuple[str, Any]] = [("filter", t) for t in q.tags]
+    if q.library:
+        params.append(("filter", q.library))
+    if q.pipeline_tag:
+        params.append(("pipeline_tag", q.pipeline_tag))
+    if q.sort:
+        params.append(("sort", _HUB_SORT.get(q.sort, q.sort)))
+    params.append(("limit", min(q.limit, 1000) if q.limit else 1000))
+    params += [("expand", e) for e in HUB_EXPAND]
+    return params
+
+
 def _hub_endpoint(endpoint: str | None) -> str:
     if endpoint is None:
         from huggingface_hub import constants
@@ -424,15 +438,7 @@ class HubSource(Source):
     def candidates(self) -> Iterator[Candidate]:
         cfg, q = self.cfg, self.query
         base = _hub_endpoint(self.endpoint)
-        params: list[tuple[str, Any]] = [("filter", t) for t in q.tags]
-        if q.library:
-            params.append(("filter", q.library))
-        if q.pipeline_tag:
-            params.append(("pipeline_tag", q.pipeline_tag))
-        if q.sort:
-            params.append(("sort", _HUB_SORT.get(q.sort, q.sort)))
-        params.append(("limit", min(q.limit, 1000) if q.limit else 1000))
-        params += [("expand", e) for e in HUB_EXPAND]
+        params = _listing_params(q)
         max_pages = cfg.max_listing_pages
         if q.limit is not None:
             max_pages = min(max_pages, q.limit + cfg.listing_page_margin)
