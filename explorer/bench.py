@@ -53,6 +53,34 @@ SYN_FAMILIES = ("mlp", "cnn", "resnet", "vit", "convnext", "lenet")
 SYN_TASKS = ("digits10", "digits-rot90", "digits-invert", "wine", "breast-cancer")
 
 
+def _synthetic_row(
+    mid: str, fam: str, task: str, i: int, acc: float, params: int, parent: str | None
+) -> dict[str, Any]:
+    """The manifest row of synthetic model ``i`` (run ``i // 10``, epoch ``i % 10``)."""
+    return {
+        "id": mid,
+        "revision": "0",
+        "source": "synthetic",
+        "status": "accepted",
+        "reason": None,
+        "library": "timm" if fam in ("resnet", "vit", "convnext") else "weightatlas",
+        "model_type": fam,
+        "architecture": fam,
+        "family": fam,
+        "params": params,
+        "tags": [task, fam, "synthetic"],
+        "pipeline_tag": "image-classification",
+        "datasets": [task],
+        "metrics": {"test_accuracy": acc},
+        "license": "mit",
+        "base_model": parent,
+        "base_model_relation": "finetune" if i % 10 == 9 else None,
+        "split": ("train", "val", "test")[(i // 10) % 3],
+        "path": None,
+        "labels": {"task": task, "run": i // 10, "epoch": i % 10, "test_accuracy": acc},
+    }
+
+
 def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: int = 0) -> Path:
     """Write an embedded atlas of ``n`` synthetic models (for map speed tests only).
 
@@ -74,28 +102,8 @@ def synthetic_atlas(root: str | Path, n: int = 20_000, latent: int = 16, seed: i
         ids.append(mid)
         acc = float(np.clip(0.3 + 0.6 * rng.random() + 0.05 * (g[i] % 3), 0, 1))
         params = int(10 ** rng.uniform(3, 7))
-        row = {
-            "id": mid,
-            "revision": "0",
-            "source": "synthetic",
-            "status": "accepted",
-            "reason": None,
-            "library": "timm" if fam in ("resnet", "vit", "convnext") else "weightatlas",
-            "model_type": fam,
-            "architecture": fam,
-            "family": fam,
-            "params": params,
-            "tags": [task, fam, "synthetic"],
-            "pipeline_tag": "image-classification",
-            "datasets": [task],
-            "metrics": {"test_accuracy": acc},
-            "license": "mit",
-            "base_model": ids[i - 1] if i % 10 == 9 else None,
-            "base_model_relation": "finetune" if i % 10 == 9 else None,
-            "split": ("train", "val", "test")[(i // 10) % 3],
-            "path": None,
-            "labels": {"task": task, "run": i // 10, "epoch": i % 10, "test_accuracy": acc},
-        }
+        parent = ids[i - 1] if i % 10 == 9 else None
+        row = _synthetic_row(mid, fam, task, i, acc, params, parent)
         manifest.append(row)
         models.append(
             {"id": mid, "row": i, "family": fam, "params": params, "labels": row["labels"]}
