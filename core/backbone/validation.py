@@ -136,11 +136,7 @@ class Evaluator:
         meter.sums = dict(zip(names, sums, strict=True))
         r2 = meter.compute()
         lr2, lratio = layer_table(lstats[:-1].cpu())
-        by_kind_r2: dict[str, list[float]] = {}
-        by_kind_ratio: dict[str, list[float]] = {}
-        for (_, _, kind), a, c in zip(self.layers, lr2.tolist(), lratio.tolist(), strict=True):
-            by_kind_r2.setdefault(kind, []).append(a)
-            by_kind_ratio.setdefault(kind, []).append(c)
+        by_kind_r2, by_kind_ratio = self._by_kind(lr2.tolist(), lratio.tolist())
         select = [v for k in SELECT_KINDS for v in by_kind_r2.get(k, [])]
         out: dict[str, Any] = {
             "r2": r2.pop("all", None),
@@ -162,17 +158,33 @@ class Evaluator:
             if rec_score is not None:  # models without family/task labels: reconstruction only
                 out["select_score"] = rec_score + tcfg.select_weight * (out.get("knn") or 0.0)
         if with_layers:
-            out["layers"] = [
-                {
-                    "model": m,
-                    "layer": name,
-                    "kind": kind,
-                    "values": int(st[0]),
-                    "r2": None if a != a else a,
-                    "std_ratio": None if c != c else c,
-                }
-                for (m, name, kind), st, a, c in zip(
-                    self.layers, lstats[:-1].tolist(), lr2.tolist(), lratio.tolist(), strict=True
-                )
-            ]
+            out["layers"] = self._layer_rows(lstats[:-1].tolist(), lr2.tolist(), lratio.tolist())
         return out
+
+    def _by_kind(
+        self, lr2: list[float], lratio: list[float]
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """Per layer kind, its layers' R² and std ratios (in layer order)."""
+        by_kind_r2: dict[str, list[float]] = {}
+        by_kind_ratio: dict[str, list[float]] = {}
+        for (_, _, kind), a, c in zip(self.layers, lr2, lratio, strict=True):
+            by_kind_r2.setdefault(kind, []).append(a)
+            by_kind_ratio.setdefault(kind, []).append(c)
+        return by_kind_r2, by_kind_ratio
+
+    def _layer_rows(
+        self, lstats: list[list[float]], lr2: list[float], lratio: list[float]
+    ) -> list[dict[str, Any]]:
+        """One row per validated layer: model, layer, kind, values, R² and std ratio (None
+        where undefined)."""
+        return [
+            {
+                "model": m,
+                "layer": name,
+                "kind": kind,
+                "values": int(st[0]),
+                "r2": None if a != a else a,
+                "std_ratio": None if c != c else c,
+            }
+            for (m, name, kind), st, a, c in zip(self.layers, lstats, lr2, lratio, strict=True)
+        ]
