@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atlas import Atlas, BackboneFiles, append_jsonl, atomic_path, read_json, write_json
+from core.backbone.config import LAYERS_FILE
 from core.backbone.train import train
 from core.collection.collect import collect
 from core.config import build_config, register_presets
@@ -74,7 +75,9 @@ register_presets("demo", DemoConfig, DEMO_PRESETS)
 
 # What is copied from a full atlas: directories whole, and per-model weights for a subset.
 KEEP_DIRS = ("backbone", "backbones", "embeddings", "results", LineageTable.DIR)
-SKIP_IN_BACKBONE = ("train_state",)
+# training-time state and diagnostics the app never reads (resume state, per-layer validation
+# rows, window coverage): left out of the demo to keep it under its size limit
+SKIP_IN_BACKBONE = ("train_state", LAYERS_FILE, "coverage.jsonl")
 # ablation backbones shipped for the Layers page's comparison: the MLN arms (the tokenization,
 # composition and modality ones would push the demo over its size limit)
 DEMO_BACKBONES = ("mln-*",)
@@ -99,9 +102,15 @@ def dir_bytes(path: Path) -> int:
 
 
 def _weights_subset(atlas: Atlas, per_group: int) -> list[dict[str, Any]]:
-    """The best-accuracy accepted models per (family, task), newest epoch first on ties."""
+    """The best-accuracy accepted models per (family, task), newest epoch first on ties.
+
+    Models that declare a base model (fine-tunes, merges, precision copies of a model tree) are
+    left out: the Layers page shows trained-from-scratch models, and a tree's weights would push
+    the demo over its size limit."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in atlas.accepted():
+        if row.get("base_model"):
+            continue
         task = (row.get("labels") or {}).get("task", row.get("pipeline_tag") or "")
         groups.setdefault((row.get("family") or "", str(task)), []).append(row)
 
