@@ -587,8 +587,9 @@ def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     again = atlas_distance(
         DEMO, embed_model_dir(path, DEMO, check=False), architecture=model_architecture(path)
     )
-    # sampling runs the demo backbone (width 256) in bf16 on this CPU, `embed --model` in fp32
-    assert block["atlas_distance"] == pytest.approx(again["distance"], rel=1e-3)
+    # sampling runs the demo backbone (width 256) in bf16 on this CPU, `embed --model` in fp32:
+    # with the trained demo backbone the two agree to ~0.2 % (4.0606 vs 4.0521 when measured)
+    assert block["atlas_distance"] == pytest.approx(again["distance"], rel=1e-2)
     assert block["atlas_percentile"] == pytest.approx(again["percentile"])
     assert block["outside_atlas"] is again["outside"]
     assert block["atlas_distance_metric"] == "zscore" and block["atlas_distance_k"] == 5

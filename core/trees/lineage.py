@@ -52,6 +52,9 @@ LINEAGE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fast": {"per_tensor": 256, "mother": False, "probes": False},
 }
+# the names every config table shares: ``ci`` is the smoke test, ``demo`` what the demo atlas used
+LINEAGE_PRESETS["ci"] = LINEAGE_PRESETS["fast"]
+LINEAGE_PRESETS["demo"] = LINEAGE_PRESETS["default"]
 register_presets("lineage", LineageConfig, LINEAGE_PRESETS)
 
 
@@ -164,7 +167,7 @@ def lineage(
 
     Args:
         atlas: the atlas directory (after ``collect``; weights must be in reach).
-        preset: ``default`` or ``fast`` (see ``LINEAGE_PRESETS``).
+        preset: ``default`` (= ``demo``) or ``fast`` (= ``ci``); see ``LINEAGE_PRESETS``.
         overrides: LineageConfig fields that win over the preset.
         config_file: optional JSON/YAML file of LineageConfig fields.
         progress: show a tqdm bar while fingerprinting.
