@@ -1,0 +1,148 @@
+"""``weightatlas bench train``: training throughput of a preset, fp32 against the default
+(``dtype=auto``) path, with the matmul peaks and MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import torch
+
+from core.backbone.config import build_configs
+from core.backbone.device import compute_dtype, cpu_bf16_flags
+from core.backbone.model import (
+    Backbone,
+    flops_per_token,
+)
+from core.bench.common import cpu_name
+
+
+def _matmul_flops(
+    device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int], repeat: int
+) -> float:
+    """Best FLOP/s of an (m, k) @ (k, n) matmul on ``device`` in ``dtype``."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / 4)
+    return 2 * m * k * n / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Training throughput of a preset, fp32 path vs the default (``dtype=auto``) path.
+
+    In one run on one device: the fp32 and bf16 matmul peaks (best of an n x n matmul; also
+    the model's own MLP matmul shape), and tokens/s of a full training step (two views, forward
+    + backward + AdamW) in fp32 and in the default dtype, all interleaved per repetition so
+    that a busy machine slows each alike, best of ``--repeat``. Model FLOPs are counted
+    analytically (``core.backbone.model.flops_per_token``); MFU is against the larger of the peaks. ``--n`` sets the windows per step (default: the preset's batch);
+    ``--threads`` pins the intra-op threads (default: all cores). On CUDA, peak memory too.
+    """
+    preset = args.preset or "ci"
+    bcfg, tcfg = build_configs(preset)
+    device = torch.device(args.device)
+    threads = getattr(args, "threads", None) or os.cpu_count() or 1
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    default = compute_dtype(tcfg.dtype, device)
+    B = args.n or tcfg.batch_size
+    T = bcfg.window
+    tokens = 2 * B * T  # two views per window
+    repeat = max(1, args.repeat)
+    iters = 8 if device.type == "cuda" else 3
+    n_mm = 8192 if device.type == "cuda" else 2048
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    # the MLP's first matmul as the model runs it: (tokens, C) @ (C, hidden)
+    model_shape = (tokens, bcfg.d_model, int(bcfg.mlp_ratio * bcfg.d_model))
+    peaks = dict.fromkeys(dtypes, 0.0)
+    at_shape = dict.fromkeys(dtypes, 0.0)
+    paths = {"fp32": torch.float32}
+    if default != torch.float32:
+        paths["default"] = default
+    from core.backbone.train import step_fn  # the training loop's optimizer and step
+
+    steps = {name: step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
+    losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
+    best = dict.fromkeys(paths, float("inf"))
+    peak_mem = {}
+    for _ in range(repeat):  # peaks and steps interleaved: a busy machine slows all alike
+        for name, dt in dtypes.items():
+            peaks[name] = max(peaks[name], _matmul_flops(device, dt, (n_mm,) * 3, 1))
+            at_shape[name] = max(at_shape[name], _matmul_flops(device, dt, model_shape, 1))
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            _sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t) / iters)
+            if device.type == "cuda":
+                peak_mem[name] = torch.cuda.max_memory_allocated(device) / 1e9
+    if "default" not in paths:
+        best["default"], losses["default"] = best["fp32"], losses["fp32"]
+        peak_mem["default"] = peak_mem.get("fp32")
+    flops_tok = flops_per_token(bcfg, T)
+    peak = max(peaks.values())
+    best_dtype = max(peaks, key=peaks.get)
+    out: dict[str, Any] = {
+        "preset": preset,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu_bf16_flags": sorted(cpu_bf16_flags()) if device.type == "cpu" else None,
+        "threads": torch.get_num_threads(),
+        "default_dtype": "bf16-autocast" if default == torch.bfloat16 else "fp32",
+        "params": sum(p.numel() for p in Backbone(bcfg).parameters()),
+        "d_model": bcfg.d_model,
+        "n_layers": bcfg.n_layers,
+        "batch_windows": B,
+        "window": T,
+        "token_size": bcfg.token_size,
+        "tokens_per_step": tokens,
+        "gflops_per_token": flops_tok / 1e9,
+        "matmul_n": n_mm,
+        "fp32_matmul_tflops_per_s": peaks["fp32"] / 1e12,
+        "bf16_matmul_tflops_per_s": peaks["bf16"] / 1e12,
+        "best_dtype": best_dtype,
+        "model_matmul_shape": list(model_shape),
+        "fp32_model_shape_matmul_tflops_per_s": at_shape["fp32"] / 1e12,
+        "bf16_model_shape_matmul_tflops_per_s": at_shape["bf16"] / 1e12,
+        "repeat": repeat,
+        "iters_per_repeat": iters,
+    }
+    for name in ("fp32", "default"):
+        tps = tokens / best[name]
+        out[name] = {
+            "seconds_per_step": best[name],
+            "tokens_per_s": tps,
+            "model_tflops_per_s": flops_tok * tps / 1e12,
+            "mfu": flops_tok * tps / peak,
+            "mfu_vs_own_dtype_peak": flops_tok
+            * tps
+            / (peaks["fp32"] if name == "fp32" or default == torch.float32 else peaks["bf16"]),
+            "first_loss": losses[name],
+        }
+        if device.type == "cuda":
+            out[name]["peak_memory_gb"] = peak_mem.get(name)
+    out["speedup_default_vs_fp32"] = out["default"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+    # flat keys of the default path (what earlier versions of this bench reported)
+    out["tokens_per_s"] = out["default"]["tokens_per_s"]
+    out["mfu"] = out["default"]["mfu"]
+    return out
