@@ -317,10 +317,25 @@ def _wait_change(page: Any, before: str, timeout_ms: float = 60_000) -> None:
     )
 
 
-def choose(page: Any, label: str, option: str) -> None:
-    """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
-    page.get_by_role("combobox", name=label).first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+def choose(page: Any, label: str, option: str, tries: int = 3) -> None:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label``, and wait until it shows it.
+
+    A pick made while a rerun redraws the box can be dropped; it is made again (``tries`` times
+    in all) until the box's input holds ``option``.
+    """
+    shows = """([l, o]) => { const i = document.querySelector(`input[aria-label="${l}"]`);
+                             return i && i.value === o; }"""
+    for attempt in range(tries):
+        page.get_by_role("combobox", name=label).first.click()
+        page.get_by_role("option", name=option, exact=True).click()
+        try:
+            page.wait_for_function(shows, arg=[label, option], timeout=20_000)
+            return
+        except Exception:  # playwright's TimeoutError: pick again
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            wait_idle(page)
 
 
 def drag_mode(page: Any, title: str = "Lasso Select") -> None:

@@ -244,12 +244,20 @@ def test_transformers_tab_offers_working_entries_with_their_task(browser, server
     for option in options:  # each suggested entry resolves, and Task shows the model's task
         task = rows[option]["labels"]["task"]
         choose(page, label, option)
-        page.wait_for_function(  # the rerun for this folder has drawn its Task box
-            """(t) => { const i = document.querySelector('input[aria-label="Task"]');
-                        return i && i.value === t; }""",
-            arg=task,
-            timeout=120_000,
-        )
+        try:
+            page.wait_for_function(  # the rerun for this folder has drawn its Task box
+                """(t) => { const i = document.querySelector('input[aria-label="Task"]');
+                            return i && i.value === t; }""",
+                arg=task,
+                timeout=120_000,
+            )
+        except Exception:  # say what the page showed instead
+            shown = page.evaluate(
+                """() => [document.querySelector('input[aria-label="Task"]')?.value,
+                          [...document.querySelectorAll('[data-testid="stAlert"]')]
+                            .map(a => a.innerText)]"""
+            )
+            raise AssertionError(f"{option}: Task box {shown[0]!r}, alerts {shown[1]}") from None
         wait_idle(page)
         page.get_by_label("K draws").wait_for(timeout=120_000)
         assert page.locator('[data-testid="stAlertContentError"]').count() == 0, option
