@@ -5,7 +5,13 @@ preset table. A config is built as defaults <- preset <- file (JSON/YAML) <- ove
 (CLI ``key=value`` strings or papermill parameters). Unknown or mistyped keys raise
 ``ConfigError``; nothing is silently ignored.
 
+A field may itself be a config dataclass (a branch of a config tree, e.g. the training run's
+``backbone`` and ``train``): it is set by dotted keys (``backbone.latent_dim=32``) or by a
+nested mapping in a file; a flat key naming a field of exactly one branch is an alias of its
+dotted path, one naming fields of two branches is refused as ambiguous.
+
     cfg = build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides={"d_model": "64"})
+    run = build_config(TrainRunConfig, RUN_PRESETS, "ci", overrides={"train.lr": "3e-4"})
 """
 
 from __future__ import annotations
@@ -99,19 +105,87 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def merge(cfg: T, overrides: Mapping[str, Any] | None, source: str = "overrides") -> T:
-    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys raise."""
+def _is_config(tp: Any) -> bool:
+    """Whether a field's type is itself a config dataclass (a branch of the config tree)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every settable key of config class ``cls``, nested fields as dotted paths."""
+    out: list[str] = []
+    for name, tp in _field_types(cls).items():
+        out += valid_keys(tp, f"{prefix}{name}.") if _is_config(tp) else [f"{prefix}{name}"]
+    return out
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``.
+
+    A config file may write a branch either way (``backbone: {latent_dim: 32}`` or
+    ``backbone.latent_dim: 32``); no config field holds a mapping, so every mapping is a branch.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        key = f"{prefix}{str(key).strip().replace('-', '_')}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def _route(cls: type, key: str, prefix: str, source: str) -> tuple[str | None, str]:
+    """``(branch, rest)`` for one override key of ``cls``: ``(None, key)`` for an own field.
+
+    A dotted key names its branch; a flat key that is no field of ``cls`` but a field of
+    exactly one branch is an alias for that branch's field (``steps`` -> ``train.steps``).
+    """
+    types_ = _field_types(cls)
+    head, dot, rest = key.partition(".")
+    branches = {k for k, tp in types_.items() if _is_config(tp)}
+    if dot and head in branches:
+        return head, rest
+    if not dot and key in types_ and key not in branches:
+        return None, key
+    if not dot:
+        owners = [b for b in branches if key in valid_keys(types_[b])]
+        if len(owners) == 1:
+            return owners[0], key
+        if len(owners) > 1:
+            choices = " or ".join(f"{prefix}{b}.{key}" for b in sorted(owners))
+            raise ConfigError(f"{prefix}{key} in {source} is ambiguous: write {choices}")
+    raise ConfigError(
+        f"unknown {cls.__name__} key {prefix}{key} in {source}; "
+        f"valid keys: {', '.join(valid_keys(cls, prefix))}"
+    )
+
+
+def merge(
+    cfg: T, overrides: Mapping[str, Any] | None, source: str = "overrides", prefix: str = ""
+) -> T:
+    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys raise.
+
+    Keys are field names, dotted paths into nested config fields (``backbone.latent_dim``), or
+    nested mappings (a config file's ``backbone: {latent_dim: 32}``). A flat key that names a
+    field of exactly one nested config is accepted as an alias of its dotted path.
+
+    Raises:
+        ConfigError: one line naming the unknown key and every valid key, or a bad value.
+    """
     if not overrides:
         return cfg
     types_ = _field_types(type(cfg))
-    unknown = sorted(set(overrides) - set(types_))
-    if unknown:
-        raise ConfigError(
-            f"unknown {type(cfg).__name__} key(s) in {source}: {', '.join(unknown)}; "
-            f"valid keys: {', '.join(sorted(types_))}"
-        )
-    values = {k: _coerce(v, types_[k], k) for k, v in overrides.items()}
-    return dataclasses.replace(cfg, **values)
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flatten(overrides).items():
+        branch, rest = _route(type(cfg), key, prefix, source)
+        if branch is None:
+            own[rest] = _coerce(value, types_[rest], prefix + rest)
+        else:
+            nested.setdefault(branch, {})[rest] = value
+    for branch, values in nested.items():
+        own[branch] = merge(getattr(cfg, branch), values, source, f"{prefix}{branch}.")
+    return dataclasses.replace(cfg, **own)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -168,9 +242,17 @@ def build_config(
     return merge(cfg, overrides)
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    """A JSON-ready dict of a config dataclass (nested configs as nested dicts)."""
+    return _jsonable(dataclasses.asdict(cfg))
 
 
 # --------------------------------------------------------------------------- the preset registry
@@ -242,5 +324,11 @@ def build(
 def file_and_overrides(
     file: str | Path | None, overrides: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """One mapping of a config file's keys, then the overrides on top (file <- overrides)."""
-    return {**(load_file(file) if file is not None else {}), **(overrides or {})}
+    """One mapping of a config file's keys, then the overrides on top (file <- overrides).
+
+    Both are flattened to dotted keys first, so ``--set backbone.latent_dim=8`` wins over a
+    file's ``backbone: {latent_dim: 32}`` without dropping the file's other backbone fields.
+    """
+    file_values = flatten(load_file(file)) if file is not None else {}
+    return {**file_values, **flatten(overrides or {})}
+

@@ -113,10 +113,45 @@ def test_unknown_stage_and_config_key_are_one_line_errors(tmp_path: Path) -> Non
         pl.pipeline("ci", tmp_path / "r", overrides={"no_such_knob": 1})
 
 
+def test_dotted_stage_keys_reach_the_notebooks_and_the_run_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    _notebook(
+        nbdir / "t.ipynb",
+        'run_dir = "x"\ntrain_overrides = {}\nembed_overrides = {}',
+        "import json\nfrom pathlib import Path\n"
+        "Path(run_dir, 't.json').write_text(json.dumps([train_overrides, embed_overrides]))",
+    )
+    monkeypatch.setattr(pl, "STAGES", {"train": "t.ipynb"})
+    run = tmp_path / "run"
+    over = {"backbone.latent_dim": "8", "train.lr": "3e-4", "embed.halo": "4", "seed": 2}
+    pl.pipeline("ci", run, overrides=over, notebook_dir=nbdir)
+    train_over, embed_over = json.loads((run / "t.json").read_text())
+    assert train_over == {"backbone.latent_dim": "8", "train.lr": "3e-4"}
+    assert embed_over == {"halo": "4"}
+    meta = json.loads((run / "pipeline.json").read_text())
+    assert meta["config"]["seed"] == 2
+    resolved = meta["stages"]["train"]  # preset ci <- seed (promoted) <- the dotted keys
+    assert (resolved["backbone"]["latent_dim"], resolved["train"]["lr"]) == (8, 3e-4)
+    assert (resolved["train"]["seed"], resolved["train"]["steps"]) == (2, 300)
+    assert meta["stages"]["embed"]["halo"] == 4
+
+
+def test_a_mistyped_stage_key_fails_before_any_stage(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown BackboneConfig key backbone.latent_dimm.*"
+                       "valid keys: backbone.token_size"):  # fmt: skip
+        pl.pipeline("ci", tmp_path / "r", overrides={"backbone.latent_dimm": 8})
+    with pytest.raises(ValueError, match="unknown pipeline key trian.lr"):
+        pl.pipeline("ci", tmp_path / "r", overrides={"trian.lr": 1})
+    assert not (tmp_path / "r" / "notebooks").exists()
+
+
 def test_every_notebook_declares_parameters_the_config_feeds() -> None:
     fields = set(pl.PipelineConfig.__dataclass_fields__)
     paths = {"run_dir", "atlas_dir", "zoo_dir", "figures_dir"}
-    local = {"zoo_overrides"}  # notebook-only knobs, default kept by the pipeline
+    local = {param for param, *_ in pl.STAGE_OVERRIDES.values()}  # dotted stage overrides
     for stage, name in pl.STAGES.items():
         declared = pl._declared_parameters(pl.NOTEBOOK_DIR / name)
         assert "atlas_dir" in declared and "figures_dir" in declared, stage

@@ -82,7 +82,7 @@ def _env() -> dict[str, str]:
 def test_presets_and_overrides_route_to_the_right_config():
     b, t = build_configs("demo", {"d_model": "96", "steps": "7", "loss_norm": "token"})
     assert (b.d_model, t.steps, t.loss_norm) == (96, 7, "token")
-    with pytest.raises(ConfigError, match="unknown train key"):
+    with pytest.raises(ConfigError, match="unknown TrainRunConfig key d_modle"):
         build_configs("ci", {"d_modle": 3})
     with pytest.raises(ConfigError):
         build_configs("ci", {"loss_norm": "bogus"})

@@ -1,18 +1,31 @@
-"""Training configuration: ``TrainConfig``, its presets, and the (backbone, train) pair a preset names.
+"""Training configuration: ``TrainConfig``, and the config tree of a training run.
 
-A training run is configured lingua-style as two nested parts: the backbone's shape
-(``core.backbone.model.BackboneConfig``) and the optimisation (``TrainConfig``). One preset name
-selects both; an override goes to whichever part has the key, and an unknown key fails."""
+A training run is configured lingua-style as one tree, ``TrainRunConfig``, of two nested parts:
+the backbone's shape (``backbone``: ``core.backbone.model.BackboneConfig``) and the optimisation
+(``train``: ``TrainConfig``). One preset name selects both (``RUN_PRESETS``, registered as the
+``train`` component). Overrides are dotted paths (``backbone.latent_dim=32``, ``train.lr=3e-4``);
+a flat key naming a field of exactly one part (``steps``, ``latent_dim``) is a documented alias
+of its dotted path; an unknown key fails with the valid keys. ``validate_train_config`` is the one
+place where values that span the parts, the token store and the ranks are derived and checked
+(as lingua's ``validate_train_args``)."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from core.backbone.losses import LossNorm
 from core.backbone.model import BACKBONE_PRESETS, BackboneConfig
-from core.config import ConfigError, build_config, register_presets, to_dict
+from core.config import (
+    ConfigError,
+    build_config,
+    flatten,
+    merge,
+    register_presets,
+    to_dict,
+)
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -101,7 +114,22 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         pct_start=0.3, eval_every=2000, ckpt_every=1000, log_every=50, train_eval_models=16,
     ),
 }  # fmt: skip
-register_presets("train", TrainConfig, TRAIN_PRESETS)
+
+
+@dataclass
+class TrainRunConfig:
+    """The config tree of one training run: the backbone's shape and how it is trained."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# one preset name selects both parts (the tables keep their names in step)
+RUN_PRESETS: dict[str, dict[str, Any]] = {
+    name: {"backbone": BACKBONE_PRESETS[name], "train": TRAIN_PRESETS[name]}
+    for name in TRAIN_PRESETS
+}
+register_presets("train", TrainRunConfig, RUN_PRESETS)
 
 
 STATE_DIR = "train_state"
@@ -113,42 +141,91 @@ LAYERS_FILE = "val_layers.jsonl"  # per-layer validation R^2 / std ratio of the 
 SELECT_METRIC = "val_layer_r2_median_conv_linear"
 
 
-def build_configs(
-    preset: str = "ci", overrides: dict[str, Any] | None = None
-) -> tuple[BackboneConfig, TrainConfig]:
-    """Backbone and train configs of a preset, with overrides routed by key; unknown keys raise."""
-    overrides = dict(overrides or {})
-    bkeys = {f.name for f in dataclasses.fields(BackboneConfig)}
-    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - bkeys - tkeys)
-    if unknown:
-        raise ConfigError(
-            f"unknown train key(s): {', '.join(unknown)}; valid keys: "
-            f"{', '.join(sorted(bkeys | tkeys))}"
-        )
-    if preset not in BACKBONE_PRESETS or preset not in TRAIN_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(TRAIN_PRESETS)}")
-    bover = {k: v for k, v in overrides.items() if k in bkeys}
-    tover = {k: v for k, v in overrides.items() if k in tkeys}
-    bcfg = build_config(BackboneConfig, BACKBONE_PRESETS, preset, overrides=bover)
-    tcfg = build_config(TrainConfig, TRAIN_PRESETS, preset, overrides=tover)
-    if tcfg.steps <= 0 and tcfg.epochs <= 0:
-        raise ConfigError("set steps > 0 or epochs > 0")
-    if tcfg.batch_size < 1 or tcfg.grad_accum < 1:
-        raise ConfigError("batch_size and grad_accum must be >= 1")
+def build_train_config(
+    preset: str = "ci",
+    overrides: Mapping[str, Any] | None = None,
+    file: str | Path | None = None,
+) -> TrainRunConfig:
+    """The run's config tree: defaults <- preset <- file <- overrides, validated.
+
+    Raises:
+        ConfigError: an unknown preset or key (with the valid ones), or inconsistent values.
+    """
+    if preset not in RUN_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(RUN_PRESETS)}")
+    cfg = build_config(TrainRunConfig, RUN_PRESETS, preset, file, overrides)
+    return validate_train_config(cfg)
+
+
+def token_size_given(overrides: Mapping[str, Any] | None) -> bool:
+    """Whether ``overrides`` set the backbone's token size (dotted or as the flat alias)."""
+    return bool({"token_size", "backbone.token_size"} & set(flatten(overrides or {})))
+
+
+def validate_train_config(
+    cfg: TrainRunConfig,
+    token_size: int | None = None,
+    *,
+    token_size_given: bool = False,
+    world: int = 1,
+) -> TrainRunConfig:
+    """Check a run's config tree and derive what one part takes from another or from the data.
+
+    The one place for values that span the config's parts, the token store and the ranks:
+    the backbone's ``token_size`` comes from the token table (the one source of the token
+    size); a value given explicitly that differs from it is refused.
+
+    Args:
+        cfg: the tree as built from preset, file and overrides.
+        token_size: the token store's token size (None: no store yet, nothing derived).
+        token_size_given: whether the user set ``backbone.token_size`` (then it must match).
+        world: the number of ranks sharing each global batch.
+
+    Returns:
+        The tree with derived values filled in.
+
+    Raises:
+        ConfigError: one line naming the inconsistent keys.
+    """
+    b, t = cfg.backbone, cfg.train
+    if t.steps <= 0 and t.epochs <= 0:
+        raise ConfigError("set train.steps > 0 or train.epochs > 0")
+    if t.batch_size < 1 or t.grad_accum < 1:
+        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+    if t.batch_size < world:
+        raise ConfigError(f"batch_size={t.batch_size} is smaller than the {world} ranks")
     choices = (
         ("noise_mode", ("additive", "multiplicative")),
         ("positive", ("same", "any")),
         ("select", ("rec", "rec+knn")),
     )
     for key, allowed in choices:
-        if getattr(tcfg, key) not in allowed:
+        if getattr(t, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(t, key)!r}")
+    if b.head not in ("mean", "window"):
+        raise ConfigError(f"head must be mean or window, got {b.head!r}")
+    if b.window < 1 or b.latent_dim < 1 or b.token_size < 1:
+        raise ConfigError(
+            "backbone.window, backbone.latent_dim and backbone.token_size must be >= 1"
+        )
+    if b.d_model % b.n_heads:
+        raise ConfigError(f"d_model={b.d_model} is not divisible by n_heads={b.n_heads}")
+    if token_size is not None and b.token_size != token_size:
+        if token_size_given:
             raise ConfigError(
-                f"{key} must be one of {', '.join(allowed)}, got {getattr(tcfg, key)!r}"
+                f"token_size={b.token_size} but the store has {token_size}; "
+                "re-tokenize or drop the override"
             )
-    if bcfg.head not in ("mean", "window"):
-        raise ConfigError(f"head must be mean or window, got {bcfg.head!r}")
-    return bcfg, tcfg
+        cfg = merge(cfg, {"backbone.token_size": token_size})
+    return cfg
+
+
+def build_configs(
+    preset: str = "ci", overrides: dict[str, Any] | None = None
+) -> tuple[BackboneConfig, TrainConfig]:
+    """Backbone and train configs of a preset (``build_train_config``'s two parts)."""
+    cfg = build_train_config(preset, overrides)
+    return cfg.backbone, cfg.train
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """Train the backbone on the atlas' token store: one process, or DDP under torchrun.
 
     weightatlas train ATLAS --preset ci                          # writes ATLAS/backbone/
-    weightatlas train ATLAS --preset demo --set steps=3000 --set lr=5e-4  # overrides
-    weightatlas train ATLAS --preset ci --out ATLAS/backbones/no-mln --set loss_norm=none
+    weightatlas train ATLAS --preset demo --set train.steps=3000 --set train.lr=5e-4
+    weightatlas train ATLAS --preset ci --set backbone.latent_dim=8 --config run.yaml
+    weightatlas train ATLAS --preset ci --out ATLAS/backbones/no-mln --set train.loss_norm=none
     torchrun --nproc_per_node 2 -m core.cli train ATLAS --preset ci  # DDP (gloo on CPU, NCCL on GPU)
     weightatlas bench train --preset demo                        # tokens/s and MFU (JSON)
 
-A preset name selects both a BackboneConfig (core.backbone.model) and a TrainConfig (below);
-overrides go to whichever of the two has the key, and unknown keys fail. Each optimizer step
+The run is configured by one tree, ``TrainRunConfig`` (``core.backbone.config``): ``backbone``
+(core.backbone.model.BackboneConfig) and ``train`` (TrainConfig), one preset name for both,
+dotted overrides (``backbone.latent_dim``, ``train.lr``; a flat key naming a field of exactly
+one part is an alias), checked and completed by ``validate_train_config``. Each optimizer step
 draws ``grad_accum`` micro-batches of ``batch_size`` windows (one window per row, from
 ``core.tokens.store.WindowDataset``) from a stream that visits every train model once per epoch in a
 seeded order. Row ``i`` of the stream and its augmentations depend only on ``(seed, i)``, so
@@ -48,7 +51,10 @@ from core.backbone.config import (
     LAYERS_FILE,
     STATE_DIR,
     TrainConfig,
-    build_configs,
+    TrainRunConfig,
+    build_train_config,
+    token_size_given,
+    validate_train_config,
     with_defaults,
 )
 from core.backbone.data import Stream, pin_memory_of, size_band_sample
@@ -72,12 +78,12 @@ from core.tokens.store import TokenStore, WindowDataset
 
 
 def _run_config(
-    bcfg: BackboneConfig, tcfg: TrainConfig, preset: str, store: Any, n_train: int, n_val: int
+    cfg: TrainRunConfig, preset: str, store: Any, n_train: int, n_val: int
 ) -> dict[str, Any]:
+    """The run's ``config.json``: the resolved config tree, and the data it was trained on."""
     return {
         "preset": preset,
-        "backbone": to_dict(bcfg),
-        "train": to_dict(tcfg),
+        **to_dict(cfg),
         "scheme": store.scheme,
         "token_size": store.token_size,
         "n_train_models": n_train,
@@ -112,7 +118,8 @@ def train(
     Args:
         atlas: the atlas root (collected and tokenized).
         preset: ``ci``, ``demo``, ``paper-small`` or ``paper-large`` (both configs).
-        overrides: BackboneConfig / TrainConfig fields, e.g. ``{"steps": 500}``.
+        overrides: TrainRunConfig keys, e.g. ``{"train.steps": 500, "backbone.latent_dim": 8}``
+            (flat ``steps`` is an alias of ``train.steps``).
         out: output dir (default ``ATLAS/backbone``; ablations: ``ATLAS/backbones/NAME``).
         resume: continue from ``out/train_state`` if present; False starts over.
 
@@ -122,16 +129,10 @@ def train(
 
     atlas = Atlas.open(atlas)
     overrides = dict(overrides or {})
-    bcfg, tcfg = build_configs(preset, overrides)
+    cfg = build_train_config(preset, overrides)
     store = TokenStore(atlas.tokens_dir)
     if not store.ids:
         raise WeightAtlasError(f"{atlas.tokens_dir} holds no tokenized model")
-    if "token_size" in overrides and bcfg.token_size != store.token_size:
-        raise WeightAtlasError(
-            f"token_size={bcfg.token_size} but the store has {store.token_size}; "
-            "re-tokenize or drop the override"
-        )
-    bcfg = dataclasses.replace(bcfg, token_size=store.token_size)
     # duplicates (``duplicate_of``, found by the tokenize stage) are left out of training
     train_ids = [
         r["id"] for r in atlas.accepted("train") if r["id"] in store and not r.get("duplicate_of")
@@ -142,7 +143,11 @@ def train(
     if not train_ids:
         raise WeightAtlasError(f"{atlas.root}: no tokenized model in the train split")
     out = Path(out) if out is not None else atlas.backbone_dir
-    d = setup_dist(tcfg.device)
+    d = setup_dist(cfg.train.device)
+    cfg = validate_train_config(
+        cfg, store.token_size, token_size_given=token_size_given(overrides), world=d.world
+    )
+    bcfg, tcfg = cfg.backbone, cfg.train
     untrained = families_left_out(atlas, store, set(train_ids))
     if d.main:  # within seconds of the start, before the run's preparation (PCA, step-0 scores)
         tqdm.write(
@@ -151,9 +156,7 @@ def train(
         )
         for fam, n in untrained.items():
             tqdm.write(printable(split_warning(fam, n)), file=sys.stderr)
-    if tcfg.batch_size < d.world:
-        raise ConfigError(f"batch_size={tcfg.batch_size} is smaller than the {d.world} ranks")
-    config = _run_config(bcfg, tcfg, preset, store, len(train_ids), len(val_ids))
+    config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
     dataset = WindowDataset(store, train_ids, bcfg.window, tcfg.seed, tcfg.windows_per_model)
     kinds = _kinds(store, train_ids + val_ids)
     val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None

@@ -2,9 +2,11 @@
 
     weightatlas pipeline --preset ci --out RUN            # zoo -> ... -> ablations, RUN/results/report.md
     weightatlas pipeline --preset demo --out RUN --from train   # resume from a stage
+    weightatlas pipeline --preset ci --out RUN --set backbone.latent_dim=8 --set train.lr=3e-4
 
 Each notebook in ``notebooks/`` has a ``parameters`` cell; this module injects the preset's
-values, executes it into ``RUN/notebooks/NN_stage.ipynb`` and stops at the first failing cell,
+values (``PipelineConfig``'s knobs, and each stage config's dotted overrides as
+``<stage>_overrides`` dicts, ``STAGE_OVERRIDES``), executes it into ``RUN/notebooks/NN_stage.ipynb`` and stops at the first failing cell,
 keeping everything before it. The notebooks call ``core`` only, so the same experiment runs
 from the CLI, from JupyterLab, or from here.
 """
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, read_jsonl, write_json
-from core.config import ConfigError, build_config, check_preset, register_presets, to_dict
+from core.config import (
+    ConfigError,
+    build,
+    build_config,
+    check_preset,
+    flatten,
+    register_presets,
+    to_dict,
+)
 from core.errors import WeightAtlasError
 from core.experiments.ablations import ABLATIONS
 from core.experiments.report import section_verdicts
@@ -120,8 +130,91 @@ class StageFailed(WeightAtlasError):
     """A notebook cell raised; the message names the stage, the cell and the error."""
 
 
-def _stage_parameters(cfg: PipelineConfig, run: Path, stage: str) -> dict[str, Any]:
-    """The papermill parameters of one stage: paths plus the config fields it declares."""
+# A pipeline ``--set`` key ``PREFIX.FIELD`` configures one stage's own config: PREFIX ->
+# (the notebook parameter that takes these overrides, the component, the PipelineConfig field
+# naming its preset, whether the prefix stays part of the key). The training run's config is
+# one tree (core.backbone.config.TrainRunConfig), so ``backbone.*`` and ``train.*`` keep theirs.
+STAGE_OVERRIDES: dict[str, tuple[str, str, str | None, bool]] = {
+    "zoo": ("zoo_overrides", "zoo", "zoo_preset", False),
+    "collect": ("collect_overrides", "collect", "collect_preset", False),
+    "tokenize": ("tokenize_overrides", "tokenize", None, False),
+    "backbone": ("train_overrides", "train", "backbone_preset", True),
+    "train": ("train_overrides", "train", "backbone_preset", True),
+    "embed": ("embed_overrides", "embed", "embed_preset", False),
+    "probe": ("probe_overrides", "probe", "probe_preset", False),
+    "generation": ("generation_overrides", "generation", "generation_preset", False),
+    "ablation": ("ablation_overrides", "ablation", "ablation_preset", False),
+}
+
+
+def split_overrides(
+    overrides: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(PipelineConfig keys, {notebook parameter: that stage's overrides})`` of pipeline keys.
+
+    ``train.lr=3e-4`` goes to ``train_overrides`` as ``train.lr``, ``embed.window=64`` to
+    ``embed_overrides`` as ``window``; keys without a stage prefix are PipelineConfig's.
+    """
+    own: dict[str, Any] = {}
+    stages: dict[str, dict[str, Any]] = {param: {} for param, *_ in STAGE_OVERRIDES.values()}
+    for key, value in flatten(overrides or {}).items():
+        head, dot, rest = key.partition(".")
+        if not dot:
+            own[key] = value
+        elif head in STAGE_OVERRIDES:
+            param, _, _, keep = STAGE_OVERRIDES[head]
+            stages[param][key if keep else rest] = value
+        else:
+            raise ConfigError(
+                f"unknown pipeline key {key}: a dotted key starts with a stage's config, one of "
+                f"{', '.join(STAGE_OVERRIDES)}"
+            )
+    return own, stages
+
+
+def promoted(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """The PipelineConfig knobs each notebook folds into its stage's overrides (before the
+    ``<stage>_overrides`` dict, which wins): the notebooks' own cells do the same."""
+    steps = {} if cfg.train_steps is None else {"train.steps": cfg.train_steps}
+    ablation_steps = {} if cfg.ablation_steps is None else {"steps": cfg.ablation_steps}
+    return {
+        "tokenize_overrides": {"scheme": cfg.scheme, "token_size": cfg.token_size},
+        "train_overrides": {"train.seed": cfg.seed, **steps},
+        "ablation_overrides": {"target_arch": cfg.target_arch, "seed": cfg.seed, **ablation_steps},
+    }
+
+
+def resolve_stages(
+    cfg: PipelineConfig, stages: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each stage config as the run's notebooks build it: its preset <- the promoted knobs <-
+    the pipeline's dotted overrides (the backbone's token size is then the token store's).
+
+    Raises:
+        ConfigError: an unknown or mistyped stage key (with the valid keys), before any stage.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    knobs = promoted(cfg)
+    for prefix, (param, component, preset_field, _) in STAGE_OVERRIDES.items():
+        if component in out:
+            continue
+        preset = getattr(cfg, preset_field) if preset_field else None
+        overrides = {**knobs.get(param, {}), **stages.get(param, {})}
+        try:
+            out[component] = to_dict(build(component, preset, overrides=overrides))
+        except ConfigError as e:
+            raise ConfigError(f"pipeline --set {prefix}.*: {e}") from None
+    return out
+
+
+def _stage_parameters(
+    cfg: PipelineConfig,
+    run: Path,
+    stage: str,
+    stage_overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The papermill parameters of one stage: paths, the config fields it declares and the
+    stage configs' overrides (``<stage>_overrides``)."""
     params: dict[str, Any] = {
         "run_dir": str(run),
         "atlas_dir": str(run / "atlas"),
@@ -129,6 +222,7 @@ def _stage_parameters(cfg: PipelineConfig, run: Path, stage: str) -> dict[str, A
         "figures_dir": str(run / "results" / "figures"),
     }
     params.update({k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(cfg).items()})
+    params.update(stage_overrides or {})
     return params
 
 
@@ -144,7 +238,11 @@ def _declared_parameters(notebook: Path) -> set[str]:
 
 
 def run_stage(
-    stage: str, run: Path, cfg: PipelineConfig, notebook_dir: Path = NOTEBOOK_DIR
+    stage: str,
+    run: Path,
+    cfg: PipelineConfig,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    stage_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Execute one stage notebook into ``RUN/notebooks``; raise StageFailed on a failing cell."""
     import papermill
@@ -154,7 +252,8 @@ def run_stage(
     out = run / "notebooks" / STAGES[stage]
     out.parent.mkdir(parents=True, exist_ok=True)
     declared = _declared_parameters(src)
-    params = {k: v for k, v in _stage_parameters(cfg, run, stage).items() if k in declared}
+    params = _stage_parameters(cfg, run, stage, stage_overrides)
+    params = {k: v for k, v in params.items() if k in declared}
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -242,15 +341,18 @@ def pipeline(
         out: the run directory (holds zoo/, atlas/, notebooks/, results/).
         from_stage: resume from this stage; earlier stages are taken as done.
         only: run this one stage.
-        overrides: PipelineConfig fields.
+        overrides: PipelineConfig fields, and stage config keys by their stage's dotted
+            prefix (``train.lr``, ``backbone.latent_dim``, ``embed.window``: ``STAGE_OVERRIDES``).
 
     Returns:
         The path of the report.
     """
     from tqdm import tqdm
 
-    cfg = build_config(PipelineConfig, PIPELINE_PRESETS, preset, overrides=overrides)
+    own, stage_overrides = split_overrides(overrides)
+    cfg = build_config(PipelineConfig, PIPELINE_PRESETS, preset, overrides=own)
     check_config(cfg)
+    resolved = resolve_stages(cfg, stage_overrides)
     run = Path(out).resolve()  # notebooks run with cwd=run; relative paths would nest
     run.mkdir(parents=True, exist_ok=True)
     names = list(STAGES)
@@ -258,10 +360,12 @@ def pipeline(
         if given is not None and given not in STAGES:
             raise WeightAtlasError(f"unknown stage {given!r}; stages are {', '.join(names)}")
     todo = [only] if only else names[names.index(from_stage) if from_stage else 0 :]
-    write_json(run / "pipeline.json", {"preset": preset, "config": to_dict(cfg)})
+    set_stages = {k: v for k, v in stage_overrides.items() if v}
+    meta = {"preset": preset, "config": to_dict(cfg), "stage_overrides": set_stages}
+    write_json(run / "pipeline.json", {**meta, "stages": resolved})
     t0 = time.perf_counter()
     for stage in tqdm(todo, desc="pipeline", unit="stage"):
-        run_stage(stage, run, cfg, notebook_dir)
+        run_stage(stage, run, cfg, notebook_dir, stage_overrides)
     append_jsonl(
         run / "results" / "stages.jsonl",
         [{"stage": "pipeline", "seconds": round(time.perf_counter() - t0, 2), "stages": todo}],
