@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.atlas import Atlas, AtlasError, BackboneFiles, EmbeddingTables, read_json, read_jsonl
+from core.generation.card import GeneratedCard
 from core.manifest import as_row
 from core.trees.table import FLAGS as LINEAGE_FLAGS
 from core.trees.table import LineageTable
@@ -419,28 +420,9 @@ def zip_dir(path: str | Path) -> bytes:
 
 
 def generated_card(path: str | Path) -> dict[str, Any]:
-    """The ``weightatlas:`` block of a model directory's README.md front matter (empty if none).
-
-    Parsed with ``yaml.safe_load`` only (plain data, no object construction).
-    """
-    import yaml
-
-    readme = Path(path) / "README.md"
-    try:
-        text = readme.read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        meta = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    block = meta.get("weightatlas") if isinstance(meta, dict) else None
-    return block if isinstance(block, dict) else {}
+    """The ``weightatlas:`` block of a generated model's card (``GeneratedCard.block``; empty if
+    none)."""
+    return GeneratedCard(Path(path)).block()
 
 
 def backbone_validation(backbone_dir: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from core.generation.build import (
     decode_latents,
     encode_models,
 )
+from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
 from core.generation.draws import draw_latents
 from core.generation.estimate import estimate_sample
@@ -162,8 +163,6 @@ def test_bn_conditioning_changes_only_buffers():
 
 
 def test_sample_stage_with_atlas_prompts(cnn_atlas):
-    from huggingface_hub import metadata_load
-
     from core.models.io import load_model_dir
 
     seen = []
@@ -171,7 +170,7 @@ def test_sample_stage_with_atlas_prompts(cnn_atlas):
     paths = sample(cnn_atlas, "zoo:cnn", "ci", over, progress=lambda f, m: seen.append(f))
     assert len(paths) == 2 and all(p.parent == Atlas(cnn_atlas).generated_dir for p in paths)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
-    blocks = [metadata_load(p / "README.md")["weightatlas"] for p in paths]
+    blocks = [GeneratedCard(p).block() for p in paths]
     for p, b in zip(paths, blocks):
         lm = load_model_dir(p)
         assert lm.family == "cnn"
@@ -200,14 +199,12 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys)
     state = read_json(prog)
     assert state["done"] and state["error"] is None and state["fraction"] == 1.0
     (out,) = state["outputs"]
-    card = (Path(out) / "README.md").read_text()
+    card = GeneratedCard(Path(out)).text()
     assert "prompt_source: fresh" in card and "task: digits-invert" in card
     assert "mode: joint" in card  # auto: fresh prompts (unrelated inits) are drawn jointly
     # prompts are scored as the draws are (rebuilt from their tokens, batch norm re-estimated),
     # and as trained
-    from huggingface_hub import metadata_load
-
-    block = metadata_load(Path(out) / "README.md")["weightatlas"]
+    block = GeneratedCard(Path(out)).block()
     assert len(block["prompt_scores"]) == len(block["prompt_scores_as_trained"]) == 1
     out = capsys.readouterr().out  # the summary names what the kept model is compared with
     assert "against: prompts " in out and "random init " in out and "draws joint" in out
@@ -218,12 +215,10 @@ def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys)
 
 
 def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
-    from huggingface_hub import metadata_load
-
     over = dict(n=3, keep=1, mode="joint", prior="gaussian", bootstrap_rounds=1, seed=4)
     paths = sample(cnn_atlas, "zoo:cnn", "ci", over, out_dir=tmp_path)
     (p,) = paths
-    block = metadata_load(p / "README.md")["weightatlas"]
+    block = GeneratedCard(p).block()
     assert (
         block["mode"] == "joint" and block["prior"] == "gaussian" and block["bootstrap_rounds"] == 1
     )
@@ -286,7 +281,7 @@ def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_a
     )  # fmt: skip
     cfg = read_config(path)
     assert cfg["pretrained_cfg"]["input_size"] == [1, 8, 8]
-    assert "at input size 1x8x8" in (path / "README.md").read_text()
+    assert "at input size 1x8x8" in GeneratedCard(path).text()
     model = load_model_dir(path).model.eval()
     X, _ = get_task("digits10").split("test")
     with torch.no_grad():
@@ -413,7 +408,7 @@ def test_a_run_reports_the_estimate_its_caller_showed(tmp_path, capfd):
     err = capfd.readouterr().err.replace("\r", "\n")
     assert f"estimate: {est['text']}" in err
     assert f"estimated {est['seconds']['total']:.0f} s before the run" in err
-    card = next(out.glob("*/README.md")).read_text()
+    card = GeneratedCard(next(p for p in out.iterdir() if p.is_dir())).text()
     assert f"total: {est['seconds']['total']}" in card
     path.write_text("{}")
     assert main([*args, str(path)]) == 2

@@ -14,13 +14,13 @@ import pytest
 import torch
 import transformers
 from conftest import AtlasSpec
-from huggingface_hub import metadata_load
 
 from core.atlas import Atlas
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.cli import main as cli_main
 from core.config import build_config
 from core.generation.build import build_generated, decode_latents, encode_models
+from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
 from core.generation.draws import draw_latents
 from core.generation.prompts import TargetError, model_tokens, resolve_target
@@ -107,7 +107,7 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
     )
     assert len(paths) == 2
     for p in paths:
-        meta = metadata_load(p / "README.md")
+        meta = GeneratedCard(p).meta()
         block = meta["weightatlas"]
         assert block["task"] == "seq-brackets" and block["scored"] is True
         assert 0.0 <= block["val_accuracy"] <= 1.0 and 0.0 <= block["test_accuracy"] <= 1.0
@@ -118,12 +118,12 @@ def test_hf_text_target_with_its_sequence_task_is_scored(seq_atlas, tmp_path, ca
         assert block["chance_accuracy"] == pytest.approx(0.5, abs=0.01)
         assert 0.0 <= block["random_init_val_accuracy"] <= 1.0
         assert block["at_chance"] == (block["val_accuracy"] <= block["chance_threshold"])
-        text = (p / "README.md").read_text()
+        text = GeneratedCard(p).text()
         assert ("**At chance level**" in text) == block["at_chance"]
         loaded = load_model_dir(p)
         X, _ = get_task("seq-brackets").split("test")
         assert torch.isfinite(logits(loaded.model, X[:8])).all()
-    blocks = [metadata_load(p / "README.md")["weightatlas"] for p in paths]
+    blocks = [GeneratedCard(p).block() for p in paths]
     err = capsys.readouterr().err
     warned = "warning: every kept model is at chance level on seq-brackets" in err
     assert warned == all(b["at_chance"] for b in blocks)
@@ -161,14 +161,14 @@ def test_text_target_without_a_task_generates_unscored_with_a_note(seq_atlas, tm
     assert "note:" in err and "generated unscored" in err
     assert len(paths) == 2 and "unscored" in paths[0].name
     for p in paths:
-        meta = metadata_load(p / "README.md")
+        meta = GeneratedCard(p).meta()
         block = meta["weightatlas"]
         assert block["scored"] is False and block["task"] is None
         assert block["val_accuracy"] is None and block["test_accuracy"] is None
         assert "no task given" in block["note"] and "seq-brackets" in block["note"]
         assert block["prompt_source"] == "fresh"  # no atlas model has its layer table
         assert all(s is None for s in block["draw_val_accuracies"])
-        assert "model-index" not in meta and "Unscored" in (p / "README.md").read_text()
+        assert "model-index" not in meta and "Unscored" in GeneratedCard(p).text()
         loaded = load_model_dir(p)  # strict
         assert type(loaded.model).__name__ == "BertForMaskedLM"
         ids = torch.randint(0, 50, (2, 7))

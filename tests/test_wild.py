@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from core.atlas import Atlas
 from core.backbone.data import Stream, size_band_sample
 from core.bench import write_store
+from core.generation.card import GeneratedCard
 from core.models.io import load_model_dir, save_model_dir
 from core.models.registry import trainable_names
 from core.tokens.plan import detokenize, tokenize_model_dir
@@ -570,8 +571,6 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     """`weightatlas sample` embeds each kept model as `embed --model` does and records its atlas
     distance, percentile, outside flag and architecture in the card; the summary line says so."""
-    from huggingface_hub import metadata_load
-
     from core.cli import main
     from core.embeddings.distances import atlas_distance, model_architecture
     from core.embeddings.table import embed_model_dir
@@ -583,7 +582,7 @@ def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     )  # fmt: skip
     assert rc == 0
     (path,) = [p for p in out.iterdir() if p.is_dir()]
-    block = metadata_load(path / "README.md")["weightatlas"]
+    block = GeneratedCard(path).block()
     again = atlas_distance(
         DEMO, embed_model_dir(path, DEMO, check=False), architecture=model_architecture(path)
     )

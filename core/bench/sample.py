@@ -23,8 +23,8 @@ from core.backbone.model import (
 from core.bench.common import random_backbone_atlas
 from core.embeddings.encode import haloed_apply, position_code, resolve_window
 from core.generation.build import BF16_MIN_WIDTH, embed_config
+from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
-from core.generation.evaluation import read_card_block
 from core.generation.prompts import resolve_target
 from core.generation.sample import sample
 
@@ -72,7 +72,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                     paths = sample(root, arch, "ci", over, out_dir=Path(tmp) / f"gen{r}{dtype}")
                     seconds = time.perf_counter() - t0
                     if seconds < best[dtype]:
-                        block = read_card_block(paths[0])
+                        block = GeneratedCard(paths[0]).block()
                         best[dtype] = seconds
                         phases[dtype] = block.get("seconds", {})
                         estimate[dtype] = (block.get("estimated_seconds") or {}).get("total")

@@ -48,7 +48,8 @@ from core.experiments.ablations import (
     train_backbone,
 )
 from core.experiments.report import training_summary
-from core.generation.evaluation import finetune_curve, read_card_block
+from core.generation.card import GeneratedCard
+from core.generation.evaluation import finetune_curve
 from core.generation.prompts import default_task, resolve_target, runnable
 from core.generation.sample import sample
 from core.models.io import load_model_dir
@@ -222,7 +223,7 @@ def generation(
         sib.root, cfg.target_arch, "ci", over, prompts=prompts, backbone_dir=backbone_dir,
         out_dir=parent / "generated" / "experiments" / f"modality-{name}",
     )  # fmt: skip
-    cards = [read_card_block(p) for p in paths]
+    cards = [GeneratedCard(p).block() for p in paths]
     first = cards[0]
     accs = [c.get("test_accuracy") for c in cards]
     tuned = finetuned(sib, paths, cfg, size)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from core.errors import WeightAtlasError
 from core.generation.config import SampleConfig
@@ -121,3 +123,14 @@ PRIORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Draw:
+    """One decoded draw: its latents, model and validation score (a candidate for keeping)."""
+
+    z: torch.Tensor  # (N, L)
+    model: nn.Module
+    val: float
+    round: int
+    draw: int

@@ -21,6 +21,7 @@ from core.embeddings.fidelity import reconstruct_tokens
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.generation.build import condition_batchnorm, score
+from core.generation.card import GeneratedCard
 from core.generation.config import GENERATION_PRESETS, GenerationConfig, Progress
 from core.generation.prompts import (
     Target,
@@ -137,7 +138,7 @@ def evaluate_generation(
 
             width, depth = psize or _common_size(a, arch, task_name)
             target = resolve_target(arch, scheme, size, task=task_name, width=width, depth=depth)
-            card = read_card_block(paths[0])
+            card = GeneratedCard(paths[0]).block()
             prompt_info.setdefault(setting, _prompt_summary(card, task_name))
             rows += _finetune_rows(paths, target, gcfg, setting, task_name, seed, card)
             report((si + 1) / len(settings), f"{setting}: seed {seed} done")
@@ -193,14 +194,6 @@ def _finetune_rows(
         curve = finetune_curve(rnd, target, gcfg.epochs, gcfg.lr, seed=seed * 100 + i)
         rows.append({**common, "init": "random", "model": i, "curve": curve})
     return rows
-
-
-def read_card_block(path: Path) -> dict[str, Any]:
-    from huggingface_hub import metadata_load
-
-    meta = metadata_load(path / "README.md") or {}
-    block = meta.get("weightatlas")
-    return block if isinstance(block, dict) else {}
 
 
 def _aggregate(rows: list[dict[str, Any]], epochs: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -37,32 +37,29 @@ time); after the round trip of the prompts, :func:`fidelity_summary` says in pla
 well the backbone reproduces them.
 
 Each kept model is a Hugging Face-format directory under ``ATLAS/generated/`` (config,
-``model.safetensors``, README.md with provenance), loadable by ``core.models.io.load_model_dir``.
+``model.safetensors``, a card with provenance: ``core.generation.card``), loadable by
+``core.models.io.load_model_dir``. The round trip and the chance baseline live in
+``core.generation.roundtrip``.
 ``evaluate_generation`` compares sampled models with random init of the same architecture under
 the same fine-tuning budget and seeds (``ATLAS/results/generation.json`` / ``.md``).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from core.atlas import Atlas, EmbeddingTables, atomic_write_bytes, write_json
+from core.atlas import Atlas, EmbeddingTables, write_json
 from core.collection.specs import spec_label
 from core.config import build_config, to_dict
 from core.embeddings.distances import atlas_distance, model_architecture
@@ -83,8 +80,9 @@ from core.generation.build import (
     encode_models,
     score,
 )
+from core.generation.card import GeneratedCard, card_text, input_size, write_generated_dir
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS, Progress, SampleConfig
-from core.generation.draws import draw_latents, draw_mode
+from core.generation.draws import Draw, draw_latents, draw_mode
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import (
     Target,
@@ -98,27 +96,17 @@ from core.generation.prompts import (
     resolve_target,
     run_side,
 )
-from core.models.io import render_card, save_model_dir
+from core.generation.roundtrip import (
+    chance_baseline,
+    fidelity_summary,
+    finite_or_none,
+    prompt_reference,
+    round_trip,
+)
 from core.safety import printable
-from core.tokens.plan import detokenize
 from core.tokens.store import TokenStore
-from core.zoos.tasks import PIPELINE_TAGS, get_task
 
 # Shapes: E prompts, K draws, N tokens of the target, D token size, L latent dim.
-
-
-# the stage
-
-
-@dataclass
-class Draw:
-    """One decoded draw: its latents, model and validation score (a candidate for keeping)."""
-
-    z: torch.Tensor  # (N, L)
-    model: nn.Module
-    val: float
-    round: int
-    draw: int
 
 
 def generate(
@@ -198,11 +186,6 @@ def _rank(c: Draw) -> tuple[float, int, int]:
     return (-c.val if math.isfinite(c.val) else math.inf, c.round, c.draw)
 
 
-def _finite(v: float | None) -> float | None:
-    """``v``, or None for NaN/None (JSON and YAML have no NaN)."""
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
-
-
 def process_seconds() -> float | None:
     """Seconds since this process started (Linux ``/proc``; None elsewhere): a run's whole
     time, imports included, as the Generate page's job takes it."""
@@ -216,80 +199,6 @@ def process_seconds() -> float | None:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
-
-
-def _card(target: Target, cand: Draw, rank: int, info: dict[str, Any]) -> str:
-
-    task = get_task(target.task).info if target.task is not None else None
-    dataset = task.dataset if task is not None else None
-    val, test = _finite(cand.val), _finite(info["test_accuracy"])
-    block = {
-        "generated": True,
-        "arch": target.arch.spec,
-        "family": target.arch.family,
-        "task": target.task,
-        "dataset": dataset,
-        "scored": task is not None,
-        "val_accuracy": val,
-        "test_accuracy": test,
-        "rank": rank,
-        "round": cand.round,
-        "draw": cand.draw,
-        **{k: v for k, v in info.items() if k != "test_accuracy"},
-    }
-    if target.note:
-        block["note"] = target.note
-    meta: dict[str, Any] = {
-        "library_name": target.arch.library,
-        "tags": [t for t in ("weightatlas", "generated", target.arch.family, target.task) if t],
-    }
-    if task is not None:
-        meta["datasets"] = [task.dataset]
-        meta["model-index"] = [
-            {
-                "name": info["name"],
-                "results": [
-                    {
-                        "task": {"type": PIPELINE_TAGS[task.kind]},
-                        "dataset": {"name": task.dataset, "type": task.dataset},
-                        "metrics": [
-                            {"type": "accuracy", "name": "val_accuracy", "value": val},
-                            {"type": "accuracy", "name": "test_accuracy", "value": test},
-                        ],
-                    }
-                ],
-            }
-        ]
-    meta["weightatlas"] = block
-    head = (
-        f"Generated by Weight Atlas from the latent space of backbone `{info['backbone']}` with "
-        f"{len(info['prompts'])} {info['prompt_source']} prompt example(s), prior `{info['prior']}`, "
-        f"mode `{info['mode']}`, seed {info['seed']}, kept rank {rank + 1} of {info['n']} draws "
-        f"({info['bootstrap_rounds']} bootstrap rounds). "
-    )
-    if task is not None:
-        body = head + (
-            f"Batch-norm statistics were conditioned on the `{target.task}` train split"
-            + (
-                f" at input size {'x'.join(map(str, info['input_size']))}: feed inputs of this "
-                "size (the config's `input_size`); at other sizes the statistics do not hold. "
-                if info.get("input_size")
-                else ". "
-            )
-            + f"Validation accuracy {cand.val:.4f}, test accuracy {info['test_accuracy']:.4f} "
-            "(no fine-tuning)."
-        )
-        if "chance_accuracy" in info:
-            body += (
-                f" {'**At chance level**' if info.get('at_chance') else 'Above chance'}: chance "
-                f"{info['chance_accuracy']:.4f} (threshold {info['chance_threshold']:.4f}), "
-                f"random init {info['random_init_val_accuracy']:.4f} (validation)."
-            )
-        title = f"Generated {target.arch.spec} for {target.task}"
-    else:
-        body = head + f"**Unscored**: {target.note}"
-        title = f"Generated {target.arch.spec} (unscored, no task)"
-    return render_card(meta, title, body)
 
 
 def generated_atlas_distance(
@@ -322,58 +231,6 @@ def generated_atlas_distance(
         "architecture_in_atlas": ad["architecture_in_atlas"],
         "architecture_note": ad["architecture_note"],
     }
-
-
-def input_size(model: nn.Module, target: Target) -> list[int] | None:
-    """``[C, H, W]`` of the inputs a generated image model was conditioned and scored on.
-
-    The task's own side, or the side :func:`run_side` chose (images are resized to it). None
-    for non-image tasks and unscored targets.
-    """
-    if target.task is None:
-        return None
-    info = get_task(target.task).info
-    if info.kind != "image":
-        return None
-    side = run_side(model, target) or info.img_size
-    return [int(info.in_chans), int(side), int(side)]
-
-
-def written_config(model: nn.Module, target: Target) -> dict[str, Any]:
-    """The target's ``config.json``, with a timm model's ``pretrained_cfg.input_size`` set to
-    the size its batch-norm statistics were estimated at (:func:`input_size`).
-
-    timm's export keeps the architecture's default (224 px). A model conditioned on 8x8 images
-    and fed 224 px ones gives meaningless outputs (issue 17: a ``mobilenetv3_small_075`` with
-    batch norm estimated at 8 px gives logits with std 1.9 at 8 px, 6e10 at 32 px, 2e14 at
-    224 px: at 8 px its maps are 1x1 from the second block on, at 224 px the inputs of its batch
-    norms exceed their running std 4x at block 1, 1e3x at block 2, 8e13x at block 5), so the
-    config names the size that works.
-    """
-    config = copy.deepcopy(target.arch.config)
-    size = input_size(model, target)
-    pcfg = config.get("pretrained_cfg") if target.arch.library == "timm" else None
-    if size is not None and isinstance(pcfg, dict):
-        for key in ("input_size", "test_input_size"):
-            if isinstance(pcfg.get(key), list) and len(pcfg[key]) == 3:
-                pcfg[key] = list(size)
-    return config
-
-
-def _write_model_dir(target: Target, model: nn.Module, out: Path, card: str) -> Path:
-    """Write a Hub-format directory atomically (temp dir renamed into place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        config = written_config(model, target)
-        save_model_dir(model, tmp, target.arch.library, card=card, config=config)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def progress_file_writer(path: str | Path) -> Callable[..., None]:
@@ -468,12 +325,14 @@ def sample(
     for rank, cand in enumerate(kept):
         name = f"{base}--{rank:02d}"
         info = _kept_info(name, cand, target, head, timing, baseline, at_chance[rank], fidelity)
-        path = _write_model_dir(target, cand.model, root / name, _card(target, cand, rank, info))
+        path = write_generated_dir(
+            target, cand.model, root / name, card_text(target, cand, rank, info)
+        )
         with backbone_precision(cfg, backbone) as bb:
             placed = generated_atlas_distance(a, path, bb, backbone_dir, cfg)
         if placed:  # issue 16: how far the generated model is from the collected ones
             info.update(placed)
-            atomic_write_bytes(path / "README.md", _card(target, cand, rank, info).encode())
+            GeneratedCard(path).write(card_text(target, cand, rank, info))
         outputs.append(path)
     seconds = _report_time(t_start, est)
     report(1.0, f"wrote {len(outputs)} model(s) in {seconds:.1f} s")
@@ -570,7 +429,7 @@ def _sample_prompts(
         source = "fresh"
         models = fresh_prompts(target, cfg, report)
         tokens = [model_tokens(m, target) for m in models]
-        as_trained = [_finite(score(m, target, cfg.score_split)) for m in models]
+        as_trained = [finite_or_none(score(m, target, cfg.score_split)) for m in models]
         ids = [
             f"fresh:{arch}:seed{cfg.seed * 1000 + 500 + i}:"
             f"{prompt_recipe(target, cfg)[0] if target.task is not None else 0}ep"
@@ -608,14 +467,14 @@ def _prompt_info(chosen: _Prompts, cfg: SampleConfig, scores: list[float]) -> di
         "prompts": chosen.ids,
         "prompt_source": chosen.source,
         "prompt_scores": chosen.scores,  # rebuilt from their tokens, BN as for the draws
-        "prompt_scores_as_trained": [_finite(v) for v in chosen.as_trained],
+        "prompt_scores_as_trained": [finite_or_none(v) for v in chosen.as_trained],
         "seed": cfg.seed,
         "mode": cfg.mode,  # resolved by draw_mode
         "prior": cfg.prior,
         "n": cfg.n,
         "keep": cfg.keep,
         "bootstrap_rounds": cfg.bootstrap_rounds,
-        "draw_val_accuracies": [_finite(v) for v in scores],
+        "draw_val_accuracies": [finite_or_none(v) for v in scores],
     }
 
 
@@ -655,195 +514,6 @@ def _report_time(t_start: float, est: dict[str, Any]) -> float:
     return seconds
 
 
-def prompt_reference(
-    prompt_tokens: list[torch.Tensor], target: Target, cfg: SampleConfig
-) -> list[float | None]:
-    """Validation accuracy of each prompt rebuilt from its own tokens, with batch norm
-    re-estimated exactly as for the round trip and every draw.
-
-    This is what the draws are compared with: a perfect backbone would reproduce it. A fresh
-    prompt's own running statistics after 2 epochs can be far off (a timm:resnet18 prompt:
-    0.276 val as trained, 0.955 with batch norm re-estimated), which once made the encode-decode
-    look like a loss when the prompt's statistics were the problem.
-    """
-    out: list[float | None] = []
-    for tokens in prompt_tokens:
-        model = build_generated(tokens, target, seed=cfg.seed)
-        condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
-        out.append(_finite(score(model, target, cfg.score_split)))
-    return out
-
-
-def round_trip(
-    backbone: Any, target: Target, prompt_tokens: list[torch.Tensor], cfg: SampleConfig
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Encode-decode fidelity on the prompts, before any draw (issue 17's "before a run").
-
-    Returns:
-        ``(z, fidelity)``: the prompts' latents ``(E, N, L)`` (reused for the draws) and
-        ``{"round_trip_median_layer_r2" (over conv and linear layers, all layers if none),
-        "round_trip_layer_r2" (per layer, median over prompts), "round_trip_val_accuracy" (per
-        prompt, None without a task)}``. A layer's R² is ``1 - SSE / SST`` of its values;
-        constant layers are left out.
-    """
-
-    z = encode_models(backbone, prompt_tokens, target, cfg)
-    rec = decode_latents(backbone, z, target, cfg)  # (E, N, D)
-    per_layer: dict[str, list[float]] = {}
-    accs: list[float | None] = []
-    for i, tokens in enumerate(prompt_tokens):
-        ref, got = detokenize(tokens, target.layers), detokenize(rec[i], target.layers)
-        for name, x in ref.items():
-            x = x.double().flatten()
-            sst = float(((x - x.mean()) ** 2).sum())
-            if sst > 0:
-                sse = float(((x - got[name].double().flatten()) ** 2).sum())
-                per_layer.setdefault(name, []).append(1.0 - sse / sst)
-        model = build_generated(rec[i], target, seed=cfg.seed)
-        condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
-        accs.append(_finite(score(model, target, cfg.score_split)))
-    layer_r2 = {k: float(np.median(v)) for k, v in per_layer.items()}
-    main = {e.name for e in target.layers if e.kind in ("conv", "linear")} & set(layer_r2)
-    vals = [layer_r2[k] for k in (main or layer_r2)]  # the weight matrices, as in training
-    median = float(np.median(vals)) if vals else None
-    return z, {
-        "round_trip_median_layer_r2": median,
-        "round_trip_layer_r2": layer_r2,
-        "round_trip_val_accuracy": accs,
-    }
-
-
-def fidelity_summary(
-    target: Target,
-    fidelity: dict[str, Any],
-    prompt_scores: list[float | None],
-    baseline: dict[str, float] | None,
-    source: str,
-) -> dict[str, Any]:
-    """Plain reading of the prompts' round trip (issue 17's "before a run" warning).
-
-    Low when the median weight-matrix R² is below 0.5, or when the prompts keep less than half
-    of their accuracy above chance after one encode-decode (draws add sampling noise on top,
-    so generated models then land near chance).
-
-    Returns:
-        ``{"fidelity_low", "fidelity_reasons", "round_trip_retained", "round_trip_worst_layers",
-        "text"}``; ``round_trip_retained`` is the mean over prompts above chance of
-        ``(after - chance) / (before - chance)`` (None without a task).
-    """
-    r2 = fidelity["round_trip_median_layer_r2"]
-    trips = fidelity["round_trip_val_accuracy"]
-    layer_r2 = fidelity.get("round_trip_layer_r2") or {}
-    main = {e.name for e in target.layers if e.kind in ("conv", "linear")} & set(layer_r2)
-    worst = sorted(main or layer_r2, key=lambda k: layer_r2[k])[:3]
-    retained = _retained(prompt_scores, trips, baseline)
-    reasons = _low_fidelity_reasons(r2, trips, retained, baseline)
-    pairs = " and ".join(
-        f"{p:.3f} -> {q:.3f}"
-        for p, q in zip(prompt_scores, trips)
-        if p is not None and q is not None
-    )
-    facts = (
-        f"encode-decode of the {len(trips)} {source} prompt(s) of {target.arch.spec}: "
-        + (
-            f"val accuracy {pairs} (own tokens -> after encode-decode, batch norm re-estimated "
-            "in both)"
-            if pairs
-            else "unscored"
-        )
-        + (f" (chance {baseline['chance_accuracy']:.3f})" if baseline is not None else "")
-        + "; median per-layer R² of the weight matrices "
-        + (f"{r2:.3f}" if r2 is not None else "n/a")
-        + (" (lowest: " + ", ".join(f"{k} {layer_r2[k]:.2f}" for k in worst) + ")" if worst else "")
-    )
-    if reasons:
-        text = (
-            f"warning: expect generated models near chance: {'; '.join(reasons)}. Measured "
-            + facts
-            + "."
-        )
-    else:
-        text = "fidelity: " + facts + "."
-    return {
-        "fidelity_low": bool(reasons),
-        "fidelity_reasons": reasons,
-        "round_trip_retained": retained,
-        "round_trip_worst_layers": {k: layer_r2[k] for k in worst},
-        "text": text,
-    }
-
-
-def _retained(
-    prompt_scores: list[float | None],
-    trips: list[float | None],
-    baseline: dict[str, float] | None,
-) -> float | None:
-    """Mean over prompts above chance of ``(after - chance) / (before - chance)`` (None
-    without a task or without such prompts)."""
-    if baseline is None:
-        return None
-    c = baseline["chance_accuracy"]
-    gains = [
-        (q - c) / (p - c)
-        for p, q in zip(prompt_scores, trips)
-        if p is not None and q is not None and p > baseline["chance_threshold"]
-    ]
-    return float(np.mean(gains)) if gains else None
-
-
-def _low_fidelity_reasons(
-    r2: float | None,
-    trips: list[float | None],
-    retained: float | None,
-    baseline: dict[str, float] | None,
-) -> list[str]:
-    """Why the round trip predicts generated models near chance (empty: it does not)."""
-    reasons = []
-    if r2 is None or r2 < 0.5:
-        reasons.append(
-            "the backbone reconstructs its weight matrices poorly (median per-layer R² "
-            + (f"{r2:.3f}" if r2 is not None else "n/a")
-            + ", 1 = exact)"
-        )
-    if (
-        baseline is not None
-        and trips
-        and all(q is not None and q <= baseline["chance_threshold"] for q in trips)
-    ):
-        reasons.append("the prompts score at chance after one encode-decode")
-    elif retained is not None and retained < 0.5:
-        reasons.append(
-            f"the prompts keep only {100 * max(retained, 0.0):.0f} % of their accuracy above "
-            "chance after one encode-decode"
-        )
-    return reasons
-
-
-def chance_baseline(target: Target, cfg: SampleConfig) -> dict[str, float] | None:
-    """What a kept model's validation accuracy is compared with (None without a task).
-
-    ``chance_accuracy``: the most frequent class' share of the score split (a constant
-    predictor); ``chance_threshold``: chance plus three binomial standard errors on that split,
-    at or below which a model is labelled at chance; ``random_init_val_accuracy``: the fresh
-    init of the draws' seed, batch norm conditioned the same way.
-    """
-
-    if target.task is None:
-        return None
-    _, y = get_task(target.task).split(cfg.score_split)
-    p = float(torch.bincount(y).max()) / len(y)
-    model = target.fresh(cfg.seed)
-    condition_batchnorm(model, target, cfg.bn_batches, cfg.bn_batch_size, seed=cfg.seed)
-    return {
-        "chance_accuracy": p,
-        "chance_threshold": p + 3.0 * math.sqrt(p * (1.0 - p) / len(y)),
-        "random_init_val_accuracy": score(model, target, cfg.score_split),
-    }
-
-
 def _store_tokens(store: Any, model_id: str) -> torch.Tensor:
     tok = store.get(model_id)
     return tok.tokens.masked_fill(~tok.mask, 0.0)
-
-
-# ---------------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.atlas import Atlas
-from core.catalog import generated_card, model_state_dict, tokenized_ids, zip_dir, zoo_sizes
+from core.catalog import model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.collection.specs import spec_label
 from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
+from core.generation.card import GeneratedCard
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import (
@@ -469,7 +470,7 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
         f"`{WORKSPACE_ENV}` to write elsewhere).",
         icon=":material/check:",
     )
-    cards = {p.name: generated_card(p) for p in outputs}
+    cards = {p.name: GeneratedCard(p).block() for p in outputs}
     first = next(iter(cards.values()), {})
     if first.get("note"):  # e.g. a target without a task the atlas knows: not scored
         st.info(str(first["note"]), icon=":material/info:")

@@ -24,6 +24,7 @@ from core.errors import WeightAtlasError
 from core.experiments.report import (
     read_metrics,
 )
+from core.generation.card import GeneratedCard
 from core.generation.prompts import default_task, metric_of
 from core.generation.sample import sample
 from core.tokens.store import TokenStore
@@ -363,17 +364,6 @@ def per_model_spread(records: list[dict[str, Any]], key: str) -> dict[str, dict[
     return out
 
 
-def generated_test_accuracy(model_dir: str | Path) -> tuple[float, str | None]:
-    """Test accuracy and task recorded in a generated model's card (``weightatlas:`` block)."""
-    from huggingface_hub import metadata_load
-
-    block = (metadata_load(Path(model_dir) / "README.md") or {}).get("weightatlas") or {}
-    acc = block.get("test_accuracy")
-    if not isinstance(acc, int | float):
-        raise WeightAtlasError(f"{model_dir}/README.md records no test_accuracy")
-    return float(acc), block.get("task")
-
-
 def generation_accuracy(
     atlas: str | Path | Atlas,
     backbone_dir: str | Path,
@@ -403,7 +393,7 @@ def generation_accuracy(
         a.root, cfg.target_arch, "ci", over, prompts=prompts, backbone_dir=backbone_dir,
         out_dir=out_dir,
     )  # fmt: skip
-    accs = [generated_test_accuracy(p)[0] for p in paths]
+    accs = [GeneratedCard(p).test_accuracy()[0] for p in paths]
     return {
         "task": task,
         "prompts": prompts,
