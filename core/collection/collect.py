@@ -75,7 +75,7 @@ from core.collection.facts import (
     split_of,
     zoo_labels,
 )
-from core.collection.sources import Candidate, Query, Source, _Transient, make_source
+from core.collection.sources import Candidate, Query, Source, Transient, make_source
 from core.config import build_config, to_dict
 from core.errors import DiskFullError, RejectedModel, WeightAtlasError
 from core.safety import is_disk_full, printable
@@ -155,7 +155,7 @@ def process_candidate(
     downloads and header checks of other candidates go on.
 
     Raises:
-        _Transient: a network failure (the candidate is retried on the next run).
+        Transient: a network failure (the candidate is retried on the next run).
     """
     facts = ModelFacts(
         id=cand.id,
@@ -172,7 +172,7 @@ def process_candidate(
         try:
             path = source.fetch(cand, atlas)
         except _transient_errors() as e:
-            raise _Transient(
+            raise Transient(
                 f"{cand.id}: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
             ) from None
         inspect_model_dir(path, cfg, facts)
@@ -180,7 +180,7 @@ def process_candidate(
             check_model(facts, cfg)
     except RejectedModel as e:
         return _row(facts, atlas, cfg, "rejected", e.reason, e.detail)
-    except _Transient:
+    except Transient:
         raise
     except Exception as e:  # an untrusted model must never stop the run
         if is_disk_full(e):
@@ -316,7 +316,7 @@ def collect(
                 quota.inflight[pending.pop(fut)] -= 1
                 try:
                     rows.append(fut.result())
-                except _Transient as e:
+                except Transient as e:
                     stats["network errors (retry later)"] += 1
                     retry.append(str(e)[:300])
                     tqdm.write(printable(f"collect: {e}; will retry on the next run"))

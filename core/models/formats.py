@@ -53,6 +53,15 @@ def read_safetensors_header(
             ``inconsistent offsets``.
     """
     path = Path(path)
+    raw, size = _header_bytes(path, max_header_bytes)
+    header = _header_json(path.name, raw)
+    tensors = {name: _tensor_info(path.name, name, e) for name, e in header.items()}
+    _check_tiling(path.name, tensors, size - 8 - len(raw))
+    return tensors
+
+
+def _header_bytes(path: Path, max_header_bytes: int) -> tuple[bytes, int]:
+    """The header's JSON bytes and the file's size, the length checked against both limits."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
@@ -69,47 +78,59 @@ def read_safetensors_header(
             raise RejectedModel(
                 "truncated safetensors", f"{path.name}: header needs {8 + n} bytes, file has {size}"
             )
-        raw = f.read(n)
+        return f.read(n), size
+
+
+def _header_json(fname: str, raw: bytes) -> dict[str, Any]:
+    """The header as a JSON object, its ``__metadata__`` (a str -> str map) checked and removed."""
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RejectedModel("bad safetensors header", f"{path.name}: not JSON ({e})") from None
+        raise RejectedModel("bad safetensors header", f"{fname}: not JSON ({e})") from None
     except RecursionError:
-        raise RejectedModel("bad safetensors header", f"{path.name}: nested too deeply") from None
+        raise RejectedModel("bad safetensors header", f"{fname}: nested too deeply") from None
     if not isinstance(header, dict):
-        raise RejectedModel("bad safetensors header", f"{path.name}: header is not a JSON object")
+        raise RejectedModel("bad safetensors header", f"{fname}: header is not a JSON object")
     meta = header.pop("__metadata__", None)
     if meta is not None and not (
         isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
     ):
         raise RejectedModel(
-            "bad safetensors header", f"{path.name}: __metadata__ is not a str -> str map"
+            "bad safetensors header", f"{fname}: __metadata__ is not a str -> str map"
         )
-    tensors: dict[str, TensorInfo] = {}
-    for name, e in header.items():
-        try:
-            dtype, shape, (start, end) = e["dtype"], e["shape"], e["data_offsets"]
-            ok = (
-                dtype in DTYPES
-                and isinstance(shape, list)
-                and all(type(d) is int and d >= 0 for d in shape)
-                and type(start) is int
-                and type(end) is int
-                and 0 <= start <= end
-            )
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise RejectedModel("bad safetensors header", f"{path.name}: malformed entry {name!r}")
-        info = TensorInfo(dtype, tuple(shape), start, end)
-        need = -(-info.numel * DTYPES[dtype].bits // 8)
-        if end - start != need:
-            raise RejectedModel(
-                "inconsistent offsets",
-                f"{path.name}: {name} {dtype}{list(shape)} needs {need} bytes, offsets span {end - start}",
-            )
-        tensors[name] = info
-    data_len = size - 8 - n
+    return header
+
+
+def _tensor_info(fname: str, name: str, e: Any) -> TensorInfo:
+    """One header entry, checked: a known dtype, a shape of naturals, a byte range that is
+    exactly the shape's size in that dtype."""
+    try:
+        dtype, shape, (start, end) = e["dtype"], e["shape"], e["data_offsets"]
+        ok = (
+            dtype in DTYPES
+            and isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in shape)
+            and type(start) is int
+            and type(end) is int
+            and 0 <= start <= end
+        )
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise RejectedModel("bad safetensors header", f"{fname}: malformed entry {name!r}")
+    info = TensorInfo(dtype, tuple(shape), start, end)
+    need = -(-info.numel * DTYPES[dtype].bits // 8)
+    if end - start != need:
+        raise RejectedModel(
+            "inconsistent offsets",
+            f"{fname}: {name} {dtype}{list(shape)} needs {need} bytes, offsets span {end - start}",
+        )
+    return info
+
+
+def _check_tiling(fname: str, tensors: dict[str, TensorInfo], data_len: int) -> None:
+    """The byte ranges tile the ``data_len`` bytes of the data section: no gap, no overlap,
+    nothing after the last tensor."""
     pos = 0
     for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
         if info.start != pos:
@@ -118,17 +139,16 @@ def read_safetensors_header(
                 if info.start < pos
                 else f"leaves a gap at byte {pos}"
             )
-            raise RejectedModel("inconsistent offsets", f"{path.name}: {name} {what}")
+            raise RejectedModel("inconsistent offsets", f"{fname}: {name} {what}")
         pos = info.end
     if pos > data_len:
         raise RejectedModel(
-            "truncated safetensors", f"{path.name}: data ends at byte {pos}, file has {data_len}"
+            "truncated safetensors", f"{fname}: data ends at byte {pos}, file has {data_len}"
         )
     if pos < data_len:
         raise RejectedModel(
-            "inconsistent offsets", f"{path.name}: {data_len - pos} bytes after the last tensor"
+            "inconsistent offsets", f"{fname}: {data_len - pos} bytes after the last tensor"
         )
-    return tensors
 
 
 # ------------------------------------------------------------------- config and card
