@@ -73,9 +73,6 @@ def bench_lineage(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds of lineage recovery on N models (the trees zoo repeated as unrelated copies) at
     several N and samples per tensor, ours against MoTHer on the same fingerprints, with the
     accuracy of both against the copied truth."""
-    from core.trees.lineage import compare, fingerprints
-    from core.trees.recover import recover
-    from core.trees.score import score
     from core.zoos.zoo import zoo
 
     n = args.n or 1000
@@ -91,52 +88,9 @@ def bench_lineage(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for per_tensor in (256, 1024, 4096):
             for m in sizes if per_tensor == 1024 else [n]:
-                t0 = time.perf_counter()
-                fps = fingerprints(dirs[:m], per_tensor)
-                t_fp = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                own = recover(fps, "deltas")
-                t_own = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                mother = recover(fps, "mother")
-                t_mother = time.perf_counter() - t0
-                rows = compare(ids[:m], own, [[] for _ in range(m)], [None] * m, None, mother)
-                s_own = score(rows, truth)
-                s_mother = score(rows, truth, "mother_tree", "mother_parent")
-                runs.append(
-                    {
-                        "models": m,
-                        "per_tensor": per_tensor,
-                        "fingerprint_seconds": round(t_fp, 3),
-                        "recover_seconds": round(t_own, 3),
-                        "lineage_seconds": round(t_fp + t_own, 3),
-                        "mother_recover_seconds": round(t_mother, 3),
-                        "pairs_compared": own.pairs_compared,
-                        "ari": s_own["ari"],
-                        "edge_accuracy": s_own["edge_accuracy"],
-                        "mother_ari": s_mother["ari"],
-                        "mother_edge_accuracy": s_mother["edge_accuracy"],
-                    }
-                )
+                runs.append(_lineage_run(dirs[:m], ids[:m], truth, per_tensor))
         weights = sum(d.joinpath("model.safetensors").stat().st_size for d in dirs[:n])
-        # model size: one checkpoint shaped like 12 BERT-base feed-forward blocks (57 M values)
-        import safetensors.torch
-
-        big = tmp / "big"
-        big.mkdir()
-        g = torch.Generator().manual_seed(0)
-        safetensors.torch.save_file(
-            {
-                f"layer.{i}.{w}.weight": torch.randn(*shape, generator=g) * 0.02
-                for i in range(12)
-                for w, shape in (("up", (3072, 768)), ("down", (768, 3072)))
-            },
-            str(big / "model.safetensors"),
-        )
-        big_mb = (big / "model.safetensors").stat().st_size / 2**20
-        t0 = time.perf_counter()
-        fingerprints([big], 1024)
-        t_big = time.perf_counter() - t0
+        big_mb, t_big = _large_model_fingerprint(tmp / "big")
         return {
             "cpu": cpu_name(),
             "cpus": os.cpu_count(),
@@ -152,3 +106,61 @@ def bench_lineage(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lineage_run(dirs: list[Path], ids: list[str], truth: dict, per_tensor: int) -> dict[str, Any]:
+    """Fingerprint ``dirs`` with ``per_tensor`` samples, recover the trees with ours and with
+    MoTHer on the same fingerprints; seconds and both scores against ``truth``."""
+    from core.trees.lineage import compare, fingerprints
+    from core.trees.recover import recover
+    from core.trees.score import score
+
+    m = len(dirs)
+    t0 = time.perf_counter()
+    fps = fingerprints(dirs, per_tensor)
+    t_fp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    own = recover(fps, "deltas")
+    t_own = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mother = recover(fps, "mother")
+    t_mother = time.perf_counter() - t0
+    rows = compare(ids, own, [[] for _ in range(m)], [None] * m, None, mother)
+    s_own = score(rows, truth)
+    s_mother = score(rows, truth, "mother_tree", "mother_parent")
+    return {
+        "models": m,
+        "per_tensor": per_tensor,
+        "fingerprint_seconds": round(t_fp, 3),
+        "recover_seconds": round(t_own, 3),
+        "lineage_seconds": round(t_fp + t_own, 3),
+        "mother_recover_seconds": round(t_mother, 3),
+        "pairs_compared": own.pairs_compared,
+        "ari": s_own["ari"],
+        "edge_accuracy": s_own["edge_accuracy"],
+        "mother_ari": s_mother["ari"],
+        "mother_edge_accuracy": s_mother["edge_accuracy"],
+    }
+
+
+def _large_model_fingerprint(big: Path) -> tuple[float, float]:
+    """Megabytes and fingerprint seconds of one checkpoint shaped like 12 BERT-base
+    feed-forward blocks (57 M values), written to the new folder ``big``."""
+    import safetensors.torch
+
+    from core.trees.lineage import fingerprints
+
+    big.mkdir()
+    g = torch.Generator().manual_seed(0)
+    safetensors.torch.save_file(
+        {
+            f"layer.{i}.{w}.weight": torch.randn(*shape, generator=g) * 0.02
+            for i in range(12)
+            for w, shape in (("up", (3072, 768)), ("down", (768, 3072)))
+        },
+        str(big / "model.safetensors"),
+    )
+    big_mb = (big / "model.safetensors").stat().st_size / 2**20
+    t0 = time.perf_counter()
+    fingerprints([big], 1024)
+    return big_mb, time.perf_counter() - t0

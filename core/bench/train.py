@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,11 +68,8 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     repeat = max(1, args.repeat)
     iters = 8 if device.type == "cuda" else 3
     n_mm = 8192 if device.type == "cuda" else 2048
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     # the MLP's first matmul as the model runs it: (tokens, C) @ (C, hidden)
     model_shape = (tokens, bcfg.d_model, int(bcfg.mlp_ratio * bcfg.d_model))
-    peaks = dict.fromkeys(dtypes, 0.0)
-    at_shape = dict.fromkeys(dtypes, 0.0)
     paths = {"fp32": torch.float32}
     if default != torch.float32:
         paths["default"] = default
@@ -79,23 +77,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = {name: step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
     losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
-    best = dict.fromkeys(paths, float("inf"))
-    peak_mem = {}
-    for _ in range(repeat):  # peaks and steps interleaved: a busy machine slows all alike
-        for name, dt in dtypes.items():
-            peaks[name] = max(peaks[name], _matmul_flops(device, dt, (n_mm,) * 3, 1))
-            at_shape[name] = max(at_shape[name], _matmul_flops(device, dt, model_shape, 1))
-        for name, fn in steps.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            _sync(device)
-            best[name] = min(best[name], (time.perf_counter() - t) / iters)
-            if device.type == "cuda":
-                peak_mem[name] = torch.cuda.max_memory_allocated(device) / 1e9
+    peaks, at_shape, best, peak_mem = _measure(device, steps, model_shape, n_mm, iters, repeat)
     if "default" not in paths:
         best["default"], losses["default"] = best["fp32"], losses["fp32"]
         peak_mem["default"] = peak_mem.get("fp32")
@@ -128,17 +110,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "iters_per_repeat": iters,
     }
     for name in ("fp32", "default"):
-        tps = tokens / best[name]
-        out[name] = {
-            "seconds_per_step": best[name],
-            "tokens_per_s": tps,
-            "model_tflops_per_s": flops_tok * tps / 1e12,
-            "mfu": flops_tok * tps / peak,
-            "mfu_vs_own_dtype_peak": flops_tok
-            * tps
-            / (peaks["fp32"] if name == "fp32" or default == torch.float32 else peaks["bf16"]),
-            "first_loss": losses[name],
-        }
+        own = peaks["fp32"] if name == "fp32" or default == torch.float32 else peaks["bf16"]
+        out[name] = _path_result(tokens / best[name], best[name], flops_tok, peak, own)
+        out[name]["first_loss"] = losses[name]
         if device.type == "cuda":
             out[name]["peak_memory_gb"] = peak_mem.get(name)
     out["speedup_default_vs_fp32"] = out["default"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
@@ -146,3 +120,55 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     out["tokens_per_s"] = out["default"]["tokens_per_s"]
     out["mfu"] = out["default"]["mfu"]
     return out
+
+
+def _measure(
+    device: torch.device,
+    steps: dict[str, Callable[[], Any]],
+    model_shape: tuple[int, int, int],
+    n_mm: int,
+    iters: int,
+    repeat: int,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, float]]:
+    """Best FLOP/s of an ``n_mm``-cube matmul and of the model's matmul shape per dtype (fp32,
+    bf16), and best seconds of each training step in ``steps`` (``iters`` per repetition),
+    interleaved per repetition so that a busy machine slows all alike.
+
+    Returns:
+        ``(peaks, peaks at the model's shape, seconds per step, CUDA peak memory in GB)``.
+    """
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = dict.fromkeys(dtypes, 0.0)
+    at_shape = dict.fromkeys(dtypes, 0.0)
+    best = dict.fromkeys(steps, float("inf"))
+    peak_mem = {}
+    for _ in range(repeat):
+        for name, dt in dtypes.items():
+            peaks[name] = max(peaks[name], _matmul_flops(device, dt, (n_mm,) * 3, 1))
+            at_shape[name] = max(at_shape[name], _matmul_flops(device, dt, model_shape, 1))
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            _sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t) / iters)
+            if device.type == "cuda":
+                peak_mem[name] = torch.cuda.max_memory_allocated(device) / 1e9
+    return peaks, at_shape, best, peak_mem
+
+
+def _path_result(
+    tokens_per_s: float, seconds: float, flops_tok: float, peak: float, own_peak: float
+) -> dict[str, Any]:
+    """One training path's speed: seconds per step, tokens/s, model TFLOP/s and MFU against the
+    larger matmul peak and against its own dtype's."""
+    return {
+        "seconds_per_step": seconds,
+        "tokens_per_s": tokens_per_s,
+        "model_tflops_per_s": flops_tok * tokens_per_s / 1e12,
+        "mfu": flops_tok * tokens_per_s / peak,
+        "mfu_vs_own_dtype_peak": flops_tok * tokens_per_s / own_peak,
+    }
