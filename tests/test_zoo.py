@@ -402,3 +402,55 @@ def test_bad_trees_entries_are_one_line_errors(tmp_path):
         zoo("ci", tmp_path / "z", overrides={"trees": "mlp:3"}, progress=False)
     with pytest.raises(WeightAtlasError, match="cannot train"):
         zoo("ci", tmp_path / "z2", overrides={"trees": "cnn/wine:2"}, progress=False)
+
+
+def test_a_timm_family_grows_trees_from_its_parent_checkpoints(tmp_path):
+    # the tree builder is family-agnostic: a timm root, a fine-tune keeping its head, one with a
+    # new 5-class head (timm's ``fc``) and an fp16 copy, each card declaring its base model
+    over = {
+        "families": "timm-resnet",
+        "tasks": "digits10:1",
+        "epochs": "1",
+        "checkpoints": "1",
+        "trees": "timm-resnet/digits10:1",
+        "tree_tasks": "digits10,digits-0to4",
+        "tree_epochs": "1",
+        "tree_grandchildren": "0",
+        "tree_merges": "0",
+    }
+    z = zoo("ci", tmp_path / "timm-trees", overrides=over, progress=False)
+    truth = json.loads((z / "zoo.json").read_text())["trees"]
+    assert sorted(t["kind"] for t in truth) == ["finetune", "finetune", "quantized", "root"]
+
+    def snap(model_id: str) -> Path:
+        return snapshot_dir(repo_dir(z, model_id.split("/")[1]))
+
+    solo = next(r["id"] for r in read_zoo(z) if r["id"] not in {t["id"] for t in truth})
+    other = safetensors.torch.load_file(snap(solo) / "model.safetensors")  # its own init
+
+    for t in truth:
+        card = metadata_load(snap(t["id"]) / "README.md")
+        assert card["library_name"] == "timm" and card.get("base_model") == (
+            t["parents"][0] if t["parents"] else None
+        )
+        if t["kind"] != "finetune":
+            continue
+        w = safetensors.torch.load_file(snap(t["id"]) / "model.safetensors")
+        parent = safetensors.torch.load_file(snap(t["parents"][0]) / "model.safetensors")
+        assert (w["fc.weight"].shape == parent["fc.weight"].shape) == (t["task"] == "digits10")
+        # started from the parent: nearer it than to a run of the same shapes from its own init
+        d = (w["conv1.weight"] - parent["conv1.weight"]).norm()
+        assert 0 < d < 0.5 * (w["conv1.weight"] - other["conv1.weight"]).norm()
+    model = load_model_dir(snap(truth[0]["id"]))
+    assert model.library == "timm"
+
+
+def test_trees_timm_preset_plans_the_trees_preset_for_timm_families():
+    from core.config import build_config
+    from core.zoos.trees import plan_trees
+
+    nodes = plan_trees(build_config(ZooConfig, ZOO_PRESETS, "trees-timm"))
+    assert {n.family for n in nodes} == {"timm-resnet", "timm-vit", "timm-convnext"}
+    assert all(FAMILIES[n.family].library == "timm" for n in nodes)
+    assert len(nodes) == 90 and sum(n.kind == "root" for n in nodes) == 9
+    assert sum(n.planted is not None for n in nodes) == 6

@@ -35,15 +35,18 @@ class LineageConfig:
     ``per_tensor``: values sampled per weight tensor (bounds all pairwise work);
     ``threshold``: models closer than this (median per-tensor relative distance; independent
     inits sit near 1) share a tree; ``quant_tol`` / ``merge_tol``: precision copy and merge
-    tolerances; ``tie_band``: relative distance band inside which the earlier model is taken
-    as the parent.
+    tolerances; ``tie_band``: relative distance band of a model's nearest earlier one inside
+    which the shallowest is its parent's first candidate; ``descend_t`` / ``descend_cos``: how
+    far a model must continue a recovered edge's delta to go down it (``core.trees.recover``).
     """
 
     per_tensor: int = 1024
     threshold: float = 0.7
     quant_tol: float = 0.02
     merge_tol: float = 0.05
-    tie_band: float = 0.15
+    tie_band: float = 0.25
+    descend_t: float = 0.5
+    descend_cos: float = 0.5
     mother: bool = True  # also run the MoTHer baseline (mother_* columns)
     probes: bool = True  # task probes within and across trees (core.trees.probes)
 
@@ -182,7 +185,8 @@ def lineage(
     t_fp = time.perf_counter() - start
     kw = dict(threshold=cfg.threshold, quant_tol=cfg.quant_tol, merge_tol=cfg.merge_tol)
     t0 = time.perf_counter()
-    rec = recover(fps, "deltas", tie_band=cfg.tie_band, **kw)
+    rule = dict(tie_band=cfg.tie_band, descend_t=cfg.descend_t, descend_cos=cfg.descend_cos)
+    rec = recover(fps, "deltas", **rule, **kw)
     t_own = time.perf_counter() - t0
     t0 = time.perf_counter()
     mother = recover(fps, "mother", **kw) if cfg.mother else None

@@ -21,9 +21,16 @@ sources. The rest are ordered by age: a fine-tune adds a delta nearly orthogonal
 parent's weights, so its per-tensor norms grow (``|p + d|^2 = |p|^2 + |d|^2`` for ``d ⟂ p``),
 and a model's age is the share of (model, tensor) comparisons in which its norm is the larger.
 The root is the younger of the two most central models (least summed distance); every other
-model takes as parent its nearest younger model, where a younger model within ``tie_band``
-of that distance wins the tie (siblings share their training direction, so a barely moved
-sibling can look nearer than the true parent).
+model takes its parent among the younger models within ``tie_band`` of its nearest one:
+
+- first the shallowest of them in the tree built so far (the age order is only a rough guide:
+  weight decay shrinks some fine-tunes' norms, so a sibling can look younger than the root);
+- then it descends along a recovered edge ``a -> q`` while the model ``c`` *continues* ``q``'s
+  own delta: ``t = (c - a).(q - a) / |q - a|^2 >= descend_t`` and
+  ``cos(c - a, q - a) >= descend_cos`` (a child of ``q`` holds all of ``q``'s delta, ``t ~ 1``;
+  a sibling's delta is nearly orthogonal to ``q``'s, ``t, cos ~ 0``, but ``t`` alone grows
+  without bound beside a sibling that barely moved, hence the cosine too). The thresholds are
+  the midpoints 0.5 and 0.5, checked on the seed-0 trees zoo only (docs/lineage.md).
 
 **MoTHer** (Horwitz et al., ICLR 2025; ``method="mother"``), as we read the paper: the L2
 distance over all shared weights (one global ratio), the same linking threshold, and inside a
@@ -225,13 +232,60 @@ def _merge_parents(
     return out
 
 
+def continues(a: Fingerprint, q: Fingerprint, c: Fingerprint) -> tuple[float, float]:
+    """How far ``c`` continues ``q``'s delta from ``a``, on the tensors all three share.
+
+    Returns:
+        ``t = (c - a).(q - a) / |q - a|^2`` (1 for a child of ``q`` whose own delta is
+        orthogonal, ~0 for a sibling of ``q``) and ``cos(c - a, q - a)``; (0, 0) when the three
+        share nothing or ``q == a``.
+    """
+    keys = [k for k in c.samples if k in a.samples and k in q.samples]
+    if not keys:
+        return 0.0, 0.0
+    va = np.concatenate([a.samples[k] for k in keys]).astype(np.float64)
+    dq = np.concatenate([q.samples[k] for k in keys]).astype(np.float64) - va
+    dc = np.concatenate([c.samples[k] for k in keys]).astype(np.float64) - va
+    qq, cc = float(dq @ dq), float(dc @ dc)
+    if qq <= 0 or cc <= 0:
+        return 0.0, 0.0
+    dot = float(dq @ dc)
+    return dot / qq, dot / float(np.sqrt(qq * cc))
+
+
+def _pick_parent(
+    fp: Sequence[Fingerprint],
+    sub: np.ndarray,
+    c: int,
+    earlier: list[int],
+    parent: dict[int, int | None],
+    depth: dict[int, int],
+    rule: tuple[float, float, float],
+) -> int:
+    """Model ``c``'s parent among ``earlier`` (indices into ``sub`` / ``fp``): the shallowest
+    model within the tie band of the nearest, then down the recovered edges ``c`` continues
+    (module docstring). ``rule`` is ``(tie_band, descend_t, descend_cos)``."""
+    tie_band, min_t, min_cos = rule
+    best = min(sub[q, c] for q in earlier)
+    band = [q for q in earlier if sub[q, c] <= best * (1 + tie_band)]
+    p = min(band, key=lambda q: (depth[q], sub[q, c]))
+    while True:
+        for q in sorted((q for q in band if parent[q] == p), key=lambda q: sub[q, c]):
+            t, cos = continues(fp[p], fp[q], fp[c])
+            if t >= min_t and cos >= min_cos:
+                p = q
+                break
+        else:
+            return p
+
+
 def _own_tree(
     fps: Sequence[Fingerprint],
     pairs: Pairs,
     local: list[int],
     quant_tol: float,
     merge_tol: float,
-    tie_band: float,
+    rule: tuple[float, float, float],
 ) -> dict[int, tuple[list[int], str | None, float, float]]:
     """Lineage inside one tree by our method: local index -> (parents, relation, distance,
     confidence), local indices referring to ``pairs.members``."""
@@ -269,16 +323,17 @@ def _own_tree(
     central = np.argsort(finite.sum(1), kind="stable")[:2]
     root = int(min(central, key=lambda i: (age[i], i)))
     order = [root] + sorted((i for i in range(len(core)) if i != root), key=lambda i: (age[i], i))
+    cf = [fp[i] for i in core]
+    parent: dict[int, int | None] = {}
+    depth: dict[int, int] = {}
     for rank, c in enumerate(order):
         earlier = [q for q in order[:rank] if np.isfinite(sub[q, c])]
         if not earlier:
+            parent[c], depth[c] = None, 0
             out[core[c]] = ([], None, 0.0, 1.0)
             continue
-        best = min(sub[q, c] for q in earlier)
-        # near ties go to the earliest model: a fine-tune's siblings share its training
-        # direction, so a barely moved sibling can be nearer than the true parent
-        band = [q for q in earlier if sub[q, c] <= best * (1 + tie_band)]
-        p = min(band, key=lambda q: (age[q], sub[q, c]))
+        p = _pick_parent(cf, sub, c, earlier, parent, depth, rule)
+        parent[c], depth[c] = p, depth[p] + 1
         d1 = sub[p, c]
         others = [sub[q, c] for q in range(len(core)) if q not in (p, c)]
         d2 = min(others) if others else 2 * d1 + 1e-12
@@ -326,7 +381,9 @@ def recover(
     threshold: float = 0.7,
     quant_tol: float = 0.02,
     merge_tol: float = 0.05,
-    tie_band: float = 0.15,
+    tie_band: float = 0.25,
+    descend_t: float = 0.5,
+    descend_cos: float = 0.5,
 ) -> Recovered:
     """Trees, parents, relations and confidences of ``fps`` by ``method`` (``deltas`` or
     ``mother``); see the module docstring."""
@@ -352,7 +409,8 @@ def recover(
                 rec.tree[members[i]] = tree
             tree += 1
             if method == "deltas":
-                found = _own_tree(fps, pairs, local, quant_tol, merge_tol, tie_band)
+                rule = (tie_band, descend_t, descend_cos)
+                found = _own_tree(fps, pairs, local, quant_tol, merge_tol, rule)
                 for li, (parents, relation, dd, conf) in found.items():
                     g = members[local[li]]
                     rec.parents[g] = [members[local[p]] for p in parents]

@@ -21,6 +21,7 @@ into place, so a killed build leaves only whole repos and a re-run continues whe
     weightatlas zoo --preset demo --out zoo-demo --seed 1 --set epochs=4
     weightatlas zoo --preset seeds --out zoo-seeds           # 200 seeds x 7 checkpoints
     weightatlas zoo --preset trees --out zoo-trees           # model trees (core.zoos.trees), ~4 minutes
+    weightatlas zoo --preset trees-timm --out zoo-trees-timm # the same trees for timm families
     python -c "from core.zoos.zoo import zoo; zoo('ci', 'zoo-ci')"
 """
 
@@ -187,6 +188,13 @@ ZOO_PRESETS["trees"] = {
     "trees": ("cnn/digits10:3", "mlp/digits10:3", "vit/digits10:3"),
     "tree_wrong": 3,
     "tree_undeclared": 3,
+}
+# the same trees for the three timm families (ResNet, ViT, ConvNeXt at their smallest sizes):
+# issue 26 asks that native, transformers and timm families can all grow from a parent checkpoint
+ZOO_PRESETS["trees-timm"] = {
+    **ZOO_PRESETS["trees"],
+    "families": ("timm-resnet", "timm-vit", "timm-convnext"),
+    "trees": ("timm-resnet/digits10:3", "timm-vit/digits10:3", "timm-convnext/digits10:3"),
 }
 register_presets("zoo", ZooConfig, ZOO_PRESETS)
 
