@@ -303,25 +303,16 @@ def manifest_row(root: str | Path, model_id: str) -> dict[str, Any]:
     return {}
 
 
-def _weights_path(atlas: Atlas, row: dict[str, Any]) -> Path | None:
-    path = row.get("path")
-    if not path:
-        return None
-    p = Path(path)
-    p = p if p.is_absolute() else atlas.root / p
-    return p if p.is_dir() and any(p.glob("*.safetensors")) else None
-
-
 def weights_dir(root: str | Path, model_id: str) -> Path | None:
     """The local snapshot directory of ``model_id`` if its weights are in the atlas."""
     atlas = Atlas.open(root)
-    return _weights_path(atlas, manifest_row(atlas.root, model_id))
+    return as_row(manifest_row(atlas.root, model_id)).weights_dir(atlas.root)
 
 
 def models_with_weights(root: str | Path) -> list[str]:
     """Accepted models whose weights are present (the Layers page can show these)."""
     atlas = Atlas.open(root)
-    return sorted(r["id"] for r in atlas.accepted() if _weights_path(atlas, r) is not None)
+    return sorted(r["id"] for r in atlas.accepted() if r.weights_dir(atlas.root) is not None)
 
 
 def layer_rows_by_model(

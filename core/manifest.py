@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 MANIFEST_FILE = "manifest.jsonl"
@@ -86,6 +87,16 @@ class ModelRow(dict[str, Any]):
     def accepted(self) -> bool:
         """True when collect accepted the model."""
         return self.get("status") == "accepted"
+
+    def weights_dir(self, root: Path) -> Path | None:
+        """The model's folder if it holds safetensors weights (a relative ``path`` is inside
+        the atlas at ``root``); None without a path or weights."""
+        path = self.get("path")
+        if not path:
+            return None
+        p = Path(path)
+        p = p if p.is_absolute() else root / p
+        return p if p.is_dir() and any(p.glob("*.safetensors")) else None
 
 
 def as_row(row: dict[str, Any]) -> ModelRow:

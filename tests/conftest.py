@@ -53,6 +53,20 @@ class AtlasSpec:
 
 TINY = AtlasSpec(("mlp", "cnn"), ("wine:3", "digits10:3"), epochs=3, checkpoints=(1, 3))
 
+# the model-trees zoo (issue 26) the lineage tests and the browser's trees page build: mlp and
+# cnn, 2 roots each, fine-tunes on four tasks, a grandchild, one wrong and one undeclared parent
+TREES_ZOO = {
+    "families": "mlp,cnn",
+    "tasks": "digits10:1",
+    "epochs": "8",
+    "checkpoints": "8",
+    "trees": "mlp/digits10:2,cnn/digits10:2",
+    "tree_tasks": "digits10,digits-rot90,digits-0to4,digits-parity",
+    "tree_grandchildren": "1",
+    "tree_wrong": "1",
+    "tree_undeclared": "1",
+}
+
 
 def ci_backbone(token_size: int = 64, seed: int = 0, **overrides: object) -> Backbone:
     """A real, untrained ``ci`` backbone (seeded), for atlases the tests embed with."""

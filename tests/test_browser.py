@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TREES_ZOO
 
 from core.catalog import map_table
 from explorer.bench import (
@@ -436,17 +437,7 @@ def trees_server(tmp_path_factory, workspace):
     z = zoo(
         "ci",
         root / "zoo",
-        overrides={
-            "families": "mlp,cnn",
-            "tasks": "digits10:1",
-            "epochs": "8",
-            "checkpoints": "8",
-            "trees": "mlp/digits10:2,cnn/digits10:2",
-            "tree_tasks": "digits10,digits-rot90,digits-0to4,digits-parity",
-            "tree_grandchildren": "1",
-            "tree_wrong": "1",
-            "tree_undeclared": "1",
-        },
+        overrides=TREES_ZOO,
         progress=False,
     )
     atlas = root / "atlas"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TREES_ZOO
 
 from core.atlas import AtlasError
 from core.cli import main as cli_main
@@ -18,23 +19,11 @@ from core.trees.score import score_atlas, zoo_truth
 from core.trees.table import LineageTable, family
 from core.zoos.zoo import repo_dir, snapshot_dir, zoo
 
-TREES = {
-    "families": "mlp,cnn",
-    "tasks": "digits10:1",
-    "epochs": "8",
-    "checkpoints": "8",
-    "trees": "mlp/digits10:2,cnn/digits10:2",
-    "tree_tasks": "digits10,digits-rot90,digits-0to4,digits-parity",
-    "tree_grandchildren": "1",
-    "tree_wrong": "1",
-    "tree_undeclared": "1",
-}
-
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("lineage")
-    z = zoo("ci", base / "zoo", overrides=TREES, progress=False)
+    z = zoo("ci", base / "zoo", overrides=TREES_ZOO, progress=False)
     collect(base / "atlas", "demo", {"source": str(z)}, progress=False)
     return z, base / "atlas"
 

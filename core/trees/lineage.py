@@ -61,17 +61,6 @@ LINEAGE_PRESETS["demo"] = LINEAGE_PRESETS["default"]
 register_presets("lineage", LineageConfig, LINEAGE_PRESETS)
 
 
-def weights_dir(atlas: Atlas, row: dict[str, Any]) -> Path | None:
-    """A manifest row's model folder if it holds safetensors weights (relative paths are
-    inside the atlas)."""
-    path = row.get("path")
-    if not path:
-        return None
-    p = Path(path)
-    p = p if p.is_absolute() else atlas.root / p
-    return p if p.is_dir() and any(p.glob("*.safetensors")) else None
-
-
 def fingerprints(
     dirs: Sequence[Path], per_tensor: int, progress: bool = False
 ) -> list[Fingerprint]:
@@ -177,11 +166,11 @@ def lineage(
     """
     cfg = build_config(LineageConfig, LINEAGE_PRESETS, preset, config_file, overrides)
     a = Atlas.open(atlas)
-    rows = [r for r in a.accepted() if weights_dir(a, r) is not None]
+    rows = [r for r in a.accepted() if r.weights_dir(a.root) is not None]
     if not rows:
         raise AtlasError(f"{a.root} has no accepted model with its weights in reach")
     start = time.perf_counter()
-    fps = fingerprints([weights_dir(a, r) for r in rows], cfg.per_tensor, progress)
+    fps = fingerprints([r.weights_dir(a.root) for r in rows], cfg.per_tensor, progress)
     t_fp = time.perf_counter() - start
     kw = dict(threshold=cfg.threshold, quant_tol=cfg.quant_tol, merge_tol=cfg.merge_tol)
     t0 = time.perf_counter()

@@ -78,21 +78,9 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
     rows = [r for r in a.accepted() if r["id"] in n_tokens]
     family = _target_family(a, cfg)
     task = cfg.target_task or default_task(cfg.target_arch)
-    heldout_rows = [r for r in rows if r.get("split") in ("val", "test")]
-    try:  # prompts the backbones never train on, from validation/test models when there are any
-        prompts, size = composition_prompts(heldout_rows, family, task, cfg.composition_prompts)
-    except WeightAtlasError:
-        prompts, size = composition_prompts(rows, family, task, cfg.composition_prompts)
-    prompt_ids = {r["id"] for r in prompts}
-    pool = [r for r in rows if r["id"] not in prompt_ids and r.get("split") != "test"]
-    single = [r for r in pool if r.get("family") == family]
-    if not single:
-        raise WeightAtlasError(
-            f"no {family} models left to train on besides the {len(prompts)} prompt(s); "
-            "lower composition_prompts or collect more"
-        )
+    prompts, size, single, diverse = _composition_arms(rows, n_tokens, family, task, cfg)
     budget = sum(n_tokens[r["id"]] for r in single)
-    diverse = budget_subsample(pool, n_tokens, budget, cfg.seed)
+    prompt_ids = {r["id"] for r in prompts}
     variants = {"single-family": single, "diverse": diverse}
     result: dict[str, Any] = {
         "config": to_dict(cfg),
@@ -122,6 +110,43 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
         }
     result["chance"] = chance_accuracy(task)
     write_json(a.results_dir / "ablation_composition.json", result)
+    _composition_table(a, result, cfg, len(prompts))
+    return result
+
+
+def _composition_arms(
+    rows: list[Any], n_tokens: dict[str, int], family: str, task: str, cfg: AblationConfig
+) -> tuple[list[Any], Any, list[Any], list[Any]]:
+    """The prompts (target-family validation/test models when there are any) and both arms'
+    training sets: every other target-family model, and the whole pool subsampled round-robin
+    over families to the same token budget.
+
+    Returns:
+        ``(prompts, their size, single-family rows, diverse rows)``.
+    """
+    heldout_rows = [r for r in rows if r.get("split") in ("val", "test")]
+    try:  # prompts the backbones never train on, from validation/test models when there are any
+        prompts, size = composition_prompts(heldout_rows, family, task, cfg.composition_prompts)
+    except WeightAtlasError:
+        prompts, size = composition_prompts(rows, family, task, cfg.composition_prompts)
+    prompt_ids = {r["id"] for r in prompts}
+    pool = [r for r in rows if r["id"] not in prompt_ids and r.get("split") != "test"]
+    single = [r for r in pool if r.get("family") == family]
+    if not single:
+        raise WeightAtlasError(
+            f"no {family} models left to train on besides the {len(prompts)} prompt(s); "
+            "lower composition_prompts or collect more"
+        )
+    budget = sum(n_tokens[r["id"]] for r in single)
+    diverse = budget_subsample(pool, n_tokens, budget, cfg.seed)
+    return prompts, size, single, diverse
+
+
+def _composition_table(
+    a: Atlas, result: dict[str, Any], cfg: AblationConfig, n_prompts: int
+) -> None:
+    """Write ``results/ablation_composition.md`` from the ablation's result."""
+    family, task, budget = result["family"], result["task"], result["budget_tokens"]
     headers = ["collection", "models", "families", f"{family} models", "tokens", "train R²"]
     headers += ["generated acc (mean)", "generated acc (std)", "chance"]
     table = [
@@ -142,12 +167,11 @@ def run_composition(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str,
         f"Both backbones: `{cfg.backbone_preset}`, {cfg.steps} steps, at most {budget} training "
         f"tokens (all {family} models but the prompts; the diverse collection is subsampled "
         f"round-robin over families to that budget). Both generate `{cfg.target_arch}` for "
-        f"`{task}` from the same {len(prompts)} held-out prompt model(s) (validation/test "
+        f"`{task}` from the same {n_prompts} held-out prompt model(s) (validation/test "
         "models, in neither training set); accuracy is the zero-shot test accuracy of the kept "
         "samples; chance: the most frequent test class."
     )
     write_table(a, "ablation_composition", headers, table, note)
-    return result
 
 
 def composition_figure(result: dict[str, Any]) -> Any:

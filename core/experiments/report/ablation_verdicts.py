@@ -71,29 +71,47 @@ def w1_arm(mln: dict[str, Any], arm: str, kind: str) -> tuple[tuple[float, float
     return (m, "mean ± std") if m else None
 
 
+MLN_KINDS = ("conv", "linear", "norm", "bias")  # the layer kinds the MLN lines cover
+
+
+def _pm(v: tuple[float, float]) -> str:
+    return f"{v[0]:.3f} ± {v[1]:.3f}"
+
+
 def mln_verdicts(mln: dict[str, Any]) -> list[str]:
     """001 Fig. 6 / D.4.1 and §4.1 / Table 1, from the per-model spreads of the MLN ablation.
 
     Fig. 6 compares none, token and masked; LWLN is Table 1's baseline, which MLN is claimed to
     replace with comparable results (a parity claim: overlapping spreads agree).
     """
+    return (
+        _mln_squash_lines(mln)
+        + _mln_padding_lines(mln)
+        + _mln_closest_lines(mln)
+        + _mln_lwln_lines(mln)
+        + _mln_generation_lines(mln)
+    )
+
+
+def _mln_squash_lines(mln: dict[str, Any]) -> list[str]:
+    """Fig. 6: without normalization, narrow layers are squashed to their mean (std ratio)."""
     lines = []
-    modes = mln["modes"]
-
-    def fmt2(v: tuple[float, float]) -> str:
-        return f"{v[0]:.3f} ± {v[1]:.3f}"
-
-    kinds = ("conv", "linear", "norm", "bias")
-    for kind in kinds:  # narrow layers squashed to their mean without normalization?
+    for kind in MLN_KINDS:
         none, masked = _arm(mln, "none", "std_ratio", kind), _arm(mln, "masked", "std_ratio", kind)
         if none and masked:
             outcome, text = compare(masked, none)
             lines.append(verdict_line(
                 outcome,
                 f"Fig. 6: without normalization {kind} layers are squashed (std ratio, 1 = "
-                f"original spread: none {fmt2(none)} vs masked {fmt2(masked)})",
+                f"original spread: none {_pm(none)} vs masked {_pm(masked)})",
                 f"effect masked - none {text}",
             ))  # fmt: skip
+    return lines
+
+
+def _mln_padding_lines(mln: dict[str, Any]) -> list[str]:
+    """Fig. 6: normalizing with padding biases norm layers (masked vs token, W1/std)."""
+    lines = []
     # W1/std lines: per-model medians with MAD spreads (``w1_arm``), robust to outliers. The
     # padding claim compares the same layers paired, batch-norm weights (near 1, where padding
     # zeros pull a token's statistics) apart from batch-norm biases (near 0)
@@ -118,10 +136,16 @@ def mln_verdicts(mln: dict[str, Any]) -> list[str]:
         lines.append(verdict_line(
             outcome,
             f"Fig. 6: normalizing with padding biases norm layers (W1/std over held-out models, "
-            f"{masked[1]}: token {fmt2(tok[0])} vs masked {fmt2(masked[0])})",
+            f"{masked[1]}: token {_pm(tok[0])} vs masked {_pm(masked[0])})",
             f"effect masked - token {text}",
         ))  # fmt: skip
-    for kind in kinds:
+    return lines
+
+
+def _mln_closest_lines(mln: dict[str, Any]) -> list[str]:
+    """Fig. 6: MLN matches each kind's distribution closest (masked vs the better of none/token)."""
+    lines = []
+    for kind in MLN_KINDS:
         masked = w1_arm(mln, "masked", kind)
         others = {a: w1_arm(mln, a, kind) for a in ("none", "token")}
         others = {a: v for a, v in others.items() if v}
@@ -131,11 +155,17 @@ def mln_verdicts(mln: dict[str, Any]) -> list[str]:
             lines.append(verdict_line(
                 outcome,
                 f"Fig. 6: MLN matches the {kind} distributions closest (W1/std, {masked[1]}: "
-                f"masked {fmt2(masked[0])} vs the better of none/token, {best}, "
-                f"{fmt2(others[best][0])})",
+                f"masked {_pm(masked[0])} vs the better of none/token, {best}, "
+                f"{_pm(others[best][0])})",
                 f"effect {text}",
             ))  # fmt: skip
-    for kind in kinds:
+    return lines
+
+
+def _mln_lwln_lines(mln: dict[str, Any]) -> list[str]:
+    """§4.1: MLN replaces LWLN with comparable reconstructions (a parity claim)."""
+    lines = []
+    for kind in MLN_KINDS:
         masked, layer = (w1_arm(mln, a, kind) for a in ("masked", "layer"))
         if masked and layer:
             (mm, ms), (lm, ls) = masked[0], layer[0]
@@ -149,9 +179,16 @@ def mln_verdicts(mln: dict[str, Any]) -> list[str]:
             lines.append(verdict_line(
                 outcome,
                 f"§4.1: MLN replaces LWLN with comparable {kind} reconstructions (W1/std, "
-                f"{masked[1]}: masked {fmt2(masked[0])} vs layer {fmt2(layer[0])})",
+                f"{masked[1]}: masked {_pm(masked[0])} vs layer {_pm(layer[0])})",
                 f"effect masked - layer {effect:+.3f}; {why}",
             ))  # fmt: skip
+    return lines
+
+
+def _mln_generation_lines(mln: dict[str, Any]) -> list[str]:
+    """Table 1: MLN generates better models than LWLN (sampled accuracy, against chance)."""
+    lines = []
+    modes = mln["modes"]
     g = {a: modes[a]["generation"] for a in ("masked", "layer") if a in modes}
     if len(g) == 2:
         outcome, text = compare(
