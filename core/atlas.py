@@ -9,7 +9,8 @@ be killed and resumed without losing what it had finished.
 The stage folders are typed tables (``TokenTable``, ``BackboneFiles``, ``EmbeddingTables``, at
 the end of this module; the manifest is ``core.manifest``): they alone spell their file names,
 ``Atlas.tokens`` / ``.backbone`` / ``.embeddings`` give them for an atlas, each with
-``exists()`` and a ``stamp()`` for cache keys.
+``exists()`` and a ``stamp()`` for cache keys. ``GeneratedCard`` is a generated model's card
+(``generated/NAME/README.md``), the one reader and writer of it.
 """
 
 from __future__ import annotations
@@ -554,3 +555,70 @@ class EmbeddingTables:
     def stamp(self) -> float:
         """Cache key of the model rows and maps."""
         return stamp(self.models_path, self.maps_path)
+
+
+@dataclass(frozen=True)
+class GeneratedCard:
+    """A generated model's card: ``README.md`` in the model's folder (``ATLAS/generated/NAME/``).
+
+    YAML front matter (the Hub's metadata: library, tags, datasets, ``model-index``) whose
+    ``weightatlas:`` block records how the model was made and scored (``card_text``), then
+    markdown. The one reader and writer of these cards: ``sample`` writes them; the Generate
+    page, ``evaluate_generation``, the ablations, the modality experiment and the benches read
+    them here.
+    """
+
+    dir: Path
+    CARD = "README.md"
+    BLOCK = "weightatlas"  # the front matter's key of the provenance block
+
+    @property
+    def path(self) -> Path:
+        return self.dir / self.CARD
+
+    def exists(self) -> bool:
+        """True when the folder has a card."""
+        return self.path.is_file()
+
+    def text(self) -> str:
+        """The card as written (markdown with its front matter); ``""`` when absent."""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
+    def meta(self) -> dict[str, Any]:
+        """The front matter, parsed with ``yaml.safe_load`` only (plain data, no object
+        construction); ``{}`` when the card is absent or its front matter is malformed."""
+        import yaml
+
+        text = self.text()
+        if not text.startswith("---"):
+            return {}
+        end = text.find("\n---", 3)
+        if end < 0:
+            return {}
+        try:
+            meta = yaml.safe_load(text[3:end])
+        except yaml.YAMLError:
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def block(self) -> dict[str, Any]:
+        """The ``weightatlas:`` block (empty if none)."""
+        block = self.meta().get(self.BLOCK)
+        return block if isinstance(block, dict) else {}
+
+    def test_accuracy(self) -> tuple[float, str | None]:
+        """The recorded test accuracy and task; refused in one line when the card has none."""
+        from core.errors import WeightAtlasError  # core.errors imports this module
+
+        block = self.block()
+        acc = block.get("test_accuracy")
+        if not isinstance(acc, int | float):
+            raise WeightAtlasError(f"{self.path} records no test_accuracy")
+        return float(acc), block.get("task")
+
+    def write(self, text: str) -> None:
+        """Write the card atomically."""
+        atomic_write_bytes(self.path, text.encode())

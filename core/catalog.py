@@ -18,8 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, AtlasError, BackboneFiles, EmbeddingTables, read_json, read_jsonl
-from core.generation.card import GeneratedCard
+from core.atlas import (
+    Atlas,
+    AtlasError,
+    BackboneFiles,
+    EmbeddingTables,
+    GeneratedCard,
+    read_json,
+    read_jsonl,
+)
 from core.manifest import as_row
 from core.trees.table import FLAGS as LINEAGE_FLAGS
 from core.trees.table import LineageTable

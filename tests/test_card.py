@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import metadata_load
 
+from core.atlas import GeneratedCard
 from core.errors import WeightAtlasError
-from core.generation.card import GeneratedCard, card_text, write_generated_dir
+from core.generation.card import card_text, write_generated_dir
 from core.generation.draws import Draw
 from core.generation.prompts import resolve_target
 from core.models.io import load_model_dir

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import AtlasSpec
 
-from core.atlas import Atlas, read_json
+from core.atlas import Atlas, GeneratedCard, read_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.cli import main
 from core.config import build_config
@@ -19,7 +19,6 @@ from core.generation.build import (
     decode_latents,
     encode_models,
 )
-from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
 from core.generation.draws import draw_latents
 from core.generation.estimate import estimate_sample

@@ -15,12 +15,11 @@ import torch
 import transformers
 from conftest import AtlasSpec
 
-from core.atlas import Atlas
+from core.atlas import Atlas, GeneratedCard
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.cli import main as cli_main
 from core.config import build_config
 from core.generation.build import build_generated, decode_latents, encode_models
-from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
 from core.generation.draws import draw_latents
 from core.generation.prompts import TargetError, model_tokens, resolve_target

@@ -20,10 +20,9 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from core.atlas import Atlas
+from core.atlas import Atlas, GeneratedCard
 from core.backbone.data import Stream, size_band_sample
 from core.bench import write_store
-from core.generation.card import GeneratedCard
 from core.models.io import load_model_dir, save_model_dir
 from core.models.registry import trainable_names
 from core.tokens.plan import detokenize, tokenize_model_dir

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from core.atlas import GeneratedCard
 from core.backbone.device import autocast, compute_dtype
 from core.backbone.inference import packed_backbone
 from core.backbone.model import (
@@ -23,7 +24,6 @@ from core.backbone.model import (
 from core.bench.common import random_backbone_atlas
 from core.embeddings.encode import haloed_apply, position_code, resolve_window
 from core.generation.build import BF16_MIN_WIDTH, embed_config
-from core.generation.card import GeneratedCard
 from core.generation.config import SampleConfig
 from core.generation.prompts import resolve_target
 from core.generation.sample import sample

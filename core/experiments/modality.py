@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.atlas import Atlas, GeneratedCard, atomic_write_bytes, write_json
 from core.collection.facts import run_key
 from core.config import build_config, register_presets, to_dict
 from core.embeddings.table import token_scheme
@@ -48,7 +48,6 @@ from core.experiments.ablations import (
     train_backbone,
 )
 from core.experiments.report import training_summary
-from core.generation.card import GeneratedCard
 from core.generation.evaluation import finetune_curve
 from core.generation.prompts import default_task, resolve_target, runnable
 from core.generation.sample import sample

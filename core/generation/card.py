@@ -1,6 +1,6 @@
-"""A generated model's folder under ``ATLAS/generated/``: ``GeneratedCard`` owns its card
-(``README.md``, whose front matter's ``weightatlas:`` block records the provenance) and writes
-the folder; ``card_text`` renders the card, ``written_config`` its ``config.json``.
+"""A generated model's folder under ``ATLAS/generated/``: ``card_text`` renders its card (read
+and written through ``core.atlas.GeneratedCard``, the card's owner), ``written_config`` its
+``config.json``, ``write_generated_dir`` the whole folder atomically.
 """
 
 from __future__ import annotations
@@ -9,83 +9,17 @@ import copy
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
-from core.atlas import atomic_write_bytes
-from core.errors import WeightAtlasError
+from core.atlas import GeneratedCard
 from core.generation.draws import Draw
 from core.generation.prompts import Target, run_side
 from core.generation.roundtrip import finite_or_none
 from core.models.io import render_card, save_model_dir
 from core.zoos.tasks import PIPELINE_TAGS, get_task
-
-
-@dataclass(frozen=True)
-class GeneratedCard:
-    """A generated model's card: ``README.md`` in the model's folder (``ATLAS/generated/NAME/``).
-
-    YAML front matter (the Hub's metadata: library, tags, datasets, ``model-index``) whose
-    ``weightatlas:`` block records how the model was made and scored (``card_text``), then
-    markdown. The one reader and writer of these cards: ``sample`` writes them; the Generate
-    page, ``evaluate_generation``, the ablations, the modality experiment and the benches read
-    them here.
-    """
-
-    dir: Path
-    CARD = "README.md"
-    BLOCK = "weightatlas"  # the front matter's key of the provenance block
-
-    @property
-    def path(self) -> Path:
-        return self.dir / self.CARD
-
-    def exists(self) -> bool:
-        """True when the folder has a card."""
-        return self.path.is_file()
-
-    def text(self) -> str:
-        """The card as written (markdown with its front matter); ``""`` when absent."""
-        try:
-            return self.path.read_text(encoding="utf-8")
-        except OSError:
-            return ""
-
-    def meta(self) -> dict[str, Any]:
-        """The front matter, parsed with ``yaml.safe_load`` only (plain data, no object
-        construction); ``{}`` when the card is absent or its front matter is malformed."""
-        text = self.text()
-        if not text.startswith("---"):
-            return {}
-        end = text.find("\n---", 3)
-        if end < 0:
-            return {}
-        try:
-            meta = yaml.safe_load(text[3:end])
-        except yaml.YAMLError:
-            return {}
-        return meta if isinstance(meta, dict) else {}
-
-    def block(self) -> dict[str, Any]:
-        """The ``weightatlas:`` block (empty if none)."""
-        block = self.meta().get(self.BLOCK)
-        return block if isinstance(block, dict) else {}
-
-    def test_accuracy(self) -> tuple[float, str | None]:
-        """The recorded test accuracy and task; refused in one line when the card has none."""
-        block = self.block()
-        acc = block.get("test_accuracy")
-        if not isinstance(acc, int | float):
-            raise WeightAtlasError(f"{self.path} records no test_accuracy")
-        return float(acc), block.get("task")
-
-    def write(self, text: str) -> None:
-        """Write the card atomically."""
-        atomic_write_bytes(self.path, text.encode())
 
 
 def card_text(target: Target, cand: Draw, rank: int, info: dict[str, Any]) -> str:

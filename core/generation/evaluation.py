@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.atlas import Atlas, GeneratedCard, atomic_write_bytes, write_json
 from core.collection.specs import parse_model_spec
 from core.config import build_config, to_dict
 from core.embeddings.encode import _masked_tokens, open_backbone
@@ -21,7 +21,6 @@ from core.embeddings.fidelity import reconstruct_tokens
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
 from core.generation.build import condition_batchnorm, score
-from core.generation.card import GeneratedCard
 from core.generation.config import GENERATION_PRESETS, GenerationConfig, Progress
 from core.generation.prompts import (
     Target,

@@ -59,7 +59,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas, EmbeddingTables, write_json
+from core.atlas import Atlas, EmbeddingTables, GeneratedCard, write_json
 from core.collection.specs import spec_label
 from core.config import build_config, to_dict
 from core.embeddings.distances import atlas_distance, model_architecture
@@ -80,7 +80,7 @@ from core.generation.build import (
     encode_models,
     score,
 )
-from core.generation.card import GeneratedCard, card_text, input_size, write_generated_dir
+from core.generation.card import card_text, input_size, write_generated_dir
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS, Progress, SampleConfig
 from core.generation.draws import Draw, draw_latents, draw_mode
 from core.generation.estimate import estimate_sample

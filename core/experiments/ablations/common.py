@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, BackboneFiles, append_jsonl, read_json
+from core.atlas import Atlas, BackboneFiles, GeneratedCard, append_jsonl, read_json
 from core.backbone.config import build_configs, with_defaults
 from core.backbone.train import train
 from core.collection.specs import resolve_arch
@@ -24,7 +24,6 @@ from core.errors import WeightAtlasError
 from core.experiments.report import (
     read_metrics,
 )
-from core.generation.card import GeneratedCard
 from core.generation.prompts import default_task, metric_of
 from core.generation.sample import sample
 from core.tokens.store import TokenStore
