@@ -608,32 +608,25 @@ def generated_layer_figure(gen: dict[str, Any], prompts: dict[str, Any], layer: 
 
     ``gen`` and ``prompts``: state dicts by name; x = weight value, y = probability density.
     """
+
+    def density(values: Any, name: str, opacity: float, colour: str) -> go.Histogram:
+        return go.Histogram(
+            x=values.float().numpy().ravel(),
+            name=name,
+            opacity=opacity,
+            nbinsx=60,
+            histnorm="probability density",
+            marker_color=colour,
+        )
+
     fig = go.Figure()
     for name, sd in prompts.items():
         if layer in sd:
-            fig.add_trace(
-                go.Histogram(
-                    x=sd[layer].float().numpy().ravel(),
-                    name=f"prompt {name.split('/')[-1]}",
-                    opacity=0.45,
-                    nbinsx=60,
-                    histnorm="probability density",
-                    marker_color="#1f77b4",
-                )
-            )
+            fig.add_trace(density(sd[layer], f"prompt {name.split('/')[-1]}", 0.45, "#1f77b4"))
     palette = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     for j, (name, sd) in enumerate(gen.items()):
         if layer in sd:
-            fig.add_trace(
-                go.Histogram(
-                    x=sd[layer].float().numpy().ravel(),
-                    name=f"generated {name}",
-                    opacity=0.55,
-                    nbinsx=60,
-                    histnorm="probability density",
-                    marker_color=palette[j % len(palette)],
-                )
-            )
+            fig.add_trace(density(sd[layer], f"generated {name}", 0.55, palette[j % len(palette)]))
     fig.update_layout(
         barmode="overlay",
         height=360,

@@ -303,63 +303,78 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
     st.subheader(escape_md(model_id), anchor=False)  # an id may hold markdown (issue 12)
     card, nn = st.columns([0.9, 1.8])
     with card:
-        st.markdown("**Model card**")
-        meta = {label(c): fmt(table.columns[c][i]) for c in table.columns} if i is not None else {}
-        for key in ("source", "license", "pipeline_tag", "base_model", "revision"):
-            if row.get(key):
-                meta[key] = fmt(row[key])
-        if i is not None and table.tags[i]:
-            meta["tags"] = ", ".join(table.tags[i])
+        _card_ui(table, row, i)
+    with nn:
+        _neighbours_ui(root, table, stamp_, model_id)
+    family_panel_ui(table, model_id)
+    _layers_ui(root, model_id)
+
+
+def _card_ui(table: MapTable, row: dict[str, Any], i: int | None) -> None:
+    """The model's card fields (map columns, source, license, tags) and its labels/metrics."""
+    st.markdown("**Model card**")
+    meta = {label(c): fmt(table.columns[c][i]) for c in table.columns} if i is not None else {}
+    for key in ("source", "license", "pipeline_tag", "base_model", "revision"):
+        if row.get(key):
+            meta[key] = fmt(row[key])
+    if i is not None and table.tags[i]:
+        meta["tags"] = ", ".join(table.tags[i])
+    st.dataframe(
+        [{"field": k, "value": str(v)} for k, v in meta.items()],
+        hide_index=True,
+        width="stretch",
+        column_config={"field": st.column_config.TextColumn(width="small")},
+    )
+    extra = {**(row.get("labels") or {}), **(row.get("metrics") or {})}
+    if extra:
+        with st.popover("All labels and metrics"):
+            st.json(extra)
+
+
+def _neighbours_ui(root: Path, table: MapTable, stamp_: float, model_id: str) -> None:
+    """The model's ``k`` nearest neighbours by embedding distance, with family, task, accuracy."""
+    st.markdown(
+        f"**Nearest neighbours** ({cached_embeddings(str(root), stamp_).metric} distance "
+        "of embeddings)"
+    )
+    k = st.slider("k", 1, 25, 8, key="nn_k")
+    try:
+        pairs = cached_neighbours(str(root), stamp_, model_id, int(k))
+    except USER_ERRORS as e:
+        user_error(e)
+        pairs = []
+    idx = table.index()
+    if pairs:
+        # one shared organisation is written once, in the header, so the names fit
+        orgs = {m.split("/", 1)[0] for m, _ in pairs if "/" in m}
+        org = next(iter(orgs)) if len(orgs) == 1 and all("/" in m for m, _ in pairs) else ""
         st.dataframe(
-            [{"field": k, "value": str(v)} for k, v in meta.items()],
+            [
+                {
+                    "id": m.split("/", 1)[1] if org else m,
+                    "distance": round(d, 4),
+                    "family": table.columns["family"][idx[m]] if m in idx else "",
+                    "task": table.columns["task"][idx[m]] if m in idx else "",
+                    "test accuracy": table.columns["accuracy"][idx[m]] if m in idx else None,
+                }
+                for m, d in pairs
+            ],
             hide_index=True,
             width="stretch",
-            column_config={"field": st.column_config.TextColumn(width="small")},
+            column_config={  # fits a 1280-pixel-wide window without a scroll bar
+                "id": st.column_config.TextColumn(f"{org}/…" if org else "id", width="medium"),
+                "distance": st.column_config.NumberColumn(width="small", format="%.3f"),
+                "family": st.column_config.TextColumn(width="small"),
+                "task": st.column_config.TextColumn(width="small"),
+                "test accuracy": st.column_config.NumberColumn(
+                    "test acc.", width="small", format="%.3f"
+                ),
+            },
         )
-        extra = {**(row.get("labels") or {}), **(row.get("metrics") or {})}
-        if extra:
-            with st.popover("All labels and metrics"):
-                st.json(extra)
-    with nn:
-        st.markdown(
-            f"**Nearest neighbours** ({cached_embeddings(str(root), stamp_).metric} distance "
-            "of embeddings)"
-        )
-        k = st.slider("k", 1, 25, 8, key="nn_k")
-        try:
-            pairs = cached_neighbours(str(root), stamp_, model_id, int(k))
-        except USER_ERRORS as e:
-            user_error(e)
-            pairs = []
-        idx = table.index()
-        if pairs:
-            # one shared organisation is written once, in the header, so the names fit
-            orgs = {m.split("/", 1)[0] for m, _ in pairs if "/" in m}
-            org = next(iter(orgs)) if len(orgs) == 1 and all("/" in m for m, _ in pairs) else ""
-            st.dataframe(
-                [
-                    {
-                        "id": m.split("/", 1)[1] if org else m,
-                        "distance": round(d, 4),
-                        "family": table.columns["family"][idx[m]] if m in idx else "",
-                        "task": table.columns["task"][idx[m]] if m in idx else "",
-                        "test accuracy": table.columns["accuracy"][idx[m]] if m in idx else None,
-                    }
-                    for m, d in pairs
-                ],
-                hide_index=True,
-                width="stretch",
-                column_config={  # fits a 1280-pixel-wide window without a scroll bar
-                    "id": st.column_config.TextColumn(f"{org}/…" if org else "id", width="medium"),
-                    "distance": st.column_config.NumberColumn(width="small", format="%.3f"),
-                    "family": st.column_config.TextColumn(width="small"),
-                    "task": st.column_config.TextColumn(width="small"),
-                    "test accuracy": st.column_config.NumberColumn(
-                        "test acc.", width="small", format="%.3f"
-                    ),
-                },
-            )
-    family_panel_ui(table, model_id)
+
+
+def _layers_ui(root: Path, model_id: str) -> None:
+    """Tokens per layer of the model (its per-layer embeddings), log scale."""
     layers_path = Atlas.open(root).embeddings.layers_path
     rows = cached_layer_rows(str(root), stamp(layers_path)).get(model_id, [])
     with st.expander(f"Layers ({len(rows)}): tokens per layer", expanded=bool(rows)):
@@ -391,6 +406,67 @@ def detail_choice(chosen: list[str]) -> str:
     return st.selectbox("Details for", options, key="detail_id")
 
 
+def _pin(placed: dict[str, Any] | None, kind: str) -> tuple[str, float, float, bool] | None:
+    """The marker of an embedded folder on the ``kind`` map: name, x, y, outside the atlas."""
+    if not (placed and kind in placed["map"]):
+        return None
+    outside = bool((placed.get("atlas_distance") or {}).get("outside"))
+    return (
+        placed["name"],
+        float(placed["map"][kind][0]),
+        float(placed["map"][kind][1]),
+        outside,
+    )
+
+
+def _embed_folder_request(root: Path, stamp_: float) -> None:
+    """Embed the folder the user asked for (``embed_folder_ui``) and rerun with it placed."""
+    request = embed_folder_ui()
+    if request is None:
+        return
+    folder, k = request
+    wait_for_imports()
+    try:
+        with st.spinner(f"Embedding {folder} with the atlas backbone…"):
+            p = Path(folder).expanduser()
+            files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
+            result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
+        from core.collection.specs import repo_id_of  # torch: after the first paint
+
+        # a Hugging Face cache snapshot is named by its repo id, not its commit hash
+        name = repo_id_of(p.resolve()) or p.name or str(p)
+        st.session_state.placed = {"name": name, **result}
+        st.rerun()
+    except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        st.session_state.pop("placed", None)
+        user_error(e)
+
+
+def _placed_ui(placed: dict[str, Any], kind: str) -> None:
+    """Where an embedded folder landed, its nearest models and its atlas distance (issue 16)."""
+    st.success(
+        f"**{escape_md(placed['name'])}** lands at {kind.upper()} "
+        f"({placed['map'][kind][0]:.2f}, {placed['map'][kind][1]:.2f}); nearest: "
+        + ", ".join(f"{escape_md(m)} ({d:.3f})" for m, d in placed["neighbours"]),
+        icon=":material/star:",
+    )
+    ad = placed.get("atlas_distance")
+    if ad:  # issue 16: how far it is from everything collected
+        st.text(
+            f"Atlas distance {ad['distance']:.3f} ({ad['metric']}, mean over its {ad['k']} "
+            f"nearest atlas models): percentile {ad['percentile']:.1f} of the atlas models' own"
+        )
+        if ad["outside"]:
+            st.warning(ad["meaning"], icon=":material/explore_off:")
+        if "architecture_in_atlas" in ad:  # a separate, true statement (issue 16)
+            st.text(
+                f"Architecture in atlas: {'yes' if ad['architecture_in_atlas'] else 'no'} "
+                f"({ad['architecture_note']})"
+            )
+            if not ad["architecture_in_atlas"]:
+                st.warning(escape_md(ad["architecture_note"]), icon=":material/explore_off:")
+
+
 def page() -> None:
     """Render the Atlas page."""
     root = current_atlas()
@@ -410,15 +486,7 @@ def page() -> None:
     placed = st.session_state.get("placed")
     kind = choice["kind"]
     hits = search_hits(table, choice["search"]) if choice["ring"] else []
-    pin = None
-    if placed and kind in placed["map"]:
-        outside = bool((placed.get("atlas_distance") or {}).get("outside"))
-        pin = (
-            placed["name"],
-            float(placed["map"][kind][0]),
-            float(placed["map"][kind][1]),
-            outside,
-        )
+    pin = _pin(placed, kind)
     fig = cached_figure(
         str(root),
         stamp_,
@@ -446,46 +514,9 @@ def page() -> None:
         selection_mode=("points", "box", "lasso"),
         width="stretch",
     )
-    request = embed_folder_ui()
-    if request is not None:
-        folder, k = request
-        wait_for_imports()
-        try:
-            with st.spinner(f"Embedding {folder} with the atlas backbone…"):
-                p = Path(folder).expanduser()
-                files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
-                result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
-            from core.collection.specs import repo_id_of  # torch: after the first paint
-
-            # a Hugging Face cache snapshot is named by its repo id, not its commit hash
-            name = repo_id_of(p.resolve()) or p.name or str(p)
-            st.session_state.placed = {"name": name, **result}
-            st.rerun()
-        except (*USER_ERRORS, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-            st.session_state.pop("placed", None)
-            user_error(e)
+    _embed_folder_request(root, stamp_)
     if placed:
-        st.success(
-            f"**{escape_md(placed['name'])}** lands at {kind.upper()} "
-            f"({placed['map'][kind][0]:.2f}, {placed['map'][kind][1]:.2f}); nearest: "
-            + ", ".join(f"{escape_md(m)} ({d:.3f})" for m, d in placed["neighbours"]),
-            icon=":material/star:",
-        )
-        ad = placed.get("atlas_distance")
-        if ad:  # issue 16: how far it is from everything collected
-            st.text(
-                f"Atlas distance {ad['distance']:.3f} ({ad['metric']}, mean over its {ad['k']} "
-                f"nearest atlas models): percentile {ad['percentile']:.1f} of the atlas models' own"
-            )
-            if ad["outside"]:
-                st.warning(ad["meaning"], icon=":material/explore_off:")
-            if "architecture_in_atlas" in ad:  # a separate, true statement (issue 16)
-                st.text(
-                    f"Architecture in atlas: {'yes' if ad['architecture_in_atlas'] else 'no'} "
-                    f"({ad['architecture_note']})"
-                )
-                if not ad["architecture_in_atlas"]:
-                    st.warning(escape_md(ad["architecture_note"]), icon=":material/explore_off:")
+        _placed_ui(placed, kind)
     st.session_state.map_selected = selected_ids(event)
     details(root, table, stamp_)
     map_quality_ui(root, stamp_)

@@ -18,12 +18,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.atlas import Atlas
+from core.atlas import Atlas, GeneratedCard
 from core.catalog import model_state_dict, tokenized_ids, zip_dir, zoo_sizes
 from core.collection.specs import spec_label
 from core.embeddings.table import token_scheme
 from core.errors import USER_ERRORS
-from core.generation.card import GeneratedCard
 from core.generation.config import DEFAULT_SAMPLE_PRESET, SAMPLE_PRESETS
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import (
@@ -474,6 +473,15 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
     first = next(iter(cards.values()), {})
     if first.get("note"):  # e.g. a target without a task the atlas knows: not scored
         st.info(str(first["note"]), icon=":material/info:")
+    _card_warnings_ui(cards)
+    prompt_ids = _accuracy_ui(cards)
+    _layers_ui(root, outputs, prompt_ids)
+    _downloads_ui(outputs)
+
+
+def _card_warnings_ui(cards: dict[str, dict[str, Any]]) -> None:
+    """Kept models at chance level, and each model's distance from the atlas (issue 16)."""
+    first = next(iter(cards.values()), {})
     at_chance = [n for n, c in cards.items() if c.get("at_chance") is True]
     if at_chance:
         chance = first.get("chance_accuracy")
@@ -505,6 +513,10 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
                     escape_md(f"{n}: {c.get('architecture_note', '')}"),
                     icon=":material/explore_off:",
                 )
+
+
+def _accuracy_ui(cards: dict[str, dict[str, Any]]) -> list[str]:
+    """Test accuracy of the kept models beside their prompts' scores; returns the prompt ids."""
     prompt_ids = next((c.get("prompts") for c in cards.values() if c.get("prompts")), []) or []
     rows = [
         {"name": n, "kind": "generated", "accuracy": float(c["test_accuracy"])}
@@ -517,6 +529,11 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
             rows.append({"name": pid.split("/")[-1], "kind": "prompt", "accuracy": float(s)})
     if rows:
         st.plotly_chart(accuracy_figure(rows), key="gen_acc", width="stretch")
+    return prompt_ids
+
+
+def _layers_ui(root: Path, outputs: list[Path], prompt_ids: list[str]) -> None:
+    """One layer's value histogram: the generated models against (up to three) prompts."""
     try:
         gen_sd = {p.name: read_state_dict(p) for p in outputs}
         prompt_sd = {}
@@ -535,6 +552,10 @@ def results_ui(root: Path, result: dict[str, Any]) -> None:
             st.plotly_chart(
                 generated_layer_figure(gen_sd, prompt_sd, layer), key="gen_hist", width="stretch"
             )
+
+
+def _downloads_ui(outputs: list[Path]) -> None:
+    """A zip download per generated model folder."""
     st.markdown("**Download** (Hugging Face-format directories)")
     cols = st.columns(min(len(outputs), 4))
     for j, p in enumerate(outputs):
