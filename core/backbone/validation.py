@@ -38,6 +38,10 @@ class Evaluator:
             self.layers += [(m, e.name, e.kind) for e in store.layers(m)]
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.chunks = [(m, s) for m in ids for s in range(0, store.n_tokens(m), window)]
+        self.fast = True  # cached windows and per-kind sums from per-layer sums (``run``)
+        self.cache_bytes = 1 << 30  # keep the windows between runs when they need at most this
+        self._windows: list[dict[str, Any]] = []
+        self._windows_key: tuple[Any, ...] | None = None
 
     def _per_token(self, model_id: str) -> tuple[torch.Tensor, torch.Tensor]:
         if model_id not in self._cache:
@@ -86,6 +90,43 @@ class Evaluator:
         vectors = pooled_from_sums(zsums[:-1], owner, len(self.ids))
         return knn_figures(vectors, self.knn_labels, tcfg.select_k)
 
+    def _read_batch(self, part: list[tuple[str, int]], device: torch.device) -> dict[str, Any]:
+        """The stacked windows of ``part`` (chunks) on ``device``: tokens, mask, positions,
+        kind and layer ids (padding tokens' layer id points at the padding row)."""
+        ws = [self.store.window(m, s, self.window) for m, s in part]
+        lid = torch.stack([self.layer_ids(m, s) for m, s in part])
+        return {
+            "x": pin_memory_of(torch.stack([w["tokens"] for w in ws]), device),
+            "mask": pin_memory_of(torch.stack([w["mask"] for w in ws]), device),
+            "pos": pin_memory_of(torch.stack([w["positions"] for w in ws]), device),
+            "kid": pin_memory_of(torch.stack([self.kind_ids(m, s) for m, s in part]), device),
+            "lid": torch.where(lid < 0, len(self.layers), lid),
+            "part": part,
+        }
+
+    def _batches(self, model: Backbone, d: Dist, batch: int) -> tuple[list[dict[str, Any]], bool]:
+        """The rank's windows in batches of ``batch``, read once and kept (with their position
+        code for ``model``'s width) when they fit ``cache_bytes``, else read on each call.
+
+        Returns:
+            (the batches, whether they hold the position code ``code``).
+        """
+        mine = self.chunks[d.rank :: d.world]
+        starts = range(0, len(mine), batch)
+        C = model.cfg.d_model
+        per_window = self.window * (self.store.token_size * 5 + 3 * 8 + 16 + 4 * C)
+        if len(mine) * per_window > self.cache_bytes:
+            return [self._read_batch(mine[b : b + batch], d.device) for b in starts], False
+        key = (d.rank, d.world, batch, str(d.device), C, model.cfg.pos_base)
+        if self._windows_key != key:
+            from core.backbone.model import sinusoidal_3d
+
+            self._windows = [self._read_batch(mine[b : b + batch], d.device) for b in starts]
+            for bt in self._windows:  # the code each encode / decode call would compute
+                bt["code"] = sinusoidal_3d(bt["pos"], C, model.cfg.pos_base)
+            self._windows_key = key
+        return self._windows, True
+
     @torch.no_grad()
     def run(
         self,
@@ -95,24 +136,34 @@ class Evaluator:
         tcfg: TrainConfig,
         with_layers: bool = False,
     ) -> dict[str, Any]:
-        """Score the models; ``with_layers`` also returns the per-layer rows under ``layers``."""
-        meter, rec = R2Meter(), torch.zeros(2, dtype=torch.float64)
+        """Score the models; ``with_layers`` also returns the per-layer rows under ``layers``.
+
+        With ``fast`` (the default) the windows and their position code are read once and
+        kept between calls (``cache_bytes``), and the pooled R^2 sums per layer kind are
+        added up from the per-layer sums instead of a second pass over the values
+        (``R2Meter``); ``fast=False`` is the reference path (``tests/test_train.py`` checks that
+        both agree, ``weightatlas bench train`` times both)."""
+        rec = torch.zeros(2, dtype=torch.float64)
+        meter = R2Meter()
         lstats = torch.zeros(len(self.layers) + 1, 6, dtype=torch.float64)  # last row: padding
         cdtype = compute_dtype(tcfg.dtype, d.device)
         # per layer: tokens, sum z, sum z^2 (the k-NN selection's pooled embeddings)
         zsums = torch.zeros(len(self.layers) + 1, 1 + 2 * model.cfg.latent_dim, dtype=torch.float64)
-        mine = self.chunks[d.rank :: d.world]
-        for b in range(0, len(mine), batch):
-            part = mine[b : b + batch]
-            ws = [self.store.window(m, s, self.window) for m, s in part]
-            x = pin_memory_of(torch.stack([w["tokens"] for w in ws]), d.device)
-            mask = pin_memory_of(torch.stack([w["mask"] for w in ws]), d.device)
-            pos = pin_memory_of(torch.stack([w["positions"] for w in ws]), d.device)
-            kid = pin_memory_of(torch.stack([self.kind_ids(m, s) for m, s in part]), d.device)
+        if self.fast:
+            batches, coded = self._batches(model, d, batch)
+        else:
+            mine = self.chunks[d.rank :: d.world]
+            parts = (mine[b : b + batch] for b in range(0, len(mine), batch))
+            batches, coded = (self._read_batch(p, d.device) for p in parts), False
+        for bt in batches:
+            part, x, mask, pos, lid = bt["part"], bt["x"], bt["mask"], bt["pos"], bt["lid"]
+            code = bt["code"] if coded else None
             with autocast(d.device, cdtype):
-                z = model.encode(x, pos)
-                pred = model.decode(z, pos).float()
-            meter.update(pred, x, mask, {k: kid == i for i, k in enumerate(self.kinds)})
+                z = model.encode(x, pos, code)
+                pred = model.decode(z, pos, code).float()
+            if not self.fast:
+                kid = bt["kid"]
+                meter.update(pred, x, mask, {k: kid == i for i, k in enumerate(self.kinds)})
             ls = None
             if self.layer_stats is not None:  # LWLN
                 pairs = [self.layer_stats.window(self.store, m, s, self.window) for m, s in part]
@@ -123,14 +174,14 @@ class Evaluator:
             per_tok = torch.stack(
                 [w, w * y, w * y * y, w * p, w * p * p, w * (y - p) ** 2], -1
             ).sum(2)  # (b, T, 6)
-            lid = torch.stack([self.layer_ids(m, s) for m, s in part])
-            lid = torch.where(lid < 0, len(self.layers), lid)
             lstats.index_add_(0, lid.flatten(), per_tok.flatten(0, 1))
             if self.knn_labels is not None:
                 zd = z.detach().double().cpu().flatten(0, 1)  # (b T, L)
                 feats = torch.cat([torch.ones(len(zd), 1, dtype=torch.float64), zd, zd * zd], 1)
                 zsums.index_add_(0, lid.flatten(), feats)
         names = ["all", *self.kinds]
+        if self.fast:  # [n, sum y, sum y^2, sse] of every kind from its layers' sums
+            meter.sums = self._kind_sums(lstats)
         sums = torch.stack([meter.sums.get(k, torch.zeros(4, dtype=torch.float64)) for k in names])
         sums, rec, lstats = d.all_sum(sums), d.all_sum(rec), d.all_sum(lstats)
         meter.sums = dict(zip(names, sums, strict=True))
@@ -159,6 +210,20 @@ class Evaluator:
                 out["select_score"] = rec_score + tcfg.select_weight * (out.get("knn") or 0.0)
         if with_layers:
             out["layers"] = self._layer_rows(lstats[:-1].tolist(), lr2.tolist(), lratio.tolist())
+        return out
+
+    def _kind_sums(self, lstats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``R2Meter`` sums (n, sum y, sum y^2, sse) overall and per kind from per-layer sums
+        (the padding row holds tokens of no layer: counted in ``all`` only, as R2Meter does)."""
+        cols = lstats[:, [0, 1, 2, 5]]
+        out = {"all": cols.sum(0)}
+        kind_of = torch.tensor([self.kinds.index(k) for _, _, k in self.layers], dtype=torch.long)
+        per_kind = torch.zeros(len(self.kinds), 4, dtype=torch.float64)
+        per_kind.index_add_(0, kind_of, cols[:-1])
+        n_layers = torch.bincount(kind_of, minlength=len(self.kinds))
+        for i, k in enumerate(self.kinds):
+            if n_layers[i] > 0:
+                out[k] = per_kind[i]
         return out
 
     def _by_kind(
