@@ -77,3 +77,16 @@ def test_fast_evaluator_matches_the_reference_path(tmp_path, dtype):
     uncached = evaluator(True, cache_bytes=0)
     _close(uncached.run(model, d, 3, tcfg, with_layers=True), ref2)
     assert not uncached._windows
+
+
+def test_bench_validation_times_both_paths_on_an_atlas(tmp_path):
+    """``weightatlas bench train --atlas`` part: both paths score the same, timings are positive."""
+    from core.bench.train import bench_validation
+
+    atlas = make_atlas(tmp_path / "atlas", n_train=2, n_val=4)
+    bcfg, tcfg = build_configs("ci", {"token_size": 16, "window": 8, "batch_size": 3})
+    res = bench_validation(str(atlas.root), bcfg, tcfg, torch.device("cpu"), repeat=1)
+    assert res["val_models"] == 4 and res["windows"] >= 4
+    assert res["reference_seconds"] > 0 and res["fast_seconds"] > 0
+    assert res["r2"]["fast"] == pytest.approx(res["r2"]["reference"], rel=1e-9)
+    assert res["select_score"]["fast"] == pytest.approx(res["select_score"]["reference"], rel=1e-9)

@@ -52,8 +52,13 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     the model's own MLP matmul shape), and tokens/s of a full training step (two views, forward
     + backward + AdamW) in fp32 and in the default dtype, all interleaved per repetition so
     that a busy machine slows each alike, best of ``--repeat``. Model FLOPs are counted
-    analytically (``core.backbone.model.flops_per_token``); MFU is against the larger of the peaks. ``--n`` sets the windows per step (default: the preset's batch);
-    ``--threads`` pins the intra-op threads (default: all cores). On CUDA, peak memory too.
+    analytically (``core.backbone.model.flops_per_token``); MFU is against the larger of the
+    peaks. ``--n`` sets the windows per step (default: the preset's batch); ``--threads`` pins
+    the intra-op threads (default: all cores). On CUDA, peak memory too. On a CPU with more
+    than one thread, the default path also at one thread (``default_1_thread``): on a machine
+    whose cores other jobs keep busy, OpenMP threads that wait on each other can cost more than
+    they bring. ``--atlas`` also times one validation pass (``Evaluator.run``) over that
+    atlas' val split, the reference path against the fast one (``validation``).
     """
     preset = args.preset or "ci"
     bcfg, tcfg = build_configs(preset)
@@ -77,6 +82,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = {name: step_fn(bcfg, tcfg, device, dt, B) for name, dt in paths.items()}
     losses = {name: fn() for name, fn in steps.items()}  # warm-up (and a sanity value)
+    one_thread = device.type == "cpu" and threads > 1
+    if one_thread:  # "fp32" < "default": the default path when there is one
+        steps["default_1_thread"] = _at_threads(steps[max(paths)], 1, threads)
     peaks, at_shape, best, peak_mem = _measure(device, steps, model_shape, n_mm, iters, repeat)
     if "default" not in paths:
         best["default"], losses["default"] = best["fp32"], losses["fp32"]
@@ -116,6 +124,12 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cuda":
             out[name]["peak_memory_gb"] = peak_mem.get(name)
     out["speedup_default_vs_fp32"] = out["default"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+    if one_thread:
+        one = best["default_1_thread"]
+        out["default_1_thread"] = {"seconds_per_step": one, "tokens_per_s": tokens / one}
+        out["speedup_1_thread_vs_threads"] = best["default" if "default" in paths else "fp32"] / one
+    if getattr(args, "atlas", None):
+        out["validation"] = bench_validation(args.atlas, bcfg, tcfg, device, repeat)
     # flat keys of the default path (what earlier versions of this bench reported)
     out["tokens_per_s"] = out["default"]["tokens_per_s"]
     out["mfu"] = out["default"]["mfu"]
@@ -160,6 +174,19 @@ def _measure(
     return peaks, at_shape, best, peak_mem
 
 
+def _at_threads(fn: Callable[[], Any], n: int, restore: int) -> Callable[[], Any]:
+    """``fn`` run with ``n`` intra-op threads (``restore`` threads set again after it)."""
+
+    def run() -> Any:
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(restore)
+
+    return run
+
+
 def _path_result(
     tokens_per_s: float, seconds: float, flops_tok: float, peak: float, own_peak: float
 ) -> dict[str, Any]:
@@ -171,4 +198,60 @@ def _path_result(
         "model_tflops_per_s": flops_tok * tokens_per_s / 1e12,
         "mfu": flops_tok * tokens_per_s / peak,
         "mfu_vs_own_dtype_peak": flops_tok * tokens_per_s / own_peak,
+    }
+
+
+def bench_validation(
+    atlas: str, bcfg: Any, tcfg: Any, device: torch.device, repeat: int
+) -> dict[str, Any]:
+    """Seconds of one validation pass (``core.backbone.validation.Evaluator.run``, the
+    selection's k-NN included) over an atlas' val split with an untrained backbone of the
+    preset: the reference path (windows read per pass, ``R2Meter``) against the fast one
+    (windows and position codes kept, per-kind sums from per-layer sums), interleaved per
+    repetition, best of ``repeat``; the fast path's first pass (which fills its cache) apart.
+    The two passes' selection scores are reported side by side."""
+    import dataclasses
+
+    from core.atlas import Atlas
+    from core.backbone.device import setup_dist
+    from core.backbone.selection import knn_labels
+    from core.backbone.train import _kinds
+    from core.backbone.validation import Evaluator
+    from core.tokens.store import TokenStore
+
+    at = Atlas.open(atlas)
+    store = TokenStore(at.tokens_dir)
+    ids = [r["id"] for r in at.accepted("val") if r["id"] in store and not r.get("duplicate_of")]
+    bcfg = dataclasses.replace(bcfg, token_size=store.token_size)
+    torch.manual_seed(0)
+    model = Backbone(bcfg).to(device).eval()
+    d = setup_dist(str(device))
+    kinds = _kinds(store, ids)
+    evs = {name: Evaluator(store, ids, bcfg.window, kinds) for name in ("reference", "fast")}
+    evs["reference"].fast = False
+    labels = knn_labels(at, ids)
+    for ev in evs.values():
+        ev.knn_labels = labels
+    t = time.perf_counter()
+    res = {"fast": evs["fast"].run(model, d, tcfg.batch_size, tcfg, with_layers=True)}
+    first = time.perf_counter() - t
+    best = {name: float("inf") for name in evs}
+    for _ in range(repeat):
+        for name, ev in evs.items():
+            _sync(device)
+            t = time.perf_counter()
+            res[name] = ev.run(model, d, tcfg.batch_size, tcfg, with_layers=True)
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {
+        "val_models": len(ids),
+        "val_tokens": sum(store.n_tokens(i) for i in ids),
+        "windows": len(evs["fast"].chunks),
+        "batch_windows": tcfg.batch_size,
+        "reference_seconds": best["reference"],
+        "fast_seconds": best["fast"],
+        "fast_first_pass_seconds": first,
+        "speedup": best["reference"] / best["fast"],
+        "select_score": {n: r.get("select_score") for n, r in res.items()},
+        "r2": {n: r.get("r2") for n, r in res.items()},
     }

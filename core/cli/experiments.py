@@ -127,6 +127,9 @@ def add_bench_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: all cores)"
     )
+    p.add_argument(
+        "--atlas", default=None, help="train: also time validation on this atlas' val split"
+    )
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
