@@ -259,6 +259,40 @@ def escape_md(text: Any) -> str:
     return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in str(text))
 
 
+class PageBar:
+    """A tqdm-like progress bar drawn on the page (``st.progress``), for core functions that
+    take a ``progress`` bar (``set_description``, ``reset(total=...)``, ``update(n)``), such as
+    :func:`core.embeddings.table.embed_model_dir`. Redrawn at most once per percent."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text, self.total, self.n, self._shown = text, 0, 0, -1
+        self._bar = st.progress(0.0, text=escape_md(text))
+
+    def set_description(self, text: str) -> None:
+        self.text = text
+        self._draw(force=True)
+
+    def reset(self, total: int | None = None) -> None:
+        self.total, self.n = int(total or 0), 0
+        self._draw(force=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self._draw()
+
+    def empty(self) -> None:
+        """Take the bar off the page."""
+        self._bar.empty()
+
+    def _draw(self, force: bool = False) -> None:
+        frac = min(self.n / self.total, 1.0) if self.total else 0.0
+        if not force and int(100 * frac) == self._shown:
+            return
+        self._shown = int(100 * frac)
+        count = f" ({self.n:,} of {self.total:,})" if self.total else ""
+        self._bar.progress(frac, text=escape_md(self.text) + count)
+
+
 def fmt(value: Any) -> str:
     """Short display of a metadata value."""
     if isinstance(value, float):

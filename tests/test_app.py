@@ -790,3 +790,38 @@ def test_generate_page_says_the_workspace_is_unusable_and_takes_another(monkeypa
     finally:
         if ro is not None and os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(ro)])
+
+
+def _embed_with_page_bar(folder: str, atlas: str) -> None:
+    """AppTest script: a PageBar given to core's embed_model_dir (not emptied, to inspect)."""
+    import streamlit as st
+
+    from core.embeddings.table import embed_model_dir
+    from explorer.common import PageBar
+
+    bar = PageBar("Embedding")
+    st.session_state.z = embed_model_dir(folder, atlas, progress=bar).tolist()
+    st.session_state.bar = (bar.text, bar.n, bar.total)
+
+
+@needs_demo
+def test_page_bar_follows_an_embedding_to_its_end(tmp_path):
+    """Issue 27: the Atlas page's bar takes core's progress protocol: embedding a folder
+    draws its reading step, then every window of the encoder pass, ending at 100%."""
+    from core.embeddings.encode import halo_windows
+    from core.tokens.plan import tokenize_model_dir
+
+    snap = tiny_hf_cache(tmp_path / "hub")["tiny/bert-features"]
+    at = AppTest.from_function(
+        _embed_with_page_bar, args=(str(snap), str(DEMO)), default_timeout=120
+    )
+    at.run()
+    assert not at.exception, at.exception
+    n = tokenize_model_dir(snap, "dense", 64).n_tokens
+    windows = len(halo_windows(n, 64, 8))
+    text, done, total = at.session_state["bar"]
+    assert (done, total) == (windows, windows) and text.startswith("embed ")
+    bars = at.get("progress")
+    assert len(bars) == 1 and bars[0].proto.value == 100
+    assert f"({windows:,} of {windows:,})" in bars[0].proto.text
+    assert len(at.session_state["z"]) > 0

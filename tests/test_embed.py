@@ -393,3 +393,69 @@ def test_streamed_summary_equals_summarize_of_all_token_embeddings():
                 torch.testing.assert_close(got[k].double(), v.double(), rtol=1e-5, atol=1e-6)
             else:
                 assert torch.equal(got[k], v), (pooling, k)
+
+
+def test_rotated_position_code_equals_sinusoidal_3d():
+    """Issue 27: the angle-addition position code of ``encode_summary`` is ``sinusoidal_3d``'s
+    up to float32 rounding, for a bert-base-sized index range and for positions spread far
+    apart (the unique-block path)."""
+    from core.backbone.model import sinusoidal_3d
+    from core.embeddings.encode import rotated_position_code
+
+    bb = make_backbone(d_model=256)
+    n = torch.arange(1_700_000, 1_703_100)
+    near = torch.stack([n, n // 700, n % 5000 + 360_000], -1)
+    far = torch.tensor([[0, 0, 0], [10**9, 3, 1], [5, 10**7, 1023], [1024, 1025, 10**6]])
+    for pos in (near, far, near[:0]):
+        got = rotated_position_code(bb, pos)
+        ref = sinusoidal_3d(pos, 256, bb.cfg.pos_base)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_bf16_model_embedding_is_within_tolerance_of_fp32():
+    """Issue 27: ``embed --model``'s fast path (bf16, packed where the CPU has it, else
+    autocast) gives the trained demo backbone's model embedding of a real demo model within
+    BF16_EMBED_TOLERANCE (relative L2) of the fp32 reference, with the same layers and counts;
+    fp32 stays the reference (equal to summarize of the haloed token embeddings)."""
+    from core.backbone.model import load_backbone
+    from core.embeddings.encode import (
+        BF16_EMBED_TOLERANCE,
+        encode_summary,
+        single_model_encoder,
+    )
+    from core.tokens.store import TokenStore
+
+    backbone = load_backbone("assets/demo")
+    store = TokenStore("assets/demo/tokens")
+    tok = max((store.get(i) for i in store.ids[:40]), key=lambda t: len(t.tokens))
+    positions = torch.as_tensor(tok.positions).long()
+    assert len(positions) > 4 * backbone.cfg.window  # several haloed windows and batches
+    masked = tok.tokens.masked_fill(~tok.mask, 0.0).float()
+    fp32 = EmbedConfig(batch_size=4, dtype="fp32")
+    assert single_model_encoder(backbone, fp32)[1] == "fp32"
+    ref = summarize(encode_tokens(backbone, masked, positions, fp32), positions, "depth-mean+std")
+    exact = encode_summary(backbone, tok.tokens, positions, fp32, "depth-mean+std", valid=tok.valid)
+    torch.testing.assert_close(exact["z"], ref["z"], rtol=1e-5, atol=1e-6)
+    for dtype in ("auto", "bf16"):
+        cfg = EmbedConfig(batch_size=4, dtype=dtype)
+        _, precision = single_model_encoder(backbone, cfg)
+        assert precision.startswith("bf16") or dtype == "auto"
+        got = encode_summary(
+            backbone, tok.tokens, positions, cfg, "depth-mean+std", valid=tok.valid
+        )
+        rel = float((got["z"] - ref["z"]).norm() / ref["z"].norm())
+        assert rel <= BF16_EMBED_TOLERANCE, (dtype, precision, rel)
+        assert torch.equal(got["layer_index"], ref["layer_index"])
+        assert torch.equal(got["layer_tokens"], ref["layer_tokens"])
+        if precision != "fp32":
+            assert rel > 0  # bf16 really ran (it rounds)
+
+
+def test_embed_dtype_is_checked_and_narrow_backbones_stay_fp32():
+    from core.embeddings.encode import single_model_encoder
+
+    bb = make_backbone()  # ci: d_model 64, below BF16_MIN_WIDTH
+    assert single_model_encoder(bb, EmbedConfig())[1] == "fp32"
+    with pytest.raises(WeightAtlasError, match="dtype"):
+        single_model_encoder(bb, EmbedConfig(dtype="fp16"))

@@ -585,8 +585,9 @@ def test_generated_model_card_carries_atlas_distance(tmp_path, capsys):
     again = atlas_distance(
         DEMO, embed_model_dir(path, DEMO, check=False), architecture=model_architecture(path)
     )
-    # sampling runs the demo backbone (width 256) in bf16 on this CPU, `embed --model` in fp32:
-    # with the trained demo backbone the two agree to ~0.2 % (4.0606 vs 4.0521 when measured)
+    # sampling runs the demo backbone (width 256) in bf16 on a CPU with AVX-512 BF16, as does
+    # `embed --model` since issue 27 (EmbedConfig.dtype auto; fp32 elsewhere): in fp32 against
+    # bf16 the two agreed to ~0.2 % with the trained demo backbone (4.0606 vs 4.0521)
     assert block["atlas_distance"] == pytest.approx(again["distance"], rel=1e-2)
     assert block["atlas_percentile"] == pytest.approx(again["percentile"])
     assert block["outside_atlas"] is again["outside"]

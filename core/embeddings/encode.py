@@ -12,6 +12,8 @@ import torch
 from tqdm import tqdm
 
 from core.atlas import Atlas, BackboneFiles
+from core.backbone.device import autocast, compute_dtype
+from core.backbone.inference import BF16_MIN_WIDTH, packed_backbone
 from core.backbone.model import load_backbone, sinusoidal_3d
 from core.config import register_presets
 from core.embeddings.statistics import DEPTH_BINS, depth_pooled
@@ -65,6 +67,13 @@ class EmbedConfig:
     # the model embedding from token embeddings (``POOLINGS``); "mean" is what atlases embedded
     # before this field existed hold
     pooling: str = "depth-mean+std"
+    # precision of the single-model pass (``encode_summary``: ``embed --model``, the app's
+    # "embed a folder", sample's kept models): "auto" is bf16 where bf16 matmuls are fast (a
+    # CPU with AVX-512 BF16 or AMX and a backbone at least BF16_MIN_WIDTH wide, through the
+    # packed copy of core.backbone.inference; CUDA under autocast), else fp32; "fp32" is the
+    # reference. The model embedding of bf16 differs from fp32's by a relative L2 of at most
+    # BF16_EMBED_TOLERANCE (tested). The atlas-wide ``embed`` stays fp32 whatever this says.
+    dtype: str = "auto"
 
 
 EMBED_PRESETS: dict[str, dict[str, Any]] = {
@@ -185,6 +194,45 @@ def position_code(backbone: Any, positions: torch.Tensor, chunk: int = 65_536) -
     out = torch.empty(len(positions), cfg.d_model, dtype=torch.float32, device=positions.device)
     for s in range(0, len(positions), chunk):
         out[s : s + chunk] = sinusoidal_3d(positions[s : s + chunk], cfg.d_model, cfg.pos_base)
+    return out
+
+
+def rotated_position_code(
+    backbone: Any, positions: torch.Tensor, block: int = 1024
+) -> torch.Tensor:
+    """``(N, C)`` float32 ``sinusoidal_3d`` code of ``positions (N, 3)`` by angle addition.
+
+    Each axis value ``v = q * block + r``: ``sin(v f) = sin(q block f) cos(r f) + cos(q block f)
+    sin(r f)`` (and cos alike) in float64, from a table over ``r`` and one over the few ``q``
+    of the positions, instead of a float64 sine per value: equal to :func:`position_code` up to
+    float32 rounding (a one-ulp difference where float64 rounding falls on a float32 tie;
+    tested to 1e-6), at a fraction of its cost (its float64 sines took 18 us per token, more
+    than the bf16 encoder pass itself, on the 2-core CPU under load).
+    """
+    cfg = backbone.cfg
+    dim, half = int(cfg.d_model), int(cfg.d_model) // 6
+    dev = positions.device
+    freqs = cfg.pos_base ** (-torch.arange(half, dtype=torch.float64, device=dev) / half)
+    out = torch.zeros(len(positions), dim, dtype=torch.float32, device=dev)
+    if len(positions) == 0:
+        return out
+    rang = torch.arange(block, dtype=torch.float64, device=dev)[:, None] * freqs  # (block, h)
+    sin_r, cos_r = rang.sin(), rang.cos()
+    for axis in range(3):
+        v = positions[:, axis].long()
+        q, r = torch.div(v, block, rounding_mode="floor"), v.remainder(block)
+        q0 = int(q.min())
+        span = int(q.max()) - q0 + 1
+        if span <= len(v):
+            qs, qi = torch.arange(q0, q0 + span, device=dev), q - q0
+        else:  # few positions spread far apart
+            qs, qi = torch.unique(q, return_inverse=True)
+        ang = (qs.double() * block)[:, None] * freqs  # (Q, h)
+        sq, cq = ang.sin()[qi], ang.cos()[qi]  # (N, h)
+        sr, cr = sin_r[r], cos_r[r]
+        c0 = 2 * half * axis
+        out[:, c0 : c0 + half] = sq * cr + cq * sr
+        out[:, c0 + half : c0 + 2 * half] = cq * cr - sq * sr
     return out
 
 
@@ -334,7 +382,42 @@ def summarize(
     }
 
 
-@torch.no_grad()
+BF16_EMBED_TOLERANCE = 1e-2  # relative L2 of a bf16 model embedding against fp32's
+
+
+def single_model_encoder(backbone: Any, cfg: EmbedConfig) -> tuple[Any, str]:
+    """``(encode, precision)``: the callable ``encode(tokens, positions, code) -> (B, T, L)``
+    that :func:`encode_summary` runs, in the precision ``cfg.dtype`` asks for.
+
+    ``auto`` on the CPU: the packed bf16 encoder (``core.backbone.inference``: weights cast and
+    packed for oneDNN once, GELU fused) where the CPU has fast bf16 matmuls, the backbone is at
+    least ``BF16_MIN_WIDTH`` wide and the packed encoder agrees with autocast; else fp32.
+    ``auto`` on CUDA: bf16 autocast where supported. ``bf16`` asks for bf16 anyway (autocast
+    where no packed copy is made); ``fp32`` is the reference.
+    """
+    device = torch.device(cfg.device)
+    dtype = cfg.dtype
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise WeightAtlasError(f"embed dtype {dtype!r}: choose auto, fp32 or bf16")
+    if dtype == "auto" and device.type == "cpu" and backbone.cfg.d_model < BF16_MIN_WIDTH:
+        dtype = "fp32"
+    if compute_dtype(dtype, device) == torch.float32:
+        return backbone.encode, "fp32"
+    if device.type == "cpu":
+        packed = packed_backbone(backbone, decode=False)
+        if packed is not None:
+            return packed.encode, "bf16-packed"
+        if dtype == "auto":
+            return backbone.encode, "fp32"
+
+    def encode(x: torch.Tensor, pos: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        with autocast(device, torch.bfloat16):
+            return backbone.encode(x, pos, code)
+
+    return encode, "bf16-autocast"
+
+
+@torch.inference_mode()
 def encode_summary(
     backbone: Any,
     tokens: torch.Tensor,
@@ -346,51 +429,55 @@ def encode_summary(
 ) -> dict[str, torch.Tensor]:
     """``summarize(encode_tokens(...))`` of one model, streamed: what a big model costs.
 
-    The haloed windows go through the backbone ``cfg.batch_size`` at a time; each batch's
-    position code covers only its own tokens and its token embeddings are folded into per-layer
-    float64 sums (count, sum, sum of squares) and dropped, so neither ``z (N, L)`` nor the
-    ``(N, d_model)`` position code is ever held (bert-base: 1.7 M tokens, 1.75 GB of code).
-    Results equal :func:`summarize`'s up to float64 rounding.
+    The haloed windows go through the backbone ``cfg.batch_size`` at a time, gathered by one
+    index per batch (no Python loop per window); each batch's position code
+    (:func:`rotated_position_code`) covers only its own tokens and its token embeddings are
+    folded into per-layer float64 sums (count, sum, sum of squares) and dropped, so neither
+    ``z (N, L)`` nor the ``(N, d_model)`` position code is ever held (bert-base: 1.7 M tokens,
+    1.75 GB of code). The encoder runs in ``cfg.dtype`` (:func:`single_model_encoder`); in
+    fp32, results equal :func:`summarize`'s up to float64 rounding and the position code's
+    float32 rounding.
 
     Args:
-        progress: a tqdm-like bar (``total`` set to the number of windows here, ``update``
-            called per batch), or None.
+        progress: a tqdm-like bar (``reset(total=...)`` with the number of windows here,
+            ``update(n)`` per batch), or None.
         valid: ``(N,)`` real values per token: padding is zeroed per batch (no masked copy
             of all tokens); None if ``tokens`` are masked already.
     """
     window, halo = resolve_window(cfg, backbone)
     n = len(tokens)
-    wins = halo_windows(n, window, halo)
+    wins = torch.tensor(halo_windows(n, window, halo), dtype=torch.long).reshape(-1, 3)
     t = min(window, n)
     dev = torch.device(cfg.device)
+    encode, _ = single_model_encoder(backbone, cfg)
     layers = positions[:, 1]
     n_layers = int(layers.max()) + 1 if n else 0
     latent = int(backbone.cfg.latent_dim)
     count = torch.zeros(n_layers, dtype=torch.float64)
     s1 = torch.zeros(n_layers, latent, dtype=torch.float64)
     s2 = torch.zeros(n_layers, latent, dtype=torch.float64)
+    ar, feat = torch.arange(t), torch.arange(tokens.shape[-1])
     if progress is not None:
         progress.reset(total=len(wins))
     for b in range(0, len(wins), cfg.batch_size):
-        chunk = wins[b : b + cfg.batch_size]
-        lo, hi = chunk[0][0], chunk[-1][0] + t
-        pos = positions[lo:hi].to(dev)
-        code = position_code(backbone, pos)
-        xb = torch.stack([tokens[ws : ws + t] for ws, _, _ in chunk]).float()
+        w = wins[b : b + cfg.batch_size]  # (B, 3) window start, content start, content end
+        lo, hi = int(w[0, 0]), int(w[-1, 0]) + t
+        idx = (w[:, :1] - lo) + ar  # (B, T) into [lo, hi)
+        pos = positions[lo:hi]
+        xb = tokens[lo:hi][idx].float()  # (B, T, D)
         if valid is not None:
-            vb = torch.stack([valid[ws : ws + t] for ws, _, _ in chunk])
-            xb.masked_fill_(torch.arange(xb.shape[-1]) >= vb[..., None], 0.0)
-        xb = xb.to(dev)
-        pb = torch.stack([pos[ws - lo : ws - lo + t] for ws, _, _ in chunk])
-        cb = torch.stack([code[ws - lo : ws - lo + t] for ws, _, _ in chunk])
-        yb = backbone.encode(xb, pb, cb).float().cpu()
-        zc = torch.cat([yb[j, s - ws : e - ws] for j, (ws, s, e) in enumerate(chunk)]).double()
-        lc = layers[chunk[0][1] : chunk[-1][2]]
+            xb.masked_fill_(feat >= valid[lo:hi][idx][..., None], 0.0)
+        code = rotated_position_code(backbone, pos.to(dev))
+        yb = encode(xb.to(dev), pos[idx].to(dev), code[idx.to(dev)])
+        rel = ar - (w[:, 1:2] - w[:, :1])  # token index relative to the content start
+        keep = (rel >= 0) & (ar < (w[:, 2:3] - w[:, :1]))  # (B, T): content, in token order
+        zc = yb.float().cpu()[keep].double()
+        lc = layers[int(w[0, 1]) : int(w[-1, 2])]
         count.index_add_(0, lc, torch.ones(len(lc), dtype=torch.float64))
         s1.index_add_(0, lc, zc)
         s2.index_add_(0, lc, zc * zc)
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(len(w))
     present = count > 0
     layer_ids = torch.nonzero(present).reshape(-1)
     c, s1, s2 = count[present], s1[present], s2[present]

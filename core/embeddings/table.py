@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,14 +193,15 @@ def embed_model_dir(
     *,
     cfg: EmbedConfig | None = None,
     check: bool = True,
+    progress: Any = False,
 ) -> np.ndarray:
     """Embed one Hub-format model directory with the atlas' backbone; returns ``z (L,)``.
 
     The directory goes through the collector's sanity checks first (safetensors only, size
     limits, known architecture), so an untrusted download is treated exactly like a collected
-    one.
+    one. ``progress``: as :func:`embed_model_dir_full`'s.
     """
-    return embed_model_dir_full(path, atlas, cfg=cfg, check=check)["z"].numpy()
+    return embed_model_dir_full(path, atlas, cfg=cfg, check=check, progress=progress)["z"].numpy()
 
 
 def embed_model_dir_full(
@@ -210,14 +212,17 @@ def embed_model_dir_full(
     check: bool = True,
     backbone: Any = None,
     backbone_dir: str | Path | None = None,
-    progress: bool = False,
+    progress: Any = False,
 ) -> dict[str, Any]:
     """Like :func:`embed_model_dir`, also returning the per-layer embeddings and spreads.
 
-    The encoder pass is streamed (:func:`encode_summary`), so a bert-base-sized model costs its
-    tokens and one batch of activations, not its token embeddings; ``progress`` shows a bar
-    over the windows.
+    The encoder pass is streamed (:func:`encode_summary`, in ``cfg.dtype``: bf16 where the CPU
+    runs it fast), so a bert-base-sized model costs its tokens and one batch of activations,
+    not its token embeddings.
 
+    ``progress``: True for a tqdm bar on stderr, or a tqdm-like object of the caller's (the
+    app's page bar): ``set_description(text)`` while the weights are read and tokenized, then
+    ``reset(total=windows)`` and ``update(n)`` per batch of windows.
     ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept
     model); ``backbone_dir``: whose embeddings the vector is compared with. The model embedding
     is pooled as the atlas' embeddings were (:func:`embedded_pooling`), whatever ``cfg.pooling``
@@ -232,14 +237,18 @@ def embed_model_dir_full(
         check_model_dir(path)
     cfg = cfg or build_config(EmbedConfig, EMBED_PRESETS, "ci")
     scheme, size = token_scheme(a)
-    tok = tokenize_model_dir(path, scheme, size)
-    if backbone is None:
-        backbone = open_backbone(a, backbone_dir, cfg.device)
-    pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
-    positions = torch.as_tensor(tok.positions, dtype=torch.long)
-    with tqdm(
-        desc=f"embed {printable(path.name)[:40]}", unit="window", disable=not progress
-    ) as bar:
+    name = printable(path.name)[:40]
+    with contextlib.ExitStack() as stack:
+        bar = progress
+        if progress is True or progress is False:
+            bar = stack.enter_context(tqdm(unit="window", disable=not progress))
+        bar.set_description(f"read and tokenize {name}")
+        tok = tokenize_model_dir(path, scheme, size, digest=False)
+        if backbone is None:
+            backbone = open_backbone(a, backbone_dir, cfg.device)
+        pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
+        positions = torch.as_tensor(tok.positions, dtype=torch.long)
+        bar.set_description(f"embed {name}")
         return encode_summary(
             backbone, tok.tokens, positions, cfg, pooling, progress=bar, valid=tok.valid
         )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core.backbone.device import autocast, compute_dtype
-from core.backbone.inference import packed_backbone
+from core.backbone.inference import BF16_MIN_WIDTH, packed_backbone
 from core.embeddings.encode import (
     EmbedConfig,
     encode_tokens,
@@ -27,10 +27,6 @@ from core.tokens.plan import detokenize
 from core.zoos.tasks import evaluate_accuracy, get_task
 
 # decode, load, condition, score
-
-
-# below this width CPU bf16 does not pay (its casts cost what the matmuls save)
-BF16_MIN_WIDTH = 256
 
 
 @contextmanager

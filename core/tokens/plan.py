@@ -481,6 +481,7 @@ def tokenize_model_dir(
     scheme: str = "dense",
     token_size: int = DEFAULT_TOKEN_SIZE,
     trainable: set[str] | None = None,
+    digest: bool = True,
 ) -> Tokenized:
     """Tokenize a model directory (or one safetensors file), streaming tensor by tensor.
 
@@ -492,9 +493,11 @@ def tokenize_model_dir(
             A checkpoint in a legacy key layout (``LayerNorm.gamma``, pre-v5 ViT names) is
             loaded by its library and tokenized under the module's canonical names, so
             ``detokenize`` gives the canonical layout.
+        digest: compute the duplicate hash (``Tokenized.digest``; sha256 of every weight, ~0.8
+            CPU-seconds for bert-base); ``embed --model`` does without it.
     """
     plan, src = plan_dir(path, scheme, token_size, trainable)
     try:
-        return apply_plan(plan, src.get, digest=True)
+        return apply_plan(plan, src.get, digest=digest)
     finally:
         src.close()

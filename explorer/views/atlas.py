@@ -25,6 +25,7 @@ from core.atlas import Atlas, AtlasError
 from core.catalog import COLOUR_BY, MapTable
 from core.errors import USER_ERRORS
 from explorer.common import (
+    PageBar,
     cached_layer_rows,
     current_atlas,
     escape_md,
@@ -89,19 +90,35 @@ def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[t
     return neighbours(root, model_id, k, embeddings=cached_embeddings(root, stamp_))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def cached_embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
-    """Embed a local model folder with the atlas' backbone: map position, neighbours and its
-    atlas distance (issue 16: a stranger is marked outside the atlas)."""
+EMBEDDED_FOLDERS_KEPT = 16
+
+
+def embed_folder(root: str, stamp_: float, folder: str, k: int) -> dict[str, Any]:
+    """Embed a local model folder with the atlas backbone: map position, neighbours and its
+    atlas distance (issue 16: a stranger is marked outside the atlas). A progress bar on the
+    page follows the reading and the encoder's windows (issue 27: a bert-base model takes
+    minutes on 2 cores); the result is kept in the session per (atlas version, folder version,
+    k), the last :data:`EMBEDDED_FOLDERS_KEPT` of them (not in ``st.cache_data``, which would
+    replay the bar)."""
     from core.embeddings.distances import atlas_distance, model_architecture, place_on_map
     from core.embeddings.table import embed_model_dir, neighbours
 
-    v = embed_model_dir(folder, root)
-    return {
-        "map": place_on_map(root, v),
-        "neighbours": neighbours(root, v, k),
-        "atlas_distance": atlas_distance(root, v, architecture=model_architecture(folder)),
-    }
+    memo = st.session_state.setdefault("embedded_folders", {})
+    key = (root, stamp_, folder, k)
+    if key not in memo:
+        bar = PageBar(f"Embedding {folder} with the atlas backbone")
+        try:
+            v = embed_model_dir(folder, root, progress=bar)
+        finally:
+            bar.empty()
+        memo[key] = {
+            "map": place_on_map(root, v),
+            "neighbours": neighbours(root, v, k),
+            "atlas_distance": atlas_distance(root, v, architecture=model_architecture(folder)),
+        }
+        while len(memo) > EMBEDDED_FOLDERS_KEPT:
+            memo.pop(next(iter(memo)))
+    return memo[key]
 
 
 MAP_QUALITY_LIVE_MAX = 5000  # above this many models the page reads evaluate's result only
@@ -427,10 +444,9 @@ def _embed_folder_request(root: Path, stamp_: float) -> None:
     folder, k = request
     wait_for_imports()
     try:
-        with st.spinner(f"Embedding {folder} with the atlas backbone…"):
-            p = Path(folder).expanduser()
-            files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
-            result = cached_embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
+        p = Path(folder).expanduser()
+        files = [p / "config.json", *sorted(p.glob("*.safetensors"))] if p.is_dir() else []
+        result = embed_folder(str(root), stamp_ + stamp(*files), str(p.resolve()), k)
         from core.collection.specs import repo_id_of  # torch: after the first paint
 
         # a Hugging Face cache snapshot is named by its repo id, not its commit hash
