@@ -433,12 +433,18 @@ def stamp(*paths: Path) -> float:
 
 @dataclass(frozen=True)
 class TokenTable:
-    """``tokens/``: ``index.json`` (scheme, token size, models), shards and per-rank parts."""
+    """``tokens/``: ``index.json`` (scheme, token size, models), shards and per-rank parts.
+
+    The one source of an atlas' token scheme and token size (``scheme_and_size``); the defaults
+    a first tokenization uses are written here once (``DEFAULT_SCHEME``, ``DEFAULT_TOKEN_SIZE``).
+    """
 
     dir: Path
     INDEX = "index.json"
     STATS = "stats.json"
     PARTS = "parts"  # per-rank rows not yet merged into the index
+    DEFAULT_SCHEME = "dense"
+    DEFAULT_TOKEN_SIZE = 64  # values per token where neither a store nor a config says otherwise
 
     @property
     def parts_dir(self) -> Path:
@@ -459,6 +465,38 @@ class TokenTable:
     def stamp(self) -> float:
         """Cache key of the merged index."""
         return stamp(self.index_path)
+
+    def read_index(self) -> dict[str, Any]:
+        """The merged token index: ``index.json`` plus rows of ``parts/*.jsonl`` not yet merged.
+
+        Returns ``{"scheme", "token_size", "models": {id: entry}, "failed": {id: reason}}``.
+        """
+        index: dict[str, Any] = {"scheme": None, "token_size": None, "models": {}, "failed": {}}
+        if self.exists():
+            index.update(read_json(self.index_path))
+        rows = []
+        for part in sorted(self.parts_dir.glob("*.jsonl")):
+            rows.extend(read_jsonl(part))
+        rows.sort(key=lambda r: (r.get("status") != "ok", r.get("shard", ""), r["id"]))
+        for r in rows:
+            mid = r["id"]
+            if mid in index["models"]:
+                continue
+            if r.get("status") == "ok":
+                index["models"][mid] = {k: v for k, v in r.items() if k not in ("id", "status")}
+                index["failed"].pop(mid, None)
+            else:  # the latest failure's reason wins
+                index["failed"][mid] = r.get("reason", "unknown")
+            for key in ("scheme", "token_size"):
+                if index[key] is None and r.get(key) is not None:
+                    index[key] = r[key]
+        return index
+
+    def scheme_and_size(self) -> tuple[str | None, int | None]:
+        """The store's token scheme and token size, ``(None, None)`` before its first model."""
+        index = self.read_index()
+        size = index["token_size"]
+        return index["scheme"], None if size is None else int(size)
 
 
 @dataclass(frozen=True)

@@ -253,4 +253,5 @@ def test_the_resolved_config_tree_is_written_beside_a_training_run(tmp_path):
         k: v for k, v in resolved["train"].items() if k not in ("eval_every", "ckpt_every")
     }
     assert (saved["train"]["eval_every"], saved["backbone"]["token_size"]) == (3, 16)
+    assert "token_size" not in saved and "scheme" not in saved  # the token table's, not copied
     assert isinstance(build("train", "ci"), TrainRunConfig)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core.atlas import Atlas, append_jsonl, read_json
+from core.atlas import Atlas, TokenTable, append_jsonl, read_json
 from core.cli import add_tokenize_cli, run_tokenize_cli
 from core.collection.specs import resolve_arch
 from core.errors import WeightAtlasError
@@ -320,7 +320,8 @@ def test_stage_end_to_end_and_resume(tmp_path, family_dirs):
         atlas.root, "dense", 32, rank=0, world_size=1, shard_bytes=20_000, progress=False
     )
     assert stats["models"] == 8 and stats["failed"] == 2
-    assert atlas.info()["token_scheme"] == "dense" and atlas.info()["token_size"] == 32
+    assert TokenTable(atlas.tokens_dir).scheme_and_size() == ("dense", 32)  # the one source
+    assert "token_size" not in atlas.info() and "token_scheme" not in atlas.info()
     index = read_json(atlas.tokens_dir / "index.json")
     assert set(index["failed"]) == {"bad/trunc", "bad/remote"}
     assert len({m["shard"] for m in index["models"].values()}) > 1
@@ -479,6 +480,13 @@ def test_cli_preset_and_flags(tmp_path, family_dirs):
     )
     stats = read_json(atlas.tokens_dir / "stats.json")
     assert (stats["scheme"], stats["token_size"], stats["models"]) == ("sparse", 100, 2)
-    assert (atlas.info()["token_scheme"], atlas.info()["token_size"]) == ("sparse", 100)
+    assert TokenTable(atlas.tokens_dir).scheme_and_size() == ("sparse", 100)
     with pytest.raises(SystemExit):
         cli_args([str(atlas.root), "--scheme", "fancy"])
+    # a re-run that names only the shard size keeps the store's scheme and size
+    assert run_tokenize_cli(cli_args([str(atlas.root), "--set", "shard_bytes=100000"])) == 0
+    # the shorthand flags are aliases of --set fields, and --set is applied last
+    other = make_atlas(tmp_path / "q", family_dirs, ("mlp",))
+    argv = [str(other.root), "--token-size", "32", "--set", "token_size=48"]
+    assert run_tokenize_cli(cli_args(argv)) == 0
+    assert TokenTable(other.tokens_dir).scheme_and_size() == ("dense", 48)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas, BackboneFiles, read_json, read_jsonl, write_json
+from core.atlas import Atlas, BackboneFiles, TokenTable, read_json, read_jsonl, write_json
 from core.backbone.model import standardize_tokens
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
@@ -73,7 +73,7 @@ def _r2(y: torch.Tensor, p: torch.Tensor) -> float:
 
 def linear_code_bounds(
     atlas: str | Path,
-    token_sizes: tuple[int, ...] = (64,),
+    token_sizes: tuple[int, ...] = (TokenTable.DEFAULT_TOKEN_SIZE,),
     ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.875, 1.0),
     max_fit_tokens: int = 200_000,
     seed: int = 0,
@@ -248,7 +248,7 @@ def bounds_figure(rows: list[dict[str, Any]], trained: list[dict[str, Any]] = ()
 def write_bounds(
     atlas: str | Path,
     out: str | Path,
-    token_sizes: tuple[int, ...] = (64,),
+    token_sizes: tuple[int, ...] = (TokenTable.DEFAULT_TOKEN_SIZE,),
     ratios: tuple[float, ...] = (0.25, 0.5, 0.625, 0.75, 0.875, 1.0),
     figure: str | Path | None = None,
     runs: tuple[str | Path, ...] = (),

@@ -232,7 +232,8 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved run config (``{"backbone": ..., "train": ...}``) with the fields added to either
     config since it was written at their defaults, so an older run still reads as the same run
     (``fit``'s resume, the ablations' reuse)."""
-    out = dict(saved)
+    # the token table is the one source of scheme and token size: copies in older runs go
+    out = {k: v for k, v in saved.items() if k not in ("scheme", "token_size")}
     for key, default in (("backbone", BackboneConfig()), ("train", TrainConfig())):
         if isinstance(saved.get(key), dict):  # in field order, as a fresh config is
             out[key] = {**to_dict(default), **saved[key]}

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.atlas import Atlas, BackboneFiles, atomic_path, read_json, write_json
+from core.atlas import Atlas, BackboneFiles, TokenTable, atomic_path, read_json, write_json
 from core.backbone.losses import Factored
 from core.config import ConfigError, merge, register_presets, to_dict
 from core.errors import WeightAtlasError
@@ -37,7 +37,8 @@ from core.errors import WeightAtlasError
 class BackboneConfig:
     """Architecture of the autoencoder. ``n_layers`` is per side (encoder and decoder)."""
 
-    token_size: int = 64  # D: training sets it from the token store, its one source
+    # D: training sets it from the token table, its one source (core.atlas.TokenTable)
+    token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     window: int = 32  # T used for training windows (any T works at inference)
     d_model: int = 64  # C
     latent_dim: int = 16  # L, per token

@@ -80,12 +80,11 @@ from core.tokens.store import TokenStore, WindowDataset
 def _run_config(
     cfg: TrainRunConfig, preset: str, store: Any, n_train: int, n_val: int
 ) -> dict[str, Any]:
-    """The run's ``config.json``: the resolved config tree, and the data it was trained on."""
+    """The run's ``config.json``: the resolved config tree (its ``backbone.token_size`` is the
+    token table's, the one source of scheme and size) and the data it was trained on."""
     return {
         "preset": preset,
         **to_dict(cfg),
-        "scheme": store.scheme,
-        "token_size": store.token_size,
         "n_train_models": n_train,
         "n_val_models": n_val,
     }

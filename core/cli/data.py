@@ -150,16 +150,16 @@ def add_tokenize_cli(p: argparse.ArgumentParser) -> None:
 
 def run_tokenize_cli(args: argparse.Namespace) -> int:
     """Run ``weightatlas tokenize``; prints a short summary (``--json``: the result)."""
+    # --scheme, --token-size and --shard-mb are shorthands of TokenizeConfig fields: --set wins
+    shard_bytes = None if args.shard_mb is None else int(args.shard_mb * 2**20)
+    flags = {"scheme": args.scheme, "token_size": args.token_size, "shard_bytes": shard_bytes}
     stats = tokenize(
         args.atlas,
-        scheme=args.scheme,
-        token_size=args.token_size,
         rank=args.rank,
         world_size=args.world_size,
-        shard_bytes=None if args.shard_mb is None else int(args.shard_mb * 2**20),
         retry_failed=args.retry_failed,
         preset=args.preset,
-        overrides=config_overrides(args),
+        overrides={**{k: v for k, v in flags.items() if v is not None}, **config_overrides(args)},
     )
 
     where = Path(args.atlas) / "tokens"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.atlas import TokenTable
 from core.config import register_presets
 from core.models.formats import MAX_CARD_BYTES, MAX_CONFIG_BYTES
 
@@ -59,7 +60,7 @@ class CollectConfig:
     split_fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
     workers: int = 8
     check_workers: int = 2
-    token_size: int = 64
+    token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     max_header_bytes: int = 100_000_000
     supported_dtypes: tuple[str, ...] = (
         "F64",

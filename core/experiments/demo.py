@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas, BackboneFiles, append_jsonl, atomic_path, read_json, write_json
+from core.atlas import (
+    Atlas,
+    BackboneFiles,
+    TokenTable,
+    append_jsonl,
+    atomic_path,
+    read_json,
+    write_json,
+)
 from core.backbone.config import LAYERS_FILE
 from core.backbone.train import train
 from core.collection.collect import collect
@@ -60,7 +68,7 @@ class DemoConfig:
     zoo_preset: str = "demo"
     backbone_preset: str = "demo"
     scheme: str = "dense"
-    token_size: int = 64
+    token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     per_group: int = 1  # models kept with weights per (family, task) group
     max_mb: float = 30.0
     backbone_dtype: str = "bf16"  # shipped backbone weights: bf16 (half the bytes) or fp32

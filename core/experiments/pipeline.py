@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atlas import Atlas, append_jsonl, atomic_write_bytes, read_json, read_jsonl, write_json
+from core.atlas import (
+    Atlas,
+    TokenTable,
+    append_jsonl,
+    atomic_write_bytes,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 from core.config import (
     ConfigError,
     build,
@@ -78,7 +86,7 @@ class PipelineConfig:
     source: str | None = None
     collect_preset: str = "ci"
     scheme: str = "dense"
-    token_size: int = 64
+    token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     backbone_preset: str = "ci"
     train_steps: int | None = None
     embed_preset: str = "ci"

@@ -11,10 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.atlas import TokenTable
 from core.errors import WeightAtlasError
 from core.models.registry import trainable_names
 
-DEFAULT_TOKEN_SIZE = 64
+# the token table owns the defaults (core.atlas.TokenTable); these names are for the configs
+DEFAULT_TOKEN_SIZE = TokenTable.DEFAULT_TOKEN_SIZE
+DEFAULT_SCHEME = TokenTable.DEFAULT_SCHEME
 
 
 @dataclass

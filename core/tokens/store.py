@@ -22,39 +22,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.atlas import TokenTable, read_json, read_jsonl
+from core.atlas import TokenTable
 from core.errors import WeightAtlasError
 from core.tokens.schemes import LayerEntry, Tokenized
 from core.tokens.shards import model_checksum, read_shard
 
 
 def read_index(tokens_dir: str | Path) -> dict[str, Any]:
-    """The merged token index: ``index.json`` plus rows of ``parts/*.jsonl`` not yet merged.
+    """The merged token index (``core.atlas.TokenTable.read_index``, its owner).
 
     Returns ``{"scheme", "token_size", "models": {id: entry}, "failed": {id: reason}}``.
     """
-    tokens_dir = Path(tokens_dir)
-    index: dict[str, Any] = {"scheme": None, "token_size": None, "models": {}, "failed": {}}
-    table = TokenTable(tokens_dir)
-    if table.exists():
-        index.update(read_json(table.index_path))
-    rows = []
-    for part in sorted(table.parts_dir.glob("*.jsonl")):
-        rows.extend(read_jsonl(part))
-    rows.sort(key=lambda r: (r.get("status") != "ok", r.get("shard", ""), r["id"]))
-    for r in rows:
-        mid = r["id"]
-        if mid in index["models"]:
-            continue
-        if r.get("status") == "ok":
-            index["models"][mid] = {k: v for k, v in r.items() if k not in ("id", "status")}
-            index["failed"].pop(mid, None)
-        else:  # the latest failure's reason wins
-            index["failed"][mid] = r.get("reason", "unknown")
-        for key in ("scheme", "token_size"):
-            if index[key] is None and r.get(key) is not None:
-                index[key] = r[key]
-    return index
+    return TokenTable(Path(tokens_dir)).read_index()
 
 
 _MASK64 = (1 << 64) - 1

@@ -51,10 +51,10 @@ from core.atlas import (
     read_jsonl,
     write_json,
 )
-from core.config import build_config, register_presets
+from core.config import build_config, flatten, register_presets
 from core.errors import RejectedModel, WeightAtlasError
 from core.tokens.plan import ModelPlan, apply_plan, open_source, plan_dir, safetensors_files
-from core.tokens.schemes import DEFAULT_TOKEN_SIZE, get_scheme
+from core.tokens.schemes import DEFAULT_SCHEME, DEFAULT_TOKEN_SIZE, get_scheme
 from core.tokens.shards import write_shard
 from core.tokens.store import read_index
 
@@ -75,8 +75,8 @@ class TokenizeConfig:
 
 
 TOKENIZE_PRESETS: dict[str, dict[str, Any]] = {
-    "ci": {"scheme": "dense", "token_size": 64, "shard_bytes": 16 * 2**20},
-    "demo": {"scheme": "dense", "token_size": 64},
+    "ci": {"scheme": "dense", "token_size": DEFAULT_TOKEN_SIZE, "shard_bytes": 16 * 2**20},
+    "demo": {"scheme": "dense", "token_size": DEFAULT_TOKEN_SIZE},
     # 001 Table 4: dense tokens of 230 for both HF-small and HF-large; SANE (003): sparse 288
     "paper-small": {"scheme": "dense", "token_size": 230, "shard_bytes": 2**30},
     "paper-large": {"scheme": "dense", "token_size": 230, "shard_bytes": 2**30},
@@ -138,7 +138,7 @@ def _check_scheme(
                 f"{atlas.tokens_dir} holds scheme={have[0]} token_size={have[1]}, not "
                 f"scheme={scheme} token_size={token_size}; use those or remove {atlas.tokens_dir}"
             )
-    return scheme or "dense", token_size or DEFAULT_TOKEN_SIZE
+    return scheme or DEFAULT_SCHEME, token_size or DEFAULT_TOKEN_SIZE
 
 
 def tokenize(
@@ -177,8 +177,10 @@ def tokenize(
     index = _forget_missing_shards(tokens_dir, read_index(tokens_dir))
     if preset is not None or overrides:
         base = build_config(TokenizeConfig, TOKENIZE_PRESETS, preset, overrides=overrides)
-        scheme = base.scheme if scheme is None else scheme
-        token_size = base.token_size if token_size is None else token_size
+        # only what the preset or the overrides name: the rest stays the store's (or default)
+        given = set(TOKENIZE_PRESETS.get(preset or "", {})) | set(flatten(overrides or {}))
+        scheme = base.scheme if scheme is None and "scheme" in given else scheme
+        token_size = base.token_size if token_size is None and "token_size" in given else token_size
         shard_bytes = base.shard_bytes if shard_bytes is None else shard_bytes
     scheme, token_size = _check_scheme(atlas, index, scheme, token_size)
     get_scheme(scheme)
@@ -188,8 +190,6 @@ def tokenize(
     if shard_bytes is not None:
         overrides["shard_bytes"] = shard_bytes
     cfg = build_config(TokenizeConfig, TOKENIZE_PRESETS, None, overrides=overrides)
-    if rank == 0:
-        atlas.update_info(token_scheme=scheme, token_size=token_size)
     done = set(index["models"]) | (set() if retry_failed else set(index["failed"]))
     # Groups are cut from the whole sorted manifest, so they do not depend on the world size
     # or on what other ranks have finished; done models are skipped inside their group.

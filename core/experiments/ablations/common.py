@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, BackboneFiles, GeneratedCard, append_jsonl, read_json
+from core.atlas import Atlas, BackboneFiles, GeneratedCard, TokenTable, append_jsonl, read_json
 from core.backbone.config import build_configs, with_defaults
 from core.backbone.train import train
 from core.collection.specs import resolve_arch
@@ -91,7 +91,7 @@ class AblationConfig:
     mln_zoo: str | None = None  # run the MLN ablation on this homogeneous zoo (FAMILY/TASK)
     heldout_models: int = 4
     schemes: tuple[str, ...] = ("dense", "sparse")
-    token_size: int = 64
+    token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     target_arch: str = "zoo:cnn"
     target_task: str | None = None
     sample_n: int = 8

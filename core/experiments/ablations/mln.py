@@ -61,7 +61,7 @@ def run_mln(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str, Any]:
     base = a
     if cfg.mln_zoo:
         base = sibling_atlas(a, "mln-" + cfg.mln_zoo.replace("/", "-"), zoo_rows(a, cfg.mln_zoo))
-        if not base.tokens.exists() or not base.info().get("token_size"):
+        if not base.tokens.exists() or base.tokens.scheme_and_size()[1] is None:
             index = read_index(a.tokens_dir)
             tokenize(base.root, scheme=index["scheme"], token_size=index["token_size"],
                      progress=False)  # fmt: skip
