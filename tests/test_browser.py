@@ -495,3 +495,19 @@ def test_lineage_toggle_draws_edges_and_a_child_shows_its_family(browser, trees_
     page.close()
     assert fam["parents"][0] in text and "sibling" in text
     assert all(s in text for s in fam["siblings"][:3]), (fam["siblings"], text[:2000])
+
+
+def test_lineage_screenshot_turns_the_edges_on_and_zooms_onto_a_tree(
+    browser, trees_server, tmp_path
+):
+    from PIL import Image
+
+    from explorer.bench import take_screenshots
+
+    _, atlas = trees_server
+    with pytest.raises(ValueError, match="unknown screenshot"):
+        take_screenshots(tmp_path, atlas, only=("lineage", "nope"))
+    # it waits for the lineage edge traces and for the zoomed axis range, or raises
+    shots = take_screenshots(tmp_path, atlas, only=("lineage",), browser=browser)
+    assert shots == [tmp_path / "lineage.png"]
+    assert Image.open(shots[0]).size == (1280, 800)
