@@ -241,7 +241,7 @@ def test_the_suite_keeps_out_of_the_users_workspace():
 
 TABLE_FILES = {
     *(v for c in (TokenTable, BackboneFiles, EmbeddingTables) for k, v in vars(c).items()
-      if k.isupper() and v.endswith((".json", ".jsonl", ".safetensors"))),
+      if k.isupper() and isinstance(v, str) and v.endswith((".json", ".jsonl", ".safetensors"))),
     "atlas.json",
     "manifest.jsonl",
 }  # fmt: skip
