@@ -27,6 +27,7 @@ from core.atlas import (
     read_json,
     read_jsonl,
 )
+from core.embeddings.reader import embeddings_dir
 from core.manifest import as_row
 from core.trees.table import FLAGS as LINEAGE_FLAGS
 from core.trees.table import LineageTable
@@ -56,6 +57,9 @@ class MapTable:
         records: per model, its manifest row (empty if the manifest lacks it).
         lineage: the atlas' recovered lineage rows by id (``core.trees.table``; empty when
             ``weightatlas lineage`` has not run); with it the table has a ``tree`` column.
+        rows: per model, its row in the embedding tensors (``models.jsonl``'s ``row``), where
+            every model row has one (the app then reads the embeddings without parsing
+            ``models.jsonl`` again).
     """
 
     ids: list[str]
@@ -67,6 +71,7 @@ class MapTable:
     explained: dict[str, list[float]] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, dict[str, Any]] = field(default_factory=dict)  # ATLAS/lineage rows by id
+    rows: list[int] | None = None
 
     def hover_data(self) -> np.ndarray:
         """Per model ``[id, family, task, accuracy, params, split]`` as display strings ``(M, 6)``."""
@@ -130,8 +135,28 @@ class MapTable:
             keep &= np.array([bool(wanted.intersection(ts)) for ts in self.tags], dtype=bool)
         if search:
             s = search.lower()
-            keep &= np.array([s in i.lower() for i in self.ids], dtype=bool)
+            keep &= np.fromiter((s in i for i in self.lower_ids()), dtype=bool, count=len(self))
         return keep
+
+    def lower_ids(self) -> list[str]:
+        """The ids in lower case, for case-insensitive search (built once)."""
+        if self.__dict__.get("_lower") is None or len(self._lower) != len(self.ids):
+            self._lower = [m.lower() for m in self.ids]
+        return self._lower
+
+    def rows_of(self, model_ids: list[str]) -> np.ndarray:
+        """Table rows of the ids that are on the map, in the given order (others skipped)."""
+        index = self.index()
+        return np.fromiter((i for i in map(index.get, model_ids) if i is not None), dtype=np.int64)
+
+    def array(self, name: str) -> np.ndarray:
+        """A metadata column as a numpy array (float for numeric columns, object otherwise),
+        built once: the app indexes it with a selection's rows."""
+        cache = self.__dict__.setdefault("_arrays", {})
+        if name not in cache or len(cache[name]) != len(self.ids):
+            dtype = float if name in NUMERIC else object
+            cache[name] = np.asarray(self.columns[name], dtype=dtype)
+        return cache[name]
 
     def recovered_edges(self) -> list[tuple[int, int, bool]]:
         """(parent row, child row, flagged) of the lineage recovered from the weights, where
@@ -263,8 +288,15 @@ def map_table(root: str | Path) -> MapTable:
             columns[c].append(meta[c])
         tags.append(_as_list(merged.get("tags")))
         parents.append(_as_list(merged.get("base_model")))
+    emb_rows = [r.get("row") for r in rows if "id" in r]
     table = MapTable(
-        ids=ids, coords=coords, columns=columns, tags=tags, base_model=parents, records=records
+        ids=ids,
+        coords=coords,
+        columns=columns,
+        tags=tags,
+        base_model=parents,
+        records=records,
+        rows=[int(r) for r in emb_rows] if all(isinstance(r, int) for r in emb_rows) else None,
     )
     lineage = LineageTable(atlas.root)
     if lineage.exists():
@@ -330,9 +362,6 @@ def layer_rows_by_model(
     Read from ``embeddings/layers.jsonl`` (or another backbone's embeddings): the spread is the
     std of the layer's token embeddings (003 eq. 8), written by ``weightatlas embed``.
     """
-
-    from core.embeddings.encode import embeddings_dir
-
     atlas = Atlas.open(root)
     out: dict[str, list[dict[str, Any]]] = {}
     for r in EmbeddingTables(embeddings_dir(atlas, backbone_dir)).layers():

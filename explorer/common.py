@@ -29,8 +29,9 @@ README_SECTION = "README.md, section “From your Hugging Face cache to a map”
 def warm_imports() -> threading.Thread:
     """Import the torch-backed core modules in a background thread, once per server.
 
-    The map needs only numpy and plotly; torch (about 3 s to import) is needed from the first
-    neighbour query on, so it loads while the user looks at the map. pandas and PIL are
+    The map and the model panel (neighbours) need only numpy and plotly; torch (about 3 s to
+    import) is needed by the Layers and Generate pages and to embed a model folder, so it
+    loads while the user looks at the map. pandas and PIL are
     imported here first, in the script's thread: plotly looks them up in ``sys.modules``
     while it builds a figure, and a module half-imported by the background thread there
     broke the page ("partially initialized module 'pandas'"). Code that needs torch calls
@@ -49,9 +50,12 @@ def warm_imports() -> threading.Thread:
 
 
 # app.py calls warm_imports after the first page has been sent; the browser then downloads and
-# runs plotly.js (about 4.6 MB) from this server, which a torch import holding the interpreter
-# slowed down; a page that needs torch earlier waits for it (wait_for_imports) without the delay
-WARM_IMPORT_DELAY_S = 3.0
+# runs plotly.js (about 4.6 MB) from this server and draws the map, which a torch import (2-3 s
+# of CPU) slowed down on a 2-core machine: the 3 s this waited before was not enough under
+# load (issue 27). Nothing on the Atlas page needs torch until a model folder is embedded or
+# the map quality computed (neighbours are read with numpy, core.embeddings.reader); a page
+# that needs torch earlier waits for it (wait_for_imports) without the delay
+WARM_IMPORT_DELAY_S = 20.0
 _NOW = threading.Event()
 
 
@@ -129,7 +133,11 @@ def back_to_demo() -> None:
 
 
 def help_panel() -> None:
-    """What an atlas is and how to make one from your own models (sidebar)."""
+    """What an atlas is and how to make one from your own models (sidebar).
+
+    The commands are inline code, not a fenced block: a block loads the browser's syntax
+    highlighter, about 1 s of JavaScript before the first map on a cold load (issue 27).
+    """
     with st.expander("What is an atlas?", icon=":material/help:"):
         st.markdown(
             """
@@ -140,12 +148,10 @@ learned from their weights: the manifest of models, their weight tokens, one bac
 **Your own models** (safetensors weights only; transformers or timm models, vision and text,
 and the zoo's models; no pickles, no remote code, at most 350 M parameters):
 
-```bash
-weightatlas collect ATLAS --source hf-cache
-weightatlas tokenize ATLAS
-weightatlas train ATLAS
-weightatlas embed ATLAS
-```
+1. `weightatlas collect ATLAS --source hf-cache`
+2. `weightatlas tokenize ATLAS`
+3. `weightatlas train ATLAS`
+4. `weightatlas embed ATLAS`
 
 then type `ATLAS` above (from any folder: the atlases your commands ran on are remembered).
 Details: """

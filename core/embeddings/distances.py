@@ -7,21 +7,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from core.atlas import Atlas, EmbeddingTables
 from core.collection.facts import run_key
-from core.embeddings.encode import EmbedConfig, embeddings_dir
+from core.embeddings.encode import EmbedConfig
+from core.embeddings.reader import (  # noqa: F401  (re-exported: their old home)
+    DISTANCE_METRICS,
+    LEGACY_MAP_METRIC,
+    check_metric,
+    embeddings_dir,
+    map_metric,
+    read_tensors,
+)
 from core.errors import WeightAtlasError
 from core.models.formats import read_model_config, snapshot_root
 from core.models.registry import library_of, model_type_of
-
-
-def read_tensors(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise WeightAtlasError(f"{path} is missing; run `weightatlas embed` first")
-    with safe_open(str(path), "np") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
 
 def cosine_distances(z: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -37,29 +37,6 @@ OUTSIDE_MEANING = (
     "are from theirs; its map position (a weighted mean of its neighbours' positions) and its "
     "neighbours say little, since nothing like it was collected"
 )
-
-
-DISTANCE_METRICS = ("cosine", "zscore", "euclidean")
-# the neighbours' and the UMAP map's metric of atlases embedded before
-# ``EmbedConfig.neighbour_metric`` existed
-LEGACY_MAP_METRIC = "cosine"
-
-
-def check_metric(metric: str) -> None:
-    """Raise a one-line error for a metric outside ``DISTANCE_METRICS``."""
-    if metric not in DISTANCE_METRICS:
-        raise WeightAtlasError(
-            f"unknown distance metric {metric!r}; choose from {', '.join(DISTANCE_METRICS)}"
-        )
-
-
-def map_metric(info: dict[str, Any]) -> str:
-    """The metric of an atlas' neighbours and UMAP map, from its ``embeddings/info.json``:
-    ``map_metric`` (``EmbedConfig.neighbour_metric``, written by ``embed``), else
-    ``LEGACY_MAP_METRIC`` (embeddings written before the field existed)."""
-    metric = str(info.get("map_metric", LEGACY_MAP_METRIC))
-    check_metric(metric)
-    return metric
 
 
 def pairwise_distances(z: np.ndarray, v: np.ndarray, metric: str, ref: np.ndarray) -> np.ndarray:

@@ -16,16 +16,9 @@ from core.backbone.device import autocast, compute_dtype
 from core.backbone.inference import BF16_MIN_WIDTH, packed_backbone
 from core.backbone.model import load_backbone, sinusoidal_3d
 from core.config import register_presets
+from core.embeddings.reader import embeddings_dir  # noqa: F401  (re-exported)
 from core.embeddings.statistics import DEPTH_BINS, depth_pooled
 from core.errors import WeightAtlasError
-
-
-def embeddings_dir(atlas: Atlas, backbone_dir: str | Path | None = None) -> Path:
-    """Where embeddings of the atlas' main backbone (or of another backbone) are written."""
-    if backbone_dir is None or Path(backbone_dir).resolve() == atlas.backbone_dir.resolve():
-        return atlas.embeddings_dir
-    return Path(backbone_dir) / "embeddings"
-
 
 # Shapes: N tokens of one model, D token size, L latent dim, T window length, K sequences
 # decoded together, M embedded models, S layers over all models.

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
 from core.collection.specs import parse_model_spec, resolve_arch
 from core.config import build_config
-from core.embeddings.distances import LEGACY_MAP_METRIC, map_metric, read_tensors
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
@@ -26,6 +23,7 @@ from core.embeddings.encode import (
     encode_summary,
     open_backbone,
 )
+from core.embeddings.reader import Embeddings, load_embeddings, nearest  # noqa: F401  (re-exported)
 from core.errors import WeightAtlasError
 from core.safety import printable
 from core.tokens.plan import tokenize_model_dir
@@ -81,84 +79,6 @@ def _model_path(spec: str, atlas: str | Path) -> Path:
 
 
 # loading tables, retrieval, single models
-
-
-@dataclass
-class Embeddings:
-    """The embedding tables of an atlas."""
-
-    z: np.ndarray  # (M, L)
-    layer_z: np.ndarray  # (S, L)
-    layer_spread: np.ndarray  # (S,)
-    models: list[dict[str, Any]]
-    layers: list[dict[str, Any]]
-    s_w: np.ndarray | None = None  # (M, 35) the weights' statistics, when `embed` stored them
-    # the neighbours' metric (``core.embeddings.distances.map_metric`` of the atlas)
-    metric: str = LEGACY_MAP_METRIC
-
-    @functools.cached_property
-    def ids(self) -> list[str]:
-        """Model ids in row order (built once: the app asks per query, 100,000 at a time)."""
-        return [r["id"] for r in self.models]
-
-    @functools.cached_property
-    def rows(self) -> dict[str, int]:
-        """Row of ``z`` of each model id."""
-        return {r["id"]: int(r["row"]) for r in self.models}
-
-    @functools.cached_property
-    def unit_z(self) -> np.ndarray:
-        """``z`` in float64 with unit rows (cosine distances are one matrix-vector product)."""
-        z = self.z.astype(np.float64)
-        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-    @functools.cached_property
-    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
-        z = self.z.astype(np.float64)
-        return z.mean(0), np.maximum(z.std(0), 1e-12)
-
-    @functools.cached_property
-    def _scaled_z(self) -> np.ndarray:
-        """``z`` as ``metric`` compares it: standardized for ``zscore``, float64 otherwise."""
-        z = self.z.astype(np.float64)
-        if self.metric == "zscore":
-            mu, sd = self._moments
-            return (z - mu) / sd
-        return z
-
-    def distances(self, v: np.ndarray) -> np.ndarray:
-        """``(M,)`` distances of every row to ``v (L,)`` under ``metric`` (as
-        ``core.embeddings.distances.pairwise_distances`` with the atlas as reference)."""
-        v = np.asarray(v, dtype=np.float64).reshape(-1)
-        if self.metric == "cosine":
-            return 1.0 - self.unit_z @ (v / max(float(np.linalg.norm(v)), 1e-12))
-        if self.metric == "zscore":
-            mu, sd = self._moments
-            v = (v - mu) / sd
-        return np.sqrt(np.maximum(((self._scaled_z - v) ** 2).sum(1), 0.0))
-
-    def vector(self, model_id: str) -> np.ndarray:
-        """The embedding of one collected model."""
-        row = self.rows.get(model_id)
-        if row is None:
-            raise WeightAtlasError(f"{model_id!r} is not in the atlas' embeddings")
-        return self.z[row]
-
-
-def load_embeddings(atlas: str | Path, backbone_dir: str | Path | None = None) -> Embeddings:
-    """Read ``ATLAS/embeddings/`` (or another backbone's embeddings)."""
-    a = Atlas.open(atlas)
-    out = EmbeddingTables(embeddings_dir(a, backbone_dir))
-    t = read_tensors(out.tensors_path)
-    return Embeddings(
-        z=t["z"],
-        layer_z=t["layer_z"],
-        layer_spread=t["layer_spread"],
-        models=out.models(),
-        layers=out.layers(),
-        s_w=t.get("s_w"),
-        metric=map_metric(out.info()),
-    )
 
 
 def token_scheme(a: Atlas) -> tuple[str, int]:
@@ -285,20 +205,7 @@ def neighbours(
         v = embed_model_dir(model, atlas).astype(np.float64)
     else:
         raise WeightAtlasError(f"{model!r} is neither a collected model id nor a model directory")
-    if v.shape[0] != emb.z.shape[1]:
-        raise WeightAtlasError(f"vector has {v.shape[0]} dims, embeddings have {emb.z.shape[1]}")
-    d = emb.distances(v)
-    # the k + 1 smallest (one may be the model itself), ties as a stable full sort orders them:
-    # every distance up to the (k+1)-th smallest, then a stable sort of those few
-    m = min(k + 1, len(d))
-    if m == 0:
-        return []
-    cut = np.partition(d, m - 1)[m - 1]
-    near = np.flatnonzero(d <= cut)
-    order = near[np.argsort(d[near], kind="stable")]
-    ids = emb.ids
-    out = [(ids[i], float(d[i])) for i in order if ids[i] != skip]
-    return out[:k]
+    return nearest(emb, v, k, skip)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,19 +75,26 @@ def cached_figure(
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def cached_embeddings(root: str, stamp_: float):
-    """The atlas' embeddings (core.embeddings.table.load_embeddings), read once per atlas version."""
-    from core.embeddings.table import load_embeddings  # torch: not before the map's first paint
+def cached_embeddings(root: str, stamp_: float, _table: MapTable):
+    """The atlas' embeddings for neighbour queries (``core.embeddings.reader``: no torch), read
+    once per atlas version: the model rows come from the map table, ``layers.jsonl`` is not
+    read (the layer panel has its own cached reader)."""
+    from core.embeddings.reader import load_embeddings
 
-    return load_embeddings(root)
+    models = None
+    if _table.rows is not None:
+        models = [{"id": m, "row": r} for m, r in zip(_table.ids, _table.rows, strict=True)]
+    return load_embeddings(root, models=models, layers=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_neighbours(root: str, stamp_: float, model_id: str, k: int) -> list[tuple[str, float]]:
-    """k nearest collected models of ``model_id`` (core.embeddings.table.neighbours)."""
-    from core.embeddings.table import neighbours
+def cached_neighbours(
+    root: str, stamp_: float, _table: MapTable, model_id: str, k: int
+) -> list[tuple[str, float]]:
+    """k nearest collected models of ``model_id`` (core.embeddings.reader.neighbours_of)."""
+    from core.embeddings.reader import neighbours_of
 
-    return neighbours(root, model_id, k, embeddings=cached_embeddings(root, stamp_))
+    return neighbours_of(cached_embeddings(root, stamp_, _table), model_id, k)
 
 
 EMBEDDED_FOLDERS_KEPT = 16
@@ -314,7 +321,6 @@ def model_panel_ui(root: Path, table: MapTable, stamp_: float, model_id: str) ->
     Every string from the manifest is untrusted (a model id or license may hold markdown):
     it is shown in tables or escaped, never rendered as markdown.
     """
-    wait_for_imports()
     i = table.index().get(model_id)
     row = table.records[i] if i is not None and table.records else {}
     st.subheader(escape_md(model_id), anchor=False)  # an id may hold markdown (issue 12)
@@ -351,12 +357,12 @@ def _card_ui(table: MapTable, row: dict[str, Any], i: int | None) -> None:
 def _neighbours_ui(root: Path, table: MapTable, stamp_: float, model_id: str) -> None:
     """The model's ``k`` nearest neighbours by embedding distance, with family, task, accuracy."""
     st.markdown(
-        f"**Nearest neighbours** ({cached_embeddings(str(root), stamp_).metric} distance "
+        f"**Nearest neighbours** ({cached_embeddings(str(root), stamp_, table).metric} distance "
         "of embeddings)"
     )
     k = st.slider("k", 1, 25, 8, key="nn_k")
     try:
-        pairs = cached_neighbours(str(root), stamp_, model_id, int(k))
+        pairs = cached_neighbours(str(root), stamp_, table, model_id, int(k))
     except USER_ERRORS as e:
         user_error(e)
         pairs = []
@@ -547,24 +553,25 @@ def details(root: Path, table: MapTable, stamp_: float) -> None:
     """
     search = str(st.session_state.get("map_search") or "").strip()
     hits = search_hits(table, search)
-    index = table.index()
-    chosen = [m for m in st.session_state.get("map_selected", []) if m in index]
+    # rows of the table, not ids: a lasso on a large map holds tens of thousands of points
+    rows = table.rows_of(st.session_state.get("map_selected", []))
     if hits:  # search hits first, then the map selection
-        hit_set = set(hits)
-        chosen = hits + [m for m in chosen if m not in hit_set]
+        hit_rows = table.rows_of(hits)
+        rows = np.concatenate([hit_rows, rows[~np.isin(rows, hit_rows)]])
     elif search:
         st.warning("No model id contains that text.", icon=":material/search_off:")
-    if not chosen:
+    if not len(rows):
         st.info(
             "Click a model on the map, lasso or box-select several, or search an id to see "
             "its card, layers and nearest neighbours."
         )
         return
-    if len(chosen) > 1:
-        acc = np.array([table.columns["accuracy"][index[m]] for m in chosen], dtype=float)
-        fams = sorted({table.columns["family"][index[m]] for m in chosen})
+    chosen = [table.ids[i] for i in rows[:MAX_DETAIL_OPTIONS]]
+    if len(rows) > 1:
+        acc = table.array("accuracy")[rows]
+        fams = sorted(set(table.array("family")[rows].tolist()))
         st.markdown(
-            f"**{len(chosen)} models selected** · families: "
+            f"**{len(rows)} models selected** · families: "
             + escape_md(", ".join(fams[:8]))
             + (f" · mean test accuracy {np.nanmean(acc):.3f}" if np.isfinite(acc).any() else "")
         )
