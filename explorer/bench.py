@@ -5,7 +5,9 @@ Measures, with headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playw
 - ``demo``: seconds from ``streamlit run explorer/app.py`` to the map drawn in the browser on
   the demo atlas (``assets/demo``, or ``$WEIGHTATLAS_ATLAS``), next to two baselines measured the same way: a trivial
   one-line Streamlit page (server start + browser + websocket, no app work) and a page with a
-  single three-point plotly chart (adds loading plotly.js and a WebGL context);
+  single three-point plotly chart (adds loading plotly.js and a WebGL context); with each,
+  the CPU seconds the server and the browser spent until then (``*_cpu_seconds``: on a
+  shared, loaded machine they vary far less than the wall time);
 - ``synthetic``: the same on a generated atlas of ``--n`` models (20,000 by default), then the
   seconds per interaction (colour change, map switch, lasso selection opening the model
   panel, id search), each timed from the input to the updated, idle page. For the lasso the
@@ -279,8 +281,41 @@ def wait_idle(page: Any, timeout_ms: float = 60_000, settle_ms: int = 0) -> None
         )
 
 
-def time_to_map(script: Path, atlas: Path | None, browser: Any, expect_map: bool = True) -> float:
-    """Seconds from server start to the rendered map (or to the first rendered element)."""
+def process_cpu_seconds(root_pid: int) -> dict[int, tuple[int, float]]:
+    """CPU seconds (user + system) of every live descendant of ``root_pid``, as
+    ``{pid: (parent pid, seconds)}``, read from ``/proc`` (Linux; empty elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    out, todo = {}, [root_pid]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, sec) in procs.items():
+            if ppid == parent and pid not in out:
+                out[pid] = (ppid, sec)
+                todo.append(pid)
+    return out
+
+
+def time_to_map(
+    script: Path,
+    atlas: Path | None,
+    browser: Any,
+    expect_map: bool = True,
+    cpu: dict[str, float] | None = None,
+) -> float:
+    """Seconds from server start to the rendered map (or to the first rendered element).
+
+    ``cpu``, if given, receives the CPU seconds spent meanwhile by the server (``server``) and
+    by the browser with its Playwright driver (``browser``): on a loaded machine these vary
+    far less than the wall time.
+    """
+    before = process_cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     with AppServer(script, atlas) as server:
         server.wait_ready()
@@ -291,7 +326,13 @@ def time_to_map(script: Path, atlas: Path | None, browser: Any, expect_map: bool
         else:
             page.wait_for_selector('[data-testid="stMarkdown"]', timeout=60_000)
         seconds = time.perf_counter() - t0
+        after = process_cpu_seconds(os.getpid())
         page.close()
+    if cpu is not None:
+        spent = {pid: sec - before.get(pid, (0, 0.0))[1] for pid, (_, sec) in after.items()}
+        srv = {server.proc.pid} | {p for p in after if after[p][0] == server.proc.pid}
+        cpu["server"] = round(sum(v for p, v in spent.items() if p in srv), 2)
+        cpu["browser"] = round(sum(v for p, v in spent.items() if p not in srv), 2)
     return seconds
 
 
@@ -490,6 +531,7 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         syn = synthetic_atlas(work / "synthetic", n=n)
         synth_seconds = time.perf_counter() - t
+        has_demo = Atlas(demo).info_path.exists()
         result: dict[str, Any] = {
             "demo_atlas": str(demo),
             "n_synthetic": n,
@@ -499,23 +541,25 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
         with sync_playwright() as p:
             browser = launch_browser(p)
             try:
-                base = [
-                    time_to_map(trivial, None, browser, expect_map=False) for _ in range(repeat)
-                ]
-                result["baseline_trivial_page_seconds"] = min(base)
-                base = [time_to_map(one_plot, None, browser) for _ in range(repeat)]
-                result["baseline_one_plotly_chart_seconds"] = min(base)
-                if Atlas(demo).info_path.exists():
-                    runs = [time_to_map(app, demo, browser) for _ in range(repeat)]
-                    result["demo_start_to_map_seconds"] = min(runs)
-                else:
+                for name, script, atlas, drawn in (
+                    ("baseline_trivial_page", trivial, None, False),
+                    ("baseline_one_plotly_chart", one_plot, None, True),
+                    *((("demo_start_to_map", app, demo, True),) if has_demo else ()),
+                ):
+                    cpus = [{} for _ in range(repeat)]
+                    runs = [time_to_map(script, atlas, browser, drawn, c) for c in cpus]
+                    result[f"{name}_seconds"] = min(runs)
+                    # CPU seconds to the first paint (server, browser): least of the runs
+                    result[f"{name}_cpu_seconds"] = {
+                        k: min(c[k] for c in cpus) for k in ("server", "browser")
+                    }
+                if not has_demo:
                     result["demo_start_to_map_seconds"] = None
                     result["demo_missing"] = f"{demo} not built (weightatlas demo --out {demo})"
                 runs = [time_to_map(app, syn, browser) for _ in range(repeat)]
                 result["synthetic_start_to_map_seconds"] = min(runs)
-                targets = [("synthetic", syn)]
-                if Atlas(demo).info_path.exists():
-                    targets.insert(0, ("demo", demo))
+                targets = [("demo", demo)] if has_demo else []
+                targets.append(("synthetic", syn))
                 for name, atlas in targets:
                     best = _best_interactions(app, atlas, browser, repeat)
                     result.update({f"{name}_{k}": v for k, v in best.items()})
