@@ -101,8 +101,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # processes: 11-13 s per step, at OMP_NUM_THREADS=2); the 400 steps here are what an idle
     # machine affords. On a shared machine run it at OMP_NUM_THREADS=1: OpenMP threads waiting
     # on each other cost more than they bring there (`weightatlas bench train --threads 2`,
-    # default_1_thread: 2.16x at load 9-14); steps=500 at one thread ran 450 steps in 1,312 s
-    # (patience stopped it after a divergence at step ~355; issue 25, H5)
+    # default_1_thread: 2.16x at load 9-14). At one thread (issue 25, H5): steps=500 ran 450
+    # steps in 1,312 s, patience stopping it after a divergence at step ~355 (rec loss 1.1 -> 24-42);
+    # steps=800 lr=5e-4 ran 650 steps in 883 s, patience stopping it (best val_select_score
+    # 0.714 at step 500), with no divergence
     "demo-long": dict(
         steps=400, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=50, ckpt_every=50,
         log_every=10, gamma=GAMMA, noise_mode="multiplicative", permute=True, positive="any",
