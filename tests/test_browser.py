@@ -25,13 +25,13 @@ from explorer.bench import (
     AppServer,
     choose,
     click_point,
-    generate_small,
     lasso,
     launch_browser,
     synthetic_atlas,
     wait_for_map,
     wait_idle,
 )
+from explorer.screenshots import generate_small, take_screenshots
 
 pytestmark = pytest.mark.browser
 APP = REPO / "explorer" / "app.py"
@@ -501,8 +501,6 @@ def test_lineage_screenshot_turns_the_edges_on_and_zooms_onto_a_tree(
     browser, trees_server, tmp_path
 ):
     from PIL import Image
-
-    from explorer.bench import take_screenshots
 
     _, atlas = trees_server
     with pytest.raises(ValueError, match="unknown screenshot"):
