@@ -77,6 +77,17 @@ def ci_backbone(token_size: int = 64, seed: int = 0, **overrides: object) -> Bac
     return Backbone(cfg).eval()
 
 
+def ci_backbone_config(**overrides: object) -> BackboneConfig:
+    """The ``ci`` backbone config with ``overrides`` (the model, inference and encode tests')."""
+    return build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides=overrides)
+
+
+def position_grid(B: int, T: int, start: int = 0) -> torch.Tensor:
+    """``(B, T, 3)`` positions ``(n, n // 7, n % 7)`` for ``n`` in ``start .. start + T``."""
+    n = torch.arange(start, start + T)
+    return torch.stack([n, n // 7, n % 7], -1).expand(B, T, 3)
+
+
 def _build(spec: AtlasSpec, root: Path) -> Path:
     z = zoo(
         "ci",
