@@ -150,3 +150,13 @@ def tiny_hf_cache(cache: Path) -> dict[str, Path]:
         (snap.parent.parent / "refs" / "main").write_text(rev)
         out[repo] = snap
     return out
+
+
+@pytest.fixture(scope="module")
+def probe_atlas(atlas_factory) -> Path:
+    """TINY with a ci backbone, embedded: zoo -> collect -> tokenize -> embed (one per module)."""
+    from core.embeddings.embed import embed
+
+    atlas = atlas_factory(TINY, ci_backbone())
+    embed(atlas)
+    return atlas

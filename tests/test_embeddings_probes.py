@@ -1,23 +1,15 @@
-"""Probes (split by training run, embeddings vs s(W)) and the per-layer reconstruction report."""
+"""core.embeddings.probes: probes (split by training run, embeddings vs s(W)) and the per-layer reconstruction report."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
-from conftest import TINY, ci_backbone
+from conftest import ci_backbone
 
 from core.atlas import Atlas, read_json
-from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.collection.facts import run_of
-from core.config import build_config
-from core.embeddings.embed import embed
 from core.embeddings.encode import EmbedConfig, pooled_dim
-from core.embeddings.fidelity import wasserstein1
 from core.embeddings.probes import ProbeConfig, probe_split
-from core.embeddings.statistics import DEPTH_BINS, STAT_NAMES, weight_statistics
 
 
 def _rows(runs: int, epochs: int, split_of_run) -> list[dict]:
@@ -61,42 +53,6 @@ def test_probe_split_never_leaks_a_run_even_if_the_manifest_does():
     train, test, how = probe_split(rows, ProbeConfig(min_side=3))
     assert how == "group-shuffle"
     _assert_no_leak(rows, train, test)
-
-
-def test_weight_statistics_fixed_length_and_values():
-    from core.tokens.plan import tokenize_state_dict
-
-    torch.manual_seed(0)
-    shallow = {"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}
-    deep = {f"l{i}.weight": torch.randn(16, 16) * (i + 1) for i in range(7)}
-    feats = []
-    for sd in (shallow, deep):
-        tok = tokenize_state_dict(sd, "dense", 16)
-        feats.append(weight_statistics(tok.tokens, tok.mask, tok.positions))
-    assert feats[0].shape == feats[1].shape == ((DEPTH_BINS + 1) * len(STAT_NAMES),)
-    # whole-model statistics: the last block, computed from the real values only
-    allv = torch.cat([v.flatten() for v in shallow.values()]).double().numpy()
-    np.testing.assert_allclose(feats[0][-7:-5], [allv.mean(), allv.std()], rtol=1e-6)
-    np.testing.assert_allclose(feats[0][-5:], np.quantile(allv, [0, 0.25, 0.5, 0.75, 1]), rtol=1e-6)
-    # depth bins of the deep model: std grows with depth as the weights were scaled
-    stds = feats[1][1 : DEPTH_BINS * 7 : 7]
-    assert np.all(np.diff(stds) > 0)
-
-
-def test_wasserstein1_matches_scipy():
-    from scipy.stats import wasserstein_distance
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=500), rng.normal(0.3, 2.0, size=500)
-    assert wasserstein1(a, b) == pytest.approx(wasserstein_distance(a, b), rel=1e-9)
-
-
-@pytest.fixture(scope="module")
-def probe_atlas(atlas_factory) -> Path:
-    """zoo (mlp on wine + digits, cnn on digits; 3 runs each) -> collect -> tokenize -> embed."""
-    atlas = atlas_factory(TINY, ci_backbone())
-    embed(atlas)
-    return atlas
 
 
 def test_evaluate_writes_probe_table_for_both_feature_sets(probe_atlas):
@@ -242,79 +198,6 @@ def test_task_target_only_for_pairs_with_two_runs_and_zoo_grouping():
         range(6)
     )
     assert homogeneous_zoos(rows, 4) == {"cnn/digits10": list(range(8, 12))}
-
-
-def test_layer_report_records(probe_atlas):
-    from core.embeddings.fidelity import layer_report
-    from core.tokens.store import TokenStore
-
-    store = TokenStore(Atlas(probe_atlas).tokens_dir)
-    mid = next(i for i in store.ids if "cnn" in i)
-    recs = layer_report(probe_atlas, mid, max_values=50)
-    layers = store.layers(mid)
-    assert [r["name"] for r in recs] == [e.name for e in layers]
-    for r, e in zip(recs, layers):
-        assert r["shape"] == list(e.shape) and r["n_values"] == int(np.prod(e.shape))
-        assert len(r["original"]) == min(50, r["n_values"]) == len(r["reconstructed"])
-        assert r["mse"] >= 0 and (r["w1_over_std"] is None or r["w1_over_std"] >= 0)
-        if r["n_values"] <= 50 and r["r2"] is not None:  # metrics agree with the returned values
-            o, x = np.array(r["original"]), np.array(r["reconstructed"])
-            assert r["mse"] == pytest.approx(np.mean((o - x) ** 2), rel=1e-6)
-            assert r["r2"] == pytest.approx(1 - r["mse"] / o.var(), rel=1e-6)
-    # original values are the model's real weights (evenly subsampled)
-    from core.tokens.plan import detokenize
-
-    sd = detokenize(store.get(mid).tokens, layers)
-    w = sd[layers[0].name].flatten().double().numpy()
-    idx = np.linspace(0, w.size - 1, min(50, w.size)).round().astype(int)
-    np.testing.assert_allclose(recs[0]["original"], w[idx], rtol=1e-6)
-
-
-def test_depth_pooling_bins_layers_like_s_of_w():
-    from core.embeddings.statistics import DEPTH_BINS, depth_pooled
-
-    layer_z = np.arange(16, dtype=np.float64).reshape(8, 2)  # 8 layers, 2 dims
-    overall = np.array([-1.0, -1.0])
-    got = depth_pooled(layer_z, overall).reshape(DEPTH_BINS + 1, 2)
-    assert np.array_equal(got[:DEPTH_BINS], layer_z.reshape(DEPTH_BINS, 2, 2).mean(1))
-    assert np.array_equal(got[-1], overall)
-    # a model with fewer layers than bins fills the empty bins with its overall vector
-    few = depth_pooled(layer_z[:2], overall).reshape(DEPTH_BINS + 1, 2)
-    assert sum(np.array_equal(row, overall) for row in few[:DEPTH_BINS]) == DEPTH_BINS - 2
-
-
-def test_encode_decode_accuracy_exact_through_an_identity_backbone(probe_atlas, tmp_path):
-    """A skip backbone with room for every feature (latent 80 >= 64 + 2, a test device, not a
-    preset), its skip set to the tokens' PCA, decodes every weight back (accuracy unchanged,
-    R² 1); the atlas' random plain backbone does not (R² far below 1)."""
-    from core.generation.evaluation import reconstruction_accuracy
-    from core.tokens.store import TokenStore
-
-    cfg = build_config(
-        BackboneConfig, BACKBONE_PRESETS, "ci",
-        overrides={"token_size": 64, "latent_dim": 80, "skip": True},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Backbone(cfg)
-    store = TokenStore(Atlas(probe_atlas).tokens_dir)
-    toks = [
-        torch.as_tensor(store.get(m).tokens) * torch.as_tensor(store.get(m).mask) for m in store.ids
-    ]
-    assert model.init_skip_pca(torch.cat(toks)) == pytest.approx(1.0)
-    ident = save_backbone(model, tmp_path / "identity")
-    splits = ("train", "val", "test")
-    rows = reconstruction_accuracy(probe_atlas, "cnn", "digits10", splits, backbone_dir=ident)
-    cnn = [
-        r for r in Atlas(probe_atlas).accepted()
-        if r["labels"]["family"] == "cnn" and r["labels"]["task"] == "digits10"
-    ]  # fmt: skip
-    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in cnn)
-    for r in rows:
-        assert r["r2"] == pytest.approx(1.0, abs=1e-5)
-        assert r["accuracy_decoded"] == pytest.approx(r["accuracy_original"], abs=1e-9)
-        assert 0.0 <= r["accuracy_decoded_bn"] <= 1.0  # the CNNs have batch norm
-    random = reconstruction_accuracy(probe_atlas, "cnn", "digits10", splits)
-    assert all(r["r2"] < 0.5 for r in random)
 
 
 def test_backbone_step_reads_the_kept_step(tmp_path):
