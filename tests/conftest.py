@@ -77,6 +77,18 @@ def ci_backbone(token_size: int = 64, seed: int = 0, **overrides: object) -> Bac
     return Backbone(cfg).eval()
 
 
+def tiny_backbone(seed: int = 0) -> Backbone:
+    """A real (untrained) backbone, small (d_model 16, one layer) so that ResNet-18-sized sequences stay quick."""
+    cfg = build_config(
+        BackboneConfig,
+        BACKBONE_PRESETS,
+        "ci",
+        overrides={"d_model": 16, "n_layers": 1, "n_heads": 2, "latent_dim": 8},
+    )
+    torch.manual_seed(seed)
+    return Backbone(cfg).eval()
+
+
 def ci_backbone_config(**overrides: object) -> BackboneConfig:
     """The ``ci`` backbone config with ``overrides`` (the model, inference and encode tests')."""
     return build_config(BackboneConfig, BACKBONE_PRESETS, "ci", overrides=overrides)

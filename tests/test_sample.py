@@ -1,4 +1,4 @@
-"""Generation: KDE draws, layout-exact generated state dicts, BN conditioning, the sample stage."""
+"""core.generation.sample: the sample stage and its CLI (prompts, estimates, progress, targets)."""
 
 from __future__ import annotations
 
@@ -7,38 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import AtlasSpec
+from conftest import AtlasSpec, tiny_backbone
 
 from core.atlas import Atlas, GeneratedCard, read_json
-from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
 from core.cli import main
-from core.config import build_config
-from core.generation.build import (
-    build_generated,
-    condition_batchnorm,
-    decode_latents,
-    encode_models,
-)
-from core.generation.config import SampleConfig
-from core.generation.draws import draw_latents
 from core.generation.estimate import estimate_sample
-from core.generation.prompts import model_tokens, resolve_target
+from core.generation.prompts import resolve_target
 from core.generation.sample import sample
 from core.models.io import load_model_dir, read_config
 from core.models.registry import logits
 from core.zoos.tasks import get_task
-
-
-def tiny_backbone(seed: int = 0) -> Backbone:
-    """A real (untrained) backbone, small so that ResNet-18-sized sequences stay quick."""
-    cfg = build_config(
-        BackboneConfig,
-        BACKBONE_PRESETS,
-        "ci",
-        overrides={"d_model": 16, "n_layers": 1, "n_heads": 2, "latent_dim": 8},
-    )
-    torch.manual_seed(seed)
-    return Backbone(cfg).eval()
 
 
 @pytest.fixture(scope="module")
@@ -50,112 +28,7 @@ def cnn_atlas(atlas_factory) -> Path:
 # --------------------------------------------------------------------------------- draws
 
 
-def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
-def test_kde_draws_are_independent_per_token():
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(1, 40, 6, dtype=torch.float64)  # one prompt: draws = prompt + noise
-    draws, centres = draw_latents(z, 400, g, bandwidth_floor=0.1)
-    noise = draws - z  # (K, N, L)
-    assert (centres == 0).all()
-    # every token has its own noise: no two tokens share a noise vector, correlations ~ 0
-    for n, m in [(0, 1), (5, 30), (17, 18)]:
-        assert not torch.allclose(noise[:, n], noise[:, m])
-        assert abs(_corr(noise[:, n, 0], noise[:, m, 0])) < 0.2
-    # and the noise has the bandwidth it claims (floor * per-dim std over all tokens)
-    bw = 0.1 * z.reshape(-1, 6).std(0)
-    ratio = noise.reshape(-1, 6).std(0) / bw
-    assert torch.all((ratio > 0.85) & (ratio < 1.15)), ratio
-
-
-def test_kde_modes_choose_centres_per_token_or_per_draw():
-    z = torch.randn(4, 50, 3, dtype=torch.float64) * 10
-    kw = dict(bandwidth_scale=0.05, bandwidth_floor=0.0)
-    ind, c_ind = draw_latents(z, 20, torch.Generator().manual_seed(1), mode="independent", **kw)
-    joint, c_joint = draw_latents(z, 20, torch.Generator().manual_seed(1), mode="joint", **kw)
-    # independent: kernel centres vary along one draw's tokens; joint: one prompt per draw
-    assert all(len(set(c_ind[k].tolist())) > 1 for k in range(20))
-    assert all(len(set(c_joint[k].tolist())) == 1 for k in range(20))
-    assert len(set(c_joint[:, 0].tolist())) > 1
-    # in both modes each token lies close to its own centre (noise is small next to the spread)
-    for draws, centres in ((ind, c_ind), (joint, c_joint)):
-        picked = z[centres, torch.arange(50)[None, :]]
-        assert float((draws - picked).abs().mean()) < 0.1 * float(z.std())
-    # joint-mode noise is still independent across tokens
-    noise = joint - z[c_joint, torch.arange(50)[None, :]]
-    assert not torch.allclose(noise[:, 0], noise[:, 1])
-
-
-def test_gaussian_prior_matches_prompt_moments():
-    z = torch.randn(5, 30, 4, dtype=torch.float64) * 3 + 7
-    draws, centres = draw_latents(z, 3000, torch.Generator().manual_seed(2), prior="gaussian")
-    assert (centres == -1).all()
-    torch.testing.assert_close(draws.mean(0), z.mean(0), atol=0.35, rtol=0)
-    torch.testing.assert_close(draws.std(0), z.std(0), atol=0.35, rtol=0.15)
-
-
 # ------------------------------------------------------------------- layouts and loading
-
-
-def _generate_into(spec: str, backbone: Backbone, k: int = 2, task: str | None = None) -> tuple:
-    target = resolve_target(spec, "dense", backbone.cfg.token_size, task=task)
-    cfg = SampleConfig(batch_size=512)
-    prompt = target.arch.build(3)
-    z = encode_models(backbone, [model_tokens(prompt, target)], target, cfg)
-    draws, _ = draw_latents(z, k, torch.Generator().manual_seed(0))
-    tokens = decode_latents(backbone, draws, target, cfg)
-    return target, tokens
-
-
-def _families() -> list[str]:
-    from core.models.families import FAMILIES
-
-    return [f"zoo:{name}" for name in FAMILIES]
-
-
-@pytest.mark.parametrize("spec", [*_families(), "timm:resnet18", "timm:vit_tiny_patch16_224"])
-def test_generated_state_dict_loads_into_target(spec, tmp_path):
-    from core.models.io import load_model_dir
-    from core.tokens.plan import detokenize
-
-    backbone = tiny_backbone()
-    target, tokens = _generate_into(spec, backbone)
-    fresh = target.arch.build(0)
-    for i in range(len(tokens)):
-        model = build_generated(tokens[i], target, seed=0)  # strict: every key and shape
-        sd, ref = model.state_dict(), fresh.state_dict()
-        assert list(sd) == list(ref)
-        assert all(sd[k].shape == ref[k].shape and sd[k].dtype == ref[k].dtype for k in sd)
-        generated = detokenize(tokens[i], target.layers)
-        for name, t in generated.items():
-            assert torch.equal(sd[name], t), name  # the decoded values, not the fresh init
-        assert not torch.equal(sd[target.layers[0].name], ref[target.layers[0].name])
-    if spec.startswith("zoo:"):  # Hub-format round trip (the big timm models are covered above)
-        out = target.arch.save(model, tmp_path / "gen")
-        loaded = load_model_dir(out).model.state_dict()
-        assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
-
-
-def test_bn_conditioning_changes_only_buffers():
-    backbone = tiny_backbone()
-    target, tokens = _generate_into("zoo:resnet", backbone, k=1)
-    model = build_generated(tokens[0], target, seed=0)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    n = condition_batchnorm(model, target, batches=2, batch_size=64, seed=0)
-    assert n > 0
-    for k, v in model.named_parameters():
-        assert torch.equal(v, params[k]), f"trainable {k} changed"
-    changed = [k for k, v in model.named_buffers() if not torch.equal(v, buffers[k])]
-    assert any(k.endswith("running_mean") for k in changed)
-    assert any(k.endswith("running_var") for k in changed)
-    assert not model.training
-    # the statistics are the train-split batches' statistics, not the fresh init's (0 / 1)
-    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
 
 
 # ---------------------------------------------------------------------------- the stage
