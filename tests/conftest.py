@@ -172,3 +172,11 @@ def probe_atlas(atlas_factory) -> Path:
     atlas = atlas_factory(TINY, ci_backbone())
     embed(atlas)
     return atlas
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    """A synthetic embedded atlas of 240 models (explorer.bench), for the app and figure tests."""
+    from explorer.bench import synthetic_atlas
+
+    return synthetic_atlas(tmp_path_factory.mktemp("syn") / "atlas", n=240, seed=1)
