@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from core.collection.specs import ModelSpec, parse_model_spec, resolve_arch
 from core.embeddings.table import _model_path
 from core.errors import WeightAtlasError
 from core.generation.prompts import default_task
+from core.models.native import NATIVE_MODELS
+from core.models.registry import logits
 
 
 def test_prefixed_specs_are_taken_as_written():
@@ -56,3 +59,23 @@ def test_callers_read_specs_through_the_parser(tmp_path, monkeypatch):
     (tmp_path / "folder").mkdir()
     assert _model_path("folder", tmp_path).resolve() == (tmp_path / "folder").resolve()
     assert _model_path("hf:folder", tmp_path).resolve() == (tmp_path / "folder").resolve()
+
+
+def test_resolve_arch_specs():
+    t = resolve_arch("zoo:vit")
+    assert t.task == "digits10" and t.library == "transformers" and t.family == "vit"
+    assert resolve_arch("vit").config == t.config
+    assert resolve_arch("mlp").task == "wine"
+    t = resolve_arch("timm:resnet18", task="digits10")
+    m = t.build(0)
+    assert logits(m, torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert t.family == "resnet" and t.library == "timm"
+    with pytest.raises(WeightAtlasError):
+        resolve_arch("zoo:nonexistent")
+    with pytest.raises(WeightAtlasError):
+        resolve_arch("gh:foo")
+    with pytest.raises(WeightAtlasError):
+        resolve_arch("hf:not-an-org/not-a-model", cache_dir="/nonexistent")
+    with pytest.raises(WeightAtlasError, match="cannot train"):
+        resolve_arch("zoo:resnet", task="wine")
+    assert set(NATIVE_MODELS) == {"mlp", "cnn"}
