@@ -23,7 +23,6 @@ import core.backbone.train as train_mod
 from core.atlas import Atlas, AtlasError, append_jsonl, read_jsonl
 from core.backbone.bounds import linear_code_bounds, write_bounds
 from core.backbone.config import build_configs
-from core.backbone.data import layer_table
 from core.backbone.device import compute_dtype, cpu_bf16_flags
 from core.backbone.model import Backbone, load_backbone, matmul_params
 from core.backbone.train import train
@@ -295,27 +294,6 @@ def test_demo_long_is_the_demo_backbone_trained_longer():
 
 
 # ------------------------------------------------------------------ per-layer validation
-
-
-def test_layer_table_matches_numpy_per_layer_r2_and_std_ratio():
-    rng = np.random.default_rng(0)
-    ys = [rng.normal(size=50), rng.normal(1.0, 1e-3, size=20), np.full(5, 2.0)]
-    ps = [y + rng.normal(scale=0.3, size=y.size) for y in ys]
-    stats = torch.tensor(
-        [
-            [y.size, y.sum(), (y * y).sum(), p.sum(), (p * p).sum(), ((y - p) ** 2).sum()]
-            for y, p in zip(ys, ps)
-        ],
-        dtype=torch.float64,
-    )
-    r2, ratio = layer_table(stats)
-    for i in (0, 1):
-        y, p = ys[i], ps[i]
-        assert float(r2[i]) == pytest.approx(
-            1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-6
-        )
-        assert float(ratio[i]) == pytest.approx(p.std() / y.std(), rel=1e-6)
-    assert torch.isnan(r2[2]) and torch.isnan(ratio[2])  # a constant layer has no R^2
 
 
 def test_validation_reports_per_layer_medians_and_keeps_the_best_checkpoint(atlas, tmp_path):
