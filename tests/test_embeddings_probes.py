@@ -9,7 +9,7 @@ from conftest import ci_backbone
 from core.atlas import Atlas, read_json
 from core.collection.facts import run_of
 from core.embeddings.encode import EmbedConfig, pooled_dim
-from core.embeddings.probes import ProbeConfig, probe_split
+from core.embeddings.probes import ProbeConfig, probe_split, target_noise
 
 
 def _rows(runs: int, epochs: int, split_of_run) -> list[dict]:
@@ -211,3 +211,22 @@ def test_backbone_step_reads_the_kept_step(tmp_path):
     assert backbone_step(tmp_path) == 0  # the untrained initial code
     write_json(tmp_path / "config.json", {"step": 1800, "selected": {"step": 1800}})
     assert backbone_step(tmp_path) == 1800
+
+
+def test_target_noise_reads_the_task_test_size() -> None:
+    rows = [
+        {"labels": {"task": "digits10", "test_accuracy": a, "generalization_gap": g}}
+        for a, g in ((0.9, 0.01), (0.8, -0.02), (0.5, 0.0))
+    ]
+    n = target_noise(rows)
+    assert n["n_test_examples"] == 360 and n["task"] == "digits10"
+    assert n["test_accuracy_se"] == pytest.approx((0.8 * 0.2 / 360) ** 0.5)
+    assert n["generalization_gap_std"] == pytest.approx(0.012472, abs=1e-5)
+    assert n["gap_reliability"] == 0.0  # the gap's whole spread is within its noise
+    probe = [{"labels": {**r["labels"], "task": "shapes16-probe"}} for r in rows]
+    assert (
+        target_noise(probe)["test_accuracy_se"] < 0.0065
+        and target_noise(probe)["gap_reliability"] > 0.7
+    )
+    unknown = target_noise([{"labels": {"task": "imagenet", "test_accuracy": 0.5}}] * 2)
+    assert unknown["test_accuracy_se"] is None and unknown["n_test_examples"] is None

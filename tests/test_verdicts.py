@@ -1,13 +1,11 @@
-"""Verdict rules of the report (issue 25): a verdict says only what its numbers support.
+"""core.experiments.report.verdicts (issue 25): a probe or generation verdict says only what its
+numbers support.
 
 Each rule runs on a small synthetic result table shaped like the JSON its stage writes.
 """
 
 from __future__ import annotations
 
-import pytest
-
-from core.embeddings.probes import target_noise
 from core.experiments import report
 from core.experiments.report import NOT_TESTABLE
 
@@ -72,25 +70,6 @@ def test_probe_verdict_lines_name_the_step_the_combined_set_and_the_noise() -> N
     assert "untrained" in gap and "noise at this test size" in gap
 
 
-def test_target_noise_reads_the_task_test_size() -> None:
-    rows = [
-        {"labels": {"task": "digits10", "test_accuracy": a, "generalization_gap": g}}
-        for a, g in ((0.9, 0.01), (0.8, -0.02), (0.5, 0.0))
-    ]
-    n = target_noise(rows)
-    assert n["n_test_examples"] == 360 and n["task"] == "digits10"
-    assert n["test_accuracy_se"] == pytest.approx((0.8 * 0.2 / 360) ** 0.5)
-    assert n["generalization_gap_std"] == pytest.approx(0.012472, abs=1e-5)
-    assert n["gap_reliability"] == 0.0  # the gap's whole spread is within its noise
-    probe = [{"labels": {**r["labels"], "task": "shapes16-probe"}} for r in rows]
-    assert (
-        target_noise(probe)["test_accuracy_se"] < 0.0065
-        and target_noise(probe)["gap_reliability"] > 0.7
-    )
-    unknown = target_noise([{"labels": {"task": "imagenet", "test_accuracy": 0.5}}] * 2)
-    assert unknown["test_accuracy_se"] is None and unknown["n_test_examples"] is None
-
-
 def _generation(batchnorm: str, source: str, prompts: list[float]) -> dict:
     table = []
     for setting, task in (("in-distribution", "digits10"), ("held-out", "gratings16")):
@@ -130,96 +109,3 @@ def test_samples_are_compared_with_their_prompts_like_for_like() -> None:
         for ln in report.generation_verdicts(old)
         if "prompt" in ln
     )
-
-
-def test_sign_test_and_paired_verdict() -> None:
-    assert report.sign_test(16, 16) == pytest.approx(2 / 2**16)
-    assert report.sign_test(8, 16) == 1.0 and report.sign_test(0, 0) == 1.0
-    # two huge outliers move a mean, not a paired median: 7 of 14 wins is no effect
-    pairs = [(0.5, 0.5 + d) for d in (0.01, -0.01) * 7] + [(0.5, 9.0), (0.5, 11.0)]
-    out, text = report.paired_verdict(pairs)
-    assert out == "inconclusive" and "9 of 16" in text
-    out, _ = report.paired_verdict([(0.3, 2.0 + i) for i in range(10)])
-    assert out == "agree"
-    out, _ = report.paired_verdict([(2.0 + i, 0.3) for i in range(10)])
-    assert out == "disagree"
-
-
-def _layers(arm_values: dict[str, list[float]]) -> list[dict]:
-    return [
-        {"model": f"m{i}", "layer": name, "kind": "norm", "w1_over_std": v}
-        for name, values in arm_values.items()
-        for i, v in enumerate(values)
-    ]
-
-
-def test_padding_line_pairs_batchnorm_weights_and_biases_apart() -> None:
-    """The demo's numbers in small: padding hurts batch-norm weights (token 2-9 vs masked
-    0.4-0.7) while token reconstructs the biases better; pooled medians (0.55 vs 0.52) and
-    outlier-driven means hid both."""
-    token = _layers(
-        {
-            "bn.weight": [1.9, 5.3, 8.6, 3.0, 5.5, 3.7],
-            "bn.bias": [0.04, 0.1, 0.09, 0.07, 0.18, 0.11],
-        }
-    )
-    masked = _layers(
-        {
-            "bn.weight": [0.56, 0.65, 0.71, 0.46, 0.39, 0.47],
-            "bn.bias": [0.4, 0.35, 0.35, 0.53, 0.32, 0.28],
-        }
-    )
-    gen = {"mean": 0.2, "std": 0.01}
-    mln = {"modes": {"token": {"layers": token}, "masked": {"layers": masked, "generation": gen}}}
-    lines = [ln for ln in report.mln_verdicts(mln) if "padding" in ln]
-    assert len(lines) == 2
-    assert lines[0].startswith("- **agree**") and "batch-norm weights" in lines[0]
-    assert lines[1].startswith("- **disagree**") and "batch-norm biases" in lines[1]
-    assert "6 of 6 pairs" in lines[0] and "0 of 6 pairs" in lines[1]
-
-
-def test_composition_below_the_token_floor_is_not_testable() -> None:
-    def comp(tokens: int, d: float, s: float) -> dict:
-        gen = lambda m: {"generation": {"mean": m, "std": 0.005}, "tokens": tokens}  # noqa: E731
-        return {"chance": 0.103, "variants": {"diverse": gen(d), "single-family": gen(s)}}
-
-    (line,) = report.composition_verdicts(comp(4989, 0.099, 0.114))
-    assert line.startswith(f"- **{NOT_TESTABLE}**") and "4,989 tokens" in line and "45 M" in line
-    (line,) = report.composition_verdicts(comp(60_000_000, 0.099, 0.104))
-    assert line.startswith("- **inconclusive**") and "both at chance" in line
-    (line,) = report.composition_verdicts(comp(4989, 0.40, 0.20))  # above chance: a result
-    assert line.startswith("- **agree**") and "below 001 Table 12" in line
-
-
-def test_the_second_modality_gets_verdicts() -> None:
-    gen = {
-        "finetuned_test_losses": [0.691, 0.690],
-        "random_finetuned_test_losses": [0.608, 0.581],
-        "finetuned_test_accuracies": [0.775, 0.775],
-        "random_finetuned_test_accuracies": [0.775, 0.775],
-        "chance_accuracy": 0.5,
-    }
-    arm = lambda r2, g: {"generation": g, "heldout_sequence": {"r2_weights": r2,  # noqa: E731
-                         "per_model": {"a": r2, "b": r2 + 0.01, "c": r2 - 0.01}}}  # fmt: skip
-    mod = {
-        "config": {"finetune_epochs": 1, "target_arch": "zoo:gpt2"},
-        "target_task": "seq-brackets",
-        "arms": {"images-only": arm(0.048, gen), "both": arm(0.016, {})},
-    }
-    loss, acc, own = report.modality_verdicts(mod)
-    assert loss.startswith("- **disagree**") and "by test loss" in loss and "R² of" in loss
-    assert acc.startswith("- **inconclusive**") and "by test accuracy" in acc
-    assert own.startswith("- **disagree**") and "not 001's" in own
-    assert "experiment_modality.md" in report.VERDICTS
-
-
-def test_training_table_names_every_selection_metric_the_trainer_can_record():
-    """The training table labels the kept step by what the trainer selected on (a backbone
-    selected on rec+knn must not be labelled as selected on reconstruction)."""
-    from core.backbone.config import SELECT_METRIC
-    from core.backbone.selection import SCORE_METRIC
-    from core.experiments.report import SELECTION_METRICS
-
-    assert set(SELECTION_METRICS) == {SELECT_METRIC, SCORE_METRIC}
-    assert "k-NN" in SELECTION_METRICS[SCORE_METRIC]
-    assert "k-NN" not in SELECTION_METRICS[SELECT_METRIC]
