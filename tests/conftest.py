@@ -10,6 +10,7 @@ embed, evaluate and app tests share: mlp and cnn on wine and digits10, three run
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,3 +181,21 @@ def syn(tmp_path_factory) -> Path:
     from explorer.bench import synthetic_atlas
 
     return synthetic_atlas(tmp_path_factory.mktemp("syn") / "atlas", n=240, seed=1)
+
+
+def lying_offsets(st: bytes) -> bytes:
+    """Same data, but the second of two equal-sized tensors claims the first one's bytes."""
+    n = int.from_bytes(st[:8], "little")
+    header = json.loads(st[8 : 8 + n])
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    by_size: dict[int, str] = {}
+    for k, v in entries:
+        size = v["data_offsets"][1] - v["data_offsets"][0]
+        if size in by_size:
+            header[k]["data_offsets"] = list(header[by_size[size]]["data_offsets"])
+            break
+        by_size[size] = k
+    else:
+        raise AssertionError("no two tensors of equal size")
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + st[8 + n :]

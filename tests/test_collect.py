@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import lying_offsets as _lying_offsets
 from safetensors.torch import load_file, save_file
 
 from core.atlas import Atlas, read_jsonl
@@ -28,8 +28,6 @@ from core.bench import bench_collect
 from core.collection.collect import collect
 from core.collection.config import SPLITS
 from core.collection.facts import run_key, split_of
-from core.errors import RejectedModel
-from core.models.formats import read_safetensors_header
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402
@@ -81,24 +79,6 @@ class Evil:
 
     def __reduce__(self):
         return (open, (self.canary, "w"))
-
-
-def _lying_offsets(st: bytes) -> bytes:
-    """Same data, but the second of two equal-sized tensors claims the first one's bytes."""
-    n = int.from_bytes(st[:8], "little")
-    header = json.loads(st[8 : 8 + n])
-    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
-    by_size: dict[int, str] = {}
-    for k, v in entries:
-        size = v["data_offsets"][1] - v["data_offsets"][0]
-        if size in by_size:
-            header[k]["data_offsets"] = list(header[by_size[size]]["data_offsets"])
-            break
-        by_size[size] = k
-    else:
-        raise AssertionError("no two tensors of equal size")
-    raw = json.dumps(header).encode()
-    return len(raw).to_bytes(8, "little") + raw + st[8 + n :]
 
 
 @pytest.fixture(scope="module")
@@ -273,39 +253,6 @@ def outcome(atlas: Path) -> dict[str, tuple]:
 
 
 # ----------------------------------------------------------------------- header parser
-
-
-def test_safetensors_header_checks_catch_truncation_and_lies(tmp_path):
-    sd = {"a": torch.randn(4, 3), "b": torch.randn(4, 3), "c": torch.zeros(5, dtype=torch.int64)}
-    save_file(sd, str(tmp_path / "ok.safetensors"))
-    ok = (tmp_path / "ok.safetensors").read_bytes()
-    info = read_safetensors_header(tmp_path / "ok.safetensors")
-    assert {k: (v.dtype, v.shape) for k, v in info.items()} == {
-        "a": ("F32", (4, 3)),
-        "b": ("F32", (4, 3)),
-        "c": ("I64", (5,)),
-    }
-    assert sum(v.end - v.start for v in info.values()) == len(ok) - 8 - int.from_bytes(
-        ok[:8], "little"
-    )
-
-    cases = {
-        "truncated safetensors": ok[:-1],
-        "inconsistent offsets": _lying_offsets(ok),
-        "bad safetensors header": ok[:8] + b"x" + ok[9:],
-    }
-    cases["truncated safetensors (short)"] = ok[:5]
-    huge = (10**12).to_bytes(8, "little") + ok[8:]
-    for reason, data in {
-        **cases,
-        "bad safetensors header (huge)": huge,
-        "inconsistent offsets (trailing)": ok + b"\0" * 4,
-    }.items():
-        p = tmp_path / "x.safetensors"
-        p.write_bytes(data)
-        with pytest.raises(RejectedModel) as e:
-            read_safetensors_header(p)
-        assert e.value.reason == reason.split(" (")[0], (reason, e.value)
 
 
 def test_split_is_deterministic_and_keeps_runs_together():

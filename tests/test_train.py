@@ -23,7 +23,6 @@ import core.backbone.train as train_mod
 from core.atlas import Atlas, AtlasError, append_jsonl, read_jsonl
 from core.backbone.bounds import linear_code_bounds, write_bounds
 from core.backbone.config import build_configs
-from core.backbone.device import compute_dtype, cpu_bf16_flags
 from core.backbone.model import Backbone, load_backbone, matmul_params
 from core.backbone.train import train
 from core.bench import write_store
@@ -202,22 +201,6 @@ def test_ci_preset_overfits_a_small_token_set(tmp_path):
 
 
 # ------------------------------------------------------------------ mixed precision
-
-
-def test_dtype_auto_follows_the_cpu_flags_and_explicit_choices_win():
-    amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
-    intel = "flags\t: avx512f amx_bf16 amx_tile avx512_bf16\n"
-    old = "flags\t: sse avx2 fma\n"
-    assert cpu_bf16_flags(amd) == {"avx512_bf16"}
-    assert cpu_bf16_flags(intel) == {"amx_bf16", "avx512_bf16"}
-    assert cpu_bf16_flags(old) == set()
-    cpu = torch.device("cpu")
-    fast = bool(cpu_bf16_flags())
-    assert compute_dtype("auto", cpu) == (torch.bfloat16 if fast else torch.float32)
-    assert compute_dtype("fp32", cpu) == torch.float32
-    assert compute_dtype("bf16", cpu) == torch.bfloat16
-    with pytest.raises(ConfigError):
-        build_configs("ci", {"dtype": "fp16"})
 
 
 def test_bf16_and_fp32_paths_agree_on_a_tiny_model():

@@ -1,4 +1,4 @@
-"""The modality experiment of paper 001 (issue 17): images-only vs both-modality backbones.
+"""core.experiments.modality (paper 001, issue 17): images-only vs both-modality backbones.
 
 A tiny atlas with an image family and a sequence family; the experiment holds out whole
 sequence runs, trains one backbone without any sequence model and one with the others, and
