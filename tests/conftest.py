@@ -199,3 +199,9 @@ def lying_offsets(st: bytes) -> bytes:
         raise AssertionError("no two tensors of equal size")
     raw = json.dumps(header).encode()
     return len(raw).to_bytes(8, "little") + raw + st[8 + n :]
+
+
+@pytest.fixture(scope="module")
+def cnn_atlas(atlas_factory) -> Path:
+    """zoo (two cnn runs on digits10) -> collect -> tokenize, plus an untrained backbone."""
+    return atlas_factory(AtlasSpec(("cnn",), ("digits10:2",)), tiny_backbone())

@@ -1,4 +1,4 @@
-"""core.generation.sample: the sample stage and its CLI (prompts, estimates, progress, targets)."""
+"""core.generation.sample: the sample stage (prompts, estimates, targets); its CLI: test_generation.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import AtlasSpec, tiny_backbone
 
-from core.atlas import Atlas, GeneratedCard, read_json
+from core.atlas import Atlas, GeneratedCard
 from core.cli import main
 from core.generation.estimate import estimate_sample
 from core.generation.prompts import resolve_target
@@ -18,17 +17,12 @@ from core.models.io import load_model_dir, read_config
 from core.models.registry import logits
 from core.zoos.tasks import get_task
 
-
-@pytest.fixture(scope="module")
-def cnn_atlas(atlas_factory) -> Path:
-    """zoo (two cnn runs on digits10) -> collect -> tokenize, plus an untrained backbone."""
-    return atlas_factory(AtlasSpec(("cnn",), ("digits10:2",)), tiny_backbone())
-
-
 # --------------------------------------------------------------------------------- draws
+# the KDE and Gaussian draws: tests/test_draws.py
 
 
 # ------------------------------------------------------------------- layouts and loading
+# generated state dicts loaded into their target, BN conditioning: tests/test_build.py
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -57,33 +51,6 @@ def test_sample_stage_with_atlas_prompts(cnn_atlas):
     manifest = {r["id"]: r for r in Atlas(cnn_atlas).manifest()}
     vals = [manifest[p]["labels"]["val_accuracy"] for p in blocks[0]["prompts"]]
     assert vals == sorted(vals, reverse=True)
-
-
-def test_sample_cli_fresh_prompts_and_progress_file(cnn_atlas, tmp_path, capsys):
-    from core.cli import main
-
-    prog = tmp_path / "progress.json"
-    rc = main(
-        ["sample", str(cnn_atlas), "--arch", "zoo:cnn", "--task", "digits-invert", "--n", "2", "--keep", "1",
-         "--seed", "2", "--progress-file", str(prog), "--set", "n_prompts=1", "--set", "prompt_epochs=1"]
-    )  # fmt: skip
-    assert rc == 0
-    state = read_json(prog)
-    assert state["done"] and state["error"] is None and state["fraction"] == 1.0
-    (out,) = state["outputs"]
-    card = GeneratedCard(Path(out)).text()
-    assert "prompt_source: fresh" in card and "task: digits-invert" in card
-    assert "mode: joint" in card  # auto: fresh prompts (unrelated inits) are drawn jointly
-    # prompts are scored as the draws are (rebuilt from their tokens, batch norm re-estimated),
-    # and as trained
-    block = GeneratedCard(Path(out)).block()
-    assert len(block["prompt_scores"]) == len(block["prompt_scores_as_trained"]) == 1
-    out = capsys.readouterr().out  # the summary names what the kept model is compared with
-    assert "against: prompts " in out and "random init " in out and "draws joint" in out
-    # bad input: one-line error, and the progress file says so
-    assert main(["sample", str(cnn_atlas), "--arch", "zoo:nope", "--progress-file", str(prog)]) == 2
-    state = json.loads(prog.read_text())
-    assert state["done"] and "nope" in state["error"]
 
 
 def test_bootstrap_gaussian_joint_rounds(cnn_atlas, tmp_path):
@@ -132,17 +99,6 @@ def test_estimate_counts_the_backbone_passes_sample_makes(cnn_atlas, tmp_path, m
         assert calls == {"encode": p["encode"] + p["place"], "decode": p["decode"]}, (calls, p)
 
 
-def test_sample_cli_estimate_prints_and_writes_nothing(cnn_atlas, tmp_path, capsys):
-    out = tmp_path / "gen"
-    assert (
-        main(["sample", str(cnn_atlas), "--arch", "zoo:cnn", "--estimate", "--out", str(out)]) == 0
-    )
-    text = capsys.readouterr().out
-    assert "estimate for zoo:cnn" in text and "Expected time about" in text
-    assert "The atlas holds this architecture" in text
-    assert not out.exists()
-
-
 def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_atlas, tmp_path):
     """A generated mobilenetv3 is conditioned on 8x8 digits and its config says so (issue 17:
     fed 224 px images, such a model gives logits with std ~1e14); at that size it runs."""
@@ -159,23 +115,6 @@ def test_generated_timm_model_records_the_input_size_it_was_conditioned_at(cnn_a
     with torch.no_grad():
         out = logits(model, X[:64].reshape(-1, *cfg["pretrained_cfg"]["input_size"]))
     assert out.shape == (64, 10) and torch.isfinite(out).all()
-
-
-def test_sample_cli_defaults_to_one_anchor_and_five_draws(cnn_atlas, capsys):
-    """``weightatlas sample`` follows 001 C.2's timm protocol by default (one anchor sample,
-    five draws, the best kept): a target the atlas lacks costs one prompt's encode and decode
-    plus five decodes, where ``ci`` costs two prompts and six draws."""
-    import json
-
-    def passes(*extra: str) -> dict:
-        argv = ["sample", str(cnn_atlas), "--arch", "zoo:cnn", "--task", "digits-invert"]
-        assert main([*argv, "--estimate", "--json", *extra]) == 0
-        est = json.loads(capsys.readouterr().out)
-        assert est["prompt_source"] == "fresh"
-        return est["passes"]
-
-    assert passes() == {"encode": 1, "decode": 1 + 5, "place": 0}  # no embeddings: no placing
-    assert passes("--preset", "ci") == {"encode": 2, "decode": 2 + 6, "place": 0}
 
 
 def test_a_run_computes_the_target_position_code_once(cnn_atlas, tmp_path, monkeypatch):
@@ -234,16 +173,6 @@ def test_own_transformers_models_get_the_tasks_they_take_with_adapted_inputs(tmp
     assert unscored.task is None and "no task chosen" in str(unscored.note)
     with pytest.raises(TargetError, match="built for a task"):
         resolve_target("zoo:mlp", "dense", 64, task=NO_TASK)
-
-
-@pytest.mark.parametrize("extra", [[], ["--evaluate"]])
-def test_sample_refuses_a_missing_atlas_before_any_progress_bar(tmp_path, capfd, extra):
-    """Issue 27: one error line, no progress bar drawn first."""
-    assert main(["sample", str(tmp_path / "nowhere"), "--arch", "zoo:mlp", *extra]) == 2
-    err = capfd.readouterr().err
-    assert err.strip().splitlines() == [
-        f"weightatlas sample: error: {tmp_path / 'nowhere'} is not a directory"
-    ]
 
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo"
