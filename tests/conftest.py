@@ -5,6 +5,11 @@ spec is asked for (real models, real safetensors files, the real stages), then h
 its own copy with the given backbone saved in it, so that a module that writes into its atlas
 (embeddings, results, generated models) cannot change another module's. ``TINY`` is the atlas the
 embed, evaluate and app tests share: mlp and cnn on wine and digits10, three runs each.
+
+Fixtures and helpers that several test files use live here too (issue 24: tests are named after
+the module they test, so one stage's tests now span files): ``small_atlas``, ``probe_atlas``,
+``cnn_atlas``, ``syn``, ``ci_backbone``, ``ci_backbone_config``, ``tiny_backbone``,
+``position_grid`` and ``lying_offsets``.
 """
 
 from __future__ import annotations
@@ -205,3 +210,9 @@ def lying_offsets(st: bytes) -> bytes:
 def cnn_atlas(atlas_factory) -> Path:
     """zoo (two cnn runs on digits10) -> collect -> tokenize, plus an untrained backbone."""
     return atlas_factory(AtlasSpec(("cnn",), ("digits10:2",)), tiny_backbone())
+
+
+@pytest.fixture(scope="module")
+def small_atlas(atlas_factory) -> Path:
+    """The shared tiny atlas (TINY: mlp and cnn on wine and digits10) with a ci backbone."""
+    return atlas_factory(TINY, ci_backbone())

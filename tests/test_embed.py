@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 from core.atlas import Atlas, read_json, write_json
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig
@@ -28,12 +26,6 @@ def make_backbone(token_size: int = 64, seed: int = 0, **kw) -> Backbone:
     )
     torch.manual_seed(seed)
     return Backbone(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def small_atlas(atlas_factory) -> Path:
-    """The shared tiny atlas (conftest.TINY: mlp and cnn on wine and digits10) with a ci backbone."""
-    return atlas_factory(TINY, make_backbone())
 
 
 def test_embed_stage_sharded_resumable_and_maps(small_atlas, tmp_path):
@@ -151,36 +143,6 @@ def test_one_metric_for_distance_neighbours_and_map(small_atlas, tmp_path):
     write_json(out / "info.json", info)
     assert load_embeddings(atlas).metric == "cosine"
     assert atlas_distance(atlas, load_embeddings(atlas).z[0])["metric"] == "zscore"
-
-
-def test_embed_cli_unknown_metric_is_one_line(small_atlas, capsys):
-    from core.cli import main
-
-    assert main(["embed", str(small_atlas), "--set", "neighbour_metric=manhattan"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown distance metric 'manhattan'" in err[0], err
-
-
-def test_embed_cli_unknown_pooling_is_one_line(small_atlas, capsys):
-    from core.cli import main
-
-    assert main(["embed", str(small_atlas), "--set", "pooling=median"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown pooling 'median'" in err[0] and "depth-mean+std" in err[0]
-
-
-def test_embed_cli_single_model_rejects_pickles(small_atlas, tmp_path, capsys):
-    from core.cli import main
-
-    bad = tmp_path / "pickled"
-    bad.mkdir()
-    (bad / "config.json").write_text(
-        json.dumps({"library_name": "weightatlas", "architecture": "mlp"})
-    )
-    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
-    assert main(["embed", str(small_atlas), "--model", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "error" in err and len(err.strip().splitlines()) == 1
 
 
 def test_demo_export_keeps_a_subset_with_tokens_and_stays_usable(small_atlas, tmp_path):
