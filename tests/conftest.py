@@ -9,7 +9,7 @@ embed, evaluate and app tests share: mlp and cnn on wine and digits10, three run
 Fixtures and helpers that several test files use live here too (issue 24: tests are named after
 the module they test, so one stage's tests now span files): ``small_atlas``, ``probe_atlas``,
 ``cnn_atlas``, ``syn``, ``ci_backbone``, ``ci_backbone_config``, ``tiny_backbone``,
-``position_grid`` and ``lying_offsets``.
+``position_grid``, ``lying_offsets``, ``assert_exact`` and ``family_dirs``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import torch
 from core.atlas import Atlas
 from core.backbone.model import BACKBONE_PRESETS, Backbone, BackboneConfig, save_backbone
 from core.collection.collect import collect
+from core.collection.specs import resolve_arch
 from core.config import build_config
+from core.tokens.plan import detokenize
 from core.tokens.tokenize import tokenize
 from core.zoos.zoo import zoo
 
@@ -216,3 +218,35 @@ def cnn_atlas(atlas_factory) -> Path:
 def small_atlas(atlas_factory) -> Path:
     """The shared tiny atlas (TINY: mlp and cnn on wine and digits10) with a ci backbone."""
     return atlas_factory(TINY, ci_backbone())
+
+
+def assert_exact(tk, sd: dict[str, torch.Tensor]) -> None:
+    """Every tokenized tensor comes back bit-identical; padding is zero; mask counts values."""
+    back = detokenize(tk.tokens, tk.layers)
+    assert set(back) == {e.name for e in tk.layers}
+    for name, t in back.items():
+        assert t.dtype == sd[name].dtype, name
+        assert torch.equal(t, sd[name]), name
+    assert tk.mask.shape == tk.tokens.shape
+    assert int(tk.mask.sum()) == sum(sd[e.name].numel() for e in tk.layers)
+    assert torch.count_nonzero(tk.tokens[~tk.mask]) == 0
+    assert tk.tokens.dtype == torch.float32 and tk.positions.dtype == torch.int64
+
+
+class FamilyDirs(dict):
+    """Lazily built: one fresh model per zoo family, saved in its Hub format -> (model, dir)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        target = resolve_arch(f"zoo:{name}")
+        model = target.build(seed=0)
+        self[name] = (model, target.save(model, self.root / name))
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    return FamilyDirs(tmp_path_factory.mktemp("families"))
