@@ -26,8 +26,7 @@ from safetensors.torch import load_file, save_file
 from core.atlas import Atlas, read_jsonl
 from core.bench import bench_collect
 from core.collection.collect import collect
-from core.collection.config import SPLITS
-from core.collection.facts import run_key, split_of
+from core.collection.facts import split_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer  # noqa: E402
@@ -253,20 +252,7 @@ def outcome(atlas: Path) -> dict[str, tuple]:
 
 
 # ----------------------------------------------------------------------- header parser
-
-
-def test_split_is_deterministic_and_keeps_runs_together():
-    labels = [{"family": "vit", "task": "digits10", "run": 3, "epoch": e} for e in (1, 3, 8)]
-    keys = {run_key("weightatlas-zoo/x", lab) for lab in labels}
-    assert keys == {"vit-digits10-r3"}
-    splits = [split_of(f"org/model-{i}") for i in range(2000)]
-    assert splits == [split_of(f"org/model-{i}") for i in range(2000)]
-    share = {s: splits.count(s) / len(splits) for s in SPLITS}
-    assert (
-        abs(share["train"] - 0.7) < 0.04
-        and abs(share["val"] - 0.15) < 0.03
-        and abs(share["test"] - 0.15) < 0.03
-    )
+# the safetensors header checks: tests/test_formats.py; run keys and splits: tests/test_facts.py
 
 
 # ---------------------------------------------------------------------- local collection
