@@ -23,7 +23,6 @@ from core.atlas import (
     AtlasError,
     BackboneFiles,
     EmbeddingTables,
-    GeneratedCard,
     read_json,
     read_jsonl,
 )
@@ -444,12 +443,6 @@ def zip_dir(path: str | Path) -> bytes:
             if f.is_file() and not f.is_symlink():
                 zf.write(f, f.relative_to(path.parent))
     return buf.getvalue()
-
-
-def generated_card(path: str | Path) -> dict[str, Any]:
-    """The ``weightatlas:`` block of a generated model's card (``GeneratedCard.block``; empty if
-    none)."""
-    return GeneratedCard(Path(path)).block()
 
 
 def backbone_validation(backbone_dir: str | Path) -> dict[str, Any]:

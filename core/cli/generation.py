@@ -8,8 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from core.atlas import Atlas, read_json
-from core.catalog import generated_card
+from core.atlas import Atlas, GeneratedCard, read_json
 from core.cli.common import add_config_flags, add_json_flag, config_overrides, emit
 from core.errors import WeightAtlasError
 from core.generation.config import DEFAULT_SAMPLE_PRESET, GENERATION_PRESETS
@@ -223,7 +222,7 @@ def run_sample_cli(args: argparse.Namespace) -> int:
 
 def _sample_summary(arch: str, paths: list[Path]) -> tuple[list[dict[str, Any]], str]:
     """``(--json rows, the printed summary)`` of a sample run, read from the generated cards."""
-    cards = [generated_card(p) for p in paths]
+    cards = [GeneratedCard(Path(p)).block() for p in paths]
     keys = ("test_accuracy", "at_chance", "chance_accuracy", "scored", "note", "prompts", "n",
             "keep", "atlas_distance", "atlas_percentile", "outside_atlas",
             "architecture_in_atlas")  # fmt: skip
