@@ -16,7 +16,7 @@ from conftest import assert_exact
 from safetensors.torch import save_file
 
 from core.atlas import Atlas, TokenTable, append_jsonl, read_json
-from core.cli import add_tokenize_cli, run_tokenize_cli
+from core.cli.data import add_tokenize_cli, run_tokenize_cli
 from core.errors import WeightAtlasError
 from core.tokens.plan import (
     tokenize_model_dir,

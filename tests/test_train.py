@@ -440,7 +440,7 @@ def test_linear_code_bounds_grow_with_the_latent_and_are_exact_at_full_width(atl
 def test_train_summary_next_command_uses_the_out_folder(tmp_path):
     """Issue 27: after ``train --out X`` the next command embeds with X, not ATLAS/backbone."""
     from core.atlas import Atlas
-    from core.cli import train_summary_text
+    from core.cli.backbone import train_summary_text
 
     atlas = Atlas.create(tmp_path / "atlas")
     other = tmp_path / "runs" / "bb"
@@ -466,7 +466,7 @@ def test_train_says_what_it_kept_warns_on_a_family_left_out_and_shows_progress_e
     """Issue 27: the summary names the kept checkpoint (step and score), a family the split put
     only in val/test is warned about (at the start and in the summary), and the stage reports on
     stderr within 10 s of being called (before its preparation: optimizer, PCA, step-0 scores)."""
-    from core.cli import train_summary_text
+    from core.cli.backbone import train_summary_text
 
     atlas = make_atlas(tmp_path / "atlas")
     rows = [  # families: the CNNs (even ids) all in val, the MLPs (odd) train as before
