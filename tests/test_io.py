@@ -16,9 +16,9 @@ from core.models.registry import empty_model, family_of, logits, trainable_names
 from core.zoos.tasks import get_task
 
 
-def test_tied_text_model_loads_via_load_model_dir(tmp_path):
-    """A tiny BERT with tied embeddings: stored once, loaded strictly, through hf:<dir>."""
-    cfg = transformers.BertConfig(
+def _tiny_bert_config() -> transformers.BertConfig:
+    """A one-layer BERT of width 16 with an MLM head (vocabulary 50)."""
+    return transformers.BertConfig(
         vocab_size=50,
         hidden_size=16,
         num_hidden_layers=1,
@@ -26,7 +26,12 @@ def test_tied_text_model_loads_via_load_model_dir(tmp_path):
         intermediate_size=32,
         max_position_embeddings=32,
         architectures=["BertForMaskedLM"],
-    ).to_dict()
+    )
+
+
+def test_tied_text_model_loads_via_load_model_dir(tmp_path):
+    """A tiny BERT with tied embeddings: stored once, loaded strictly, through hf:<dir>."""
+    cfg = _tiny_bert_config().to_dict()
     model, library = empty_model(cfg)
     assert library == "transformers" and type(model).__name__ == "BertForMaskedLM"
     target = ArchTarget("hf:bert", "transformers", family_of(cfg), cfg)
@@ -109,15 +114,7 @@ def test_half_precision_checkpoint_stays_exact(tmp_path):
 
 def test_legacy_transformers_checkpoint_loads_and_partial_one_is_rejected(tmp_path):
     """Hub-style BERT file: LayerNorm.gamma/beta names and unused pre-training heads."""
-    cfg = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        architectures=["BertForMaskedLM"],
-    )
+    cfg = _tiny_bert_config()
     torch.manual_seed(0)
     src = transformers.BertForPreTraining(cfg)  # has pooler + NSP head the MLM class lacks
     legacy = {
