@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from core.backbone.views import (
+    canonicalize_state_dict,
+    canonicalize_tokens,
     permute_state_dict,
     permute_tokens,
     unit_groups,
@@ -111,6 +113,34 @@ def test_permuted_tokens_are_the_tokens_of_the_permuted_model(case, scheme):
     )
     inside = slice(e.offset, e.offset + e.count)
     torch.testing.assert_close(part[inside], want.tokens[inside], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_permuted_copy_has_the_originals_canonical_form(case):
+    """Canonicalization undoes any function-preserving permutation, and keeps the function."""
+    model, config, family, x = _model(case)
+    sd = model.state_dict()
+    tok = tokenize_state_dict(sd, "dense", 64, model=model)
+    keys = {e.name for e in tok.layers}  # the order is set by tokenized tensors only
+    groups = unit_groups(family, {k: tuple(v.shape) for k, v in sd.items()}, config)
+    canon = canonicalize_state_dict(sd, groups, keys)
+    assert any(not torch.equal(canon[k], sd[k]) for k in sd)  # it did reorder something
+    with torch.no_grad():
+        ref = logits(model, x)
+        model.load_state_dict(canon)
+        torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=1e-5)
+    for seed in range(2):
+        perm = permute_state_dict(sd, groups, torch.Generator().manual_seed(seed))
+        again = canonicalize_state_dict(perm, groups, keys)
+        for k in sd:
+            torch.testing.assert_close(again[k], canon[k], atol=0, rtol=0, msg=k)
+    # the token-level form: the tokens of the canonical model, from a permuted copy's tokens
+    shapes = {e.name: tuple(e.shape) for e in tok.layers}
+    tgroups = unit_groups(family, shapes, config)
+    want = tokenize_state_dict(canon, "dense", 64, model=model).tokens
+    perm_tok = permute_tokens(tok.tokens, tok.layers, tgroups, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(canonicalize_tokens(perm_tok, tok.layers, tgroups), want, atol=0, rtol=0)
+    torch.testing.assert_close(canonicalize_tokens(tok.tokens, tok.layers, tgroups), want, atol=0, rtol=0)
 
 
 def test_unknown_family_has_no_groups():

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.tokens.schemes import LayerEntry
@@ -105,6 +106,110 @@ def _touched(groups: list[UnitGroup]) -> set[str]:
     return {m.name for g in groups for m in g.members}
 
 
+# ------------------------------------------------------------------------------ canonical order
+
+
+def _unit_keys(
+    group: UnitGroup, get: Callable[[str], torch.Tensor | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit (units,): the squared norm and the sum of every member's slice of that unit.
+
+    Both are unchanged by any other group's permutation (it only reorders entries inside a
+    unit's slice), so sorting by them gives an order that depends on the model's function
+    class, not on how its hidden units happen to be numbered. Members ``get`` returns None for
+    (tensors that are not tokenized) do not count."""
+    sq = torch.zeros(group.units, dtype=torch.float64)
+    total = torch.zeros(group.units, dtype=torch.float64)
+    for m in group.members:
+        t = get(m.name)
+        if t is None or t.dim() == 0:
+            continue
+        length = t.shape[m.axis] - m.offset if m.length is None else m.length
+        x = t.narrow(m.axis, m.offset, length).movedim(m.axis, 0).double()
+        x = x.reshape(group.units, -1)
+        sq += (x * x).sum(1)
+        total += x.sum(1)
+    return sq, total
+
+
+def canonical_permutation(
+    group: UnitGroup, get: Callable[[str], torch.Tensor | None]
+) -> torch.Tensor:
+    """The permutation (units,) that sorts the group's units by decreasing squared norm (ties:
+    by decreasing sum); within each block when ``blocks`` > 1."""
+    sq, total = _unit_keys(group, get)
+    size = group.units // max(group.blocks, 1)
+    parts = []
+    for b in range(max(group.blocks, 1)):
+        lo = b * size
+        order = np.lexsort((-total[lo : lo + size].numpy(), -sq[lo : lo + size].numpy()))
+        parts.append(lo + torch.from_numpy(order.astype(np.int64)))
+    return torch.cat(parts)
+
+
+def canonical_permutations(
+    groups: list[UnitGroup], get: Callable[[str], torch.Tensor | None]
+) -> list[torch.Tensor]:
+    """One canonical permutation per group, each computed after the previous groups' are
+    applied (a head's inner dims are sorted where the head sorting put it).
+
+    Any function-preserving permutation of the model (``permute_state_dict``) has the same
+    canonical form: ``canonicalize_state_dict(permuted) == canonicalize_state_dict(original)``
+    up to units whose keys tie exactly."""
+    perms: list[torch.Tensor] = []
+    for i, g in enumerate(groups):
+
+        def current(name: str, i: int = i) -> torch.Tensor | None:
+            t = get(name)
+            return None if t is None else permute_tensor(name, t, groups[:i], perms[:i])
+
+        perms.append(canonical_permutation(g, current))
+    return perms
+
+
+def canonicalize_state_dict(
+    sd: dict[str, torch.Tensor], groups: list[UnitGroup], keys: set[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """``sd`` with every group's units in canonical order (the same function).
+
+    Args:
+        sd: the state dict (buffers included: they move with their units).
+        groups: its ``unit_groups``.
+        keys: the tensors whose values set the order (default: all of ``sd``); pass the
+            tokenized names so the order matches ``canonicalize_tokens``.
+    """
+    perms = canonical_permutations(groups, lambda n: sd.get(n) if keys is None or n in keys else None)
+    return {k: permute_tensor(k, v, groups, perms) if v.dim() else v for k, v in sd.items()}
+
+
+def _layer_tensors(
+    tokens: torch.Tensor, layers: list[LayerEntry], names: set[str]
+) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` rebuilt from one model's tokens (N, D)."""
+    d = tokens.shape[1]
+    out = {}
+    for e in layers:
+        if e.name in names and e.count:
+            block = tokens[e.offset : e.offset + e.count].reshape(e.rows, (e.count // e.rows) * d)
+            out[e.name] = block[:, : e.row_len].reshape(e.shape)
+    return out
+
+
+def canonicalize_tokens(
+    tokens: torch.Tensor, layers: list[LayerEntry], groups: list[UnitGroup]
+) -> torch.Tensor:
+    """Tokens (N, D) of the model's canonical form (``canonical_permutations`` on the tensors the
+    tokens hold); unchanged when the model has no groups. Padding and positions do not move."""
+    if not groups:
+        return tokens
+    tensors = _layer_tensors(tokens, layers, _touched(groups))
+    perms = canonical_permutations(groups, tensors.get)
+    return _apply_permutations(tokens, layers, groups, perms)
+
+
+# ------------------------------------------------------------------------------ random views
+
+
 def permute_tokens(
     tokens: torch.Tensor,
     layers: list[LayerEntry],
@@ -124,6 +229,17 @@ def permute_tokens(
             None: all.
     """
     perms = [draw_permutation(g, generator) for g in groups]
+    return _apply_permutations(tokens, layers, groups, perms, span)
+
+
+def _apply_permutations(
+    tokens: torch.Tensor,
+    layers: list[LayerEntry],
+    groups: list[UnitGroup],
+    perms: list[torch.Tensor],
+    span: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """``tokens`` with ``perms`` (one per group) applied to every touched tensor."""
     names = _touched(groups)
     out = tokens.clone()
     d = tokens.shape[1]

@@ -59,6 +59,7 @@ from core.embeddings.encode import (
     EmbedConfig,
     _masked_tokens,
     backbone_fingerprint,
+    canonical_form,
     embeddings_dir,
     encode_tokens,
     open_backbone,
@@ -66,6 +67,7 @@ from core.embeddings.encode import (
     resolve_window,
     summarize,
 )
+from core.backbone.views import UnitGroup, store_groups
 from core.embeddings.maps import fit_maps
 from core.embeddings.statistics import weight_statistics
 from core.errors import WeightAtlasError
@@ -126,6 +128,8 @@ def embed(
     check_metric(cfg.distance_metric)  # and an unknown metric, before any encoding
     check_metric(cfg.neighbour_metric)
     plan = f"{fp}\n{cfg.chunk_models}\n{window_}\n{halo_}\n{cfg.pooling}\n" + "\n".join(ids)
+    if cfg.canonical:  # stale non-canonical parts never mix with canonical ones
+        plan = "canonical\n" + plan
     parts = (
         EmbeddingTables(out).parts_dir / hashlib.sha256(plan.encode()).hexdigest()[:16]
     )  # stale parts never mix
@@ -134,7 +138,8 @@ def embed(
         path = parts / f"part-{c:05d}.safetensors"
         if path.exists():
             continue
-        tensors = _embed_chunk(chunks[c], store, backbone, cfg)
+        groups = store_groups(a, store, chunks[c]) if cfg.canonical else {}
+        tensors = _embed_chunk(chunks[c], store, backbone, cfg, groups)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"ids": "\n".join(chunks[c]), "backbone": fp})
     if all((parts / f"part-{c:05d}.safetensors").exists() for c in range(len(chunks))):
@@ -145,14 +150,19 @@ def embed(
 
 
 def _embed_chunk(
-    ids: list[str], store: Any, backbone: Any, cfg: EmbedConfig
+    ids: list[str],
+    store: Any,
+    backbone: Any,
+    cfg: EmbedConfig,
+    groups: dict[str, list[UnitGroup]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One part's tensors: each model's pooled code ``z`` and s(W), and its layers' codes,
-    spreads, indices and token counts (concatenated over the models, ``layer_count`` each)."""
+    spreads, indices and token counts (concatenated over the models, ``layer_count`` each).
+    ``groups``: the models' unit groups, when they are encoded in canonical form."""
     tensors: dict[str, torch.Tensor] = {}
     zs, lz, ls, lidx, ltok, ntok, sw = [], [], [], [], [], [], []
     for mid in ids:
-        tok = store.get(mid)
+        tok = canonical_form(store.get(mid), (groups or {}).get(mid) or [])
         tokens, positions = _masked_tokens(tok)
         summ = summarize(encode_tokens(backbone, tokens, positions, cfg), positions, cfg.pooling)
         sw.append(

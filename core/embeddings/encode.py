@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ class EmbedConfig:
     # reference. The model embedding of bf16 differs from fp32's by a relative L2 of at most
     # BF16_EMBED_TOLERANCE (tested). The atlas-wide ``embed`` stays fp32 whatever this says.
     dtype: str = "auto"
+    # encode each model in its canonical form (``core.backbone.views.canonicalize_tokens``: the
+    # hidden units of every unit group sorted by norm), so a function-preserving permutation
+    # of a model gets exactly its embedding; False is what atlases embedded before this field
+    # hold (their embeddings/info.json has no "canonical")
+    canonical: bool = True
 
 
 EMBED_PRESETS: dict[str, dict[str, Any]] = {
@@ -168,6 +174,17 @@ def resolve_window(cfg: EmbedConfig, backbone: Any) -> tuple[int, int]:
     if window - 2 * halo < 1:
         raise WeightAtlasError(f"halo {halo} too large for window {window}")
     return window, halo
+
+
+def canonical_form(tok: Any, groups: list[Any]) -> Any:
+    """``tok`` (a ``Tokenized``) with its tokens in the model's canonical unit order
+    (``core.backbone.views.canonicalize_tokens``); ``tok`` itself when it has no groups."""
+    if not groups:
+        return tok
+    from core.backbone.views import canonicalize_tokens
+
+    tokens = torch.as_tensor(tok.tokens, dtype=torch.float32)
+    return dataclasses.replace(tok, tokens=canonicalize_tokens(tokens, tok.layers, groups))
 
 
 def _masked_tokens(tok: Any) -> tuple[torch.Tensor, torch.Tensor]:

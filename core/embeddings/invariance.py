@@ -11,6 +11,9 @@ the median taken over all pairs of distinct validation and test models (every fa
 atlas distance (Euclidean on embedding dims standardized over those models: ``zscore``).
 Token embeddings come from ``encode_tokens`` (haloed, as ``weightatlas embed`` computes them)
 and are pooled by ``pool_model`` with the embedding config's pooling (the atlas embedding).
+With ``cfg.canonical`` (the default) both the original and the copy are encoded in canonical
+form, as ``weightatlas embed`` encodes them: a copy then lands on its original by construction
+(up to exact ties); ``canonical=False`` measures what the backbone itself learned.
 
     rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "all": {...}}
 """
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from core.atlas import Atlas
 from core.backbone.model import load_backbone
-from core.backbone.views import permute_tokens, store_groups
+from core.backbone.views import canonicalize_tokens, permute_tokens, store_groups
 from core.embeddings.encode import (
     EmbedConfig,
     _masked_tokens,
@@ -72,6 +75,9 @@ def permutation_ratios(
     ids = [r["id"] for r in rows]
     groups = store_groups(a, store, ids)
 
+    def canon(tokens: torch.Tensor, layers: list[Any], mine: list[Any]) -> torch.Tensor:
+        return canonicalize_tokens(tokens, layers, mine) if cfg.canonical else tokens
+
     def embed(tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor) -> np.ndarray:
         z = encode_tokens(backbone, tokens, positions, cfg, code)
         return pool_model(z, positions, cfg.pooling).double().numpy()
@@ -81,12 +87,13 @@ def permutation_ratios(
         tok = store.get(r["id"])
         tokens, positions = _masked_tokens(tok)
         code = position_code(backbone, positions)
-        base.append(embed(tokens, positions, code))
-        if groups.get(r["id"]):
+        mine = groups.get(r["id"]) or []
+        base.append(embed(canon(tokens, tok.layers, mine), positions, code))
+        if mine:
             g = torch.Generator().manual_seed(seed)
             for _ in range(copies):
-                ptok = permute_tokens(tokens, tok.layers, groups[r["id"]], g)
-                perm.append((len(base) - 1, embed(ptok, positions, code)))
+                ptok = permute_tokens(tokens, tok.layers, mine, g)
+                perm.append((len(base) - 1, embed(canon(ptok, tok.layers, mine), positions, code)))
                 fam.append(r.get("family"))
     z = np.stack(base)
     mu, sd = z.mean(0), z.std(0)

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from core.atlas import Atlas, EmbeddingTables
+from core.backbone.views import UnitGroup, unit_groups
 from core.collection.checks import check_model, inspect_model_dir
 from core.collection.config import CollectConfig
 from core.collection.sources import Candidate, Query, make_source
@@ -19,12 +20,15 @@ from core.config import build_config
 from core.embeddings.encode import (
     EMBED_PRESETS,
     EmbedConfig,
+    canonical_form,
     embeddings_dir,
     encode_summary,
     open_backbone,
 )
 from core.embeddings.reader import Embeddings, load_embeddings, nearest  # noqa: F401  (re-exported)
 from core.errors import WeightAtlasError
+from core.models.io import read_config
+from core.models.registry import family_of
 from core.safety import printable
 from core.tokens.plan import tokenize_model_dir
 from core.tokens.store import read_index
@@ -107,6 +111,25 @@ def embedded_pooling(
     return str((tables.info().get("config") or {}).get("pooling", "mean"))
 
 
+def embedded_canonical(
+    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
+) -> bool | None:
+    """Whether the atlas' embeddings encoded models in canonical form (``EmbedConfig.canonical``;
+    False for embeddings written before the field existed), or None when not embedded yet."""
+    a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
+    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    if not tables.info_path.exists():
+        return None
+    return bool((tables.info().get("config") or {}).get("canonical", False))
+
+
+def model_dir_groups(path: str | Path, layers: list[Any]) -> list[UnitGroup]:
+    """The unit groups of a model folder's tokenized tensors (its family from ``config.json``)."""
+    config = read_config(path)
+    shapes = {e.name: tuple(e.shape) for e in layers}
+    return unit_groups(family_of(config), shapes, config)
+
+
 def embed_model_dir(
     path: str | Path,
     atlas: str | Path,
@@ -147,6 +170,8 @@ def embed_model_dir_full(
     model); ``backbone_dir``: whose embeddings the vector is compared with. The model embedding
     is pooled as the atlas' embeddings were (:func:`embedded_pooling`), whatever ``cfg.pooling``
     says, so that it is comparable with them; ``cfg.pooling`` applies to an atlas not embedded yet.
+    Likewise the model is encoded in canonical form when the atlas' embeddings were
+    (:func:`embedded_canonical`).
     """
 
     a = Atlas.open(atlas)
@@ -167,6 +192,9 @@ def embed_model_dir_full(
         if backbone is None:
             backbone = open_backbone(a, backbone_dir, cfg.device)
         pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
+        canonical = embedded_canonical(a, backbone_dir)
+        if canonical if canonical is not None else cfg.canonical:
+            tok = canonical_form(tok, model_dir_groups(path, tok.layers))
         positions = torch.as_tensor(tok.positions, dtype=torch.long)
         bar.set_description(f"embed {name}")
         return encode_summary(
