@@ -90,7 +90,8 @@ def test_neighbours_by_id_vector_and_directory(small_atlas):
     if not (Atlas(small_atlas).embeddings_dir / "models.safetensors").exists():
         embed(small_atlas)
     emb = load_embeddings(small_atlas)
-    mid = emb.ids[0]
+    fams = {r["id"]: r.get("family") for r in Atlas(small_atlas).manifest()}
+    mid = next(i for i in emb.ids if fams.get(i) in ("mlp", "cnn"))  # a model with unit groups
     nn_ = neighbours(small_atlas, mid, k=4)
     assert len(nn_) == 4 and mid not in [i for i, _ in nn_]
     d = [x for _, x in nn_]
@@ -98,7 +99,9 @@ def test_neighbours_by_id_vector_and_directory(small_atlas):
     # a vector query gives the model itself first at distance ~0
     first = neighbours(small_atlas, emb.vector(mid), k=1)[0]
     assert first[0] == mid and abs(first[1]) < 1e-6
-    # a model directory goes through the collector's checks and the same encoder
+    # a model directory goes through the collector's checks and the same encoder, in the
+    # canonical form the atlas' embeddings were written in
+    assert Atlas(small_atlas).embeddings.info()["config"]["canonical"] is True
     row = next(r for r in Atlas(small_atlas).accepted() if r["id"] == mid)
     path = Path(row["path"])
     path = path if path.is_absolute() else small_atlas / path

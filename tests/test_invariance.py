@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY, ci_backbone
 
 import core.embeddings.invariance as inv
+from core.embeddings.encode import EmbedConfig
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +15,20 @@ def tiny(atlas_factory):
 
 
 def test_ratios_per_family_and_zero_for_an_unchanged_copy(tiny, monkeypatch):
-    out = inv.permutation_ratios(tiny, copies=2)
+    """What the backbone learned (raw tokens): copies move; an unchanged copy stays at 0."""
+    raw = EmbedConfig(canonical=False)
+    out = inv.permutation_ratios(tiny, copies=2, cfg=raw)
     assert out["median_distance"] > 0 and out["models"] >= 3
     for fam in ("mlp", "cnn"):  # the tiny atlas' families, both with permutation views
         assert out[fam]["models"] >= 2 and 0 < out[fam]["median_ratio"] <= out[fam]["max_ratio"]
     # the measurement, not the permutation, is under test here: an unchanged copy is at 0
     monkeypatch.setattr(inv, "permute_tokens", lambda tokens, *a, **k: tokens)
-    same = inv.permutation_ratios(tiny)
+    same = inv.permutation_ratios(tiny, cfg=raw)
     assert all(same[f]["max_ratio"] == pytest.approx(0.0, abs=1e-6) for f in ("mlp", "cnn"))
+
+
+def test_canonical_embeddings_put_every_permuted_copy_on_its_original(tiny):
+    """The atlas' embedding (canonical form, the default): copies land exactly on the original."""
+    out = inv.permutation_ratios(tiny, copies=2, seed=3)
+    for fam in ("mlp", "cnn"):
+        assert out[fam]["models"] >= 2 and out[fam]["max_ratio"] == pytest.approx(0.0, abs=1e-6)

@@ -511,3 +511,30 @@ def test_train_says_what_it_kept_warns_on_a_family_left_out_and_shows_progress_e
         assert f"step {best['step']}, {best['metric']} {best['value']:.3f}" in kept[0], text
     else:
         assert kept[0].startswith("kept: the last step (12)"), text
+
+
+def test_canonical_training_reads_every_window_in_canonical_form(
+    atlas_factory, tmp_path, monkeypatch
+):
+    """``train.canonical``: the training windows, the views and validation go through the
+    canonical store (the zoo's mlp and cnn models have unit groups), and the config says so."""
+    from conftest import TINY
+
+    from core.backbone import views
+
+    root = atlas_factory(TINY)
+
+    seen: list[str] = []
+    real = views.CanonicalStore._canonical
+
+    def spy(self, model_id):
+        seen.append(model_id)
+        return real(self, model_id)
+
+    monkeypatch.setattr(views.CanonicalStore, "_canonical", spy)
+    out = tmp_path / "bb"
+    summary = train(root, "ci", {**FAST, "canonical": True, "permute": True}, out=out)
+    assert summary["steps"] == 12
+    assert json.loads((out / "config.json").read_text())["train"]["canonical"] is True
+    split = {r["id"]: r["split"] for r in Atlas.open(root).accepted()}
+    assert {split[m] for m in seen} == {"train", "val"}  # training windows and validation

@@ -139,8 +139,12 @@ def test_a_permuted_copy_has_the_originals_canonical_form(case):
     tgroups = unit_groups(family, shapes, config)
     want = tokenize_state_dict(canon, "dense", 64, model=model).tokens
     perm_tok = permute_tokens(tok.tokens, tok.layers, tgroups, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(canonicalize_tokens(perm_tok, tok.layers, tgroups), want, atol=0, rtol=0)
-    torch.testing.assert_close(canonicalize_tokens(tok.tokens, tok.layers, tgroups), want, atol=0, rtol=0)
+    torch.testing.assert_close(
+        canonicalize_tokens(perm_tok, tok.layers, tgroups), want, atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        canonicalize_tokens(tok.tokens, tok.layers, tgroups), want, atol=0, rtol=0
+    )
 
 
 def test_unknown_family_has_no_groups():
@@ -175,3 +179,29 @@ def test_view_maker_permutes_the_second_window_reproducibly(atlas_factory):
     big = max(ids, key=store.n_tokens)
     starts = {int(anywhere.window(r, big, 0)["start"]) for r in range(20)}
     assert len(starts) > 1 and max(starts) <= store.n_tokens(big) - ws
+
+
+def test_canonical_store_serves_every_window_in_canonical_form(atlas_factory):
+    """Training on ``train.canonical``: windows and chunks are cut from the canonical tokens."""
+    from conftest import TINY
+
+    from core.atlas import Atlas
+    from core.backbone.views import CanonicalStore, store_groups
+    from core.tokens.store import TokenStore
+
+    a = Atlas.open(atlas_factory(TINY))
+    store = TokenStore(a.tokens_dir)
+    groups = store_groups(a, store, store.ids)
+    canon = CanonicalStore(store, groups)
+    mid = next(i for i in store.ids if groups[i])
+    tok = store.get(mid)
+    want = canonicalize_tokens(tok.tokens, tok.layers, groups[mid])
+    assert not torch.equal(want, tok.tokens)
+    torch.testing.assert_close(canon.get(mid).tokens, want, atol=0, rtol=0)
+    n = store.n_tokens(mid)
+    parts = [w["tokens"][: min(5, n - s)] for s, w in canon.iter_chunks(mid, 5)]
+    torch.testing.assert_close(torch.cat(parts), want, atol=0, rtol=0)
+    w = canon.window(mid, n - 2, 5)  # past the end: padding stays zero and masked
+    assert torch.equal(w["tokens"][2:], torch.zeros_like(w["tokens"][2:]))
+    assert torch.equal(w["mask"], store.window(mid, n - 2, 5)["mask"])
+    assert canon.token_size == store.token_size and mid in canon and len(canon) == len(store)

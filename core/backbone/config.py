@@ -69,6 +69,9 @@ class TrainConfig:
     # the second view is a function-preserving permutation of the model's hidden units
     # (core.backbone.views; families without unit groups get noise and masking only)
     permute: bool = False
+    # train and select on each model's canonical form (core.backbone.views.CanonicalStore: the
+    # hidden units of every unit group sorted by norm), the form ``embed`` encodes by default
+    canonical: bool = False
     # the second view's window: "same" as the first, or "any" window of the same model
     positive: Literal["same", "any"] = "same"
     # checkpoint selection: "rec" (median per-layer val R^2 of conv + linear layers) or

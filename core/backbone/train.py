@@ -67,7 +67,7 @@ from core.backbone.model import (
 )
 from core.backbone.selection import knn_labels, selection_metric
 from core.backbone.validation import Evaluator
-from core.backbone.views import ViewMaker, store_groups
+from core.backbone.views import CanonicalStore, ViewMaker, store_groups
 from core.config import ConfigError, to_dict
 from core.errors import WeightAtlasError
 from core.models.optim import adamw
@@ -156,6 +156,8 @@ def train(
         for fam, n in untrained.items():
             tqdm.write(printable(split_warning(fam, n)), file=sys.stderr)
     config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
+    if tcfg.canonical:
+        store = CanonicalStore(store, store_groups(atlas, store, train_ids + val_ids))
     dataset = WindowDataset(store, train_ids, bcfg.window, tcfg.seed, tcfg.windows_per_model)
     kinds = _kinds(store, train_ids + val_ids)
     val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None

@@ -178,7 +178,9 @@ def canonicalize_state_dict(
         keys: the tensors whose values set the order (default: all of ``sd``); pass the
             tokenized names so the order matches ``canonicalize_tokens``.
     """
-    perms = canonical_permutations(groups, lambda n: sd.get(n) if keys is None or n in keys else None)
+    perms = canonical_permutations(
+        groups, lambda n: sd.get(n) if keys is None or n in keys else None
+    )
     return {k: permute_tensor(k, v, groups, perms) if v.dim() else v for k, v in sd.items()}
 
 
@@ -205,6 +207,62 @@ def canonicalize_tokens(
     tensors = _layer_tensors(tokens, layers, _touched(groups))
     perms = canonical_permutations(groups, tensors.get)
     return _apply_permutations(tokens, layers, groups, perms)
+
+
+class CanonicalStore:
+    """A token store seen in canonical form: ``get``, ``window`` and ``iter_chunks`` give each
+    model's tokens in its canonical unit order (``canonicalize_tokens``; models without groups
+    as stored); everything else is the store's. Canonical tokens are computed once per model.
+
+        store = CanonicalStore(TokenStore(a.tokens_dir), store_groups(a, store, ids))
+    """
+
+    def __init__(self, store: Any, groups: dict[str, list[UnitGroup]]):
+        self.store, self.groups = store, groups
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("store", "groups", "_tokens"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.store, name)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self.store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def _canonical(self, model_id: str) -> torch.Tensor:
+        if model_id not in self._tokens:
+            tok = self.store.get(model_id)
+            tokens = torch.as_tensor(tok.tokens, dtype=torch.float32)
+            self._tokens[model_id] = canonicalize_tokens(tokens, tok.layers, self.groups[model_id])
+        return self._tokens[model_id]
+
+    def window(self, model_id: str, start: int, ws: int) -> dict[str, torch.Tensor]:
+        """The store's window (mask, positions, valid) with canonical tokens."""
+        w = self.store.window(model_id, start, ws)
+        if self.groups.get(model_id):
+            part = self._canonical(model_id)[start : start + ws]
+            w["tokens"] = w["tokens"].clone()
+            w["tokens"][: len(part)] = part
+        return w
+
+    def get(self, model_id: str) -> Any:
+        """All tokens of one model, canonical (``Tokenized``)."""
+        import dataclasses
+
+        tok = self.store.get(model_id)
+        if not self.groups.get(model_id):
+            return tok
+        return dataclasses.replace(tok, tokens=self._canonical(model_id).clone())
+
+    def iter_chunks(self, model_id: str, size: int) -> Any:
+        """As ``TokenStore.iter_chunks``, canonical."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        for start in range(0, self.store.n_tokens(model_id), size):
+            yield start, self.window(model_id, start, size)
 
 
 # ------------------------------------------------------------------------------ random views

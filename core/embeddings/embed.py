@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from core.atlas import Atlas, EmbeddingTables, append_jsonl, atomic_path, write_json
+from core.backbone.views import UnitGroup, store_groups
 from core.config import build_config, to_dict
 from core.embeddings.distances import (
     check_metric,
@@ -67,7 +68,6 @@ from core.embeddings.encode import (
     resolve_window,
     summarize,
 )
-from core.backbone.views import UnitGroup, store_groups
 from core.embeddings.maps import fit_maps
 from core.embeddings.statistics import weight_statistics
 from core.errors import WeightAtlasError
