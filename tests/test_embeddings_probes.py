@@ -230,3 +230,37 @@ def test_target_noise_reads_the_task_test_size() -> None:
     )
     unknown = target_noise([{"labels": {"task": "imagenet", "test_accuracy": 0.5}}] * 2)
     assert unknown["test_accuracy_se"] is None and unknown["n_test_examples"] is None
+
+
+def test_evaluate_measures_permutation_ratios_in_both_forms(probe_atlas):
+    """Issue 25's permutation figure: the atlas embedding (canonical form, as embedded) puts every
+    permuted copy on its original; the same backbone on raw tokens (what it learned) does not."""
+    from core.embeddings.invariance import permutation_summary
+    from core.embeddings.probes import ProbeConfig, evaluate, permutation
+    from core.embeddings.table import embedded_canonical, embedded_pooling
+
+    out = evaluate(probe_atlas, overrides={"min_side": 3})
+    perm = out["permutation"]
+    assert perm["canonical"] is True and embedded_canonical(probe_atlas) is True
+    assert perm["pooling"] == embedded_pooling(probe_atlas) and perm["target"] == 0.1
+    for fam in ("mlp", "cnn"):  # TINY's families, both with permutation views
+        emb, learned = perm["embedding"][fam], perm["learned"][fam]
+        assert emb["models"] == learned["models"] >= 2
+        assert emb["max_ratio"] == pytest.approx(0.0, abs=1e-6)
+        assert learned["median_ratio"] > 1e-3 and learned["max_ratio"] >= learned["median_ratio"]
+    results = Atlas(probe_atlas).results_dir
+    assert read_json(results / "permutation.json") == perm  # its own file, like map_quality
+    assert read_json(results / "probes.json")["permutation"] == perm
+    md = (results / "permutation.md").read_text()
+    learned_mlp = perm["learned"]["mlp"]["median_ratio"]
+    assert "| family | embedding ratio | learned ratio | learned max | models |" in md
+    assert f"| mlp | 0.000 | {learned_mlp:.3f} |" in md and "canonical form" in md
+    line = permutation_summary(perm)
+    assert line.startswith(
+        "permutation ratio (copy distance / median inter-model distance): cnn 0.000 (learned "
+    )
+    assert f"mlp 0.000 (learned {learned_mlp:.3f})" in line and "target <= 0.1" in line
+    # not measured: said so, not a zero
+    off = permutation(Atlas(probe_atlas), None, ProbeConfig(permutation_copies=0))
+    assert off == {"skipped": "permutation_copies is 0"}
+    assert "not measured" in permutation_summary(off)

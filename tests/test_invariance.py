@@ -32,3 +32,17 @@ def test_canonical_embeddings_put_every_permuted_copy_on_its_original(tiny):
     out = inv.permutation_ratios(tiny, copies=2, seed=3)
     for fam in ("mlp", "cnn"):
         assert out[fam]["models"] >= 2 and out[fam]["max_ratio"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_without_canonical_form_the_embedding_figure_is_the_learned_one(tiny):
+    """An atlas embedded on raw tokens: its embedding's ratio is what the backbone learned (one
+    measurement, reported once), and the summary says there is no canonical form."""
+    out = inv.permutation_invariance(tiny, cfg=EmbedConfig(canonical=False, pooling="mean"))
+    assert out["canonical"] is False and out["pooling"] == "mean"
+    assert out["embedding"] is out["learned"]
+    assert all(out["learned"][f]["median_ratio"] > 0 for f in ("mlp", "cnn"))
+    line = inv.permutation_summary(out)
+    assert "no canonical form" in line and "(learned" not in line
+    md = inv.permutation_markdown(out)
+    m = out["learned"]["cnn"]["median_ratio"]
+    assert f"| cnn | {m:.3f} | {m:.3f} |" in md and "without canonical form" in md

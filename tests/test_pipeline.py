@@ -287,3 +287,36 @@ def test_report_has_a_map_quality_section_with_verdicts(tmp_path: Path) -> None:
     assert "no better than the predictor that ignores the weights" in section
     assert "test accuracy r2, embedding: 0.200 vs s(W) 0.500" in section
     assert "2-D PCA" not in section.split("**Verdict")[1]  # no map, no verdict
+
+
+def test_report_has_a_permutation_section_after_map_quality(tmp_path: Path) -> None:
+    """`weightatlas evaluate`'s permutation.md: a table, verdicts on the learned figure, the
+    paper's own practice quoted; a run evaluated before the file existed renders without it."""
+    from core.atlas import write_json
+    from core.embeddings.invariance import permutation_markdown
+
+    run, results = _empty_run(tmp_path)
+    (results / "map_quality.md").write_text("| figure | embedding |\n|---|---|\n| family | 0.5 |\n")
+    write_json(results / "probes.json", {"split": {}})  # an old result: no "permutation"
+    old = pl.write_report(run).read_text()
+    title = "## Permutation invariance: permuted copies vs inter-model distance"
+    assert "## Map quality: nearest neighbours vs s(W)" in old and title not in old
+    assert pl.PAPER_CLAIMS["permutation.md"] not in old
+
+    zero = {"median_ratio": 0.0, "max_ratio": 0.0, "models": 6}
+    learned = {"median_ratio": 0.265, "max_ratio": 0.41, "models": 6}
+    out = {
+        "embedding": {"median_distance": 10.0, "models": 12, "cnn": zero},
+        "learned": {"median_distance": 11.0, "models": 12, "cnn": learned},
+        "canonical": True, "pooling": "depth-mean+std", "copies": 1, "seed": 0, "target": 0.1,
+    }  # fmt: skip
+    write_json(results / "permutation.json", out)
+    (results / "permutation.md").write_text(permutation_markdown(out))
+    text = pl.write_report(run).read_text()
+    assert text.index("## Map quality") < text.index(title) < text.index("## Property probes")
+    section = text.split(title)[1].split("\n## ")[0]
+    assert "| cnn | 0.000 | 0.265 | 0.410 | 6 |" in section
+    assert pl.PAPER_CLAIMS["permutation.md"] in section and "git re-basin" in section
+    assert "- **disagree**: cnn, learned permutation ratio (raw tokens): 0.265" in section
+    assert "not learned" in section and "Issue 25's target" in section
+    assert pl.section_numbers(run / "results" / "report.md")[title[3:]] == [0.0, 0.265, 0.41, 6.0]

@@ -109,3 +109,41 @@ def test_samples_are_compared_with_their_prompts_like_for_like() -> None:
         for ln in report.generation_verdicts(old)
         if "prompt" in ln
     )
+
+
+def _perm_result(canonical: bool = True) -> dict:
+    learned = {
+        "median_distance": 11.0,
+        "models": 12,
+        "cnn": {"median_ratio": 0.265, "max_ratio": 0.41, "models": 6},
+        "mlp": {"median_ratio": 0.04, "max_ratio": 0.09, "models": 6},
+    }
+    zero = {"median_ratio": 0.0, "max_ratio": 0.0, "models": 6}
+    embedding = {"median_distance": 10.0, "models": 12, "cnn": zero, "mlp": zero}
+    return {
+        "embedding": embedding if canonical else learned,
+        "learned": learned,
+        "canonical": canonical,
+        "pooling": "depth-mean+std",
+        "copies": 1,
+        "seed": 0,
+        "target": 0.1,
+    }
+
+
+def test_permutation_verdicts_judge_what_the_backbone_learned() -> None:
+    """Canonical form puts copies at 0 by construction: the verdict is on the learned figure."""
+    lines = report.permutation_verdicts(_perm_result())
+    assert len(lines) == 2
+    cnn, mlp = lines
+    assert cnn.startswith("- **disagree**: cnn, learned permutation ratio (raw tokens): 0.265")
+    assert "vs target <= 0.1" in cnn and "6 models" in cnn
+    assert "atlas embedding's 0.000 is canonical form's" in cnn and "not learned" in cnn
+    assert mlp.startswith("- **agree**: mlp, learned permutation ratio (raw tokens): 0.040")
+    # an atlas embedded on raw tokens: the embedding's figure is the learned one
+    (cnn, _) = report.permutation_verdicts(_perm_result(canonical=False))
+    assert cnn.startswith("- **disagree**: cnn, embedding permutation ratio (no canonical form")
+    assert "canonical form's" not in cnn
+    # not measured or an older result: no verdict
+    assert report.permutation_verdicts({"skipped": "permutation_copies is 0"}) == []
+    assert report.permutation_verdicts({}) == []

@@ -14,6 +14,7 @@ from core.embeddings.distances import atlas_distance, model_architecture, place_
 from core.embeddings.embed import embed
 from core.embeddings.encode import EMBED_PRESETS, EmbedConfig
 from core.embeddings.fidelity import layer_report
+from core.embeddings.invariance import permutation_summary
 from core.embeddings.map_quality import map_quality_markdown
 from core.embeddings.probes import evaluate, probes_markdown
 from core.embeddings.table import _model_path, embed_model_dir_full, neighbours
@@ -196,7 +197,12 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
     text += "\n\n**Map quality** (nearest neighbours)\n\n" + map_quality_markdown(
         out["map_quality"]
     )
-    text += f"\nwritten: {a.results_dir / 'probes.json'}, probes.md, map_quality.json and .md"
+    if out.get("permutation") is not None:
+        text += "\n" + permutation_summary(out["permutation"])
+    text += (
+        f"\nwritten: {a.results_dir / 'probes.json'}, probes.md, map_quality.json and .md, "
+        "permutation.json and .md"
+    )
     text += "".join(f"\nnote: {n}" for n in notes)
     emit(args, out, text)
     return 0

@@ -15,11 +15,17 @@ With ``cfg.canonical`` (the default) both the original and the copy are encoded 
 form, as ``weightatlas embed`` encodes them: a copy then lands on its original by construction
 (up to exact ties); ``canonical=False`` measures what the backbone itself learned.
 
-    rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "all": {...}}
+    rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "median_distance", ...}
+
+``permutation_invariance`` measures both forms for ``weightatlas evaluate`` (the atlas
+embedding's, as ``embeddings/info.json`` records it, and the learned one on raw tokens);
+``write_permutation`` owns ``ATLAS/results/permutation.json`` and ``.md``. Issue 25's target: a
+ratio of at most ``PERMUTATION_TARGET``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas
+from core.atlas import Atlas, atomic_write_bytes, write_json
 from core.backbone.model import load_backbone
 from core.backbone.views import canonicalize_tokens, permute_tokens, store_groups
 from core.embeddings.encode import (
@@ -40,6 +46,9 @@ from core.embeddings.encode import (
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
 
+PERMUTATION_TARGET = 0.1  # issue 25: a permuted copy within 0.1 of the median inter-model distance
+RESULT_NAME = "permutation"
+
 
 def permutation_ratios(
     atlas: str | Path,
@@ -48,6 +57,7 @@ def permutation_ratios(
     copies: int = 1,
     seed: int = 0,
     cfg: EmbedConfig | None = None,
+    desc: str = "permutation ratios",
 ) -> dict[str, Any]:
     """Per family: median, max and count of the permuted copies' distance ratios (see module doc).
 
@@ -58,6 +68,7 @@ def permutation_ratios(
         copies: permuted copies per model.
         seed: the permutations' seed.
         cfg: embedding settings, pooling included (default ``EmbedConfig()``).
+        desc: the progress bar's label.
 
     Returns:
         ``{family: {"median_ratio", "max_ratio", "models"}, ..., "median_distance": float,
@@ -83,7 +94,7 @@ def permutation_ratios(
         return pool_model(z, positions, cfg.pooling).double().numpy()
 
     base, perm, fam = [], [], []
-    for r in tqdm(rows, desc="permutation ratios", unit="model"):
+    for r in tqdm(rows, desc=desc, unit="model"):
         tok = store.get(r["id"])
         tokens, positions = _masked_tokens(tok)
         code = position_code(backbone, positions)
@@ -112,3 +123,144 @@ def permutation_ratios(
             "models": len(vals),
         }
     return out
+
+
+def ratio_families(ratios: dict[str, Any]) -> list[str]:
+    """The families of a ``permutation_ratios`` result (its per-family entries), sorted."""
+    return sorted(k for k, v in ratios.items() if isinstance(v, dict))
+
+
+def permutation_invariance(
+    atlas: str | Path,
+    backbone_dir: str | Path | None = None,
+    cfg: EmbedConfig | None = None,
+    copies: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Permutation ratios of the atlas embedding and of what the backbone learned.
+
+    Args:
+        atlas: a tokenized atlas.
+        backbone_dir: the backbone (default: the atlas' own).
+        cfg: the embedding's settings (``core.embeddings.table.embedded_config``: window, halo,
+            pooling and canonical form as the atlas' embeddings were written).
+        copies: permuted copies per model.
+        seed: the permutations' seed.
+
+    Returns:
+        ``{"embedding": ratios in cfg's form, "learned": ratios on raw tokens (canonical=False),
+        "canonical": cfg.canonical, "pooling", "copies", "seed", "target"}``, the ratios as
+        ``permutation_ratios`` returns them. Without canonical form both are one measurement.
+    """
+    cfg = cfg or EmbedConfig()
+    raw = dataclasses.replace(cfg, canonical=False)
+    learned = permutation_ratios(
+        atlas, backbone_dir, copies=copies, seed=seed, cfg=raw, desc="permutation ratios, learned"
+    )
+    embedding = (
+        permutation_ratios(
+            atlas,
+            backbone_dir,
+            copies=copies,
+            seed=seed,
+            cfg=cfg,
+            desc="permutation ratios, canonical",
+        )
+        if cfg.canonical
+        else learned
+    )
+    return {
+        "embedding": embedding,
+        "learned": learned,
+        "canonical": bool(cfg.canonical),
+        "pooling": cfg.pooling,
+        "copies": copies,
+        "seed": seed,
+        "target": PERMUTATION_TARGET,
+    }
+
+
+def family_models(result: dict[str, Any], family: str) -> int:
+    """How many models of ``family`` a ``permutation_invariance`` result permuted (its
+    ratios count copies: ``copies`` per model)."""
+    return int(result["learned"][family]["models"]) // max(int(result.get("copies", 1)), 1)
+
+
+def _ratio(ratios: dict[str, Any], family: str, key: str = "median_ratio") -> float | None:
+    entry = ratios.get(family)
+    return entry.get(key) if isinstance(entry, dict) else None
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def permutation_summary(result: dict[str, Any]) -> str:
+    """One line for the CLI: per family the embedding's ratio and the learned one, and the target.
+
+    ``permutation ratio (copy distance / median inter-model distance): cnn 0.000 (learned
+    0.265), mlp 0.000 (learned 0.300); target <= 0.1``
+    """
+    head = "permutation ratio (copy distance / median inter-model distance): "
+    if result.get("skipped"):
+        return head + f"not measured ({result['skipped']})"
+    emb, learned = result["embedding"], result["learned"]
+    fams = ratio_families(learned)
+    if not fams:
+        return head + "no validation or test model of a family with permutation views"
+    cells = [
+        f"{f} {_num(_ratio(emb, f))} (learned {_num(_ratio(learned, f))})"
+        if result.get("canonical")
+        else f"{f} {_num(_ratio(learned, f))}"
+        for f in fams
+    ]
+    form = "canonical form" if result.get("canonical") else "no canonical form: embedding = learned"
+    return (
+        head + ", ".join(cells) + f"; target <= {result.get('target', PERMUTATION_TARGET)} ({form})"
+    )
+
+
+def permutation_markdown(result: dict[str, Any]) -> str:
+    """The table: per family the embedding's and the learned median ratio, the learned max, and
+    how many models were permuted; a line on what each column measures."""
+    if result.get("skipped"):
+        return f"Permutation ratios not measured: {result['skipped']}.\n"
+    emb, learned = result["embedding"], result["learned"]
+    fams = ratio_families(learned)
+    form = (
+        "canonical form (every unit group's hidden units sorted by norm before encoding, as the "
+        "atlas' embeddings were written)"
+        if result.get("canonical")
+        else "raw tokens (the atlas' embeddings were written without canonical form)"
+    )
+    lines = [
+        "| family | embedding ratio | learned ratio | learned max | models |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {f} | {_num(_ratio(emb, f))} | {_num(_ratio(learned, f))} | "
+            f"{_num(_ratio(learned, f, 'max_ratio'))} | {family_models(result, f)} |"
+            for f in fams
+        ),
+        "",
+        "Ratio: the distance between a function-preserving permuted copy of a validation or test "
+        "model and the model itself, over the median distance between two different models "
+        f"(embedding {_num(emb.get('median_distance'))}, learned "
+        f"{_num(learned.get('median_distance'))}, over {learned.get('models')} models; "
+        "atlas distance on standardized embedding dims), the median over the family's models "
+        f"({result.get('copies', 1)} cop{'y' if result.get('copies', 1) == 1 else 'ies'} each). "
+        f"Embedding: the atlas' embedding, {form}, {result.get('pooling')} pooling. Learned: the "
+        "same backbone on raw tokens, what its training made of permutations. Target: at most "
+        f"{result.get('target', PERMUTATION_TARGET)} (issue 25).",
+    ]
+    if not fams:
+        lines = ["No validation or test model of a family with permutation views."]
+    return "\n".join(lines) + "\n"
+
+
+def write_permutation(atlas: str | Path, result: dict[str, Any], name: str = RESULT_NAME) -> Path:
+    """Write ``ATLAS/results/NAME.json`` and ``NAME.md``; returns the JSON's path."""
+    a = Atlas.open(atlas)
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(a.results_dir / f"{name}.json", result)
+    atomic_write_bytes(a.results_dir / f"{name}.md", permutation_markdown(result).encode())
+    return a.results_dir / f"{name}.json"

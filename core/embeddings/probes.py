@@ -2,6 +2,9 @@
 
     weightatlas evaluate ATLAS            # -> ATLAS/results/probes.json + probes.md
 
+It also writes the map quality (``core.embeddings.map_quality``) and the permutation ratios
+of the evaluated backbone (``core.embeddings.invariance``), each to its own results file.
+
 Probes (003 §5.1, Tables 1 and 9-12): ridge regression predicts test accuracy, epoch and
 generalization gap; logistic regression classifies family and task. The papers fit probes
 inside one zoo (one architecture, one data set), so the headline probes run inside each
@@ -41,9 +44,10 @@ from tqdm import tqdm
 from core.atlas import Atlas, atomic_write_bytes, write_json
 from core.collection.facts import run_of
 from core.config import build_config, register_presets, to_dict
+from core.embeddings.invariance import permutation_invariance, write_permutation
 from core.embeddings.map_quality import map_quality, write_map_quality
 from core.embeddings.statistics import DEPTH_BINS, depth_pooled, sw_features
-from core.embeddings.table import embedded_pooling, load_embeddings
+from core.embeddings.table import embedded_config, embedded_pooling, load_embeddings
 from core.errors import WeightAtlasError
 from core.tokens.store import TokenStore
 
@@ -72,6 +76,8 @@ class ProbeConfig:
     max_layer_values: int = 4096
     zoo_min_runs: int = 10  # a family x task x size group with this many runs gets its own probes
     task_min_runs: int = 2  # the task target only for family x task pairs with this many runs
+    # permuted copies per validation/test model for the permutation ratios (0: not measured)
+    permutation_copies: int = 1
 
 
 PROBE_PRESETS: dict[str, dict[str, Any]] = {
@@ -592,7 +598,8 @@ def evaluate(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Probe embeddings and s(W) for zoo labels; write ``ATLAS/results/{out_name}.json/.md``,
-    and the map quality (``core.embeddings.map_quality``) to ``results/map_quality.json/.md``.
+    the map quality (``core.embeddings.map_quality``) to ``results/map_quality.json/.md`` and
+    the permutation ratios (``core.embeddings.invariance``) to ``results/permutation.json/.md``.
 
     The headline probes run inside each homogeneous zoo (one family, one task, one size, at
     least ``zoo_min_runs`` runs; 003 Tables 1 and 9): test accuracy, epoch and generalization
@@ -608,7 +615,8 @@ def evaluate(
         overrides: other ``ProbeConfig`` fields.
 
     Returns:
-        The result dict written to ``probes.json`` (``map_quality``: the map-quality result).
+        The result dict written to ``probes.json`` (``map_quality``: the map-quality result;
+        ``permutation``: the permutation ratios, ``permutation_invariance``'s result).
     """
     a = Atlas.open(atlas)
     cfg = build_config(ProbeConfig, PROBE_PRESETS, preset, overrides=overrides)
@@ -651,9 +659,37 @@ def evaluate(
     out["map_quality"] = mq
     a.results_dir.mkdir(parents=True, exist_ok=True)
     write_map_quality(a.root, mq, map_quality_name(out_name))
+    out["permutation"] = permutation(a, backbone_dir, cfg)
+    write_permutation(a.root, out["permutation"], permutation_name(out_name))
     write_json(a.results_dir / f"{out_name}.json", out)
     atomic_write_bytes(a.results_dir / f"{out_name}.md", probes_markdown(out).encode())
     return out
+
+
+def permutation(a: Atlas, backbone_dir: str | Path | None, cfg: ProbeConfig) -> dict[str, Any]:
+    """The permutation ratios of the evaluated backbone
+    (``core.embeddings.invariance.permutation_invariance``): in the form the atlas' embeddings
+    were written (window, halo, pooling, canonical form) and on raw tokens (what it learned).
+    ``{"skipped": reason}`` when ``permutation_copies`` is 0 or the atlas has too few
+    validation and test models."""
+    if cfg.permutation_copies <= 0:
+        return {"skipped": "permutation_copies is 0"}
+    try:
+        return permutation_invariance(
+            a.root,
+            backbone_dir,
+            embedded_config(a, backbone_dir),
+            copies=cfg.permutation_copies,
+            seed=cfg.seed,
+        )
+    except WeightAtlasError as e:
+        return {"skipped": str(e)}
+
+
+def permutation_name(out_name: str) -> str:
+    """The permutation result written beside ``{out_name}.json``: ``permutation`` for the
+    atlas' probes, ``{out_name}_permutation`` for another backbone's."""
+    return "permutation" if out_name == "probes" else f"{out_name}_permutation"
 
 
 def map_quality_name(out_name: str) -> str:

@@ -123,6 +123,26 @@ def embedded_canonical(
     return bool((tables.info().get("config") or {}).get("canonical", False))
 
 
+def embedded_config(
+    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
+) -> EmbedConfig | None:
+    """The encoding the atlas' embeddings were written with, as an ``EmbedConfig``: the
+    recorded ``window``, ``halo``, ``pooling`` and ``canonical`` (``"mean"`` and False where the
+    embeddings predate those fields); device and batch sizes stay this machine's defaults. None
+    when the atlas has no embeddings for this backbone yet."""
+    a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
+    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
+    if not tables.info_path.exists():
+        return None
+    rec = tables.info().get("config") or {}
+    return EmbedConfig(
+        window=rec.get("window"),
+        halo=rec.get("halo"),
+        pooling=str(rec.get("pooling", "mean")),
+        canonical=bool(rec.get("canonical", False)),
+    )
+
+
 def model_dir_groups(path: str | Path, layers: list[Any]) -> list[UnitGroup]:
     """The unit groups of a model folder's tokenized tensors (its family from ``config.json``)."""
     config = read_config(path)

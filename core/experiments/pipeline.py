@@ -387,6 +387,8 @@ REPORT_TABLES: list[tuple[str, str]] = [
     ("Token store", "tokens.md"),
     ("Backbone training", "training.md"),
     ("Map quality: nearest neighbours vs s(W)", "map_quality.md"),
+    # `weightatlas evaluate` writes it beside map_quality.md (atlases evaluated before: none)
+    ("Permutation invariance: permuted copies vs inter-model distance", "permutation.md"),
     ("Property probes vs s(W)", "probes.md"),
     ("Generation vs random init", "generation.md"),
     ("Ablation: loss normalization (MLN)", "ablation_mln.md"),
@@ -408,6 +410,12 @@ PAPER_CLAIMS: dict[str, str] = {
     "0.772 vs 0.909; STL 0.305 vs 0.919, 0.344 vs 0.977, 0.307 vs 0.858. The flattened "
     "weights W trail both (CIFAR-10 Acc -7.580, STL -18.818). So s(W) is ahead on CIFAR-10 "
     "and far ahead on STL; 003 never pools zoos.",
+    "permutation.md": "Paper 003 §2 (Model Alignment): 'we reduced all training models to a "
+    "unique, canonical basis of a reference model' (git re-basin against one fixed reference, "
+    "Ainsworth et al. 2022); §3: 'As augmentations, we use noise and permutation. The "
+    "permutation is computed relative to the aligned model', one view aligned, the other "
+    "permuted; Appendix A, Table 6: alignment halves the reconstruction loss (test 0.167 -> "
+    "0.082). 003 reports no figure for how far a permuted copy's embedding moves.",
     "generation.md": "Paper 003 §5.2, Tables 3-5 (001 C.2 the same protocol: sample, keep the "
     "best, fine-tune 5 epochs with Adam lr 1e-3): sampled models start above training from "
     "scratch and stay ahead, e.g. Table 3 CIFAR-10 CNNs epoch 0 SANE-SUB 57.9 ± 0.2 % vs "
@@ -467,7 +475,7 @@ def _timings(run: Path) -> list[str]:
 
 
 # sections shown only when their table exists (experiments the pipeline does not run itself)
-OPTIONAL_TABLES = {"experiment_modality.md", "lineage.md"}
+OPTIONAL_TABLES = {"experiment_modality.md", "lineage.md", "permutation.md"}
 
 # a pointer under a section to a page of the repository's docs
 SECTION_NOTES: dict[str, str] = {
@@ -476,6 +484,13 @@ SECTION_NOTES: dict[str, str] = {
     "in the 2-D UMAP, within-family task >= majority + 0.25, kNN test-accuracy R² >= 0.5, and "
     "the embedding no worse than s(W) by more than 0.05 on any figure "
     "(`core.embeddings.map_quality`; `weightatlas evaluate` prints the table).",
+    "permutation.md": "Issue 25's target: a function-preserving permuted copy of a validation "
+    "or test model within 0.1 of the median inter-model distance of its original, per family "
+    "with permutation views. The canonical form (`EmbedConfig.canonical`, on in atlases embedded "
+    "since it exists) sorts each model's hidden units by norm on its own, not 003's alignment "
+    "to a reference model; the "
+    "learned column is the same backbone on raw tokens (`core.embeddings.invariance`; "
+    "`weightatlas evaluate` prints both).",
     "training.md": "Why the demo backbone keeps 62 of 64 values per token, and what a 2x squeeze "
     "(001's 230 -> 128) reaches on these weights: `docs/results/backbone.md` (issue 14).",
     "ablation_mln.md": "Why the demo arms keep 56 of 64 values per token rather than 001's 2x: "

@@ -15,8 +15,9 @@ figures as PNG into the run's figures directory.
 
 The package, one module per part: ``tables`` (cells, markdown tables, the collection, tokens
 and training tables), ``figures``, ``rules`` (what every verdict follows: chance, spreads,
-sign tests, thresholds), ``verdicts`` (probes, map quality, generation), ``ablation_verdicts``
-(MLN, tokenization, composition, modality) and ``lineage`` (model trees). Everything is
+sign tests, thresholds), ``verdicts`` (probes, map quality, permutation invariance,
+generation), ``ablation_verdicts`` (MLN, tokenization, composition, modality) and ``lineage``
+(model trees). Everything is
 importable from ``core.experiments.report``; ``VERDICTS`` maps each report section to the
 JSON and the function that judge it.
 """
@@ -81,6 +82,7 @@ from core.experiments.report.verdicts import (
     MAP_QUALITY_MARGIN,
     generation_verdicts,
     map_quality_verdicts,
+    permutation_verdicts,
     probe_verdict,
     probe_verdicts,
     prompt_verdicts,
@@ -117,6 +119,7 @@ __all__ = [
     "model_task",
     "paired_layers",
     "paired_verdict",
+    "permutation_verdicts",
     "probe_verdict",
     "probe_verdicts",
     "probes_figure",
@@ -142,6 +145,7 @@ __all__ = [
 
 VERDICTS: dict[str, tuple[str, Any]] = {
     "map_quality.md": ("map_quality.json", map_quality_verdicts),
+    "permutation.md": ("permutation.json", permutation_verdicts),
     "probes.md": ("probes.json", probe_verdicts),
     "generation.md": ("generation.json", generation_verdicts),
     "ablation_mln.md": ("ablation_mln.json", mln_verdicts),

@@ -1,5 +1,5 @@
-"""Verdicts of the stage sections: probes (003 Table 9), map quality, generation
-against random init and against its own prompts.
+"""Verdicts of the stage sections: probes (003 Table 9), map quality, permutation
+invariance, generation against random init and against its own prompts.
 """
 
 from __future__ import annotations
@@ -151,6 +151,41 @@ def map_quality_verdicts(out: dict[str, Any]) -> list[str]:
             lines.append(
                 verdict_line(outcome, f"{fig.replace('_', ' ')}, {name}", f"{text}; {why}")
             )
+    return lines
+
+
+def permutation_verdicts(out: dict[str, Any]) -> list[str]:
+    """Issue 25's permutation target: a function-preserving permuted copy lands within
+    ``target`` (0.1) of the median inter-model distance of its original
+    (``core.embeddings.invariance.permutation_invariance``'s result). Per family, on the learned
+    figure (the backbone on raw tokens): **agree** at or below the target, **disagree** above.
+    Where the atlas embeds in canonical form, the line says that the embedding's figure is not
+    learned: canonical form removes the permutation before the backbone sees the model. None
+    for a result that was not measured (``skipped``) or has no ratios."""
+    if out.get("skipped") or "learned" not in out:
+        return []
+    from core.embeddings.invariance import PERMUTATION_TARGET, family_models, ratio_families
+
+    target = out.get("target", PERMUTATION_TARGET)
+    emb, learned = out.get("embedding") or {}, out["learned"]
+    lines = []
+    for fam in ratio_families(learned):
+        r = learned[fam]
+        v = r["median_ratio"]
+        outcome = "agree" if v <= target else "disagree"
+        n = family_models(out, fam)
+        text = f"{v:.3f} (max {r['max_ratio']:.3f}, {n} models) vs target <= {target}"
+        if out.get("canonical"):
+            e = (emb.get(fam) or {}).get("median_ratio")
+            what = f"{fam}, learned permutation ratio (raw tokens)"
+            text += (
+                f"; what the backbone's training made of permutations. The atlas embedding's "
+                f"{fmt(e)} is canonical form's (hidden units sorted by norm before encoding, so "
+                "a permuted copy is the same input to the backbone, up to exact ties), not learned"
+            )
+        else:
+            what = f"{fam}, embedding permutation ratio (no canonical form: what it learned)"
+        lines.append(verdict_line(outcome, what, text))
     return lines
 
 
