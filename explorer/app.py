@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from explorer.common import atlas_picker_ui, atlas_status, warm_imports  # noqa: E402
+from explorer.common import after_run, atlas_picker_ui, atlas_status  # noqa: E402
 
 # a local image: a ":material/...:" page icon makes the browser fetch the favicon from a font
 # CDN (fails offline)
@@ -38,5 +38,6 @@ else:
 st.navigation(pages).run()
 # torch-backed modules load in the background after the page has been sent: started before
 # it, their import held the interpreter while the first map was built (a cold first paint of
-# 13-16 s against 4 s for a trivial page on a loaded 2-core machine; issue 27)
-warm_imports()
+# 13-16 s against 4 s for a trivial page on a loaded 2-core machine; issue 27); not after the
+# server's first run, while the browser still loads plotly.js and draws the first map
+after_run()

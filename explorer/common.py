@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -49,8 +50,8 @@ def warm_imports() -> threading.Thread:
     return thread
 
 
-# app.py calls warm_imports after the first page has been sent; the browser then downloads and
-# runs plotly.js (about 4.6 MB) from this server and draws the map, which a torch import (2-3 s
+# app.py calls warm_imports (through after_run) after a page has been sent; the browser then
+# downloads and runs plotly.js (about 4.6 MB) from this server and draws the map, which a torch import (2-3 s
 # of CPU) slowed down on a 2-core machine: the 3 s this waited before was not enough under
 # load (issue 27). Nothing on the Atlas page needs torch until a model folder is embedded or
 # the map quality computed (neighbours are read with numpy, core.embeddings.reader); a page
@@ -76,6 +77,24 @@ def freeze_loaded() -> None:
     freeze per atlas version).
     """
     gc.freeze()
+
+
+_RUNS_SEEN = itertools.count()  # full script runs this server has finished (after_run)
+
+
+def after_run() -> None:
+    """app.py's last call, after the page has been sent: from the server's second full run on,
+    :func:`warm_imports` (pandas and PIL now, torch in the background later).
+
+    The server's first run leaves them out: on a cold load the browser is still fetching
+    plotly.js (4.7 MB, served by this process) and drawing the first map then, and pandas'
+    import (0.3-0.8 s of CPU, holding the interpreter) slowed both on a loaded 2-core
+    machine (issue 27). A page that needs torch first calls :func:`wait_for_imports`, which
+    imports everything at once; a model panel opened before any second run imports pandas
+    for its tables there (a few tenths of a second, once per server).
+    """
+    if next(_RUNS_SEEN) > 0:
+        warm_imports()
 
 
 def wait_for_imports() -> None:

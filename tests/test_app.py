@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("streamlit")
@@ -108,6 +107,15 @@ def test_atlas_page_colour_filter_search_and_neighbours(syn):
     assert (df["family"] == own.columns["family"][i]).sum() >= 3
 
 
+def map_quality_table(at: AppTest) -> tuple[list[str], list[dict[str, str]]]:
+    """The Atlas page's map-quality markdown table: its header and its rows (cells unescaped)."""
+    table = next(m.value for m in at.markdown if m.value.startswith("| figure |"))
+    lines = [[c.strip().replace("\\", "") for c in ln.strip("|").split("|")]
+             for ln in table.splitlines()]  # fmt: skip
+    heads = lines[0]
+    return heads, [dict(zip(heads, cells, strict=True)) for cells in lines[2:]]
+
+
 def test_atlas_page_shows_map_quality(syn):
     """The Atlas page's map-quality table: core's leave-one-run-out figures, per space."""
     from core.embeddings.map_quality import map_quality
@@ -118,18 +126,22 @@ def test_atlas_page_shows_map_quality(syn):
     assert "has not written the map quality" in texts(at)  # no result: computed on request
     at.button(key="map_quality_compute").click().run()
     assert not at.exception
-    df = at.dataframe[-1].value
-    assert list(df.columns) == [
+    heads, rows = map_quality_table(at)
+    assert heads == [
         "figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", "without the weights"
     ]  # fmt: skip
     want = map_quality(syn)
-    fam = df.iloc[0]
+    fam = rows[0]
     assert fam["figure"].startswith("family of the neighbours")
-    assert fam["embedding"] == pytest.approx(want["spaces"]["embedding"]["family_accuracy"])
-    assert fam["2-D UMAP"] == pytest.approx(want["spaces"]["umap"]["family_accuracy"])
+    assert float(fam["embedding"]) == pytest.approx(
+        want["spaces"]["embedding"]["family_accuracy"], abs=5e-4
+    )
+    assert float(fam["2-D UMAP"]) == pytest.approx(
+        want["spaces"]["umap"]["family_accuracy"], abs=5e-4
+    )
     assert fam["without the weights"].startswith("majority family")
-    assert fam["s(W)"] is None or np.isnan(fam["s(W)"])  # the synthetic atlas has no tokens
-    assert "Leave-one-run-out" in texts(at)
+    assert fam["s(W)"] == ""  # the synthetic atlas has no tokens: an empty cell
+    assert len(rows) == 3 and "Leave-one-run-out" in texts(at)
 
 
 def test_lineage_toggle_and_bad_embed_folder(syn, tmp_path):
@@ -429,7 +441,9 @@ def test_layers_page_says_when_the_atlas_choice_has_no_weights(monkeypatch):
 def test_atlas_page_first_run_does_not_import_torch():
     """Issue 27: the Atlas page paints without torch (3-5 s of import on a cold first load),
     and its model panel (card, nearest neighbours, layers, family) opens without it too; the
-    torch-backed modules load in the background, long after the page was sent."""
+    torch-backed modules load in the background, long after the page was sent. The first run
+    does not import pandas either (its map-quality table is markdown): 0.3-0.8 s of server CPU
+    while the browser draws the first map."""
     import subprocess
 
     code = (
@@ -442,19 +456,20 @@ def test_atlas_page_first_run_does_not_import_torch():
         "assert not at.exception, at.exception\n"
         "assert at.title[0].value == 'Atlas' and len(at.get('plotly_chart')) == 1\n"
         "first = 'torch' in sys.modules\n"
+        "first_pandas = 'pandas' in sys.modules  # imported after the server's first run\n"
         "mid = map_table(sys.argv[1]).ids[7]\n"
         "at.text_input(key='map_search').set_value(mid).run()\n"
         "assert not at.exception, at.exception\n"
         "assert any('Nearest neighbours' in m.value for m in at.markdown)\n"
         "assert len(at.dataframe[1].value) == 8  # the neighbours table, k = 8\n"
-        "print(first, 'torch' in sys.modules)\n"
+        "print(first, 'torch' in sys.modules, first_pandas)\n"
     )
     env = {**__import__("os").environ, "WEIGHTATLAS_ATLAS": str(DEMO)}
     out = subprocess.run(
         [sys.executable, "-c", code, str(DEMO)], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False False"
+    assert out.stdout.strip().splitlines()[-1] == "False False False"
 
 
 @needs_demo
@@ -466,9 +481,9 @@ def test_demo_atlas_page_shows_its_stored_map_quality():
     assert stored is not None
     at = app_on(DEMO)
     assert not at.exception
-    df = at.dataframe[-1].value
-    assert df.iloc[0]["embedding"] == pytest.approx(
-        stored["spaces"]["embedding"]["family_accuracy"]
+    _, rows = map_quality_table(at)
+    assert float(rows[0]["embedding"]) == pytest.approx(
+        stored["spaces"]["embedding"]["family_accuracy"], abs=5e-4
     )
     assert not [b for b in at.button if b.key == "map_quality_compute"]
 
