@@ -331,4 +331,3 @@ def file_and_overrides(
     """
     file_values = flatten(load_file(file)) if file is not None else {}
     return {**file_values, **flatten(overrides or {})}
-
