@@ -274,6 +274,7 @@ def test_demo_long_is_the_demo_backbone_trained_longer():
     b, t = build_configs("demo")
     bl, tl = build_configs("demo-long")
     assert b == bl and tl.steps > t.steps and tl.eval_every <= 100
+    assert t.canonical and tl.canonical  # the form `embed` encodes by default
 
 
 # ------------------------------------------------------------------ per-layer validation

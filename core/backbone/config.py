@@ -97,7 +97,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         steps=200, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=50, ckpt_every=50,
         log_every=10, gamma=GAMMA, noise_mode="multiplicative", permute=True, positive="any",
-        select="rec+knn", patience=3,
+        select="rec+knn", patience=3, canonical=True,
     ),
     # the same, for longer. The exported demo backbone ran this preset with steps=100,
     # batch_size=16, eval_every=25, ckpt_every=25 (1,525 s on 2 CPU cores shared with ~12 other
@@ -107,11 +107,14 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # default_1_thread: 2.16x at load 9-14). At one thread (issue 25, H5): steps=500 ran 450
     # steps in 1,312 s, patience stopping it after a divergence at step ~355 (rec loss 1.1 -> 24-42);
     # steps=800 lr=5e-4 ran 650 steps in 883 s, patience stopping it (best val_select_score
-    # 0.714 at step 500), with no divergence
+    # 0.714 at step 500), with no divergence. Session 7 (canonical form, a quiet machine, one
+    # thread, 1.5-2 steps/s): the exported demo backbone is steps=200 batch_size=16
+    # eval_every=25 ckpt_every=25 (141 s); steps=1000 lr=5e-4 stopped at 900 (kept 700, 677 s)
+    # with a map and probes no better (docs/results/README.md)
     "demo-long": dict(
         steps=400, batch_size=32, lr=1e-3, weight_decay=1e-4, eval_every=50, ckpt_every=50,
         log_every=10, gamma=GAMMA, noise_mode="multiplicative", permute=True, positive="any",
-        select="rec+knn", patience=3,
+        select="rec+knn", patience=3, canonical=True,
     ),
     # paper 001 Table 4: AdamW, lr 2e-5, wd 3e-9, OneCycleLR, batch 64 (x2 accumulation for large)
     "paper-small": dict(
