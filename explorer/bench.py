@@ -3,11 +3,14 @@
 Measures, with headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright):
 
 - ``demo``: seconds from ``streamlit run explorer/app.py`` to the map drawn in the browser on
-  the demo atlas (``assets/demo``, or ``$WEIGHTATLAS_ATLAS``), next to two baselines measured the same way: a trivial
-  one-line Streamlit page (server start + browser + websocket, no app work) and a page with a
-  single three-point plotly chart (adds loading plotly.js and a WebGL context); with each,
-  the CPU seconds the server and the browser spent until then (``*_cpu_seconds``: on a
-  shared, loaded machine they vary far less than the wall time);
+  the demo atlas (``assets/demo``, or ``$WEIGHTATLAS_ATLAS``), next to three baselines
+  measured the same way: a trivial one-line Streamlit page (server start + browser +
+  websocket, no app work), a page with a single three-point plotly chart (adds loading
+  plotly.js and a WebGL context) and a page with the demo's own first map alone (the Atlas
+  page's default figure, :func:`map_only_page`: the atlas read and the figure built and drawn,
+  without the page's controls, sidebar and panels); with each, the CPU seconds the server and
+  the browser spent until then (``*_cpu_seconds``: on a shared, loaded machine they vary far
+  less than the wall time);
 - ``synthetic``: the same on a generated atlas of ``--n`` models (20,000 by default), then the
   seconds per interaction (colour change, map switch, lasso selection opening the model
   panel, id search), each timed from the input to the updated, idle page. For the lasso the
@@ -511,6 +514,25 @@ def _best_interactions(app: Path, atlas: Path, browser: Any, repeat: int) -> dic
     return {"n_models": len(map_table(atlas)), **best}
 
 
+def map_only_page(atlas: str | Path) -> str:
+    """Source of a Streamlit page drawing only the Atlas page's first map of ``atlas``: its
+    default map kind and colour, every model, through ``core.catalog.map_table`` and
+    ``explorer.figures.map_figure`` as the page does (a baseline of ``bench app``)."""
+    return (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import numpy as np\n"
+        "import streamlit as st\n"
+        "from core.catalog import COLOUR_BY, map_table\n"
+        "from explorer.figures import MAP_HEIGHT, map_figure\n\n"
+        f"table = map_table({str(atlas)!r})\n"
+        "kinds = [k for k in ('umap', 'pca') if k in table.coords] or list(table.coords)\n"
+        "keep = np.ones(len(table), dtype=bool)\n"
+        "fig = map_figure(table, kinds[0], COLOUR_BY[0], keep, height=MAP_HEIGHT)\n"
+        "st.plotly_chart(fig, width='stretch')\n"
+    )
+
+
 def bench_app(args: argparse.Namespace) -> dict[str, Any]:
     """Server start -> rendered map (demo atlas and a trivial page), and 20k-point interactions."""
     from playwright.sync_api import sync_playwright
@@ -532,6 +554,8 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
         syn = synthetic_atlas(work / "synthetic", n=n)
         synth_seconds = time.perf_counter() - t
         has_demo = Atlas(demo).info_path.exists()
+        map_only = work / "map_only_app.py"
+        map_only.write_text(map_only_page(demo))
         result: dict[str, Any] = {
             "demo_atlas": str(demo),
             "n_synthetic": n,
@@ -544,7 +568,14 @@ def bench_app(args: argparse.Namespace) -> dict[str, Any]:
                 for name, script, atlas, drawn in (
                     ("baseline_trivial_page", trivial, None, False),
                     ("baseline_one_plotly_chart", one_plot, None, True),
-                    *((("demo_start_to_map", app, demo, True),) if has_demo else ()),
+                    *(
+                        (
+                            ("baseline_demo_map_alone", map_only, None, True),
+                            ("demo_start_to_map", app, demo, True),
+                        )
+                        if has_demo
+                        else ()
+                    ),
                 ):
                     cpus = [{} for _ in range(repeat)]
                     runs = [time_to_map(script, atlas, browser, drawn, c) for c in cpus]

@@ -42,6 +42,8 @@ HOVER = (
 )
 
 
+MAP_HEIGHT = 520  # pixels of the Atlas page's map
+
 LEAN_ABOVE = 5000  # larger maps carry only the id per point (hover: id + trace name)
 HOVER_LEAN = "<b>%{customdata[0]}</b><br>%{fullData.name}<extra></extra>"
 

@@ -35,12 +35,11 @@ from explorer.common import (
     user_error,
     wait_for_imports,
 )
-from explorer.figures import label, layer_bars, map_figure, selected_ids
+from explorer.figures import MAP_HEIGHT, label, layer_bars, map_figure, selected_ids
 from explorer.lineage import family_panel_ui
 
 MAX_DETAIL_OPTIONS = 500
 MAX_RINGED = 200
-MAP_HEIGHT = 520
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
