@@ -32,15 +32,13 @@ def warm_imports() -> threading.Thread:
 
     The map and the model panel (neighbours) need only numpy and plotly; torch (about 3 s to
     import) is needed by the Layers and Generate pages and to embed a model folder, so it
-    loads while the user looks at the map. pandas and PIL are
-    imported here first, in the script's thread: plotly looks them up in ``sys.modules``
+    loads while the user looks at the map, :data:`WARM_IMPORT_DELAY_S` after the server's
+    first page. The thread imports nothing before pandas and PIL have been imported in a
+    script's thread (:func:`preload_in_script`): plotly looks them up in ``sys.modules``
     while it builds a figure, and a module half-imported by the background thread there
     broke the page ("partially initialized module 'pandas'"). Code that needs torch calls
     :func:`wait_for_imports` first, so no two threads import the same modules at once.
     """
-    import pandas  # noqa: F401
-    import PIL.Image  # noqa: F401
-
     thread = threading.Thread(
         target=_import_and_freeze,
         args=("core.embeddings.embed", WARM_IMPORT_DELAY_S),
@@ -50,20 +48,31 @@ def warm_imports() -> threading.Thread:
     return thread
 
 
-# app.py calls warm_imports (through after_run) after a page has been sent; the browser then
-# downloads and runs plotly.js (about 4.6 MB) from this server and draws the map, which a torch import (2-3 s
-# of CPU) slowed down on a 2-core machine: the 3 s this waited before was not enough under
-# load (issue 27). Nothing on the Atlas page needs torch until a model folder is embedded or
-# the map quality computed (neighbours are read with numpy, core.embeddings.reader); a page
-# that needs torch earlier waits for it (wait_for_imports) without the delay
+# app.py starts warm_imports (through after_run) after a page has been sent; the browser then
+# downloads and runs plotly.js (about 4.6 MB) from this server and draws the map, which a
+# torch import (2-3 s of CPU) slowed down on a 2-core machine: the 3 s this waited before was
+# not enough under load (issue 27). Nothing on the Atlas page needs torch until a model folder
+# is embedded or the map quality computed (neighbours are read with numpy,
+# core.embeddings.reader); a page that needs torch earlier waits for it (wait_for_imports)
+# without the delay
 WARM_IMPORT_DELAY_S = 20.0
 _NOW = threading.Event()
+_PRELOADED = threading.Event()  # pandas and PIL imported by a script's thread
 
 
 def _import_and_freeze(module: str, delay: float = 0.0) -> None:
     _NOW.wait(delay)
+    _PRELOADED.wait()
     importlib.import_module(module)
     gc.freeze()  # see freeze_loaded
+
+
+def preload_in_script() -> None:
+    """Import pandas and PIL in this (a script's) thread, then let the background import go."""
+    import pandas  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+    _PRELOADED.set()
 
 
 def freeze_loaded() -> None:
@@ -83,23 +92,27 @@ _RUNS_SEEN = itertools.count()  # full script runs this server has finished (aft
 
 
 def after_run() -> None:
-    """app.py's last call, after the page has been sent: from the server's second full run on,
-    :func:`warm_imports` (pandas and PIL now, torch in the background later).
+    """app.py's last call, after the page has been sent: starts :func:`warm_imports` (once
+    per server; torch :data:`WARM_IMPORT_DELAY_S` later) and, from the server's second full
+    run on, imports pandas and PIL (:func:`preload_in_script`), which the background import
+    waits for.
 
-    The server's first run leaves them out: on a cold load the browser is still fetching
+    The server's first run leaves pandas out: on a cold load the browser is still fetching
     plotly.js (4.7 MB, served by this process) and drawing the first map then, and pandas'
     import (0.3-0.8 s of CPU, holding the interpreter) slowed both on a loaded 2-core
     machine (issue 27). A page that needs torch first calls :func:`wait_for_imports`, which
     imports everything at once; a model panel opened before any second run imports pandas
     for its tables there (a few tenths of a second, once per server).
     """
+    warm_imports()
     if next(_RUNS_SEEN) > 0:
-        warm_imports()
+        preload_in_script()
 
 
 def wait_for_imports() -> None:
     """Block until the background import of the torch-backed modules has finished (started
     now if it was waiting out its delay)."""
+    preload_in_script()
     thread = warm_imports()
     _NOW.set()
     thread.join()
