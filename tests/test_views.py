@@ -145,6 +145,9 @@ def test_a_permuted_copy_has_the_originals_canonical_form(case):
     torch.testing.assert_close(
         canonicalize_tokens(tok.tokens, tok.layers, tgroups), want, atol=0, rtol=0
     )
+    mine = perm_tok.clone()  # in place (embed --model: a big model's only copy of its tokens)
+    assert canonicalize_tokens(mine, tok.layers, tgroups, inplace=True) is mine
+    torch.testing.assert_close(mine, want, atol=0, rtol=0)
 
 
 def test_unknown_family_has_no_groups():

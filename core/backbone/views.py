@@ -198,15 +198,20 @@ def _layer_tensors(
 
 
 def canonicalize_tokens(
-    tokens: torch.Tensor, layers: list[LayerEntry], groups: list[UnitGroup]
+    tokens: torch.Tensor,
+    layers: list[LayerEntry],
+    groups: list[UnitGroup],
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Tokens (N, D) of the model's canonical form (``canonical_permutations`` on the tensors the
-    tokens hold); unchanged when the model has no groups. Padding and positions do not move."""
+    tokens hold); unchanged when the model has no groups. Padding and positions do not move.
+    ``inplace``: rewrite ``tokens`` itself (a bert-base holds 0.44 GB of them) instead of a copy."""
     if not groups:
         return tokens
     tensors = _layer_tensors(tokens, layers, _touched(groups))
     perms = canonical_permutations(groups, tensors.get)
-    return _apply_permutations(tokens, layers, groups, perms)
+    del tensors
+    return _apply_permutations(tokens, layers, groups, perms, inplace=inplace)
 
 
 class CanonicalStore:
@@ -296,10 +301,12 @@ def _apply_permutations(
     groups: list[UnitGroup],
     perms: list[torch.Tensor],
     span: tuple[int, int] | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """``tokens`` with ``perms`` (one per group) applied to every touched tensor."""
+    """``tokens`` with ``perms`` (one per group) applied to every touched tensor (in a copy,
+    or in ``tokens`` itself when ``inplace``)."""
     names = _touched(groups)
-    out = tokens.clone()
+    out = tokens if inplace else tokens.clone()
     d = tokens.shape[1]
     for e in layers:
         if e.name not in names or e.count == 0:

@@ -176,15 +176,17 @@ def resolve_window(cfg: EmbedConfig, backbone: Any) -> tuple[int, int]:
     return window, halo
 
 
-def canonical_form(tok: Any, groups: list[Any]) -> Any:
+def canonical_form(tok: Any, groups: list[Any], inplace: bool = False) -> Any:
     """``tok`` (a ``Tokenized``) with its tokens in the model's canonical unit order
-    (``core.backbone.views.canonicalize_tokens``); ``tok`` itself when it has no groups."""
+    (``core.backbone.views.canonicalize_tokens``); ``tok`` itself when it has no groups.
+    ``inplace``: rewrite ``tok.tokens`` (float32) rather than a copy (a big model's tokens)."""
     if not groups:
         return tok
     from core.backbone.views import canonicalize_tokens
 
     tokens = torch.as_tensor(tok.tokens, dtype=torch.float32)
-    return dataclasses.replace(tok, tokens=canonicalize_tokens(tokens, tok.layers, groups))
+    out = canonicalize_tokens(tokens, tok.layers, groups, inplace=inplace)
+    return dataclasses.replace(tok, tokens=out)
 
 
 def _masked_tokens(tok: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -214,7 +214,7 @@ def embed_model_dir_full(
         pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
         canonical = embedded_canonical(a, backbone_dir)
         if canonical if canonical is not None else cfg.canonical:
-            tok = canonical_form(tok, model_dir_groups(path, tok.layers))
+            tok = canonical_form(tok, model_dir_groups(path, tok.layers), inplace=True)
         positions = torch.as_tensor(tok.positions, dtype=torch.long)
         bar.set_description(f"embed {name}")
         return encode_summary(
