@@ -151,6 +151,14 @@ class Atlas:
     def results_dir(self) -> Path:
         return self.root / "results"
 
+    def write_result(self, name: str, result: Any, markdown: str) -> Path:
+        """Write ``results/NAME.json`` and its rendering ``results/NAME.md`` (both atomic);
+        returns the JSON's path."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.results_dir / f"{name}.json", result)
+        atomic_write_bytes(self.results_dir / f"{name}.md", markdown.encode())
+        return self.results_dir / f"{name}.json"
+
     @property
     def generated_dir(self) -> Path:
         """``ATLAS/generated``, refused (AtlasError) if it is a symlink or resolves outside the

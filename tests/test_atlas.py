@@ -3,6 +3,7 @@ working through a symlink that leads outside the atlas."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -291,3 +292,13 @@ def test_old_atlases_open_through_the_tables():
     assert a.tokens.exists() and a.backbone.exists() and a.embeddings.exists()
     assert len(a.embeddings.models()) == len(a.manifest()) > 0
     assert a.embeddings.stamp() > 0 and a.tokens.stamp() > 0
+
+
+def test_write_result_writes_the_table_and_its_rendering(tmp_path):
+    """``Atlas.write_result``: the one writer of ``results/NAME.json`` + ``NAME.md``."""
+    a = Atlas.create(tmp_path / "atlas")
+    path = a.write_result("figure", {"value": 0.25, "rows": [1, 2]}, "| a |\n")
+    assert path == a.results_dir / "figure.json"
+    assert json.loads(path.read_text()) == {"value": 0.25, "rows": [1, 2]}
+    assert (a.results_dir / "figure.md").read_text() == "| a |\n"
+    assert sorted(p.name for p in a.results_dir.iterdir()) == ["figure.json", "figure.md"]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.atlas import Atlas
 from core.backbone.model import load_backbone
 from core.backbone.views import canonicalize_tokens, permute_tokens, store_groups
 from core.embeddings.encode import (
@@ -259,8 +259,4 @@ def permutation_markdown(result: dict[str, Any]) -> str:
 
 def write_permutation(atlas: str | Path, result: dict[str, Any], name: str = RESULT_NAME) -> Path:
     """Write ``ATLAS/results/NAME.json`` and ``NAME.md``; returns the JSON's path."""
-    a = Atlas.open(atlas)
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(a.results_dir / f"{name}.json", result)
-    atomic_write_bytes(a.results_dir / f"{name}.md", permutation_markdown(result).encode())
-    return a.results_dir / f"{name}.json"
+    return Atlas.open(atlas).write_result(name, result, permutation_markdown(result))

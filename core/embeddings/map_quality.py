@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atlas import Atlas, EmbeddingTables, atomic_write_bytes, read_json, write_json
+from core.atlas import Atlas, EmbeddingTables, read_json
 from core.errors import WeightAtlasError
 from core.manifest import as_row
 
@@ -318,11 +318,7 @@ def cached_map_quality(
 
 def write_map_quality(atlas: str | Path, result: dict[str, Any], name: str = RESULT_NAME) -> Path:
     """Write ``ATLAS/results/NAME.json`` and ``NAME.md``; returns the JSON's path."""
-    a = Atlas.open(atlas)
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    write_json(a.results_dir / f"{name}.json", result)
-    atomic_write_bytes(a.results_dir / f"{name}.md", map_quality_markdown(result).encode())
-    return a.results_dir / f"{name}.json"
+    return Atlas.open(atlas).write_result(name, result, map_quality_markdown(result))
 
 
 FIGURE_TITLES = {

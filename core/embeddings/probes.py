@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from core.atlas import Atlas, atomic_write_bytes, write_json
+from core.atlas import Atlas
 from core.collection.facts import run_of
 from core.config import build_config, register_presets, to_dict
 from core.embeddings.invariance import permutation_invariance, write_permutation
@@ -661,8 +661,7 @@ def evaluate(
     write_map_quality(a.root, mq, map_quality_name(out_name))
     out["permutation"] = permutation(a, backbone_dir, cfg)
     write_permutation(a.root, out["permutation"], permutation_name(out_name))
-    write_json(a.results_dir / f"{out_name}.json", out)
-    atomic_write_bytes(a.results_dir / f"{out_name}.md", probes_markdown(out).encode())
+    a.write_result(out_name, out, probes_markdown(out))
     return out
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from core.atlas import Atlas, GeneratedCard, atomic_write_bytes, write_json
+from core.atlas import Atlas, GeneratedCard
 from core.collection.facts import run_key
 from core.config import build_config, register_presets, to_dict
 from core.embeddings.table import token_scheme
@@ -346,8 +346,7 @@ def run_modality(
             "generation": generation(sib, bdir, cfg, name, prompts, size),
         }
     result["reading"] = reading(result)
-    write_json(a.results_dir / "experiment_modality.json", result)
-    atomic_write_bytes(a.results_dir / "experiment_modality.md", modality_markdown(result).encode())
+    a.write_result("experiment_modality", result, modality_markdown(result))
     return result
 
 

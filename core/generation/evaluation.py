@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.atlas import Atlas, GeneratedCard, atomic_write_bytes, write_json
+from core.atlas import Atlas, GeneratedCard
 from core.collection.specs import parse_model_spec
 from core.config import build_config, to_dict
 from core.embeddings.encode import _masked_tokens, open_backbone
@@ -150,8 +150,7 @@ def evaluate_generation(
         "rows": rows,
         "table": table,
     }
-    write_json(a.results_dir / "generation.json", out)
-    atomic_write_bytes(a.results_dir / "generation.md", generation_markdown(out).encode())
+    a.write_result("generation", out, generation_markdown(out))
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from core.atlas import Atlas, BackboneFiles, atomic_write_bytes, read_json, write_json
+from core.atlas import Atlas, BackboneFiles, read_json
 from core.backbone.model import load_config
 from core.config import to_dict
 from core.embeddings.fidelity import layer_report
@@ -96,8 +96,7 @@ def run_mln(atlas: str | Path | Atlas, cfg: AblationConfig) -> dict[str, Any]:
     result["pca_reference"] = {"rank": latent, **_layer_summary(ref)}
     task = next(iter(result["modes"].values()))["generation"]["task"]
     result["chance"] = chance_accuracy(task)
-    write_json(a.results_dir / "ablation_mln.json", result)
-    atomic_write_bytes(a.results_dir / "ablation_mln.md", mln_markdown(result).encode())
+    a.write_result("ablation_mln", result, mln_markdown(result))
     return result
 
 
