@@ -421,6 +421,17 @@ def point_position(page: Any, model_id: str) -> tuple[float, float]:
     return float(xy[0]), float(xy[1])
 
 
+def isolated_model(atlas: Path, kind: str = "umap") -> str:
+    """The model whose ``kind`` map point is farthest from every other (coordinates scaled to
+    the map's range): a click on it cannot land on a neighbour drawn on top."""
+    table = map_table(atlas)
+    xy = np.asarray(table.coords[kind], dtype=np.float64)
+    xy = (xy - xy.min(0)) / np.maximum(np.ptp(xy, 0), 1e-12)
+    d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return table.ids[int(d.min(1).argmax())]
+
+
 def click_point(page: Any, model_id: str) -> None:
     """Click the map point of ``model_id`` (in the default drag mode, a click selects)."""
     x, y = point_position(page, model_id)
