@@ -657,10 +657,9 @@ def evaluate(
     }
     mq = map_quality(a.root, backbone_dir)
     out["map_quality"] = mq
-    a.results_dir.mkdir(parents=True, exist_ok=True)
-    write_map_quality(a.root, mq, map_quality_name(out_name))
+    write_map_quality(a.root, mq, result_name(out_name, "map_quality"))
     out["permutation"] = permutation(a, backbone_dir, cfg)
-    write_permutation(a.root, out["permutation"], permutation_name(out_name))
+    write_permutation(a.root, out["permutation"], result_name(out_name, "permutation"))
     a.write_result(out_name, out, probes_markdown(out))
     return out
 
@@ -685,16 +684,11 @@ def permutation(a: Atlas, backbone_dir: str | Path | None, cfg: ProbeConfig) -> 
         return {"skipped": str(e)}
 
 
-def permutation_name(out_name: str) -> str:
-    """The permutation result written beside ``{out_name}.json``: ``permutation`` for the
-    atlas' probes, ``{out_name}_permutation`` for another backbone's."""
-    return "permutation" if out_name == "probes" else f"{out_name}_permutation"
-
-
-def map_quality_name(out_name: str) -> str:
-    """The map-quality result written beside ``{out_name}.json``: ``map_quality`` for the
-    atlas' probes, ``{out_name}_map_quality`` for another backbone's."""
-    return "map_quality" if out_name == "probes" else f"{out_name}_map_quality"
+def result_name(out_name: str, part: str) -> str:
+    """The name of the ``part`` result (``map_quality``, ``permutation``) written beside
+    ``{out_name}.json``: ``part`` for the atlas' probes, ``{out_name}_{part}`` for another
+    backbone's."""
+    return part if out_name == "probes" else f"{out_name}_{part}"
 
 
 def _noise_text(noise: dict[str, Any] | None) -> str:

@@ -98,31 +98,6 @@ def token_scheme(a: Atlas) -> tuple[str, int]:
     return idx["scheme"], int(idx["token_size"])
 
 
-def embedded_pooling(
-    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
-) -> str | None:
-    """The pooling the atlas' embeddings were written with (``EmbedConfig.pooling`` in
-    ``embeddings/info.json``; ``"mean"`` for embeddings written before the field existed), or
-    None when the atlas has no embeddings for this backbone yet."""
-    a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
-    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
-    if not tables.info_path.exists():
-        return None
-    return str((tables.info().get("config") or {}).get("pooling", "mean"))
-
-
-def embedded_canonical(
-    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
-) -> bool | None:
-    """Whether the atlas' embeddings encoded models in canonical form (``EmbedConfig.canonical``;
-    False for embeddings written before the field existed), or None when not embedded yet."""
-    a = atlas if isinstance(atlas, Atlas) else Atlas.open(atlas)
-    tables = EmbeddingTables(embeddings_dir(a, backbone_dir))
-    if not tables.info_path.exists():
-        return None
-    return bool((tables.info().get("config") or {}).get("canonical", False))
-
-
 def embedded_config(
     atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
 ) -> EmbedConfig | None:
@@ -141,6 +116,25 @@ def embedded_config(
         pooling=str(rec.get("pooling", "mean")),
         canonical=bool(rec.get("canonical", False)),
     )
+
+
+def embedded_pooling(
+    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
+) -> str | None:
+    """The pooling the atlas' embeddings were written with (``EmbedConfig.pooling`` in
+    ``embeddings/info.json``; ``"mean"`` for embeddings written before the field existed), or
+    None when the atlas has no embeddings for this backbone yet."""
+    rec = embedded_config(atlas, backbone_dir)
+    return None if rec is None else rec.pooling
+
+
+def embedded_canonical(
+    atlas: str | Path | Atlas, backbone_dir: str | Path | None = None
+) -> bool | None:
+    """Whether the atlas' embeddings encoded models in canonical form (``EmbedConfig.canonical``;
+    False for embeddings written before the field existed), or None when not embedded yet."""
+    rec = embedded_config(atlas, backbone_dir)
+    return None if rec is None else rec.canonical
 
 
 def model_dir_groups(path: str | Path, layers: list[Any]) -> list[UnitGroup]:
@@ -188,10 +182,9 @@ def embed_model_dir_full(
     ``reset(total=windows)`` and ``update(n)`` per batch of windows.
     ``backbone``: the atlas' backbone if already loaded (``core.generation`` embeds each kept
     model); ``backbone_dir``: whose embeddings the vector is compared with. The model embedding
-    is pooled as the atlas' embeddings were (:func:`embedded_pooling`), whatever ``cfg.pooling``
-    says, so that it is comparable with them; ``cfg.pooling`` applies to an atlas not embedded yet.
-    Likewise the model is encoded in canonical form when the atlas' embeddings were
-    (:func:`embedded_canonical`).
+    is pooled as the atlas' embeddings were (:func:`embedded_config`), whatever ``cfg.pooling``
+    says, so that it is comparable with them, and encoded in canonical form when they were;
+    ``cfg.pooling`` and ``cfg.canonical`` apply to an atlas not embedded yet.
     """
 
     a = Atlas.open(atlas)
@@ -211,9 +204,9 @@ def embed_model_dir_full(
         tok = tokenize_model_dir(path, scheme, size, digest=False)
         if backbone is None:
             backbone = open_backbone(a, backbone_dir, cfg.device)
-        pooling = embedded_pooling(a, backbone_dir) or cfg.pooling
-        canonical = embedded_canonical(a, backbone_dir)
-        if canonical if canonical is not None else cfg.canonical:
+        rec = embedded_config(a, backbone_dir) or cfg  # the atlas' encoding, once embedded
+        pooling = rec.pooling
+        if rec.canonical:
             tok = canonical_form(tok, model_dir_groups(path, tok.layers), inplace=True)
         positions = torch.as_tensor(tok.positions, dtype=torch.long)
         bar.set_description(f"embed {name}")
