@@ -156,8 +156,12 @@ def train(
         for fam, n in untrained.items():
             tqdm.write(printable(split_warning(fam, n)), file=sys.stderr)
     config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
+    # unit groups, read once: the canonical form (train and val) and the permutation views
+    groups = (
+        store_groups(atlas, store, train_ids + val_ids) if tcfg.canonical or tcfg.permute else {}
+    )
     if tcfg.canonical:
-        store = CanonicalStore(store, store_groups(atlas, store, train_ids + val_ids))
+        store = CanonicalStore(store, groups)
     dataset = WindowDataset(store, train_ids, bcfg.window, tcfg.seed, tcfg.windows_per_model)
     kinds = _kinds(store, train_ids + val_ids)
     val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None
@@ -173,9 +177,13 @@ def train(
             if ev is not None:
                 ev.layer_stats = dataset.layer_stats
     if tcfg.permute or tcfg.positive != "same":  # the second view: core.backbone.views
-        groups = store_groups(atlas, store, train_ids) if tcfg.permute else {}
         dataset.views = ViewMaker(
-            store, groups, bcfg.window, tcfg.seed, tcfg.positive, tcfg.permute
+            store,
+            groups if tcfg.permute else {},
+            bcfg.window,
+            tcfg.seed,
+            tcfg.positive,
+            tcfg.permute,
         )
     if tcfg.select == "rec+knn" and val is not None:  # the embedding's use, on val models only
         val.knn_labels = knn_labels(atlas, val_ids)

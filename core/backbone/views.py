@@ -32,6 +32,7 @@ model is a valid positive of any window of the original.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -255,8 +256,6 @@ class CanonicalStore:
 
     def get(self, model_id: str) -> Any:
         """All tokens of one model, canonical (``Tokenized``)."""
-        import dataclasses
-
         tok = self.store.get(model_id)
         if not self.groups.get(model_id):
             return tok
@@ -533,12 +532,16 @@ def unit_groups(
 # ------------------------------------------------------------------------------ training views
 
 
-def store_groups(atlas: Any, store: Any, ids: list[str]) -> dict[str, list[UnitGroup]]:
+def store_groups(
+    atlas: Any, store: Any, ids: list[str], rows: dict[str, dict[str, Any]] | None = None
+) -> dict[str, list[UnitGroup]]:
     """``unit_groups`` of each model of a token store, from its manifest family, its layer table
-    and its ``config.json`` (models of families without groups map to ``[]``)."""
+    and its ``config.json`` (models of families without groups map to ``[]``). ``rows``: the
+    manifest by id, when the caller has read it already (default: read here)."""
     from core.atlas import read_json
 
-    rows = {r["id"]: r for r in atlas.manifest()}
+    if rows is None:
+        rows = {r["id"]: r for r in atlas.manifest()}
     out: dict[str, list[UnitGroup]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for mid in ids:

@@ -118,7 +118,8 @@ def embed(
     if not a.tokens.exists():
         raise WeightAtlasError(f"{a.root} has no token store; run `weightatlas tokenize` first")
     store = TokenStore(a.tokens_dir)
-    dups = {r["id"] for r in a.manifest() if r.get("duplicate_of")}
+    manifest = {r["id"]: r for r in a.manifest()}  # read once: every chunk's groups use it
+    dups = {i for i, r in manifest.items() if r.get("duplicate_of")}
     ids = sorted(i for i in store.ids if i not in dups)  # a duplicate is its original's point
     if not ids:
         raise WeightAtlasError(f"{a.root}: the token store holds no models")
@@ -138,7 +139,7 @@ def embed(
         path = parts / f"part-{c:05d}.safetensors"
         if path.exists():
             continue
-        groups = store_groups(a, store, chunks[c]) if cfg.canonical else {}
+        groups = store_groups(a, store, chunks[c], manifest) if cfg.canonical else {}
         tensors = _embed_chunk(chunks[c], store, backbone, cfg, groups)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"ids": "\n".join(chunks[c]), "backbone": fp})
