@@ -17,6 +17,7 @@ from core.embeddings.map_quality import (
     knn_figures,
     map_quality,
     map_quality_markdown,
+    map_quality_table,
     reference_figures,
     write_map_quality,
 )
@@ -158,3 +159,53 @@ def test_blocks_of_rows_give_the_whole_matrix_figures(monkeypatch):
     whole = knn_figures(d, groups, family, task, acc, k=3)
     monkeypatch.setattr(mq, "BLOCK_ROWS", 5)
     assert knn_figures(lambda lo, hi: d[lo:hi], groups, family, task, acc, k=3) == whole
+
+
+def _figures(f: float | None, t: float | None, r: float | None) -> dict[str, float | None]:
+    return {"family_accuracy": f, "task_accuracy": t, "test_accuracy_r2": r}
+
+
+MQ_RESULT = {
+    "k": 5,
+    "n_models": 12,
+    "n_runs": 6,
+    "metric": "cosine",
+    "pooling": "mean",
+    "spaces": {
+        "embedding": _figures(0.75, 0.5, 0.25),
+        "umap": _figures(2 / 3, None, -0.125),
+        "pca": _figures(1, 0.0, 0.5),
+        "s(W)": None,
+    },
+    "reference": _figures(0.5, None, -0.0625),
+}
+
+
+def test_one_table_renders_results_md_and_the_app():
+    """``map_quality_table`` is the table of ``results/map_quality.md`` (defaults) and of the
+    Atlas page (its header, blank cells, right-aligned numbers, escaping); a missing figure is
+    "n/a" in the one and empty in the other (the reference column says "n/a" in both)."""
+    md = (
+        "| figure | embedding | 2-D UMAP | 2-D PCA | s(W) | reference |\n"
+        "|---|---|---|---|---|---|\n"
+        "| family of the neighbours = the model's family (accuracy) "
+        "| 0.750 | 0.667 | 1.000 | n/a | majority family 0.500 |\n"
+        "| task of the neighbours, within a family (accuracy) "
+        "| 0.500 | n/a | 0.000 | n/a | majority task of the family n/a |\n"
+        "| test accuracy from the neighbours (kNN R²) "
+        "| 0.250 | -0.125 | 0.500 | n/a | mean predictor -0.062 |"
+    )
+    assert map_quality_table(MQ_RESULT) == md
+    assert map_quality_markdown(MQ_RESULT).endswith("same family.\n\n" + md + "\n")
+    from explorer.views.atlas import map_quality_table as page_table
+
+    assert page_table(MQ_RESULT) == (
+        "| figure | embedding | 2-D UMAP | 2-D PCA | s(W) | without the weights |\n"
+        "|:---|---:|---:|---:|---:|:---|\n"
+        "| family of the neighbours = the model's family \\(accuracy\\) "
+        "| 0.750 | 0.667 | 1.000 |  | majority family 0\\.500 |\n"
+        "| task of the neighbours, within a family \\(accuracy\\) "
+        "| 0.500 |  | 0.000 |  | majority task of the family n/a |\n"
+        "| test accuracy from the neighbours \\(kNN R²\\) "
+        "| 0.250 | -0.125 | 0.500 |  | mean predictor \\-0\\.062 |"
+    )

@@ -351,24 +351,55 @@ def _num(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.3f}"
 
 
+def map_quality_table(
+    result: dict[str, Any],
+    *,
+    reference_head: str = "reference",
+    blank: str = "n/a",
+    align: bool = False,
+    escape: Callable[[str], str] | None = None,
+) -> str:
+    """The map-quality table (:func:`map_quality_rows`) as markdown, numbers to three decimals.
+
+    ``results/map_quality.md`` uses the defaults; the app's Atlas page passes its own header,
+    blank cells, right-aligned numbers and its markdown escaping.
+
+    Args:
+        result: a :func:`map_quality` result.
+        reference_head: the header of the last column (the predictors without the features).
+        blank: the cell of a figure a space does not have (None or NaN).
+        align: left-align the text columns and right-align the number columns.
+        escape: applied to every text cell (titles, the reference column); None: as is.
+
+    Returns:
+        The header, the rule and one line per figure, without a final newline.
+    """
+    head = ["figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", reference_head]
+    text = escape or str
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return blank
+        return f"{v:.3f}" if isinstance(v, int | float) else text(str(v))
+
+    rule = "|:---|" + "---:|" * (len(head) - 2) + ":---|" if align else "|" + "---|" * len(head)
+    body = [
+        "| " + " | ".join([text(cells[0]), *(cell(v) for v in cells[1:-1]), text(cells[-1])]) + " |"
+        for cells in map_quality_rows(result)
+    ]
+    return "\n".join(["| " + " | ".join(head) + " |", rule, *body])
+
+
 def map_quality_markdown(result: dict[str, Any]) -> str:
     """The map-quality table with its one-paragraph explanation."""
-    head = ["figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", "reference"]
-    lines = [
+    intro = (
         f"Leave-one-run-out, k = {result['k']} nearest models of other training runs, "
         f"{result['n_models']} models in {result['n_runs']} runs. Embedding: "
         f"{result.get('pooling', 'mean')} pooling, {result['metric']} distance; maps: Euclidean "
         "on the 2-D coordinates; s(W): standardized Euclidean on the weights' statistics. Task: "
-        "families with at least two tasks, neighbours of the same family.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for cells in map_quality_rows(result):
-        lines.append(
-            "| " + " | ".join([cells[0], *(_num(v) for v in cells[1:-1]), cells[-1]]) + " |"
-        )
-    return "\n".join(lines) + "\n"
+        "families with at least two tasks, neighbours of the same family."
+    )
+    return f"{intro}\n\n{map_quality_table(result)}\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,37 +146,24 @@ def cached_map_quality(root: str, stamp_: float) -> dict[str, Any]:
     return map_quality(root)
 
 
-MAP_QUALITY_HEADS = (
-    "figure", "embedding", "2-D UMAP", "2-D PCA", "s(W)", "without the weights"
-)  # fmt: skip
-
-
-def map_quality_table(rows: list[list[Any]]) -> str:
-    """The map-quality rows (``core.embeddings.map_quality.map_quality_rows``) as a markdown
-    table: numbers to three decimals, an empty cell where a space has no figure.
+def map_quality_table(mq: dict[str, Any]) -> str:
+    """The map-quality result as the page's markdown table
+    (``core.embeddings.map_quality.map_quality_table``): numbers to three decimals and
+    right-aligned, an empty cell where a space has no figure, text escaped.
 
     Markdown, not ``st.dataframe``: a data frame imports pandas on the server (0.3-0.8 s of
     CPU) and the data-grid and Arrow scripts in the browser (1.3 MB) while the first map is
     being drawn (issue 27); the model panel's tables load them later.
     """
+    from core.embeddings.map_quality import map_quality_table as table
 
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return ""
-        return f"{v:.3f}" if isinstance(v, int | float) else escape_md(v)
-
-    head = "| " + " | ".join(MAP_QUALITY_HEADS) + " |"
-    rule = "|:---|" + "---:|" * (len(MAP_QUALITY_HEADS) - 2) + ":---|"
-    body = ["| " + " | ".join(cell(v) for v in cells) + " |" for cells in rows]
-    return "\n".join([head, rule, *body])
+    return table(mq, reference_head="without the weights", blank="", align=True, escape=escape_md)
 
 
 def map_quality_ui(root: Path, stamp_: float) -> None:
     """How well the map groups models: leave-one-run-out k-NN figures beside s(W) and the
     predictors that ignore the weights (issue 25). Shown from ``weightatlas evaluate``'s
     result; computed here on request when the atlas has none for its current embeddings."""
-    from core.embeddings.map_quality import map_quality_rows
-
     with st.expander("Map quality: do neighbours share family, task and accuracy?",
                      icon=":material/insights:", expanded=True):  # fmt: skip
         try:
@@ -203,7 +190,7 @@ def map_quality_ui(root: Path, stamp_: float) -> None:
         except (*USER_ERRORS, OSError, ValueError) as e:
             user_error(e)
             return
-        st.markdown(map_quality_table(map_quality_rows(mq)))
+        st.markdown(map_quality_table(mq))
         st.caption(
             f"Leave-one-run-out: each model's {mq['k']} nearest models of other training runs "
             f"({mq['n_models']:,} models, {mq['n_runs']:,} runs). Embedding: "
