@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from core.backbone.views import (
+    canonical_permutation,
+    canonical_permutations,
     canonicalize_state_dict,
     canonicalize_tokens,
     permute_state_dict,
+    permute_tensor,
     permute_tokens,
     unit_groups,
 )
@@ -148,6 +151,40 @@ def test_a_permuted_copy_has_the_originals_canonical_form(case):
     mine = perm_tok.clone()  # in place (embed --model: a big model's only copy of its tokens)
     assert canonicalize_tokens(mine, tok.layers, tgroups, inplace=True) is mine
     torch.testing.assert_close(mine, want, atol=0, rtol=0)
+
+
+def _reference_permutations(groups, get):
+    """Group ``i``'s canonical permutation read from the tensors with groups ``0..i-1``'s
+    permutations applied from scratch (quadratic; what ``canonical_permutations`` must equal)."""
+    perms = []
+    for i, g in enumerate(groups):
+
+        def current(name, i=i):
+            t = get(name)
+            return None if t is None else permute_tensor(name, t, groups[:i], perms[:i])
+
+        perms.append(canonical_permutation(g, current))
+    return perms
+
+
+@pytest.mark.parametrize("case", ["bert", "gpt2", "cnn"])
+def test_canonical_permutations_equal_the_quadratic_reference(case):
+    """One pass over current tensors gives exactly the permutations of applying every earlier
+    group again for each group (heads, then the dims inside each head; a CNN's chain)."""
+    model, config, family, _ = _model(case)
+    sd = model.state_dict()
+    groups = unit_groups(family, {k: tuple(v.shape) for k, v in sd.items()}, config)
+    names = [m.name for g in groups for m in g.members]
+    assert len(names) > len(set(names))  # some tensor is read by several groups
+    some = {k for i, k in enumerate(sorted(sd)) if i % 3}  # untokenized tensors: None
+    perm = permute_state_dict(sd, groups, torch.Generator().manual_seed(4))
+    for get in (sd.get, perm.get, lambda n: sd[n] if n in some else None):
+        want = _reference_permutations(groups, get)
+        assert any(not torch.equal(p, torch.arange(len(p))) for p in want)
+        got = canonical_permutations(groups, get)
+        assert len(got) == len(want) == len(groups)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_unknown_family_has_no_groups():

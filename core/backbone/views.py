@@ -157,14 +157,20 @@ def canonical_permutations(
     Any function-preserving permutation of the model (``permute_state_dict``) has the same
     canonical form: ``canonicalize_state_dict(permuted) == canonicalize_state_dict(original)``
     up to units whose keys tie exactly."""
+    last = {m.name: i for i, g in enumerate(groups) for m in g.members}  # last group reading it
+    current: dict[str, torch.Tensor | None] = {}  # tensors with the groups so far applied
     perms: list[torch.Tensor] = []
     for i, g in enumerate(groups):
-
-        def current(name: str, i: int = i) -> torch.Tensor | None:
-            t = get(name)
-            return None if t is None else permute_tensor(name, t, groups[:i], perms[:i])
-
-        perms.append(canonical_permutation(g, current))
+        for name in {m.name for m in g.members} - current.keys():
+            current[name] = get(name)
+        perm = canonical_permutation(g, current.__getitem__)
+        perms.append(perm)
+        for name in {m.name for m in g.members}:
+            t = current[name]
+            if last[name] == i:
+                del current[name]  # no later group reads it: the copy goes
+            elif t is not None:
+                current[name] = permute_tensor(name, t, [g], [perm])
     return perms
 
 
