@@ -29,6 +29,7 @@ from explorer.bench import (
     lasso,
     launch_browser,
     synthetic_atlas,
+    time_to_map,
     wait_for_map,
     wait_idle,
 )
@@ -510,3 +511,15 @@ def test_lineage_screenshot_turns_the_edges_on_and_zooms_onto_a_tree(
     shots = take_screenshots(tmp_path, atlas, only=("lineage",), browser=browser)
     assert shots == [tmp_path / "lineage.png"]
     assert Image.open(shots[0]).size == (1280, 800)
+
+
+def test_time_to_map_counts_a_cold_load_from_server_start_and_from_navigation(browser, tmp_path):
+    """``bench app``'s two first-paint figures: from ``streamlit run`` and from opening the
+    page once the server answers; the server's start-up lies between them."""
+    script = tmp_path / "trivial_app.py"
+    script.write_text('import streamlit as st\n\nst.markdown("hello")\n')
+    cpu: dict[str, float] = {}
+    total, navigation = time_to_map(script, None, browser, expect_map=False, cpu=cpu)
+    assert 0 < navigation < total < 60
+    assert total - navigation > 0.1  # a Python process importing Streamlit and binding a port
+    assert cpu["server"] > 0 and cpu["browser"] > 0
