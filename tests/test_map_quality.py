@@ -17,6 +17,7 @@ from core.embeddings.map_quality import (
     knn_figures,
     map_quality,
     map_quality_markdown,
+    map_quality_rows,
     map_quality_table,
     reference_figures,
     write_map_quality,
@@ -96,6 +97,8 @@ def test_reference_predictors_leave_the_run_out():
     assert ref["family_accuracy"] == pytest.approx(4 / 6)
     # task: f2 only (f1 has one task); b (x) sees y y y -> wrong; c, d, e see x y y -> right
     assert ref["task_accuracy"] == pytest.approx(3 / 4) and ref["n_task"] == 4
+    # ceiling: b is f2's only x run, so no vote can name x for it; c, d, e have other y runs
+    assert ref["task_ceiling"] == pytest.approx(3 / 4)
     # the other runs' mean: a -> 0, b..e -> 0.4; below the in-sample mean's R² of 0
     assert ref["test_accuracy_r2"] < 0
 
@@ -196,7 +199,7 @@ def test_one_table_renders_results_md_and_the_app():
         "| 0.250 | -0.125 | 0.500 | n/a | mean predictor -0.062 |"
     )
     assert map_quality_table(MQ_RESULT) == md
-    assert map_quality_markdown(MQ_RESULT).endswith("same family.\n\n" + md + "\n")
+    assert map_quality_markdown(MQ_RESULT).endswith("no other run has).\n\n" + md + "\n")
     from explorer.views.atlas import map_quality_table as page_table
 
     assert page_table(MQ_RESULT) == (
@@ -209,3 +212,27 @@ def test_one_table_renders_results_md_and_the_app():
         "| test accuracy from the neighbours \\(kNN R²\\) "
         "| 0.250 | -0.125 | 0.500 |  | mean predictor \\-0\\.062 |"
     )
+
+
+def test_the_task_ceiling_sits_in_the_reference_cell():
+    """A stored result with ``task_ceiling`` shows it beside the majority task; results
+    written before it show the majority alone (the test above)."""
+    result = {**MQ_RESULT, "reference": {**MQ_RESULT["reference"], "task_accuracy": 0.25,
+                                         "task_ceiling": 0.875}}  # fmt: skip
+    row = next(r for r in map_quality_rows(result) if r[0].startswith("task"))
+    assert row[-1] == "majority task of the family 0.250; ceiling 0.875"
+
+
+def test_a_perfect_task_code_reaches_the_task_ceiling():
+    """Distances that put every same-task model first: the k-NN task figure equals the
+    ceiling, and a run whose family and task no other run has is the part it misses."""
+    rng = np.random.default_rng(0)
+    groups = [f"r{i // 4}" for i in range(40)]  # 10 runs of 4 checkpoints
+    family = ["f"] * 40
+    task = ["x"] * 16 + ["y"] * 12 + ["z"] * 8 + ["w"] * 4  # w: one run
+    t = np.array(task)
+    d = rng.random((40, 40)) + 10 * (t[:, None] != t[None, :])
+    got = knn_figures(d, groups, family, task, [None] * 40, k=5)
+    ref = reference_figures(groups, family, task, [None] * 40)
+    assert ref["task_ceiling"] == pytest.approx(36 / 40)
+    assert got["task_accuracy"] == pytest.approx(ref["task_ceiling"])

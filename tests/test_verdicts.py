@@ -147,3 +147,31 @@ def test_permutation_verdicts_judge_what_the_backbone_learned() -> None:
     # not measured or an older result: no verdict
     assert report.permutation_verdicts({"skipped": "permutation_copies is 0"}) == []
     assert report.permutation_verdicts({}) == []
+
+
+def _space(f: float, t: float, r: float) -> dict:
+    return {"family_accuracy": f, "task_accuracy": t, "test_accuracy_r2": r}
+
+
+def test_map_quality_verdicts_judge_each_space_against_s_w_and_the_reference() -> None:
+    """The demo atlas' figures (session 7): family agrees, task is no better than the majority
+    (with the ceiling a perfect task code would reach), R² is behind s(W)."""
+    out = {
+        "spaces": {
+            "embedding": _space(0.939, 0.460, 0.236),
+            "umap": _space(0.940, 0.452, 0.153),
+            "pca": None,
+            "s(W)": _space(0.973, 0.481, 0.471),
+        },
+        "reference": {**_space(0.299, 0.503, -0.005), "task_ceiling": 0.888},
+    }
+    lines = report.map_quality_verdicts(out)
+    assert len(lines) == 6  # 3 figures x (embedding, UMAP); no PCA coordinates
+    by = {line.split(": ")[1]: line for line in lines}
+    assert by["family accuracy, embedding"].startswith("- **agree**")
+    task = by["task accuracy, embedding"]
+    assert task.startswith("- **disagree**") and "no better than the predictor" in task
+    assert "majority task of the family 0.503, ceiling 0.888" in task
+    r2 = by["test accuracy r2, embedding"]
+    assert r2.startswith("- **disagree**") and "behind s(W) by more than 0.05" in r2
+    assert "ceiling" not in r2

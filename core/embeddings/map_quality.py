@@ -152,7 +152,13 @@ def reference_figures(
 ) -> dict[str, Any]:
     """The same figures for the predictors that ignore the features, also leave-one-run-out:
     the other runs' majority family, the majority task of the family's other runs, and the mean
-    test accuracy of the other runs."""
+    test accuracy of the other runs.
+
+    Also ``task_ceiling``: the share of the task-scored models whose family and task occur in
+    another run. No leave-one-run-out vote can name a task that no other run of the family has,
+    so no space can score above it; a code that puts every same-task model of other runs
+    nearest reaches it when those runs hold at least ``k // 2 + 1`` such models (or ties are
+    broken by the nearest, as here)."""
     fam = [f or "" for f in family]
     tsk = [t or "" for t in task]
     per_family: dict[str, set[str]] = {}
@@ -174,7 +180,7 @@ def reference_figures(
             b["n"] += 1
             acc_sum += float(accuracy[i])  # type: ignore[arg-type]
             acc_n += 1
-    fam_hits, task_hits, acc_true, acc_pred = [], [], [], []
+    fam_hits, task_hits, task_reachable, acc_true, acc_pred = [], [], [], [], []
     for i, key in enumerate(groups):
         b = by_group[key]
         if fam[i]:
@@ -186,6 +192,7 @@ def reference_figures(
             pick = _majority(rest)
             if pick is not None:
                 task_hits.append(pick == tsk[i])
+                task_reachable.append(rest[tsk[i]] > 0)
         if accuracy[i] is not None and acc_n > b["n"]:
             acc_true.append(float(accuracy[i]))  # type: ignore[arg-type]
             acc_pred.append((acc_sum - b["sum"]) / (acc_n - b["n"]))
@@ -193,6 +200,7 @@ def reference_figures(
         "family_accuracy": float(np.mean(fam_hits)) if fam_hits else None,
         "task_accuracy": float(np.mean(task_hits)) if task_hits else None,
         "test_accuracy_r2": _r2(np.array(acc_true), np.array(acc_pred)) if acc_true else None,
+        "task_ceiling": float(np.mean(task_reachable)) if task_reachable else None,
         "n_family": len(fam_hits),
         "n_task": len(task_hits),
         "n_accuracy": len(acc_true),
@@ -342,7 +350,11 @@ def map_quality_rows(result: dict[str, Any]) -> list[list[Any]]:
             s = result["spaces"].get(space)
             cells.append(None if s is None else s.get(fig))
         ref = result["reference"].get(fig)
-        cells.append(f"{REFERENCE_TITLES[fig]} {_num(ref)}")
+        text = f"{REFERENCE_TITLES[fig]} {_num(ref)}"
+        ceiling = result["reference"].get("task_ceiling")
+        if fig == "task_accuracy" and ceiling is not None:  # atlases evaluated before: none
+            text += f"; ceiling {_num(ceiling)}"
+        cells.append(text)
         rows.append(cells)
     return rows
 
@@ -397,7 +409,9 @@ def map_quality_markdown(result: dict[str, Any]) -> str:
         f"{result['n_models']} models in {result['n_runs']} runs. Embedding: "
         f"{result.get('pooling', 'mean')} pooling, {result['metric']} distance; maps: Euclidean "
         "on the 2-D coordinates; s(W): standardized Euclidean on the weights' statistics. Task: "
-        "families with at least two tasks, neighbours of the same family."
+        "families with at least two tasks, neighbours of the same family; ceiling: the share of "
+        "those models whose family and task occur in another run (no leave-one-run-out vote can "
+        "name a task no other run has)."
     )
     return f"{intro}\n\n{map_quality_table(result)}\n"
 

@@ -142,6 +142,9 @@ def map_quality_verdicts(out: dict[str, Any]) -> list[str]:
             text = (
                 f"{v:.3f} vs s(W) {w:.3f} (effect {v - w:+.3f}), {REFERENCE_TITLES[fig]} {ref:.3f}"
             )
+            ceiling = out["reference"].get("task_ceiling")
+            if fig == "task_accuracy" and ceiling is not None:  # what no space can exceed
+                text += f", ceiling {ceiling:.3f}"
             if v <= ref:
                 outcome, why = "disagree", "no better than the predictor that ignores the weights"
             elif v < w - MAP_QUALITY_MARGIN:
