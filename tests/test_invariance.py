@@ -46,3 +46,23 @@ def test_without_canonical_form_the_embedding_figure_is_the_learned_one(tiny):
     md = inv.permutation_markdown(out)
     m = out["learned"]["cnn"]["median_ratio"]
     assert f"| cnn | {m:.3f} | {m:.3f} |" in md and "without canonical form" in md
+
+
+def test_one_pass_gives_both_forms_as_two_single_form_passes(tiny):
+    """``permutation_invariance`` loads, reads and draws once for both forms: its figures are
+    exactly those of measuring each form on its own with the same seed, and the learned ones
+    are those the two-pass code (e463190) measured on this atlas (any thread count: rel 1e-6)."""
+    cfg = EmbedConfig(canonical=True, pooling="depth-mean+std")
+    out = inv.permutation_invariance(tiny, cfg=cfg, copies=2, seed=5)
+    raw = EmbedConfig(canonical=False, pooling="depth-mean+std")
+    assert out["learned"] == inv.permutation_ratios(tiny, copies=2, seed=5, cfg=raw)
+    assert out["embedding"] == inv.permutation_ratios(tiny, copies=2, seed=5, cfg=cfg)
+    learned = out["learned"]
+    assert learned["median_distance"] == pytest.approx(22.872555881614513, rel=1e-6)
+    assert out["embedding"]["median_distance"] == pytest.approx(21.05728270047642, rel=1e-6)
+    pinned = {"cnn": (1.1802934116283614, 1.8110456139820392, 4),
+              "mlp": (1.111978711962787, 1.2556277762875019, 8)}  # fmt: skip
+    for fam, (median, top, n) in pinned.items():
+        got = (learned[fam]["median_ratio"], learned[fam]["max_ratio"], learned[fam]["models"])
+        assert got == pytest.approx((median, top, n), rel=1e-6)
+        assert out["embedding"][fam] == {"median_ratio": 0.0, "max_ratio": 0.0, "models": n}

@@ -18,14 +18,14 @@ form, as ``weightatlas embed`` encodes them: a copy then lands on its original b
     rows = permutation_ratios("ATLAS", "ATLAS/backbone")   # {family: {...}, "median_distance", ...}
 
 ``permutation_invariance`` measures both forms for ``weightatlas evaluate`` (the atlas
-embedding's, as ``embeddings/info.json`` records it, and the learned one on raw tokens);
+embedding's, as ``embeddings/info.json`` records it, and the learned one on raw tokens) in one
+pass: the backbone loaded, the tokens read and the copies drawn once for both;
 ``write_permutation`` owns ``ATLAS/results/permutation.json`` and ``.md``. Issue 25's target: a
 ratio of at most ``PERMUTATION_TARGET``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,27 @@ def permutation_ratios(
         ``{family: {"median_ratio", "max_ratio", "models"}, ..., "median_distance": float,
         "models": int}``.
     """
-    a = Atlas.open(atlas)
     cfg = cfg or EmbedConfig()
+    forms = (bool(cfg.canonical),)
+    return _ratios_in_forms(atlas, backbone_dir, splits, copies, seed, cfg, forms, desc)[forms[0]]
+
+
+def _ratios_in_forms(
+    atlas: str | Path,
+    backbone_dir: str | Path | None,
+    splits: tuple[str, ...],
+    copies: int,
+    seed: int,
+    cfg: EmbedConfig,
+    forms: tuple[bool, ...],
+    desc: str,
+) -> dict[bool, dict[str, Any]]:
+    """``permutation_ratios`` for each form (canonical True / False; ``cfg.canonical`` is not
+    read) in one pass: the backbone loaded, each model's tokens read and its copies drawn once,
+    then encoded in every form. A model without groups, or a canonical copy whose tokens are
+    its original's canonical tokens, is encoded once and its embedding reused (the encoder is
+    a function of its input)."""
+    a = Atlas.open(atlas)
     backbone = load_backbone(backbone_dir if backbone_dir is not None else a.backbone_dir)
     store = TokenStore(a.tokens_dir)
     rows = [
@@ -86,27 +105,49 @@ def permutation_ratios(
     ids = [r["id"] for r in rows]
     groups = store_groups(a, store, ids)
 
-    def canon(tokens: torch.Tensor, layers: list[Any], mine: list[Any]) -> torch.Tensor:
-        return canonicalize_tokens(tokens, layers, mine) if cfg.canonical else tokens
-
     def embed(tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor) -> np.ndarray:
         z = encode_tokens(backbone, tokens, positions, cfg, code)
         return pool_model(z, positions, cfg.pooling).double().numpy()
 
-    base, perm, fam = [], [], []
+    base: dict[bool, list[np.ndarray]] = {f: [] for f in forms}
+    perm: dict[bool, list[np.ndarray]] = {f: [] for f in forms}
+    owner, fam = [], []  # per copy: its original's row in base, its family
     for r in tqdm(rows, desc=desc, unit="model"):
         tok = store.get(r["id"])
         tokens, positions = _masked_tokens(tok)
         code = position_code(backbone, positions)
         mine = groups.get(r["id"]) or []
-        base.append(embed(canon(tokens, tok.layers, mine), positions, code))
+        z: dict[bool, np.ndarray] = {}
+        if False in forms or not mine:
+            z[False] = embed(tokens, positions, code)
+        canon = tokens  # canonicalize_tokens gives tokens itself without groups
+        if True in forms and mine:
+            canon = canonicalize_tokens(tokens, tok.layers, mine)
+            z[True] = embed(canon, positions, code)
+        elif True in forms:
+            z[True] = z[False]
+        for f in forms:
+            base[f].append(z[f])
         if mine:
             g = torch.Generator().manual_seed(seed)
             for _ in range(copies):
                 ptok = permute_tokens(tokens, tok.layers, mine, g)
-                perm.append((len(base) - 1, embed(canon(ptok, tok.layers, mine), positions, code)))
+                owner.append(len(base[forms[0]]) - 1)
                 fam.append(r.get("family"))
-    z = np.stack(base)
+                if False in forms:
+                    perm[False].append(embed(ptok, positions, code))
+                if True in forms:
+                    pcanon = canonicalize_tokens(ptok, tok.layers, mine)
+                    same = torch.equal(pcanon, canon)
+                    perm[True].append(base[True][-1] if same else embed(pcanon, positions, code))
+    return {f: _ratio_table(np.stack(base[f]), perm[f], owner, fam) for f in forms}
+
+
+def _ratio_table(
+    z: np.ndarray, perm: list[np.ndarray], owner: list[int], fam: list[str | None]
+) -> dict[str, Any]:
+    """The ratios of the copies' embeddings ``perm`` to their originals' rows ``owner`` of ``z``
+    (M, E), on dims standardized over ``z``, per family (``permutation_ratios``' result)."""
     mu, sd = z.mean(0), z.std(0)
     sd = np.where(sd > 0, sd, 1.0)
     zs = (z - mu) / sd
@@ -114,7 +155,7 @@ def permutation_ratios(
     scale = float(np.median(d[np.triu_indices(len(z), 1)]))
     out: dict[str, Any] = {"median_distance": scale, "models": len(z)}
     ratios: dict[str, list[float]] = {}
-    for (i, v), f in zip(perm, fam, strict=True):
+    for v, i, f in zip(perm, owner, fam, strict=True):
         ratios.setdefault(f or "?", []).append(float(np.linalg.norm((v - mu) / sd - zs[i]) / scale))
     for f, vals in sorted(ratios.items()):
         out[f] = {
@@ -153,22 +194,11 @@ def permutation_invariance(
         ``permutation_ratios`` returns them. Without canonical form both are one measurement.
     """
     cfg = cfg or EmbedConfig()
-    raw = dataclasses.replace(cfg, canonical=False)
-    learned = permutation_ratios(
-        atlas, backbone_dir, copies=copies, seed=seed, cfg=raw, desc="permutation ratios, learned"
-    )
-    embedding = (
-        permutation_ratios(
-            atlas,
-            backbone_dir,
-            copies=copies,
-            seed=seed,
-            cfg=cfg,
-            desc="permutation ratios, canonical",
-        )
-        if cfg.canonical
-        else learned
-    )
+    forms = (False, True) if cfg.canonical else (False,)
+    desc = "permutation ratios, learned" + (" and canonical" if cfg.canonical else "")
+    ratios = _ratios_in_forms(atlas, backbone_dir, ("val", "test"), copies, seed, cfg, forms, desc)
+    learned = ratios[False]
+    embedding = ratios[True] if cfg.canonical else learned
     return {
         "embedding": embedding,
         "learned": learned,
