@@ -11,13 +11,15 @@ papermill and tiny parameters, in stage order on one shared atlas (a two-family 
 from __future__ import annotations
 
 import ast
+import json
+import logging
 import math
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from core.experiments.pipeline import NOTEBOOK_DIR, STAGES, table_numbers
+from core.experiments.pipeline import NOTEBOOK_DIR, STAGES, _declared_parameters, table_numbers
 
 ALLOWED_IMPORTS = {"core", "IPython", "matplotlib", "plotly"}
 
@@ -59,6 +61,21 @@ def test_notebook_is_clean_and_parameterised(path: Path) -> None:
             assert set(mods) <= ALLOWED_IMPORTS, f"{path.name} imports {mods}"
 
 
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_papermill_infers_every_parameter_the_pipeline_passes(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """papermill reads the parameters cell line by line and skips a line with two ``=`` (one in
+    a comment was enough): it then warns "Passed unknown parameter" for the value the pipeline
+    passes (which arrives all the same). Every name the pipeline may pass must be inferred."""
+    import papermill
+
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        inferred = papermill.inspect_notebook(str(path))
+    assert set(inferred) == _declared_parameters(path)
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
+
+
 # ------------------------------------------------------------------------------------ slow
 
 TINY_ZOO = {
@@ -72,7 +89,9 @@ TINY = {
     "02_tokenize": dict(scheme="dense", token_size=64),
     "03_train": dict(backbone_preset="ci", train_steps=40),
     "04_embed_probe": dict(embed_preset="ci", probe_preset="ci"),
-    "05_generate": dict(sample_arch="zoo:cnn", heldout_task="digits-invert"),
+    "05_generate": dict(
+        sample_arch="zoo:cnn", heldout_task="digits-invert", generation_overrides={"epochs": [0, 1]}
+    ),
     "06_ablations": dict(ablation_preset="ci", ablation_steps=20, target_arch="zoo:cnn"),
 }
 # what each notebook must leave behind: (results table, figure names)
@@ -96,7 +115,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", list(TINY))
-def test_notebook_runs_alone(stem: str, run_dir: Path) -> None:
+def test_notebook_runs_alone(stem: str, run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     import papermill
 
     params = {
@@ -109,14 +128,17 @@ def test_notebook_runs_alone(stem: str, run_dir: Path) -> None:
     if stem == "05_generate":
         params["generation_preset"] = "ci"
     out = run_dir / f"{stem}.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOK_DIR / f"{stem}.ipynb"),
-        str(out),
-        parameters=params,
-        kernel_name="python3",
-        progress_bar=False,
-        cwd=str(run_dir),
-    )
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / f"{stem}.ipynb"),
+            str(out),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(run_dir),
+        )
+    unknown = [r.getMessage() for r in caplog.records if "unknown parameter" in r.getMessage()]
+    assert not unknown, unknown
     executed = nbformat.read(out, as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert any(o.get("output_type") == "display_data" for o in outputs)
@@ -127,3 +149,6 @@ def test_notebook_runs_alone(stem: str, run_dir: Path) -> None:
         assert values and all(math.isfinite(v) for v in values), (name, text)
     for fig in figures:
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
+    if stem == "05_generate":  # generation_overrides arrived: the protocol ran its epochs
+        generation = json.loads((run_dir / "atlas" / "results" / "generation.json").read_text())
+        assert generation["config"]["epochs"] == [0, 1]
