@@ -256,12 +256,21 @@ def launch_browser(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
+# JS: has the plotly map ``p`` drawn its points (SVG points, or a WebGL map's canvas)?
+_DRAWN = """const drawn = (p) => p.querySelector('.scatterlayer .point') !== null
+    || (p._fullData.some(t => t.type === 'scattergl') && p.querySelector('canvas') !== null);"""
+
+
 def wait_for_map(page: Any, timeout_ms: float = 60_000) -> None:
-    """Wait until the plotly map has drawn its WebGL points."""
+    """Wait until the plotly map has drawn its points (SVG, or WebGL above
+    ``explorer.figures.WEBGL_ABOVE`` models)."""
     page.wait_for_function(
         """() => {
+            """
+        + _DRAWN
+        + """
             const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
-            return p && p._fullData && p._fullData.length > 0 && p.querySelector('canvas');
+            return p && p._fullData && p._fullData.length > 0 && drawn(p);
         }""",
         timeout=timeout_ms,
     )
@@ -361,10 +370,13 @@ def _fig_signature(page: Any) -> str:
 def _wait_change(page: Any, before: str, timeout_ms: float = 60_000) -> None:
     page.wait_for_function(
         """(before) => {
+            """
+        + _DRAWN
+        + """
             const p = document.querySelector('.stPlotlyChart .js-plotly-plot');
             if (!p || !p._fullData) return false;
             const s = JSON.stringify(p._fullData.map(t => [t.name, (t.x || []).length, t.x && t.x[0]]));
-            return s !== before && p.querySelector('canvas');
+            return s !== before && drawn(p);
         }""",
         arg=before,
         timeout=timeout_ms,

@@ -45,6 +45,18 @@ HOVER = (
 MAP_HEIGHT = 520  # pixels of the Atlas page's map
 
 LEAN_ABOVE = 5000  # larger maps carry only the id per point (hover: id + trace name)
+# larger maps draw with WebGL (``go.Scattergl``); smaller ones as SVG (``go.Scatter``), with the
+# same hover, click, box and lasso selection and no WebGL context to create before the first
+# points show (0.1-0.2 s of the demo map's first paint in headless Chromium; issue 27)
+WEBGL_ABOVE = 2000
+Scatter = go.Scatter | go.Scattergl
+
+
+def scatter_type(n_points: int) -> type[go.Scatter] | type[go.Scattergl]:
+    """The trace type of a map drawing ``n_points`` models (every trace of one map alike)."""
+    return go.Scattergl if n_points > WEBGL_ABOVE else go.Scatter
+
+
 HOVER_LEAN = "<b>%{customdata[0]}</b><br>%{fullData.name}<extra></extra>"
 
 
@@ -95,7 +107,9 @@ def _segments(xy: np.ndarray, edges: list[tuple[int, int]]) -> tuple[np.ndarray,
     return ex, ey
 
 
-def recovered_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> list[go.Scattergl]:
+def recovered_edge_traces(
+    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter] = go.Scattergl
+) -> list[Scatter]:
     """Line traces of the recovered lineage: agreeing edges, then flagged ones in red."""
     edges = [(a, b, f) for a, b, f in table.recovered_edges() if keep[a] and keep[b]]
     out = []
@@ -107,7 +121,7 @@ def recovered_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> 
         if part:
             ex, ey = _segments(xy, part)
             out.append(
-                go.Scattergl(
+                trace(
                     x=ex,
                     y=ey,
                     mode="lines",
@@ -148,11 +162,13 @@ def map_figure(
     xy = table.coords[kind]
     rows = np.flatnonzero(keep & np.isfinite(xy).all(axis=1))
     fig = go.Figure()
+    trace = scatter_type(len(rows))
     if lineage:
-        fig.add_traces(declared_edge_traces(table, xy, keep))
+        fig.add_traces(declared_edge_traces(table, xy, keep, trace))
     if recovered:
-        fig.add_traces(recovered_edge_traces(table, xy, keep))
-    points = _Points(table, xy, size=7 if len(rows) < 2000 else 4, lean=len(rows) > LEAN_ABOVE)
+        fig.add_traces(recovered_edge_traces(table, xy, keep, trace))
+    lean = len(rows) > LEAN_ABOVE
+    points = _Points(table, xy, size=7 if len(rows) < 2000 else 4, lean=lean, type=trace)
     if colour in NUMERIC:
         fig.add_traces(_numeric_traces(points, colour, rows))
     else:
@@ -164,12 +180,14 @@ def map_figure(
             ring = dict(size=points.size + 8, color="rgba(0,0,0,0)", line=dict(width=2))
             fig.add_trace(points.trace(r, name="search hits", marker=ring))
     for name, (x, y, *flag) in (placed or {}).items():
-        fig.add_trace(_placed_trace(name, x, y, outside=bool(flag and flag[0])))
+        fig.add_trace(_placed_trace(name, x, y, outside=bool(flag and flag[0]), trace=trace))
     _map_layout(fig, table, kind, colour, height)
     return fig
 
 
-def declared_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> list[go.Scattergl]:
+def declared_edge_traces(
+    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter] = go.Scattergl
+) -> list[Scatter]:
     """The line trace of the declared lineage (``base_model`` -> model), or none."""
     edges = [(a, b) for a, b in table.lineage_edges() if keep[a] and keep[b]]
     if not edges:
@@ -177,25 +195,24 @@ def declared_edge_traces(table: MapTable, xy: np.ndarray, keep: np.ndarray) -> l
     ex, ey = _segments(xy, edges)
     line = dict(color="rgba(120,120,120,0.5)", width=1)
     return [
-        go.Scattergl(
-            x=ex, y=ey, mode="lines", line=line, hoverinfo="skip", name="lineage (base_model)"
-        )
+        trace(x=ex, y=ey, mode="lines", line=line, hoverinfo="skip", name="lineage (base_model)")
     ]
 
 
 @dataclass(frozen=True)
 class _Points:
-    """What every model-point trace of one map shares: the table, coordinates, marker size and
-    whether hover is lean (large atlases)."""
+    """What every model-point trace of one map shares: the table, coordinates, marker size,
+    whether hover is lean (large atlases) and the trace type (``scatter_type``)."""
 
     table: MapTable
     xy: np.ndarray
     size: int
     lean: bool
+    type: type[Scatter] = go.Scattergl
 
-    def trace(self, rows: np.ndarray, **kw: Any) -> go.Scattergl:
-        """A marker trace of ``rows`` with the map's hover; ``kw`` as ``go.Scattergl``."""
-        return go.Scattergl(
+    def trace(self, rows: np.ndarray, **kw: Any) -> Scatter:
+        """A marker trace of ``rows`` with the map's hover; ``kw`` as ``go.Scatter``."""
+        return self.type(
             x=self.xy[rows, 0],
             y=self.xy[rows, 1],
             mode="markers",
@@ -205,7 +222,7 @@ class _Points:
         )
 
 
-def _numeric_traces(points: _Points, colour: str, rows: np.ndarray) -> list[go.Scattergl]:
+def _numeric_traces(points: _Points, colour: str, rows: np.ndarray) -> list[Scatter]:
     """Models with no value of ``colour`` in grey, then the rest on a colour scale fixed over
     the atlas (not the filter); ``params`` on a log10 scale."""
     every = np.asarray(points.table.columns[colour], dtype=float)
@@ -232,7 +249,7 @@ def _numeric_traces(points: _Points, colour: str, rows: np.ndarray) -> list[go.S
     return out
 
 
-def _categorical_traces(points: _Points, colour: str, rows: np.ndarray) -> list[go.Scattergl]:
+def _categorical_traces(points: _Points, colour: str, rows: np.ndarray) -> list[Scatter]:
     """One trace per value of ``colour``, in sorted order, each in its fixed colour."""
     values = np.asarray([str(v) for v in points.table.columns[colour]], dtype=object)
     colours = colour_map(points.table, colour)
@@ -244,9 +261,11 @@ def _categorical_traces(points: _Points, colour: str, rows: np.ndarray) -> list[
     return out
 
 
-def _placed_trace(name: str, x: float, y: float, outside: bool) -> go.Scattergl:
+def _placed_trace(
+    name: str, x: float, y: float, outside: bool, trace: type[Scatter] = go.Scattergl
+) -> Scatter:
     """A placed model: a crimson star, or a black x when outside the atlas (issue 16)."""
-    return go.Scattergl(
+    return trace(
         x=[x],
         y=[y],
         mode="markers+text",

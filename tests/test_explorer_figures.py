@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from core.catalog import map_table
+from explorer import figures
 from explorer.figures import map_figure, selected_ids
 
 
@@ -167,3 +168,20 @@ def test_generated_layer_histogram_has_axis_labels():
     fig = generated_layer_figure({"m0": sd}, {"org/p": sd}, "w")
     assert fig.layout.xaxis.title.text == "weight value"
     assert fig.layout.yaxis.title.text == "density"
+
+
+def test_small_maps_draw_as_svg_and_large_ones_with_webgl(syn, monkeypatch):
+    """Every trace of one map has one type: SVG up to ``WEBGL_ABOVE`` shown models (no WebGL
+    context before the first paint), WebGL above, edges and placed models included."""
+    table = map_table(syn)
+    keep = table.filter()
+    placed = {"mine": (0.0, 0.0, True)}
+
+    def types() -> set[str]:
+        fig = map_figure(table, "umap", "family", keep, lineage=True, placed=placed)
+        assert any(t.mode == "lines" for t in fig.data) and len(fig.data) > 3
+        return {t.type for t in fig.data}
+
+    assert int(keep.sum()) <= figures.WEBGL_ABOVE and types() == {"scatter"}
+    monkeypatch.setattr(figures, "WEBGL_ABOVE", int(keep.sum()) - 1)
+    assert types() == {"scattergl"}
