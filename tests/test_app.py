@@ -141,7 +141,10 @@ def test_atlas_page_shows_map_quality(syn):
     )
     assert fam["without the weights"].startswith("majority family")
     assert fam["s(W)"] == ""  # the synthetic atlas has no tokens: an empty cell
-    assert len(rows) == 3 and "Leave-one-run-out" in texts(at)
+    assert len(rows) == 4 and "Leave-one-run-out" in texts(at)
+    same = rows[3]  # accuracy within a family and task: its own reference
+    assert same["figure"].startswith("test accuracy from neighbours of the same family and task")
+    assert same["without the weights"].startswith("mean of the family and task's other runs")
 
 
 def test_lineage_toggle_and_bad_embed_folder(syn, tmp_path):

@@ -236,3 +236,28 @@ def test_a_perfect_task_code_reaches_the_task_ceiling():
     ref = reference_figures(groups, family, task, [None] * 40)
     assert ref["task_ceiling"] == pytest.approx(36 / 40)
     assert got["task_accuracy"] == pytest.approx(ref["task_ceiling"])
+
+
+def test_same_task_r2_orders_one_zoo_apart_from_grouping_tasks():
+    """Two tasks of one family with different mean accuracies: distances that group the tasks
+    but order nothing within them get the global kNN R² from the task means and none within a
+    task; distances that follow the accuracy within each task get both."""
+    groups = [f"r{i}" for i in range(40)]  # one checkpoint per run
+    family = ["f"] * 40
+    task = ["x"] * 20 + ["y"] * 20
+    acc = [*np.linspace(0.1, 0.2, 20), *np.linspace(0.8, 0.9, 20)]
+    t = np.array(task)
+    apart = 10.0 * (t[:, None] != t[None, :])
+    rng = np.random.default_rng(0)
+    shuffled = apart + rng.random((40, 40))  # tasks apart, random within a task
+    ordered = apart + _line(acc)  # tasks apart, by accuracy within a task
+    loose = knn_figures(shuffled, groups, family, task, acc, k=1)
+    tight = knn_figures(ordered, groups, family, task, acc, k=1)
+    assert loose["test_accuracy_r2"] > 0.9  # the task means alone explain most of it
+    assert tight["test_accuracy_r2_same_task"] > 0.9 > 0.5 > loose["test_accuracy_r2_same_task"]
+    assert tight["n_same_task"] == 40
+    ref = reference_figures(groups, family, task, acc)
+    # the other runs' task mean knows nothing within a task: R² within the task below 0
+    assert ref["test_accuracy_r2_same_task"] < 0
+    rows = map_quality_rows({"spaces": {"embedding": tight}, "reference": ref})
+    assert [r[0] for r in rows][-1].startswith("test accuracy from neighbours of the same family")

@@ -8,7 +8,11 @@ siblings never vouch for it. Three figures per space:
   model's family;
 - ``task_accuracy``: within the model's family (families with at least two tasks), the majority
   task of its ``k`` nearest same-family neighbours is its task;
-- ``test_accuracy_r2``: R² of the neighbours' mean test accuracy as a prediction of its own.
+- ``test_accuracy_r2``: R² of the neighbours' mean test accuracy as a prediction of its own;
+- ``test_accuracy_r2_same_task``: the same with the neighbours drawn from the model's own family
+  and task only, and R² taken within family and task (against each pair's mean): does the map
+  order the models of one zoo by accuracy, apart from grouping tasks (whose mean accuracies
+  differ) together?
 
 The module imports no torch at the top, so that the app can show a stored result at once;
 :func:`map_quality` imports the embedding readers where it computes.
@@ -38,7 +42,7 @@ from core.manifest import as_row
 # Shapes: M models, F features.
 
 MAP_QUALITY_K = 5
-FIGURES = ("family_accuracy", "task_accuracy", "test_accuracy_r2")
+FIGURES = ("family_accuracy", "task_accuracy", "test_accuracy_r2", "test_accuracy_r2_same_task")
 SPACES = ("embedding", "umap", "pca", "s(W)")
 RESULT_NAME = "map_quality"
 
@@ -65,8 +69,16 @@ def _nearest(d: np.ndarray, k: int) -> list[np.ndarray]:
     return out
 
 
-def _r2(y: np.ndarray, pred: np.ndarray) -> float | None:
-    ss = float(((y - y.mean()) ** 2).sum())
+def _r2(y: np.ndarray, pred: np.ndarray, groups: list[Any] | None = None) -> float | None:
+    """R² of ``pred`` for ``y``; with ``groups``, within groups: against each group's own mean
+    (the variance the group means leave), not the overall mean."""
+    if groups is None:
+        centre = y.mean()
+    else:
+        index: dict[Any, int] = {}
+        keys = np.array([index.setdefault(g, len(index)) for g in groups], dtype=np.int64)
+        centre = (np.bincount(keys, y) / np.bincount(keys))[keys]
+    ss = float(((y - centre) ** 2).sum())
     if len(y) < 2 or ss <= 0:
         return None
     return float(1.0 - ((y - pred) ** 2).sum() / ss)
@@ -94,8 +106,9 @@ def knn_figures(
         k: neighbours per model.
 
     Returns:
-        ``{family_accuracy, task_accuracy, test_accuracy_r2, n_family, n_task, n_accuracy}``
-        (a figure is None when no model has the labels it needs).
+        ``{family_accuracy, task_accuracy, test_accuracy_r2, test_accuracy_r2_same_task,
+        n_family, n_task, n_accuracy, n_same_task}`` (a figure is None when no model has the
+        labels it needs).
     """
     m = len(groups)
     g = np.unique(np.asarray(groups, dtype=object), return_inverse=True)[1]
@@ -113,6 +126,8 @@ def knn_figures(
     task_hits: list[bool] = []
     keep: list[int] = []
     pred: list[float] = []
+    keep_same: list[int] = []
+    pred_same: list[float] = []
     for lo in range(0, m, BLOCK_ROWS):
         hi = min(lo + BLOCK_ROWS, m)
         block = np.array(d[lo:hi] if isinstance(d, np.ndarray) else d(lo, hi), dtype=np.float64)
@@ -124,17 +139,30 @@ def knn_figures(
         for r, nn in enumerate(_nearest(np.where(same, block, np.inf), k)):
             if multi[lo + r] and len(nn):
                 task_hits.append(_vote(list(tsk[nn])) == tsk[lo + r])
-        for r, nn in enumerate(_nearest(np.where(has_acc[None, :], block, np.inf), k)):
+        block = np.where(has_acc[None, :], block, np.inf)
+        for r, nn in enumerate(_nearest(block, k)):
             if has_acc[lo + r] and len(nn):
                 keep.append(lo + r)
                 pred.append(float(acc[nn].mean()))
+        same_task = (fam[lo:hi, None] == fam[None, :]) & (tsk[lo:hi, None] == tsk[None, :])
+        same_task &= has_fam[None, :] & (tsk != "")[None, :]
+        for r, nn in enumerate(_nearest(np.where(same_task, block, np.inf), k)):
+            if has_acc[lo + r] and len(nn):
+                keep_same.append(lo + r)
+                pred_same.append(float(acc[nn].mean()))
     return {
         "family_accuracy": float(np.mean(fam_hits)) if fam_hits else None,
         "task_accuracy": float(np.mean(task_hits)) if task_hits else None,
         "test_accuracy_r2": _r2(acc[keep], np.array(pred)) if keep else None,
+        "test_accuracy_r2_same_task": (
+            _r2(acc[keep_same], np.array(pred_same), [(fam[i], tsk[i]) for i in keep_same])
+            if keep_same
+            else None
+        ),
         "n_family": len(fam_hits),
         "n_task": len(task_hits),
         "n_accuracy": len(keep),
+        "n_same_task": len(keep_same),
     }
 
 
@@ -151,8 +179,8 @@ def reference_figures(
     accuracy: list[float | None],
 ) -> dict[str, Any]:
     """The same figures for the predictors that ignore the features, also leave-one-run-out:
-    the other runs' majority family, the majority task of the family's other runs, and the mean
-    test accuracy of the other runs.
+    the other runs' majority family, the majority task of the family's other runs, the mean
+    test accuracy of the other runs and that of the other runs of the model's family and task.
 
     Also ``task_ceiling``: the share of the task-scored models whose family and task occur in
     another run. No leave-one-run-out vote can name a task that no other run of the family has,
@@ -200,11 +228,36 @@ def reference_figures(
         "family_accuracy": float(np.mean(fam_hits)) if fam_hits else None,
         "task_accuracy": float(np.mean(task_hits)) if task_hits else None,
         "test_accuracy_r2": _r2(np.array(acc_true), np.array(acc_pred)) if acc_true else None,
+        "test_accuracy_r2_same_task": _same_task_mean_r2(groups, fam, tsk, accuracy),
         "task_ceiling": float(np.mean(task_reachable)) if task_reachable else None,
         "n_family": len(fam_hits),
         "n_task": len(task_hits),
         "n_accuracy": len(acc_true),
     }
+
+
+def _same_task_mean_r2(
+    groups: list[str], fam: list[str], tsk: list[str], accuracy: list[float | None]
+) -> float | None:
+    """R² within family and task of the mean test accuracy of the other runs of each model's
+    family and task (models whose family and task no other run has are left out, as the k-NN
+    figure leaves them)."""
+    totals: dict[tuple[str, ...], list[float]] = {}  # (f, t) and (run, f, t) -> [sum, n]
+    for key, f, t, a in zip(groups, fam, tsk, accuracy, strict=True):
+        if f and t and a is not None:
+            for k in ((f, t), (key, f, t)):
+                totals.setdefault(k, [0.0, 0.0])
+                totals[k][0] += float(a)
+                totals[k][1] += 1
+    y, pred, pair = [], [], []
+    for key, f, t, a in zip(groups, fam, tsk, accuracy, strict=True):
+        if f and t and a is not None:
+            (s_all, n_all), (s_run, n_run) = totals[(f, t)], totals[(key, f, t)]
+            if n_all > n_run:
+                y.append(float(a))
+                pred.append((s_all - s_run) / (n_all - n_run))
+                pair.append((f, t))
+    return _r2(np.array(y), np.array(pred), pair) if y else None
 
 
 def embeddings_stamp(atlas: Atlas, backbone_dir: str | Path | None = None) -> str:
@@ -333,16 +386,20 @@ FIGURE_TITLES = {
     "family_accuracy": "family of the neighbours = the model's family (accuracy)",
     "task_accuracy": "task of the neighbours, within a family (accuracy)",
     "test_accuracy_r2": "test accuracy from the neighbours (kNN R²)",
+    "test_accuracy_r2_same_task": "test accuracy from neighbours of the same family and task "
+    "(kNN R² within family and task)",
 }
 REFERENCE_TITLES = {
     "family_accuracy": "majority family",
     "task_accuracy": "majority task of the family",
     "test_accuracy_r2": "mean predictor",
+    "test_accuracy_r2_same_task": "mean of the family and task's other runs",
 }
 
 
 def map_quality_rows(result: dict[str, Any]) -> list[list[Any]]:
-    """Table rows: per figure, its value in every space and for the reference predictor."""
+    """Table rows: per figure, its value in every space and for the reference predictor (a
+    figure that neither holds, as in results written before the figure existed, has no row)."""
     rows = []
     for fig in FIGURES:
         cells: list[Any] = [FIGURE_TITLES[fig]]
@@ -350,6 +407,8 @@ def map_quality_rows(result: dict[str, Any]) -> list[list[Any]]:
             s = result["spaces"].get(space)
             cells.append(None if s is None else s.get(fig))
         ref = result["reference"].get(fig)
+        if ref is None and fig not in result["reference"] and all(c is None for c in cells[1:]):
+            continue
         text = f"{REFERENCE_TITLES[fig]} {_num(ref)}"
         ceiling = result["reference"].get("task_ceiling")
         if fig == "task_accuracy" and ceiling is not None:  # atlases evaluated before: none

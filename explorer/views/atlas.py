@@ -196,8 +196,10 @@ def map_quality_ui(root: Path, stamp_: float) -> None:
             f"({mq['n_models']:,} models, {mq['n_runs']:,} runs). Embedding: "
             f"{mq.get('pooling', 'mean')} pooling, {mq['metric']} distance; maps: distance on "
             "the 2-D coordinates; s(W): the weights' plain statistics (mean, std, quantiles "
-            "per layer). Empty: not available for this atlas (s(W) needs every model's tokens "
-            "or `weightatlas embed` of this version)."
+            "per layer). Task ceiling: the share of models whose family and task another run "
+            "has (no vote can do better). Within family and task: R² against each pair's own "
+            "mean, so grouping tasks earns nothing there. Empty: not available for this atlas "
+            "(s(W) needs every model's tokens or `weightatlas embed` of this version)."
         )
 
 
