@@ -220,3 +220,25 @@ def test_window_head_sees_every_token_of_the_window():
     torch.testing.assert_close(mean_head.project(swapped), mean_head.project(z))
     with pytest.raises(WeightAtlasError, match="window head"):
         model.project(z[:, :-1])
+
+
+def test_token_scale_is_a_change_of_units(tmp_path):
+    """A raw-token backbone with ``token_scale`` s is the same backbone on tokens / s: its
+    latents of x are the unscaled one's latents of x / s and its reconstructions s times theirs,
+    in fp32 and through the packed inference copy; the scale is saved with the backbone."""
+    from core.backbone.inference import PackedBackbone
+
+    unit = Backbone(_cfg(token_size=24, token_norm=False))
+    scaled = Backbone(_cfg(token_size=24, token_norm=False, token_scale=0.05))
+    scaled.load_state_dict(unit.state_dict())
+    x, pos = 0.05 * torch.randn(2, 20, 24), _positions(2, 20)
+    with torch.no_grad():
+        z = scaled.encode(x, pos)
+        assert torch.allclose(z, unit.encode(x / 0.05, pos), atol=1e-6)
+        assert torch.allclose(scaled.decode(z, pos), 0.05 * unit.decode(z, pos), atol=1e-7)
+        assert torch.allclose(scaled(x, pos)[1], 0.05 * unit(x / 0.05, pos)[1], atol=1e-7)
+    packed, packed_unit = PackedBackbone(scaled), PackedBackbone(unit)
+    zp = packed.encode(x, pos)
+    assert torch.equal(zp, packed_unit.encode(x / 0.05, pos))
+    assert torch.equal(packed.decode(zp, pos), packed_unit.decode(zp, pos) * 0.05)
+    assert load_backbone(save_backbone(scaled, tmp_path / "bb")).cfg.token_scale == 0.05

@@ -539,3 +539,19 @@ def test_canonical_training_reads_every_window_in_canonical_form(
     assert json.loads((out / "config.json").read_text())["train"]["canonical"] is True
     split = {r["id"]: r["split"] for r in Atlas.open(root).accepted()}
     assert {split[m] for m in seen} == {"train", "val"}  # training windows and validation
+
+
+def test_scale_tokens_records_the_training_tokens_rms(atlas, tmp_path):
+    """``scale_tokens`` (raw tokens): the run sets ``backbone.token_scale`` to the RMS of the
+    training models' real values and saves it with the backbone; without it the scale is 1."""
+    from core.tokens.store import TokenStore
+
+    over = {**FAST, "steps": 4, "eval_every": 4, "ckpt_every": 4, "token_norm": False}
+    train(atlas.root, "ci", {**over, "scale_tokens": True}, out=tmp_path / "scaled")
+    train(atlas.root, "ci", over, out=tmp_path / "plain")
+    store = TokenStore(atlas.tokens_dir)
+    ids = [r["id"] for r in atlas.accepted("train") if r["id"] in store]
+    values = torch.cat([store.get(m).tokens[store.get(m).mask].double() for m in ids])
+    rms = float(values[values != 0].pow(2).mean().sqrt())
+    assert load_backbone(tmp_path / "scaled").cfg.token_scale == pytest.approx(rms, rel=1e-6)
+    assert 0 < rms < 1 and load_backbone(tmp_path / "plain").cfg.token_scale == 1.0

@@ -72,6 +72,12 @@ class TrainConfig:
     # train and select on each model's canonical form (core.backbone.views.CanonicalStore: the
     # hidden units of every unit group sorted by norm), the form ``embed`` encodes by default
     canonical: bool = False
+    # raw-token backbones (token_norm off): set backbone.token_scale to the RMS of the
+    # training tokens' real values, so the blocks see weights at unit scale. Off in the demo
+    # presets: over 3 seeds it lifts the mlp/digits10 accuracy probe (0.476 -> 0.700) and kNN
+    # R² (0.211 -> 0.267) but lowers family (0.941 -> 0.926) and the cnn probe (0.472 ->
+    # 0.418); docs/results/README.md, session 8
+    scale_tokens: bool = False
     # the second view's window: "same" as the first, or "any" window of the same model
     positive: Literal["same", "any"] = "same"
     # checkpoint selection: "rec" (median per-layer val R^2 of conv + linear layers) or

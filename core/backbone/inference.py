@@ -125,6 +125,8 @@ class PackedBackbone:
         """Per-token latents ``(B, T, L)`` of tokens ``(B, T, D)``, as ``Backbone.encode``."""
         if self.cfg.token_norm:
             tokens = standardize_tokens(tokens.float())
+        elif self.cfg.token_scale != 1.0:
+            tokens = tokens / self.cfg.token_scale
         return self.encoder(tokens, self._code(positions, code))
 
     @torch.inference_mode()
@@ -134,7 +136,7 @@ class PackedBackbone:
         """Reconstructed tokens ``(B, T, D)`` from latents ``(B, T, L)``, as ``Backbone.decode``."""
         out = self.decoder(z, self._code(positions, code))
         if not self.cfg.token_norm:
-            return out
+            return out if self.cfg.token_scale == 1.0 else out * self.cfg.token_scale
         D = self.cfg.token_size
         return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :]).compose()
 

@@ -62,6 +62,10 @@ class BackboneConfig:
     # what the contrastive projection head sees: "mean" (the window's mean latent) or "window"
     # (the whole window's latents, flattened: 003's head sees the window, not a pooled vector)
     head: Literal["mean", "window"] = "mean"
+    # raw tokens (token_norm off) enter divided by this and leave multiplied by it: weights of
+    # ~1e-2 would otherwise reach the blocks 100x weaker than the position code. Training sets
+    # it to the training tokens' RMS (TrainConfig.scale_tokens); 1.0: as they are
+    token_scale: float = 1.0
 
 
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
@@ -275,7 +279,9 @@ class Backbone(nn.Module):
         if self.encoder.skip is None:
             raise WeightAtlasError("init_skip_pca needs a backbone with skip=True")
         x = tokens.float().reshape(-1, 1, tokens.shape[-1])
-        feats = (standardize_tokens(x) if self.cfg.token_norm else x).reshape(x.shape[0], -1)
+        feats = (standardize_tokens(x) if self.cfg.token_norm else self.scaled_in(x)).reshape(
+            x.shape[0], -1
+        )
         D, L = self.cfg.token_size, self.cfg.latent_dim
         exact = 2 if self.cfg.token_norm and L >= 3 else 0  # mean and log10 std channels
         basis = feats[:, :D] if exact else feats
@@ -308,9 +314,13 @@ class Backbone(nn.Module):
                 f"tokens of size {tokens.shape[-1]} given to a backbone of token size "
                 f"{self.cfg.token_size}; re-tokenize with --token-size {self.cfg.token_size}"
             )
-        if self.cfg.token_norm:
-            tokens = standardize_tokens(tokens)
+        tokens = standardize_tokens(tokens) if self.cfg.token_norm else self.scaled_in(tokens)
         return self.encoder(tokens, positions, code)
+
+    def scaled_in(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw tokens as the encoder takes them: divided by ``token_scale``."""
+        s = self.cfg.token_scale
+        return tokens if s == 1.0 else tokens / s
 
     def decode_parts(
         self, z: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
@@ -330,7 +340,9 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
         if not self.cfg.token_norm:
-            return self.decoder(z, positions, code)
+            out = self.decoder(z, positions, code)
+            s = self.cfg.token_scale
+            return out if s == 1.0 else out * s
         return self.decode_parts(z, positions, code).compose()
 
     def project(self, z: torch.Tensor) -> torch.Tensor:

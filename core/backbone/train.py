@@ -68,7 +68,7 @@ from core.backbone.model import (
 from core.backbone.selection import knn_labels, selection_metric
 from core.backbone.validation import Evaluator
 from core.backbone.views import CanonicalStore, ViewMaker, store_groups
-from core.config import ConfigError, to_dict
+from core.config import ConfigError, merge, to_dict
 from core.errors import WeightAtlasError
 from core.models.optim import adamw
 from core.safety import printable
@@ -163,6 +163,10 @@ def train(
     if tcfg.canonical:
         store = CanonicalStore(store, groups)
     dataset = WindowDataset(store, train_ids, bcfg.window, tcfg.seed, tcfg.windows_per_model)
+    if tcfg.scale_tokens and not bcfg.token_norm:  # derived from the data, recorded in config
+        cfg = merge(cfg, {"backbone.token_scale": token_rms(_sample_tokens(dataset, tcfg.seed))})
+        bcfg = cfg.backbone
+        config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
     kinds = _kinds(store, train_ids + val_ids)
     val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None
     train_eval = None
@@ -607,6 +611,12 @@ def step_fn(
         return float(loss.detach())
 
     return step
+
+
+def token_rms(tokens: torch.Tensor) -> float:
+    """Root mean square of the nonzero values of ``tokens`` (padding is zero), 1.0 if none."""
+    real = tokens[tokens != 0].double()
+    return float(real.pow(2).mean().sqrt()) if len(real) else 1.0
 
 
 def _sample_tokens(dataset: Any, seed: int, limit: int = 200_000) -> torch.Tensor:
