@@ -21,10 +21,10 @@ Repo tags are derived the way the Hub does from the card (tags, ``library_name``
 ``custom_code`` (a config with ``auto_map``). Only loopback addresses are served, and the server
 shuts itself down after ``lifetime_s``. Every request is recorded in ``server.requests``.
 
-    with HubServer("/work/zoo-ci", page_size=50) as hub:
+    with HubServer("ZOO_DIR", page_size=50) as hub:
         env = {"HF_ENDPOINT": hub.url, ...}      # set before huggingface_hub is imported
 
-    .venv/bin/python tests/hubserver.py /work/zoo-ci --port 8765 --lifetime 600
+    .venv/bin/python tests/hubserver.py ZOO_DIR --port 8765 --lifetime 600
 """
 
 from __future__ import annotations
