@@ -108,7 +108,7 @@ def _segments(xy: np.ndarray, edges: list[tuple[int, int]]) -> tuple[np.ndarray,
 
 
 def recovered_edge_traces(
-    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter] = go.Scattergl
+    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter]
 ) -> list[Scatter]:
     """Line traces of the recovered lineage: agreeing edges, then flagged ones in red."""
     edges = [(a, b, f) for a, b, f in table.recovered_edges() if keep[a] and keep[b]]
@@ -186,7 +186,7 @@ def map_figure(
 
 
 def declared_edge_traces(
-    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter] = go.Scattergl
+    table: MapTable, xy: np.ndarray, keep: np.ndarray, trace: type[Scatter]
 ) -> list[Scatter]:
     """The line trace of the declared lineage (``base_model`` -> model), or none."""
     edges = [(a, b) for a, b in table.lineage_edges() if keep[a] and keep[b]]
@@ -208,7 +208,7 @@ class _Points:
     xy: np.ndarray
     size: int
     lean: bool
-    type: type[Scatter] = go.Scattergl
+    type: type[Scatter]
 
     def trace(self, rows: np.ndarray, **kw: Any) -> Scatter:
         """A marker trace of ``rows`` with the map's hover; ``kw`` as ``go.Scatter``."""
@@ -261,9 +261,7 @@ def _categorical_traces(points: _Points, colour: str, rows: np.ndarray) -> list[
     return out
 
 
-def _placed_trace(
-    name: str, x: float, y: float, outside: bool, trace: type[Scatter] = go.Scattergl
-) -> Scatter:
+def _placed_trace(name: str, x: float, y: float, outside: bool, trace: type[Scatter]) -> Scatter:
     """A placed model: a crimson star, or a black x when outside the atlas (issue 16)."""
     return trace(
         x=[x],

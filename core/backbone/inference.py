@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.backbone.losses import Factored
-from core.backbone.model import Backbone, Stack, attention, sinusoidal_3d, standardize_tokens
+from core.backbone.model import (
+    Backbone,
+    Stack,
+    attention,
+    scaled_in,
+    scaled_out,
+    sinusoidal_3d,
+    standardize_tokens,
+)
 
 # below this width CPU bf16 does not pay (its casts cost what the matmuls save; measured with
 # the ci backbone, d_model 64: ``weightatlas bench sample`` bf16 67.7 s vs fp32 64.4 s)
@@ -123,10 +131,11 @@ class PackedBackbone:
         self, tokens: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-token latents ``(B, T, L)`` of tokens ``(B, T, D)``, as ``Backbone.encode``."""
-        if self.cfg.token_norm:
-            tokens = standardize_tokens(tokens.float())
-        elif self.cfg.token_scale != 1.0:
-            tokens = tokens / self.cfg.token_scale
+        tokens = (
+            standardize_tokens(tokens.float())
+            if self.cfg.token_norm
+            else scaled_in(tokens, self.cfg)
+        )
         return self.encoder(tokens, self._code(positions, code))
 
     @torch.inference_mode()
@@ -136,7 +145,7 @@ class PackedBackbone:
         """Reconstructed tokens ``(B, T, D)`` from latents ``(B, T, L)``, as ``Backbone.decode``."""
         out = self.decoder(z, self._code(positions, code))
         if not self.cfg.token_norm:
-            return out if self.cfg.token_scale == 1.0 else out * self.cfg.token_scale
+            return scaled_out(out, self.cfg)
         D = self.cfg.token_size
         return Factored(out[..., :D], out[..., D : D + 1], out[..., D + 1 :]).compose()
 

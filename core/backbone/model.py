@@ -62,9 +62,10 @@ class BackboneConfig:
     # what the contrastive projection head sees: "mean" (the window's mean latent) or "window"
     # (the whole window's latents, flattened: 003's head sees the window, not a pooled vector)
     head: Literal["mean", "window"] = "mean"
-    # raw tokens (token_norm off) enter divided by this and leave multiplied by it: weights of
-    # ~1e-2 would otherwise reach the blocks 100x weaker than the position code. Training sets
-    # it to the training tokens' RMS (TrainConfig.scale_tokens); 1.0: as they are
+    # raw tokens (token_norm off) enter divided by this and leave multiplied by it: the demo
+    # zoo's weights (RMS 0.135) otherwise reach the blocks about 5x weaker than the position
+    # code. Training sets it to the training tokens' RMS (TrainConfig.scale_tokens); 1.0: as
+    # they are
     token_scale: float = 1.0
 
 
@@ -144,6 +145,16 @@ def standardize_tokens(tokens: torch.Tensor) -> torch.Tensor:
     std = torch.where(n > 1, var.sqrt(), torch.ones_like(var)).clamp_min(1e-12)
     feats = torch.cat([(x - mean) / std * nz, mean, torch.log10(std)], dim=-1)
     return feats.to(tokens.dtype)
+
+
+def scaled_in(tokens: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
+    """Raw tokens (token_norm off) as the encoder takes them: divided by ``token_scale``."""
+    return tokens if cfg.token_scale == 1.0 else tokens / cfg.token_scale
+
+
+def scaled_out(out: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
+    """A raw-token decoder's output in weight units: multiplied by ``token_scale``."""
+    return out if cfg.token_scale == 1.0 else out * cfg.token_scale
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -279,7 +290,7 @@ class Backbone(nn.Module):
         if self.encoder.skip is None:
             raise WeightAtlasError("init_skip_pca needs a backbone with skip=True")
         x = tokens.float().reshape(-1, 1, tokens.shape[-1])
-        feats = (standardize_tokens(x) if self.cfg.token_norm else self.scaled_in(x)).reshape(
+        feats = (standardize_tokens(x) if self.cfg.token_norm else scaled_in(x, self.cfg)).reshape(
             x.shape[0], -1
         )
         D, L = self.cfg.token_size, self.cfg.latent_dim
@@ -314,13 +325,8 @@ class Backbone(nn.Module):
                 f"tokens of size {tokens.shape[-1]} given to a backbone of token size "
                 f"{self.cfg.token_size}; re-tokenize with --token-size {self.cfg.token_size}"
             )
-        tokens = standardize_tokens(tokens) if self.cfg.token_norm else self.scaled_in(tokens)
+        tokens = standardize_tokens(tokens) if self.cfg.token_norm else scaled_in(tokens, self.cfg)
         return self.encoder(tokens, positions, code)
-
-    def scaled_in(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Raw tokens as the encoder takes them: divided by ``token_scale``."""
-        s = self.cfg.token_scale
-        return tokens if s == 1.0 else tokens / s
 
     def decode_parts(
         self, z: torch.Tensor, positions: torch.Tensor, code: torch.Tensor | None = None
@@ -340,9 +346,7 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """Reconstructed tokens (B, T, D) from latents z (B, T, L) at positions (B, T, 3)."""
         if not self.cfg.token_norm:
-            out = self.decoder(z, positions, code)
-            s = self.cfg.token_scale
-            return out if s == 1.0 else out * s
+            return scaled_out(self.decoder(z, positions, code), self.cfg)
         return self.decode_parts(z, positions, code).compose()
 
     def project(self, z: torch.Tensor) -> torch.Tensor:

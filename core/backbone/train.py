@@ -155,7 +155,6 @@ def train(
         )
         for fam, n in untrained.items():
             tqdm.write(printable(split_warning(fam, n)), file=sys.stderr)
-    config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
     # unit groups, read once: the canonical form (train and val) and the permutation views
     groups = (
         store_groups(atlas, store, train_ids + val_ids) if tcfg.canonical or tcfg.permute else {}
@@ -166,7 +165,7 @@ def train(
     if tcfg.scale_tokens and not bcfg.token_norm:  # derived from the data, recorded in config
         cfg = merge(cfg, {"backbone.token_scale": token_rms(_sample_tokens(dataset, tcfg.seed))})
         bcfg = cfg.backbone
-        config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
+    config = _run_config(cfg, preset, store, len(train_ids), len(val_ids))
     kinds = _kinds(store, train_ids + val_ids)
     val = Evaluator(store, val_ids, bcfg.window, kinds) if val_ids else None
     train_eval = None

@@ -407,7 +407,7 @@ def map_quality_rows(result: dict[str, Any]) -> list[list[Any]]:
             s = result["spaces"].get(space)
             cells.append(None if s is None else s.get(fig))
         ref = result["reference"].get(fig)
-        if ref is None and fig not in result["reference"] and all(c is None for c in cells[1:]):
+        if fig not in result["reference"] and all(c is None for c in cells[1:]):
             continue
         text = f"{REFERENCE_TITLES[fig]} {_num(ref)}"
         ceiling = result["reference"].get("task_ceiling")
