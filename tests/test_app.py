@@ -577,7 +577,9 @@ def _embed_with_page_bar(folder: str, atlas: str) -> None:
 def test_page_bar_follows_an_embedding_to_its_end(tmp_path):
     """Issue 27: the Atlas page's bar takes core's progress protocol: embedding a folder
     draws its reading step, then every window of the encoder pass, ending at 100%."""
+    from core.atlas import Atlas
     from core.embeddings.encode import halo_windows
+    from core.embeddings.table import token_scheme
     from core.tokens.plan import tokenize_model_dir
 
     snap = tiny_hf_cache(tmp_path / "hub")["tiny/bert-features"]
@@ -586,7 +588,7 @@ def test_page_bar_follows_an_embedding_to_its_end(tmp_path):
     )
     at.run()
     assert not at.exception, at.exception
-    n = tokenize_model_dir(snap, "dense", 64).n_tokens
+    n = tokenize_model_dir(snap, *token_scheme(Atlas.open(DEMO))).n_tokens
     windows = len(halo_windows(n, 64, 8))
     text, done, total = at.session_state["bar"]
     assert (done, total) == (windows, windows) and text.startswith("embed ")

@@ -201,6 +201,7 @@ def test_bf16_model_embedding_is_within_tolerance_of_fp32():
     autocast) gives the trained demo backbone's model embedding of a real demo model within
     BF16_EMBED_TOLERANCE (relative L2) of the fp32 reference, with the same layers and counts;
     fp32 stays the reference (equal to summarize of the haloed token embeddings)."""
+    from core.backbone.inference import packed_backbone
     from core.embeddings.encode import (
         BF16_EMBED_TOLERANCE,
         encode_summary,
@@ -232,6 +233,15 @@ def test_bf16_model_embedding_is_within_tolerance_of_fp32():
         assert torch.equal(got["layer_tokens"], ref["layer_tokens"])
         if precision != "fp32":
             assert rel > 0  # bf16 really ran (it rounds)
+        if dtype == "auto":
+            auto = got["z"]
+    # sampling hands over the packed copy itself (core.generation.build.backbone_precision)
+    packed = packed_backbone(backbone)
+    if packed is not None:
+        cfg = EmbedConfig(batch_size=4)
+        assert single_model_encoder(packed, cfg)[1] == "bf16-packed"
+        got = encode_summary(packed, tok.tokens, positions, cfg, "depth-mean+std", valid=tok.valid)
+        torch.testing.assert_close(got["z"], auto, rtol=0, atol=0)
 
 
 def test_embed_dtype_is_checked_and_narrow_backbones_stay_fp32():

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from core.atlas import Atlas, BackboneFiles
 from core.backbone.device import autocast, compute_dtype
-from core.backbone.inference import BF16_MIN_WIDTH, packed_backbone
+from core.backbone.inference import BF16_MIN_WIDTH, PackedBackbone, packed_backbone
 from core.backbone.model import load_backbone, sinusoidal_3d
 from core.config import register_presets
 from core.embeddings.reader import embeddings_dir  # noqa: F401  (re-exported)
@@ -411,6 +411,8 @@ def single_model_encoder(backbone: Any, cfg: EmbedConfig) -> tuple[Any, str]:
     dtype = cfg.dtype
     if dtype not in ("auto", "fp32", "bf16"):
         raise WeightAtlasError(f"embed dtype {dtype!r}: choose auto, fp32 or bf16")
+    if isinstance(backbone, PackedBackbone):  # packed already (sampling's backbone_precision)
+        return backbone.encode, "bf16-packed"
     if dtype == "auto" and device.type == "cpu" and backbone.cfg.d_model < BF16_MIN_WIDTH:
         dtype = "fp32"
     if compute_dtype(dtype, device) == torch.float32:

@@ -20,7 +20,7 @@ from core.embeddings.encode import (
     resolve_window,
 )
 from core.errors import WeightAtlasError
-from core.tokens.plan import detokenize
+from core.tokens.plan import detokenize, tokenize_model_dir
 from core.tokens.store import TokenStore
 
 # layer report
@@ -43,6 +43,26 @@ def _subsample(v: np.ndarray, n: int) -> np.ndarray:
     return v.ravel()[idx]
 
 
+def model_tokens(atlas: Atlas, model_id: str) -> tuple[Any, list[Any]]:
+    """``(tokenized model, its layer table)`` from the token store, else tokenized from the
+    model's weights in the atlas in the store's scheme and token size.
+
+    Raises:
+        WeightAtlasError: the atlas holds neither tokens nor weights of ``model_id``.
+    """
+    from core.catalog import weights_dir
+    from core.embeddings.table import token_scheme
+
+    store = TokenStore(atlas.tokens_dir)
+    if model_id in set(store.ids):
+        return store.get(model_id), store.layers(model_id)
+    path = weights_dir(atlas.root, model_id) if atlas.manifest_path.exists() else None
+    if path is None:
+        raise WeightAtlasError(f"{model_id!r} has neither tokens nor weights in {atlas.root}")
+    tok = tokenize_model_dir(path, *token_scheme(atlas), digest=False)
+    return tok, tok.layers
+
+
 def layer_report(
     atlas: str | Path,
     model_id: str,
@@ -50,11 +70,13 @@ def layer_report(
     *,
     max_values: int = 4096,
 ) -> list[dict[str, Any]]:
-    """Per-layer reconstruction of one tokenized model through the backbone.
+    """Per-layer reconstruction of one model through the backbone.
 
     Args:
         atlas: a tokenized atlas with a trained backbone.
-        model_id: a model in the token store.
+        model_id: a model in the token store, or one whose weights the atlas holds (tokenized
+            here in the store's scheme and token size: a demo atlas ships weights for more
+            models than tokens).
         backbone_dir: another backbone directory (ablations); default the atlas' backbone.
         max_values: values returned per layer (evenly subsampled; metrics use all values).
 
@@ -64,17 +86,14 @@ def layer_report(
     """
 
     a = Atlas.open(atlas)
-    store = TokenStore(a.tokens_dir)
-    if model_id not in set(store.ids):
-        raise WeightAtlasError(f"{model_id!r} is not in the token store of {a.root}")
+    tok, layers = model_tokens(a, model_id)
     cfg = build_config(EmbedConfig, EMBED_PRESETS, "ci")
     backbone = open_backbone(a, backbone_dir, cfg.device)
-    tokens, positions = _masked_tokens(store.get(model_id))
+    tokens, positions = _masked_tokens(tok)
     window, halo = resolve_window(cfg, backbone)
     with torch.no_grad():
         z = haloed_apply(backbone.encode, tokens, positions, window, halo, cfg.batch_size)
         recon = haloed_apply(backbone.decode, z, positions, window, halo, cfg.batch_size)
-    layers = store.layers(model_id)
     orig_sd = detokenize(tokens, layers)
     rec_sd = detokenize(recon.float(), layers)
     out = []

@@ -70,13 +70,14 @@ class DemoConfig:
     scheme: str = "dense"
     token_size: int = TokenTable.DEFAULT_TOKEN_SIZE
     per_group: int = 1  # models kept with weights per (family, task) group
+    tokens_per_family: int = 1  # of those, shipped with their tokens too, per family (0: all)
     max_mb: float = 30.0
     backbone_dtype: str = "bf16"  # shipped backbone weights: bf16 (half the bytes) or fp32
     seed: int = 0
 
 
 DEMO_PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {},
+    "demo": {"scheme": "sparse"},  # the demo tokenize preset's (core.tokens.tokenize)
     "ci": dict(zoo_preset="ci", backbone_preset="ci", max_mb=30.0),
 }
 register_presets("demo", DemoConfig, DEMO_PRESETS)
@@ -122,14 +123,28 @@ def _weights_subset(atlas: Atlas, per_group: int) -> list[dict[str, Any]]:
         task = (row.get("labels") or {}).get("task", row.get("pipeline_tag") or "")
         groups.setdefault((row.get("family") or "", str(task)), []).append(row)
 
-    def score(row: dict[str, Any]) -> tuple[float, float]:
-        labels = row.get("labels") or {}
-        return (float(labels.get("test_accuracy") or 0.0), float(labels.get("epoch") or 0.0))
-
     keep = []
     for rows in groups.values():
-        keep += sorted(rows, key=score, reverse=True)[:per_group]
+        keep += sorted(rows, key=_accuracy_key, reverse=True)[:per_group]
     return keep
+
+
+def _accuracy_key(row: dict[str, Any]) -> tuple[float, float]:
+    """Sort key: test accuracy, then epoch (newest first on ties, sorted in reverse)."""
+    labels = row.get("labels") or {}
+    return (float(labels.get("test_accuracy") or 0.0), float(labels.get("epoch") or 0.0))
+
+
+def _best_per_family(rows: list[dict[str, Any]], n: int) -> set[str]:
+    """Ids of the ``n`` best rows (``_accuracy_key``; ties: by id) of each family."""
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        by_family.setdefault(row.get("family") or "", []).append(row)
+    return {
+        r["id"]
+        for group in by_family.values()
+        for r in sorted(group, key=_accuracy_key, reverse=True)[:n]
+    }
 
 
 def shrink_weights(path: str | Path, dtype: str = "bf16") -> None:
@@ -156,6 +171,7 @@ def export_demo(
     per_group: int = 1,
     max_mb: float = 30.0,
     backbone_dtype: str = "bf16",
+    tokens_per_family: int = 1,
 ) -> Path:
     """Copy the app-facing parts of atlas ``src`` into a slim atlas at ``out``.
 
@@ -165,6 +181,10 @@ def export_demo(
         per_group: models per (family, task) whose weights are kept for the Layers page.
         max_mb: size limit; exceeding it is an error.
         backbone_dtype: dtype of the shipped backbone weights (``shrink_weights``).
+        tokens_per_family: kept models per family whose tokens are shipped too (the best by
+            test accuracy); 0: every kept model's. The Layers page tokenizes the other kept
+            models from their weights when opened (``core.embeddings.fidelity.model_tokens``):
+            per-channel tokens of the demo's kept models take 15 MB.
 
     Returns:
         The demo atlas path.
@@ -189,7 +209,8 @@ def export_demo(
 
         for f in sorted((tmp / "results").glob("*.json")):
             write_json(f, strip_machine_paths(read_json(f), source.root))
-        kept = {row["id"] for row in _weights_subset(source, per_group)}
+        subset = _weights_subset(source, per_group)
+        kept = {row["id"] for row in subset}
         rows = []
         for row in source.manifest():
             row = dict(row)
@@ -210,11 +231,12 @@ def export_demo(
             "backbone_weights_dtype": backbone_dtype,
         }
         write_json(shipped.info_path, info)
-        # a token store of the kept models, in the source's scheme: the Layers page reconstructs
-        # them and "Embed a model" tokenizes new folders alike
-
+        # a token store of some kept models, in the source's scheme: the Layers page
+        # reconstructs them (the other kept models from their weights) and "Embed a model"
+        # tokenizes new folders alike
         scheme, size = token_scheme(source)
-        tokenize(tmp, scheme=scheme, token_size=size, progress=False)
+        only = _best_per_family(subset, tokens_per_family) if tokens_per_family > 0 else None
+        tokenize(tmp, scheme=scheme, token_size=size, progress=False, only=only)
         size_mb = dir_bytes(tmp) / 2**20
         if size_mb > max_mb:
             raise WeightAtlasError(f"demo atlas is {size_mb:.1f} MB > {max_mb} MB; lower per_group")
@@ -259,5 +281,5 @@ def demo(
         evaluate(from_atlas)
     return export_demo(
         from_atlas, out, per_group=cfg.per_group, max_mb=cfg.max_mb,
-        backbone_dtype=cfg.backbone_dtype,
+        backbone_dtype=cfg.backbone_dtype, tokens_per_family=cfg.tokens_per_family,
     )  # fmt: skip

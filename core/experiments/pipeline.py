@@ -123,6 +123,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         generation_preset="demo",
         sample_preset="demo",
         ablation_preset="demo",
+        scheme="sparse",  # the demo tokenize preset's (core.tokens.tokenize.TOKENIZE_PRESETS)
         # procedural gratings: in no zoo preset (digits-5to9 shares its inputs with digits10
         # and digits-0to4, which the collection holds)
         heldout_task="gratings16",
