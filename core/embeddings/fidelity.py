@@ -56,7 +56,7 @@ def model_tokens(atlas: Atlas, model_id: str) -> tuple[Any, list[Any]]:
     store = TokenStore(atlas.tokens_dir)
     if model_id in set(store.ids):
         return store.get(model_id), store.layers(model_id)
-    path = weights_dir(atlas.root, model_id) if atlas.manifest_path.exists() else None
+    path = weights_dir(atlas.root, model_id)
     if path is None:
         raise WeightAtlasError(f"{model_id!r} has neither tokens nor weights in {atlas.root}")
     tok = tokenize_model_dir(path, *token_scheme(atlas), digest=False)

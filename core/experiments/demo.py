@@ -35,7 +35,7 @@ from core.embeddings.embed import embed
 from core.embeddings.probes import evaluate
 from core.embeddings.table import token_scheme
 from core.errors import WeightAtlasError
-from core.tokens.tokenize import tokenize
+from core.tokens.tokenize import TOKENIZE_PRESETS, tokenize
 from core.trees.table import LineageTable
 from core.zoos.zoo import zoo
 
@@ -77,7 +77,7 @@ class DemoConfig:
 
 
 DEMO_PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {"scheme": "sparse"},  # the demo tokenize preset's (core.tokens.tokenize)
+    "demo": {"scheme": TOKENIZE_PRESETS["demo"]["scheme"]},
     "ci": dict(zoo_preset="ci", backbone_preset="ci", max_mb=30.0),
 }
 register_presets("demo", DemoConfig, DEMO_PRESETS)
@@ -110,6 +110,12 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _accuracy_key(row: dict[str, Any]) -> tuple[float, float]:
+    """Sort key: test accuracy, then epoch (newest first on ties, sorted in reverse)."""
+    labels = row.get("labels") or {}
+    return (float(labels.get("test_accuracy") or 0.0), float(labels.get("epoch") or 0.0))
+
+
 def _weights_subset(atlas: Atlas, per_group: int) -> list[dict[str, Any]]:
     """The best-accuracy accepted models per (family, task), newest epoch first on ties.
 
@@ -127,12 +133,6 @@ def _weights_subset(atlas: Atlas, per_group: int) -> list[dict[str, Any]]:
     for rows in groups.values():
         keep += sorted(rows, key=_accuracy_key, reverse=True)[:per_group]
     return keep
-
-
-def _accuracy_key(row: dict[str, Any]) -> tuple[float, float]:
-    """Sort key: test accuracy, then epoch (newest first on ties, sorted in reverse)."""
-    labels = row.get("labels") or {}
-    return (float(labels.get("test_accuracy") or 0.0), float(labels.get("epoch") or 0.0))
 
 
 def _best_per_family(rows: list[dict[str, Any]], n: int) -> set[str]:

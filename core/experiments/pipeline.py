@@ -41,6 +41,7 @@ from core.errors import WeightAtlasError
 from core.experiments.ablations import ABLATIONS
 from core.experiments.report import section_verdicts
 from core.tokens.schemes import SCHEMES
+from core.tokens.tokenize import TOKENIZE_PRESETS
 from core.zoos.tasks import TASKS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -123,7 +124,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         generation_preset="demo",
         sample_preset="demo",
         ablation_preset="demo",
-        scheme="sparse",  # the demo tokenize preset's (core.tokens.tokenize.TOKENIZE_PRESETS)
+        scheme=TOKENIZE_PRESETS["demo"]["scheme"],
         # procedural gratings: in no zoo preset (digits-5to9 shares its inputs with digits10
         # and digits-0to4, which the collection holds)
         heldout_task="gratings16",
