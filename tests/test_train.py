@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 12, "ckpt_every": 4, "eval_every": 6, "log_every": 1, "batch_size": 4}
 
 
-def make_atlas(root: Path, n_train: int = 6, n_val: int = 2, token_size: int = 16) -> Atlas:
+def make_atlas(
+    root: Path, n_train: int = 6, n_val: int = 2, token_size: int = 16, scheme: str = "dense"
+) -> Atlas:
     """Small MLPs and CNNs (with norm layers) tokenized into ROOT/tokens, with a manifest."""
     atlas = Atlas.create(root)
     models, rows = {}, []
@@ -55,11 +57,11 @@ def make_atlas(root: Path, n_train: int = 6, n_val: int = 2, token_size: int = 1
                 if p.dim() == 1:
                     p.add_(0.1 * torch.randn_like(p))
         mid = f"test/model-{i}"
-        models[mid] = tokenize_state_dict(m.state_dict(), "dense", token_size, model=m)
+        models[mid] = tokenize_state_dict(m.state_dict(), scheme, token_size, model=m)
         split = "train" if i < n_train else "val"
         rows.append({"id": mid, "status": "accepted", "split": split})
     append_jsonl(atlas.manifest_path, rows)
-    write_store(atlas.tokens_dir, models, "dense", token_size)
+    write_store(atlas.tokens_dir, models, scheme, token_size)
     merge_index(atlas)
     return atlas
 
@@ -436,6 +438,20 @@ def test_linear_code_bounds_grow_with_the_latent_and_are_exact_at_full_width(atl
     assert fig.stat().st_size > 10_000 and fig.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(AtlasError, match="not a directory"):
         linear_code_bounds(tmp_path / "nowhere")
+
+
+def test_linear_code_bounds_of_per_channel_tokens_use_the_tokens_as_stored(tmp_path):
+    """A sparse store (a token per output channel) is bounded at its own token size on its
+    stored tokens: conv and linear layers get their own medians, the full-width PCA is exact,
+    and another token size is refused in one line (a channel row cannot be re-cut)."""
+    sparse = make_atlas(tmp_path / "sparse", token_size=12, scheme="sparse")
+    rows = linear_code_bounds(sparse.root, token_sizes=(12,), ratios=(0.25, 1.0))
+    assert [r["latent"] for r in rows] == [3, 12]
+    low, full = rows
+    for kind in ("conv", "linear"):
+        assert low[f"raw_r2_{kind}"] < full[f"raw_r2_{kind}"] == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(WeightAtlasError, match="sparse tokens can only be bounded at their own"):
+        linear_code_bounds(sparse.root, token_sizes=(16,))
 
 
 def test_train_summary_next_command_uses_the_out_folder(tmp_path):

@@ -3,9 +3,10 @@
 A backbone squeezes each token of D values to L latent values. Before training one, this asks
 what the best *linear* code of that width keeps on an atlas: fit on the train models' tokens,
 scored like the trainer's selection metric (median per-layer R^2 of the val models' conv and
-linear layers, and the median per kind). Token sizes other than the store's are made by
-re-cutting each tensor's flat values (the dense scheme), so the same zoo can be asked at 32,
-64 or 128. Codes:
+linear layers, and the median per kind). For a dense store, token sizes other than the
+store's are made by re-cutting each tensor's flat values, so the same zoo can be asked at 32,
+64 or 128; any other scheme (``sparse``: a token per output channel) is asked at its own token
+size, on the tokens as stored. Codes:
 
 - ``stats``: each token's mean and std pass exactly (2 of the L channels), the standardized
   pattern through its top L - 2 principal directions: ``Backbone.init_skip_pca``, the state a
@@ -50,6 +51,28 @@ def _flat_layers(store: Any, model_id: str) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+Layer = tuple[str, torch.Tensor, torch.Tensor]  # (kind, (n, D) float64 tokens, (n, D) bool mask)
+
+
+def _layers(store: Any, model_id: str, size: int) -> list[Layer]:
+    """A model's tensors as tokens of ``size`` values, padding zeroed: re-cut from the flat
+    values for a dense store, as stored for any other scheme (``size`` must be the store's)."""
+    if store.scheme == "dense":
+        return [(kind, *_cut(flat, size)) for kind, flat in _flat_layers(store, model_id)]
+    if size != store.token_size:
+        raise WeightAtlasError(
+            f"{store.scheme} tokens can only be bounded at their own size "
+            f"{store.token_size}, not {size}"
+        )
+    tk = store.get(model_id)
+    mask = tk.mask
+    out = []
+    for e in tk.layers:
+        sl = slice(e.offset, e.offset + e.count)
+        out.append((e.kind, tk.tokens[sl].double().masked_fill(~mask[sl], 0.0), mask[sl]))
+    return out
+
+
 def _cut(flat: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense tokens (n, size) of a flat tensor, zero-padded, and their mask."""
     n = max(1, math.ceil(len(flat) / size))
@@ -81,8 +104,8 @@ def linear_code_bounds(
     """Per-layer val R^2 of the best linear codes of each width, per token size.
 
     Args:
-        atlas: a tokenized atlas (dense scheme) with train and val models.
-        token_sizes: token sizes D to cut the tensors into.
+        atlas: a tokenized atlas with train and val models.
+        token_sizes: token sizes D to cut the tensors into (a non-dense store: its own only).
         ratios: latent / token ratios; L = round(ratio * D), at least 3.
         max_fit_tokens: train tokens the codes are fitted on (seeded subsample).
         seed: subsample seed.
@@ -92,11 +115,16 @@ def linear_code_bounds(
         patterns kept by L - 2 directions), and per code ``{code}_r2_conv_linear`` plus
         ``{code}_r2_{kind}`` (medians over the val models' layers).
     """
-    fit, val = _train_val_layers(Atlas.open(atlas))
+    store, train_ids, val_ids = _train_val_ids(Atlas.open(atlas))
     rows = []
     for D in token_sizes:
-        cut = [_cut(f, D) for _, f in fit]
-        X = torch.cat([x for x, _ in cut])
+        X = torch.cat(
+            [
+                x
+                for m in tqdm(train_ids, desc=f"train D={D}", unit="model")
+                for _, x, _ in _layers(store, m, D)
+            ]
+        )
         if len(X) > max_fit_tokens:
             g = torch.Generator().manual_seed(seed)
             X = X[torch.randperm(len(X), generator=g)[:max_fit_tokens]]
@@ -105,7 +133,11 @@ def linear_code_bounds(
         _, _, v_feat = torch.linalg.svd(F, full_matrices=False)
         mu = X.mean(0)
         _, _, v_raw = torch.linalg.svd(X - mu, full_matrices=False)
-        vals = [(kind, *_cut(f, D)) for kind, f in val]
+        vals = [
+            la
+            for m in tqdm(val_ids, desc=f"val D={D}", unit="model")
+            for la in _layers(store, m, D)
+        ]
         for L in sorted({max(3, round(r * D)) for r in ratios}):
             row: dict[str, Any] = {"token": D, "latent": L, "ratio": L / D}
             row["energy_pattern"] = float((s_pat[: L - 2] ** 2).sum() / (s_pat**2).sum())
@@ -121,14 +153,10 @@ def linear_code_bounds(
     return rows
 
 
-def _train_val_layers(
-    a: Atlas,
-) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
-    """The flattened layers (kind, values) of the tokenized train and val models (dense
-    tokens; duplicates left out), refused in one line when either split has none."""
+def _train_val_ids(a: Atlas) -> tuple[TokenStore, list[str], list[str]]:
+    """The token store and its tokenized train and val models (duplicates left out), refused
+    in one line when either split has none."""
     store = TokenStore(a.tokens_dir)
-    if store.scheme != "dense":
-        raise WeightAtlasError(f"{a.tokens_dir}: bounds need dense tokens, not {store.scheme!r}")
 
     def ids(split: str) -> list[str]:
         return [
@@ -138,15 +166,7 @@ def _train_val_layers(
     train_ids, val_ids = ids("train"), ids("val")
     if not train_ids or not val_ids:
         raise WeightAtlasError(f"{a.root}: bounds need tokenized train and val models")
-    fit = [
-        la
-        for m in tqdm(train_ids, desc="read train", unit="model")
-        for la in _flat_layers(store, m)
-    ]
-    val = [
-        la for m in tqdm(val_ids, desc="read val", unit="model") for la in _flat_layers(store, m)
-    ]
-    return fit, val
+    return store, train_ids, val_ids
 
 
 def _code_predictions(
