@@ -54,16 +54,8 @@ def _flat_layers(store: Any, model_id: str) -> list[tuple[str, torch.Tensor]]:
 Layer = tuple[str, torch.Tensor, torch.Tensor]  # (kind, (n, D) float64 tokens, (n, D) bool mask)
 
 
-def _layers(store: Any, model_id: str, size: int) -> list[Layer]:
-    """A model's tensors as tokens of ``size`` values, padding zeroed: re-cut from the flat
-    values for a dense store, as stored for any other scheme (``size`` must be the store's)."""
-    if store.scheme == "dense":
-        return [(kind, *_cut(flat, size)) for kind, flat in _flat_layers(store, model_id)]
-    if size != store.token_size:
-        raise WeightAtlasError(
-            f"{store.scheme} tokens can only be bounded at their own size "
-            f"{store.token_size}, not {size}"
-        )
+def _stored_layers(store: Any, model_id: str) -> list[Layer]:
+    """Each tokenized tensor of a model as stored (any scheme), padding zeroed."""
     tk = store.get(model_id)
     mask = tk.mask
     out = []
@@ -71,6 +63,12 @@ def _layers(store: Any, model_id: str, size: int) -> list[Layer]:
         sl = slice(e.offset, e.offset + e.count)
         out.append((e.kind, tk.tokens[sl].double().masked_fill(~mask[sl], 0.0), mask[sl]))
     return out
+
+
+def _at_size(layers: list[Any], size: int, dense: bool) -> list[Layer]:
+    """Read tensors as tokens of ``size`` values: a dense store's flat values re-cut, any
+    other store's tokens as they are (already of its own size)."""
+    return [(kind, *_cut(flat, size)) for kind, flat in layers] if dense else layers
 
 
 def _cut(flat: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,16 +113,10 @@ def linear_code_bounds(
         patterns kept by L - 2 directions), and per code ``{code}_r2_conv_linear`` plus
         ``{code}_r2_{kind}`` (medians over the val models' layers).
     """
-    store, train_ids, val_ids = _train_val_ids(Atlas.open(atlas))
+    dense, fit, val = _train_val_layers(Atlas.open(atlas), token_sizes)
     rows = []
     for D in token_sizes:
-        X = torch.cat(
-            [
-                x
-                for m in tqdm(train_ids, desc=f"train D={D}", unit="model")
-                for _, x, _ in _layers(store, m, D)
-            ]
-        )
+        X = torch.cat([x for _, x, _ in _at_size(fit, D, dense)])
         if len(X) > max_fit_tokens:
             g = torch.Generator().manual_seed(seed)
             X = X[torch.randperm(len(X), generator=g)[:max_fit_tokens]]
@@ -133,11 +125,7 @@ def linear_code_bounds(
         _, _, v_feat = torch.linalg.svd(F, full_matrices=False)
         mu = X.mean(0)
         _, _, v_raw = torch.linalg.svd(X - mu, full_matrices=False)
-        vals = [
-            la
-            for m in tqdm(val_ids, desc=f"val D={D}", unit="model")
-            for la in _layers(store, m, D)
-        ]
+        vals = _at_size(val, D, dense)
         for L in sorted({max(3, round(r * D)) for r in ratios}):
             row: dict[str, Any] = {"token": D, "latent": L, "ratio": L / D}
             row["energy_pattern"] = float((s_pat[: L - 2] ** 2).sum() / (s_pat**2).sum())
@@ -153,10 +141,19 @@ def linear_code_bounds(
     return rows
 
 
-def _train_val_ids(a: Atlas) -> tuple[TokenStore, list[str], list[str]]:
-    """The token store and its tokenized train and val models (duplicates left out), refused
-    in one line when either split has none."""
+def _train_val_layers(a: Atlas, token_sizes: tuple[int, ...]) -> tuple[bool, list[Any], list[Any]]:
+    """Whether the store is dense, and the tensors of its tokenized train and val models
+    (duplicates left out), each model read once: ``(kind, flat values)`` for a dense store,
+    ``Layer`` as stored for any other. Refused in one line when either split has none, or
+    when a non-dense store is asked at another token size than its own."""
     store = TokenStore(a.tokens_dir)
+    dense = store.scheme == "dense"
+    for size in token_sizes:
+        if not dense and size != store.token_size:
+            raise WeightAtlasError(
+                f"{store.scheme} tokens can only be bounded at their own size "
+                f"{store.token_size}, not {size}"
+            )
 
     def ids(split: str) -> list[str]:
         return [
@@ -166,7 +163,12 @@ def _train_val_ids(a: Atlas) -> tuple[TokenStore, list[str], list[str]]:
     train_ids, val_ids = ids("train"), ids("val")
     if not train_ids or not val_ids:
         raise WeightAtlasError(f"{a.root}: bounds need tokenized train and val models")
-    return store, train_ids, val_ids
+    read = _flat_layers if dense else _stored_layers
+
+    def layers(split_ids: list[str], desc: str) -> list[Any]:
+        return [la for m in tqdm(split_ids, desc=desc, unit="model") for la in read(store, m)]
+
+    return dense, layers(train_ids, "read train"), layers(val_ids, "read val")
 
 
 def _code_predictions(
